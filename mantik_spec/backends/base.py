@@ -1,0 +1,78 @@
+"""The one small protocol every compute backend implements, and the job states it reports.
+
+Job state (is the job healthy?) is deliberately a separate vocabulary from plan
+actions (does the world match the spec?): the planner maps one onto the other.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class JobState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    NODE_FAIL = "node_fail"
+    PREEMPTED = "preempted"
+    LOST = "lost"  # the job is gone and left no exit status behind
+    UNKNOWN = "unknown"  # the backend could not say (unreachable): never acted upon
+
+    @property
+    def live(self) -> bool:
+        return self in (JobState.PENDING, JobState.RUNNING)
+
+    @property
+    def ended(self) -> bool:
+        return not self.live and self is not JobState.UNKNOWN
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    exit_code: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything a backend needs to start one run; credentials are never part of it."""
+
+    run_id: str
+    run_key: str
+    point_id: str
+    command: str  # rendered, parameters already shell-quoted
+    code_dir: Path  # the committed tree, exported
+    tracking_uri: str
+    experiment_id: str
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+class BackendError(Exception):
+    """The backend refused or could not be reached; the message is for the user."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def submit(self, requests: list[JobRequest]) -> dict[str, str]:
+        """Start the runs; returns run id -> job id. Each job carries its run id and key."""
+
+    def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        """The state of many jobs, in one call to the backend."""
+
+    def find(self, run_ids: list[str]) -> dict[str, str]:
+        """Jobs submitted for these runs whose id was never recorded (an apply crashed): run id -> job id."""
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """Cancel many jobs in one call."""
+
+    def log_path(self, job_id: str) -> Path | None:
+        """Where the job's combined output is, when the backend keeps it locally."""

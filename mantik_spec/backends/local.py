@@ -1,0 +1,205 @@
+"""The local backend: runs as detached processes on this machine.
+
+Each run gets a job directory ``.mantik/local/<backend>/jobs/<run id>/`` (the
+job id is the MLflow run id) holding ``job.json``, a copy of the committed
+tree, and, once started, ``pid`` (pid plus the process start time from
+``/proc``, so a reused pid is never mistaken for the job) and ``exit_code``.
+Queued runs wait as markers in ``queue/``; a detached scheduler
+(:mod:`mantik_spec.backends.local_scheduler`) starts them as slots free, so
+``max_parallel`` holds after the CLI has exited.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import runner
+from ..spec.model import LocalBackend as LocalConfig
+from .base import JobRequest, JobState, JobStatus
+
+JOB_FILE = "job.json"
+PID_FILE = "pid"
+SCHEDULER_LOCK = "scheduler.lock"
+SCHEDULER_CONFIG = "scheduler.json"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] in ("Z", "X"):  # zombies linger where the container's init does not reap
+        return None
+    return fields[19]
+
+
+class LocalQueue:
+    """The on-disk layout shared by the backend (writer of jobs) and the scheduler (starter of jobs)."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.jobs = state_dir / "jobs"
+        self.queue = state_dir / "queue"
+        self.active = state_dir / "active"
+
+    def create(self) -> None:
+        for directory in (self.jobs, self.queue, self.active):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs / job_id
+
+    def scheduler_alive(self) -> bool:
+        lock_path = self.state_dir / SCHEDULER_LOCK
+        if not lock_path.exists():
+            return False
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+    def status(self, job_id: str, scheduler_alive=None) -> JobStatus:
+        job_dir = self.job_dir(job_id)
+        if not (job_dir / JOB_FILE).exists():
+            return JobStatus(JobState.LOST, detail="no such job")
+        cancelled = (job_dir / runner.CANCEL_FILE).exists()
+        exit_status = self._exit_status(job_dir, cancelled)
+        if exit_status is not None:
+            return exit_status
+        pid_file = job_dir / PID_FILE
+        if pid_file.exists():
+            pid, started = pid_file.read_text().split()
+            if process_start_time(int(pid)) == started:
+                return JobStatus(JobState.RUNNING)
+            # the runner writes exit_code just before it exits: look once more
+            return self._exit_status(job_dir, cancelled) or JobStatus(
+                JobState.LOST, detail="process ended without an exit code"
+            )
+        if cancelled:
+            return JobStatus(JobState.CANCELLED, detail="cancelled before it started")
+        if (self.queue / job_id).exists():
+            return JobStatus(JobState.PENDING)
+        alive = scheduler_alive() if scheduler_alive else self.scheduler_alive()
+        if (self.active / job_id).exists() and alive:
+            return JobStatus(JobState.PENDING, detail="starting")
+        return JobStatus(JobState.LOST, detail="never started")
+
+    @staticmethod
+    def _exit_status(job_dir: Path, cancelled: bool) -> JobStatus | None:
+        try:
+            code = int((job_dir / runner.EXIT_CODE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if code == 0:
+            return JobStatus(JobState.COMPLETED, 0)
+        return JobStatus(JobState.CANCELLED if cancelled else JobState.FAILED, code)
+
+
+class LocalBackend:
+    def __init__(self, name: str, config: LocalConfig, state_root: Path):
+        self.name = name
+        self.config = config
+        self.queue = LocalQueue(state_root / "local" / name)
+
+    def submit(self, requests: list[JobRequest]) -> dict[str, str]:
+        self.queue.create()
+        write_atomically(
+            self.queue.state_dir / SCHEDULER_CONFIG, json.dumps({"max_parallel": self.config.max_parallel})
+        )
+        submitted = {}
+        for request in requests:
+            job_id = request.run_id
+            self._write_job(job_id, request)
+            (self.queue.queue / f"{job_id}").write_text(str(time.time_ns()))
+            submitted[request.run_id] = job_id
+        self._ensure_scheduler()
+        return submitted
+
+    def _write_job(self, job_id: str, request: JobRequest) -> None:
+        """The job directory appears whole or not at all (built aside, then renamed)."""
+        final = self.queue.job_dir(job_id)
+        if final.exists():
+            return  # submitted before a crash: adopt rather than duplicate
+        building = self.queue.jobs / f".building-{job_id}"
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.copytree(request.code_dir, building / "work", symlinks=True)
+        shutil.copy2(runner.__file__, building / "runner.py")
+        job = {
+            "run_id": request.run_id,
+            "run_key": request.run_key,
+            "point": request.point_id,
+            "command": request.command,
+            "tracking_uri": request.tracking_uri,
+            "experiment_id": request.experiment_id,
+            "environment": request.environment,
+            "path_prepend": str(Path(sys.executable).parent),
+            "python": sys.executable,
+            "workdir": "work",
+        }
+        (building / JOB_FILE).write_text(json.dumps(job, indent=2))
+        os.rename(building, final)
+
+    def _ensure_scheduler(self) -> None:
+        # A running scheduler re-reads the queue after releasing its lock, so starting
+        # a second one that exits at once on the held lock is harmless.
+        log = open(self.queue.state_dir / "scheduler.log", "ab")
+        subprocess.Popen(
+            [sys.executable, "-m", "mantik_spec.backends.local_scheduler", str(self.queue.state_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+        log.close()
+
+    def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        alive: list[bool] = []
+
+        def scheduler_alive() -> bool:  # asked at most once per poll
+            if not alive:
+                alive.append(self.queue.scheduler_alive())
+            return alive[0]
+
+        return {job_id: self.queue.status(job_id, scheduler_alive) for job_id in job_ids}
+
+    def find(self, run_ids: list[str]) -> dict[str, str]:
+        return {run_id: run_id for run_id in run_ids if (self.queue.job_dir(run_id) / JOB_FILE).exists()}
+
+    def cancel(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            job_dir = self.queue.job_dir(job_id)
+            if not job_dir.exists():
+                continue
+            (job_dir / runner.CANCEL_FILE).write_text("")
+            (self.queue.queue / job_id).unlink(missing_ok=True)
+            pid_file = job_dir / PID_FILE
+            if pid_file.exists():
+                pid, started = pid_file.read_text().split()
+                if process_start_time(int(pid)) == started:
+                    try:
+                        os.killpg(int(pid), signal.SIGTERM)  # the runner leads its group: the command gets it too
+                    except ProcessLookupError:
+                        pass
+
+    def log_path(self, job_id: str) -> Path | None:
+        return self.queue.job_dir(job_id) / runner.OUTPUT_FILE

@@ -1,0 +1,119 @@
+"""The detached scheduler of the local backend: starts queued runs as slots free.
+
+One per backend state directory, guarded by an flock. It exits when the queue
+is empty; the runs it started go on without it. To never strand a run queued
+while it was exiting, it re-reads the queue after releasing its lock.
+
+Usage: python -m mantik_spec.backends.local_scheduler STATE_DIR
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import runner
+from .local import (
+    JOB_FILE,
+    PID_FILE,
+    SCHEDULER_CONFIG,
+    SCHEDULER_LOCK,
+    LocalQueue,
+    process_start_time,
+    write_atomically,
+)
+
+POLL_SECONDS = 0.2
+
+
+class Scheduler:
+    def __init__(self, state_dir: Path):
+        self.queue = LocalQueue(state_dir)
+        self.children: list[subprocess.Popen] = []
+
+    def max_parallel(self) -> int:
+        try:
+            return int(json.loads((self.queue.state_dir / SCHEDULER_CONFIG).read_text())["max_parallel"])
+        except (OSError, ValueError, KeyError):
+            return 1
+
+    def queued(self) -> list[str]:
+        entries = []
+        for marker in self.queue.queue.iterdir():
+            if marker.name.endswith(".tmp"):
+                continue
+            try:
+                entries.append((int(marker.read_text() or 0), marker.name))
+            except (OSError, ValueError):
+                continue
+        return [name for _, name in sorted(entries)]
+
+    def running(self) -> int:
+        """Active jobs still alive; markers of ended ones are removed."""
+        self.children = [child for child in self.children if child.poll() is None]  # reap our own
+        count = 0
+        for marker in self.queue.active.iterdir():
+            pid_file = self.queue.job_dir(marker.name) / PID_FILE
+            if pid_file.exists():
+                pid, started = pid_file.read_text().split()
+                if process_start_time(int(pid)) == started:
+                    count += 1
+                    continue
+            marker.unlink(missing_ok=True)
+        return count
+
+    def start(self, job_id: str) -> None:
+        try:
+            (self.queue.queue / job_id).rename(self.queue.active / job_id)
+        except FileNotFoundError:
+            return  # cancelled meanwhile
+        job_dir = self.queue.job_dir(job_id)
+        if (job_dir / runner.CANCEL_FILE).exists():
+            (self.queue.active / job_id).unlink(missing_ok=True)
+            return
+        python = json.loads((job_dir / JOB_FILE).read_text()).get("python") or sys.executable
+        with open(job_dir / "runner.err", "ab") as errors:
+            child = subprocess.Popen(
+                [python, str(job_dir / "runner.py"), str(job_dir)],
+                cwd=job_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=errors,
+                stderr=errors,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self.children.append(child)
+        write_atomically(job_dir / PID_FILE, f"{child.pid} {process_start_time(child.pid)}\n")
+
+    def drain(self) -> None:
+        while True:
+            waiting = self.queued()
+            if not waiting:
+                return
+            free = self.max_parallel() - self.running()
+            for job_id in waiting[: max(free, 0)]:
+                self.start(job_id)
+            time.sleep(POLL_SECONDS)
+
+
+def main(state_dir: str) -> int:
+    scheduler = Scheduler(Path(state_dir))
+    lock_path = Path(state_dir) / SCHEDULER_LOCK
+    with open(lock_path, "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # another scheduler holds the queue; it re-reads it before leaving
+            scheduler.drain()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if not scheduler.queued():
+                return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,286 @@
+"""The ``mantik`` command: argument parsing and printing only.
+
+Each verb's work is a function in :mod:`mantik_spec.operations` that tests call
+without click. Heavy modules (mlflow, gitpython) are imported inside the verbs
+that need them, so ``--help`` and ``validate`` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+PROJECT_DIR = click.option(
+    "-C",
+    "directory",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run as if started in this directory.",
+)
+
+
+@contextmanager
+def user_errors():
+    """Turn every error a user can cause or fix into one line on stderr and exit 1."""
+    from .backends.base import BackendError
+    from .reconcile.planfile import StalePlanError
+    from .spec.yamlload import SpecError
+
+    expected: tuple = (BackendError, StalePlanError)
+    try:
+        from .operations.project import UserError
+        from .state.git import GitError
+        from .state.lock import LockError
+        from .state.tracking import TrackingError
+
+        expected += (UserError, GitError, LockError, TrackingError)
+    except ImportError:  # pragma: no cover - a broken install still reports spec errors
+        pass
+    try:
+        yield
+    except SpecError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    except expected as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration such as 30s, 5m or 1h") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mantik-spec")
+@click.option("-v", "--verbose", is_flag=True, help="Print how many tracking-store calls were made.")
+@click.pass_context
+def main(ctx, verbose):
+    """GitOps for machine learning on HPC: mantik.yaml declares the runs, plan shows what is missing, apply submits it."""
+    ctx.obj = {"verbose": verbose}
+
+
+def _report_calls(ctx, project) -> None:
+    if ctx.obj.get("verbose"):
+        click.echo(f"tracking store calls: {project.store.calls}", err=True)
+
+
+@main.command()
+@PROJECT_DIR
+def validate(directory):
+    """Check mantik.yaml; print one line per problem as FILE:LINE:COL: FIELD: MESSAGE."""
+    from .spec.load import load_spec
+
+    with user_errors():
+        load_spec(directory)
+    click.echo("mantik.yaml is valid.")
+
+
+@main.command()
+def schema():
+    """Print the JSON Schema of mantik.yaml."""
+    from .spec.schema import schema_text
+
+    click.echo(schema_text(), nl=False)
+
+
+@main.command()
+@PROJECT_DIR
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the plan for `mantik apply FILE`.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--prune", is_flag=True, help="Plan to cancel live runs the spec no longer declares.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@click.pass_context
+def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode):
+    """Show which declared runs exist, run, failed or are missing, and what apply would do."""
+    from .operations.project import build_plan, open_project
+    from .reconcile import render
+    from .reconcile.planfile import write_plan
+
+    with user_errors():
+        project = open_project(directory)
+        result, _ = build_plan(project, prune=prune)
+        if out:
+            write_plan(out, result, prune)
+    fmt = "json" if as_json else fmt
+    if fmt == "json":
+        click.echo(render.render_json(result))
+    elif fmt == "markdown":
+        click.echo(render.render_markdown(result), nl=False)
+    else:
+        click.echo(render.render_text(result, color=sys.stdout.isatty()))
+        if out:
+            click.echo(f"\nSaved the plan to {out}. To carry it out exactly: mantik apply {out}")
+    _report_calls(ctx, project)
+    if detailed_exitcode and result.has_changes:
+        sys.exit(2)
+
+
+@main.command()
+@PROJECT_DIR
+@click.argument("planfile", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--auto-approve", is_flag=True, help="Apply without asking.")
+@click.option("--wait", is_flag=True, help="Follow the runs to the end; exit 1 if any failed.")
+@click.option("--prune", is_flag=True, help="Cancel live runs the spec no longer declares.")
+@click.option(
+    "--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock (30s, 5m)."
+)
+@click.pass_context
+def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
+    """Submit what the plan says is missing (and repair what drifted)."""
+    from .operations import apply as operation
+    from .operations.project import open_project
+    from .reconcile.planfile import read_plan
+    from .reconcile.render import render_text
+
+    timeout = parse_duration(lock_timeout)
+    interactive = sys.stdin.isatty()
+
+    def show(result):
+        click.echo(render_text(result, color=sys.stdout.isatty()))
+
+    def confirm(result) -> bool:
+        if auto_approve:
+            return True
+        if not interactive:
+            raise click.UsageError(
+                "apply needs a confirmation: run it on a terminal, pass --auto-approve, or apply a saved plan"
+            )
+        click.echo("")
+        return (
+            click.prompt(
+                "Do you want to perform these actions? Only 'yes' will be accepted", default="", show_default=False
+            )
+            == "yes"
+        )
+
+    def waiting(holder):
+        click.echo(f"Waiting for the project lock ({holder.describe()})...", err=True)
+
+    with user_errors():
+        saved = read_plan(planfile) if planfile else None
+        project = open_project(directory)
+        result = operation.apply(
+            project, confirm=confirm, show=show, saved=saved, prune=prune, lock_timeout=timeout, on_lock_wait=waiting
+        )
+        if not result.applied:
+            if result.plan.has_changes:
+                click.echo("Apply cancelled.")
+            _report_calls(ctx, project)
+            return
+        click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
+        if wait and result.started:
+            failed = _follow(project, result.started)
+            _report_calls(ctx, project)
+            if failed:
+                click.echo(f"{failed} run(s) did not finish successfully.", err=True)
+                sys.exit(1)
+    _report_calls(ctx, project)
+
+
+def _follow(project, run_ids) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .operations.status import ENDED, follow
+
+    with Progress(
+        TextColumn("[bold]runs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("", total=len(run_ids))
+
+        def update(states):
+            counts = {}
+            for state in states.values():
+                counts[state] = counts.get(state, 0) + 1
+            done = sum(n for s, n in counts.items() if s in ENDED)
+            progress.update(task, completed=done, description=", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+        final = follow(project, run_ids, update)
+    return sum(1 for state in final.values() if state not in ("finished", "completed"))
+
+
+@main.command()
+@PROJECT_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.pass_context
+def status(ctx, directory, as_json):
+    """A table of the declared runs: state, attempt, job, age and last metrics."""
+    import json
+
+    from .operations.project import open_project
+    from .operations.status import status_rows
+
+    with user_errors():
+        project = open_project(directory)
+        rows = status_rows(project)
+    if as_json:
+        click.echo(json.dumps([row.to_json() for row in rows], indent=2))
+    else:
+        _print_status_table(rows)
+    _report_calls(ctx, project)
+
+
+def _print_status_table(rows) -> None:
+    import time
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    metric_names = sorted({name for row in rows for name in row.metrics})[:6]
+    table = Table(box=None, pad_edge=False)
+    for column in ("experiment", "point", "state", "attempt", "job", "age", *metric_names):
+        table.add_column(column)
+    now_ms = time.time() * 1000
+    for row in rows:
+        age = _age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
+        job = (row.job_id or "")[:12]
+        metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
+        table.add_row(
+            escape(row.experiment), escape(row.point_id), row.state, str(row.attempt or ""), job, age, *metrics
+        )
+    Console(soft_wrap=True).print(table)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
+@main.command("force-unlock")
+@PROJECT_DIR
+@click.argument("lock_id")
+def force_unlock(directory, lock_id):
+    """Release the project lock left by an apply that is gone."""
+    from .operations.project import open_project
+    from .state.lock import force_unlock as release
+
+    with user_errors():
+        holder = release(open_project(directory).store, lock_id)
+    click.echo(f"Released the project lock {holder.lock_id} held by {holder.who}@{holder.host}.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,184 @@
+"""``mantik apply``: carry out a plan under the project lock, without double submission.
+
+For each run to start: the MLflow run is created first (SCHEDULED, carrying its
+key: the intent record), then the job is submitted (its directory or name
+carries the run id and key), then the job id is recorded. A crash between any
+two steps leaves an intent the next apply either adopts (the backend finds the
+job) or resubmits (no job exists), always under the lock.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..backends.base import BackendError, JobRequest
+from ..faults import checkpoint
+from ..reconcile.identity import DesiredRun
+from ..reconcile.plan import Action, Plan, PlannedRun
+from ..reconcile.planfile import SavedPlan
+from ..state.lock import project_lock
+from ..state.tracking import Tag
+from .project import Observation, Project, UserError, build_plan
+
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    applied: bool
+    started: list[str]  # run ids of the runs started by this apply
+
+
+def refuse_dirty(observation: Observation) -> None:
+    if observation.code.dirty:
+        files = ", ".join(observation.code.dirty[:10]) + (" …" if len(observation.code.dirty) > 10 else "")
+        raise UserError(f"uncommitted changes in code paths: {files}; commit or stash them (only committed code runs)")
+
+
+def apply(
+    project: Project,
+    *,
+    confirm: Callable[[Plan], bool],
+    show: Callable[[Plan], None],
+    saved: SavedPlan | None = None,
+    prune: bool = False,
+    lock_timeout: float = 0.0,
+    on_lock_wait=None,
+) -> ApplyResult:
+    with project_lock(project.store, "apply", lock_timeout, on_wait=on_lock_wait):
+        plan, observation = build_plan(project, prune=saved.prune if saved else prune)
+        refuse_dirty(observation)
+        if saved is not None:
+            saved.check_current(plan)
+        show(plan)
+        if not plan.has_changes:
+            return ApplyResult(plan, False, [])
+        if saved is None and not confirm(plan):
+            return ApplyResult(plan, False, [])
+        started = execute(project, plan, observation)
+    return ApplyResult(plan, True, started)
+
+
+def execute(project: Project, plan: Plan, observation: Observation) -> list[str]:
+    store = project.store
+    desired = {d.key: d for d in observation.desired}
+
+    cancels: dict[str, list[PlannedRun]] = defaultdict(list)
+    for entry in plan.changes():
+        if entry.action is Action.CANCEL:
+            cancels[entry.backend].append(entry)
+    for backend_name, entries in cancels.items():
+        project.backend(backend_name).cancel([e.job_id for e in entries])
+        for entry in entries:
+            store.terminate(entry.run_id, "KILLED", {Tag.FAILURE: "cancelled: " + entry.reason})
+
+    for entry in plan.changes():
+        if entry.action is not Action.REPAIR:
+            continue
+        tags = {Tag.JOB_ID: entry.job_id} if entry.record_job and entry.job_id else {}
+        if entry.mark_status and entry.mark_status != "FINISHED":
+            tags[Tag.FAILURE] = entry.reason
+        if entry.mark_status:
+            store.terminate(entry.run_id, entry.mark_status, tags)
+        elif tags:
+            store.set_tags(entry.run_id, tags)
+
+    to_start = [e for e in plan.changes() if e.next_attempt is not None]
+    return submit(project, observation, [(desired[e.run_key], e) for e in to_start])
+
+
+def submit(project: Project, observation: Observation, starts: list[tuple[DesiredRun, PlannedRun]]) -> list[str]:
+    store = project.store
+    code = observation.code
+    experiment_ids = store.experiment_ids() if starts else {}
+    by_backend: dict[str, list[JobRequest]] = defaultdict(list)
+    started = []
+    for want, entry in starts:
+        experiment_id = store.ensure_experiment(want.point.experiment, experiment_ids)
+        run_id = store.create_run(
+            experiment_id, want.point.point_id, run_tags(project, observation, want, entry), run_params(want)
+        )
+        checkpoint("after-intent")
+        started.append(run_id)
+        by_backend[want.point.backend].append(
+            JobRequest(
+                run_id=run_id,
+                run_key=want.key,
+                point_id=want.point.point_id,
+                command=want.point.command(data_locations(project, want)),
+                code_dir=project.code_dir(code.commit),
+                tracking_uri=store.uri,
+                experiment_id=experiment_id,
+                environment={
+                    "MANTIK_RUN_KEY": want.key,
+                    **({"MANTIK_SEED": str(want.point.seed)} if want.point.seed is not None else {}),
+                },
+            )
+        )
+    for backend_name, requests in by_backend.items():
+        try:
+            job_ids = project.backend(backend_name).submit(requests)
+        except BackendError as exc:
+            raise UserError(
+                f"backend {backend_name}: {exc}; the next apply resubmits the runs left without a job"
+            ) from exc
+        checkpoint("after-submit")
+        for run_id, job_id in job_ids.items():
+            store.set_tags(run_id, {Tag.JOB_ID: job_id})
+            checkpoint("after-job-recorded")
+    return started
+
+
+def data_locations(project: Project, want: DesiredRun) -> dict[str, str]:
+    """Where each data source is, as the job sees it (the local backend sees the working tree)."""
+    locations = {}
+    for name in want.point.data:
+        source = project.spec.data[name]
+        locations[name] = str(project.root / source.path) if source.path else source.url
+    return locations
+
+
+def run_params(want: DesiredRun) -> dict[str, str]:
+    from ..spec.experiments import format_value
+
+    params = {k: format_value(v) for k, v in want.point.parameters}
+    if want.point.seed is not None:
+        params.setdefault("seed", str(want.point.seed))
+    return params
+
+
+def run_tags(project: Project, observation: Observation, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:
+    code = observation.code
+    identity = want.identity
+    tags = {
+        Tag.PROJECT: project.spec.project,
+        Tag.EXPERIMENT: want.point.experiment,
+        Tag.POINT: want.point.point_id,
+        Tag.RUN_KEY: want.key,
+        Tag.ATTEMPT: str(entry.next_attempt),
+        Tag.COMMIT: code.commit,
+        Tag.CODE: identity.code,
+        Tag.COMMAND: identity.command,
+        Tag.PARAMETERS: json.dumps(identity.parameters, sort_keys=True),
+        Tag.DATA: json.dumps(identity.data, sort_keys=True),
+        Tag.ENVIRONMENT: identity.environment,
+        Tag.BACKEND: want.point.backend,
+        "mlflow.source.git.commit": code.commit,
+        "mlflow.source.name": code.repo_url or str(project.repo.root),
+        "mlflow.source.type": "PROJECT",
+        "mlflow.project.entryPoint": want.point.entry_point,
+        "mlflow.project.backend": project.spec.backends[want.point.backend].type,
+        "mlflow.user": getpass.getuser(),
+    }
+    if want.point.seed is not None:
+        tags[Tag.SEED] = str(want.point.seed)
+    if code.repo_url:
+        tags["mlflow.source.git.repoURL"] = code.repo_url
+    if code.branch:
+        tags["mlflow.source.git.branch"] = code.branch
+    if entry.run_id and entry.action is not Action.SUBMIT:
+        tags[Tag.PREVIOUS_RUN] = entry.run_id
+    return tags

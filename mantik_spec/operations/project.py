@@ -1,0 +1,158 @@
+"""Opening a project: the spec, its git repository, its tracking store and backends,
+and observing them into the planner's inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backends import make_backend
+from ..backends.base import JobStatus
+from ..reconcile.identity import DesiredRun, identify
+from ..reconcile.plan import Plan
+from ..reconcile.planner import JobStates, make_plan
+from ..spec.experiments import expand, resolve_extends
+from ..spec.load import LoadedSpec, load_spec
+from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
+from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
+
+
+class UserError(Exception):
+    """A problem the user fixes; printed as one line, never with a traceback."""
+
+
+@dataclass
+class Project:
+    loaded: LoadedSpec
+    repo: ProjectRepo
+    store: TrackingStore
+    state_dir: Path
+    backends: dict = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        return self.loaded.spec
+
+    @property
+    def root(self) -> Path:
+        return self.loaded.root
+
+    def backend(self, name: str):
+        if name not in self.backends:
+            self.backends[name] = make_backend(name, self.spec.backends[name], self.state_dir)
+        return self.backends[name]
+
+    def code_dir(self, commit: str) -> Path:
+        """The committed tree at ``commit``, exported once and shared by that commit's runs."""
+        target = self.state_dir / "code" / commit
+        if target.exists():
+            return target
+        building = target.with_name(f".building-{commit}-{os.getpid()}")
+        self.repo.export(commit, building)
+        try:
+            os.rename(building, target)
+        except OSError:  # exported meanwhile by a parallel process
+            shutil.rmtree(building, ignore_errors=True)
+        return target
+
+
+def open_project(directory: Path | str) -> Project:
+    loaded = load_spec(directory)
+    repo = ProjectRepo(loaded.root)
+    state_dir = loaded.root / STATE_DIR
+    state_dir.mkdir(exist_ok=True)
+    ignore = state_dir / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# local state of mantik-spec: never commit it\n*\n")
+    os.environ.update(tracking_credentials(loaded.spec.tracking))
+    store = TrackingStore(resolve_tracking_uri(loaded.spec.tracking, loaded.root), loaded.spec.project)
+    return Project(loaded, repo, store, state_dir)
+
+
+def data_versions(project: Project) -> dict[str, str]:
+    """The version of each data source that enters run keys (pinned URLs now; DVC md5s later)."""
+    versions = {}
+    for name, source in project.spec.data.items():
+        if source.url is not None:
+            versions[name] = ":".join(filter(None, [source.version, source.sha256 and f"sha256={source.sha256}"]))
+        else:
+            versions[name] = ""
+    return versions
+
+
+@dataclass
+class Observation:
+    code: CodeVersion
+    desired: list[DesiredRun]
+    runs: list[ObservedRun]
+    jobs: JobStates
+    changed_files: dict[str, list[str]]
+
+
+def observe(project: Project) -> Observation:
+    spec = project.spec
+    code = project.repo.code_version(spec.code.paths)
+    experiments, _ = resolve_extends(spec)
+    versions = data_versions(project)
+    desired = [identify(point, code.identity, versions, {}) for point in expand(spec, experiments)]
+    runs = project.store.observe()
+    jobs = poll_jobs(project, runs)
+    return Observation(code, desired, runs, jobs, _changed_files(project, code, desired, runs))
+
+
+def poll_jobs(project: Project, runs: list[ObservedRun]) -> JobStates:
+    """One poll per backend for every live run; intents with no job id are looked up for adoption."""
+    live_jobs: dict[str, list[str]] = defaultdict(list)
+    intents: dict[str, list[ObservedRun]] = defaultdict(list)
+    for run in runs:
+        if not run.live or run.backend not in project.spec.backends:
+            continue
+        if run.job_id:
+            live_jobs[run.backend].append(run.job_id)
+        else:
+            intents[run.backend].append(run)
+    for backend_name, orphans in intents.items():
+        found = project.backend(backend_name).find([run.run_id for run in orphans])
+        for run in orphans:
+            if run.run_id in found:
+                run.job_id, run.adopted_job = found[run.run_id], True
+                live_jobs[backend_name].append(run.job_id)
+    jobs: dict[tuple[str, str], JobStatus] = {}
+    for backend_name, job_ids in live_jobs.items():
+        for job_id, status in project.backend(backend_name).poll(job_ids).items():
+            jobs[(backend_name, job_id)] = status
+    return jobs
+
+
+def _changed_files(project, code: CodeVersion, desired, runs) -> dict[str, list[str]]:
+    """Files of code.paths changed since each earlier commit whose code differs, for plan reasons."""
+    wanted_points = {d.point.point_id for d in desired}
+    commits = {r.commit for r in runs if r.point_id in wanted_points and r.code != code.identity and r.commit}
+    changed = {}
+    for commit in commits:
+        files = project.repo.changed_files(commit, code.commit, project.spec.code.paths)
+        if files is not None:
+            changed[commit] = files
+    return changed
+
+
+def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation]:
+    observation = observe(project)
+    plan = make_plan(
+        observation.desired,
+        observation.runs,
+        observation.jobs,
+        commit=observation.code.commit,
+        spec_digest=project.loaded.digest,
+        prune=prune,
+        changed_files=observation.changed_files,
+    )
+    if observation.code.dirty:
+        files = ", ".join(observation.code.dirty[:10]) + (" …" if len(observation.code.dirty) > 10 else "")
+        plan.warnings.append(
+            f"uncommitted changes in code paths ({files}): the plan uses the last commit; apply will refuse"
+        )
+    return plan, observation

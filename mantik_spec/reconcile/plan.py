@@ -1,0 +1,117 @@
+"""The plan: what apply would do and why. Plain data, no I/O.
+
+An :class:`Action` *is* its symbol, so a renderer cannot disagree with meaning.
+``UP_TO_DATE``, ``RUNNING``, ``FAILED`` and ``SUSPENDED`` describe points that
+need nothing; the first four (submit, retry, repair, cancel) are changes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+PLAN_FORMAT_VERSION = 1
+
+
+class Action(enum.Enum):
+    SUBMIT = "+"
+    RETRY = "~"
+    REPAIR = "!"
+    CANCEL = "-"
+    UP_TO_DATE = "="
+    RUNNING = "…"
+    FAILED = "x"  # failed, no retries left: needs a change to the spec or code
+    SUSPENDED = "_"
+
+    @property
+    def is_change(self) -> bool:
+        return self in CHANGES
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+CHANGES = (Action.SUBMIT, Action.RETRY, Action.REPAIR, Action.CANCEL)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    action: Action
+    experiment: str
+    point_id: str
+    run_key: str
+    backend: str
+    parameters: dict
+    reason: str
+    run_id: str | None = None  # the existing run this entry is about
+    job_id: str | None = None
+    attempt: int = 1  # the existing run's attempt
+    next_attempt: int | None = None  # a new run with this attempt number is started (submit, retry, repair)
+    mark_status: str | None = None  # the status recorded on the existing run (repair, cancel)
+    record_job: bool = False  # the job was found on the backend but its id never recorded: record it
+
+    def to_json(self) -> dict:
+        return {
+            "action": self.action.label,
+            "symbol": self.action.value,
+            "experiment": self.experiment,
+            "point": self.point_id,
+            "run_key": self.run_key,
+            "backend": self.backend,
+            "parameters": self.parameters,
+            "reason": self.reason,
+            "run_id": self.run_id,
+            "job_id": self.job_id,
+            "attempt": self.next_attempt or self.attempt,
+        }
+
+
+@dataclass
+class Plan:
+    entries: list[PlannedRun]
+    commit: str
+    spec_digest: str
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for e in self.entries if e.action is action)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(e.action.is_change for e in self.entries)
+
+    def changes(self) -> list[PlannedRun]:
+        return [e for e in self.entries if e.action.is_change]
+
+    def summary(self) -> str:
+        if not self.has_changes:
+            return "No changes. Runs match the spec."
+        return (
+            f"Plan: {self.count(Action.SUBMIT)} to submit, {self.count(Action.RETRY)} to retry, "
+            f"{self.count(Action.REPAIR)} to repair, {self.count(Action.CANCEL)} to cancel, "
+            f"{self.count(Action.UP_TO_DATE)} up to date, {self.count(Action.RUNNING)} running."
+        )
+
+    def fingerprint(self) -> str:
+        """What a saved plan must still match to be applied: the commit, the spec and every change."""
+        import hashlib
+        import json
+
+        changes = [
+            (e.action.value, e.run_key, e.run_id, e.job_id, e.next_attempt, e.mark_status) for e in self.changes()
+        ]
+        payload = json.dumps([self.commit, self.spec_digest, changes], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "commit": self.commit,
+            "spec_digest": self.spec_digest,
+            "fingerprint": self.fingerprint(),
+            "has_changes": self.has_changes,
+            "summary": {a.label: self.count(a) for a in Action},
+            "warnings": self.warnings,
+            "runs": [e.to_json() for e in self.entries],
+        }

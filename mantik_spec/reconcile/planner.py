@@ -1,0 +1,246 @@
+"""The planner: a pure function of (desired runs, observed runs, job states) to a plan.
+
+No I/O happens here, so every rule can be tested with plain data. The rules,
+per declared run point, in order:
+
+* a FINISHED run has its key                        -> ``=`` up to date
+* a live run has its key and its job is live         -> ``…`` running
+* a live run has its key but its job ended or is gone -> ``!`` repair (record the
+  job's outcome; resubmit when it failed and retries are left)
+* only failed attempts, retries left                 -> ``~`` retry
+* only failed attempts, none left                    -> ``x`` failed
+* no run has its key                                 -> ``+`` submit, saying which
+  input changed against the latest run of the same point
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from ..backends.base import JobState, JobStatus
+from ..state.tracking import ObservedRun
+from .identity import DesiredRun
+from .plan import Action, Plan, PlannedRun
+
+JobStates = dict[tuple[str, str], JobStatus]  # (backend name, job id) -> status
+
+INTERRUPTED = "submission interrupted before a job was recorded"
+KILLED_STATES = (JobState.CANCELLED, JobState.PREEMPTED)
+
+
+def make_plan(
+    desired: Iterable[DesiredRun],
+    observed: Iterable[ObservedRun],
+    jobs: JobStates,
+    *,
+    commit: str,
+    spec_digest: str,
+    prune: bool = False,
+    changed_files: dict[str, list[str]] | None = None,
+) -> Plan:
+    desired = list(desired)
+    by_key: dict[str, list[ObservedRun]] = defaultdict(list)
+    by_point: dict[str, list[ObservedRun]] = defaultdict(list)
+    for run in observed:
+        by_key[run.run_key].append(run)
+        by_point[run.point_id].append(run)
+    for runs in (*by_key.values(), *by_point.values()):
+        runs.sort(key=lambda r: (r.attempt, r.start_time or 0))
+
+    entries = []
+    for want in desired:
+        entries.append(
+            _plan_point(
+                want, by_key.get(want.key, []), by_point.get(want.point.point_id, []), jobs, changed_files or {}
+            )
+        )
+    declared = {want.key for want in desired}
+    for key, runs in by_key.items():
+        if key not in declared:
+            entries.extend(_plan_undeclared(runs, jobs, prune))
+    return Plan(entries=entries, commit=commit, spec_digest=spec_digest)
+
+
+def _entry(want: DesiredRun, action: Action, reason: str, **fields) -> PlannedRun:
+    return PlannedRun(
+        action=action,
+        experiment=want.point.experiment,
+        point_id=want.point.point_id,
+        run_key=want.key,
+        backend=want.point.backend,
+        parameters=dict(want.point.parameters) | ({"seed": want.point.seed} if want.point.seed is not None else {}),
+        reason=reason,
+        **fields,
+    )
+
+
+def _plan_point(
+    want: DesiredRun, runs: list[ObservedRun], history: list[ObservedRun], jobs: JobStates, changed_files
+) -> PlannedRun:
+    finished = [r for r in runs if r.status == "FINISHED"]
+    if finished:
+        run = finished[-1]
+        return _entry(
+            want,
+            Action.UP_TO_DATE,
+            "a finished run has this key",
+            run_id=run.run_id,
+            job_id=run.job_id,
+            attempt=run.attempt,
+        )
+
+    failed_attempts = sum(1 for r in runs if r.status in ("FAILED", "KILLED") and r.failure != INTERRUPTED)
+    next_attempt = failed_attempts + 1
+
+    live = [r for r in runs if r.live]
+    if live:
+        run = live[-1]
+        if run.job_id is None:
+            return _entry(
+                want,
+                Action.REPAIR,
+                INTERRUPTED + "; resubmitting",
+                run_id=run.run_id,
+                attempt=run.attempt,
+                mark_status="FAILED",
+                next_attempt=run.attempt,
+            )
+        status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
+        if status.state.live or status.state is JobState.UNKNOWN:
+            note = f"job {run.job_id} {status.state.value}"
+            if run.adopted_job:
+                return _entry(
+                    want,
+                    Action.REPAIR,
+                    f"{note}, found on the backend but not recorded; adopting it",
+                    run_id=run.run_id,
+                    job_id=run.job_id,
+                    attempt=run.attempt,
+                    record_job=True,
+                )
+            return _entry(want, Action.RUNNING, note, run_id=run.run_id, job_id=run.job_id, attempt=run.attempt)
+        if status.state is JobState.COMPLETED and (status.exit_code in (0, None)):
+            return _entry(
+                want,
+                Action.REPAIR,
+                f"job {run.job_id} completed but the run was not closed; recording FINISHED",
+                run_id=run.run_id,
+                job_id=run.job_id,
+                attempt=run.attempt,
+                mark_status="FINISHED",
+                record_job=run.adopted_job,
+            )
+        ended = _describe_end(run.job_id, status)
+        retry_allowed = run.attempt <= want.point.retries
+        mark = "KILLED" if status.state in KILLED_STATES else "FAILED"
+        follow = f"; retrying (attempt {run.attempt + 1})" if retry_allowed else "; no retries left"
+        return _entry(
+            want,
+            Action.REPAIR,
+            ended + follow,
+            run_id=run.run_id,
+            job_id=run.job_id,
+            attempt=run.attempt,
+            mark_status=mark,
+            record_job=run.adopted_job,
+            next_attempt=run.attempt + 1 if retry_allowed else None,
+        )
+
+    if runs:  # only failed attempts
+        last = runs[-1]
+        why = last.failure or f"run {last.run_id} {last.status}"
+        if failed_attempts <= want.point.retries:
+            return _entry(
+                want,
+                Action.RETRY,
+                f"attempt {next_attempt} of {want.point.retries + 1}: {why}",
+                run_id=last.run_id,
+                attempt=last.attempt,
+                next_attempt=next_attempt,
+            )
+        return _entry(
+            want,
+            Action.FAILED,
+            f"{failed_attempts} attempt(s) failed, no retries left: {why}",
+            run_id=last.run_id,
+            job_id=last.job_id,
+            attempt=last.attempt,
+        )
+
+    if want.point.suspended:
+        return _entry(want, Action.SUSPENDED, "experiment is suspended")
+    return _entry(want, Action.SUBMIT, _why_new(want, history, changed_files), next_attempt=1)
+
+
+def _describe_end(job_id: str, status: JobStatus) -> str:
+    text = f"job {job_id} ended {status.state.name}"
+    if status.exit_code not in (None, 0):
+        text += f" (exit {status.exit_code})"
+    if status.detail:
+        text += f": {status.detail}"
+    return text
+
+
+def _why_new(want: DesiredRun, history: list[ObservedRun], changed_files: dict[str, list[str]]) -> str:
+    """Which inputs differ from the latest run of the same grid point."""
+    if not history:
+        return "new run point"
+    previous = history[-1]
+    identity = want.identity
+    changes = []
+    if previous.command != identity.command:
+        changes.append("entry point command changed")
+    old_params, new_params = previous.parameters, identity.parameters
+    for name in sorted(set(old_params) | set(new_params)):
+        if old_params.get(name) != new_params.get(name):
+            changes.append(f"parameter {name} changed ({_show(old_params.get(name))} → {_show(new_params.get(name))})")
+    if previous.code != identity.code:
+        files = changed_files.get(previous.commit) or []
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        changes.append(f"code changed ({shown + ' ' if shown else ''}since {previous.commit[:7]})")
+    for name in sorted(set(previous.data) | set(identity.data)):
+        if previous.data.get(name) != identity.data.get(name):
+            changes.append(f"data.{name} changed ({_show(previous.data.get(name))} → {_show(identity.data.get(name))})")
+    if previous.environment != identity.environment:
+        changes.append(f"environment changed ({_show(previous.environment)} → {_show(identity.environment)})")
+    return "; ".join(changes) or "inputs changed"
+
+
+def _show(value) -> str:
+    if value is None or value == "":
+        return "none"
+    text = str(value)
+    return text[:12] if len(text) == 64 else text
+
+
+def _plan_undeclared(runs: list[ObservedRun], jobs: JobStates, prune: bool) -> list[PlannedRun]:
+    """Live runs whose key the spec no longer declares: cancelled only with --prune."""
+    entries = []
+    for run in runs:
+        if not run.live or run.job_id is None:
+            continue
+        status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
+        common = dict(
+            experiment=run.point_id.split("[", 1)[0],
+            point_id=run.point_id,
+            run_key=run.run_key,
+            backend=run.backend,
+            parameters=run.parameters,
+            run_id=run.run_id,
+            job_id=run.job_id,
+            attempt=run.attempt,
+        )
+        if status.state.live and prune:
+            entries.append(PlannedRun(Action.CANCEL, reason="no longer declared", mark_status="KILLED", **common))
+        elif status.state.ended:
+            mark = "FINISHED" if status.state is JobState.COMPLETED else "FAILED"
+            entries.append(
+                PlannedRun(
+                    Action.REPAIR,
+                    reason=f"{_describe_end(run.job_id, status)} (no longer declared)",
+                    mark_status=mark,
+                    **common,
+                )
+            )
+    return entries

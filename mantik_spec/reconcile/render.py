@@ -1,0 +1,68 @@
+"""Drawing a plan for people (text, Markdown for pull requests) and programs (JSON)."""
+
+from __future__ import annotations
+
+import json
+
+from .plan import Action, Plan
+
+LISTED = (Action.SUBMIT, Action.RETRY, Action.REPAIR, Action.CANCEL)
+ACTION_WORDS = {Action.SUBMIT: "submit", Action.RETRY: "retry", Action.REPAIR: "repair", Action.CANCEL: "cancel"}
+
+
+def render_text(plan: Plan, color: bool = False) -> str:
+    import click
+
+    colors = {Action.SUBMIT: "green", Action.RETRY: "yellow", Action.REPAIR: "magenta", Action.CANCEL: "red"}
+    lines = [f"Warning: {w}" for w in plan.warnings]
+    changes = [e for e in plan.entries if e.action in LISTED]
+    if changes:
+        if lines:
+            lines.append("")
+        lines.append("mantik will perform the following actions:")
+        lines.append("")
+        for entry in changes:
+            symbol = (
+                click.style(entry.action.value, fg=colors[entry.action], bold=True) if color else entry.action.value
+            )
+            lines.append(f"  {symbol} {entry.point_id}  [{entry.backend}, key {entry.run_key[:12]}]")
+            lines.append(f"      {entry.reason}")
+    failed = [e for e in plan.entries if e.action is Action.FAILED]
+    if failed:
+        lines += ["", "Failed, no retries left (change the code, data or parameters, or raise retries):"]
+        lines += [f"  x {e.point_id}: {e.reason}" for e in failed]
+    lines += ["", plan.summary()]
+    notes = []
+    if plan.count(Action.SUSPENDED):
+        notes.append(f"{plan.count(Action.SUSPENDED)} suspended")
+    if failed:
+        notes.append(f"{len(failed)} failed")
+    if notes:
+        lines.append(f"({', '.join(notes)})")
+    return "\n".join(lines).lstrip("\n")
+
+
+def render_markdown(plan: Plan) -> str:
+    lines = ["### mantik plan", "", f"Commit `{plan.commit[:7]}`: **{plan.summary()}**", ""]
+    lines += [f"> :warning: {w}" for w in plan.warnings]
+    changes = [e for e in plan.entries if e.action in LISTED]
+    if changes:
+        lines += ["| | action | run point | backend | reason |", "|---|---|---|---|---|"]
+        for e in changes:
+            lines.append(
+                f"| `{e.action.value}` | {ACTION_WORDS[e.action]} | `{_cell(e.point_id)}` | {e.backend} | {_cell(e.reason)} |"
+            )
+    failed = [e for e in plan.entries if e.action is Action.FAILED]
+    if failed:
+        lines += ["", "<details><summary>Failed, no retries left</summary>", ""]
+        lines += [f"- `{_cell(e.point_id)}`: {_cell(e.reason)}" for e in failed]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_json(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), indent=2, ensure_ascii=False)

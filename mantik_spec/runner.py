@@ -1,0 +1,125 @@
+"""The in-job runner: wraps the user's command inside a job, on any backend.
+
+It needs only the Python standard library and mlflow (HPC nodes rarely have
+more), so backends copy this one file next to the job. It reads ``job.json``
+from the job directory, attaches the user's command to the declared MLflow run
+(``MLFLOW_RUN_ID``), marks it RUNNING, keeps the combined output as the
+``mantik/output.log`` artifact and ends the run FINISHED, FAILED or KILLED with
+the exit code as a tag. The exit code is also written to ``exit_code`` so the
+backend can settle the run's status when the tracking store was unreachable.
+
+Usage: python runner.py JOB_DIR
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+EXIT_CODE_FILE = "exit_code"
+OUTPUT_FILE = "output.log"
+CANCEL_FILE = "cancel"
+
+
+def _warn(message):
+    sys.stderr.write(f"mantik runner: {message}\n")
+    sys.stderr.flush()
+
+
+class Tracking:
+    """Best effort: a job whose store is unreachable still runs; the reconciler settles its status."""
+
+    def __init__(self, uri, run_id):
+        self.run_id = run_id
+        self.client = None
+        try:
+            import logging
+
+            from mlflow.tracking import MlflowClient
+
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+
+            self.client = MlflowClient(tracking_uri=uri)
+        except Exception as exc:  # noqa: BLE001 - any failure here must not stop the job
+            _warn(f"tracking unavailable: {exc}")
+
+    def do(self, what, *args, **kwargs):
+        if self.client is None:
+            return
+        try:
+            getattr(self.client, what)(self.run_id, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"tracking call {what} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+
+def _write_atomically(path, text):
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def main(job_dir):
+    with open(os.path.join(job_dir, "job.json")) as handle:
+        job = json.load(handle)
+    workdir = os.path.join(job_dir, job.get("workdir", "work"))
+    tracking = Tracking(job["tracking_uri"], job["run_id"])
+    tracking.do("update_run", status="RUNNING")
+
+    environment = dict(os.environ)
+    environment.update(job.get("environment", {}))
+    environment.update(
+        MLFLOW_RUN_ID=job["run_id"],
+        MLFLOW_TRACKING_URI=job["tracking_uri"],
+        MLFLOW_EXPERIMENT_ID=job["experiment_id"],
+    )
+    if job.get("path_prepend"):
+        environment["PATH"] = job["path_prepend"] + os.pathsep + environment.get("PATH", "")
+
+    cancelled = []
+
+    def on_signal(signum, _frame):
+        cancelled.append(signum)  # the child shares our process group and got the signal too
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    log_path = os.path.join(job_dir, OUTPUT_FILE)
+    with open(log_path, "ab", buffering=0) as log:
+        try:
+            child = subprocess.Popen(
+                ["/bin/sh", "-c", job["command"]],
+                cwd=workdir,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            while True:
+                try:
+                    code = child.wait()
+                    break
+                except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                    continue
+        except OSError as exc:
+            log.write(f"mantik runner: cannot start the command: {exc}\n".encode())
+            code = 127
+    if code < 0:
+        code = 128 - code  # killed by a signal: report it the way shells do
+
+    if os.path.exists(os.path.join(job_dir, CANCEL_FILE)):
+        cancelled.append("cancel requested")
+    status = "KILLED" if cancelled else ("FINISHED" if code == 0 else "FAILED")
+    tracking.do("log_artifact", log_path, "mantik")
+    tracking.do("set_tag", "mantik.exit_code", str(code))
+    tracking.do("set_terminated", status)
+    _write_atomically(os.path.join(job_dir, EXIT_CODE_FILE), f"{code}\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

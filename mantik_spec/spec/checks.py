@@ -1,0 +1,160 @@
+"""Checks that need the whole spec: references, placeholders, credentials.
+
+Each check yields ``(path, message)``; the loader turns paths into lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+
+from .experiments import DATA_PREFIX, SEED_PARAMETER, placeholders, resolve_extends, seeds_of, type_error
+from .hints import suggest, unknown_name
+from .model import Spec
+
+Finding = tuple[tuple, str]
+
+MAX_POINTS_PER_EXPERIMENT = 100_000
+CREDENTIAL_KEY = re.compile(r"(password|passwd|secret|token|api_?key|private_?key|access_?key)$", re.IGNORECASE)
+URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
+
+
+def inline_credentials(data, path: tuple = ()) -> Iterator[Finding]:
+    """Secrets belong in the environment, named by a ``*_env`` key: never in git."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            child = (*path, key)
+            if CREDENTIAL_KEY.search(str(key)) and isinstance(value, (str, int)) and value != "":
+                yield child, f"credential written inline; name an environment variable instead ({key}_env: VARIABLE)"
+            elif isinstance(value, str) and URL_WITH_PASSWORD.match(value):
+                yield child, "URL carries a password; put credentials in the environment instead"
+            else:
+                yield from inline_credentials(value, child)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from inline_credentials(value, (*path, index))
+
+
+def relative_path_problem(value: str) -> str | None:
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith("~"):
+        return "must be a path relative to the project root"
+    if ".." in path.parts:
+        return "must stay inside the project (no '..')"
+    return None
+
+
+def semantic(spec: Spec) -> Iterator[Finding]:
+    yield from _entry_points(spec)
+    yield from _paths(spec)
+    for name, backend in spec.backends.items():
+        if backend.environment and backend.environment not in spec.environments:
+            yield ("backends", name, "environment"), unknown_name("environment", backend.environment, spec.environments)
+    experiments, extends_problems = resolve_extends(spec)
+    yield from extends_problems
+    for name, experiment in experiments.items():
+        yield from _experiment(spec, name, experiment)
+
+
+def _entry_points(spec: Spec) -> Iterator[Finding]:
+    for name, entry in spec.entry_points.items():
+        used = placeholders(entry.command)
+        for placeholder in used:
+            if placeholder.startswith(DATA_PREFIX):
+                source = placeholder[len(DATA_PREFIX) :]
+                if source not in spec.data:
+                    yield (
+                        ("entry_points", name, "command"),
+                        f"{{{placeholder}}}: " + unknown_name("data source", source, spec.data),
+                    )
+            elif placeholder not in entry.parameters:
+                yield (
+                    ("entry_points", name, "command"),
+                    f"placeholder {{{placeholder}}} has no declared parameter{suggest(placeholder, entry.parameters)}",
+                )
+        for parameter, declared in entry.parameters.items():
+            if parameter not in used:
+                yield (
+                    ("entry_points", name, "parameters", parameter),
+                    f"parameter '{parameter}' is never used in the command",
+                )
+            if declared.default is not None and (problem := type_error(declared.default, declared.type)):
+                yield ("entry_points", name, "parameters", parameter, "default"), problem
+
+
+def _paths(spec: Spec) -> Iterator[Finding]:
+    for index, value in enumerate(spec.code.paths or []):
+        if problem := relative_path_problem(value):
+            yield ("code", "paths", index), problem
+    for name, source in spec.data.items():
+        where = ("data", name)
+        if (source.path is None) == (source.url is None):
+            yield where, "set exactly one of 'path' (DVC-tracked) or 'url'"
+        elif source.path is not None and (problem := relative_path_problem(source.path)):
+            yield (*where, "path"), problem
+        elif source.url is not None and not (source.version or source.sha256 or source.unpinned):
+            yield (
+                (*where, "url"),
+                "unpinned URL: add 'version' or 'sha256' (or 'unpinned: true' to accept unreproducible runs)",
+            )
+
+
+def _experiment(spec: Spec, name: str, experiment) -> Iterator[Finding]:
+    where = ("experiments", name)
+    if experiment.entry_point is None:
+        yield where, "no entry_point (set it here or in the experiment it extends)"
+        return
+    if experiment.entry_point not in spec.entry_points:
+        yield (*where, "entry_point"), unknown_name("entry point", experiment.entry_point, spec.entry_points)
+        return
+    if experiment.backend is None and len(spec.backends) != 1:
+        yield where, f"no backend (several are declared: {', '.join(sorted(spec.backends))})"
+    elif experiment.backend is not None and experiment.backend not in spec.backends:
+        yield (*where, "backend"), unknown_name("backend", experiment.backend, spec.backends)
+    if experiment.environment is not None and experiment.environment not in spec.environments:
+        yield (*where, "environment"), unknown_name("environment", experiment.environment, spec.environments)
+    for index, source in enumerate(experiment.data or []):
+        if source not in spec.data:
+            yield (*where, "data", index), unknown_name("data source", source, spec.data)
+    entry = spec.entry_points[experiment.entry_point]
+    for placeholder in placeholders(entry.command):
+        if placeholder.startswith(DATA_PREFIX) and placeholder[len(DATA_PREFIX) :] not in (experiment.data or []):
+            source = placeholder[len(DATA_PREFIX) :]
+            yield where, f"entry point '{experiment.entry_point}' uses {{{placeholder}}}: add '{source}' to data"
+    yield from _grid(name, experiment, entry)
+
+
+def _grid(name: str, experiment, entry) -> Iterator[Finding]:
+    where = ("experiments", name, "parameters")
+    given = experiment.parameters or {}
+    size = len(seeds_of(experiment))
+    for parameter, value in given.items():
+        if parameter not in entry.parameters:
+            yield (
+                (*where, parameter),
+                f"entry point '{experiment.entry_point}' has no parameter '{parameter}'{suggest(parameter, entry.parameters)}",
+            )
+            continue
+        if parameter == SEED_PARAMETER and experiment.seeds is not None:
+            yield (*where, parameter), "set either 'seeds' or a 'seed' parameter, not both"
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            yield (*where, parameter), "empty grid axis: give at least one value"
+        if len(set(map(repr, values))) != len(values):
+            yield (*where, parameter), "grid axis lists a value twice"
+        for index, item in enumerate(values):
+            if problem := type_error(item, entry.parameters[parameter].type):
+                yield ((*where, parameter, index) if isinstance(value, list) else (*where, parameter)), problem
+        size *= max(len(values), 1)
+    for parameter, declared in entry.parameters.items():
+        seeded = parameter == SEED_PARAMETER and experiment.seeds is not None
+        if declared.default is None and parameter not in given and not seeded:
+            yield (
+                ("experiments", name),
+                f"parameter '{parameter}' of entry point '{experiment.entry_point}' has no default: set it",
+            )
+    if isinstance(experiment.seeds, list) and len(set(experiment.seeds)) != len(experiment.seeds):
+        yield ("experiments", name, "seeds"), "a seed is listed twice"
+    if size > MAX_POINTS_PER_EXPERIMENT:
+        yield ("experiments", name), f"the grid has {size} points; more than {MAX_POINTS_PER_EXPERIMENT} is refused"

@@ -1,0 +1,182 @@
+"""Find, parse and validate ``mantik.yaml``: the only way the rest of the tool gets a spec.
+
+Every problem, from a YAML syntax error to a reference to an undeclared
+backend, comes back as a :class:`Problem` with ``file:line:col``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from .checks import inline_credentials, semantic
+from .hints import suggest
+from .model import Spec
+from .yamlload import MarkedDocument, Problem, SpecError, load_marked
+
+SPEC_FILE = "mantik.yaml"
+MAX_SPEC_BYTES = 2 * 1024 * 1024
+
+
+@dataclass
+class LoadedSpec:
+    spec: Spec
+    document: MarkedDocument
+    root: Path  # the project directory (where mantik.yaml is)
+    digest: str  # sha256 of the file's bytes, for saved-plan staleness
+
+
+def spec_path(directory: Path) -> Path:
+    return Path(directory) / SPEC_FILE
+
+
+def read_spec_text(directory: Path) -> tuple[Path, str, bytes]:
+    path = spec_path(directory)
+    fail = lambda message: SpecError([Problem(SPEC_FILE, None, "", message)])  # noqa: E731
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(Path(directory).resolve()):
+            raise fail(f"is a symlink to {target}, outside the project")
+    if not path.exists():
+        raise fail(f"not found in {Path(directory).resolve()} (run `mantik init` to create one)")
+    if not path.is_file():
+        raise fail("is not a regular file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise fail(f"is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise fail("is not a text file (contains NUL bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError([Problem(SPEC_FILE, None, "", f"line {line}: not valid UTF-8")]) from None
+    return path, text, raw
+
+
+def load_spec(directory: Path | str = ".") -> LoadedSpec:
+    """Parse and validate the spec in ``directory`` or raise :class:`SpecError`."""
+    directory = Path(directory)
+    _, text, raw = read_spec_text(directory)
+    document = load_marked(text, SPEC_FILE)
+    spec = validate_document(document)
+    return LoadedSpec(spec, document, directory.resolve(), hashlib.sha256(raw).hexdigest())
+
+
+def validate_document(document: MarkedDocument) -> Spec:
+    if not isinstance(document.data, dict):
+        raise SpecError([document.problem((), "the top level must be a mapping (project:, experiments:, ...)")])
+    problems = [document.problem(path, message) for path, message in inline_credentials(document.data)]
+    try:
+        spec = Spec.model_validate(document.data)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, document))
+        raise SpecError(_sorted(problems)) from None
+    problems.extend(document.problem(path, message) for path, message in semantic(spec))
+    if problems:
+        raise SpecError(_sorted(problems))
+    return spec
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.mark.line, p.mark.column) if p.mark else (0, 0))
+
+
+_EXPECTED = re.compile(r"should be (?:a valid |an? )?(.+?)(?:$|,)")
+
+
+def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[Problem]:
+    """One problem per location, in the user's terms (not pydantic's union member names)."""
+    grouped: dict[tuple, list[dict]] = {}
+    for error in exc.errors(include_url=False):
+        grouped.setdefault(_data_path(error["loc"], document.data), []).append(error)
+    problems = []
+    for path, errors in grouped.items():
+        first = errors[0]
+        if first["type"] == "extra_forbidden":
+            allowed = _allowed_keys(path[:-1], document.data)
+            message = f"unknown key '{path[-1]}'{suggest(path[-1], allowed)}"
+        elif first["type"] == "missing":
+            message = "required"
+        elif first["type"] == "union_tag_invalid":
+            path = (*path, "type")
+            message = f"unknown type {first['ctx']['tag']!r}; expected {first['ctx']['expected_tags']}"
+        elif len(errors) > 1:
+            expected = sorted({m.group(1) for e in errors if (m := _EXPECTED.search(e["msg"]))})
+            message = f"expected {' or '.join(expected)}, got {_describe(first['input'])}"
+        else:
+            message = first["msg"][0].lower() + first["msg"][1:]
+            if first["type"] not in ("value_error", "assertion_error"):
+                message += f", got {_describe(first['input'])}"
+        problems.append(document.problem(path, message))
+    return problems
+
+
+def _describe(value) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _data_path(loc: tuple, data) -> tuple:
+    """Drop the parts of a pydantic location that are not in the document (union tags)."""
+    path: list = []
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif index < len(loc) - 1 or not isinstance(node, dict):
+            continue  # a union member's name, not a key of the document
+        path.append(part)
+    return tuple(path)
+
+
+def _allowed_keys(path: tuple, data) -> list[str]:
+    """The keys the model accepts at ``path`` (for 'did you mean')."""
+    annotation: object = Spec
+    node = data
+    for part in path:
+        annotation = _concrete(annotation, node)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return []
+            annotation = field.annotation
+        else:
+            args = typing.get_args(annotation)
+            annotation = args[-1] if args else None
+        node = node[part] if isinstance(node, (dict, list)) else None
+    annotation = _concrete(annotation, node)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _concrete(annotation, node):
+    """Strip Annotated/Optional and pick the union member that matches ``node``."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [_concrete(m, node) for m in typing.get_args(annotation)]
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        tag = node.get("type") if isinstance(node, dict) else None
+        for model in models:
+            field = model.model_fields.get("type")
+            if field is not None and tag in typing.get_args(field.annotation):
+                return model
+        if models:
+            return models[0]
+        containers = [m for m in members if typing.get_origin(m) in (dict, list)]
+        return containers[0] if containers else annotation
+    return annotation

@@ -1,0 +1,199 @@
+"""Safe YAML loading that keeps a line/column mark for every node.
+
+PyYAML's safe loader silently keeps the last of two duplicate keys and forgets
+where each value came from; this module composes the node graph itself (with
+libyaml when available) so that every problem found later, semantic ones
+included, can point at ``file:line:col``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+try:  # libyaml is ~10x faster and still reports marks
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover - depends on the PyYAML build
+    from yaml import SafeLoader as _Loader
+
+Path = tuple  # a path into the document: mapping keys and list indices
+
+# Aliases let a small file expand into a huge object graph ("billion laughs");
+# a spec has no legitimate need for many of them.
+MAX_ALIASES = 100
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class Mark:
+    line: int  # 1-based, as editors show it
+    column: int  # 1-based
+
+
+@dataclass
+class Problem:
+    """One user-facing problem, located in a file."""
+
+    file: str
+    mark: Mark | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.mark is not None:
+            where += f":{self.mark.line}:{self.mark.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SpecError(Exception):
+    """Raised with every problem found, so the user can fix them in one go."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass
+class MarkedDocument:
+    """Plain Python data plus a mark for every key and value path."""
+
+    file: str
+    data: object
+    marks: dict[Path, Mark] = field(default_factory=dict)
+
+    def mark_for(self, path: Path) -> Mark | None:
+        """The mark of ``path`` or of its nearest ancestor that exists."""
+        path = tuple(path)
+        while path:
+            if path in self.marks:
+                return self.marks[path]
+            path = path[:-1]
+        return self.marks.get(())
+
+    def problem(self, path: Path, message: str) -> Problem:
+        return Problem(self.file, self.mark_for(path), dotted(path), message)
+
+
+def dotted(path: Path) -> str:
+    parts: list[str] = []
+    for part in path:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts)
+
+
+def _mark(node: yaml.Node) -> Mark:
+    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Builder:
+    def __init__(self, file: str):
+        self.file = file
+        self.marks: dict[Path, Mark] = {}
+        self.problems: list[Problem] = []
+        self.constructor = yaml.SafeLoader("")  # only for scalar resolution
+        self.aliases_seen = 0
+        self.visiting: set[int] = set()
+
+    def build(self, node: yaml.Node, path: Path, depth: int = 0):
+        self.marks.setdefault(path, _mark(node))
+        if depth > MAX_DEPTH:
+            self._fail(node, path, f"nesting deeper than {MAX_DEPTH} levels")
+            return None
+        if id(node) in self.visiting:
+            self._fail(node, path, "recursive alias")
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return self.constructor.construct_object(node, deep=True)
+            except yaml.YAMLError as exc:
+                self._fail(node, path, _first_line(exc))
+                return None
+        self.visiting.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(child, (*path, i), depth + 1) for i, child in enumerate(node.value)]
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path, depth)
+        finally:
+            self.visiting.discard(id(node))
+        self._fail(node, path, f"unsupported YAML node {node.tag}")  # pragma: no cover
+        return None
+
+    def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
+        result: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self._fail(key_node, path, "YAML merge keys (<<) are not supported; use `extends`")
+                continue
+            key = self.build(key_node, (*path, "<key>"), depth + 1)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                self._fail(key_node, path, "mapping keys must be plain scalars")
+                continue
+            if isinstance(key, bool) or not isinstance(key, str):
+                key = str(key).lower() if isinstance(key, bool) else str(key)
+            child = (*path, key)
+            if key in result:
+                first = self.marks.get(child)
+                where = f" (first defined at line {first.line})" if first else ""
+                self._fail(key_node, child, f"duplicate key '{key}'{where}")
+                continue
+            self.marks[child] = _mark(key_node)
+            result[key] = self.build(value_node, child, depth + 1)
+        return result
+
+    def _fail(self, node: yaml.Node, path: Path, message: str) -> None:
+        self.problems.append(Problem(self.file, _mark(node), dotted(path), message))
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def load_marked(text: str, file: str) -> MarkedDocument:
+    """Parse ``text`` into a :class:`MarkedDocument` or raise :class:`SpecError`."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        _count_aliases(loader, root, file)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Mark(mark.line + 1, mark.column + 1) if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise SpecError([Problem(file, where, "", f"YAML syntax error: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([Problem(file, None, "", f"YAML error: {_first_line(exc)}")]) from None
+    finally:
+        loader.dispose()
+    if root is None:
+        raise SpecError([Problem(file, Mark(1, 1), "", "the file is empty")])
+    builder = _Builder(file)
+    data = builder.build(root, ())
+    if builder.problems:
+        raise SpecError(builder.problems)
+    return MarkedDocument(file, data, builder.marks)
+
+
+def _count_aliases(loader, root, file: str) -> None:
+    """Refuse documents whose aliases would multiply into a huge graph."""
+    seen: dict[int, int] = {}
+    stack = [root] if root is not None else []
+    references = 0
+    while stack:
+        node = stack.pop()
+        count = seen.get(id(node), 0)
+        seen[id(node)] = count + 1
+        if count:
+            references += 1
+            if references > MAX_ALIASES:
+                raise SpecError([Problem(file, _mark(node), "", f"more than {MAX_ALIASES} alias references")])
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))

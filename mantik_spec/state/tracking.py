@@ -1,0 +1,301 @@
+"""MLflow as the only state store: observing the project's runs and writing run records.
+
+Runs are read in pages (one call per page, never one per run). Each run carries
+its run key, point id and identity inputs as ``mantik.*`` tags beside MLflow's
+own ``mlflow.source.*`` system tags, so the MLflow UI shows where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..spec.model import Tracking
+
+PAGE_SIZE = 1000
+LIVE = frozenset({"SCHEDULED", "RUNNING"})
+TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
+DEFAULT_URI = "sqlite:///.mantik/mlflow.db"
+
+
+class TrackingError(Exception):
+    """The tracking store could not be reached or refused a request."""
+
+
+class Tag:
+    PROJECT = "mantik.project"
+    EXPERIMENT = "mantik.experiment"
+    POINT = "mantik.point"
+    RUN_KEY = "mantik.run_key"
+    ATTEMPT = "mantik.attempt"
+    COMMIT = "mantik.commit"
+    CODE = "mantik.code"
+    COMMAND = "mantik.command"
+    PARAMETERS = "mantik.parameters"
+    SEED = "mantik.seed"
+    DATA = "mantik.data"
+    ENVIRONMENT = "mantik.environment"
+    BACKEND = "mantik.backend"
+    JOB_ID = "mantik.job_id"
+    EXIT_CODE = "mantik.exit_code"
+    FAILURE = "mantik.failure"
+    PREVIOUS_RUN = "mantik.previous_run"
+
+
+@dataclass
+class ObservedRun:
+    run_id: str
+    experiment_id: str
+    status: str
+    run_key: str
+    point_id: str
+    attempt: int
+    backend: str
+    job_id: str | None
+    commit: str
+    code: str
+    command: str
+    parameters: dict
+    data: dict
+    environment: str
+    start_time: int | None
+    end_time: int | None
+    failure: str | None = None
+    metrics: dict = field(default_factory=dict)
+    adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
+
+def resolve_tracking_uri(tracking: Tracking, project_root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` wins; a relative sqlite path is taken from the project root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        database = (project_root / uri[len("sqlite:///") :]).resolve()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{database}"
+    return uri
+
+
+def tracking_credentials(tracking: Tracking) -> dict[str, str]:
+    """MLflow's client variables, filled from the variables the spec names (never from the spec)."""
+    mapping = {
+        "MLFLOW_TRACKING_TOKEN": tracking.token_env,
+        "MLFLOW_TRACKING_USERNAME": tracking.username_env,
+        "MLFLOW_TRACKING_PASSWORD": tracking.password_env,
+    }
+    return {target: os.environ[source] for target, source in mapping.items() if source and source in os.environ}
+
+
+def _silence_mlflow_logging() -> None:
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class TrackingStore:
+    """The project's view of one MLflow tracking server or database."""
+
+    def __init__(self, uri: str, project: str):
+        from mlflow.tracking import MlflowClient
+
+        _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
+
+        self.uri = uri
+        self.project = project
+        self.client = MlflowClient(tracking_uri=uri)
+        self.calls = 0  # requests made, printed with -v and by the bench
+
+    def _call(self, function, *args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        try:
+            return function(*args, **kwargs)
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow at {_safe_uri(self.uri)}: {exc.message.splitlines()[0]}") from exc
+        except OSError as exc:
+            raise TrackingError(f"MLflow at {_safe_uri(self.uri)} unreachable: {exc}") from exc
+
+    # experiments -------------------------------------------------------------------------------
+
+    def experiment_name(self, experiment: str) -> str:
+        return f"{self.project}/{experiment}"
+
+    def experiment_ids(self) -> dict[str, str]:
+        """MLflow experiment id -> mantik experiment name, for this project."""
+        ids, token = {}, None
+        while True:
+            page = self._call(
+                self.client.search_experiments,
+                filter_string=f"tags.`{Tag.PROJECT}` = '{_quote(self.project)}'",
+                max_results=PAGE_SIZE,
+                page_token=token,
+            )
+            ids.update({e.experiment_id: e.tags.get(Tag.EXPERIMENT, e.name) for e in page})
+            token = page.token
+            if not token:
+                return ids
+
+    def ensure_experiment(self, experiment: str, known: dict[str, str]) -> str:
+        for experiment_id, name in known.items():
+            if name == experiment:
+                return experiment_id
+        from mlflow.exceptions import MlflowException
+
+        name = self.experiment_name(experiment)
+        existing = self._call(self.client.get_experiment_by_name, name)
+        if existing is not None:
+            experiment_id = existing.experiment_id
+            self._call(self.client.set_experiment_tag, experiment_id, Tag.PROJECT, self.project)
+            self._call(self.client.set_experiment_tag, experiment_id, Tag.EXPERIMENT, experiment)
+        else:
+            try:
+                experiment_id = self._call(
+                    self.client.create_experiment,
+                    name,
+                    artifact_location=self._artifact_location(),
+                    tags={Tag.PROJECT: self.project, Tag.EXPERIMENT: experiment},
+                )
+            except TrackingError as exc:  # created meanwhile by a parallel apply (lock broken)
+                if not isinstance(exc.__cause__, MlflowException):
+                    raise
+                experiment_id = self._call(self.client.get_experiment_by_name, name).experiment_id
+        known[experiment_id] = experiment
+        return experiment_id
+
+    def _artifact_location(self) -> str | None:
+        # sqlite stores default to ./mlruns under whatever directory the CLI ran in: keep artifacts beside the db
+        if self.uri.startswith("sqlite:///"):
+            return (Path(self.uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
+        return None
+
+    # runs --------------------------------------------------------------------------------------
+
+    def observe(self) -> list[ObservedRun]:
+        """Every active run of the project, one paged scan."""
+        from mlflow.entities import ViewType
+
+        experiment_ids = list(self.experiment_ids())
+        runs: list[ObservedRun] = []
+        token = None
+        while experiment_ids:
+            page = self._call(
+                self.client.search_runs,
+                experiment_ids,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=PAGE_SIZE,
+                page_token=token,
+            )
+            runs.extend(observed for run in page if (observed := _observed(run)) is not None)
+            token = page.token
+            if not token:
+                break
+        return runs
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
+        """The intent record: created SCHEDULED, with its key, before anything is submitted."""
+        from mlflow.entities import Param
+
+        run = self._call(
+            self.client.create_run, experiment_id, tags={**tags, "mlflow.runName": run_name}, run_name=run_name
+        )
+        run_id = run.info.run_id
+        if params:
+            self._call(self.client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
+        self._call(self.client.update_run, run_id, status="SCHEDULED")
+        return run_id
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._call(self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def terminate(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+        if tags:
+            self.set_tags(run_id, tags)
+        self._call(self.client.set_terminated, run_id, status)
+
+    # the project lock uses registered-model names: the one create-if-absent primitive every store has
+
+    def create_lock_record(self, name: str, tags: dict[str, str]) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        try:
+            self.client.create_registered_model(name, tags=tags, description="mantik-spec project lock")
+            return True
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                return False
+            raise TrackingError(f"MLflow at {_safe_uri(self.uri)}: {exc.message.splitlines()[0]}") from exc
+
+    def read_lock_record(self, name: str) -> dict[str, str] | None:
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        try:
+            return dict(self.client.get_registered_model(name).tags)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise TrackingError(f"MLflow at {_safe_uri(self.uri)}: {exc.message.splitlines()[0]}") from exc
+
+    def delete_lock_record(self, name: str) -> None:
+        self._call(self.client.delete_registered_model, name)
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _safe_uri(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.password or parsed.username:
+        return uri.replace(parsed.netloc, parsed.hostname or "", 1)
+    return uri
+
+
+def _json_tag(tags: dict, name: str) -> dict:
+    try:
+        value = json.loads(tags.get(name) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _observed(run) -> ObservedRun | None:
+    tags = run.data.tags
+    key = tags.get(Tag.RUN_KEY)
+    if not key:
+        return None  # a run the user logged by hand: not ours to plan
+    try:
+        attempt = int(tags.get(Tag.ATTEMPT, "1"))
+    except ValueError:
+        attempt = 1
+    return ObservedRun(
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        status=run.info.status,
+        run_key=key,
+        point_id=tags.get(Tag.POINT, ""),
+        attempt=attempt,
+        backend=tags.get(Tag.BACKEND, ""),
+        job_id=tags.get(Tag.JOB_ID) or None,
+        commit=tags.get(Tag.COMMIT, ""),
+        code=tags.get(Tag.CODE, ""),
+        command=tags.get(Tag.COMMAND, ""),
+        parameters=_json_tag(tags, Tag.PARAMETERS),
+        data=_json_tag(tags, Tag.DATA),
+        environment=tags.get(Tag.ENVIRONMENT, ""),
+        start_time=run.info.start_time,
+        end_time=run.info.end_time,
+        failure=tags.get(Tag.FAILURE),
+        metrics=dict(run.data.metrics),
+    )
