@@ -50,11 +50,10 @@ def make_plan(
 
     entries = []
     for want in desired:
-        entries.append(
-            _plan_point(
-                want, by_key.get(want.key, []), by_point.get(want.point.point_id, []), jobs, changed_files or {}
-            )
-        )
+        runs = by_key.get(want.key, [])
+        entry = _plan_point(want, runs, by_point.get(want.point.point_id, []), jobs, changed_files or {})
+        entries.append(entry)
+        entries.extend(_close_duplicates(want, runs, entry.run_id, jobs))
     declared = {want.key for want in desired}
     for key, runs in by_key.items():
         if key not in declared:
@@ -171,6 +170,23 @@ def _plan_point(
     if want.point.suspended:
         return _entry(want, Action.SUSPENDED, "experiment is suspended")
     return _entry(want, Action.SUBMIT, _why_new(want, history, changed_files), next_attempt=1)
+
+
+def _close_duplicates(want: DesiredRun, runs: list[ObservedRun], kept: str | None, jobs: JobStates) -> list[PlannedRun]:
+    """Other live runs of the same key (a double submission, or a stale record) are closed once their job ended."""
+    entries = []
+    for run in runs:
+        if not run.live or run.run_id == kept:
+            continue
+        if run.job_id is None:
+            entries.append(_entry(want, Action.REPAIR, INTERRUPTED, run_id=run.run_id, attempt=run.attempt, mark_status="FAILED"))
+            continue
+        status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
+        if status.state.ended:
+            mark = "FINISHED" if status.state is JobState.COMPLETED else ("KILLED" if status.state in KILLED_STATES else "FAILED")
+            entries.append(_entry(want, Action.REPAIR, _describe_end(run.job_id, status) + " (duplicate run)",
+                                  run_id=run.run_id, job_id=run.job_id, attempt=run.attempt, mark_status=mark))
+    return entries
 
 
 def _describe_end(job_id: str, status: JobStatus) -> str:

@@ -72,10 +72,13 @@ def resolve_extends(spec: Spec) -> tuple[dict[str, Experiment], list[tuple[tuple
     """
     resolved: dict[str, Experiment] = {}
     problems: list[tuple[tuple, str]] = []
+    in_cycle: set[str] = set()
 
     def resolve(name: str, chain: list[str]) -> Experiment | None:
         if name in resolved:
             return resolved[name]
+        if name in in_cycle:
+            return None
         own = spec.experiments[name]
         if own.extends is None:
             resolved[name] = own
@@ -86,8 +89,12 @@ def resolve_extends(spec: Spec) -> tuple[dict[str, Experiment], list[tuple[tuple
             )
             return None
         if own.extends in chain:
-            cycle = " -> ".join([*chain[chain.index(own.extends) :], own.extends])
-            problems.append((("experiments", name, "extends"), f"extends cycle: {cycle}"))
+            cycle = chain[chain.index(own.extends) :]
+            for start, member in enumerate(cycle):  # each member on its own line, with its own view of the loop
+                if member not in in_cycle:
+                    in_cycle.add(member)
+                    loop = " -> ".join([*cycle[start:], *cycle[:start], member])
+                    problems.append((("experiments", member, "extends"), f"extends cycle: {loop}"))
             return None
         parent = resolve(own.extends, [*chain, own.extends])
         if parent is None:

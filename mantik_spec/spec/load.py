@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from .checks import inline_credentials, semantic
 from .hints import suggest
 from .model import Spec
-from .yamlload import MarkedDocument, Problem, SpecError, load_marked
+from .yamlload import MarkedDocument, Problem, SpecError, dotted, load_marked
 
 SPEC_FILE = "mantik.yaml"
 MAX_SPEC_BYTES = 2 * 1024 * 1024
@@ -72,11 +72,13 @@ def load_spec(directory: Path | str = ".") -> LoadedSpec:
 def validate_document(document: MarkedDocument) -> Spec:
     if not isinstance(document.data, dict):
         raise SpecError([document.problem((), "the top level must be a mapping (project:, experiments:, ...)")])
-    problems = [document.problem(path, message) for path, message in inline_credentials(document.data)]
+    credentials = list(inline_credentials(document.data))
+    problems = [document.problem(path, message) for path, message in credentials]
     try:
         spec = Spec.model_validate(document.data)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, document))
+        reported = {dotted(path) for path, _ in credentials}
+        problems.extend(p for p in _pydantic_problems(exc, document) if p.path not in reported)
         raise SpecError(_sorted(problems)) from None
     problems.extend(document.problem(path, message) for path, message in semantic(spec))
     if problems:
@@ -101,8 +103,9 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
         first = errors[0]
         if first["type"] == "extra_forbidden":
             allowed = _allowed_keys(path[:-1], document.data)
-            message = f"unknown key '{path[-1]}'{suggest(path[-1], allowed)}"
-        elif first["type"] == "missing":
+            problems.append(document.problem(path, f"unknown key '{path[-1]}'{suggest(path[-1], allowed)}", at_key=True))
+            continue
+        if first["type"] == "missing":
             message = "required"
         elif first["type"] == "union_tag_invalid":
             path = (*path, "type")

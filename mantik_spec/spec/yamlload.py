@@ -19,9 +19,8 @@ except ImportError:  # pragma: no cover - depends on the PyYAML build
 
 Path = tuple  # a path into the document: mapping keys and list indices
 
-# Aliases let a small file expand into a huge object graph ("billion laughs");
-# a spec has no legitimate need for many of them.
-MAX_ALIASES = 100
+# Aliases let a small file expand into a huge object graph ("billion laughs").
+MAX_EXPANDED_NODES = 200_000
 MAX_DEPTH = 64
 
 
@@ -61,19 +60,33 @@ class MarkedDocument:
 
     file: str
     data: object
-    marks: dict[Path, Mark] = field(default_factory=dict)
+    marks: dict[Path, Mark] = field(default_factory=dict)  # where each value starts
+    key_marks: dict[Path, Mark] = field(default_factory=dict)  # where each mapping key starts
 
-    def mark_for(self, path: Path) -> Mark | None:
-        """The mark of ``path`` or of its nearest ancestor that exists."""
+    def mark_for(self, path: Path, at_key: bool = False) -> Mark | None:
+        """The mark of ``path`` (its key or its value) or of its nearest ancestor that exists."""
         path = tuple(path)
+        # a problem with a whole mapping or list (an entry point, a parameter) is shown at its name
+        if path in self.key_marks and (at_key or isinstance(self._value_at(path), (dict, list))):
+            return self.key_marks[path]
         while path:
             if path in self.marks:
                 return self.marks[path]
             path = path[:-1]
         return self.marks.get(())
 
-    def problem(self, path: Path, message: str) -> Problem:
-        return Problem(self.file, self.mark_for(path), dotted(path), message)
+    def _value_at(self, path: Path):
+        node = self.data
+        for part in path:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+        return node
+
+    def problem(self, path: Path, message: str, at_key: bool = False) -> Problem:
+        """A problem about the value at ``path``, or about the key itself."""
+        return Problem(self.file, self.mark_for(path, at_key), dotted(path), message)
 
 
 def dotted(path: Path) -> str:
@@ -94,13 +107,13 @@ class _Builder:
     def __init__(self, file: str):
         self.file = file
         self.marks: dict[Path, Mark] = {}
+        self.key_marks: dict[Path, Mark] = {}
         self.problems: list[Problem] = []
         self.constructor = yaml.SafeLoader("")  # only for scalar resolution
-        self.aliases_seen = 0
         self.visiting: set[int] = set()
 
     def build(self, node: yaml.Node, path: Path, depth: int = 0):
-        self.marks.setdefault(path, _mark(node))
+        self.marks[path] = _mark(node)
         if depth > MAX_DEPTH:
             self._fail(node, path, f"nesting deeper than {MAX_DEPTH} levels")
             return None
@@ -138,11 +151,11 @@ class _Builder:
                 key = str(key).lower() if isinstance(key, bool) else str(key)
             child = (*path, key)
             if key in result:
-                first = self.marks.get(child)
+                first = self.key_marks.get(child)
                 where = f" (first defined at line {first.line})" if first else ""
                 self._fail(key_node, child, f"duplicate key '{key}'{where}")
                 continue
-            self.marks[child] = _mark(key_node)
+            self.key_marks[child] = _mark(key_node)
             result[key] = self.build(value_node, child, depth + 1)
         return result
 
@@ -159,7 +172,8 @@ def load_marked(text: str, file: str) -> MarkedDocument:
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
-        _count_aliases(loader, root, file)
+        if root is not None:
+            _check_expanded_size(root, file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(mark.line + 1, mark.column + 1) if mark else None
@@ -175,25 +189,35 @@ def load_marked(text: str, file: str) -> MarkedDocument:
     data = builder.build(root, ())
     if builder.problems:
         raise SpecError(builder.problems)
-    return MarkedDocument(file, data, builder.marks)
+    return MarkedDocument(file, data, builder.marks, builder.key_marks)
 
 
-def _count_aliases(loader, root, file: str) -> None:
-    """Refuse documents whose aliases would multiply into a huge graph."""
-    seen: dict[int, int] = {}
-    stack = [root] if root is not None else []
-    references = 0
+def _check_expanded_size(root, file: str) -> None:
+    """Refuse documents whose aliases expand into a huge object graph ("billion laughs").
+
+    The size of a node once its aliases are expanded is computed over the node
+    graph (shared nodes once), so the check itself stays cheap.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
-        node = stack.pop()
-        count = seen.get(id(node), 0)
-        seen[id(node)] = count + 1
-        if count:
-            references += 1
-            if references > MAX_ALIASES:
-                raise SpecError([Problem(file, _mark(node), "", f"more than {MAX_ALIASES} alias references")])
+        node, children_done = stack.pop()
+        if id(node) in sizes:
             continue
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                stack.extend((key, value))
+        children = _children(node)
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        size = 1 + sum(sizes.get(id(child), 1) for child in children)
+        if size > MAX_EXPANDED_NODES:
+            raise SpecError([Problem(file, _mark(node), "", f"aliases expand to more than {MAX_EXPANDED_NODES} values")])
+        sizes[id(node)] = size
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []

@@ -1,0 +1,244 @@
+"""The planner is pure: these tests give it plain data, no MLflow, no git, no processes."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mantik_spec.backends.base import JobState, JobStatus
+from mantik_spec.reconcile.identity import identify
+from mantik_spec.reconcile.plan import Action
+from mantik_spec.reconcile.planner import INTERRUPTED, make_plan
+from mantik_spec.spec.experiments import RunPoint
+from mantik_spec.state.tracking import ObservedRun
+
+_ids = itertools.count()
+
+
+def point(lr=0.1, experiment="sweep", retries=0, suspended=False, seed=None) -> RunPoint:
+    return RunPoint(experiment=experiment, entry_point="train", backend="local", environment=None,
+                    parameters=(("lr", lr),), seed=seed, data=(), command_template="python train.py --lr {lr}",
+                    retries=retries, suspended=suspended)
+
+
+def desired(p: RunPoint, code="code-v1"):
+    return identify(p, code, {}, {})
+
+
+def observed(want, status="FINISHED", attempt=1, job_id="job", failure=None, code=None, commit="c0ffee0") -> ObservedRun:
+    run_id = f"run{next(_ids)}"
+    return ObservedRun(
+        run_id=run_id, experiment_id="1", status=status, run_key=want.key, point_id=want.point.point_id,
+        attempt=attempt, backend="local", job_id=job_id and f"{job_id}-{run_id}", commit=commit,
+        code=code or want.identity.code, command=want.identity.command, parameters=want.identity.parameters,
+        data={}, environment="", start_time=attempt, end_time=None, failure=failure,
+    )
+
+
+def plan_of(wants, runs=(), jobs=None, prune=False):
+    return make_plan(wants, runs, jobs or {}, commit="abc", spec_digest="d", prune=prune)
+
+
+def only(plan):
+    assert len(plan.entries) == 1, plan.entries
+    return plan.entries[0]
+
+
+def test_missing_run_is_submitted_as_a_new_point():
+    entry = only(plan_of([desired(point())]))
+    assert entry.action is Action.SUBMIT
+    assert entry.reason == "new run point"
+    assert entry.next_attempt == 1
+
+
+def test_finished_run_is_up_to_date_and_plan_has_no_changes():
+    want = desired(point())
+    plan = plan_of([want], [observed(want)])
+    assert only(plan).action is Action.UP_TO_DATE
+    assert not plan.has_changes
+    assert plan.summary() == "No changes. Runs match the spec."
+
+
+def test_live_run_with_live_job_is_running():
+    want = desired(point())
+    run = observed(want, status="RUNNING")
+    entry = only(plan_of([want], [run], {("local", run.job_id): JobStatus(JobState.RUNNING)}))
+    assert entry.action is Action.RUNNING
+
+
+def test_backend_state_wins_over_mlflow_for_a_dead_job():
+    want = desired(point(retries=1))
+    run = observed(want, status="RUNNING")
+    entry = only(plan_of([want], [run], {("local", run.job_id): JobStatus(JobState.TIMEOUT)}))
+    assert entry.action is Action.REPAIR
+    assert entry.mark_status == "FAILED"
+    assert entry.next_attempt == 2
+    assert "ended TIMEOUT" in entry.reason
+
+
+def test_completed_job_with_open_run_is_closed_not_rerun():
+    want = desired(point())
+    run = observed(want, status="RUNNING")
+    entry = only(plan_of([want], [run], {("local", run.job_id): JobStatus(JobState.COMPLETED, 0)}))
+    assert (entry.action, entry.mark_status, entry.next_attempt) == (Action.REPAIR, "FINISHED", None)
+
+
+def test_cancelled_job_is_marked_killed_without_retries():
+    want = desired(point(retries=0))
+    run = observed(want, status="RUNNING")
+    entry = only(plan_of([want], [run], {("local", run.job_id): JobStatus(JobState.CANCELLED)}))
+    assert (entry.mark_status, entry.next_attempt) == ("KILLED", None)
+    assert "no retries left" in entry.reason
+
+
+def test_intent_without_job_is_resubmitted_without_spending_a_retry():
+    want = desired(point(retries=0))
+    entry = only(plan_of([want], [observed(want, status="SCHEDULED", job_id=None)]))
+    assert entry.action is Action.REPAIR
+    assert entry.next_attempt == 1
+    assert entry.reason.startswith(INTERRUPTED)
+
+
+def test_intent_whose_job_was_found_is_adopted_not_resubmitted():
+    want = desired(point())
+    run = observed(want, status="SCHEDULED")
+    run.adopted_job = True
+    entry = only(plan_of([want], [run], {("local", run.job_id): JobStatus(JobState.PENDING)}))
+    assert entry.action is Action.REPAIR and entry.record_job and entry.next_attempt is None
+
+
+def test_failed_run_is_retried_until_retries_are_spent():
+    want = desired(point(retries=1))
+    first = observed(want, status="FAILED", attempt=1)
+    entry = only(plan_of([want], [first]))
+    assert (entry.action, entry.next_attempt) == (Action.RETRY, 2)
+    second = observed(want, status="FAILED", attempt=2)
+    entry = only(plan_of([want], [first, second]))
+    assert entry.action is Action.FAILED
+    assert not plan_of([want], [first, second]).has_changes
+
+
+def test_interrupted_failures_do_not_count_as_attempts():
+    want = desired(point(retries=0))
+    interrupted = observed(want, status="FAILED", failure=INTERRUPTED)
+    assert only(plan_of([want], [interrupted])).action is Action.RETRY
+
+
+def test_reason_names_the_changed_parameter_code_and_command():
+    old = desired(point(lr=0.1), code="code-v1")
+    new_code = desired(point(lr=0.1), code="code-v2")
+    history = observed(old, commit="1234567aaaa")
+    entry = make_plan([new_code], [history], {}, commit="b", spec_digest="d",
+                      changed_files={"1234567aaaa": ["train.py"]}).entries[0]
+    assert entry.action is Action.SUBMIT
+    assert entry.reason == "code changed (train.py since 1234567)"
+
+    changed_command = identify(
+        RunPoint(**{**point().__dict__, "command_template": "python train.py --lr {lr} --fast"}), "code-v1", {}, {}
+    )
+    assert "entry point command changed" in only(plan_of([changed_command], [observed(old)])).reason
+
+
+def test_key_leaves_out_experiment_name_and_backend():
+    a = desired(point(experiment="a"))
+    b = desired(RunPoint(**{**point(experiment="b").__dict__, "backend": "cluster"}))
+    assert a.key == b.key
+    assert only(plan_of([b], [observed(a)])).action is Action.UP_TO_DATE
+
+
+def test_key_changes_with_every_identity_input():
+    base = desired(point())
+    assert base.key != desired(point(lr=0.2)).key
+    assert base.key != desired(point(seed=1)).key
+    assert base.key != desired(point(), code="other").key
+    with_data = RunPoint(**{**point().__dict__, "data": ("era5",)})
+    assert identify(with_data, "code-v1", {"era5": "md5:1"}, {}).key != identify(with_data, "code-v1", {"era5": "md5:2"}, {}).key
+    with_env = RunPoint(**{**point().__dict__, "environment": "torch"})
+    assert identify(with_env, "code-v1", {}, {"torch": "sha256:a"}).key != identify(with_env, "code-v1", {}, {"torch": "sha256:b"}).key
+
+
+def test_integer_and_float_values_of_a_float_parameter_name_the_same_run():
+    from mantik_spec.spec.experiments import coerce
+
+    assert desired(point(lr=coerce(1, "float"))).key == desired(point(lr=1.0)).key
+
+
+def test_suspended_points_are_not_submitted_but_keep_their_runs():
+    want = desired(point(suspended=True))
+    assert only(plan_of([want])).action is Action.SUSPENDED
+    live = observed(want, status="RUNNING")
+    entry = only(plan_of([want], [live], {("local", live.job_id): JobStatus(JobState.RUNNING)}, prune=True))
+    assert entry.action is Action.RUNNING
+
+
+def test_undeclared_live_run_is_cancelled_only_with_prune():
+    gone = desired(point(lr=9.0))
+    live = observed(gone, status="RUNNING")
+    jobs = {("local", live.job_id): JobStatus(JobState.RUNNING)}
+    assert plan_of([], [live], jobs).entries == []
+    entry = only(plan_of([], [live], jobs, prune=True))
+    assert (entry.action, entry.mark_status) == (Action.CANCEL, "KILLED")
+
+
+def test_summary_line_counts_every_action():
+    wants = [desired(point(lr=v)) for v in (0.1, 0.2, 0.3)]
+    plan = plan_of(wants, [observed(wants[0])])
+    assert plan.summary() == "Plan: 2 to submit, 0 to retry, 0 to repair, 0 to cancel, 1 up to date, 0 running."
+
+
+# -- property: after an apply whose runs all finish, the plan is empty ----------------------------
+
+JOB_STATES = [s for s in JobState if s is not JobState.UNKNOWN]
+
+
+@st.composite
+def worlds(draw):
+    lrs = draw(st.lists(st.sampled_from([0.1, 0.2, 0.3, 0.4, 0.5]), min_size=1, max_size=5, unique=True))
+    retries = draw(st.integers(0, 2))
+    wants = [desired(point(lr=lr, retries=retries)) for lr in lrs]
+    runs, jobs = [], {}
+    for want in wants + [desired(point(lr=9.9))]:  # and one point that is no longer declared
+        for attempt in range(1, draw(st.integers(0, 3)) + 1):
+            status = draw(st.sampled_from(["FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"]))
+            run = observed(want, status=status, attempt=attempt, job_id=draw(st.sampled_from(["job", None])))
+            runs.append(run)
+            if run.job_id:
+                jobs[("local", run.job_id)] = JobStatus(draw(st.sampled_from(JOB_STATES)), draw(st.sampled_from([0, 1, None])))
+    return wants, runs, jobs
+
+
+def simulate_apply_and_finish(plan, runs, jobs):
+    """What apply does to the world, with every started run then finishing successfully."""
+    runs = list(runs)
+    by_id = {r.run_id: r for r in runs}
+    for entry in plan.changes():
+        if entry.mark_status:
+            by_id[entry.run_id].status = entry.mark_status
+            jobs[("local", by_id[entry.run_id].job_id)] = JobStatus(JobState.COMPLETED if entry.mark_status == "FINISHED" else JobState.FAILED)
+        if entry.next_attempt is not None:
+            want = next(w for w in WANTS if w.key == entry.run_key)
+            runs.append(observed(want, status="FINISHED", attempt=entry.next_attempt))
+    return runs, jobs
+
+
+WANTS: list = []
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds(), st.booleans())
+def test_plan_is_empty_after_an_apply_whose_runs_all_finish(world, prune):
+    wants, runs, jobs = world
+    WANTS[:] = wants
+    first = plan_of(wants, runs, dict(jobs), prune=prune)
+    runs_after, jobs_after = simulate_apply_and_finish(first, runs, dict(jobs))
+    # jobs that were still running when planned finish too
+    for run in runs_after:
+        if run.live and run.job_id and jobs_after.get(("local", run.job_id), JobStatus(JobState.UNKNOWN)).state.live:
+            run.status = "FINISHED"
+    second = plan_of(wants, runs_after, jobs_after, prune=prune)
+    assert not any(e.action in (Action.SUBMIT, Action.RETRY, Action.REPAIR) for e in second.changes())
+    for want in wants:
+        entry = next(e for e in second.entries if e.run_key == want.key)
+        assert entry.action in (Action.UP_TO_DATE, Action.FAILED, Action.RUNNING), entry
