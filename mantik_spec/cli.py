@@ -259,7 +259,10 @@ def _print_status_table(rows) -> None:
         table.add_row(
             escape(row.experiment), escape(row.point_id), row.state, str(row.attempt or ""), job, age, *metrics
         )
-    Console(soft_wrap=True).print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: never cut a run's name to fit 80 columns
+        console = Console(width=1000)
+    console.print(table)
 
 
 def _age(seconds: float) -> str:

@@ -1,0 +1,290 @@
+"""End to end on the local backend: the installed `mantik` command, real git repos, a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import BASIC_SPEC
+
+pytestmark = pytest.mark.e2e
+
+
+def finished_statuses(project) -> list[str]:
+    return sorted(run.info.status for run in project.runs())
+
+
+def test_apply_runs_the_grid_then_second_apply_submits_nothing(project):
+    result = project.mantik("apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})
+    assert "Plan: 2 to submit" in result.stdout
+    assert finished_statuses(project) == ["FINISHED", "FINISHED"]
+
+    runs = project.runs()
+    commit = project.commit("nothing").strip()  # an empty commit: code paths unchanged
+    for run in runs:
+        tags = run.data.tags
+        assert tags["mlflow.source.git.commit"] == tags["mantik.commit"]
+        assert tags["mlflow.project.entryPoint"] == "train"
+        assert tags["mlflow.project.backend"] == "local"
+        assert tags["mlflow.runName"] == tags["mantik.point"]
+        assert len(tags["mantik.run_key"]) == 64
+        assert tags["mantik.exit_code"] == "0"
+        assert run.data.params["lr"] in ("0.1", "0.2")
+        assert run.data.metrics["score"] == pytest.approx(float(run.data.params["lr"]) * 10)
+        assert "mantik" in [a.path for a in project.client().list_artifacts(run.info.run_id)]
+    assert commit
+
+    second = project.mantik("apply", "--auto-approve")
+    assert "No changes. Runs match the spec." in second.stdout
+    assert len(project.runs()) == 2
+    project.mantik("plan", "--detailed-exitcode", check=0)
+
+
+def test_new_grid_value_plans_exactly_the_new_point(project):
+    project.mantik("apply", "--auto-approve", "--wait")
+    project.write("mantik.yaml", BASIC_SPEC.replace("[0.1, 0.2]", "[0.1, 0.2, 0.3]"))
+    project.commit("add a grid value")
+    plan = project.plan_json()
+    submits = [r for r in plan["runs"] if r["action"] == "submit"]
+    assert [r["parameters"]["lr"] for r in submits] == [0.3]
+    assert submits[0]["reason"] == "new run point"
+    assert plan["summary"]["up_to_date"] == 2
+    project.mantik("plan", "--detailed-exitcode", check=2)
+
+
+def test_editing_only_the_spec_or_unrelated_files_keeps_runs_current(project):
+    project.mantik("apply", "--auto-approve", "--wait")
+    project.write("mantik.yaml", "# a comment\n" + BASIC_SPEC)
+    project.write("README.md", "notes\n")
+    project.commit("docs")
+    assert "No changes" in project.mantik("plan", "--detailed-exitcode").stdout
+
+
+def test_code_change_resubmits_with_the_changed_file_as_reason(project):
+    project.mantik("apply", "--auto-approve", "--wait")
+    project.write("train.py", (project.path / "train.py").read_text() + "\n# tuned\n")
+    project.commit("tune")
+    plan = project.plan_json()
+    reasons = {r["reason"] for r in plan["runs"] if r["action"] == "submit"}
+    assert len(reasons) == 1 and reasons.pop().startswith("code changed (train.py since ")
+
+
+def test_uncommitted_code_is_refused_by_apply_and_warned_by_plan(project):
+    project.write("train.py", (project.path / "train.py").read_text() + "\n# wip\n")
+    plan = project.mantik("plan")
+    assert "Warning: uncommitted changes in code paths (train.py)" in plan.stdout
+    refused = project.mantik("apply", "--auto-approve", check=1)
+    assert "uncommitted changes in code paths: train.py" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert project.runs() == []
+
+
+def test_the_committed_tree_runs_not_the_working_directory(project):
+    project.write("train.py", "import sys\nprint('committed')\n")
+    project.write("mantik.yaml", BASIC_SPEC.replace("[0.1, 0.2]", "0.1"))
+    project.commit("simple")
+    (project.path / "untracked.txt").write_text("not committed\n")  # outside code.paths: allowed
+    project.mantik("apply", "--auto-approve", "--wait")
+    job_dirs = list((project.path / ".mantik" / "local" / "local" / "jobs").iterdir())
+    assert len(job_dirs) == 1
+    assert not (job_dirs[0] / "work" / "untracked.txt").exists()
+    assert "committed" in (job_dirs[0] / "output.log").read_text()
+
+
+def test_shell_metacharacters_in_parameters_stay_literal(project, tmp_path):
+    target = tmp_path / "pwned"
+    spec = BASIC_SPEC.replace("lr: float", "lr: string").replace("[0.1, 0.2]", json.dumps(f"1; touch {target}"))
+    project.write("mantik.yaml", spec)
+    project.commit("hostile value")
+    project.mantik("apply", "--auto-approve", "--wait")
+    assert not target.exists()
+    started = [e for e in project.events() if e["event"] == "start"]
+    assert started[0]["args"]["--lr"] == f"1; touch {target}"
+
+
+def test_failed_run_is_retried_then_reported(project):
+    spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: 0.1, fail: true}\n    retries: 1")
+    project.write("mantik.yaml", spec)
+    project.commit("failing")
+    first = project.mantik("apply", "--auto-approve", "--wait", check=1)
+    assert "did not finish successfully" in first.stderr
+    plan = project.plan_json()
+    assert [r["action"] for r in plan["runs"]] == ["retry"]
+    assert plan["runs"][0]["attempt"] == 2
+    project.mantik("apply", "--auto-approve", "--wait", check=1)
+    final = project.mantik("plan", "--detailed-exitcode", check=0)
+    assert "Failed, no retries left" in final.stdout
+    assert sorted(r.data.tags["mantik.attempt"] for r in project.runs()) == ["1", "2"]
+    assert {r.data.tags["mantik.exit_code"] for r in project.runs()} == {"3"}
+
+
+def test_max_parallel_holds_after_the_cli_exits(project):
+    spec = BASIC_SPEC.replace("max_parallel: 4", "max_parallel: 2").replace(
+        "{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2, 0.3, 0.4, 0.5], sleep: 1.5}"
+    )
+    project.write("mantik.yaml", spec)
+    project.commit("five slow runs")
+    project.mantik("apply", "--auto-approve")  # returns at once; the scheduler goes on without it
+    project.wait_until(lambda: len([e for e in project.events() if e["event"] == "end"]) == 5, message="5 runs")
+    timeline = sorted((e["t"], 1 if e["event"] == "start" else -1) for e in project.events())
+    running, peak = 0, 0
+    for _, delta in timeline:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 2
+    project.wait_until(lambda: finished_statuses(project) == ["FINISHED"] * 5, message="runs closed in MLflow")
+
+
+def test_killed_process_is_repaired_and_resubmitted(project):
+    spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: 0.1, sleep: 60}\n    retries: 1")
+    project.write("mantik.yaml", spec)
+    project.commit("slow")
+    project.mantik("apply", "--auto-approve")
+    pid_files = lambda: list((project.path / ".mantik" / "local" / "local" / "jobs").glob("*/pid"))  # noqa: E731
+    project.wait_until(lambda: pid_files() and project.events(), message="the run to start")
+    pid = int(pid_files()[0].read_text().split()[0])
+    os.killpg(pid, 9)  # the runner and the command die without a word to MLflow
+    project.wait_until(lambda: "ended LOST" in project.mantik("plan").stdout, message="the plan to see the loss")
+    plan = project.plan_json()
+    assert [r["action"] for r in plan["runs"]] == ["repair"]
+    assert "retrying (attempt 2)" in plan["runs"][0]["reason"]
+    project.mantik("apply", "--auto-approve")
+    statuses = {r.data.tags["mantik.attempt"]: r.info.status for r in project.runs()}
+    assert statuses["1"] == "FAILED"
+    assert statuses["2"] in ("SCHEDULED", "RUNNING")
+
+
+def test_prune_cancels_runs_no_longer_declared(project):
+    spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2], sleep: 60}")
+    project.write("mantik.yaml", spec)
+    project.commit("slow")
+    project.mantik("apply", "--auto-approve")
+    project.write("mantik.yaml", spec.replace("[0.1, 0.2]", "[0.1]"))
+    project.commit("drop a point")
+    plan = project.plan_json("--prune")
+    assert sorted(r["action"] for r in plan["runs"]) == ["cancel", "running"]
+    assert "No changes" in project.mantik("plan").stdout  # without --prune nothing is cancelled
+    project.mantik("apply", "--auto-approve", "--prune")
+    by_lr = {r.data.params["lr"]: r for r in project.runs()}
+    assert by_lr["0.2"].info.status == "KILLED"
+    job_dir = project.path / ".mantik" / "local" / "local" / "jobs" / by_lr["0.2"].info.run_id
+    project.wait_until(lambda: (job_dir / "exit_code").exists() or not (job_dir / "pid").exists(), message="the kill")
+
+
+def test_saved_plan_is_applied_exactly_and_refused_when_stale(project):
+    plan_file = project.path.parent / "plan.json"
+    project.mantik("plan", "--out", str(plan_file))
+    project.write("mantik.yaml", BASIC_SPEC.replace("[0.1, 0.2]", "[0.1, 0.2, 0.3]"))
+    stale = project.mantik("apply", str(plan_file), check=1)
+    assert "stale: mantik.yaml changed" in stale.stderr
+    project.write("mantik.yaml", BASIC_SPEC)
+    project.commit("other commit")
+    stale = project.mantik("apply", str(plan_file), check=1)
+    assert "stale: it was made at commit" in stale.stderr
+    project.mantik("plan", "--out", str(plan_file))
+    applied = project.mantik("apply", str(plan_file))  # a saved plan needs no confirmation
+    assert "Apply complete: 2 run(s) started." in applied.stdout
+    stale = project.mantik("apply", str(plan_file), check=1)
+    assert "the recorded runs or jobs changed" in stale.stderr
+
+
+def test_apply_asks_for_confirmation_and_does_nothing_without_it(project):
+    refused = project.mantik("apply", check=2)  # no terminal, no --auto-approve
+    assert "--auto-approve" in refused.stderr
+    assert project.runs() == []
+
+
+def test_status_shows_every_declared_run(project):
+    before = project.status_json()
+    assert [row["state"] for row in before] == ["not submitted", "not submitted"]
+    project.mantik("apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})
+    rows = project.status_json()
+    assert [row["state"] for row in rows] == ["finished", "finished"]
+    assert sorted(row["metrics"]["score"] for row in rows) == pytest.approx([1.0, 2.0])
+    table = project.mantik("status").stdout
+    assert "sweep[fail=false,lr=0.1,sleep=0.0]" in table and "finished" in table
+
+
+def test_markdown_plan_for_pull_requests(project):
+    markdown = project.mantik("plan", "--format", "markdown").stdout
+    assert markdown.startswith("### mantik plan")
+    assert "| `+` | submit | `sweep[fail=false,lr=0.1,sleep=0.0]` | local | new run point |" in markdown
+
+
+def test_parallel_applies_submit_each_run_key_once(project):
+    spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2, 0.3, 0.4]}")
+    project.write("mantik.yaml", spec)
+    project.commit("four points")
+    project.mantik("plan")  # creates the store up front, as an earlier apply would have
+    env = {**project.env}
+    processes = [
+        subprocess.Popen([*__import__("tests.conftest", fromlist=["x"]).mantik_command(), "apply", "--auto-approve",
+                          "--lock-timeout", "120s"], cwd=project.path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=180) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    keys = [r.data.tags["mantik.run_key"] for r in project.runs()]
+    assert len(keys) == 4 and len(set(keys)) == 4
+    started = sum("Apply complete: 4 run(s) started." in out for out, _ in outputs)
+    assert started == 1
+
+
+@pytest.mark.parametrize("crash_at", ["after-intent", "after-submit", "after-job-recorded"])
+def test_apply_killed_mid_submission_converges_without_duplicates(project, crash_at):
+    spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2, 0.3]}")
+    project.write("mantik.yaml", spec)
+    project.commit("three points")
+    crashed = project.mantik("apply", "--auto-approve", check=None, env={"MANTIK_TEST_CRASH_AT": crash_at})
+    assert crashed.returncode == -9
+    # the lock of the dead apply is broken automatically: same host, process gone
+    project.mantik("apply", "--auto-approve", "--wait")
+    project.wait_until(lambda: all(r.info.status == "FINISHED" or r.data.tags.get("mantik.failure") for r in project.runs()),
+                       message="every run to settle")
+    finished = [r for r in project.runs() if r.info.status == "FINISHED"]
+    assert sorted(r.data.params["lr"] for r in finished) == ["0.1", "0.2", "0.3"]
+    started = [e for e in project.events() if e["event"] == "start"]
+    assert len(started) == 3, "a run key was executed twice"
+    assert "No changes" in project.mantik("plan").stdout
+
+
+def test_force_unlock_releases_a_lock_held_elsewhere(project):
+    project.mantik("plan")
+    from mantik_spec.state.lock import lock_name
+
+    client = project.client()
+    client.create_registered_model(lock_name("demo"), tags={"lock_id": "L1", "host": "ci-runner-7", "pid": "1",
+                                                            "who": "ci", "operation": "apply", "created": "then"})
+    locked = project.mantik("apply", "--auto-approve", "--lock-timeout", "1s", check=1)
+    assert "the project is locked (ID L1, held by ci@ci-runner-7" in locked.stderr
+    wrong = project.mantik("force-unlock", "nope", check=1)
+    assert "lock ID does not match" in wrong.stderr
+    project.mantik("force-unlock", "L1")
+    project.mantik("apply", "--auto-approve")
+
+
+def test_not_a_git_repository_is_one_clear_line(tmp_path):
+    from .conftest import Project
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "mantik.yaml").write_text(BASIC_SPEC)
+    result = Project(plain).mantik("plan", check=1)
+    assert result.stderr.strip().splitlines() == [f"Error: {plain} is not inside a git repository (run `git init`)"]
+
+
+def test_quickstart_example_runs_to_finished(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "run.sh"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(__import__('sys').executable).parent}{os.pathsep}{env['PATH']}"
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes. Runs match the spec." in result.stdout
+    assert time.monotonic() - started < 600
