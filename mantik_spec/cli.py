@@ -26,20 +26,16 @@ PROJECT_DIR = click.option(
 @contextmanager
 def user_errors():
     """Turn every error a user can cause or fix into one line on stderr and exit 1."""
+    # none of these modules imports mlflow or git at import time
     from .backends.base import BackendError
+    from .operations.errors import UserError
     from .reconcile.planfile import StalePlanError
     from .spec.yamlload import SpecError
+    from .state.git import GitError
+    from .state.lock import LockError
+    from .state.tracking import TrackingError
 
-    expected: tuple = (BackendError, StalePlanError)
-    try:
-        from .operations.project import UserError
-        from .state.git import GitError
-        from .state.lock import LockError
-        from .state.tracking import TrackingError
-
-        expected += (UserError, GitError, LockError, TrackingError)
-    except ImportError:  # pragma: no cover - a broken install still reports spec errors
-        pass
+    expected = (BackendError, StalePlanError, UserError, GitError, LockError, TrackingError)
     try:
         yield
     except SpecError as exc:

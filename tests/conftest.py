@@ -29,7 +29,10 @@ def mantik_command() -> list[str]:
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
 
 
@@ -94,11 +97,17 @@ class Project:
         git(self.path, "commit", "-qm", message, "--allow-empty")
         return git(self.path, "rev-parse", "HEAD").strip()
 
-    def mantik(self, *args: str, check: int | None = 0, timeout: float = 180, env: dict | None = None,
-               input: str | None = None) -> subprocess.CompletedProcess:
+    def mantik(
+        self, *args: str, check: int | None = 0, timeout: float = 180, env: dict | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [*mantik_command(), *args], cwd=self.path, capture_output=True, text=True, timeout=timeout,
-            env={**self.env, **(env or {})}, input=input,
+            [*mantik_command(), *args],
+            cwd=self.path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            input=input,
         )
         if check is not None and result.returncode != check:
             raise AssertionError(

@@ -223,9 +223,20 @@ def test_parallel_applies_submit_each_run_key_once(project):
     project.mantik("plan")  # creates the store up front, as an earlier apply would have
     env = {**project.env}
     processes = [
-        subprocess.Popen([*__import__("tests.conftest", fromlist=["x"]).mantik_command(), "apply", "--auto-approve",
-                          "--lock-timeout", "120s"], cwd=project.path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                *__import__("tests.conftest", fromlist=["x"]).mantik_command(),
+                "apply",
+                "--auto-approve",
+                "--lock-timeout",
+                "120s",
+            ],
+            cwd=project.path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     outputs = [p.communicate(timeout=180) for p in processes]
@@ -245,8 +256,10 @@ def test_apply_killed_mid_submission_converges_without_duplicates(project, crash
     assert crashed.returncode == -9
     # the lock of the dead apply is broken automatically: same host, process gone
     project.mantik("apply", "--auto-approve", "--wait")
-    project.wait_until(lambda: all(r.info.status == "FINISHED" or r.data.tags.get("mantik.failure") for r in project.runs()),
-                       message="every run to settle")
+    project.wait_until(
+        lambda: all(r.info.status == "FINISHED" or r.data.tags.get("mantik.failure") for r in project.runs()),
+        message="every run to settle",
+    )
     finished = [r for r in project.runs() if r.info.status == "FINISHED"]
     assert sorted(r.data.params["lr"] for r in finished) == ["0.1", "0.2", "0.3"]
     started = [e for e in project.events() if e["event"] == "start"]
@@ -259,8 +272,10 @@ def test_force_unlock_releases_a_lock_held_elsewhere(project):
     from mantik_spec.state.lock import lock_name
 
     client = project.client()
-    client.create_registered_model(lock_name("demo"), tags={"lock_id": "L1", "host": "ci-runner-7", "pid": "1",
-                                                            "who": "ci", "operation": "apply", "created": "then"})
+    client.create_registered_model(
+        lock_name("demo"),
+        tags={"lock_id": "L1", "host": "ci-runner-7", "pid": "1", "who": "ci", "operation": "apply", "created": "then"},
+    )
     locked = project.mantik("apply", "--auto-approve", "--lock-timeout", "1s", check=1)
     assert "the project is locked (ID L1, held by ci@ci-runner-7" in locked.stderr
     wrong = project.mantik("force-unlock", "nope", check=1)

@@ -18,22 +18,46 @@ _ids = itertools.count()
 
 
 def point(lr=0.1, experiment="sweep", retries=0, suspended=False, seed=None) -> RunPoint:
-    return RunPoint(experiment=experiment, entry_point="train", backend="local", environment=None,
-                    parameters=(("lr", lr),), seed=seed, data=(), command_template="python train.py --lr {lr}",
-                    retries=retries, suspended=suspended)
+    return RunPoint(
+        experiment=experiment,
+        entry_point="train",
+        backend="local",
+        environment=None,
+        parameters=(("lr", lr),),
+        seed=seed,
+        data=(),
+        command_template="python train.py --lr {lr}",
+        retries=retries,
+        suspended=suspended,
+    )
 
 
 def desired(p: RunPoint, code="code-v1"):
     return identify(p, code, {}, {})
 
 
-def observed(want, status="FINISHED", attempt=1, job_id="job", failure=None, code=None, commit="c0ffee0") -> ObservedRun:
+def observed(
+    want, status="FINISHED", attempt=1, job_id="job", failure=None, code=None, commit="c0ffee0"
+) -> ObservedRun:
     run_id = f"run{next(_ids)}"
     return ObservedRun(
-        run_id=run_id, experiment_id="1", status=status, run_key=want.key, point_id=want.point.point_id,
-        attempt=attempt, backend="local", job_id=job_id and f"{job_id}-{run_id}", commit=commit,
-        code=code or want.identity.code, command=want.identity.command, parameters=want.identity.parameters,
-        data={}, environment="", start_time=attempt, end_time=None, failure=failure,
+        run_id=run_id,
+        experiment_id="1",
+        status=status,
+        run_key=want.key,
+        point_id=want.point.point_id,
+        attempt=attempt,
+        backend="local",
+        job_id=job_id and f"{job_id}-{run_id}",
+        commit=commit,
+        code=code or want.identity.code,
+        command=want.identity.command,
+        parameters=want.identity.parameters,
+        data={},
+        environment="",
+        start_time=attempt,
+        end_time=None,
+        failure=failure,
     )
 
 
@@ -130,8 +154,9 @@ def test_reason_names_the_changed_parameter_code_and_command():
     old = desired(point(lr=0.1), code="code-v1")
     new_code = desired(point(lr=0.1), code="code-v2")
     history = observed(old, commit="1234567aaaa")
-    entry = make_plan([new_code], [history], {}, commit="b", spec_digest="d",
-                      changed_files={"1234567aaaa": ["train.py"]}).entries[0]
+    entry = make_plan(
+        [new_code], [history], {}, commit="b", spec_digest="d", changed_files={"1234567aaaa": ["train.py"]}
+    ).entries[0]
     assert entry.action is Action.SUBMIT
     assert entry.reason == "code changed (train.py since 1234567)"
 
@@ -154,9 +179,15 @@ def test_key_changes_with_every_identity_input():
     assert base.key != desired(point(seed=1)).key
     assert base.key != desired(point(), code="other").key
     with_data = RunPoint(**{**point().__dict__, "data": ("era5",)})
-    assert identify(with_data, "code-v1", {"era5": "md5:1"}, {}).key != identify(with_data, "code-v1", {"era5": "md5:2"}, {}).key
+    assert (
+        identify(with_data, "code-v1", {"era5": "md5:1"}, {}).key
+        != identify(with_data, "code-v1", {"era5": "md5:2"}, {}).key
+    )
     with_env = RunPoint(**{**point().__dict__, "environment": "torch"})
-    assert identify(with_env, "code-v1", {}, {"torch": "sha256:a"}).key != identify(with_env, "code-v1", {}, {"torch": "sha256:b"}).key
+    assert (
+        identify(with_env, "code-v1", {}, {"torch": "sha256:a"}).key
+        != identify(with_env, "code-v1", {}, {"torch": "sha256:b"}).key
+    )
 
 
 def test_integer_and_float_values_of_a_float_parameter_name_the_same_run():
@@ -205,7 +236,9 @@ def worlds(draw):
             run = observed(want, status=status, attempt=attempt, job_id=draw(st.sampled_from(["job", None])))
             runs.append(run)
             if run.job_id:
-                jobs[("local", run.job_id)] = JobStatus(draw(st.sampled_from(JOB_STATES)), draw(st.sampled_from([0, 1, None])))
+                jobs[("local", run.job_id)] = JobStatus(
+                    draw(st.sampled_from(JOB_STATES)), draw(st.sampled_from([0, 1, None]))
+                )
     return wants, runs, jobs
 
 
@@ -216,7 +249,9 @@ def simulate_apply_and_finish(plan, runs, jobs):
     for entry in plan.changes():
         if entry.mark_status:
             by_id[entry.run_id].status = entry.mark_status
-            jobs[("local", by_id[entry.run_id].job_id)] = JobStatus(JobState.COMPLETED if entry.mark_status == "FINISHED" else JobState.FAILED)
+            jobs[("local", by_id[entry.run_id].job_id)] = JobStatus(
+                JobState.COMPLETED if entry.mark_status == "FINISHED" else JobState.FAILED
+            )
         if entry.next_attempt is not None:
             want = next(w for w in WANTS if w.key == entry.run_key)
             runs.append(observed(want, status="FINISHED", attempt=entry.next_attempt))

@@ -20,7 +20,9 @@ EXAMPLES = sorted((ROOT / "examples").glob("*/mantik.yaml"))
 
 def test_checked_in_schema_is_current():
     checked_in = (ROOT / SCHEMA_FILE).read_text()
-    assert checked_in == schema_text(), "schemas/mantik.schema.json is stale: run `mantik schema > schemas/mantik.schema.json`"
+    assert checked_in == schema_text(), (
+        "schemas/mantik.schema.json is stale: run `mantik schema > schemas/mantik.schema.json`"
+    )
 
 
 def test_schema_command_prints_the_schema():

@@ -20,9 +20,11 @@ from ..faults import checkpoint
 from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
+from ..spec.experiments import format_value
 from ..state.lock import project_lock
 from ..state.tracking import Tag
-from .project import Observation, Project, UserError, build_plan
+from .errors import UserError
+from .project import Observation, Project, build_plan
 
 
 @dataclass
@@ -142,8 +144,6 @@ def data_locations(project: Project, want: DesiredRun) -> dict[str, str]:
 
 
 def run_params(want: DesiredRun) -> dict[str, str]:
-    from ..spec.experiments import format_value
-
     params = {k: format_value(v) for k, v in want.point.parameters}
     if want.point.seed is not None:
         params.setdefault("seed", str(want.point.seed))

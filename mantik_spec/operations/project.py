@@ -20,10 +20,6 @@ from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
 from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
 
 
-class UserError(Exception):
-    """A problem the user fixes; printed as one line, never with a traceback."""
-
-
 @dataclass
 class Project:
     loaded: LoadedSpec

@@ -8,6 +8,8 @@ need nothing; the first four (submit, retry, repair, cancel) are changes.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 PLAN_FORMAT_VERSION = 1
@@ -95,9 +97,6 @@ class Plan:
 
     def fingerprint(self) -> str:
         """What a saved plan must still match to be applied: the commit, the spec and every change."""
-        import hashlib
-        import json
-
         changes = [
             (e.action.value, e.run_key, e.run_id, e.job_id, e.next_attempt, e.mark_status) for e in self.changes()
         ]

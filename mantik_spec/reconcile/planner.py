@@ -179,13 +179,28 @@ def _close_duplicates(want: DesiredRun, runs: list[ObservedRun], kept: str | Non
         if not run.live or run.run_id == kept:
             continue
         if run.job_id is None:
-            entries.append(_entry(want, Action.REPAIR, INTERRUPTED, run_id=run.run_id, attempt=run.attempt, mark_status="FAILED"))
+            entries.append(
+                _entry(want, Action.REPAIR, INTERRUPTED, run_id=run.run_id, attempt=run.attempt, mark_status="FAILED")
+            )
             continue
         status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
         if status.state.ended:
-            mark = "FINISHED" if status.state is JobState.COMPLETED else ("KILLED" if status.state in KILLED_STATES else "FAILED")
-            entries.append(_entry(want, Action.REPAIR, _describe_end(run.job_id, status) + " (duplicate run)",
-                                  run_id=run.run_id, job_id=run.job_id, attempt=run.attempt, mark_status=mark))
+            mark = (
+                "FINISHED"
+                if status.state is JobState.COMPLETED
+                else ("KILLED" if status.state in KILLED_STATES else "FAILED")
+            )
+            entries.append(
+                _entry(
+                    want,
+                    Action.REPAIR,
+                    _describe_end(run.job_id, status) + " (duplicate run)",
+                    run_id=run.run_id,
+                    job_id=run.job_id,
+                    attempt=run.attempt,
+                    mark_status=mark,
+                )
+            )
     return entries
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from .checks import inline_credentials, semantic
 from .hints import suggest
 from .model import Spec
-from .yamlload import MarkedDocument, Problem, SpecError, dotted, load_marked
+from .yamlload import Mark, MarkedDocument, Problem, SpecError, dotted, load_marked
 
 SPEC_FILE = "mantik.yaml"
 MAX_SPEC_BYTES = 2 * 1024 * 1024
@@ -38,13 +38,16 @@ def spec_path(directory: Path) -> Path:
 
 def read_spec_text(directory: Path) -> tuple[Path, str, bytes]:
     path = spec_path(directory)
-    fail = lambda message: SpecError([Problem(SPEC_FILE, None, "", message)])  # noqa: E731
+
+    def fail(message: str, mark: Mark | None = None) -> SpecError:
+        return SpecError([Problem(SPEC_FILE, mark, "", message)])
+
     if path.is_symlink():
         target = path.resolve()
         if not target.is_relative_to(Path(directory).resolve()):
             raise fail(f"is a symlink to {target}, outside the project")
     if not path.exists():
-        raise fail(f"not found in {Path(directory).resolve()} (run `mantik init` to create one)")
+        raise fail(f"not found in {Path(directory).resolve()}")
     if not path.is_file():
         raise fail("is not a regular file")
     if path.stat().st_size > MAX_SPEC_BYTES:
@@ -56,7 +59,8 @@ def read_spec_text(directory: Path) -> tuple[Path, str, bytes]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise SpecError([Problem(SPEC_FILE, None, "", f"line {line}: not valid UTF-8")]) from None
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise fail("not valid UTF-8", Mark(line, column)) from None
     return path, text, raw
 
 
@@ -103,7 +107,9 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
         first = errors[0]
         if first["type"] == "extra_forbidden":
             allowed = _allowed_keys(path[:-1], document.data)
-            problems.append(document.problem(path, f"unknown key '{path[-1]}'{suggest(path[-1], allowed)}", at_key=True))
+            problems.append(
+                document.problem(path, f"unknown key '{path[-1]}'{suggest(path[-1], allowed)}", at_key=True)
+            )
             continue
         if first["type"] == "missing":
             message = "required"

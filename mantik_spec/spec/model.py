@@ -7,9 +7,17 @@ every problem can be tied to a line).
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# pydantic scans every installed distribution's entry points for plugins as each model
+# is built (~20 ms); mantik uses none, and `validate` runs on every commit. The switch is
+# scoped to the models defined here and restored at the end of this module.
+_PLUGIN_SWITCH = "PYDANTIC_DISABLE_PLUGINS"
+_plugins_setting = os.environ.get(_PLUGIN_SWITCH)
+os.environ[_PLUGIN_SWITCH] = "__all__"
 
 SPEC_VERSION = 1
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -121,3 +129,9 @@ class Spec(Strict):
     environments: dict[Name, Environment] = Field(default_factory=dict)
     backends: dict[Name, Backend] = Field(default_factory=lambda: {"local": LocalBackend(type="local")})
     experiments: dict[Name, Experiment] = Field(default_factory=dict)
+
+
+if _plugins_setting is None:
+    del os.environ[_PLUGIN_SWITCH]
+else:
+    os.environ[_PLUGIN_SWITCH] = _plugins_setting

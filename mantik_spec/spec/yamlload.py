@@ -60,20 +60,20 @@ class MarkedDocument:
 
     file: str
     data: object
-    marks: dict[Path, Mark] = field(default_factory=dict)  # where each value starts
-    key_marks: dict[Path, Mark] = field(default_factory=dict)  # where each mapping key starts
+    marks: dict[Path, object] = field(default_factory=dict)  # where each value starts (libyaml marks)
+    key_marks: dict[Path, object] = field(default_factory=dict)  # where each mapping key starts
 
     def mark_for(self, path: Path, at_key: bool = False) -> Mark | None:
         """The mark of ``path`` (its key or its value) or of its nearest ancestor that exists."""
         path = tuple(path)
         # a problem with a whole mapping or list (an entry point, a parameter) is shown at its name
         if path in self.key_marks and (at_key or isinstance(self._value_at(path), (dict, list))):
-            return self.key_marks[path]
+            return _from_yaml(self.key_marks[path])
         while path:
             if path in self.marks:
-                return self.marks[path]
+                return _from_yaml(self.marks[path])
             path = path[:-1]
-        return self.marks.get(())
+        return _from_yaml(self.marks[()]) if () in self.marks else None
 
     def _value_at(self, path: Path):
         node = self.data
@@ -100,42 +100,56 @@ def dotted(path: Path) -> str:
 
 
 def _mark(node: yaml.Node) -> Mark:
-    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+    return _from_yaml(node.start_mark)
+
+
+def _from_yaml(mark) -> Mark:
+    return Mark(mark.line + 1, mark.column + 1)
 
 
 class _Builder:
-    def __init__(self, file: str):
+    """Walks the composed node graph into plain data, remembering where every value and key starts.
+
+    Marks are kept as libyaml's own mark objects and turned into :class:`Mark`
+    only for the few paths a problem is reported at.
+    """
+
+    def __init__(self, file: str, has_anchors: bool):
         self.file = file
-        self.marks: dict[Path, Mark] = {}
-        self.key_marks: dict[Path, Mark] = {}
+        self.marks: dict[Path, object] = {}
+        self.key_marks: dict[Path, object] = {}
         self.problems: list[Problem] = []
         self.constructor = yaml.SafeLoader("")  # only for scalar resolution
+        self.has_anchors = has_anchors  # without anchors there are no aliases, so no cycles to guard
         self.visiting: set[int] = set()
 
     def build(self, node: yaml.Node, path: Path, depth: int = 0):
-        self.marks[path] = _mark(node)
+        self.marks[path] = node.start_mark
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
         if depth > MAX_DEPTH:
             self._fail(node, path, f"nesting deeper than {MAX_DEPTH} levels")
             return None
-        if id(node) in self.visiting:
-            self._fail(node, path, "recursive alias")
-            return None
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                return self.constructor.construct_object(node, deep=True)
-            except yaml.YAMLError as exc:
-                self._fail(node, path, _first_line(exc))
+        if self.has_anchors:
+            if id(node) in self.visiting:
+                self._fail(node, path, "recursive alias")
                 return None
-        self.visiting.add(id(node))
+            self.visiting.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
                 return [self.build(child, (*path, i), depth + 1) for i, child in enumerate(node.value)]
-            if isinstance(node, yaml.MappingNode):
-                return self._mapping(node, path, depth)
+            return self._mapping(node, path, depth)
         finally:
             self.visiting.discard(id(node))
-        self._fail(node, path, f"unsupported YAML node {node.tag}")  # pragma: no cover
-        return None
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path):
+        if node.tag == "tag:yaml.org,2002:str":
+            return node.value
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self._fail(node, path, _first_line(exc))
+            return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
         result: dict = {}
@@ -143,19 +157,21 @@ class _Builder:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self._fail(key_node, path, "YAML merge keys (<<) are not supported; use `extends`")
                 continue
-            key = self.build(key_node, (*path, "<key>"), depth + 1)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
+            if not isinstance(key_node, yaml.ScalarNode):
                 self._fail(key_node, path, "mapping keys must be plain scalars")
                 continue
-            if isinstance(key, bool) or not isinstance(key, str):
+            key = self._scalar(key_node, path)
+            if key is None:
+                self._fail(key_node, path, "mapping keys must not be empty (null)")
+                continue
+            if not isinstance(key, str):
                 key = str(key).lower() if isinstance(key, bool) else str(key)
             child = (*path, key)
             if key in result:
-                first = self.key_marks.get(child)
-                where = f" (first defined at line {first.line})" if first else ""
-                self._fail(key_node, child, f"duplicate key '{key}'{where}")
+                first = self.key_marks[child]
+                self._fail(key_node, child, f"duplicate key '{key}' (first defined at line {first.line + 1})")
                 continue
-            self.key_marks[child] = _mark(key_node)
+            self.key_marks[child] = key_node.start_mark
             result[key] = self.build(value_node, child, depth + 1)
         return result
 
@@ -172,7 +188,8 @@ def load_marked(text: str, file: str) -> MarkedDocument:
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
-        if root is not None:
+        has_anchors = "&" in text  # an alias needs an anchor: without one the graph is a tree
+        if root is not None and has_anchors:
             _check_expanded_size(root, file)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -185,7 +202,7 @@ def load_marked(text: str, file: str) -> MarkedDocument:
         loader.dispose()
     if root is None:
         raise SpecError([Problem(file, Mark(1, 1), "", "the file is empty")])
-    builder = _Builder(file)
+    builder = _Builder(file, has_anchors)
     data = builder.build(root, ())
     if builder.problems:
         raise SpecError(builder.problems)
@@ -211,7 +228,9 @@ def _check_expanded_size(root, file: str) -> None:
             continue
         size = 1 + sum(sizes.get(id(child), 1) for child in children)
         if size > MAX_EXPANDED_NODES:
-            raise SpecError([Problem(file, _mark(node), "", f"aliases expand to more than {MAX_EXPANDED_NODES} values")])
+            raise SpecError(
+                [Problem(file, _mark(node), "", f"aliases expand to more than {MAX_EXPANDED_NODES} values")]
+            )
         sizes[id(node)] = size
 
 

@@ -101,16 +101,11 @@ class ProjectRepo:
         for record in records:
             if not record:
                 continue
-            code, path = record[:2], record[3:]
+            code, path = record[:2], record[3:]  # paths are relative to the repository root
             if code[0] in "RC":
                 next(records, None)  # the rename's source path follows
-            path = (
-                (self.root / path).relative_to(self.project_root).as_posix()
-                if (self.root / path).is_relative_to(self.project_root)
-                else path
-            )
-            if not self._excluded(self.prefix + path, code_paths):
-                files.append(path)
+            if path.startswith(self.prefix) and not self._excluded(path, code_paths):
+                files.append(path[len(self.prefix) :])
         return sorted(files)
 
     def _remote_url(self) -> str | None:

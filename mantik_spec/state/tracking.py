@@ -147,26 +147,24 @@ class TrackingStore:
         for experiment_id, name in known.items():
             if name == experiment:
                 return experiment_id
-        from mlflow.exceptions import MlflowException
-
         name = self.experiment_name(experiment)
         existing = self._call(self.client.get_experiment_by_name, name)
-        if existing is not None:
+        if existing is not None and existing.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"the MLflow experiment '{name}' was deleted; restore it (`mlflow experiments restore`) "
+                "or permanently delete it before applying again"
+            )
+        if existing is not None:  # made by hand or by an older version: adopt it
             experiment_id = existing.experiment_id
             self._call(self.client.set_experiment_tag, experiment_id, Tag.PROJECT, self.project)
             self._call(self.client.set_experiment_tag, experiment_id, Tag.EXPERIMENT, experiment)
-        else:
-            try:
-                experiment_id = self._call(
-                    self.client.create_experiment,
-                    name,
-                    artifact_location=self._artifact_location(),
-                    tags={Tag.PROJECT: self.project, Tag.EXPERIMENT: experiment},
-                )
-            except TrackingError as exc:  # created meanwhile by a parallel apply (lock broken)
-                if not isinstance(exc.__cause__, MlflowException):
-                    raise
-                experiment_id = self._call(self.client.get_experiment_by_name, name).experiment_id
+        else:  # apply holds the project lock: nobody else creates it meanwhile
+            experiment_id = self._call(
+                self.client.create_experiment,
+                name,
+                artifact_location=self._artifact_location(),
+                tags={Tag.PROJECT: self.project, Tag.EXPERIMENT: experiment},
+            )
         known[experiment_id] = experiment
         return experiment_id
 
