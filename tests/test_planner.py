@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mantik_spec.backends.base import JobState, JobStatus
 from mantik_spec.reconcile.identity import identify
 from mantik_spec.reconcile.plan import Action
-from mantik_spec.reconcile.planner import INTERRUPTED, make_plan
+from mantik_spec.reconcile.planner import INTERRUPTED, REFUSED, make_plan
 from mantik_spec.spec.experiments import RunPoint
 from mantik_spec.state.tracking import ObservedRun
 
@@ -144,10 +145,12 @@ def test_failed_run_is_retried_until_retries_are_spent():
     assert not plan_of([want], [first, second]).has_changes
 
 
-def test_interrupted_failures_do_not_count_as_attempts():
+@pytest.mark.parametrize("failure", [INTERRUPTED, REFUSED + ": invalid partition name specified"])
+def test_runs_that_never_ran_spend_no_retry(failure):
     want = desired(point(retries=0))
-    interrupted = observed(want, status="FAILED", failure=INTERRUPTED)
-    assert only(plan_of([want], [interrupted])).action is Action.RETRY
+    never_ran = observed(want, status="FAILED", failure=failure)
+    entry = only(plan_of([want], [never_ran]))
+    assert (entry.action, entry.next_attempt) == (Action.RETRY, 1)
 
 
 def test_reason_names_the_changed_parameter_code_and_command():

@@ -26,6 +26,8 @@ from .plan import Action, Plan, PlannedRun
 JobStates = dict[tuple[str, str], JobStatus]  # (backend name, job id) -> status
 
 INTERRUPTED = "submission interrupted before a job was recorded"
+REFUSED = "submission refused by the backend"
+NOT_AN_ATTEMPT = (INTERRUPTED, REFUSED)  # failures recorded with these never ran: they spend no retry
 KILLED_STATES = (JobState.CANCELLED, JobState.PREEMPTED)
 
 
@@ -74,102 +76,75 @@ def _entry(want: DesiredRun, action: Action, reason: str, **fields) -> PlannedRu
     )
 
 
+def _about(run: ObservedRun) -> dict:
+    """The fields of an entry that name the existing run it is about."""
+    return {"run_id": run.run_id, "job_id": run.job_id, "attempt": run.attempt}
+
+
+def _final_status(status: JobStatus) -> str:
+    """The MLflow status that records how a job ended."""
+    if status.state is JobState.COMPLETED and status.exit_code in (0, None):
+        return "FINISHED"
+    return "KILLED" if status.state in KILLED_STATES else "FAILED"
+
+
+def counts_as_attempt(run: ObservedRun) -> bool:
+    """A failed run spends a retry unless it never got to run (interrupted or refused submission)."""
+    return run.status in ("FAILED", "KILLED") and not (run.failure or "").startswith(NOT_AN_ATTEMPT)
+
+
 def _plan_point(
     want: DesiredRun, runs: list[ObservedRun], history: list[ObservedRun], jobs: JobStates, changed_files
 ) -> PlannedRun:
     finished = [r for r in runs if r.status == "FINISHED"]
     if finished:
-        run = finished[-1]
-        return _entry(
-            want,
-            Action.UP_TO_DATE,
-            "a finished run has this key",
-            run_id=run.run_id,
-            job_id=run.job_id,
-            attempt=run.attempt,
-        )
-
-    failed_attempts = sum(1 for r in runs if r.status in ("FAILED", "KILLED") and r.failure != INTERRUPTED)
-    next_attempt = failed_attempts + 1
+        return _entry(want, Action.UP_TO_DATE, "a finished run has this key", **_about(finished[-1]))
 
     live = [r for r in runs if r.live]
     if live:
-        run = live[-1]
-        if run.job_id is None:
-            return _entry(
-                want,
-                Action.REPAIR,
-                INTERRUPTED + "; resubmitting",
-                run_id=run.run_id,
-                attempt=run.attempt,
-                mark_status="FAILED",
-                next_attempt=run.attempt,
-            )
-        status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
-        if status.state.live or status.state is JobState.UNKNOWN:
-            note = f"job {run.job_id} {status.state.value}"
-            if run.adopted_job:
-                return _entry(
-                    want,
-                    Action.REPAIR,
-                    f"{note}, found on the backend but not recorded; adopting it",
-                    run_id=run.run_id,
-                    job_id=run.job_id,
-                    attempt=run.attempt,
-                    record_job=True,
-                )
-            return _entry(want, Action.RUNNING, note, run_id=run.run_id, job_id=run.job_id, attempt=run.attempt)
-        if status.state is JobState.COMPLETED and (status.exit_code in (0, None)):
-            return _entry(
-                want,
-                Action.REPAIR,
-                f"job {run.job_id} completed but the run was not closed; recording FINISHED",
-                run_id=run.run_id,
-                job_id=run.job_id,
-                attempt=run.attempt,
-                mark_status="FINISHED",
-                record_job=run.adopted_job,
-            )
-        ended = _describe_end(run.job_id, status)
-        retry_allowed = run.attempt <= want.point.retries
-        mark = "KILLED" if status.state in KILLED_STATES else "FAILED"
-        follow = f"; retrying (attempt {run.attempt + 1})" if retry_allowed else "; no retries left"
-        return _entry(
-            want,
-            Action.REPAIR,
-            ended + follow,
-            run_id=run.run_id,
-            job_id=run.job_id,
-            attempt=run.attempt,
-            mark_status=mark,
-            record_job=run.adopted_job,
-            next_attempt=run.attempt + 1 if retry_allowed else None,
-        )
+        return _plan_live(want, live[-1], jobs)
 
+    failed_attempts = sum(1 for r in runs if counts_as_attempt(r))
     if runs:  # only failed attempts
         last = runs[-1]
         why = last.failure or f"run {last.run_id} {last.status}"
         if failed_attempts <= want.point.retries:
-            return _entry(
-                want,
-                Action.RETRY,
-                f"attempt {next_attempt} of {want.point.retries + 1}: {why}",
-                run_id=last.run_id,
-                attempt=last.attempt,
-                next_attempt=next_attempt,
-            )
-        return _entry(
-            want,
-            Action.FAILED,
-            f"{failed_attempts} attempt(s) failed, no retries left: {why}",
-            run_id=last.run_id,
-            job_id=last.job_id,
-            attempt=last.attempt,
-        )
+            reason = f"attempt {failed_attempts + 1} of {want.point.retries + 1}: {why}"
+            return _entry(want, Action.RETRY, reason, **_about(last), next_attempt=failed_attempts + 1)
+        reason = f"{failed_attempts} attempt(s) failed, no retries left: {why}"
+        return _entry(want, Action.FAILED, reason, **_about(last))
 
     if want.point.suspended:
         return _entry(want, Action.SUSPENDED, "experiment is suspended")
     return _entry(want, Action.SUBMIT, _why_new(want, history, changed_files), next_attempt=1)
+
+
+def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRun:
+    """A live run of the key: the backend's word on its job decides."""
+    if run.job_id is None:
+        reason = INTERRUPTED + "; resubmitting"
+        return _entry(want, Action.REPAIR, reason, **_about(run), mark_status="FAILED", next_attempt=run.attempt)
+    status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
+    note = f"job {run.job_id} {status.state.value}"
+    if status.state.live or status.state is JobState.UNKNOWN:
+        if run.adopted_job:
+            reason = f"{note}, found on the backend but not recorded; adopting it"
+            return _entry(want, Action.REPAIR, reason, **_about(run), record_job=True)
+        return _entry(want, Action.RUNNING, note, **_about(run))
+    if _final_status(status) == "FINISHED":
+        reason = f"job {run.job_id} completed but the run was not closed; recording FINISHED"
+        return _entry(want, Action.REPAIR, reason, **_about(run), mark_status="FINISHED", record_job=run.adopted_job)
+    retry_allowed = run.attempt <= want.point.retries
+    follow = f"; retrying (attempt {run.attempt + 1})" if retry_allowed else "; no retries left"
+    return _entry(
+        want,
+        Action.REPAIR,
+        _describe_end(run.job_id, status) + follow,
+        **_about(run),
+        mark_status=_final_status(status),
+        record_job=run.adopted_job,
+        next_attempt=run.attempt + 1 if retry_allowed else None,
+    )
 
 
 def _close_duplicates(want: DesiredRun, runs: list[ObservedRun], kept: str | None, jobs: JobStates) -> list[PlannedRun]:
@@ -179,28 +154,12 @@ def _close_duplicates(want: DesiredRun, runs: list[ObservedRun], kept: str | Non
         if not run.live or run.run_id == kept:
             continue
         if run.job_id is None:
-            entries.append(
-                _entry(want, Action.REPAIR, INTERRUPTED, run_id=run.run_id, attempt=run.attempt, mark_status="FAILED")
-            )
+            entries.append(_entry(want, Action.REPAIR, INTERRUPTED, **_about(run), mark_status="FAILED"))
             continue
         status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
         if status.state.ended:
-            mark = (
-                "FINISHED"
-                if status.state is JobState.COMPLETED
-                else ("KILLED" if status.state in KILLED_STATES else "FAILED")
-            )
-            entries.append(
-                _entry(
-                    want,
-                    Action.REPAIR,
-                    _describe_end(run.job_id, status) + " (duplicate run)",
-                    run_id=run.run_id,
-                    job_id=run.job_id,
-                    attempt=run.attempt,
-                    mark_status=mark,
-                )
-            )
+            reason = _describe_end(run.job_id, status) + " (duplicate run)"
+            entries.append(_entry(want, Action.REPAIR, reason, **_about(run), mark_status=_final_status(status)))
     return entries
 
 
@@ -252,26 +211,17 @@ def _plan_undeclared(runs: list[ObservedRun], jobs: JobStates, prune: bool) -> l
         if not run.live or run.job_id is None:
             continue
         status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
-        common = dict(
-            experiment=run.point_id.split("[", 1)[0],
-            point_id=run.point_id,
-            run_key=run.run_key,
-            backend=run.backend,
-            parameters=run.parameters,
-            run_id=run.run_id,
-            job_id=run.job_id,
-            attempt=run.attempt,
-        )
+        common = {
+            "experiment": run.point_id.split("[", 1)[0],
+            "point_id": run.point_id,
+            "run_key": run.run_key,
+            "backend": run.backend,
+            "parameters": run.parameters,
+            **_about(run),
+        }
         if status.state.live and prune:
             entries.append(PlannedRun(Action.CANCEL, reason="no longer declared", mark_status="KILLED", **common))
         elif status.state.ended:
-            mark = "FINISHED" if status.state is JobState.COMPLETED else "FAILED"
-            entries.append(
-                PlannedRun(
-                    Action.REPAIR,
-                    reason=f"{_describe_end(run.job_id, status)} (no longer declared)",
-                    mark_status=mark,
-                    **common,
-                )
-            )
+            reason = f"{_describe_end(run.job_id, status)} (no longer declared)"
+            entries.append(PlannedRun(Action.REPAIR, reason=reason, mark_status=_final_status(status), **common))
     return entries
