@@ -71,8 +71,17 @@ def main(ctx, verbose):
 
 
 def _report_calls(ctx, project) -> None:
-    if ctx.obj.get("verbose"):
-        click.echo(f"tracking store calls: {project.store.calls}", err=True)
+    if not ctx.obj.get("verbose"):
+        return
+    click.echo(f"tracking store calls: {project.store.calls}", err=True)
+    for name, backend in project.backends.items():
+        calls = getattr(backend, "calls", None)
+        if calls:
+            click.echo(
+                f"backend {name} scheduler calls: "
+                + ", ".join(f"{count} {command}" for command, count in sorted(calls.items())),
+                err=True,
+            )
 
 
 @main.command()
@@ -182,8 +191,8 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
         click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
         if wait and result.started:
             failed = _follow(project, result.started)
-            _report_calls(ctx, project)
             if failed:
+                _report_calls(ctx, project)
                 click.echo(f"{failed} run(s) did not finish successfully.", err=True)
                 sys.exit(1)
     _report_calls(ctx, project)
@@ -266,6 +275,39 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(max(seconds, 0))}s"
+
+
+@main.command()
+@PROJECT_DIR
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock.")
+@click.pass_context
+def cancel(ctx, directory, targets, lock_timeout):
+    """Cancel the live runs of EXPERIMENT names or RUN_IDs (one scheduler call per backend)."""
+    from .operations.control import cancel as cancel_runs
+    from .operations.project import open_project
+
+    with user_errors():
+        project = open_project(directory)
+        cancelled = cancel_runs(project, list(targets), parse_duration(lock_timeout))
+    click.echo(f"Cancelled {len(cancelled)} run(s)." if cancelled else "Nothing to cancel: no live run matches.")
+    _report_calls(ctx, project)
+
+
+@main.command()
+@PROJECT_DIR
+@click.argument("run_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing output until the run ends.")
+def logs(directory, run_id, follow):
+    """Print a run's output (the combined stdout and stderr of its command)."""
+    from .operations.control import follow_log
+    from .operations.project import open_project
+
+    with user_errors():
+        project = open_project(directory)
+        for chunk in follow_log(project, run_id, follow):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
 
 
 @main.command("force-unlock")

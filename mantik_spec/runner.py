@@ -20,6 +20,7 @@ import sys
 EXIT_CODE_FILE = "exit_code"
 OUTPUT_FILE = "output.log"
 CANCEL_FILE = "cancel"
+SIGNALLED = "stopped by a signal"  # the start of the failure tag of a run the runner saw terminated
 
 
 def _warn(message):
@@ -110,7 +111,12 @@ def main(job_dir):
             code = 127
     if code < 0:
         code = 128 - code  # killed by a signal: report it the way shells do
-
+    # A scheduler's cancel, time limit and preemption all arrive as SIGTERM, to us or only to the
+    # command (whose shell then exits 128+15); the backend's job state tells them apart.
+    if not cancelled and code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        cancelled.append(code - 128)
+    if cancelled:
+        tracking.do("set_tag", "mantik.failure", f"{SIGNALLED} ({signal.Signals(cancelled[0]).name})")
     if os.path.exists(os.path.join(job_dir, CANCEL_FILE)):
         cancelled.append("cancel requested")
     status = "KILLED" if cancelled else ("FINISHED" if code == 0 else "FAILED")

@@ -14,4 +14,8 @@ def make_backend(name: str, config, state_root: Path):
         from .local import LocalBackend
 
         return LocalBackend(name, config, state_root)
+    if config.type == "slurm":
+        from .slurm import SlurmBackend
+
+        return SlurmBackend(name, config, state_root)
     raise ValueError(f"backend type {config.type!r} is not implemented")  # the spec model rejects it first

@@ -53,10 +53,20 @@ class JobRequest:
     tracking_uri: str
     experiment_id: str
     environment: dict[str, str] = field(default_factory=dict)
+    group: str = ""  # runs of one group (an experiment) may be submitted together, e.g. as one job array
 
 
 class BackendError(Exception):
     """The backend refused or could not be reached; the message is for the user."""
+
+
+class SubmissionRefused(BackendError):
+    """Part of a submission was refused: what was submitted is kept, the refused runs are named."""
+
+    def __init__(self, message: str, submitted: dict[str, str], refused: list[str]):
+        super().__init__(message)
+        self.submitted = submitted  # run id -> job id, accepted before the refusal
+        self.refused = refused  # run ids
 
 
 class Backend(Protocol):
@@ -65,8 +75,8 @@ class Backend(Protocol):
     def submit(self, requests: list[JobRequest]) -> dict[str, str]:
         """Start the runs; returns run id -> job id. Each job carries its run id and key."""
 
-    def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        """The state of many jobs, in one call to the backend."""
+    def poll(self, jobs: dict[str, str]) -> dict[str, JobStatus]:
+        """The state of many jobs (job id -> run id), in one call to the backend."""
 
     def find(self, run_ids: list[str]) -> dict[str, str]:
         """Jobs submitted for these runs whose id was never recorded (an apply crashed): run id -> job id."""
@@ -74,5 +84,5 @@ class Backend(Protocol):
     def cancel(self, job_ids: list[str]) -> None:
         """Cancel many jobs in one call."""
 
-    def log_path(self, job_id: str) -> Path | None:
-        """Where the job's combined output is, when the backend keeps it locally."""
+    def read_log(self, run_id: str, offset: int = 0) -> bytes | None:
+        """The run's combined output from byte ``offset`` on; None when there is none (yet)."""

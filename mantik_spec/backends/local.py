@@ -37,6 +37,15 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def read_from(path: Path, offset: int) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
 def process_start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), None when it is gone or a zombie."""
     try:
@@ -115,6 +124,8 @@ class LocalQueue:
 
 
 class LocalBackend:
+    min_poll_interval = 0.0  # polling reads a few files: no load to spare anyone
+
     def __init__(self, name: str, config: LocalConfig, state_root: Path):
         self.name = name
         self.config = config
@@ -172,7 +183,7 @@ class LocalBackend:
         )
         log.close()
 
-    def poll(self, job_ids: list[str]) -> dict[str, JobStatus]:
+    def poll(self, jobs: dict[str, str]) -> dict[str, JobStatus]:
         alive: list[bool] = []
 
         def scheduler_alive() -> bool:  # asked at most once per poll
@@ -180,7 +191,7 @@ class LocalBackend:
                 alive.append(self.queue.scheduler_alive())
             return alive[0]
 
-        return {job_id: self.queue.status(job_id, scheduler_alive) for job_id in job_ids}
+        return {job_id: self.queue.status(job_id, scheduler_alive) for job_id in jobs}
 
     def find(self, run_ids: list[str]) -> dict[str, str]:
         return {run_id: run_id for run_id in run_ids if (self.queue.job_dir(run_id) / JOB_FILE).exists()}
@@ -201,5 +212,5 @@ class LocalBackend:
                     except ProcessLookupError:
                         pass
 
-    def log_path(self, job_id: str) -> Path | None:
-        return self.queue.job_dir(job_id) / runner.OUTPUT_FILE
+    def read_log(self, run_id: str, offset: int = 0) -> bytes | None:
+        return read_from(self.queue.job_dir(run_id) / runner.OUTPUT_FILE, offset)

@@ -15,11 +15,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..backends.base import BackendError, JobRequest
+from ..backends.base import BackendError, JobRequest, SubmissionRefused
 from ..faults import checkpoint
 from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
+from ..reconcile.planner import REFUSED
 from ..spec.experiments import format_value
 from ..state.lock import project_lock
 from ..state.tracking import Tag
@@ -114,23 +115,33 @@ def submit(project: Project, observation: Observation, starts: list[tuple[Desire
                 code_dir=project.code_dir(code.commit),
                 tracking_uri=store.uri,
                 experiment_id=experiment_id,
+                group=want.point.experiment,
                 environment={
                     "MANTIK_RUN_KEY": want.key,
                     **({"MANTIK_SEED": str(want.point.seed)} if want.point.seed is not None else {}),
                 },
             )
         )
+    refusals = []
     for backend_name, requests in by_backend.items():
         try:
             job_ids = project.backend(backend_name).submit(requests)
+        except SubmissionRefused as exc:
+            job_ids, refused = exc.submitted, exc.refused
+            refusals.append(f"backend {backend_name}: {exc}")
         except BackendError as exc:
-            raise UserError(
-                f"backend {backend_name}: {exc}; the next apply resubmits the runs left without a job"
-            ) from exc
+            job_ids, refused = {}, [r.run_id for r in requests]
+            refusals.append(f"backend {backend_name}: {exc}")
+        else:
+            refused = []
         checkpoint("after-submit")
         for run_id, job_id in job_ids.items():
             store.set_tags(run_id, {Tag.JOB_ID: job_id})
             checkpoint("after-job-recorded")
+        for run_id in refused:  # never ran: closed now, resubmitted by the next apply without spending a retry
+            store.terminate(run_id, "FAILED", {Tag.FAILURE: f"{REFUSED}: {refusals[-1]}"})
+    if refusals:
+        raise UserError("; ".join(refusals))
     return started
 
 

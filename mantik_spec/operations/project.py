@@ -14,6 +14,7 @@ from ..backends.base import JobStatus
 from ..reconcile.identity import DesiredRun, identify
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
+from ..runner import SIGNALLED
 from ..spec.experiments import expand, resolve_extends
 from ..spec.load import LoadedSpec, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
@@ -95,19 +96,36 @@ def observe(project: Project) -> Observation:
     versions = data_versions(project)
     desired = [identify(point, code.identity, versions, {}) for point in expand(spec, experiments)]
     runs = project.store.observe()
-    jobs = poll_jobs(project, runs)
+    jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
     return Observation(code, desired, runs, jobs, _changed_files(project, code, desired, runs))
 
 
-def poll_jobs(project: Project, runs: list[ObservedRun]) -> JobStates:
-    """One poll per backend for every live run; intents with no job id are looked up for adoption."""
-    live_jobs: dict[str, list[str]] = defaultdict(list)
+def _unexplained_kills(runs: list[ObservedRun]) -> list[ObservedRun]:
+    """Runs the runner closed as KILLED on a signal: the scheduler knows why (time limit, preemption, cancel)."""
+    finished_keys = {r.run_key for r in runs if r.status == "FINISHED"}
+    return [
+        r
+        for r in runs
+        if r.status == "KILLED"
+        and r.job_id
+        and r.run_key not in finished_keys
+        and (r.failure or "").startswith(SIGNALLED)
+    ]
+
+
+def poll_jobs(project: Project, runs: list[ObservedRun], explain: list[ObservedRun] = ()) -> JobStates:
+    """One poll per backend for every live run (and the ended runs in ``explain``);
+    intents with no job id are looked up for adoption."""
+    live_jobs: dict[str, dict[str, str]] = defaultdict(dict)  # backend -> job id -> run id
     intents: dict[str, list[ObservedRun]] = defaultdict(list)
+    for run in explain:
+        if run.backend in project.spec.backends:
+            live_jobs[run.backend][run.job_id] = run.run_id
     for run in runs:
         if not run.live or run.backend not in project.spec.backends:
             continue
         if run.job_id:
-            live_jobs[run.backend].append(run.job_id)
+            live_jobs[run.backend][run.job_id] = run.run_id
         else:
             intents[run.backend].append(run)
     for backend_name, orphans in intents.items():
@@ -115,10 +133,10 @@ def poll_jobs(project: Project, runs: list[ObservedRun]) -> JobStates:
         for run in orphans:
             if run.run_id in found:
                 run.job_id, run.adopted_job = found[run.run_id], True
-                live_jobs[backend_name].append(run.job_id)
+                live_jobs[backend_name][run.job_id] = run.run_id
     jobs: dict[tuple[str, str], JobStatus] = {}
-    for backend_name, job_ids in live_jobs.items():
-        for job_id, status in project.backend(backend_name).poll(job_ids).items():
+    for backend_name, backend_jobs in live_jobs.items():
+        for job_id, status in project.backend(backend_name).poll(backend_jobs).items():
             jobs[(backend_name, job_id)] = status
     return jobs
 

@@ -84,7 +84,8 @@ def follow(
         on_update(states)
         if all(state in ENDED for state in states.values()) and len(states) == len(wanted):
             return states
-        time.sleep(interval)
+        # never ask a scheduler more often than its backend allows
+        time.sleep(max([interval, *(b.min_poll_interval for b in project.backends.values())]))
 
 
 ENDED = {"finished", "failed", "killed"} | {s.value for s in JobState if s.ended}

@@ -107,7 +107,11 @@ def _plan_point(
     failed_attempts = sum(1 for r in runs if counts_as_attempt(r))
     if runs:  # only failed attempts
         last = runs[-1]
-        why = last.failure or f"run {last.run_id} {last.status}"
+        ended = jobs.get((last.backend, last.job_id)) if last.job_id else None
+        if ended is not None and ended.state.ended:
+            why = _describe_end(last.job_id, ended)
+        else:
+            why = last.failure or f"run {last.run_id} {last.status}"
         if failed_attempts <= want.point.retries:
             reason = f"attempt {failed_attempts + 1} of {want.point.retries + 1}: {why}"
             return _entry(want, Action.RETRY, reason, **_about(last), next_attempt=failed_attempts + 1)

@@ -84,6 +84,13 @@ def _entry_points(spec: Spec) -> Iterator[Finding]:
 
 
 def _paths(spec: Spec) -> Iterator[Finding]:
+    for name, backend in spec.backends.items():
+        workdir = getattr(backend, "workdir", None)
+        if workdir and not workdir.startswith(("/", "~")) and (problem := relative_path_problem(workdir)):
+            yield ("backends", name, "workdir"), problem
+        template = getattr(backend, "template", None)
+        if template and (problem := relative_path_problem(template)):
+            yield ("backends", name, "template"), problem
     for index, value in enumerate(spec.code.paths or []):
         if problem := relative_path_problem(value):
             yield ("code", "paths", index), problem

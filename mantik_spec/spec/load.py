@@ -119,9 +119,11 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
         elif len(errors) > 1:
             expected = sorted({m.group(1) for e in errors if (m := _EXPECTED.search(e["msg"]))})
             message = f"expected {' or '.join(expected)}, got {_describe(first['input'])}"
+        elif first["type"] == "value_error":
+            message = str(first["ctx"]["error"])
         else:
             message = first["msg"][0].lower() + first["msg"][1:]
-            if first["type"] not in ("value_error", "assertion_error"):
+            if first["type"] != "assertion_error":
                 message += f", got {_describe(first['input'])}"
         problems.append(document.problem(path, message))
     return problems

@@ -8,9 +8,10 @@ every problem can be tied to a line).
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # pydantic scans every installed distribution's entry points for plugins as each model
 # is built (~20 ms); mantik uses none, and `validate` runs on every commit. The switch is
@@ -95,8 +96,104 @@ class LocalBackend(Strict):
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
 
 
-# Becomes a union tagged by `type` as backends are added (each one a model here and a module in backends/).
-Backend = LocalBackend
+SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d+(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE)$")
+SLURM_SIZE = re.compile(r"^\d+[KMGT]?$")
+SLURM_WORD = r"^[A-Za-z0-9_.,:=+-]+$"  # partition, account, qos, gres: nothing a shell or #SBATCH line could misread
+DURATION = re.compile(r"^(\d+(\.\d+)?)(s|m|h)?$")
+
+
+def slurm_time(value: str | int) -> str:
+    text = str(value)
+    if not SLURM_TIME.match(text):
+        raise ValueError(
+            f"{text!r} is not a Slurm time: use MINUTES, MM:SS, HH:MM:SS or D-HH:MM:SS (e.g. 90, 90:00, 1-00:00:00)"
+        )
+    return text
+
+
+def slurm_size(value: str | int) -> str:
+    text = str(value)
+    if not SLURM_SIZE.match(text):
+        raise ValueError(
+            f"{text!r} is not a Slurm size: a whole number with an optional K, M, G or T (e.g. 64G, 4000M)"
+        )
+    return text
+
+
+def duration_seconds(value: str | int | float) -> float:
+    match = DURATION.match(str(value).strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: use seconds or a number with s, m or h (e.g. 30s, 5m)")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[match.group(3)]
+
+
+SlurmTime = Annotated[
+    str | int, AfterValidator(slurm_time), Field(json_schema_extra={"examples": ["90:00", "1-00:00:00"]})
+]
+SlurmSize = Annotated[str | int, AfterValidator(slurm_size), Field(json_schema_extra={"examples": ["64G", "4000M"]})]
+SlurmWord = Annotated[str, Field(pattern=SLURM_WORD, max_length=256)]
+
+
+class SlurmResources(Strict):
+    nodes: int | None = Field(None, ge=1)
+    ntasks: int | None = Field(None, ge=1)
+    ntasks_per_node: int | None = Field(None, ge=1)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: SlurmSize | None = Field(None, description="Memory per node, as Slurm writes it (64G).")
+    mem_per_cpu: SlurmSize | None = None
+    gpus: int | None = Field(None, ge=0)
+    gres: SlurmWord | None = Field(None, description="Generic resources, e.g. gpu:a100:4.")
+    time: SlurmTime | None = Field(None, description="Time limit: MINUTES, HH:MM:SS or D-HH:MM:SS.")
+
+
+class SlurmBackend(Strict):
+    """Batch jobs on a Slurm cluster, submitted as job arrays from its login node."""
+
+    type: Literal["slurm"]
+    partition: SlurmWord | None = None
+    account: SlurmWord | None = None
+    qos: SlurmWord | None = None
+    resources: SlurmResources = Field(default_factory=SlurmResources)
+    modules: list[Annotated[str, Field(pattern=r"^[^\s;&|`$<>]+$")]] = Field(
+        default_factory=list, description="Environment modules loaded before the run (module load NAME)."
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="Shell lines run before the run starts (e.g. source venv/bin/activate)."
+    )
+    sbatch_args: list[Annotated[str, Field(pattern=r"^--?[A-Za-z][^\n]*$")]] = Field(
+        default_factory=list, description="Further sbatch options, one per item (e.g. --constraint=gpu)."
+    )
+    workdir: str = Field(
+        ".mantik/slurm",
+        description="Directory on the cluster's shared filesystem for staged code and run directories "
+        "(relative paths are taken from the project root).",
+    )
+    array: bool = Field(True, description="Submit the missing points of an experiment as one job array.")
+    max_array_size: int = Field(1000, ge=1, le=100_000, description="Split larger arrays (the cluster's MaxArraySize).")
+    template: str | None = Field(
+        None, description="A Jinja2 batch-script template in the repository overriding the default."
+    )
+    python: str = Field(
+        "python3", description="The Python on the compute nodes that runs the in-job runner (needs mlflow)."
+    )
+    poll_interval: str | int | float = Field("5s", description="Never ask Slurm for job states more often than this.")
+    environment: str | None = Field(None, description="Default environment for runs on this backend.")
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _valid_interval(cls, value):
+        duration_seconds(value)
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _one_line_each(cls, value):
+        if any("\n" in line for line in value):
+            raise ValueError("each setup item is one shell line")
+        return value
+
+
+Backend = Annotated[LocalBackend | SlurmBackend, Field(discriminator="type")]
 
 GridValue = ScalarValue | list[ScalarValue]
 

@@ -1,0 +1,95 @@
+"""Where a backend's commands and files live: this machine, or (later) a login node over SSH.
+
+A backend talks to its cluster only through a host, so the same backend code
+drives a scheduler it runs next to and one it reaches over a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import BackendError
+
+COMMAND_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def error_line(self) -> str:
+        lines = [line for line in self.stderr.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit code {self.returncode}"
+
+
+class LocalHost:
+    """Commands and files on this machine (when mantik runs on the login node)."""
+
+    def __init__(self) -> None:
+        self.commands_run = 0
+
+    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> CommandResult:
+        self.commands_run += 1
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise BackendError(
+                f"`{argv[0]}` is not on PATH here: run mantik where the scheduler's commands are"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"`{argv[0]}` did not answer within {timeout:.0f} s") from None
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def makedirs(self, path: str) -> None:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot create {path}: {exc.strerror}") from None
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def write_text(self, path: str, text: str) -> None:
+        temporary = f"{path}.tmp-{os.getpid()}"
+        with open(temporary, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+
+    def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def read_text(self, path: str) -> str | None:
+        data = self.read_bytes(path)
+        return None if data is None else data.decode(errors="replace")
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    def symlink(self, target: str, link: str) -> None:
+        os.symlink(target, link)
+
+    def put_tree(self, source: Path, destination: str) -> None:
+        """Copy a local directory to ``destination`` whole or not at all."""
+        if os.path.exists(destination):
+            return
+        building = f"{destination}.building-{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.copytree(source, building, symlinks=True)
+        try:
+            os.rename(building, destination)
+        except OSError:  # staged meanwhile by a parallel apply
+            shutil.rmtree(building, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""``mantik cancel`` and ``mantik logs``: acting on runs that are already submitted."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+from ..state.lock import project_lock
+from ..state.tracking import Tag
+from .errors import UserError
+from .project import Project
+
+
+def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> list[str]:
+    """Cancel the live runs of the named experiments or run ids, one scheduler call per backend."""
+    with project_lock(project.store, "cancel", lock_timeout):
+        runs = [r for r in project.store.observe() if r.live]
+        experiment_of = {r.run_id: r.point_id.split("[", 1)[0] for r in runs}
+        known = set(project.spec.experiments) | {r.run_id for r in project.store.observe()}
+        unknown = [t for t in targets if t not in known]
+        if unknown:
+            raise UserError(f"no experiment or run named {', '.join(unknown)}")
+        chosen = [r for r in runs if r.run_id in targets or experiment_of[r.run_id] in targets]
+        by_backend = defaultdict(list)
+        for run in chosen:
+            if run.job_id and run.backend in project.spec.backends:
+                by_backend[run.backend].append(run.job_id)
+        for backend_name, job_ids in by_backend.items():
+            project.backend(backend_name).cancel(job_ids)
+        for run in chosen:
+            project.store.terminate(run.run_id, "KILLED", {Tag.FAILURE: "cancelled by `mantik cancel`"})
+    return [run.run_id for run in chosen]
+
+
+def follow_log(
+    project: Project, run_id: str, follow: bool, interval: float = 1.0, sleep: Callable[[float], None] = time.sleep
+) -> Iterator[bytes]:
+    """The run's output; with ``follow``, more as it arrives until the run has ended."""
+    run = next((r for r in project.store.observe() if r.run_id == run_id), None)
+    if run is None:
+        raise UserError(f"no run {run_id} in project {project.spec.project}")
+    if run.backend not in project.spec.backends:
+        raise UserError(f"run {run_id} ran on backend '{run.backend}', which mantik.yaml no longer declares")
+    backend = project.backend(run.backend)
+    offset = 0
+    while True:
+        chunk = backend.read_log(run_id, offset)
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+        if not follow:
+            if offset == 0 and chunk is None:
+                raise UserError(f"run {run_id} has no output yet")
+            return
+        status = project.store.client.get_run(run_id).info.status
+        if status in ("FINISHED", "FAILED", "KILLED"):
+            tail = backend.read_log(run_id, offset)
+            if tail:
+                yield tail
+            return
+        sleep(interval)

@@ -1,0 +1,188 @@
+"""The Slurm backend against a real single-node Slurm (started by `scripts/slurm-local.sh`, as .ci/run does)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .conftest import IN_CI
+
+pytestmark = pytest.mark.e2e
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def slurm_is_up() -> bool:
+    if not shutil.which("sbatch"):
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    return any(state.rstrip("*") in ("idle", "mixed", "allocated") for state in states)
+
+
+@pytest.fixture(autouse=True)
+def slurm():
+    if not slurm_is_up():
+        message = "Slurm is not running here: start it with `bash scripts/slurm-local.sh` (root)"
+        if IN_CI:
+            pytest.fail(message)  # CI starts Slurm: a missing one is a failure, never a skip
+        pytest.skip(message)
+
+
+def slurm_spec(**overrides) -> str:
+    values = {"lrs": "[0.1, 0.2, 0.3]", "extra": "", "time": "00:05:00", "partition": "debug", "retries": 0}
+    values.update(overrides)
+    return textwrap.dedent(
+        f"""
+        version: 1
+        project: slurmtest
+        code: {{paths: [train.py]}}
+        entry_points:
+          train:
+            command: python train.py --lr {{lr}} --sleep {{sleep}} --fail {{fail}}
+            parameters:
+              lr: float
+              sleep: {{type: float, default: 0}}
+              fail: {{type: bool, default: false}}
+        backends:
+          cluster:
+            type: slurm
+            partition: {values["partition"]}
+            resources: {{ntasks: 1, cpus_per_task: 1, mem: 200M, time: "{values["time"]}"}}
+            python: {sys.executable}
+            setup: ['export PATH={VENV_BIN}:$PATH']
+            poll_interval: 0.5s
+        experiments:
+          sweep:
+            entry_point: train
+            parameters: {{lr: {values["lrs"]}{values["extra"]}}}
+            retries: {values["retries"]}
+        """
+    )
+
+
+def use(project, spec: str) -> None:
+    project.write("mantik.yaml", spec)
+    project.commit("slurm spec")
+
+
+def squeue_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-r", "-o", "%i|%T"], capture_output=True, text=True).stdout
+    return dict(line.split("|") for line in out.split())[job_id] if job_id in out else ""
+
+
+def test_grid_runs_as_one_job_array_to_finished(project):
+    use(project, slurm_spec())
+    applied = project.mantik("-v", "apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})
+    assert "backend cluster scheduler calls: 1 sbatch" in applied.stderr
+    runs = project.runs()
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    job_ids = sorted(r.data.tags["mantik.job_id"] for r in runs)
+    base = job_ids[0].split("_")[0]
+    assert job_ids == [f"{base}_0", f"{base}_1", f"{base}_2"]
+    assert sorted(r.data.metrics["score"] for r in runs) == pytest.approx([1.0, 2.0, 3.0])
+    assert "No changes" in project.mantik("apply", "--auto-approve").stdout
+
+    run_id = runs[0].info.run_id
+    assert "trained" in project.mantik("logs", run_id).stdout
+    batches = list((project.path / ".mantik" / "slurm" / "batches").iterdir())
+    assert len(batches) == 1
+    script = (batches[0] / "script.sh").read_text()
+    assert "#SBATCH --array=0-2" in script and "#SBATCH --job-name=mantik-" in script
+
+
+def test_arrays_are_split_at_max_array_size(project):
+    use(
+        project,
+        slurm_spec(lrs="[0.1, 0.2, 0.3, 0.4, 0.5]").replace(
+            "poll_interval: 0.5s", "poll_interval: 0.5s\n    max_array_size: 2"
+        ),
+    )
+    applied = project.mantik("-v", "apply", "--auto-approve", "--wait")
+    assert "3 sbatch" in applied.stderr
+    assert sorted(r.info.status for r in project.runs()) == ["FINISHED"] * 5
+
+
+def test_job_cancelled_outside_the_tool_is_repaired_and_retried(project):
+    use(project, slurm_spec(lrs="0.1", extra=", sleep: 120", retries=1))
+    project.mantik("apply", "--auto-approve")
+    job_id = project.runs()[0].data.tags["mantik.job_id"]
+    project.wait_until(lambda: squeue_state(job_id) == "RUNNING", message="the job to run")
+    subprocess.run(["scancel", job_id], check=True)
+    project.wait_until(lambda: "ended CANCELLED" in project.mantik("plan").stdout, message="the plan to see the cancel")
+    plan = project.plan_json()
+    assert [(r["action"], r["attempt"]) for r in plan["runs"]] == [("repair", 2)]
+    project.mantik("apply", "--auto-approve")
+    by_attempt = {r.data.tags["mantik.attempt"]: r for r in project.runs()}
+    assert by_attempt["1"].info.status == "KILLED"
+    assert "ended CANCELLED" in by_attempt["1"].data.tags["mantik.failure"]
+    assert by_attempt["2"].info.status in ("SCHEDULED", "RUNNING")
+
+    cancelled = project.mantik("-v", "cancel", "sweep")
+    assert "Cancelled 1 run(s)." in cancelled.stdout and "1 scancel" in cancelled.stderr
+    assert project.client().get_run(by_attempt["2"].info.run_id).info.status == "KILLED"
+
+
+def test_time_limit_is_reported_as_timeout(project):
+    use(project, slurm_spec(lrs="0.1", extra=", sleep: 300", time="0:05"))
+    project.mantik("apply", "--auto-approve")
+    # Slurm rounds the limit up to a minute and sends SIGTERM: the runner closes the run, Slurm says why
+    project.wait_until(lambda: "ended TIMEOUT" in project.mantik("plan").stdout, timeout=150, message="TIMEOUT")
+    plan = project.plan_json()
+    assert plan["runs"][0]["action"] == "failed"
+    assert "ended TIMEOUT" in plan["runs"][0]["reason"]
+    run = project.runs()[0]
+    assert run.info.status == "KILLED"
+    assert run.data.tags["mantik.failure"] == "stopped by a signal (SIGTERM)"
+
+
+def test_bad_partition_is_one_clear_line_and_spends_no_retry(project):
+    use(project, slurm_spec(partition="nosuchpartition"))
+    refused = project.mantik("apply", "--auto-approve", check=1)
+    assert refused.stderr.strip().splitlines() == [
+        "Error: backend cluster: experiment sweep: sbatch refused the job: Invalid partition name specified"
+    ]
+    assert sorted(r.info.status for r in project.runs()) == ["FAILED"] * 3
+    use(project, slurm_spec())  # the partition is not part of the run key: the same runs, now accepted
+    plan = project.plan_json()
+    assert [(r["action"], r["attempt"]) for r in plan["runs"]] == [("retry", 1)] * 3
+    project.mantik("apply", "--auto-approve", "--wait")
+    assert sorted(r.info.status for r in project.runs()).count("FINISHED") == 3
+
+
+def test_invalid_slurm_sizes_and_times_fail_validation(project):
+    project.write("mantik.yaml", slurm_spec(time="1d").replace("mem: 200M", "mem: 64 GB"))
+    result = project.mantik("validate", check=1)
+    lines = result.stderr.strip().splitlines()
+    assert any("backends.cluster.resources.mem: '64 GB' is not a Slurm size" in line for line in lines)
+    assert any("backends.cluster.resources.time: '1d' is not a Slurm time" in line for line in lines)
+
+
+def test_crash_between_sbatch_and_recording_adopts_the_job(project):
+    use(project, slurm_spec())
+    crashed = project.mantik("apply", "--auto-approve", check=None, env={"MANTIK_TEST_CRASH_AT": "after-submit"})
+    assert crashed.returncode == -9
+    assert all("mantik.job_id" not in r.data.tags for r in project.runs())
+    plan = project.plan_json()
+    assert {r["action"] for r in plan["runs"]} == {"repair"}
+    assert all("adopting it" in r["reason"] or "recording FINISHED" in r["reason"] for r in plan["runs"])
+    applied = project.mantik("-v", "apply", "--auto-approve", "--wait")
+    assert "sbatch" not in applied.stderr
+    project.wait_until(lambda: sorted(r.info.status for r in project.runs()) == ["FINISHED"] * 3, message="finish")
+    assert len(list((project.path / ".mantik" / "slurm" / "batches").iterdir())) == 1
+    assert "No changes" in project.mantik("plan").stdout
+
+
+def test_status_polls_slurm_once_for_all_live_jobs(project):
+    use(project, slurm_spec(lrs="[0.1, 0.2, 0.3, 0.4]", extra=", sleep: 30"))
+    project.mantik("apply", "--auto-approve")
+    status = project.mantik("-v", "status", "--json")
+    rows = json.loads(status.stdout)
+    assert {row["state"] for row in rows} <= {"pending", "running"}
+    assert "backend cluster scheduler calls: 1 squeue" in status.stderr
+    project.mantik("cancel", "sweep")
