@@ -145,6 +145,20 @@ class Project:
         raise AssertionError(f"timed out waiting for {message}")
 
 
+def run_example(name: str, workdir: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """`bash examples/run.sh NAME`, as the README tells a newcomer, with this environment's mantik on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(extra_env or {})
+    return subprocess.run(
+        ["bash", str(ROOT / "examples" / "run.sh"), name, str(workdir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
 @pytest.fixture
 def project(tmp_path) -> Project:
     path = tmp_path / "repo"

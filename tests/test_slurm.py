@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import IN_CI
+from .conftest import IN_CI, run_example
 
 pytestmark = pytest.mark.e2e
 
@@ -186,3 +186,10 @@ def test_status_polls_slurm_once_for_all_live_jobs(project):
     assert {row["state"] for row in rows} <= {"pending", "running"}
     assert "backend cluster scheduler calls: 1 squeue" in status.stderr
     project.mantik("cancel", "sweep")
+
+
+def test_slurm_example_runs_to_finished(tmp_path):
+    result = run_example("slurm", tmp_path, {"MANTIK_VENV": str(Path(sys.executable).parent.parent)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes. Runs match the spec." in result.stdout
+    assert "finished" in result.stdout
