@@ -310,6 +310,20 @@ def logs(directory, run_id, follow):
             sys.stdout.buffer.flush()
 
 
+@main.command()
+@PROJECT_DIR
+@click.argument("target")
+def explain(directory, target):
+    """Print the identity inputs of RUN_ID or EXPERIMENT[POINT] and the run key they hash to."""
+    import json
+
+    from .operations.explain import explain as explain_target
+    from .operations.project import open_project
+
+    with user_errors():
+        click.echo(json.dumps(explain_target(open_project(directory), target), indent=2, ensure_ascii=False))
+
+
 @main.command("force-unlock")
 @PROJECT_DIR
 @click.argument("lock_id")

@@ -118,6 +118,10 @@ def submit(project: Project, observation: Observation, starts: list[tuple[Desire
                 group=want.point.experiment,
                 environment={
                     "MANTIK_RUN_KEY": want.key,
+                    **{
+                        f"MANTIK_DATA_{name.upper().replace('-', '_').replace('.', '_')}": location
+                        for name, location in data_locations(project, want).items()
+                    },
                     **({"MANTIK_SEED": str(want.point.seed)} if want.point.seed is not None else {}),
                 },
             )

@@ -19,6 +19,7 @@ from ..spec.experiments import expand, resolve_extends
 from ..spec.load import LoadedSpec, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
 from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
+from .errors import UserError
 
 
 @dataclass
@@ -69,15 +70,21 @@ def open_project(directory: Path | str) -> Project:
     return Project(loaded, repo, store, state_dir)
 
 
-def data_versions(project: Project) -> dict[str, str]:
-    """The version of each data source that enters run keys (pinned URLs now; DVC md5s later)."""
-    versions = {}
-    for name, source in project.spec.data.items():
-        if source.url is not None:
-            versions[name] = ":".join(filter(None, [source.version, source.sha256 and f"sha256={source.sha256}"]))
-        else:
-            versions[name] = ""
-    return versions
+def input_versions(project: Project) -> tuple[dict[str, str], dict[str, str]]:
+    """The versions of every data source and environment: the key's inputs besides code and parameters."""
+    from ..state.versions import FileDigests, VersionError, data_version, environment_identity
+
+    try:
+        data = {name: data_version(project.root, name, source) for name, source in project.spec.data.items()}
+        digests = FileDigests(project.state_dir)
+        environments = {
+            name: environment_identity(project.root, name, environment, digests)
+            for name, environment in project.spec.environments.items()
+        }
+        digests.save()
+    except VersionError as exc:
+        raise UserError(str(exc)) from None
+    return data, environments
 
 
 @dataclass
@@ -93,8 +100,8 @@ def observe(project: Project) -> Observation:
     spec = project.spec
     code = project.repo.code_version(spec.code.paths)
     experiments, _ = resolve_extends(spec)
-    versions = data_versions(project)
-    desired = [identify(point, code.identity, versions, {}) for point in expand(spec, experiments)]
+    data, environments = input_versions(project)
+    desired = [identify(point, code.identity, data, environments) for point in expand(spec, experiments)]
     runs = project.store.observe()
     jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
     return Observation(code, desired, runs, jobs, _changed_files(project, code, desired, runs))

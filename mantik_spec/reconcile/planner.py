@@ -205,7 +205,10 @@ def _show(value) -> str:
     if value is None or value == "":
         return "none"
     text = str(value)
-    return text[:12] if len(text) == 64 else text
+    if len(text) <= 24:
+        return text
+    kind, _, digest = text.rpartition(":")  # "requirements:sha256:3f2a…": keep the kind, shorten the digest
+    return f"{kind}:{digest[:12]}…" if kind else text[:12] + "…"
 
 
 def _plan_undeclared(runs: list[ObservedRun], jobs: JobStates, prune: bool) -> list[PlannedRun]:

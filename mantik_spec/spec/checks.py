@@ -36,6 +36,22 @@ def inline_credentials(data, path: tuple = ()) -> Iterator[Finding]:
             yield from inline_credentials(value, (*path, index))
 
 
+def on_disk(spec: Spec, project_root) -> Iterator[Finding]:
+    """What the spec says about files in the project: DVC-tracked data must be tracked."""
+    from ..state.versions import VersionError, dvc_md5  # reads .dvc files and dvc.lock; imports no dvc
+
+    for name, source in spec.data.items():
+        if source.path is None or relative_path_problem(source.path):
+            continue
+        try:
+            tracked = dvc_md5(project_root, source.path) is not None
+        except VersionError as exc:
+            yield ("data", name, "path"), str(exc)
+            continue
+        if not tracked:
+            yield ("data", name, "path"), f"{source.path} is not tracked by DVC (run `dvc add {source.path}`)"
+
+
 def relative_path_problem(value: str) -> str | None:
     path = PurePosixPath(value)
     if path.is_absolute() or value.startswith("~"):

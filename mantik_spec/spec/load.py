@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from .checks import inline_credentials, semantic
+from .checks import inline_credentials, on_disk, semantic
 from .hints import suggest
 from .model import Spec
 from .yamlload import Mark, MarkedDocument, Problem, SpecError, dotted, load_marked
@@ -69,11 +69,11 @@ def load_spec(directory: Path | str = ".") -> LoadedSpec:
     directory = Path(directory)
     _, text, raw = read_spec_text(directory)
     document = load_marked(text, SPEC_FILE)
-    spec = validate_document(document)
+    spec = validate_document(document, directory)
     return LoadedSpec(spec, document, directory.resolve(), hashlib.sha256(raw).hexdigest())
 
 
-def validate_document(document: MarkedDocument) -> Spec:
+def validate_document(document: MarkedDocument, project_root: Path | None = None) -> Spec:
     if not isinstance(document.data, dict):
         raise SpecError([document.problem((), "the top level must be a mapping (project:, experiments:, ...)")])
     credentials = list(inline_credentials(document.data))
@@ -85,6 +85,8 @@ def validate_document(document: MarkedDocument) -> Spec:
         problems.extend(p for p in _pydantic_problems(exc, document) if p.path not in reported)
         raise SpecError(_sorted(problems)) from None
     problems.extend(document.problem(path, message) for path, message in semantic(spec))
+    if project_root is not None:
+        problems.extend(document.problem(path, message) for path, message in on_disk(spec, project_root))
     if problems:
         raise SpecError(_sorted(problems))
     return spec

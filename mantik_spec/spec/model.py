@@ -82,6 +82,9 @@ class DataSource(Strict):
 
 class Environment(Strict):
     apptainer: str | None = Field(None, description="Apptainer image file or absolute remote path.")
+    digest: str | None = Field(
+        None, pattern=r"^sha256:[0-9a-f]{64}$", description="The image's sha256, for an image that is not here to hash."
+    )
     venv: str | None = Field(None, description="Path of a Python virtual environment to activate.")
     requirements: str | None = Field(None, description="Lock or requirements file identifying the environment.")
     modules: list[str] = Field(default_factory=list)

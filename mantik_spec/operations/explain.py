@@ -1,0 +1,46 @@
+"""``mantik explain``: the identity inputs of a run or a declared point, and the key they hash to."""
+
+from __future__ import annotations
+
+import json
+
+from ..reconcile.identity import Identity
+from .errors import UserError
+from .project import Project, observe
+
+
+def explain(project: Project, target: str) -> dict:
+    observation = observe(project)
+    for want in observation.desired:
+        if want.point.point_id == target:
+            runs = [r for r in observation.runs if r.run_key == want.key]
+            return {
+                "point": target,
+                "run_key": want.key,
+                "inputs": json.loads(want.identity.canonical()),
+                "commit": observation.code.commit,
+                "runs": [{"run_id": r.run_id, "status": r.status, "attempt": r.attempt} for r in runs],
+            }
+    for run in observation.runs:
+        if run.run_id == target:
+            seed = run.parameters.get("seed") if "seed" in run.parameters else None
+            recomputed = Identity(
+                command=run.command,
+                parameters=run.parameters,
+                seed=seed,
+                code=run.code,
+                data=run.data,
+                environment=run.environment,
+            )
+            return {
+                "run_id": run.run_id,
+                "point": run.point_id,
+                "run_key": run.run_key,
+                "inputs": json.loads(recomputed.canonical()),
+                "commit": run.commit,
+                "key_matches_inputs": recomputed.key == run.run_key,
+            }
+    points = [w.point.point_id for w in observation.desired[:3]]
+    raise UserError(
+        f"'{target}' is neither a declared run point (e.g. {', '.join(points) or 'none'}) nor a run of this project"
+    )

@@ -1,0 +1,118 @@
+"""Versions of data sources and environments, the inputs of run keys besides code and parameters.
+
+Read from files alone, never by importing dvc (``validate`` and ``plan`` stay
+fast): a DVC-tracked path's version is the md5 its ``.dvc`` file or
+``dvc.lock`` records; a URL's is its pinned version and/or sha256; an
+Apptainer image's is its file digest (or the declared digest of a remote
+image); a Python environment's is the digest of its lock or requirements file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from ..spec.model import DataSource, Environment
+
+DIGEST_CACHE = "digests.json"
+
+
+class VersionError(Exception):
+    """A declared input whose version cannot be determined; the message names it."""
+
+
+def dvc_md5(project_root: Path, path: str) -> str | None:
+    """The md5 DVC recorded for ``path`` (relative to the project), or None when DVC does not track it."""
+    target = PurePosixPath(path.rstrip("/"))
+    dvc_file = project_root / f"{target}.dvc"
+    if dvc_file.is_file():
+        for out in _yaml(dvc_file).get("outs") or []:
+            if PurePosixPath(str(out.get("path", ""))) == PurePosixPath(target.name) and out.get("md5"):
+                return str(out["md5"])
+    lock = project_root / "dvc.lock"
+    if lock.is_file():
+        for stage in (_yaml(lock).get("stages") or {}).values():
+            for out in (stage or {}).get("outs") or []:
+                if PurePosixPath(str(out.get("path", ""))) == target and out.get("md5"):
+                    return str(out["md5"])
+    return None
+
+
+def _yaml(path: Path) -> dict:
+    try:
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError) as exc:
+        raise VersionError(f"{path.name}: cannot read it: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def data_version(project_root: Path, name: str, source: DataSource) -> str:
+    if source.path is not None:
+        md5 = dvc_md5(project_root, source.path)
+        if md5 is None:
+            raise VersionError(
+                f"data.{name}: {source.path} is not tracked by DVC (run `dvc add {source.path}` and commit)"
+            )
+        return f"md5:{md5}"
+    pins = [f"version:{source.version}" if source.version else "", f"sha256:{source.sha256}" if source.sha256 else ""]
+    return ",".join(p for p in pins if p) or "unpinned"
+
+
+class FileDigests:
+    """sha256 of files, cached by (size, mtime) in ``.mantik/digests.json``: images are gigabytes."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / DIGEST_CACHE
+        try:
+            self.cache = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.cache = {}
+        self.changed = False
+
+    def digest(self, file: Path) -> str:
+        stat = file.stat()
+        key = str(file.resolve())
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        cached = self.cache.get(key)
+        if cached and cached[0] == stamp:
+            return cached[1]
+        hasher = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+        self.cache[key] = [stamp, hasher.hexdigest()]
+        self.changed = True
+        return self.cache[key][1]
+
+    def save(self) -> None:
+        if self.changed:
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text(json.dumps(self.cache))
+            os.replace(temporary, self.path)
+
+
+def environment_identity(project_root: Path, name: str, environment: Environment, digests: FileDigests) -> str:
+    parts = []
+    if environment.apptainer:
+        image = Path(environment.apptainer)
+        local = image if image.is_absolute() else project_root / image
+        if environment.digest:
+            parts.append(f"apptainer:{environment.digest}")
+        elif local.is_file():
+            parts.append(f"apptainer:sha256:{digests.digest(local)}")
+        else:
+            raise VersionError(
+                f"environments.{name}: image {environment.apptainer} is not here to hash; declare its digest (digest: sha256:...)"
+            )
+    if environment.requirements:
+        file = project_root / environment.requirements
+        if not file.is_file():
+            raise VersionError(f"environments.{name}: {environment.requirements} not found")
+        parts.append(f"requirements:sha256:{digests.digest(file)}")
+    if environment.modules:
+        parts.append("modules:" + ",".join(environment.modules))
+    return ";".join(parts)

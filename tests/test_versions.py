@@ -1,0 +1,136 @@
+"""Data and environment versions in run identity, with real DVC repositories."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mantik_spec.state.versions import dvc_md5
+
+pytestmark = pytest.mark.e2e
+
+DVC = [str(Path(sys.executable).parent / "dvc")]
+
+DATA_SPEC = textwrap.dedent(
+    """
+    version: 1
+    project: datademo
+    code: {paths: [train.py]}
+    entry_points:
+      train:
+        command: python train.py --lr {lr} --data {data.era5}
+        parameters: {lr: float}
+      plain:
+        command: python train.py --lr {lr}
+        parameters: {lr: float}
+    data:
+      era5: {path: data/era5.csv}
+    environments:
+      py: {requirements: requirements.txt}
+    backends:
+      local: {type: local, max_parallel: 4}
+    experiments:
+      with_data:
+        entry_point: train
+        data: [era5]
+        environment: py
+        parameters: {lr: [0.1, 0.2]}
+      without_data:
+        entry_point: plain
+        parameters: {lr: [0.1, 0.2]}
+    """
+)
+
+
+def dvc(project, *args: str) -> None:
+    subprocess.run([*DVC, *args], cwd=project.path, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def data_project(project):
+    dvc(project, "init", "-q")
+    project.write("data/era5.csv", "t,value\n0,1.0\n")
+    dvc(project, "add", "data/era5.csv")
+    project.write("requirements.txt", "numpy==2.1.0\n")
+    project.write("mantik.yaml", DATA_SPEC)
+    project.commit("data tracked by dvc")
+    return project
+
+
+def test_md5_is_read_from_the_dvc_file(data_project):
+    recorded = (data_project.path / "data" / "era5.csv.dvc").read_text()
+    md5 = dvc_md5(data_project.path, "data/era5.csv")
+    assert md5 and f"md5: {md5}" in recorded
+
+
+def test_untracked_data_path_fails_validation_with_a_hint(project):
+    project.write("data/raw.csv", "x\n")
+    project.write(
+        "mantik.yaml",
+        DATA_SPEC.replace("data/era5.csv", "data/raw.csv")
+        .replace("environments:\n  py: {requirements: requirements.txt}\n", "")
+        .replace("    environment: py\n", ""),
+    )
+    result = project.mantik("validate", check=1)
+    assert "data.era5.path: data/raw.csv is not tracked by DVC (run `dvc add data/raw.csv`)" in result.stderr
+
+
+def test_new_data_version_reruns_exactly_the_runs_that_use_it(data_project):
+    data_project.mantik("apply", "--auto-approve", "--wait")
+    runs = data_project.runs()
+    with_data = [r for r in runs if r.data.tags["mantik.experiment"] == "with_data"]
+    assert {r.data.tags["mantik.data"] for r in with_data} == {
+        f'{{"era5": "md5:{dvc_md5(data_project.path, "data/era5.csv")}"}}'
+    }
+    started = [e for e in data_project.events() if e["event"] == "start" and "--data" in e["args"]]
+    assert {e["args"]["--data"] for e in started} == {str(data_project.path / "data" / "era5.csv")}
+
+    old = dvc_md5(data_project.path, "data/era5.csv")
+    data_project.write("data/era5.csv", "t,value\n0,1.0\n1,2.0\n")
+    dvc(data_project, "add", "data/era5.csv")
+    data_project.commit("more data")
+    new = dvc_md5(data_project.path, "data/era5.csv")
+    plan = data_project.plan_json()
+    actions = {(r["experiment"], r["action"]) for r in plan["runs"]}
+    assert actions == {("with_data", "submit"), ("without_data", "up_to_date")}
+    reasons = {r["reason"] for r in plan["runs"] if r["action"] == "submit"}
+    assert reasons == {f"data.era5 changed (md5:{old[:12]}… → md5:{new[:12]}…)"}
+
+
+def test_changed_requirements_rerun_the_runs_of_that_environment(data_project):
+    data_project.mantik("apply", "--auto-approve", "--wait")
+    data_project.write("requirements.txt", "numpy==2.2.0\n")
+    data_project.commit("bump numpy")
+    plan = data_project.plan_json()
+    submits = [r for r in plan["runs"] if r["action"] == "submit"]
+    assert {r["experiment"] for r in submits} == {"with_data"}
+    assert all(r["reason"].startswith("environment changed (requirements:sha256") for r in submits)
+
+
+def test_validate_imports_no_dvc(data_project):
+    probe = (
+        "import sys; from mantik_spec.spec.load import load_spec; "
+        f"load_spec({str(data_project.path)!r}); print(sorted(m for m in sys.modules if m.split('.')[0] == 'dvc'))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
+
+
+def test_explain_shows_what_a_key_is_made_of(data_project):
+    import json
+
+    data_project.mantik("apply", "--auto-approve", "--wait")
+    point = json.loads(data_project.mantik("explain", "with_data[lr=0.1]").stdout)
+    assert point["inputs"]["data"] == {"era5": f"md5:{dvc_md5(data_project.path, 'data/era5.csv')}"}
+    assert point["inputs"]["parameters"] == {"lr": 0.1}
+    assert len(point["runs"]) == 1 and point["runs"][0]["status"] == "FINISHED"
+    run = json.loads(data_project.mantik("explain", point["runs"][0]["run_id"]).stdout)
+    assert run["run_key"] == point["run_key"]
+    assert run["key_matches_inputs"] is True
+    missing = data_project.mantik("explain", "nothing[x=1]", check=1)
+    assert "is neither a declared run point" in missing.stderr
