@@ -23,11 +23,10 @@ def explain(project: Project, target: str) -> dict:
             }
     for run in observation.runs:
         if run.run_id == target:
-            seed = run.parameters.get("seed") if "seed" in run.parameters else None
             recomputed = Identity(
                 command=run.command,
                 parameters=run.parameters,
-                seed=seed,
+                seed=run.seed,
                 code=run.code,
                 data=run.data,
                 environment=run.environment,
