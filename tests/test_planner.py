@@ -59,6 +59,7 @@ def observed(
         start_time=attempt,
         end_time=None,
         failure=failure,
+        experiment=want.point.experiment,
     )
 
 
@@ -213,7 +214,7 @@ def test_undeclared_live_run_is_cancelled_only_with_prune():
     jobs = {("local", live.job_id): JobStatus(JobState.RUNNING)}
     assert plan_of([], [live], jobs).entries == []
     entry = only(plan_of([], [live], jobs, prune=True))
-    assert (entry.action, entry.mark_status) == (Action.CANCEL, "KILLED")
+    assert (entry.action, entry.mark_status, entry.experiment) == (Action.CANCEL, "KILLED", "sweep")
 
 
 def test_summary_line_counts_every_action():

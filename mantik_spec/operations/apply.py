@@ -37,8 +37,10 @@ class ApplyResult:
 
 def refuse_dirty(observation: Observation) -> None:
     if observation.code.dirty:
-        files = ", ".join(observation.code.dirty[:10]) + (" …" if len(observation.code.dirty) > 10 else "")
-        raise UserError(f"uncommitted changes in code paths: {files}; commit or stash them (only committed code runs)")
+        raise UserError(
+            f"uncommitted changes in code paths: {observation.code.dirty_summary()}; "
+            "commit or stash them (only committed code runs)"
+        )
 
 
 def apply(

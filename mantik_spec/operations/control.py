@@ -15,13 +15,12 @@ from .project import Project
 def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> list[str]:
     """Cancel the live runs of the named experiments or run ids, one scheduler call per backend."""
     with project_lock(project.store, "cancel", lock_timeout):
-        runs = [r for r in project.store.observe() if r.live]
-        experiment_of = {r.run_id: r.point_id.split("[", 1)[0] for r in runs}
-        known = set(project.spec.experiments) | {r.run_id for r in project.store.observe()}
+        runs = project.store.observe()
+        known = set(project.spec.experiments) | {r.run_id for r in runs}
         unknown = [t for t in targets if t not in known]
         if unknown:
             raise UserError(f"no experiment or run named {', '.join(unknown)}")
-        chosen = [r for r in runs if r.run_id in targets or experiment_of[r.run_id] in targets]
+        chosen = [r for r in runs if r.live and (r.run_id in targets or r.experiment in targets)]
         by_backend = defaultdict(list)
         for run in chosen:
             if run.job_id and run.backend in project.spec.backends:

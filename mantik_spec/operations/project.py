@@ -172,8 +172,8 @@ def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation
         changed_files=observation.changed_files,
     )
     if observation.code.dirty:
-        files = ", ".join(observation.code.dirty[:10]) + (" …" if len(observation.code.dirty) > 10 else "")
         plan.warnings.append(
-            f"uncommitted changes in code paths ({files}): the plan uses the last commit; apply will refuse"
+            f"uncommitted changes in code paths ({observation.code.dirty_summary()}): "
+            "the plan uses the last commit; apply will refuse"
         )
     return plan, observation

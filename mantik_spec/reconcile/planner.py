@@ -219,7 +219,7 @@ def _plan_undeclared(runs: list[ObservedRun], jobs: JobStates, prune: bool) -> l
             continue
         status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
         common = {
-            "experiment": run.point_id.split("[", 1)[0],
+            "experiment": run.experiment,
             "point_id": run.point_id,
             "run_key": run.run_key,
             "backend": run.backend,

@@ -32,6 +32,11 @@ class CodeVersion:
     repo_url: str | None
     dirty: tuple[str, ...]  # uncommitted files under code.paths, relative to the project
 
+    def dirty_summary(self, limit: int = 10) -> str:
+        return ", ".join(self.dirty[:limit]) + (
+            f" and {len(self.dirty) - limit} more" if len(self.dirty) > limit else ""
+        )
+
 
 class ProjectRepo:
     def __init__(self, project_root: Path):

@@ -65,6 +65,7 @@ class ObservedRun:
     end_time: int | None
     failure: str | None = None
     seed: int | None = None
+    experiment: str = ""
     metrics: dict = field(default_factory=dict)
     adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
 
@@ -296,6 +297,7 @@ def _observed(run) -> ObservedRun | None:
         start_time=run.info.start_time,
         end_time=run.info.end_time,
         failure=tags.get(Tag.FAILURE),
+        experiment=tags.get(Tag.EXPERIMENT, ""),
         seed=int(tags[Tag.SEED]) if tags.get(Tag.SEED, "").lstrip("-").isdigit() else None,
         metrics=dict(run.data.metrics),
     )
