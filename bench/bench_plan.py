@@ -74,7 +74,7 @@ def record_finished_runs(project) -> int:
         )
         experiment_id = store.ensure_experiment(want.point.experiment, experiment_ids)
         run = store.client.create_run(
-            experiment_id, tags=run_tags(project, observation, want, entry), run_name=want.point.point_id
+            experiment_id, tags=run_tags(project, observation.code, want, entry), run_name=want.point.point_id
         )
         store.client.log_batch(run.info.run_id, params=[])
         store.client.set_terminated(run.info.run_id, "FINISHED")

@@ -324,6 +324,21 @@ def explain(directory, target):
         click.echo(json.dumps(explain_target(open_project(directory), target), indent=2, ensure_ascii=False))
 
 
+@main.command()
+@PROJECT_DIR
+@click.argument("run_id")
+@click.option("--backend", help="Run it on this backend instead of the original one.")
+@click.option("--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock.")
+def reproduce(directory, run_id, backend, lock_timeout):
+    """Re-create RUN_ID from its MLflow record: same commit, parameters, data and key; a new, linked run."""
+    from .operations.project import open_project
+    from .operations.reproduce import reproduce as reproduce_run
+
+    with user_errors():
+        new_run = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
+    click.echo(f"Submitted run {new_run}, reproducing {run_id}.")
+
+
 @main.command("force-unlock")
 @PROJECT_DIR
 @click.argument("lock_id")

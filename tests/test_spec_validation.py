@@ -147,7 +147,7 @@ CASES = [
     (
         "unknown backend type",
         VALID.replace("type: local", "type: slurmm"),
-        "backends.local.type: input should be 'local', got 'slurmm'",
+        "mantik.yaml:10:17: backends.local.type: unknown type 'slurmm'; expected 'local', 'slurm'",
     ),
     (
         "code path escapes the project",

@@ -134,3 +134,50 @@ def test_explain_shows_what_a_key_is_made_of(data_project):
     assert run["key_matches_inputs"] is True
     missing = data_project.mantik("explain", "nothing[x=1]", check=1)
     assert "is neither a declared run point" in missing.stderr
+
+
+def test_reproduce_recreates_a_run_with_its_data_version_and_key(data_project):
+    data_project.mantik("apply", "--auto-approve", "--wait")
+    original = next(r for r in data_project.runs() if r.data.tags["mantik.point"] == "with_data[lr=0.1]")
+    data_project.write("data/era5.csv", "t,value\n9,9.0\n")  # the working tree moves on
+    dvc(data_project, "add", "data/era5.csv")
+    data_project.commit("newer data")
+
+    out = data_project.mantik("reproduce", original.info.run_id).stdout
+    new_id = out.split()[2].rstrip(",")
+    data_project.wait_until(lambda: data_project.client().get_run(new_id).info.status == "FINISHED", message="finish")
+    new = data_project.client().get_run(new_id)
+    assert new.data.tags["mantik.run_key"] == original.data.tags["mantik.run_key"]
+    assert new.data.tags["mantik.reproduces"] == original.info.run_id
+    assert new.data.tags["mantik.commit"] == original.data.tags["mantik.commit"]
+    used = [e for e in data_project.events() if e["event"] == "start" and "--data" in e["args"]][-1]["args"]["--data"]
+    assert ".mantik/reproduce/" in used
+    assert Path(used).read_text() == "t,value\n0,1.0\n"  # the version the original run used
+
+
+def test_reproduce_refuses_what_it_cannot_recreate(data_project):
+    data_project.mantik("apply", "--auto-approve", "--wait")
+    run = next(r for r in data_project.runs() if r.data.tags["mantik.experiment"] == "with_data")
+    client = data_project.client()
+    commit = run.data.tags["mantik.commit"]
+    client.set_tag(run.info.run_id, "mantik.commit", "0" * 40)
+    refused = data_project.mantik("reproduce", run.info.run_id, check=1)
+    assert f"was made at commit {'0' * 7}, which is not in this repository" in refused.stderr
+    client.set_tag(run.info.run_id, "mantik.commit", commit)
+
+    data_project.write("data/era5.csv", "t,value\n5,5.0\n")
+    dvc(data_project, "add", "data/era5.csv")
+    data_project.commit("newer data")
+    subprocess.run(["rm", "-rf", str(data_project.path / ".dvc" / "cache")], check=True)
+    refused = data_project.mantik("reproduce", run.info.run_id, check=1)
+    assert "not in the DVC cache, and the remote does not have it either" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_unpushed_data_versions_are_found(data_project, tmp_path):
+    from mantik_spec.state.dvcdata import unpushed
+
+    dvc(data_project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    assert unpushed(data_project.path, ["data/era5.csv"]) == ["data/era5.csv"]
+    dvc(data_project, "push", "-q")
+    assert unpushed(data_project.path, ["data/era5.csv"]) == []

@@ -13,7 +13,8 @@ import getpass
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..backends.base import BackendError, JobRequest, SubmissionRefused
 from ..faults import checkpoint
@@ -22,6 +23,7 @@ from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
 from ..spec.experiments import format_value
+from ..state.git import CodeVersion
 from ..state.lock import project_lock
 from ..state.tracking import Tag
 from .errors import UserError
@@ -38,7 +40,7 @@ class ApplyResult:
 def refuse_dirty(observation: Observation) -> None:
     if observation.code.dirty:
         raise UserError(
-            f"uncommitted changes in code paths: {observation.code.dirty_summary()}; "
+            f"uncommitted changes in code or data files: {observation.code.dirty_summary()}; "
             "commit or stash them (only committed code runs)"
         )
 
@@ -92,40 +94,59 @@ def execute(project: Project, plan: Plan, observation: Observation) -> list[str]
             store.set_tags(entry.run_id, tags)
 
     to_start = [e for e in plan.changes() if e.next_attempt is not None]
-    return submit(project, observation, [(desired[e.run_key], e) for e in to_start])
+    context = Submission(code=observation.code, data_root=project.root)
+    return submit(project, context, [(desired[e.run_key], e) for e in to_start])
 
 
-def submit(project: Project, observation: Observation, starts: list[tuple[DesiredRun, PlannedRun]]) -> list[str]:
+@dataclass(frozen=True)
+class Submission:
+    """What the runs of one apply (or one reproduce) share: the code version, where data is, extra tags."""
+
+    code: CodeVersion
+    data_root: Path  # where DVC-tracked data paths are, as the job sees them
+    extra_tags: dict = field(default_factory=dict)
+
+    def data_locations(self, project: Project, want: DesiredRun, sources=None) -> dict[str, str]:
+        sources = sources if sources is not None else project.spec.data
+        return {
+            name: str(self.data_root / sources[name].path) if sources[name].path else sources[name].url
+            for name in want.point.data
+        }
+
+
+def data_variable(name: str) -> str:
+    return "MANTIK_DATA_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
+def submit(
+    project: Project, context: Submission, starts: list[tuple[DesiredRun, PlannedRun]], sources=None
+) -> list[str]:
+    """Intent records first, then one submission per backend, then the job ids."""
     store = project.store
-    code = observation.code
     experiment_ids = store.experiment_ids() if starts else {}
     by_backend: dict[str, list[JobRequest]] = defaultdict(list)
     started = []
     for want, entry in starts:
         experiment_id = store.ensure_experiment(want.point.experiment, experiment_ids)
-        run_id = store.create_run(
-            experiment_id, want.point.point_id, run_tags(project, observation, want, entry), run_params(want)
-        )
+        tags = run_tags(project, context.code, want, entry) | context.extra_tags
+        run_id = store.create_run(experiment_id, want.point.point_id, tags, run_params(want))
         checkpoint("after-intent")
         started.append(run_id)
+        locations = context.data_locations(project, want, sources)
+        environment = {"MANTIK_RUN_KEY": want.key, **{data_variable(n): loc for n, loc in locations.items()}}
+        if want.point.seed is not None:
+            environment["MANTIK_SEED"] = str(want.point.seed)
         by_backend[want.point.backend].append(
             JobRequest(
                 run_id=run_id,
                 run_key=want.key,
                 point_id=want.point.point_id,
-                command=want.point.command(data_locations(project, want)),
-                code_dir=project.code_dir(code.commit),
+                command=want.point.command(locations),
+                code_dir=project.code_dir(context.code.commit),
                 tracking_uri=store.uri,
                 experiment_id=experiment_id,
                 group=want.point.experiment,
-                environment={
-                    "MANTIK_RUN_KEY": want.key,
-                    **{
-                        f"MANTIK_DATA_{name.upper().replace('-', '_').replace('.', '_')}": location
-                        for name, location in data_locations(project, want).items()
-                    },
-                    **({"MANTIK_SEED": str(want.point.seed)} if want.point.seed is not None else {}),
-                },
+                environment=environment,
             )
         )
     refusals = []
@@ -151,15 +172,6 @@ def submit(project: Project, observation: Observation, starts: list[tuple[Desire
     return started
 
 
-def data_locations(project: Project, want: DesiredRun) -> dict[str, str]:
-    """Where each data source is, as the job sees it (the local backend sees the working tree)."""
-    locations = {}
-    for name in want.point.data:
-        source = project.spec.data[name]
-        locations[name] = str(project.root / source.path) if source.path else source.url
-    return locations
-
-
 def run_params(want: DesiredRun) -> dict[str, str]:
     params = {k: format_value(v) for k, v in want.point.parameters}
     if want.point.seed is not None:
@@ -167,8 +179,7 @@ def run_params(want: DesiredRun) -> dict[str, str]:
     return params
 
 
-def run_tags(project: Project, observation: Observation, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:
-    code = observation.code
+def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:
     identity = want.identity
     tags = {
         Tag.PROJECT: project.spec.project,

@@ -98,7 +98,10 @@ class Observation:
 
 def observe(project: Project) -> Observation:
     spec = project.spec
-    code = project.repo.code_version(spec.code.paths)
+    dvc_files = [f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path] + (
+        ["dvc.lock"] if spec.data else []
+    )
+    code = project.repo.code_version(spec.code.paths, dvc_files)
     experiments, _ = resolve_extends(spec)
     data, environments = input_versions(project)
     desired = [identify(point, code.identity, data, environments) for point in expand(spec, experiments)]
@@ -173,7 +176,7 @@ def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation
     )
     if observation.code.dirty:
         plan.warnings.append(
-            f"uncommitted changes in code paths ({observation.code.dirty_summary()}): "
+            f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "
             "the plan uses the last commit; apply will refuse"
         )
     return plan, observation

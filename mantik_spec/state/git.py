@@ -66,7 +66,9 @@ class ProjectRepo:
         relative = path[len(self.prefix) :]
         return code_paths is None and (relative == SPEC_FILE or relative.startswith(STATE_DIR + "/"))
 
-    def code_version(self, code_paths: list[str] | None) -> CodeVersion:
+    def code_version(self, code_paths: list[str] | None, also_committed: list[str] = ()) -> CodeVersion:
+        """The code identity at HEAD; ``dirty`` lists uncommitted files under the code paths and in
+        ``also_committed`` (the .dvc files that pin data versions)."""
         commit = self.head_commit()
         listing = self.repo.git.ls_tree("-r", "-z", "--full-tree", commit, "--", *self._git_paths(code_paths))
         entries = [e for e in listing.split("\0") if e and not self._excluded(e.split("\t", 1)[1], code_paths)]
@@ -81,7 +83,9 @@ class ProjectRepo:
             identity=digest.hexdigest(),
             branch=None if self.repo.head.is_detached else self.repo.active_branch.name,
             repo_url=self._remote_url(),
-            dirty=tuple(self.uncommitted(code_paths)),
+            dirty=tuple(
+                sorted(set(self.uncommitted(code_paths)) | set(self._uncommitted_extra(code_paths, also_committed)))
+            ),
         )
 
     def _check_paths_committed(self, code_paths: list[str], entries: list[str]) -> None:
@@ -113,6 +117,11 @@ class ProjectRepo:
                 files.append(path[len(self.prefix) :])
         return sorted(files)
 
+    def _uncommitted_extra(self, code_paths: list[str] | None, paths: list[str]) -> list[str]:
+        if not code_paths or not paths:
+            return []  # the whole project is code: its status covers these files already
+        return self.uncommitted(list(paths))
+
     def _remote_url(self) -> str | None:
         try:
             url = self.repo.remotes.origin.url
@@ -128,6 +137,22 @@ class ProjectRepo:
         destination.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
             archive.extractall(destination, filter="data")
+
+    def has_commit(self, commit: str) -> bool:
+        import git
+
+        try:
+            self.repo.git.cat_file("-e", f"{commit}^{{commit}}")
+        except git.GitCommandError:
+            return False
+        return True
+
+    def worktree(self, commit: str, destination: Path) -> Path:
+        """A detached checkout of ``commit`` (for DVC data at that commit); the project directory inside it."""
+        if not destination.exists():
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            self.repo.git.worktree("add", "--detach", str(destination), commit)
+        return destination / self.prefix
 
     def changed_files(self, old: str, new: str, code_paths: list[str] | None) -> list[str] | None:
         """Files of the code paths that differ between two commits; None when ``old`` is not in this clone."""

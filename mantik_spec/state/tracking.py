@@ -43,6 +43,7 @@ class Tag:
     EXIT_CODE = "mantik.exit_code"
     FAILURE = "mantik.failure"
     PREVIOUS_RUN = "mantik.previous_run"
+    REPRODUCES = "mantik.reproduces"
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ObservedRun:
     failure: str | None = None
     seed: int | None = None
     experiment: str = ""
+    entry_point: str = ""
     metrics: dict = field(default_factory=dict)
     adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
 
@@ -298,6 +300,7 @@ def _observed(run) -> ObservedRun | None:
         end_time=run.info.end_time,
         failure=tags.get(Tag.FAILURE),
         experiment=tags.get(Tag.EXPERIMENT, ""),
+        entry_point=tags.get("mlflow.project.entryPoint", ""),
         seed=int(tags[Tag.SEED]) if tags.get(Tag.SEED, "").lstrip("-").isdigit() else None,
         metrics=dict(run.data.metrics),
     )

@@ -1,0 +1,119 @@
+"""``mantik reproduce RUN_ID``: re-create a run from its MLflow record alone.
+
+The record names the commit, the command template, the parameters and seed,
+the code identity and the data and environment versions. The run is
+re-created in a checkout of that commit with its data at the recorded
+versions, submitted as a new run with the same key and linked to the original.
+"""
+
+from __future__ import annotations
+
+from ..reconcile.identity import DesiredRun, Identity
+from ..reconcile.plan import Action, PlannedRun
+from ..spec.experiments import RunPoint
+from ..spec.load import load_spec
+from ..spec.yamlload import SpecError
+from ..state.git import CodeVersion
+from ..state.lock import project_lock
+from ..state.tracking import Tag
+from ..state.versions import VersionError, dvc_md5
+from .apply import Submission, submit
+from .errors import UserError
+from .project import Project
+
+
+def reproduce(project: Project, run_id: str, backend: str | None = None, lock_timeout: float = 0.0) -> str:
+    run = next((r for r in project.store.observe() if r.run_id == run_id), None)
+    if run is None:
+        raise UserError(f"no run {run_id} in project {project.spec.project}")
+    backend = backend or run.backend
+    if backend not in project.spec.backends:
+        raise UserError(f"backend '{backend}' is not declared in mantik.yaml (use --backend NAME)")
+    if not project.repo.has_commit(run.commit):
+        raise UserError(
+            f"run {run_id} was made at commit {run.commit[:7]}, which is not in this repository: fetch it first"
+        )
+
+    identity = Identity(
+        command=run.command,
+        parameters=run.parameters,
+        seed=run.seed,
+        code=run.code,
+        data=run.data,
+        environment=run.environment,
+    )
+    if identity.key != run.run_key:
+        raise UserError(f"run {run_id}'s record does not hash to its run key: it cannot be re-created exactly")
+
+    checkout_dir = project.repo.worktree(run.commit, project.state_dir / "reproduce" / run.commit)
+    sources = _data_at_commit(project, run, checkout_dir)
+    point = RunPoint(
+        experiment=run.experiment,
+        entry_point=run.entry_point,
+        backend=backend,
+        environment=None,
+        parameters=tuple(sorted(run.parameters.items())),
+        seed=run.seed,
+        data=tuple(sorted(run.data)),
+        command_template=run.command,
+        retries=0,
+        suspended=False,
+    )
+    entry = PlannedRun(
+        Action.SUBMIT,
+        run.experiment,
+        run.point_id,
+        run.run_key,
+        backend,
+        run.parameters,
+        f"reproduces {run_id}",
+        next_attempt=1,
+    )
+    code = CodeVersion(commit=run.commit, identity=run.code, branch=None, repo_url=None, dirty=())
+    context = Submission(code=code, data_root=checkout_dir, extra_tags={Tag.REPRODUCES: run_id})
+    with project_lock(project.store, "reproduce", lock_timeout):
+        started = submit(project, context, [(DesiredRun(point, identity), entry)], sources=sources)
+    return started[0]
+
+
+def dvc_cache(project: Project):
+    """The project's DVC cache: ``.dvc/cache`` of the nearest directory up from the project that has ``.dvc``."""
+    for directory in (project.root, *project.root.parents):
+        if (directory / ".dvc").is_dir():
+            return directory / ".dvc" / "cache"
+        if directory == project.repo.root:
+            break
+    raise UserError("no DVC repository around the project (run `dvc init`)")
+
+
+def _data_at_commit(project: Project, run, checkout_dir) -> dict:
+    """The run's data sources as declared at its commit, checked out at the recorded versions."""
+    if not run.data:
+        return {}
+    try:
+        declared = load_spec(checkout_dir).spec.data
+    except SpecError as exc:
+        raise UserError(f"mantik.yaml at commit {run.commit[:7]} no longer loads: {exc.problems[0]}") from None
+    dvc_paths = []
+    for name, version in run.data.items():
+        if name not in declared:
+            raise UserError(f"data.{name} is not declared in mantik.yaml at commit {run.commit[:7]}")
+        source = declared[name]
+        if source.path is None:
+            continue  # a pinned URL: the job fetches the version itself
+        recorded = version.removeprefix("md5:")
+        at_commit = dvc_md5(checkout_dir, source.path)
+        if at_commit != recorded:
+            raise UserError(
+                f"data.{name}: the run used md5:{recorded[:12]}…, but commit {run.commit[:7]} records "
+                f"{'md5:' + at_commit[:12] + '…' if at_commit else 'no DVC version'} (was the .dvc file committed?)"
+            )
+        dvc_paths.append(source.path)
+    if dvc_paths:
+        from ..state.dvcdata import checkout
+
+        try:
+            checkout(checkout_dir, dvc_paths, dvc_cache(project))
+        except VersionError as exc:
+            raise UserError(f"data of run {run.run_id} at {', '.join(dvc_paths)}: {exc}") from None
+    return declared

@@ -1,0 +1,58 @@
+"""DVC data through dvc's own API: is a version pushed, and checking one out at a commit.
+
+Imported only by ``apply`` (for backends that cannot see this machine's DVC
+cache) and ``reproduce``; ``validate`` and ``plan`` read ``.dvc`` files directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .versions import VersionError
+
+
+def _repo(root: Path):
+    try:
+        from dvc.repo import Repo
+    except ImportError:
+        raise VersionError("this needs dvc: pip install dvc") from None
+    try:
+        return Repo(str(root))
+    except Exception as exc:  # noqa: BLE001 - dvc raises many types; all mean "not a usable DVC repo here"
+        raise VersionError(f"{root} is not a usable DVC repository: {exc}") from None
+
+
+def unpushed(root: Path, paths: list[str]) -> list[str]:
+    """The paths whose current version is not in the default DVC remote."""
+    if not paths:
+        return []
+    repo = _repo(root)
+    try:
+        status = repo.status(targets=[str(root / p) for p in paths], cloud=True)  # dvc reads targets from the cwd
+    except Exception as exc:  # noqa: BLE001
+        raise VersionError(f"cannot ask the DVC remote: {str(exc).splitlines()[0]}") from None
+    finally:
+        repo.close()
+    return sorted(str(Path(p).resolve().relative_to(root.resolve())) if Path(p).is_absolute() else p for p in status)
+
+
+def checkout(worktree: Path, paths: list[str], shared_cache: Path) -> None:
+    """Materialize ``paths`` at the worktree's commit, from the project's cache or else the remote."""
+    repo = _repo(worktree)
+    try:
+        with repo.config.edit("local") as config:  # share the project's cache instead of an empty one
+            config.setdefault("cache", {})["dir"] = str(shared_cache)
+        repo.close()
+        repo = _repo(worktree)
+        targets = [str(worktree / p) for p in paths]  # dvc reads relative targets from the cwd
+        try:
+            repo.checkout(targets=targets)
+        except Exception:  # noqa: BLE001 - missing from the cache: try the remote
+            try:
+                repo.pull(targets=targets)
+            except Exception as exc:  # noqa: BLE001
+                raise VersionError(
+                    f"not in the DVC cache, and the remote does not have it either: {str(exc).splitlines()[0]}"
+                ) from None
+    finally:
+        repo.close()
