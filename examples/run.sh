@@ -13,6 +13,11 @@ cp -r "$here/$name/." "$work/"
 sed -i 's#\$schema=../../schemas/#$schema='"$here"'/../schemas/#' "$work/mantik.yaml"
 cd "$work"
 git init -q
+if [ -f dvc.paths ]; then  # the example's data goes under DVC, as a user would put it there
+  dvc init -q
+  xargs dvc add -q < dvc.paths
+  rm dvc.paths
+fi
 git add -A
 git -c user.name=example -c user.email=example@localhost commit -qm "$name example"
 echo "== example $name in $work"

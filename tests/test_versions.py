@@ -181,3 +181,11 @@ def test_unpushed_data_versions_are_found(data_project, tmp_path):
     assert unpushed(data_project.path, ["data/era5.csv"]) == ["data/era5.csv"]
     dvc(data_project, "push", "-q")
     assert unpushed(data_project.path, ["data/era5.csv"]) == []
+
+
+def test_dvc_example_runs_to_finished(tmp_path):
+    from .conftest import run_example
+
+    result = run_example("dvc-data", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No changes. Runs match the spec." in result.stdout
