@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
 
-from .conftest import BASIC_SPEC, run_example
+from .conftest import BASIC_SPEC, git, run_example
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +70,8 @@ def test_code_change_resubmits_with_the_changed_file_as_reason(project):
     project.commit("tune")
     plan = project.plan_json()
     reasons = {r["reason"] for r in plan["runs"] if r["action"] == "submit"}
-    assert len(reasons) == 1 and reasons.pop().startswith("code changed (train.py since ")
+    head = git(project.path, "rev-parse", "--short=7", "HEAD").strip()
+    assert len(reasons) == 1 and re.fullmatch(rf"code changed \(train\.py, [0-9a-f]{{7}}\.\.{head}\)", reasons.pop())
 
 
 def test_uncommitted_code_is_refused_by_apply_and_warned_by_plan(project):

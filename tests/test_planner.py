@@ -162,7 +162,7 @@ def test_reason_names_the_changed_parameter_code_and_command():
         [new_code], [history], {}, commit="b", spec_digest="d", changed_files={"1234567aaaa": ["train.py"]}
     ).entries[0]
     assert entry.action is Action.SUBMIT
-    assert entry.reason == "code changed (train.py since 1234567)"
+    assert entry.reason == "code changed (train.py, 1234567..b)"
 
     changed_command = identify(
         RunPoint(**{**point().__dict__, "command_template": "python train.py --lr {lr} --fast"}), "code-v1", {}, {}

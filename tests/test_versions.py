@@ -189,3 +189,21 @@ def test_dvc_example_runs_to_finished(tmp_path):
     result = run_example("dvc-data", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "No changes. Runs match the spec." in result.stdout
+
+
+def test_runs_on_unpinned_urls_are_marked_not_reproducible(project):
+    spec = DATA_SPEC.replace(
+        "era5: {path: data/era5.csv}", "era5: {url: 'https://example.org/era5.csv', unpinned: true}"
+    )
+    spec = spec.replace("environments:\n  py: {requirements: requirements.txt}\n", "").replace(
+        "    environment: py\n", ""
+    )
+    spec = spec.replace("lr: [0.1, 0.2]}", "lr: 0.1}")
+    project.write("mantik.yaml", spec)
+    project.commit("unpinned url")
+    project.mantik("apply", "--auto-approve", "--wait")
+    tags = {r.data.tags["mantik.experiment"]: r.data.tags for r in project.runs()}
+    assert tags["with_data"]["mantik.not_reproducible"] == "unpinned data: era5"
+    assert "mantik.not_reproducible" not in tags["without_data"]
+    started = [e for e in project.events() if e["event"] == "start" and "--data" in e["args"]]
+    assert started[0]["args"]["--data"] == "https://example.org/era5.csv"

@@ -26,6 +26,7 @@ from ..spec.experiments import format_value
 from ..state.git import CodeVersion
 from ..state.lock import project_lock
 from ..state.tracking import Tag
+from ..state.versions import UNPINNED
 from .errors import UserError
 from .project import Observation, Project, build_plan
 
@@ -203,6 +204,9 @@ def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: Plann
     }
     if want.point.seed is not None:
         tags[Tag.SEED] = str(want.point.seed)
+    unpinned = sorted(name for name, version in identity.data.items() if version == UNPINNED)
+    if unpinned:  # the data may change under the same key: say so where the run is looked at
+        tags[Tag.NOT_REPRODUCIBLE] = "unpinned data: " + ", ".join(unpinned)
     if code.repo_url:
         tags["mlflow.source.git.repoURL"] = code.repo_url
     if code.branch:

@@ -53,7 +53,7 @@ def make_plan(
     entries = []
     for want in desired:
         runs = by_key.get(want.key, [])
-        entry = _plan_point(want, runs, by_point.get(want.point.point_id, []), jobs, changed_files or {})
+        entry = _plan_point(want, runs, by_point.get(want.point.point_id, []), jobs, changed_files or {}, commit)
         entries.append(entry)
         entries.extend(_close_duplicates(want, runs, entry.run_id, jobs))
     declared = {want.key for want in desired}
@@ -94,7 +94,7 @@ def counts_as_attempt(run: ObservedRun) -> bool:
 
 
 def _plan_point(
-    want: DesiredRun, runs: list[ObservedRun], history: list[ObservedRun], jobs: JobStates, changed_files
+    want: DesiredRun, runs: list[ObservedRun], history: list[ObservedRun], jobs: JobStates, changed_files, commit: str
 ) -> PlannedRun:
     finished = [r for r in runs if r.status == "FINISHED"]
     if finished:
@@ -120,7 +120,7 @@ def _plan_point(
 
     if want.point.suspended:
         return _entry(want, Action.SUSPENDED, "experiment is suspended")
-    return _entry(want, Action.SUBMIT, _why_new(want, history, changed_files), next_attempt=1)
+    return _entry(want, Action.SUBMIT, _why_new(want, history, changed_files, commit), next_attempt=1)
 
 
 def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRun:
@@ -176,7 +176,7 @@ def _describe_end(job_id: str, status: JobStatus) -> str:
     return text
 
 
-def _why_new(want: DesiredRun, history: list[ObservedRun], changed_files: dict[str, list[str]]) -> str:
+def _why_new(want: DesiredRun, history: list[ObservedRun], changed_files: dict[str, list[str]], commit: str) -> str:
     """Which inputs differ from the latest run of the same grid point."""
     if not history:
         return "new run point"
@@ -192,7 +192,7 @@ def _why_new(want: DesiredRun, history: list[ObservedRun], changed_files: dict[s
     if previous.code != identity.code:
         files = changed_files.get(previous.commit) or []
         shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-        changes.append(f"code changed ({shown + ' ' if shown else ''}since {previous.commit[:7]})")
+        changes.append(f"code changed ({shown + ', ' if shown else ''}{previous.commit[:7]}..{commit[:7]})")
     for name in sorted(set(previous.data) | set(identity.data)):
         if previous.data.get(name) != identity.data.get(name):
             changes.append(f"data.{name} changed ({_show(previous.data.get(name))} → {_show(identity.data.get(name))})")

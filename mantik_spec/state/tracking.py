@@ -44,6 +44,7 @@ class Tag:
     FAILURE = "mantik.failure"
     PREVIOUS_RUN = "mantik.previous_run"
     REPRODUCES = "mantik.reproduces"
+    NOT_REPRODUCIBLE = "mantik.not_reproducible"
 
 
 @dataclass

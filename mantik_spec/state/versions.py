@@ -19,6 +19,7 @@ import yaml
 from ..spec.model import DataSource, Environment
 
 DIGEST_CACHE = "digests.json"
+UNPINNED = "unpinned"
 
 
 class VersionError(Exception):
@@ -59,7 +60,7 @@ def data_version(project_root: Path, name: str, source: DataSource) -> str:
             )
         return f"md5:{md5}"
     pins = [f"version:{source.version}" if source.version else "", f"sha256:{source.sha256}" if source.sha256 else ""]
-    return ",".join(p for p in pins if p) or "unpinned"
+    return ",".join(p for p in pins if p) or UNPINNED
 
 
 class FileDigests:
