@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import median_time  # noqa: E402
 
 from mantik_spec.operations.apply import run_tags  # noqa: E402
 from mantik_spec.operations.project import build_plan, observe, open_project  # noqa: E402
@@ -90,15 +92,6 @@ def raw_scan(client, experiment_ids) -> int:
         token = page.token
         if not token:
             return count
-
-
-def median_time(function, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> int:

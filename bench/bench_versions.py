@@ -7,27 +7,19 @@ Usage: python bench/bench_versions.py [--sources 200]
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import median_time  # noqa: E402
 
 from mantik_spec.spec.model import DataSource  # noqa: E402
 from mantik_spec.state.versions import data_version  # noqa: E402
-
-
-def median_time(function, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> int:

@@ -24,3 +24,13 @@ def report(name: str, measured: float, baseline: float, baseline_name: str, targ
         f"{name}: {measured:.3f} s   {baseline_name}: {baseline:.3f} s   ratio {ratio:.2f} (target <= {target}) {verdict}"
     )
     return ratio <= target
+
+
+def median_time(function, repeat: int) -> float:
+    """Median wall time of ``function()`` in this process."""
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)

@@ -8,7 +8,7 @@ name="${1:?usage: bash examples/run.sh EXAMPLE [WORKDIR]}"
 [ -d "$here/$name" ] || { echo "no example '$name' in $here" >&2; exit 1; }
 work="${2:-$(mktemp -d)}/$name"
 mkdir -p "$work"
-cp -r "$here/$name/." "$work/"
+cp -rL "$here/$name/." "$work/"  # -L: an example may share a file with another by a link
 # keep the editor's schema hint working from the copy
 sed -i 's#\$schema=../../schemas/#$schema='"$here"'/../schemas/#' "$work/mantik.yaml"
 cd "$work"

@@ -339,6 +339,30 @@ def reproduce(directory, run_id, backend, lock_timeout):
     click.echo(f"Submitted run {new_run}, reproducing {run_id}.")
 
 
+@main.command()
+@PROJECT_DIR
+@click.option(
+    "--from-mlproject",
+    "mlproject",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Take the entry points from an existing MLflow MLproject file.",
+)
+@click.option(
+    "--ci", type=click.Choice(["github", "gitlab"]), help="Also write CI files: plan on review, apply on merge."
+)
+@click.option("--default-branch", default="main", show_default=True, help="The branch whose merges apply.")
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+def init(directory, mlproject, ci, default_branch, force):
+    """Write a commented mantik.yaml (and CI files), and keep .mantik/ out of git."""
+    from .operations.init import init as write_files
+
+    with user_errors():
+        written = write_files(directory, mlproject=mlproject, ci=ci, force=force, default_branch=default_branch)
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")
+
+
 @main.command("force-unlock")
 @PROJECT_DIR
 @click.argument("lock_id")

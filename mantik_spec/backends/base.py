@@ -55,6 +55,20 @@ class JobRequest:
     environment: dict[str, str] = field(default_factory=dict)
     group: str = ""  # runs of one group (an experiment) may be submitted together, e.g. as one job array
 
+    def runner_job(self, workdir: str, **extra) -> dict:
+        """The ``job.json`` the in-job runner reads (see :mod:`mantik_spec.runner`)."""
+        return {
+            "run_id": self.run_id,
+            "run_key": self.run_key,
+            "point": self.point_id,
+            "command": self.command,
+            "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id,
+            "environment": self.environment,
+            "workdir": workdir,
+            **extra,
+        }
+
 
 class BackendError(Exception):
     """The backend refused or could not be reached; the message is for the user."""

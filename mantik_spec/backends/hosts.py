@@ -28,6 +28,16 @@ class CommandResult:
         return lines[-1] if lines else f"exit code {self.returncode}"
 
 
+def read_from(path: str, offset: int = 0) -> bytes | None:
+    """A file's bytes from ``offset`` on; None when there is no such file (yet)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
 class LocalHost:
     """Commands and files on this machine (when mantik runs on the login node)."""
 
@@ -62,12 +72,7 @@ class LocalHost:
         os.replace(temporary, path)
 
     def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                return handle.read()
-        except FileNotFoundError:
-            return None
+        return read_from(path, offset)
 
     def read_text(self, path: str) -> str | None:
         data = self.read_bytes(path)

@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import runner
 from ..spec.model import LocalBackend as LocalConfig
 from .base import JobRequest, JobState, JobStatus
+from .hosts import read_from
 
 JOB_FILE = "job.json"
 PID_FILE = "pid"
@@ -35,15 +36,6 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
-
-
-def read_from(path: Path, offset: int) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read()
-    except FileNotFoundError:
-        return None
 
 
 def process_start_time(pid: int) -> str | None:
@@ -154,18 +146,8 @@ class LocalBackend:
         shutil.rmtree(building, ignore_errors=True)
         shutil.copytree(request.code_dir, building / "work", symlinks=True)
         shutil.copy2(runner.__file__, building / "runner.py")
-        job = {
-            "run_id": request.run_id,
-            "run_key": request.run_key,
-            "point": request.point_id,
-            "command": request.command,
-            "tracking_uri": request.tracking_uri,
-            "experiment_id": request.experiment_id,
-            "environment": request.environment,
-            "path_prepend": str(Path(sys.executable).parent),
-            "python": sys.executable,
-            "workdir": "work",
-        }
+        # `python` in a command means the interpreter mantik runs on (like `mlflow run --env-manager local`)
+        job = request.runner_job("work", path_prepend=str(Path(sys.executable).parent), python=sys.executable)
         (building / JOB_FILE).write_text(json.dumps(job, indent=2))
         os.rename(building, final)
 
@@ -213,4 +195,4 @@ class LocalBackend:
                         pass
 
     def read_log(self, run_id: str, offset: int = 0) -> bytes | None:
-        return read_from(self.queue.job_dir(run_id) / runner.OUTPUT_FILE, offset)
+        return read_from(str(self.queue.job_dir(run_id) / runner.OUTPUT_FILE), offset)

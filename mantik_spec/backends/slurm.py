@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 from .. import runner
 from ..spec.model import SlurmBackend as SlurmConfig
 from ..spec.model import duration_seconds
+from ..templating import packaged, render
 from .base import BackendError, JobRequest, JobState, JobStatus, SubmissionRefused
 from .hosts import LocalHost
 
@@ -73,21 +73,6 @@ def directives(config: SlurmConfig) -> list[str]:
     for name, value in config.resources.model_dump(exclude_none=True).items():
         options.append(f"--{name.replace('_', '-')}={value}")
     return [o for o in options if o] + list(config.sbatch_args)
-
-
-def render_batch_script(template_text: str, values: dict) -> str:
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
-    environment = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    environment.filters["quote"] = lambda value: shlex.quote(str(value))
-    return environment.from_string(template_text).render(**values)
-
-
-def default_template() -> str:
-    from importlib.resources import files
-
-    return files("mantik_spec.templates").joinpath("slurm-batch.sh.j2").read_text()
 
 
 class SlurmBackend:
@@ -148,7 +133,7 @@ class SlurmBackend:
 
     def _template(self) -> str:
         if not self.config.template:
-            return default_template()
+            return packaged("slurm-batch.sh.j2")
         path = self.project_root / self.config.template
         try:
             return path.read_text()
@@ -168,7 +153,7 @@ class SlurmBackend:
         runs_file = f"{batch_dir}/runs.txt"
         self.host.write_text(runs_file, "".join(f"{d}\n" for d in run_dirs))
         use_array = self.config.array
-        script = render_batch_script(
+        script = render(
             template,
             {
                 "job_name": JOB_NAME_PREFIX + batch_id,
@@ -206,18 +191,8 @@ class SlurmBackend:
         for entry in self.host.list_dir(code):
             if not self.host.exists(f"{run_dir}/{entry}"):
                 self.host.symlink(f"{code}/{entry}", f"{run_dir}/{entry}")
-        job = {
-            "run_id": request.run_id,
-            "run_key": request.run_key,
-            "point": request.point_id,
-            "command": request.command,
-            "tracking_uri": request.tracking_uri,
-            "experiment_id": request.experiment_id,
-            "environment": request.environment,
-            "workdir": ".",
-        }
         self.host.write_text(f"{run_dir}/batch", batch_id + "\n")
-        self.host.write_text(f"{run_dir}/job.json", json.dumps(job, indent=2))
+        self.host.write_text(f"{run_dir}/job.json", json.dumps(request.runner_job("."), indent=2))
         return run_dir
 
     # -- observe -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..reconcile.identity import Identity
+from ..reconcile.identity import recorded_identity
 from .errors import UserError
 from .project import Project, observe
 
@@ -23,14 +23,7 @@ def explain(project: Project, target: str) -> dict:
             }
     for run in observation.runs:
         if run.run_id == target:
-            recomputed = Identity(
-                command=run.command,
-                parameters=run.parameters,
-                seed=run.seed,
-                code=run.code,
-                data=run.data,
-                environment=run.environment,
-            )
+            recomputed = recorded_identity(run)
             return {
                 "run_id": run.run_id,
                 "point": run.point_id,

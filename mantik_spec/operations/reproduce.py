@@ -8,7 +8,7 @@ versions, submitted as a new run with the same key and linked to the original.
 
 from __future__ import annotations
 
-from ..reconcile.identity import DesiredRun, Identity
+from ..reconcile.identity import DesiredRun, recorded_identity
 from ..reconcile.plan import Action, PlannedRun
 from ..spec.experiments import RunPoint
 from ..spec.load import load_spec
@@ -34,14 +34,7 @@ def reproduce(project: Project, run_id: str, backend: str | None = None, lock_ti
             f"run {run_id} was made at commit {run.commit[:7]}, which is not in this repository: fetch it first"
         )
 
-    identity = Identity(
-        command=run.command,
-        parameters=run.parameters,
-        seed=run.seed,
-        code=run.code,
-        data=run.data,
-        environment=run.environment,
-    )
+    identity = recorded_identity(run)
     if identity.key != run.run_key:
         raise UserError(f"run {run_id}'s record does not hash to its run key: it cannot be re-created exactly")
 

@@ -59,6 +59,18 @@ class DesiredRun:
         return self.identity.key
 
 
+def recorded_identity(run) -> Identity:
+    """The identity inputs an observed run recorded (its key should be their hash)."""
+    return Identity(
+        command=run.command,
+        parameters=run.parameters,
+        seed=run.seed,
+        code=run.code,
+        data=run.data,
+        environment=run.environment,
+    )
+
+
 def identify(point: RunPoint, code: str, data: dict[str, str], environments: dict[str, str]) -> DesiredRun:
     identity = Identity(
         command=point.command_template,

@@ -1,0 +1,139 @@
+"""``mantik init``: a commented mantik.yaml (from an MLproject when there is one) and CI files.
+
+Everything is rendered from ``templates/`` and checked before it is written:
+the spec must validate and CI files must parse. Existing files are kept
+unless ``force``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..spec.load import SPEC_FILE, validate_document
+from ..spec.schema import SCHEMA_ID
+from ..spec.yamlload import SpecError, load_marked
+from ..templating import packaged, render
+from .errors import UserError
+
+CI_FILES = {"github": ".github/workflows/mantik.yml", "gitlab": ".gitlab-ci.yml"}
+INSTALL = "pip install mantik-spec"
+SAMPLE_VALUES = {"float": 0.01, "int": 1, "bool": False, "string": "TODO", "path": "TODO", "uri": "TODO"}
+MLFLOW_TYPES = {
+    "float": "float",
+    "int": "int",
+    "integer": "int",
+    "string": "string",
+    "str": "string",
+    "path": "path",
+    "uri": "uri",
+    "bool": "bool",
+    "boolean": "bool",
+}
+
+
+@dataclass
+class InitEntryPoint:
+    command: str
+    parameters: dict = field(default_factory=dict)  # name -> {"type", "default"}
+
+    @property
+    def required(self) -> dict:
+        """Parameters without a default, with a sample value of their type."""
+        return {n: SAMPLE_VALUES[p["type"]] for n, p in self.parameters.items() if p["default"] is None}
+
+
+def entry_points_from_mlproject(path: Path) -> dict[str, InitEntryPoint]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read it as an MLproject file: {str(exc).splitlines()[0]}") from None
+    entries = (data or {}).get("entry_points") if isinstance(data, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise UserError(f"{path}: no entry_points")
+    result = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or "command" not in entry:
+            raise UserError(f"{path}: entry point {name!r} has no command")
+        parameters = {}
+        for parameter, spec in (entry.get("parameters") or {}).items():
+            spec = spec if isinstance(spec, dict) else {"type": spec}
+            kind = MLFLOW_TYPES.get(str(spec.get("type", "string")).lower(), "string")
+            parameters[parameter] = {"type": kind, "default": spec.get("default")}
+        command = " ".join(str(entry["command"]).split())  # MLproject commands may span lines
+        result[_name(name)] = InitEntryPoint(command, parameters)
+    return result
+
+
+def _name(text: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-.") or "project"
+    return cleaned if cleaned[0].isalnum() else "p" + cleaned
+
+
+def init(
+    directory: Path,
+    *,
+    mlproject: Path | None = None,
+    ci: str | None = None,
+    force: bool = False,
+    default_branch: str = "main",
+) -> list[Path]:
+    directory = Path(directory)
+    if mlproject is not None:
+        entry_points = entry_points_from_mlproject(mlproject)
+    else:
+        entry_points = {
+            "train": InitEntryPoint("python train.py --lr {lr}", {"lr": {"type": "float", "default": None}})
+        }
+    files = {
+        SPEC_FILE: render(
+            packaged("init-mantik.yaml.j2"),
+            {
+                "schema_url": SCHEMA_ID,
+                "project": _name(directory.resolve().name),
+                "entry_points": entry_points,
+            },
+        ),
+    }
+    if ci is not None:
+        files[CI_FILES[ci]] = render(
+            packaged(f"ci-{ci}.yml.j2"), {"install": INSTALL, "default_branch": default_branch}
+        )
+    _check(files)
+    existing = [name for name in files if (directory / name).exists()]
+    if existing and not force:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise UserError(f"{' and '.join(existing)} already {verb}; pass --force to overwrite")
+    written = []
+    for name, text in files.items():
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        written.append(target)
+    if _ignore_state_dir(directory):
+        written.append(directory / ".gitignore")
+    return written
+
+
+def _check(files: dict[str, str]) -> None:
+    """Nothing is written that would not validate or parse."""
+    try:
+        validate_document(load_marked(files[SPEC_FILE], SPEC_FILE))
+    except SpecError as exc:  # an MLproject mantik cannot express as is
+        raise UserError(f"the generated {SPEC_FILE} would not validate: {exc.problems[0]}") from None
+    for text in files.values():
+        yaml.safe_load(text)  # a template bug, not a user error: let it raise
+
+
+def _ignore_state_dir(directory: Path) -> bool:
+    ignore = directory / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    if any(line.strip() in (".mantik", ".mantik/", "/.mantik", "/.mantik/") for line in lines):
+        return False
+    prefix = "" if not lines or lines[-1] == "" else "\n"
+    with open(ignore, "a") as handle:
+        handle.write(f"{prefix}# mantik's local state (sqlite store, job directories)\n.mantik/\n")
+    return True

@@ -1,0 +1,135 @@
+"""Fitting the user's day: pre-commit, `mantik init`, the generated CI steps run for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT, Project, git
+
+pytestmark = pytest.mark.e2e
+
+MLPROJECT = """\
+name: elastic net
+entry_points:
+  main:
+    parameters:
+      alpha: {type: float, default: 0.5}
+      l1_ratio: float
+    command: >
+      python train.py --alpha {alpha}
+      --l1 {l1_ratio}
+"""
+
+
+@pytest.fixture
+def repo(tmp_path) -> Project:
+    path = tmp_path / "work"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    return Project(path)
+
+
+def test_init_from_an_mlproject_writes_a_spec_that_validates(repo):
+    repo.write("MLproject", MLPROJECT)
+    out = repo.mantik("init", "--from-mlproject", "MLproject").stdout
+    assert "wrote" in out and "mantik.yaml" in out
+    spec = yaml.safe_load((repo.path / "mantik.yaml").read_text())
+    assert spec["entry_points"]["main"]["command"] == "python train.py --alpha {alpha} --l1 {l1_ratio}"
+    assert spec["entry_points"]["main"]["parameters"]["alpha"] == {"type": "float", "default": 0.5}
+    assert spec["experiments"]["main"]["parameters"] == {"l1_ratio": [0.01]}
+    assert (repo.path / "mantik.yaml").read_text().startswith("# yaml-language-server: $schema=")
+    repo.mantik("validate")
+    assert ".mantik/" in (repo.path / ".gitignore").read_text().splitlines()
+
+
+def test_init_refuses_to_overwrite_without_force(repo):
+    repo.mantik("init")
+    (repo.path / "mantik.yaml").write_text("# mine\n")
+    refused = repo.mantik("init", check=1)
+    assert refused.stderr.strip() == "Error: mantik.yaml already exists; pass --force to overwrite"
+    assert (repo.path / "mantik.yaml").read_text() == "# mine\n"
+    repo.mantik("init", "--force")
+    assert (repo.path / ".gitignore").read_text().count(".mantik/") == 1
+
+
+def test_gitlab_ci_file_parses_and_queues_applies(repo):
+    repo.mantik("init", "--ci", "gitlab")
+    pipeline = yaml.safe_load((repo.path / ".gitlab-ci.yml").read_text())
+    assert pipeline["apply"]["resource_group"] == "mantik-apply"
+    assert pipeline["apply"]["rules"] == [{"if": '$CI_COMMIT_BRANCH == "main"'}]
+    assert any("mantik plan --format markdown --detailed-exitcode" in line for line in pipeline["plan"]["script"])
+
+
+def test_github_workflow_steps_run_locally(repo, tmp_path):
+    """The generated workflow's own `run:` steps, executed in order as a runner would (install aside)."""
+    repo.mantik("init", "--ci", "github")
+    repo.write("train.py", "import sys\nprint('training', sys.argv[1:])\n")
+    spec = (repo.path / "mantik.yaml").read_text().replace("lr: [0.01]", "lr: [0.01, 0.1]")
+    (repo.path / "mantik.yaml").write_text(spec)
+    repo.commit("set up mantik")
+    workflow = yaml.safe_load((repo.path / ".github" / "workflows" / "mantik.yml").read_text())
+    assert workflow["concurrency"] == {"group": "mantik-apply-${{ github.ref }}", "cancel-in-progress": False}
+    steps = {step["name"]: step for step in workflow["jobs"]["mantik"]["steps"] if "name" in step}
+    summary = tmp_path / "summary.md"
+    env = {
+        **repo.env,
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    def run_step(name):
+        return subprocess.run(
+            ["bash", "-e", "-c", steps[name]["run"]],
+            cwd=repo.path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert run_step("validate").returncode == 0
+    plan = run_step("plan")  # on a pull request: changes pending is success, an error is not
+    assert plan.returncode == 0, plan.stderr
+    assert summary.read_text().startswith("### mantik plan")
+    assert "2 to submit" in summary.read_text()
+    applied = run_step("apply")  # on merge
+    assert applied.returncode == 0, applied.stderr
+    assert "Apply complete: 2 run(s) started." in applied.stdout
+
+
+def test_pre_commit_hook_blocks_a_bad_spec_and_passes_a_good_one(repo):
+    pre_commit = [str(Path(sys.executable).parent / "pre-commit")]
+    repo.mantik("init")
+    repo.write("train.py", "print('hi')\n")
+    git(repo.path, "add", "-A")
+
+    def try_hook():
+        return subprocess.run(
+            [*pre_commit, "try-repo", str(ROOT), "mantik-validate", "--all-files"],
+            cwd=repo.path,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**repo.env, "PRE_COMMIT_HOME": str(repo.path.parent / "pre-commit-home")},
+        )
+
+    good = try_hook()
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "mantik validate" in good.stdout and "Passed" in good.stdout
+
+    spec = (repo.path / "mantik.yaml").read_text().replace("max_parallel: 2", "max_paralel: 2")
+    (repo.path / "mantik.yaml").write_text(spec)
+    git(repo.path, "add", "-A")
+    bad = try_hook()
+    assert bad.returncode == 1
+    assert "Failed" in bad.stdout
+    assert (
+        "mantik.yaml:28:24: backends.local.max_paralel: unknown key 'max_paralel'; did you mean 'max_parallel'?"
+        in bad.stdout
+    )
