@@ -129,7 +129,7 @@ def test_pre_commit_hook_blocks_a_bad_spec_and_passes_a_good_one(repo):
     bad = try_hook()
     assert bad.returncode == 1
     assert "Failed" in bad.stdout
-    assert (
-        "mantik.yaml:28:24: backends.local.max_paralel: unknown key 'max_paralel'; did you mean 'max_parallel'?"
-        in bad.stdout
-    )
+    line = next(i for i, text in enumerate(spec.splitlines(), 1) if "max_paralel" in text)
+    column = spec.splitlines()[line - 1].index("max_paralel") + 1
+    message = "backends.local.max_paralel: unknown key 'max_paralel'; did you mean 'max_parallel'?"
+    assert f"mantik.yaml:{line}:{column}: {message}" in bad.stdout
