@@ -96,8 +96,21 @@ def validate(directory):
 
 
 @main.command()
-def schema():
-    """Print the JSON Schema of mantik.yaml."""
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "markdown"]),
+    default="json",
+    show_default=True,
+    help="The JSON Schema, or the Markdown reference of every key.",
+)
+def schema(fmt):
+    """Print the JSON Schema of mantik.yaml (or its reference in Markdown)."""
+    if fmt == "markdown":
+        from .spec.reference import reference_markdown
+
+        click.echo(reference_markdown(), nl=False)
+        return
     from .spec.schema import schema_text
 
     click.echo(schema_text(), nl=False)

@@ -48,3 +48,11 @@ def test_schema_rejects_what_the_model_rejects():
         jsonschema.validate({"project": "p", "backends": {"b": {"type": "local", "max_paralel": 2}}}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"project": "p", "experimentz": {}}, schema)
+
+
+def test_spec_reference_is_current():
+    from mantik_spec.spec.reference import REFERENCE_FILE, reference_markdown
+
+    assert (ROOT / REFERENCE_FILE).read_text() == reference_markdown(), (
+        "docs/spec-reference.md is stale: run `mantik schema --format markdown > docs/spec-reference.md`"
+    )

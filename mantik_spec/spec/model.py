@@ -220,15 +220,24 @@ class Experiment(Strict):
 class Spec(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, title="mantik.yaml")
 
-    version: Literal[1] = SPEC_VERSION
-    project: Name
-    tracking: Tracking = Field(default_factory=Tracking)
-    code: Code = Field(default_factory=Code)
-    entry_points: dict[Name, EntryPoint] = Field(default_factory=dict)
-    data: dict[Name, DataSource] = Field(default_factory=dict)
-    environments: dict[Name, Environment] = Field(default_factory=dict)
-    backends: dict[Name, Backend] = Field(default_factory=lambda: {"local": LocalBackend(type="local")})
-    experiments: dict[Name, Experiment] = Field(default_factory=dict)
+    version: Literal[1] = Field(SPEC_VERSION, description="The format version of this file.")
+    project: Name = Field(..., description="The project's name; its MLflow experiments are named PROJECT/EXPERIMENT.")
+    tracking: Tracking = Field(default_factory=Tracking, description="Where runs are recorded.")
+    code: Code = Field(default_factory=Code, description="What identifies the code of a run.")
+    entry_points: dict[Name, EntryPoint] = Field(default_factory=dict, description="Commands with declared parameters.")
+    data: dict[Name, DataSource] = Field(
+        default_factory=dict, description="Data sources; their versions enter run keys."
+    )
+    environments: dict[Name, Environment] = Field(
+        default_factory=dict, description="Software environments; their identities enter run keys."
+    )
+    backends: dict[Name, Backend] = Field(
+        default_factory=lambda: {"local": LocalBackend(type="local")},
+        description="Where runs execute, chosen by `type`.",
+    )
+    experiments: dict[Name, Experiment] = Field(
+        default_factory=dict, description="Entry points times parameter grids: the runs that should exist."
+    )
 
 
 if _plugins_setting is None:
