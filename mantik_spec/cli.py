@@ -240,8 +240,10 @@ def _follow(project, run_ids) -> int:
 @main.command()
 @PROJECT_DIR
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh in place until every run has ended.")
+@click.option("--interval", default="2s", show_default=True, help="How often --watch refreshes.")
 @click.pass_context
-def status(ctx, directory, as_json):
+def status(ctx, directory, as_json, watch, interval):
     """A table of the declared runs: state, attempt, job, age and last metrics."""
     import json
 
@@ -250,18 +252,48 @@ def status(ctx, directory, as_json):
 
     with user_errors():
         project = open_project(directory)
-        rows = status_rows(project)
-    if as_json:
-        click.echo(json.dumps([row.to_json() for row in rows], indent=2))
-    else:
-        _print_status_table(rows)
+        if watch:
+            _watch_status(project, parse_duration(interval))
+        else:
+            rows = status_rows(project)
+            if as_json:
+                click.echo(json.dumps([row.to_json() for row in rows], indent=2))
+            else:
+                _print_status_table(rows)
     _report_calls(ctx, project)
 
 
-def _print_status_table(rows) -> None:
+def _watch_status(project, interval: float) -> None:
     import time
 
     from rich.console import Console
+    from rich.live import Live
+
+    from .operations.status import ENDED, status_rows
+
+    console = Console()
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            rows = status_rows(project)
+            live.update(_status_table(rows), refresh=True)
+            if all(row.state in ENDED or row.state in ("not submitted", "suspended") for row in rows):
+                break
+            time.sleep(max([interval, *(b.min_poll_interval for b in project.backends.values())]))
+    click.echo("Every declared run has ended (or was never submitted).")
+
+
+def _print_status_table(rows) -> None:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # piped or captured: never cut a run's name to fit 80 columns
+        console = Console(width=1000)
+    console.print(_status_table(rows))
+
+
+def _status_table(rows):
+    import time
+
     from rich.markup import escape
     from rich.table import Table
 
@@ -277,10 +309,7 @@ def _print_status_table(rows) -> None:
         table.add_row(
             escape(row.experiment), escape(row.point_id), row.state, str(row.attempt or ""), job, age, *metrics
         )
-    console = Console()
-    if not console.is_terminal:  # piped or captured: never cut a run's name to fit 80 columns
-        console = Console(width=1000)
-    console.print(table)
+    return table
 
 
 def _age(seconds: float) -> str:
@@ -374,6 +403,102 @@ def init(directory, mlproject, ci, default_branch, force):
     for path in written:
         click.echo(f"wrote {path}")
     click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")
+
+
+@main.command()
+@PROJECT_DIR
+@click.argument("experiment")
+@click.option("--metric", help="The metric that ranks the points (default: the first one logged).")
+@click.option(
+    "--goal", type=click.Choice(["min", "max"]), default="min", show_default=True, help="Lower or higher is better."
+)
+@click.option(
+    "--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the metric to this PNG."
+)
+@click.option("--against", help="The parameter on the plot's x axis (default: the first that varies).")
+def show(directory, experiment, metric, goal, plot_file, against):
+    """An experiment's grid: parameters against final metrics, the best point marked."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .operations.project import open_project
+    from .operations.show import grid, plot
+
+    with user_errors():
+        rows, metric = grid(open_project(directory), experiment, metric, goal)
+        parameters = sorted({name for row in rows for name in row.parameters})
+        metrics = sorted({name for row in rows for name in row.metrics})
+        table = Table(box=None, pad_edge=False)
+        for column in ("", *parameters, "state", *metrics):
+            table.add_column(column)
+        for row in rows:
+            values = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metrics]
+            table.add_row(
+                "*" if row.best else "", *(escape(row.parameters.get(p, "")) for p in parameters), row.state, *values
+            )
+        console = Console() if sys.stdout.isatty() else Console(width=1000)
+        console.print(table)
+        if metric:
+            click.echo(f"* best by {metric} ({goal})")
+        if plot_file:
+            varying = [p for p in parameters if len({row.parameters.get(p) for row in rows}) > 1]
+            axis = against or (varying[0] if varying else (parameters[0] if parameters else None))
+            if axis is None or metric is None:
+                raise click.UsageError("nothing to plot yet: no parameters or no metrics")
+            plot(rows, metric, axis, plot_file)
+            click.echo(f"wrote {plot_file}")
+
+
+@main.command()
+@PROJECT_DIR
+@click.option("--apply", "and_apply", is_flag=True, help="Also apply after each change (only when the tree is clean).")
+def watch(directory, and_apply):
+    """Re-validate and re-plan whenever mantik.yaml, the code or the data pins change; Ctrl-C stops."""
+    from rich.console import Console
+
+    from .operations.watch import changes
+    from .spec.load import load_spec
+    from .spec.yamlload import SpecError
+
+    console = Console()
+    root = Path(directory).resolve()
+
+    def refresh(reason: str) -> list[str] | None:
+        console.clear()
+        console.print(f"[dim]mantik watch: {reason}; Ctrl-C stops[/dim]")
+        try:
+            code_paths = load_spec(root).spec.code.paths
+        except SpecError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem))
+            return None
+        _plan_once(root, and_apply)
+        return code_paths
+
+    code_paths = refresh("watching")
+    for changed in changes(root, code_paths):
+        names = ", ".join(sorted(Path(p).name for p in changed)[:3])
+        code_paths = refresh(f"changed: {names}") or code_paths
+    click.echo("Stopped watching.")
+
+
+def _plan_once(root: Path, and_apply: bool) -> None:
+    """One plan (and apply, when asked and the tree is clean), every error reported, none fatal."""
+    from .operations import apply as operation
+    from .operations.project import build_plan, open_project
+    from .reconcile.render import render_text
+
+    try:
+        with user_errors():
+            project = open_project(root)
+            result, observation = build_plan(project)
+            click.echo(render_text(result, color=sys.stdout.isatty()))
+            if and_apply and result.has_changes and not observation.code.dirty:
+                operation.apply(project, confirm=lambda plan: True, show=lambda plan: None)
+                click.echo("Applied.")
+    except SystemExit:
+        pass  # the error was printed; keep watching
 
 
 @main.command("force-unlock")

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from .conftest import BASIC_SPEC, git, run_example
+from .conftest import BASIC_SPEC, git, mantik_command, run_example
 
 pytestmark = pytest.mark.e2e
 
@@ -225,7 +225,7 @@ def test_parallel_applies_submit_each_run_key_once(project):
     processes = [
         subprocess.Popen(
             [
-                *__import__("tests.conftest", fromlist=["x"]).mantik_command(),
+                *mantik_command(),
                 "apply",
                 "--auto-approve",
                 "--lock-timeout",

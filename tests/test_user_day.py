@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, Project, git
+from .conftest import BASIC_SPEC, ROOT, Project, git, mantik_command
 
 pytestmark = pytest.mark.e2e
 
@@ -133,3 +133,69 @@ def test_pre_commit_hook_blocks_a_bad_spec_and_passes_a_good_one(repo):
     column = spec.splitlines()[line - 1].index("max_paralel") + 1
     message = "backends.local.max_paralel: unknown key 'max_paralel'; did you mean 'max_parallel'?"
     assert f"mantik.yaml:{line}:{column}: {message}" in bad.stdout
+
+
+def test_show_ranks_the_grid_and_plots_it(project, tmp_path):
+    project.mantik("apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})
+    shown = project.mantik("show", "sweep", "--metric", "score", "--goal", "max", "--plot", str(tmp_path / "g.png"))
+    lines = shown.stdout.splitlines()
+    best = [line for line in lines if line.startswith("*") and "finished" in line]
+    assert len(best) == 1 and " 0.2 " in best[0] and best[0].rstrip().endswith("2")  # lr=0.2 scores 2.0
+    assert "* best by score (max)" in shown.stdout
+    png = (tmp_path / "g.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    missing = project.mantik("show", "sweep", "--metric", "accuracy", check=1)
+    assert "no run of sweep logged a metric 'accuracy'; logged: score" in missing.stderr
+
+
+def test_status_watch_returns_once_every_run_has_ended(project):
+    project.write("mantik.yaml", BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2], sleep: 2}"))
+    project.commit("slower")
+    project.mantik("apply", "--auto-approve")
+    watched = project.mantik("status", "--watch", "--interval", "0.5s", timeout=120)
+    assert "Every declared run has ended" in watched.stdout
+    assert {row["state"] for row in project.status_json()} == {"finished"}
+
+
+def test_watch_replans_on_every_change_and_stops_on_ctrl_c(project):
+    import signal
+    import threading
+    import time
+
+    process = subprocess.Popen(
+        [*mantik_command(), "watch"],
+        cwd=project.path,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def wait_for(text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in "".join(output):
+                return
+            time.sleep(0.2)
+        process.kill()
+        raise AssertionError(f"no {text!r} in:\n{''.join(output)}")
+
+    try:
+        wait_for("Plan: 2 to submit")
+        spec = (project.path / "mantik.yaml").read_text()
+        (project.path / "mantik.yaml").write_text(spec.replace("[0.1, 0.2]", "[0.1, 0.2, 0.3]"))
+        wait_for("Plan: 3 to submit")
+        (project.path / "mantik.yaml").write_text(spec.replace("max_parallel", "max_paralel"))
+        wait_for("unknown key 'max_paralel'; did you mean 'max_parallel'?")
+        (project.path / "train.py").write_text((project.path / "train.py").read_text() + "\n# edited\n")
+        (project.path / "mantik.yaml").write_text(spec)
+        wait_for("Warning: uncommitted changes in code or data files (train.py)")
+    finally:
+        process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    reader.join(timeout=5)
+    assert "Stopped watching." in "".join(output)
+    assert "Traceback" not in "".join(output)

@@ -1,0 +1,96 @@
+"""``mantik show``: an experiment's grid, parameters against final metrics, best point marked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .project import Project
+from .status import status_rows
+
+
+@dataclass
+class GridRow:
+    point: str
+    parameters: dict
+    state: str
+    metrics: dict
+    best: bool = False
+
+
+def grid(project: Project, experiment: str, metric: str | None, goal: str = "min") -> tuple[list[GridRow], str | None]:
+    if experiment not in project.spec.experiments:
+        raise UserError(f"no experiment '{experiment}' in mantik.yaml")
+    rows = []
+    for row in status_rows(project):
+        if row.experiment != experiment:
+            continue
+        cells = row.point_id[len(experiment) + 1 : -1]
+        parameters = dict(cell.split("=", 1) for cell in cells.split(",") if "=" in cell)
+        rows.append(GridRow(row.point_id, parameters, row.state, row.metrics))
+    names = sorted({name for row in rows for name in row.metrics})
+    if metric is None and names:
+        metric = names[0]
+    if metric is not None and names and metric not in names:
+        raise UserError(f"no run of {experiment} logged a metric '{metric}'; logged: {', '.join(names)}")
+    scored = [row for row in rows if metric in row.metrics]
+    if scored:
+        pick = min if goal == "min" else max
+        pick(scored, key=lambda row: row.metrics[metric]).best = True
+    return rows, metric
+
+
+def plot(rows: list[GridRow], metric: str, parameter: str, path: Path) -> None:
+    """The metric against one parameter, one line per combination of the others."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install 'mantik-spec[plot]'") from None
+    series: dict[str, list[tuple[float, float]]] = {}
+    varying = {
+        k for k in {k for row in rows for k in row.parameters} if len({row.parameters.get(k) for row in rows}) > 1
+    }
+    for row in rows:
+        if metric not in row.metrics or parameter not in row.parameters:
+            continue
+        others = ", ".join(f"{k}={v}" for k, v in sorted(row.parameters.items()) if k != parameter and k in varying)
+        series.setdefault(others or metric, []).append((_number(row.parameters[parameter]), row.metrics[metric]))
+    if not series:
+        raise UserError(f"nothing to plot: no finished run has both '{parameter}' and '{metric}'")
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(series.items()):
+        points.sort()
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    best = [row for row in rows if row.best and parameter in row.parameters]
+    for row in best:
+        axes.scatter(
+            [_number(row.parameters[parameter])],
+            [row.metrics[metric]],
+            s=160,
+            facecolors="none",
+            edgecolors="crimson",
+            linewidths=2,
+            zorder=3,
+            label="best",
+        )
+    values = [p[0] for points in series.values() for p in points]
+    if min(values) > 0 and max(values) / min(values) >= 100:
+        axes.set_xscale("log")
+    axes.set_xlabel(parameter)
+    axes.set_ylabel(metric)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"parameter value {text!r} is not a number: pick a numeric parameter to plot against") from None

@@ -1,0 +1,45 @@
+"""``mantik watch``: re-validate and re-plan whenever the spec, the code or the data pins change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..spec.load import SPEC_FILE
+from ..state.git import STATE_DIR
+
+IGNORED_PARTS = {".git", STATE_DIR, "__pycache__", ".dvc", ".pytest_cache"}
+DEBOUNCE_MS = 400
+
+
+def _relevant(project_root: Path, code_paths: list[str] | None) -> Callable[[object, str], bool]:
+    """Changes to mantik.yaml, the code paths and .dvc files; never mantik's own state or git's."""
+    roots = [project_root / p for p in code_paths] if code_paths else [project_root]
+
+    def accept(_change, path: str) -> bool:
+        candidate = Path(path)
+        try:
+            relative = candidate.relative_to(project_root)
+        except ValueError:
+            return False
+        if IGNORED_PARTS & set(relative.parts):
+            return False
+        if relative.as_posix() == SPEC_FILE or candidate.suffix == ".dvc" or relative.as_posix() == "dvc.lock":
+            return True
+        return any(candidate == root or root in candidate.parents for root in roots)
+
+    return accept
+
+
+def changes(project_root: Path, code_paths: list[str] | None, stop_event=None) -> Iterator[set[str]]:
+    """Debounced batches of changed paths, until ``stop_event`` is set or Ctrl-C."""
+    from watchfiles import watch
+
+    for batch in watch(
+        project_root,
+        watch_filter=_relevant(project_root, code_paths),
+        debounce=DEBOUNCE_MS,
+        stop_event=stop_event,
+        raise_interrupt=False,
+    ):
+        yield {path for _, path in batch}
