@@ -501,6 +501,16 @@ def _plan_once(root: Path, and_apply: bool) -> None:
         pass  # the error was printed; keep watching
 
 
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell):
+    """Print the shell completion script: eval "$(mantik completion bash)" in ~/.bashrc."""
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)(main, {}, "mantik", "_MANTIK_COMPLETE")
+    click.echo(completer.source())
+
+
 @main.command("force-unlock")
 @PROJECT_DIR
 @click.argument("lock_id")

@@ -199,3 +199,23 @@ def test_watch_replans_on_every_change_and_stops_on_ctrl_c(project):
     reader.join(timeout=5)
     assert "Stopped watching." in "".join(output)
     assert "Traceback" not in "".join(output)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_scripts_complete_the_verbs(shell, tmp_path):
+    script = subprocess.run([*mantik_command(), "completion", shell], capture_output=True, text=True, check=True).stdout
+    assert "_MANTIK_COMPLETE" in script
+    answer = subprocess.run(
+        mantik_command(),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "_MANTIK_COMPLETE": f"{shell}_complete",
+            "COMP_WORDS": "mantik pl",
+            "COMP_CWORD": "1",
+            "_TYPER_COMPLETE_ARGS": "mantik pl",
+        },
+    ).stdout
+    assert "plan" in answer
