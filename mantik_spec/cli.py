@@ -51,14 +51,12 @@ def user_errors():
 
 
 def parse_duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600}
-    text = text.strip()
+    from .spec.model import duration_seconds
+
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration such as 30s, 5m or 1h") from None
+        return duration_seconds(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,6 +124,7 @@ def schema(fmt):
 @click.pass_context
 def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
+    from .operations.errors import UserError
     from .operations.project import build_plan, open_project
     from .reconcile import render
     from .reconcile.planfile import write_plan
@@ -134,6 +133,8 @@ def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode):
         project = open_project(directory)
         result, _ = build_plan(project, prune=prune)
         if out:
+            if not out.parent.is_dir():
+                raise UserError(f"cannot save the plan: {out.parent} is not a directory")
             write_plan(out, result, prune)
     fmt = "json" if as_json else fmt
     if fmt == "json":

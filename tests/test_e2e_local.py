@@ -298,3 +298,11 @@ def test_quickstart_example_runs_to_finished(tmp_path):
     result = run_example("quickstart", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "No changes. Runs match the spec." in result.stdout
+
+
+def test_a_password_in_the_tracking_uri_is_refused(project):
+    refused = project.mantik("plan", check=1, env={"MLFLOW_TRACKING_URI": "https://me:secret@mlflow.example.org"})
+    assert refused.stderr.strip() == (
+        "Error: the tracking URI carries a password: set MLFLOW_TRACKING_USERNAME/_PASSWORD instead"
+    )
+    assert "secret" not in refused.stderr.replace("carries a password", "")

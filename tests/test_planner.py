@@ -281,3 +281,22 @@ def test_plan_is_empty_after_an_apply_whose_runs_all_finish(world, prune):
     for want in wants:
         entry = next(e for e in second.entries if e.run_key == want.key)
         assert entry.action in (Action.UP_TO_DATE, Action.FAILED, Action.RUNNING), entry
+
+
+def test_the_same_run_declared_twice_is_planned_once():
+    first = desired(point(experiment="a"))
+    again = desired(point(experiment="b"))  # same inputs, other experiment: the same key
+    plan = plan_of([first, again])
+    assert [(e.action, e.experiment) for e in plan.entries] == [(Action.SUBMIT, "a")]
+    assert plan.warnings == ["b[lr=0.1] is the same run as a[lr=0.1]: planned once"]
+
+
+def test_a_suspended_experiment_starts_nothing_new():
+    want = desired(point(retries=3, suspended=True))
+    failed = observed(want, status="FAILED")
+    assert only(plan_of([want], [failed])).action is Action.SUSPENDED
+    live = observed(want, status="RUNNING")
+    entry = only(plan_of([want], [live], {("local", live.job_id): JobStatus(JobState.TIMEOUT)}))
+    assert (entry.action, entry.mark_status, entry.next_attempt) == (Action.REPAIR, "FAILED", None)
+    intent = observed(want, status="SCHEDULED", job_id=None)
+    assert only(plan_of([want], [intent])).next_attempt is None

@@ -168,6 +168,11 @@ CASES = [
         .replace("{lr: [0.1, 0.01]}", "{lr: [0.1, 0.01], seed: 3}\n    seeds: 2"),
         "experiments.base.parameters.seed: set either 'seeds' or a 'seed' parameter, not both",
     ),
+    (
+        "same float twice",
+        VALID.replace("[0.1, 0.01]", "[1, 1.0]"),
+        "experiments.base.parameters.lr: grid axis lists a value twice",
+    ),
     ("merge keys", VALID + "x: &a {b: 1}\ny:\n  <<: *a\n", "YAML merge keys (<<) are not supported"),
     ("top level list", "- a\n- b\n", "mantik.yaml:1:1: the top level must be a mapping"),
     ("empty file", "\n", "mantik.yaml:1:1: the file is empty"),

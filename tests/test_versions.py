@@ -207,3 +207,33 @@ def test_runs_on_unpinned_urls_are_marked_not_reproducible(project):
     assert "mantik.not_reproducible" not in tags["without_data"]
     started = [e for e in project.events() if e["event"] == "start" and "--data" in e["args"]]
     assert started[0]["args"]["--data"] == "https://example.org/era5.csv"
+
+
+def test_declared_environment_is_where_the_command_runs(project):
+    project.write("envs/fake/bin/activate", "export ACTIVATED=yes\n")
+    spec = textwrap.dedent(
+        """
+        version: 1
+        project: envdemo
+        entry_points:
+          train:
+            command: python train.py --lr {lr} --greeting "$GREETING-$ACTIVATED"
+            parameters: {lr: float}
+        environments:
+          fake: {venv: envs/fake, variables: {GREETING: hello}}
+        experiments:
+          one: {entry_point: train, environment: fake, parameters: {lr: 0.1}}
+        """
+    )
+    project.write("mantik.yaml", spec)
+    project.commit("an environment")
+    project.mantik("apply", "--auto-approve", "--wait")
+    started = [e for e in project.events() if e["event"] == "start"]
+    assert started[0]["args"]["--greeting"] == "hello-yes"
+    run = project.runs()[0]
+    assert run.data.tags["mantik.environment"] == 'variables:{"GREETING": "hello"}'
+    project.write("mantik.yaml", spec.replace("GREETING: hello", "GREETING: goodbye"))
+    project.commit("other greeting")
+    plan = project.plan_json()
+    assert [r["action"] for r in plan["runs"]] == ["submit"]
+    assert plan["runs"][0]["reason"].startswith("environment changed")

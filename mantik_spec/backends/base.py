@@ -74,13 +74,20 @@ class BackendError(Exception):
     """The backend refused or could not be reached; the message is for the user."""
 
 
-class SubmissionRefused(BackendError):
-    """Part of a submission was refused: what was submitted is kept, the refused runs are named."""
+class CommandTimeout(BackendError):
+    """The backend did not answer in time: what the command did is unknown."""
 
-    def __init__(self, message: str, submitted: dict[str, str], refused: list[str]):
+
+class SubmissionFailed(BackendError):
+    """A submission stopped part-way. What was accepted is kept; runs the backend refused (or that were
+    never sent) are named ``refused``; runs whose fate is unknown (a timeout) are named ``unknown`` and stay
+    open, for the next apply to adopt (if the job exists) or resubmit."""
+
+    def __init__(self, message: str, submitted: dict[str, str], refused: list[str], unknown: list[str] = ()):
         super().__init__(message)
-        self.submitted = submitted  # run id -> job id, accepted before the refusal
-        self.refused = refused  # run ids
+        self.submitted = submitted  # run id -> job id, accepted before the failure
+        self.refused = list(refused)
+        self.unknown = list(unknown)
 
 
 class Backend(Protocol):

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import BackendError
+from .base import BackendError, CommandTimeout
 
 COMMAND_TIMEOUT = 120.0
 
@@ -53,7 +53,7 @@ class LocalHost:
                 f"`{argv[0]}` is not on PATH here: run mantik where the scheduler's commands are"
             ) from None
         except subprocess.TimeoutExpired:
-            raise BackendError(f"`{argv[0]}` did not answer within {timeout:.0f} s") from None
+            raise CommandTimeout(f"`{argv[0]}` did not answer within {timeout:.0f} s") from None
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
     def makedirs(self, path: str) -> None:
@@ -67,9 +67,12 @@ class LocalHost:
 
     def write_text(self, path: str, text: str) -> None:
         temporary = f"{path}.tmp-{os.getpid()}"
-        with open(temporary, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w") as handle:
+                handle.write(text)
+            os.replace(temporary, path)
+        except OSError as exc:  # quota, permissions: the commonest trouble on shared filesystems
+            raise BackendError(f"cannot write {path}: {exc.strerror}") from None
 
     def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
         return read_from(path, offset)
@@ -85,7 +88,10 @@ class LocalHost:
             return []
 
     def symlink(self, target: str, link: str) -> None:
-        os.symlink(target, link)
+        try:
+            os.symlink(target, link)
+        except OSError as exc:
+            raise BackendError(f"cannot link {link}: {exc.strerror}") from None
 
     def put_tree(self, source: Path, destination: str) -> None:
         """Copy a local directory to ``destination`` whole or not at all."""
@@ -93,7 +99,11 @@ class LocalHost:
             return
         building = f"{destination}.building-{os.getpid()}"
         shutil.rmtree(building, ignore_errors=True)
-        shutil.copytree(source, building, symlinks=True)
+        try:
+            shutil.copytree(source, building, symlinks=True)
+        except OSError as exc:
+            shutil.rmtree(building, ignore_errors=True)
+            raise BackendError(f"cannot stage code into {destination}: {exc}") from None
         try:
             os.rename(building, destination)
         except OSError:  # staged meanwhile by a parallel apply

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import runner
 from ..spec.model import LocalBackend as LocalConfig
-from .base import JobRequest, JobState, JobStatus
+from .base import JobRequest, JobState, JobStatus, SubmissionFailed
 from .hosts import read_from
 
 JOB_FILE = "job.json"
@@ -128,23 +128,29 @@ class LocalBackend:
         write_atomically(
             self.queue.state_dir / SCHEDULER_CONFIG, json.dumps({"max_parallel": self.config.max_parallel})
         )
-        submitted = {}
-        for request in requests:
-            job_id = request.run_id
-            self._write_job(job_id, request)
-            (self.queue.queue / f"{job_id}").write_text(str(time.time_ns()))
-            submitted[request.run_id] = job_id
-        self._ensure_scheduler()
+        submitted: dict[str, str] = {}
+        try:
+            for request in requests:
+                job_id = request.run_id
+                self._write_job(job_id, request)
+                (self.queue.queue / f"{job_id}").write_text(str(time.time_ns()))
+                submitted[request.run_id] = job_id
+        except OSError as exc:  # a full disk: what was queued runs, the rest is refused
+            refused = [r.run_id for r in requests if r.run_id not in submitted]
+            raise SubmissionFailed(f"cannot queue runs in {self.queue.state_dir}: {exc}", submitted, refused) from None
+        finally:
+            if submitted:
+                self._ensure_scheduler()
         return submitted
 
     def _write_job(self, job_id: str, request: JobRequest) -> None:
         """The job directory appears whole or not at all (built aside, then renamed)."""
         final = self.queue.job_dir(job_id)
         if final.exists():
-            return  # submitted before a crash: adopt rather than duplicate
+            return  # defensive: run ids are new for every submission, but a job is never written twice
         building = self.queue.jobs / f".building-{job_id}"
         shutil.rmtree(building, ignore_errors=True)
-        shutil.copytree(request.code_dir, building / "work", symlinks=True)
+        shutil.copytree(request.code_dir, building / "work", symlinks=True)  # OSError: reported by submit
         shutil.copy2(runner.__file__, building / "runner.py")
         # `python` in a command means the interpreter mantik runs on (like `mlflow run --env-manager local`)
         job = request.runner_job("work", path_prepend=str(Path(sys.executable).parent), python=sys.executable)
@@ -173,7 +179,10 @@ class LocalBackend:
                 alive.append(self.queue.scheduler_alive())
             return alive[0]
 
-        return {job_id: self.queue.status(job_id, scheduler_alive) for job_id in jobs}
+        states = {job_id: self.queue.status(job_id, scheduler_alive) for job_id in jobs}
+        if any(s.state is JobState.PENDING for s in states.values()) and not scheduler_alive():
+            self._ensure_scheduler()  # it died (killed, logged out): queued runs must not wait forever
+        return states
 
     def find(self, run_ids: list[str]) -> dict[str, str]:
         return {run_id: run_id for run_id in run_ids if (self.queue.job_dir(run_id) / JOB_FILE).exists()}

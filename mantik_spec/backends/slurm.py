@@ -26,7 +26,7 @@ from .. import runner
 from ..spec.model import SlurmBackend as SlurmConfig
 from ..spec.model import duration_seconds
 from ..templating import packaged, render
-from .base import BackendError, JobRequest, JobState, JobStatus, SubmissionRefused
+from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed
 from .hosts import LocalHost
 
 JOB_NAME_PREFIX = "mantik-"
@@ -113,8 +113,13 @@ class SlurmBackend:
             try:
                 submitted.update(self._submit_batch(batch, runner_path, template))
             except BackendError as exc:
-                refused = [r.run_id for later in batches[position:] for r in later]
-                raise SubmissionRefused(f"experiment {batch[0].group or '?'}: {exc}", submitted, refused) from None
+                unsent = [r.run_id for later in batches[position + 1 :] for r in later]
+                this = [r.run_id for r in batch]
+                # a timed-out sbatch may have queued the batch: leave it open for adoption by its job name
+                unknown, refused = (this, unsent) if isinstance(exc, CommandTimeout) else ([], this + unsent)
+                raise SubmissionFailed(
+                    f"experiment {batch[0].group or '?'}: {exc}", submitted, refused, unknown
+                ) from None
         return submitted
 
     def _batches(self, requests: list[JobRequest]) -> list[list[JobRequest]]:
@@ -177,6 +182,7 @@ class SlurmBackend:
         result = self._run(["sbatch", "--parsable", script_path])
         if result.returncode != 0:
             raise BackendError(f"sbatch refused the job: {_strip_prefix(result.error_line())}")
+        self._listing = None  # the next poll must see the new jobs
         base = result.stdout.strip().split(";")[0]
         if not base.isdigit():
             raise BackendError(f"sbatch answered {result.stdout.strip()!r} instead of a job id")
@@ -186,7 +192,7 @@ class SlurmBackend:
         code = self._stage_code(request.code_dir)
         run_dir = self._path("runs", request.run_id)
         if self.host.exists(f"{run_dir}/job.json"):
-            return run_dir  # prepared before a crash
+            return run_dir  # defensive: run ids are new for every submission
         self.host.makedirs(run_dir)
         for entry in self.host.list_dir(code):
             if not self.host.exists(f"{run_dir}/{entry}"):
@@ -279,10 +285,7 @@ class SlurmBackend:
             if batch:
                 waiting[run_id] = batch.strip()
         if waiting:
-            try:
-                listing = self._queue()
-            except BackendError:
-                return found
+            listing = self._queue()  # if Slurm cannot answer, neither can we: never guess "no job" and resubmit
             base_of = {
                 name[len(JOB_NAME_PREFIX) :]: job_id.split("_")[0]
                 for job_id, (_, _, name) in listing.items()

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import getpass
 import json
+import shlex
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backends.base import BackendError, JobRequest, SubmissionRefused
+from ..backends.base import BackendError, JobRequest, SubmissionFailed
 from ..faults import checkpoint
 from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
 from ..spec.experiments import format_value
+from ..spec.model import Environment
 from ..state.git import CodeVersion
 from ..state.lock import project_lock
 from ..state.tracking import Tag
@@ -115,6 +117,19 @@ class Submission:
         }
 
 
+def in_environment(command: str, environment: Environment | None) -> str:
+    """The command as it runs in its declared environment: modules, then the venv, inside the image."""
+    if environment is None:
+        return command
+    if environment.apptainer:
+        command = f"apptainer exec {shlex.quote(environment.apptainer)} sh -c {shlex.quote(command)}"
+    if environment.venv:
+        command = f". {shlex.quote(environment.venv.rstrip('/') + '/bin/activate')} && {command}"
+    if environment.modules:
+        command = f"module load {' '.join(shlex.quote(m) for m in environment.modules)} && {command}"
+    return command
+
+
 def data_variable(name: str) -> str:
     return "MANTIK_DATA_" + "".join(c if c.isalnum() else "_" for c in name.upper())
 
@@ -134,7 +149,10 @@ def submit(
         checkpoint("after-intent")
         started.append(run_id)
         locations = context.data_locations(project, want, sources)
+        declared = project.spec.environments.get(want.point.environment) if want.point.environment else None
         environment = {"MANTIK_RUN_KEY": want.key, **{data_variable(n): loc for n, loc in locations.items()}}
+        if declared is not None:
+            environment.update(declared.variables)
         if want.point.seed is not None:
             environment["MANTIK_SEED"] = str(want.point.seed)
         by_backend[want.point.backend].append(
@@ -142,7 +160,7 @@ def submit(
                 run_id=run_id,
                 run_key=want.key,
                 point_id=want.point.point_id,
-                command=want.point.command(locations),
+                command=in_environment(want.point.command(locations), declared),
                 code_dir=project.code_dir(context.code.commit),
                 tracking_uri=store.uri,
                 experiment_id=experiment_id,
@@ -150,26 +168,31 @@ def submit(
                 environment=environment,
             )
         )
-    refusals = []
+    errors = []
     for backend_name, requests in by_backend.items():
+        refused: list[str] = []
         try:
             job_ids = project.backend(backend_name).submit(requests)
-        except SubmissionRefused as exc:
+        except SubmissionFailed as exc:
             job_ids, refused = exc.submitted, exc.refused
-            refusals.append(f"backend {backend_name}: {exc}")
-        except BackendError as exc:
+            message = f"backend {backend_name}: {exc}"
+            errors.append(message)
+            if exc.unknown:
+                errors.append(
+                    f"{len(exc.unknown)} run(s) may have been submitted: the next plan adopts or resubmits them"
+                )
+        except BackendError as exc:  # nothing was accepted
             job_ids, refused = {}, [r.run_id for r in requests]
-            refusals.append(f"backend {backend_name}: {exc}")
-        else:
-            refused = []
+            message = f"backend {backend_name}: {exc}"
+            errors.append(message)
         checkpoint("after-submit")
         for run_id, job_id in job_ids.items():
             store.set_tags(run_id, {Tag.JOB_ID: job_id})
             checkpoint("after-job-recorded")
         for run_id in refused:  # never ran: closed now, resubmitted by the next apply without spending a retry
-            store.terminate(run_id, "FAILED", {Tag.FAILURE: f"{REFUSED}: {refusals[-1]}"})
-    if refusals:
-        raise UserError("; ".join(refusals))
+            store.terminate(run_id, "FAILED", {Tag.FAILURE: f"{REFUSED}: {message}"})
+    if errors:
+        raise UserError("; ".join(errors))
     return started
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from ..state.lock import project_lock
 from ..state.tracking import Tag
 from .errors import UserError
-from .project import Project
+from .project import Project, poll_jobs
 
 
 def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> list[str]:
@@ -21,6 +21,7 @@ def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> l
         if unknown:
             raise UserError(f"no experiment or run named {', '.join(unknown)}")
         chosen = [r for r in runs if r.live and (r.run_id in targets or r.experiment in targets)]
+        poll_jobs(project, chosen)  # an intent whose job exists unrecorded gets its job id: cancel that too
         by_backend = defaultdict(list)
         for run in chosen:
             if run.job_id and run.backend in project.spec.backends:
@@ -52,7 +53,7 @@ def follow_log(
             if offset == 0 and chunk is None:
                 raise UserError(f"run {run_id} has no output yet")
             return
-        status = project.store.client.get_run(run_id).info.status
+        status = project.store.run_status(run_id)
         if status in ("FINISHED", "FAILED", "KILLED"):
             tail = backend.read_log(run_id, offset)
             if tail:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..spec.experiments import format_value
 from .errors import UserError
 from .project import Project
 from .status import status_rows
@@ -26,8 +27,7 @@ def grid(project: Project, experiment: str, metric: str | None, goal: str = "min
     for row in status_rows(project):
         if row.experiment != experiment:
             continue
-        cells = row.point_id[len(experiment) + 1 : -1]
-        parameters = dict(cell.split("=", 1) for cell in cells.split(",") if "=" in cell)
+        parameters = {name: format_value(value) for name, value in row.parameters.items()}
         rows.append(GridRow(row.point_id, parameters, row.state, row.metrics))
     names = sorted({name for row in rows for name in row.metrics})
     if metric is None and names:

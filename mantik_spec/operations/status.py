@@ -23,6 +23,7 @@ class StatusRow:
     job_id: str | None = None
     started_ms: int | None = None
     metrics: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)  # the point's values (and seed), as declared
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -49,9 +50,10 @@ def status_rows(project: Project) -> list[StatusRow]:
     rows = []
     for want in observation.desired:
         run = latest.get(want.key)
+        parameters = dict(want.point.parameters) | ({"seed": want.point.seed} if want.point.seed is not None else {})
         if run is None:
             state = "suspended" if want.point.suspended else "not submitted"
-            rows.append(StatusRow(want.point.experiment, want.point.point_id, state))
+            rows.append(StatusRow(want.point.experiment, want.point.point_id, state, parameters=parameters))
             continue
         job = observation.jobs.get((run.backend, run.job_id)) if run.job_id else None
         rows.append(
@@ -64,6 +66,7 @@ def status_rows(project: Project) -> list[StatusRow]:
                 run.job_id,
                 run.start_time,
                 run.metrics,
+                parameters,
             )
         )
     return rows

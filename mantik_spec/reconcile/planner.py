@@ -51,7 +51,13 @@ def make_plan(
         runs.sort(key=lambda r: (r.attempt, r.start_time or 0))
 
     entries = []
+    warnings = []
+    planned: dict[str, str] = {}  # run key -> the point it is planned under
     for want in desired:
+        if want.key in planned:  # e.g. an experiment that extends another without changing its runs
+            warnings.append(f"{want.point.point_id} is the same run as {planned[want.key]}: planned once")
+            continue
+        planned[want.key] = want.point.point_id
         runs = by_key.get(want.key, [])
         entry = _plan_point(want, runs, by_point.get(want.point.point_id, []), jobs, changed_files or {}, commit)
         entries.append(entry)
@@ -60,7 +66,7 @@ def make_plan(
     for key, runs in by_key.items():
         if key not in declared:
             entries.extend(_plan_undeclared(runs, jobs, prune))
-    return Plan(entries=entries, commit=commit, spec_digest=spec_digest)
+    return Plan(entries=entries, commit=commit, spec_digest=spec_digest, warnings=warnings)
 
 
 def _entry(want: DesiredRun, action: Action, reason: str, **fields) -> PlannedRun:
@@ -105,6 +111,8 @@ def _plan_point(
         return _plan_live(want, live[-1], jobs)
 
     failed_attempts = sum(1 for r in runs if counts_as_attempt(r))
+    if runs and want.point.suspended:
+        return _entry(want, Action.SUSPENDED, "experiment is suspended (its last run failed)", **_about(runs[-1]))
     if runs:  # only failed attempts
         last = runs[-1]
         ended = jobs.get((last.backend, last.job_id)) if last.job_id else None
@@ -125,9 +133,17 @@ def _plan_point(
 
 def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRun:
     """A live run of the key: the backend's word on its job decides."""
+    suspended = want.point.suspended
     if run.job_id is None:
-        reason = INTERRUPTED + "; resubmitting"
-        return _entry(want, Action.REPAIR, reason, **_about(run), mark_status="FAILED", next_attempt=run.attempt)
+        reason = INTERRUPTED + ("; not resubmitted: the experiment is suspended" if suspended else "; resubmitting")
+        return _entry(
+            want,
+            Action.REPAIR,
+            reason,
+            **_about(run),
+            mark_status="FAILED",
+            next_attempt=None if suspended else run.attempt,
+        )
     status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
     note = f"job {run.job_id} {status.state.value}"
     if status.state.live or status.state is JobState.UNKNOWN:
@@ -138,8 +154,11 @@ def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRu
     if _final_status(status) == "FINISHED":
         reason = f"job {run.job_id} completed but the run was not closed; recording FINISHED"
         return _entry(want, Action.REPAIR, reason, **_about(run), mark_status="FINISHED", record_job=run.adopted_job)
-    retry_allowed = run.attempt <= want.point.retries
-    follow = f"; retrying (attempt {run.attempt + 1})" if retry_allowed else "; no retries left"
+    retry_allowed = run.attempt <= want.point.retries and not suspended
+    if suspended:
+        follow = "; not retried: the experiment is suspended"
+    else:
+        follow = f"; retrying (attempt {run.attempt + 1})" if retry_allowed else "; no retries left"
     return _entry(
         want,
         Action.REPAIR,

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
-from .experiments import DATA_PREFIX, SEED_PARAMETER, placeholders, resolve_extends, seeds_of, type_error
+from .experiments import DATA_PREFIX, SEED_PARAMETER, coerce, placeholders, resolve_extends, seeds_of, type_error
 from .hints import suggest, unknown_name
 from .model import Spec
 
@@ -164,7 +164,8 @@ def _grid(name: str, experiment, entry) -> Iterator[Finding]:
         values = value if isinstance(value, list) else [value]
         if not values:
             yield (*where, parameter), "empty grid axis: give at least one value"
-        if len(set(map(repr, values))) != len(values):
+        declared_type = entry.parameters[parameter].type
+        if len({repr(coerce(v, declared_type)) for v in values}) != len(values):  # 1 and 1.0 are one float
             yield (*where, parameter), "grid axis lists a value twice"
         for index, item in enumerate(values):
             if problem := type_error(item, entry.parameters[parameter].type):

@@ -1,7 +1,8 @@
 """DVC data through dvc's own API: is a version pushed, and checking one out at a commit.
 
-Imported only by ``apply`` (for backends that cannot see this machine's DVC
-cache) and ``reproduce``; ``validate`` and ``plan`` read ``.dvc`` files directly.
+Imported only by ``reproduce`` and, through :func:`unpushed`, by what checks a
+data version before it goes to a backend that cannot see this machine's DVC
+cache; ``validate`` and ``plan`` read ``.dvc`` files directly.
 """
 
 from __future__ import annotations

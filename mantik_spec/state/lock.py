@@ -70,8 +70,8 @@ def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    except OSError:  # no /proc here (not Linux): never break a lock on a guess
+        return False
 
 
 @contextmanager

@@ -80,6 +80,9 @@ class ObservedRun:
 def resolve_tracking_uri(tracking: Tracking, project_root: Path) -> str:
     """``MLFLOW_TRACKING_URI`` wins; a relative sqlite path is taken from the project root."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
+    if urlparse(uri).password:
+        # the URI is handed to every job and written into its job description: keep secrets out of it
+        raise TrackingError("the tracking URI carries a password: set MLFLOW_TRACKING_USERNAME/_PASSWORD instead")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         database = (project_root / uri[len("sqlite:///") :]).resolve()
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +217,9 @@ class TrackingStore:
             self._call(self.client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
         self._call(self.client.update_run, run_id, status="SCHEDULED")
         return run_id
+
+    def run_status(self, run_id: str) -> str:
+        return self._call(self.client.get_run, run_id).info.status
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -116,4 +116,6 @@ def environment_identity(project_root: Path, name: str, environment: Environment
         parts.append(f"requirements:sha256:{digests.digest(file)}")
     if environment.modules:
         parts.append("modules:" + ",".join(environment.modules))
+    if environment.variables:  # they can change what a run computes
+        parts.append("variables:" + json.dumps(environment.variables, sort_keys=True))
     return ";".join(parts)
