@@ -8,6 +8,7 @@ included, can point at ``file:line:col``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -22,6 +23,7 @@ Path = tuple  # a path into the document: mapping keys and list indices
 # Aliases let a small file expand into a huge object graph ("billion laughs").
 MAX_EXPANDED_NODES = 200_000
 MAX_DEPTH = 64
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class Problem:
         where = self.file
         if self.mark is not None:
             where += f":{self.mark.line}:{self.mark.column}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        # one line per problem, whatever a key or value holds: control characters are shown escaped
+        return CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 class SpecError(Exception):

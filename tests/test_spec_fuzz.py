@@ -1,0 +1,112 @@
+"""Hostile and broken specs: every input ends in a valid Spec or in file:line problems, never another exception."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mantik_spec.spec.load import validate_document
+from mantik_spec.spec.yamlload import SpecError, load_marked
+
+EXAMPLES = int(os.environ.get("MANTIK_FUZZ_EXAMPLES", "3000"))
+PROBLEM_LINE = re.compile(r"^mantik\.yaml(:\d+:\d+)?: ")
+
+BASE = {
+    "version": 1,
+    "project": "fuzz",
+    "entry_points": {
+        "train": {
+            "command": "python train.py --lr {lr} --n {n}",
+            "parameters": {"lr": "float", "n": {"type": "int", "default": 3}},
+        }
+    },
+    "backends": {
+        "local": {"type": "local", "max_parallel": 2},
+        "hpc": {"type": "slurm", "resources": {"time": "1:00:00", "mem": "4G"}},
+    },
+    "experiments": {
+        "a": {"entry_point": "train", "backend": "local", "parameters": {"lr": [0.1, 0.2]}, "seeds": 2},
+        "b": {"extends": "a", "backend": "hpc"},
+    },
+}
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.text(alphabet="{}%$;|&`'\"\\\n\t ", max_size=20),
+    st.just("x" * 5000),
+    st.sampled_from(["float", "int", "local", "slurm", "train", "a", "{lr}", "{{ x }}", "{% if %}"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+def paths(data, prefix=()):
+    yield prefix
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from paths(value, (*prefix, key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from paths(value, (*prefix, index))
+
+
+@st.composite
+def mutated_specs(draw):
+    import copy
+
+    spec = copy.deepcopy(BASE)
+    for _ in range(draw(st.integers(1, 4))):
+        targets = list(paths(spec))
+        path = draw(st.sampled_from(targets))
+        action = draw(st.sampled_from(["replace", "add", "delete"]))
+        parent = spec
+        for part in path[:-1]:
+            parent = parent[part]
+        if not path:
+            continue
+        if action == "delete" and isinstance(parent, dict):
+            parent.pop(path[-1], None)
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(st.text(max_size=15))] = draw(values)
+        else:
+            parent[path[-1]] = draw(values)
+    return spec
+
+
+def check(text: str) -> None:
+    try:
+        validate_document(load_marked(text, "mantik.yaml"))
+    except SpecError as exc:
+        assert exc.problems
+        for problem in exc.problems:
+            assert PROBLEM_LINE.match(str(problem)), str(problem)
+            assert "\n" not in str(problem), f"a problem must be one line: {problem!r}"
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_specs())
+def test_mutated_specs_give_problems_never_exceptions(spec):
+    check(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+
+
+@settings(max_examples=EXAMPLES // 3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=400))
+def test_arbitrary_text_gives_problems_never_exceptions(text):
+    check(text)
+
+
+@settings(max_examples=EXAMPLES // 3, deadline=None)
+@given(st.integers(1, 300))
+def test_deep_nesting_is_refused_with_a_line(depth):
+    check("project: p\nexperiments:\n  a:\n    parameters:\n      x: " + "[" * depth + "1" + "]" * depth + "\n")
