@@ -306,3 +306,27 @@ def test_a_password_in_the_tracking_uri_is_refused(project):
         "Error: the tracking URI carries a password: set MLFLOW_TRACKING_USERNAME/_PASSWORD instead"
     )
     assert "secret" not in refused.stderr.replace("carries a password", "")
+
+
+def test_credentials_from_the_environment_are_written_nowhere(project, tmp_path):
+    secret = "s3cr3t-token-value-4711"
+    project.write(
+        "mantik.yaml",
+        BASIC_SPEC.replace(
+            "code: {paths: [train.py]}", "code: {paths: [train.py]}\ntracking: {token_env: MY_TRACKING_TOKEN}"
+        ).replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2], fail: true}"),
+    )
+    project.commit("token from the environment")
+    env = {"MY_TRACKING_TOKEN": secret}
+    plan_file = tmp_path / "plan.json"
+    outputs = [project.mantik("plan", "--out", str(plan_file), env=env)]
+    outputs.append(project.mantik("apply", "--auto-approve", "--wait", check=1, env=env))  # the runs fail
+    outputs.append(project.mantik("status", env=env))
+    outputs.append(project.mantik("logs", project.runs()[0].info.run_id, env=env))
+    outputs.append(project.mantik("-v", "apply", "--auto-approve", check=None, env=env))
+    for result in outputs:
+        assert secret not in result.stdout + result.stderr
+    for path in [plan_file, *(p for p in (project.path / ".mantik").rglob("*") if p.is_file())]:
+        assert secret.encode() not in path.read_bytes(), f"the credential leaked into {path}"
+    for run in project.runs():
+        assert secret not in repr(run.data.tags) + repr(run.data.params)
