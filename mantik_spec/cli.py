@@ -279,17 +279,21 @@ def _watch_status(project, interval: float) -> None:
             live.update(_status_table(rows), refresh=True)
             if all(row.state in ENDED or row.state in ("not submitted", "suspended") for row in rows):
                 break
-            time.sleep(max([interval, *(b.min_poll_interval for b in project.backends.values())]))
+            time.sleep(project.poll_pause(interval))
     click.echo("Every declared run has ended (or was never submitted).")
 
 
-def _print_status_table(rows) -> None:
+def _table_console():
     from rich.console import Console
 
     console = Console()
     if not console.is_terminal:  # piped or captured: never cut a run's name to fit 80 columns
         console = Console(width=1000)
-    console.print(_status_table(rows))
+    return console
+
+
+def _print_status_table(rows) -> None:
+    _table_console().print(_status_table(rows))
 
 
 def _status_table(rows):
@@ -419,7 +423,6 @@ def init(directory, mlproject, ci, default_branch, force):
 @click.option("--against", help="The parameter on the plot's x axis (default: the first that varies).")
 def show(directory, experiment, metric, goal, plot_file, against):
     """An experiment's grid: parameters against final metrics, the best point marked."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -438,8 +441,7 @@ def show(directory, experiment, metric, goal, plot_file, against):
             table.add_row(
                 "*" if row.best else "", *(escape(row.parameters.get(p, "")) for p in parameters), row.state, *values
             )
-        console = Console() if sys.stdout.isatty() else Console(width=1000)
-        console.print(table)
+        _table_console().print(table)
         if metric:
             click.echo(f"* best by {metric} ({goal})")
         if plot_file:

@@ -197,10 +197,7 @@ def submit(
 
 
 def run_params(want: DesiredRun) -> dict[str, str]:
-    params = {k: format_value(v) for k, v in want.point.parameters}
-    if want.point.seed is not None:
-        params.setdefault("seed", str(want.point.seed))
-    return params
+    return {name: format_value(value) for name, value in want.point.values.items()}
 
 
 def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from ..state.lock import project_lock
-from ..state.tracking import Tag
+from ..state.tracking import TERMINAL, Tag
 from .errors import UserError
 from .project import Project, poll_jobs
 
@@ -53,8 +53,7 @@ def follow_log(
             if offset == 0 and chunk is None:
                 raise UserError(f"run {run_id} has no output yet")
             return
-        status = project.store.run_status(run_id)
-        if status in ("FINISHED", "FAILED", "KILLED"):
+        if project.store.run_status(run_id) in TERMINAL:
             tail = backend.read_log(run_id, offset)
             if tail:
                 yield tail

@@ -43,6 +43,10 @@ class Project:
             self.backends[name] = make_backend(name, self.spec.backends[name], self.state_dir)
         return self.backends[name]
 
+    def poll_pause(self, wanted: float) -> float:
+        """How long a polling loop sleeps: never shorter than any backend in use allows."""
+        return max([wanted, *(backend.min_poll_interval for backend in self.backends.values())])
+
     def code_dir(self, commit: str) -> Path:
         """The committed tree at ``commit``, exported once and shared by that commit's runs."""
         target = self.state_dir / "code" / commit

@@ -50,7 +50,7 @@ def status_rows(project: Project) -> list[StatusRow]:
     rows = []
     for want in observation.desired:
         run = latest.get(want.key)
-        parameters = dict(want.point.parameters) | ({"seed": want.point.seed} if want.point.seed is not None else {})
+        parameters = want.point.values
         if run is None:
             state = "suspended" if want.point.suspended else "not submitted"
             rows.append(StatusRow(want.point.experiment, want.point.point_id, state, parameters=parameters))
@@ -87,8 +87,7 @@ def follow(
         on_update(states)
         if all(state in ENDED for state in states.values()) and len(states) == len(wanted):
             return states
-        # never ask a scheduler more often than its backend allows
-        time.sleep(max([interval, *(b.min_poll_interval for b in project.backends.values())]))
+        time.sleep(project.poll_pause(interval))
 
 
 ENDED = {"finished", "failed", "killed"} | {s.value for s in JobState if s.ended}

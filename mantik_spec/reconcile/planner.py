@@ -76,7 +76,7 @@ def _entry(want: DesiredRun, action: Action, reason: str, **fields) -> PlannedRu
         point_id=want.point.point_id,
         run_key=want.key,
         backend=want.point.backend,
-        parameters=dict(want.point.parameters) | ({"seed": want.point.seed} if want.point.seed is not None else {}),
+        parameters=want.point.values,
         reason=reason,
         **fields,
     )

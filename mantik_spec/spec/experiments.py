@@ -133,6 +133,11 @@ class RunPoint:
     suspended: bool
 
     @property
+    def values(self) -> dict:
+        """Every parameter value of the point, its seed included."""
+        return dict(self.parameters) | ({SEED_PARAMETER: self.seed} if self.seed is not None else {})
+
+    @property
     def point_id(self) -> str:
         cells = [f"{k}={format_value(v)}" for k, v in self.parameters if k != SEED_PARAMETER]
         if self.seed is not None:
