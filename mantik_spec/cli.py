@@ -309,7 +309,7 @@ def _status_table(rows):
     now_ms = time.time() * 1000
     for row in rows:
         age = _age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
-        job = (row.job_id or "")[:12]
+        job = (row.job_id or "").rstrip("/").rsplit("/", 1)[-1][:12]  # a UNICORE job id is its URL
         metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
         table.add_row(
             escape(row.experiment), escape(row.point_id), row.state, str(row.attempt or ""), job, age, *metrics
@@ -392,19 +392,31 @@ def reproduce(directory, run_id, backend, lock_timeout):
     "--from-mlproject",
     "mlproject",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Take the entry points from an existing MLflow MLproject file.",
+    help="Read the entry points from an existing MLflow MLproject file.",
+)
+@click.option(
+    "--backend-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Run on the UNICORE site of an existing Mantik compute-backend config.",
 )
 @click.option(
     "--ci", type=click.Choice(["github", "gitlab"]), help="Also write CI files: plan on review, apply on merge."
 )
 @click.option("--default-branch", default="main", show_default=True, help="The branch whose merges apply.")
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
-def init(directory, mlproject, ci, default_branch, force):
+def init(directory, mlproject, backend_config, ci, default_branch, force):
     """Write a commented mantik.yaml (and CI files), and keep .mantik/ out of git."""
     from .operations.init import init as write_files
 
     with user_errors():
-        written = write_files(directory, mlproject=mlproject, ci=ci, force=force, default_branch=default_branch)
+        written = write_files(
+            directory,
+            mlproject=mlproject,
+            backend_config=backend_config,
+            ci=ci,
+            force=force,
+            default_branch=default_branch,
+        )
     for path in written:
         click.echo(f"wrote {path}")
     click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")

@@ -64,10 +64,29 @@ def _write_atomically(path, text):
     os.replace(temporary, path)
 
 
+def _unpack(archive, workdir):
+    """Unpack the code sent as an archive; no member may land outside ``workdir``."""
+    import tarfile
+
+    os.makedirs(workdir, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(workdir, filter="data")
+            return
+        root = os.path.realpath(workdir)  # Pythons before the extraction filters: check by hand
+        for member in tar.getmembers():
+            target = os.path.realpath(os.path.join(workdir, member.name))
+            if os.path.commonpath([root, target]) != root or member.issym() and os.path.isabs(member.linkname):
+                raise ValueError(f"archive member {member.name} would land outside the working directory")
+        tar.extractall(workdir)
+
+
 def main(job_dir):
     with open(os.path.join(job_dir, "job.json")) as handle:
         job = json.load(handle)
     workdir = os.path.join(job_dir, job.get("workdir", "work"))
+    if job.get("archive"):
+        _unpack(os.path.join(job_dir, job["archive"]), workdir)
     tracking = Tracking(job["tracking_uri"], job["run_id"])
     tracking.do("update_run", status="RUNNING")
 

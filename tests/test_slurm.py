@@ -159,7 +159,7 @@ def test_invalid_slurm_sizes_and_times_fail_validation(project):
     project.write("mantik.yaml", slurm_spec(time="1d").replace("mem: 200M", "mem: 64 GB"))
     result = project.mantik("validate", check=1)
     lines = result.stderr.strip().splitlines()
-    assert any("backends.cluster.resources.mem: '64 GB' is not a Slurm size" in line for line in lines)
+    assert any("backends.cluster.resources.mem: '64 GB' is not a size" in line for line in lines)
     assert any("backends.cluster.resources.time: '1d' is not a Slurm time" in line for line in lines)
 
 

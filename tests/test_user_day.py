@@ -40,12 +40,38 @@ def test_init_from_an_mlproject_writes_a_spec_that_validates(repo):
     out = repo.mantik("init", "--from-mlproject", "MLproject").stdout
     assert "wrote" in out and "mantik.yaml" in out
     spec = yaml.safe_load((repo.path / "mantik.yaml").read_text())
-    assert spec["entry_points"]["main"]["command"] == "python train.py --alpha {alpha} --l1 {l1_ratio}"
-    assert spec["entry_points"]["main"]["parameters"]["alpha"] == {"type": "float", "default": 0.5}
-    assert spec["experiments"]["main"]["parameters"] == {"l1_ratio": [0.01]}
+    assert spec["mlproject"] == "MLproject" and "entry_points" not in spec  # read unchanged, not copied
+    assert spec["experiments"]["main"]["parameters"] == {"l1_ratio": [0.01]}  # the one without a default
     assert (repo.path / "mantik.yaml").read_text().startswith("# yaml-language-server: $schema=")
     repo.mantik("validate")
     assert ".mantik/" in (repo.path / ".gitignore").read_text().splitlines()
+
+
+MANTIK_BACKEND_CONFIG = """\
+UnicoreApiUrl: https://zam2125.zam.kfa-juelich.de:9112/JUWELS/rest/core
+Resources: {Queue: booster, Runtime: 2h, Nodes: 1, MemoryPerNode: 64G}
+Environment:
+  Python: /p/project/demo/venv
+  Modules: [Stages/2024, Python]
+"""
+
+
+def test_init_from_a_mantik_project_runs_it_on_its_unicore_site(repo, tmp_path):
+    repo.write("MLproject", MLPROJECT)
+    repo.write("compute-backend-config.yaml", MANTIK_BACKEND_CONFIG)
+    repo.mantik("init", "--from-mlproject", "MLproject", "--backend-config", "compute-backend-config.yaml")
+    spec = yaml.safe_load((repo.path / "mantik.yaml").read_text())
+    assert spec["backends"]["hpc"] == {"type": "unicore", "config": "compute-backend-config.yaml"}
+    assert spec["experiments"]["main"]["backend"] == "hpc"
+    repo.mantik("validate")
+    repo.commit("adopt mantik")
+    explained = repo.mantik("explain", "main[alpha=0.5,l1_ratio=0.01]").stdout
+    assert "modules:Stages/2024,Python" in explained  # the config's Environment enters the run key
+
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text(MANTIK_BACKEND_CONFIG)
+    refused = repo.mantik("init", "--force", "--backend-config", str(outside), check=1)
+    assert "the file must be inside the project" in refused.stderr
 
 
 def test_init_refuses_to_overwrite_without_force(repo):

@@ -178,9 +178,9 @@ def test_unpushed_data_versions_are_found(data_project, tmp_path):
     from mantik_spec.state.dvcdata import unpushed
 
     dvc(data_project, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
-    assert unpushed(data_project.path, ["data/era5.csv"]) == ["data/era5.csv"]
+    assert unpushed(data_project.path, ["data/era5.csv"]) == (["data/era5.csv"], "storage")
     dvc(data_project, "push", "-q")
-    assert unpushed(data_project.path, ["data/era5.csv"]) == []
+    assert unpushed(data_project.path, ["data/era5.csv"]) == ([], "storage")
 
 
 def test_dvc_example_runs_to_finished(tmp_path):

@@ -18,4 +18,8 @@ def make_backend(name: str, config, state_root: Path):
         from .slurm import SlurmBackend
 
         return SlurmBackend(name, config, state_root)
+    if config.type == "unicore":
+        from .unicore import UnicoreBackend
+
+        return UnicoreBackend(name, config, state_root)
     raise ValueError(f"backend type {config.type!r} is not implemented")  # the spec model rejects it first

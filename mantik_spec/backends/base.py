@@ -54,6 +54,9 @@ class JobRequest:
     experiment_id: str
     environment: dict[str, str] = field(default_factory=dict)
     group: str = ""  # runs of one group (an experiment) may be submitted together, e.g. as one job array
+    # local files the job needs that are not committed (a local Apptainer image), by their path
+    # relative to the run's working directory; only backends that cannot see this machine's files send them
+    inputs: dict[str, Path] = field(default_factory=dict)
 
     def runner_job(self, workdir: str, **extra) -> dict:
         """The ``job.json`` the in-job runner reads (see :mod:`mantik_spec.runner`)."""
@@ -92,6 +95,8 @@ class SubmissionFailed(BackendError):
 
 class Backend(Protocol):
     name: str
+    shares_files: bool  # whether jobs see this machine's files (else local inputs are sent with them)
+    min_poll_interval: float  # never ask the backend for job states more often than this
 
     def submit(self, requests: list[JobRequest]) -> dict[str, str]:
         """Start the runs; returns run id -> job id. Each job carries its run id and key."""
@@ -105,5 +110,5 @@ class Backend(Protocol):
     def cancel(self, job_ids: list[str]) -> None:
         """Cancel many jobs in one call."""
 
-    def read_log(self, run_id: str, offset: int = 0) -> bytes | None:
+    def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         """The run's combined output from byte ``offset`` on; None when there is none (yet)."""

@@ -117,6 +117,7 @@ class LocalQueue:
 
 class LocalBackend:
     min_poll_interval = 0.0  # polling reads a few files: no load to spare anyone
+    shares_files = True  # jobs see this machine's files: nothing uncommitted needs sending
 
     def __init__(self, name: str, config: LocalConfig, state_root: Path):
         self.name = name
@@ -203,5 +204,5 @@ class LocalBackend:
                     except ProcessLookupError:
                         pass
 
-    def read_log(self, run_id: str, offset: int = 0) -> bytes | None:
+    def read_log(self, run_id: str, job_id: str | None = None, offset: int = 0) -> bytes | None:
         return read_from(str(self.queue.job_dir(run_id) / runner.OUTPUT_FILE), offset)

@@ -76,6 +76,8 @@ def directives(config: SlurmConfig) -> list[str]:
 
 
 class SlurmBackend:
+    shares_files = True  # mantik runs on the login node, whose filesystem the compute nodes share
+
     def __init__(self, name: str, config: SlurmConfig, state_root: Path, host=None):
         self.name = name
         self.config = config
@@ -313,7 +315,7 @@ class SlurmBackend:
             raise BackendError(f"scancel failed: {_strip_prefix(result.error_line())}")
         self._listing = None
 
-    def read_log(self, run_id: str, offset: int = 0) -> bytes | None:
+    def read_log(self, run_id: str, job_id: str | None = None, offset: int = 0) -> bytes | None:
         return self.host.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)
 
 

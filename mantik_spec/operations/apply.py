@@ -91,6 +91,8 @@ def execute(project: Project, plan: Plan, observation: Observation) -> list[str]
         tags = {Tag.JOB_ID: entry.job_id} if entry.record_job and entry.job_id else {}
         if entry.mark_status and entry.mark_status != "FINISHED":
             tags[Tag.FAILURE] = entry.reason
+        if entry.mark_status and entry.job_id:
+            keep_output(project, entry)
         if entry.mark_status:
             store.terminate(entry.run_id, entry.mark_status, tags)
         elif tags:
@@ -101,6 +103,19 @@ def execute(project: Project, plan: Plan, observation: Observation) -> list[str]
     return submit(project, context, [(desired[e.run_key], e) for e in to_start])
 
 
+def keep_output(project: Project, entry: PlannedRun) -> None:
+    """A run closed from its job's state never heard from its runner (often: compute nodes cannot reach
+    the tracking server), so its output is fetched from the backend and kept as its log artifact."""
+    if entry.backend not in project.spec.backends:
+        return
+    try:
+        output = project.backend(entry.backend).read_log(entry.run_id, entry.job_id)
+    except BackendError:
+        return  # the run is still closed; `mantik logs` can fetch the output later
+    if output:
+        project.store.log_output(entry.run_id, output)
+
+
 @dataclass(frozen=True)
 class Submission:
     """What the runs of one apply (or one reproduce) share: the code version, where data is, extra tags."""
@@ -109,25 +124,73 @@ class Submission:
     data_root: Path  # where DVC-tracked data paths are, as the job sees them
     extra_tags: dict = field(default_factory=dict)
 
-    def data_locations(self, project: Project, want: DesiredRun, sources=None) -> dict[str, str]:
-        sources = sources if sources is not None else project.spec.data
-        return {
-            name: str(self.data_root / sources[name].path) if sources[name].path else sources[name].url
-            for name in want.point.data
-        }
+    def data_locations(self, want: DesiredRun, sources, remote: dict[str, str] | None = None) -> dict[str, str]:
+        """Where the run finds each data source: the local path, or with ``remote`` (for backends that
+        cannot see this machine) the DVC remote's location of that path's version."""
+
+        def location(source) -> str:
+            if not source.path:
+                return source.url
+            return remote[source.path] if remote is not None else str(self.data_root / source.path)
+
+        return {name: location(sources[name]) for name in want.point.data}
 
 
-def in_environment(command: str, environment: Environment | None) -> str:
-    """The command as it runs in its declared environment: modules, then the venv, inside the image."""
+def remote_data(project: Project, context: Submission, starts, sources) -> dict[str, str]:
+    """DVC-tracked data for backends that cannot see this machine must be in the DVC remote: checked with
+    dvc's own API before anything is submitted (a run that cannot find its data only fails on the cluster)."""
+    names_of: dict[str, dict[str, str]] = defaultdict(dict)  # path -> data source name -> version
+    for want, _ in starts:
+        if project.backend(want.point.backend).shares_files:
+            continue
+        for name in want.point.data:
+            if sources[name].path:
+                names_of[sources[name].path][name] = want.identity.data.get(name, "")
+    if not names_of:
+        return {}
+    from ..state.dvcdata import remote_urls, unpushed
+    from ..state.versions import VersionError
+
+    try:
+        missing, remote = unpushed(context.data_root, sorted(names_of))
+        if missing:
+            problems = [
+                f"data.{name}: version {version.removeprefix('md5:')[:8]}… is not in remote '{remote}'"
+                for path in missing
+                for name, version in sorted(names_of[path].items())
+            ]
+            raise UserError("; ".join(problems) + "; run dvc push")
+        return remote_urls(context.data_root, sorted(names_of))
+    except VersionError as exc:
+        raise UserError(str(exc)) from None
+
+
+def in_environment(command: str, environment: Environment | None, image: str | None = None) -> str:
+    """The command as it runs in its declared environment: modules, the venv and the pre-run lines,
+    then the command inside the image (found at ``image``), then the post-run lines."""
     if environment is None:
         return command
     if environment.apptainer:
-        command = f"apptainer exec {shlex.quote(environment.apptainer)} sh -c {shlex.quote(command)}"
-    if environment.venv:
-        command = f". {shlex.quote(environment.venv.rstrip('/') + '/bin/activate')} && {command}"
+        options = [shlex.quote(word) for option in environment.apptainer_options for word in shlex.split(option)]
+        words = ["apptainer", "exec", *options, shlex.quote(image or environment.apptainer)]
+        command = f"{' '.join(words)} sh -c {shlex.quote(command)}"
+    steps = []
     if environment.modules:
-        command = f"module load {' '.join(shlex.quote(m) for m in environment.modules)} && {command}"
-    return command
+        steps.append(f"module load {' '.join(shlex.quote(m) for m in environment.modules)}")
+    if environment.venv:
+        steps.append(f". {shlex.quote(environment.venv.rstrip('/') + '/bin/activate')}")
+    # written by the user, like any line of a job script: run as given
+    return " && ".join([*steps, *environment.pre_run, command, *environment.post_run])
+
+
+def image_for(project: Project, environment: Environment | None, backend) -> tuple[str | None, dict[str, Path]]:
+    """Where the job finds its Apptainer image, and the local file to send when the backend cannot see it."""
+    if environment is None or not environment.apptainer or environment.image_is_remote:
+        return None, {}
+    local = project.root / environment.apptainer
+    if backend.shares_files:
+        return str(local), {}
+    return environment.apptainer, {environment.apptainer: local}
 
 
 def data_variable(name: str) -> str:
@@ -139,6 +202,8 @@ def submit(
 ) -> list[str]:
     """Intent records first, then one submission per backend, then the job ids."""
     store = project.store
+    sources = sources if sources is not None else project.spec.data
+    remote = remote_data(project, context, starts, sources)  # before any intent: a refusal leaves nothing behind
     experiment_ids = store.experiment_ids() if starts else {}
     by_backend: dict[str, list[JobRequest]] = defaultdict(list)
     started = []
@@ -148,24 +213,27 @@ def submit(
         run_id = store.create_run(experiment_id, want.point.point_id, tags, run_params(want))
         checkpoint("after-intent")
         started.append(run_id)
-        locations = context.data_locations(project, want, sources)
+        backend = project.backend(want.point.backend)
+        locations = context.data_locations(want, sources, None if backend.shares_files else remote)
         declared = project.spec.environments.get(want.point.environment) if want.point.environment else None
         environment = {"MANTIK_RUN_KEY": want.key, **{data_variable(n): loc for n, loc in locations.items()}}
         if declared is not None:
             environment.update(declared.variables)
         if want.point.seed is not None:
             environment["MANTIK_SEED"] = str(want.point.seed)
+        image, inputs = image_for(project, declared, backend)
         by_backend[want.point.backend].append(
             JobRequest(
                 run_id=run_id,
                 run_key=want.key,
                 point_id=want.point.point_id,
-                command=in_environment(want.point.command(locations), declared),
+                command=in_environment(want.point.command(locations), declared, image),
                 code_dir=project.code_dir(context.code.commit),
                 tracking_uri=store.uri,
                 experiment_id=experiment_id,
                 group=want.point.experiment,
                 environment=environment,
+                inputs=inputs,
             )
         )
     errors = []

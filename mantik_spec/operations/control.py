@@ -45,7 +45,7 @@ def follow_log(
     backend = project.backend(run.backend)
     offset = 0
     while True:
-        chunk = backend.read_log(run_id, offset)
+        chunk = backend.read_log(run_id, run.job_id, offset)
         if chunk:
             offset += len(chunk)
             yield chunk
@@ -54,7 +54,7 @@ def follow_log(
                 raise UserError(f"run {run_id} has no output yet")
             return
         if project.store.run_status(run_id) in TERMINAL:
-            tail = backend.read_log(run_id, offset)
+            tail = backend.read_log(run_id, run.job_id, offset)
             if tail:
                 yield tail
             return

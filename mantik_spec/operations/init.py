@@ -1,4 +1,5 @@
-"""``mantik init``: a commented mantik.yaml (from an MLproject when there is one) and CI files.
+"""``mantik init``: a commented mantik.yaml (reading an MLproject and a Mantik compute-backend config
+when there are some) and CI files.
 
 Everything is rendered from ``templates/`` and checked before it is written:
 the spec must validate and CI files must parse. Existing files are kept
@@ -73,15 +74,28 @@ def _name(text: str) -> str:
     return cleaned if cleaned[0].isalnum() else "p" + cleaned
 
 
+def _inside(directory: Path, path: Path | None, option: str) -> str | None:
+    """``path`` relative to the project, which must hold it: mantik.yaml refers to it from there."""
+    if path is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(directory.resolve()).as_posix()
+    except ValueError:
+        raise UserError(f"{option} {path}: the file must be inside the project ({directory})") from None
+
+
 def init(
     directory: Path,
     *,
     mlproject: Path | None = None,
+    backend_config: Path | None = None,
     ci: str | None = None,
     force: bool = False,
     default_branch: str = "main",
 ) -> list[Path]:
     directory = Path(directory)
+    mlproject_file = _inside(directory, mlproject, "--from-mlproject")
+    config_file = _inside(directory, backend_config, "--backend-config")
     if mlproject is not None:
         entry_points = entry_points_from_mlproject(mlproject)
     else:
@@ -95,6 +109,8 @@ def init(
                 "schema_url": SCHEMA_ID,
                 "project": _name(directory.resolve().name),
                 "entry_points": entry_points,
+                "mlproject": mlproject_file or "",
+                "backend_config": config_file or "",
             },
         ),
     }
@@ -102,7 +118,7 @@ def init(
         files[CI_FILES[ci]] = render(
             packaged(f"ci-{ci}.yml.j2"), {"install": INSTALL, "default_branch": default_branch}
         )
-    _check(files)
+    _check(files, directory)
     existing = [name for name in files if (directory / name).exists()]
     if existing and not force:
         verb = "exists" if len(existing) == 1 else "exist"
@@ -118,10 +134,10 @@ def init(
     return written
 
 
-def _check(files: dict[str, str]) -> None:
-    """Nothing is written that would not validate or parse."""
+def _check(files: dict[str, str], directory: Path) -> None:
+    """Nothing is written that would not validate (with the files it reads) or parse."""
     try:
-        validate_document(load_marked(files[SPEC_FILE], SPEC_FILE))
+        validate_document(load_marked(files[SPEC_FILE], SPEC_FILE), directory)
     except SpecError as exc:  # an MLproject mantik cannot express as is
         raise UserError(f"the generated {SPEC_FILE} would not validate: {exc.problems[0]}") from None
     for text in files.values():

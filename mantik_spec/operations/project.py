@@ -183,4 +183,10 @@ def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation
             f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "
             "the plan uses the last commit; apply will refuse"
         )
+    remote = sorted({d.point.backend for d in observation.desired if not project.backend(d.point.backend).shares_files})
+    if remote and project.store.uri.startswith(("sqlite:", "file:", "/")):
+        plan.warnings.append(
+            f"jobs on {', '.join(remote)} may not reach the tracking store on this machine: each apply closes "
+            "their runs from the backend's job state and keeps their output (an MLflow server shows them live)"
+        )
     return plan, observation

@@ -146,6 +146,8 @@ def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRu
         )
     status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
     note = f"job {run.job_id} {status.state.value}"
+    if status.state is JobState.UNKNOWN and status.detail:  # why the backend could not say
+        note += f": {status.detail}"
     if status.state.live or status.state is JobState.UNKNOWN:
         if run.adopted_job:
             reason = f"{note}, found on the backend but not recorded; adopting it"

@@ -65,6 +65,8 @@ def semantic(spec: Spec) -> Iterator[Finding]:
     yield from _entry_points(spec)
     yield from _paths(spec)
     for name, backend in spec.backends.items():
+        if backend.type == "unicore" and not backend.url and not backend.config:
+            yield ("backends", name), "url is required (or config: a Mantik compute-backend config with UnicoreApiUrl)"
         if backend.environment and backend.environment not in spec.environments:
             yield ("backends", name, "environment"), unknown_name("environment", backend.environment, spec.environments)
     experiments, extends_problems = resolve_extends(spec)

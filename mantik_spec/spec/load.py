@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from .checks import inline_credentials, on_disk, semantic
 from .hints import suggest
+from .includes import compose
 from .model import Spec
 from .yamlload import Mark, MarkedDocument, Problem, SpecError, dotted, load_marked
 
@@ -74,10 +75,14 @@ def load_spec(directory: Path | str = ".") -> LoadedSpec:
 
 
 def validate_document(document: MarkedDocument, project_root: Path | None = None) -> Spec:
+    """Validate a parsed spec; with ``project_root``, the files it includes and refers to are read too."""
     if not isinstance(document.data, dict):
         raise SpecError([document.problem((), "the top level must be a mapping (project:, experiments:, ...)")])
+    problems: list[Problem] = []
+    if project_root is not None:
+        document, problems = compose(document, Path(project_root))
     credentials = list(inline_credentials(document.data))
-    problems = [document.problem(path, message) for path, message in credentials]
+    problems += [document.problem(path, message) for path, message in credentials]
     try:
         spec = Spec.model_validate(document.data)
     except ValidationError as exc:

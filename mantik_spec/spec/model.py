@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -85,10 +86,48 @@ class Environment(Strict):
     digest: str | None = Field(
         None, pattern=r"^sha256:[0-9a-f]{64}$", description="The image's sha256, for an image that is not here to hash."
     )
+    apptainer_options: list[str] = Field(
+        default_factory=list, description="Options for `apptainer exec`, one per item (e.g. --nv, -B /p/data)."
+    )
+    apptainer_remote: bool | None = Field(
+        None,
+        description="The image is a file on the cluster, not in the repository (default: true for absolute paths); "
+        "a remote image is identified by `digest`.",
+    )
     venv: str | None = Field(None, description="Path of a Python virtual environment to activate.")
     requirements: str | None = Field(None, description="Lock or requirements file identifying the environment.")
     modules: list[str] = Field(default_factory=list)
     variables: dict[str, str] = Field(default_factory=dict)
+    pre_run: list[str] = Field(
+        default_factory=list, description="Shell lines run on the compute node before the command."
+    )
+    post_run: list[str] = Field(
+        default_factory=list, description="Shell lines run on the compute node after the command succeeded."
+    )
+
+    @field_validator("pre_run", "post_run")
+    @classmethod
+    def _one_line_each(cls, value):
+        if any("\n" in line for line in value):
+            raise ValueError("each item is one shell line")
+        return value
+
+    @field_validator("apptainer_options")
+    @classmethod
+    def _shell_words(cls, value):
+        for option in value:
+            try:
+                shlex.split(option)
+            except ValueError as exc:
+                raise ValueError(f"{option!r}: {exc}") from None
+        return value
+
+    @property
+    def image_is_remote(self) -> bool:
+        """Whether the image is a file on the cluster rather than one to send from here."""
+        if self.apptainer_remote is not None:
+            return self.apptainer_remote
+        return bool(self.apptainer) and self.apptainer.startswith("/")
 
 
 class LocalBackend(Strict):
@@ -117,9 +156,7 @@ def slurm_time(value: str | int) -> str:
 def slurm_size(value: str | int) -> str:
     text = str(value)
     if not SLURM_SIZE.match(text):
-        raise ValueError(
-            f"{text!r} is not a Slurm size: a whole number with an optional K, M, G or T (e.g. 64G, 4000M)"
-        )
+        raise ValueError(f"{text!r} is not a size: a whole number with an optional K, M, G or T (e.g. 64G, 4000M)")
     return text
 
 
@@ -196,7 +233,91 @@ class SlurmBackend(Strict):
         return value
 
 
-Backend = Annotated[LocalBackend | SlurmBackend, Field(discriminator="type")]
+UNICORE_RUNTIME = re.compile(r"^\d+[smhd]?$")
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
+
+
+def unicore_runtime(value: str | int) -> str:
+    text = str(value)
+    if not UNICORE_RUNTIME.match(text):
+        raise ValueError(f"{text!r} is not a runtime: seconds, or a number with one unit s, m, h or d (e.g. 12h)")
+    return text
+
+
+UnicoreRuntime = Annotated[str | int, AfterValidator(unicore_runtime), Field(json_schema_extra={"examples": ["12h"]})]
+
+
+class UnicoreCredentials(Strict):
+    """Environment variables holding the credentials (never the credentials themselves)."""
+
+    username_env: EnvName = "MANTIK_UNICORE_USERNAME"
+    password_env: EnvName = "MANTIK_UNICORE_PASSWORD"
+    token_env: EnvName | None = Field(
+        None, description="Variable holding an OIDC or bearer token; used instead of username and password."
+    )
+
+
+class UnicoreResources(Strict):
+    queue: SlurmWord | None = Field(None, description="Batch queue (partition); the site's default when unset.")
+    nodes: int | None = Field(None, ge=1)
+    runtime: UnicoreRuntime | None = Field(None, description="Wall-clock limit: seconds or e.g. 90m, 12h, 1d.")
+    total_cpus: int | None = Field(None, ge=1)
+    cpus_per_node: int | None = Field(None, ge=1, description="Also sets SRUN_CPUS_PER_TASK for the run.")
+    gpus_per_node: int | None = Field(None, ge=0)
+    memory: SlurmSize | None = Field(None, description="Memory per node (64G).")
+    reservation: SlurmWord | None = None
+    node_constraints: SlurmWord | None = None
+    qos: SlurmWord | None = None
+
+
+class UnicoreBackend(Strict):
+    """Batch jobs at a UNICORE site (e.g. JUWELS, JURECA), submitted over its REST API."""
+
+    type: Literal["unicore"]
+    config: str | None = Field(
+        None,
+        description="A Mantik compute-backend config (YAML or JSON) read as is: UnicoreApiUrl, Resources, "
+        "Environment, Exclude. Keys set here override it.",
+    )
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = Field(
+        None, description="The site's REST endpoint, e.g. https://host:9112/JUWELS/rest/core."
+    )
+    credentials: UnicoreCredentials = Field(default_factory=UnicoreCredentials)
+    project: SlurmWord | None = Field(
+        None, description="Compute budget account; default: the variable MANTIK_COMPUTE_BUDGET_ACCOUNT."
+    )
+    resources: UnicoreResources = Field(default_factory=UnicoreResources)
+    environment: str | None = Field(None, description="Default environment for runs on this backend.")
+    login_precommand: list[str] = Field(
+        default_factory=list, description="Shell lines run on the login node before the job (joined with &&)."
+    )
+    login_postcommand: list[str] = Field(
+        default_factory=list, description="Shell lines run on the login node after the job (joined with &&)."
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns of committed files not sent with the job (*.ckpt, data/)."
+    )
+    storage: SlurmWord = Field("HOME", description="The UNICORE storage where staged code and images are kept.")
+    staging_dir: str = Field("mantik-staging", description="Directory in that storage for staged code and images.")
+    template: str | None = Field(
+        None, description="A Jinja2 template of the JSON job description in the repository overriding the default."
+    )
+    python: str = Field("python3", description="The Python on the compute nodes that runs the in-job runner.")
+    tls_verify: bool | str = Field(
+        True, description="Check the site's TLS certificate (true), skip the check (false), or a CA bundle path."
+    )
+    timeout: str | int | float = Field("60s", description="How long to wait for one answer from the site.")
+    poll_interval: str | int | float = Field("10s", description="Never ask the site for job states more often.")
+
+    @field_validator("timeout", "poll_interval")
+    @classmethod
+    def _valid_interval(cls, value):
+        duration_seconds(value)
+        return value
+
+
+Backend = Annotated[LocalBackend | SlurmBackend | UnicoreBackend, Field(discriminator="type")]
 
 GridValue = ScalarValue | list[ScalarValue]
 
@@ -224,6 +345,10 @@ class Spec(Strict):
     project: Name = Field(..., description="The project's name; its MLflow experiments are named PROJECT/EXPERIMENT.")
     tracking: Tracking = Field(default_factory=Tracking, description="Where runs are recorded.")
     code: Code = Field(default_factory=Code, description="What identifies the code of a run.")
+    mlproject: str | None = Field(
+        None,
+        description="An MLflow MLproject file whose entry points are read as is; entry_points here add to them.",
+    )
     entry_points: dict[Name, EntryPoint] = Field(default_factory=dict, description="Commands with declared parameters.")
     data: dict[Name, DataSource] = Field(
         default_factory=dict, description="Data sources; their versions enter run keys."

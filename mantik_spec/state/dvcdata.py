@@ -23,18 +23,39 @@ def _repo(root: Path):
         raise VersionError(f"{root} is not a usable DVC repository: {exc}") from None
 
 
-def unpushed(root: Path, paths: list[str]) -> list[str]:
-    """The paths whose current version is not in the default DVC remote."""
+def unpushed(root: Path, paths: list[str]) -> tuple[list[str], str]:
+    """The paths whose current version is not in the default DVC remote, and that remote's name."""
     if not paths:
-        return []
+        return [], ""
     repo = _repo(root)
     try:
+        remote = repo.config["core"].get("remote", "")
+        if not remote:
+            raise VersionError("no default DVC remote: add one (dvc remote add -d NAME URL) and dvc push")
         status = repo.status(targets=[str(root / p) for p in paths], cloud=True)  # dvc reads targets from the cwd
+    except VersionError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise VersionError(f"cannot ask the DVC remote: {str(exc).splitlines()[0]}") from None
     finally:
         repo.close()
-    return sorted(str(Path(p).resolve().relative_to(root.resolve())) if Path(p).is_absolute() else p for p in status)
+    missing = {str(Path(p).resolve().relative_to(root.resolve())) if Path(p).is_absolute() else p for p in status}
+    return sorted(p for p in paths if p.rstrip("/") in missing or p in missing), remote
+
+
+def remote_urls(root: Path, paths: list[str]) -> dict[str, str]:
+    """Where each path's current version lives in the default DVC remote, for jobs that cannot see this machine."""
+    try:
+        import dvc.api
+    except ImportError:
+        raise VersionError("this needs dvc: pip install dvc") from None
+    urls = {}
+    for path in paths:
+        try:
+            urls[path] = dvc.api.get_url(path, repo=str(root))
+        except Exception as exc:  # noqa: BLE001
+            raise VersionError(f"{path}: no remote location: {str(exc).splitlines()[0]}") from None
+    return urls
 
 
 def checkout(worktree: Path, paths: list[str], shared_cache: Path) -> None:

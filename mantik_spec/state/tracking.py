@@ -19,6 +19,7 @@ PAGE_SIZE = 1000
 LIVE = frozenset({"SCHEDULED", "RUNNING"})
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
 DEFAULT_URI = "sqlite:///.mantik/mlflow.db"
+OUTPUT_ARTIFACT = "mantik/output.log"  # where the in-job runner keeps the run's output
 
 
 class TrackingError(Exception):
@@ -225,6 +226,10 @@ class TrackingStore:
         from mlflow.entities import RunTag
 
         self._call(self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_output(self, run_id: str, output: bytes) -> None:
+        """Keep a job's output as the run's log artifact, where the runner would have put it."""
+        self._call(self.client.log_text, run_id, output.decode(errors="replace"), OUTPUT_ARTIFACT)
 
     def terminate(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
         if tags:

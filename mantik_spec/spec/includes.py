@@ -1,0 +1,329 @@
+"""Files ``mantik.yaml`` points at and reads unchanged: an MLflow ``MLproject`` (entry points) and
+Mantik compute-backend configs (UNICORE backends).
+
+Their content is merged into the document before validation. The merged
+document remembers where each part came from, so a problem inside an included
+file, found by the model or by a cross-check, points at that file's line.
+Mantik's own key names are checked here, before translation, so a misspelt
+key gets a suggestion in the words the user wrote.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checks import relative_path_problem
+from .hints import suggest
+from .yamlload import MarkedDocument, Problem, SpecError, load_marked
+from .yamlload import Path as DataPath
+
+MAX_INCLUDED_BYTES = 1024 * 1024
+MLPROJECT_KEYS = ("name", "entry_points", "conda_env", "python_env", "docker_env")
+
+
+@dataclass
+class Origin:
+    """The parts of the merged document that came from another file, and where they are in it."""
+
+    document: MarkedDocument
+    paths: dict[DataPath, DataPath]  # merged path -> path in the included file
+
+
+@dataclass
+class ComposedDocument:
+    """``mantik.yaml`` with its included files merged in; problems are reported in the file they belong to."""
+
+    main: MarkedDocument
+    data: object
+    origins: list[Origin] = field(default_factory=list)
+
+    @property
+    def file(self) -> str:
+        return self.main.file
+
+    def problem(self, path: DataPath, message: str, at_key: bool = False) -> Problem:
+        path = tuple(path)
+        if path in self.main.marks:  # written in mantik.yaml itself (which overrides included files)
+            return self.main.problem(path, message, at_key)
+        for origin in self.origins:
+            for length in range(len(path), 0, -1):  # the longest merged path this file provided
+                theirs = origin.paths.get(path[:length])
+                if theirs is not None:
+                    return origin.document.problem((*theirs, *path[length:]), message, at_key)
+        return self.main.problem(path, message, at_key)
+
+
+def compose(document: MarkedDocument, project_root: Path) -> tuple[ComposedDocument, list[Problem]]:
+    """Merge the files ``document`` refers to; problems with those files (missing, unreadable,
+    unknown keys) are returned rather than raised, so every problem is reported at once."""
+    composed = ComposedDocument(document, copy.deepcopy(document.data) if isinstance(document.data, dict) else None)
+    problems: list[Problem] = []
+    data = composed.data
+    if not isinstance(data, dict):
+        return composed, problems
+    if isinstance(data.get("mlproject"), str):
+        problems.extend(_include_mlproject(composed, project_root, data["mlproject"]))
+    backends = data.get("backends")
+    if isinstance(backends, dict):
+        for name, backend in backends.items():
+            if isinstance(backend, dict) and isinstance(backend.get("config"), str):
+                problems.extend(_include_backend_config(composed, project_root, name, backend))
+    return composed, problems
+
+
+def read_included(project_root: Path, relative: str, main: MarkedDocument, at: DataPath) -> MarkedDocument:
+    """Parse an included YAML or JSON file, or raise :class:`SpecError` located at ``at`` in ``main``."""
+    if problem := relative_path_problem(relative):
+        raise SpecError([main.problem(at, problem)])
+    path = project_root / relative
+    if path.is_symlink() and not path.resolve().is_relative_to(project_root.resolve()):
+        raise SpecError([main.problem(at, f"{relative} is a symlink to a file outside the project")])
+    if not path.is_file():
+        raise SpecError([main.problem(at, f"{relative} not found")])
+    raw = path.read_bytes()
+    if len(raw) > MAX_INCLUDED_BYTES or b"\x00" in raw:
+        raise SpecError([main.problem(at, f"{relative} is not a text file of at most 1 MiB")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError([main.problem(at, f"{relative} is not valid UTF-8")]) from None
+    return load_marked(text, relative)
+
+
+# -- MLproject --------------------------------------------------------------------------------------------
+
+
+def _include_mlproject(composed: ComposedDocument, project_root: Path, relative: str) -> list[Problem]:
+    try:
+        included = read_included(project_root, relative, composed.main, ("mlproject",))
+    except SpecError as exc:
+        return exc.problems
+    if not isinstance(included.data, dict):
+        return [included.problem((), "an MLproject file is a mapping (name:, entry_points:, ...)")]
+    problems = [
+        included.problem((key,), f"unknown MLproject key '{key}'{suggest(key, MLPROJECT_KEYS)}", at_key=True)
+        for key in included.data
+        if key not in MLPROJECT_KEYS
+    ]
+    entry_points = included.data.get("entry_points", {})
+    if not isinstance(entry_points, dict):
+        return [*problems, included.problem(("entry_points",), "expected a mapping of entry points")]
+    merged = composed.data.setdefault("entry_points", {})
+    if not isinstance(merged, dict):
+        return problems
+    paths = {}
+    for name, entry in entry_points.items():
+        if name in merged:
+            problems.append(
+                composed.main.problem(
+                    ("entry_points", name), f"entry point '{name}' is also defined in {relative}", at_key=True
+                )
+            )
+            continue
+        merged[name] = entry
+        paths[("entry_points", name)] = ("entry_points", name)
+    composed.origins.append(Origin(included, paths))
+    return problems
+
+
+# -- Mantik compute-backend configs ---------------------------------------------------------------------
+
+# Mantik's key -> (where it goes: "backend" or "environment", our key[, value converter])
+RESOURCES = {
+    "Queue": "queue",
+    "Runtime": "runtime",
+    "Nodes": "nodes",
+    "TotalCPUs": "total_cpus",
+    "CPUsPerNode": "cpus_per_node",
+    "GPUsPerNode": "gpus_per_node",
+    "MemoryPerNode": "memory",
+    "Reservation": "reservation",
+    "NodeConstraints": "node_constraints",
+    "QoS": "qos",
+}
+ENVIRONMENT_KEYS = (
+    "Apptainer",
+    "Python",
+    "Variables",
+    "Modules",
+    "PreRunCommandOnLoginNode",
+    "PreRunCommandOnComputeNode",
+    "PostRunCommandOnComputeNode",
+    "PostRunCommandOnLoginNode",
+)
+COMMAND_LISTS = {
+    "PreRunCommandOnComputeNode": ("environment", "pre_run"),
+    "PostRunCommandOnComputeNode": ("environment", "post_run"),
+    "PreRunCommandOnLoginNode": ("backend", "login_precommand"),
+    "PostRunCommandOnLoginNode": ("backend", "login_postcommand"),
+}
+TOP_KEYS = ("UnicoreApiUrl", "Firecrest", "SSH", "Resources", "Environment", "Exclude")
+APPTAINER_KEYS = ("Path", "Type", "Options")
+
+
+class _Translation:
+    """Mantik's config, turned into our backend (and environment) fields, with where each came from."""
+
+    def __init__(self, config: MarkedDocument, backend_name: str):
+        self.config = config
+        self.backend_name = backend_name
+        self.backend: dict = {}
+        self.environment: dict = {}
+        self.paths: dict[DataPath, DataPath] = {}
+        self.problems: list[Problem] = []
+
+    def put(self, target: str, key: str, value, source: DataPath) -> None:
+        if target == "backend":
+            self.backend[key] = value
+            self.paths[("backends", self.backend_name, key)] = source
+        else:
+            self.environment[key] = value
+            self.paths[("environments", self.backend_name, key)] = source
+
+    def fail(self, source: DataPath, message: str, at_key: bool = False) -> None:
+        self.problems.append(self.config.problem(source, message, at_key))
+
+    def unknown_keys(self, mapping: dict, allowed, where: DataPath, what: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.fail((*where, key), f"unknown {what} key '{key}'{suggest(key, allowed)}", at_key=True)
+
+    def mapping(self, value, where: DataPath) -> dict:
+        if isinstance(value, dict):
+            return value
+        self.fail(where, "expected a mapping")
+        return {}
+
+    def translate(self) -> None:
+        data = self.config.data
+        if not isinstance(data, dict):
+            self.fail((), "a compute-backend config is a mapping (UnicoreApiUrl:, Resources:, Environment:)")
+            return
+        self.unknown_keys(data, TOP_KEYS, (), "compute-backend config")
+        connections = [key for key in ("UnicoreApiUrl", "Firecrest", "SSH") if key in data]
+        if len(connections) != 1:
+            self.fail((), "set exactly one of UnicoreApiUrl, Firecrest or SSH")
+        elif connections[0] != "UnicoreApiUrl":
+            self.fail((connections[0],), f"{connections[0]} configs describe another backend type; this one is unicore")
+        else:
+            self.put("backend", "url", data["UnicoreApiUrl"], ("UnicoreApiUrl",))
+        if "Resources" in data:
+            self.resources(self.mapping(data["Resources"], ("Resources",)))
+        else:
+            self.fail((), "Resources (with at least Queue) is required")
+        if "Environment" in data:
+            self.environment_section(self.mapping(data["Environment"], ("Environment",)))
+        if "Exclude" in data:
+            self.put("backend", "exclude", data["Exclude"], ("Exclude",))
+
+    def resources(self, resources: dict) -> None:
+        self.unknown_keys(resources, RESOURCES, ("Resources",), "Resources")
+        if "Queue" not in resources:
+            self.fail(("Resources",), "Queue is required")
+        translated = {}
+        for key, ours in RESOURCES.items():
+            if key in resources:
+                translated[ours] = resources[key]
+                self.paths[("backends", self.backend_name, "resources", ours)] = ("Resources", key)
+        self.backend["resources"] = translated
+        self.paths[("backends", self.backend_name, "resources")] = ("Resources",)
+
+    def environment_section(self, environment: dict) -> None:
+        where = ("Environment",)
+        self.unknown_keys(environment, ENVIRONMENT_KEYS, where, "Environment")
+        if "Apptainer" in environment and "Python" in environment:
+            self.fail(where, "set either Apptainer or Python, not both")
+        if "Apptainer" in environment:
+            self.apptainer(self.mapping(environment["Apptainer"], (*where, "Apptainer")))
+        if "Python" in environment:
+            self.python(environment["Python"])
+        if "Variables" in environment:
+            variables = self.mapping(environment["Variables"], (*where, "Variables"))
+            # Mantik passed numbers through (OMP_NUM_THREADS: 8); the environment only holds strings
+            self.put("environment", "variables", {k: _text(v) for k, v in variables.items()}, (*where, "Variables"))
+        if "Modules" in environment:
+            self.put("environment", "modules", environment["Modules"], (*where, "Modules"))
+        for key, (target, ours) in COMMAND_LISTS.items():
+            if key in environment:
+                value = environment[key]
+                # Mantik took one string or a list of commands
+                commands = [value] if isinstance(value, str) else value
+                if isinstance(commands, list):
+                    commands = [_text(c) for c in commands]
+                self.put(target, ours, commands, (*where, key))
+
+    def apptainer(self, apptainer: dict) -> None:
+        where = ("Environment", "Apptainer")
+        self.unknown_keys(apptainer, APPTAINER_KEYS, where, "Apptainer")
+        if "Path" not in apptainer:
+            self.fail(where, "Path is required")
+            return
+        self.put("environment", "apptainer", apptainer["Path"], (*where, "Path"))
+        kind = apptainer.get("Type", "local")
+        if kind not in ("local", "remote"):
+            self.fail((*where, "Type"), f"Type is 'local' (uploaded with the job) or 'remote', not {kind!r}")
+        elif kind == "remote":
+            if not str(apptainer["Path"]).startswith("/"):
+                self.fail((*where, "Path"), "a remote image needs an absolute path")
+            self.put("environment", "apptainer_remote", True, (*where, "Type"))
+        else:
+            self.put("environment", "apptainer_remote", False, (*where, "Type"))
+        if "Options" in apptainer:
+            options = apptainer["Options"]
+            self.put(
+                "environment",
+                "apptainer_options",
+                [options] if isinstance(options, str) else options,
+                (*where, "Options"),
+            )
+
+    def python(self, value) -> None:
+        where = ("Environment", "Python")
+        if isinstance(value, dict):  # newer Mantik configs: Python: {Path: /venv}
+            self.unknown_keys(value, ("Path",), where, "Python")
+            if "Path" not in value:
+                self.fail(where, "Path is required")
+                return
+            self.put("environment", "venv", value["Path"], (*where, "Path"))
+        else:
+            self.put("environment", "venv", value, where)
+
+
+def _text(value) -> object:
+    return str(value).lower() if isinstance(value, bool) else str(value) if isinstance(value, (int, float)) else value
+
+
+def _include_backend_config(composed: ComposedDocument, project_root: Path, name: str, backend: dict) -> list[Problem]:
+    relative = backend["config"]
+    at = ("backends", name, "config")
+    if backend.get("type") != "unicore":
+        return [composed.main.problem(at, "a Mantik compute-backend config is read by backends of type unicore")]
+    try:
+        config = read_included(project_root, relative, composed.main, at)
+    except SpecError as exc:
+        return exc.problems
+    translation = _Translation(config, name)
+    translation.translate()
+    problems = list(translation.problems)
+    for key, value in translation.backend.items():
+        if key == "resources" and isinstance(backend.get("resources"), dict):
+            backend["resources"] = {**value, **backend["resources"]}  # mantik.yaml overrides the config
+        elif key not in backend:
+            backend[key] = value
+    if translation.environment:
+        environments = composed.data.setdefault("environments", {})
+        if isinstance(environments, dict):
+            if name in environments:
+                problems.append(
+                    composed.main.problem(
+                        at, f"its Environment becomes environment '{name}', which environments already declares"
+                    )
+                )
+            else:
+                environments[name] = translation.environment
+                translation.paths[("environments", name)] = ("Environment",)
+                backend.setdefault("environment", name)
+    composed.origins.append(Origin(config, translation.paths))
+    return problems

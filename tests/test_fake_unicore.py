@@ -1,0 +1,325 @@
+"""The fake UNICORE site, driven by the real pyunicore client: what a user of the client sees must hold."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from pyunicore.client import Client, Job, JobStatus, Storage
+from pyunicore.credentials import Anonymous, AuthenticationFailedException, BearerToken, UsernamePassword
+
+from .fake_unicore import FakeUnicore
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    with FakeUnicore(tmp_path, users={"alice": "secret", "bob": "hunter2"}, tokens={"tok123": "alice"}) as site:
+        yield site
+
+
+@pytest.fixture
+def client(site: FakeUnicore) -> Client:
+    return Client(UsernamePassword("alice", "secret"), site.url)
+
+
+@pytest.fixture
+def home(client: Client) -> Storage:
+    return next(storage for storage in client.get_storages() if storage.resource_url.endswith("/storages/HOME"))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.05)
+
+
+def submit(client: Client, description: dict, **kwargs) -> Job:
+    job = client.new_job(description, **kwargs)
+    # pyunicore caches job properties for 5 s by default; the tests want to see each state change.
+    job.cache_time = 0
+    return job
+
+
+def run_to_end(client: Client, description: dict, **kwargs) -> Job:
+    job = submit(client, description, **kwargs)
+    wait_for(lambda: not job.is_running())
+    return job
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie waiting to be reaped has already died."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------ authentication
+
+
+def test_basic_credentials_log_in_as_that_user(client: Client) -> None:
+    assert client.access_info()["xlogin"]["UID"] == "alice"
+    assert client.access_info()["role"]["selected"] == "user"
+    assert client.server_version_info() == (10, 1, 0)
+
+
+def test_bearer_token_logs_in_as_its_user(site: FakeUnicore) -> None:
+    assert Client(BearerToken("tok123"), site.url).access_info()["xlogin"]["UID"] == "alice"
+
+
+@pytest.mark.parametrize("credential", [UsernamePassword("alice", "wrong"), BearerToken("nope")])
+def test_wrong_credentials_fail_authentication(site: FakeUnicore, credential) -> None:
+    with pytest.raises(AuthenticationFailedException):
+        Client(credential, site.url)
+
+
+def test_anonymous_requests_are_refused_beyond_the_site_entry(site: FakeUnicore) -> None:
+    anonymous = Client(Anonymous(), site.url)
+    assert anonymous.access_info()["role"]["selected"] == "anonymous"
+    with pytest.raises(httpx.HTTPError, match="403"):
+        anonymous.get_jobs()
+
+
+# ---------------------------------------------------------------------------------------------------- jobs
+
+
+def test_new_job_uploads_inputs_before_it_runs(client: Client, site: FakeUnicore, tmp_path: Path) -> None:
+    data = tmp_path / "input.txt"
+    data.write_text("hello from the laptop\n")
+
+    job = run_to_end(client, {"Executable": "cat", "Arguments": ["input.txt"]}, inputs=[str(data)])
+
+    assert job.status == JobStatus.SUCCESSFUL
+    working_dir = job.working_dir
+    assert working_dir.stat("stdout").read() == b"hello from the laptop\n"
+    assert {"input.txt", "stdout", "stderr"} <= set(working_dir.listdir())
+    # pyunicore asks for client stage-in as the string "true"; the site keeps what was sent.
+    assert site.job_by_url(job.resource_url).description["haveClientStageIn"] == "true"
+
+
+def test_imports_write_inline_data_and_copy_from_a_storage(client: Client, home: Storage, site: FakeUnicore) -> None:
+    home.put(b"lr: 0.1\n", "configs/train.yaml")
+    imports = [
+        {"From": "inline://script", "To": "run.sh", "Data": ["echo inline ran", "cat conf/train.yaml"]},
+        {"From": f"{site.url}/storages/HOME/files/configs/train.yaml", "To": "conf/train.yaml"},
+    ]
+
+    job = run_to_end(client, {"Executable": "bash run.sh", "Imports": imports})
+
+    assert job.status == JobStatus.SUCCESSFUL
+    assert job.working_dir.stat("stdout").read() == b"inline ran\nlr: 0.1\n"
+    assert (
+        site.read_storage_file(f"{job.working_dir.resource_url}/files/run.sh")
+        == b"echo inline ran\ncat conf/train.yaml"
+    )
+
+
+def test_a_failed_import_fails_the_job_unless_fail_on_error_is_false(client: Client, site: FakeUnicore) -> None:
+    missing = {"From": f"{site.url}/storages/HOME/files/nowhere.txt", "To": "data.txt"}
+    strict = submit(client, {"Executable": "true", "Imports": [missing]})
+    lenient = submit(client, {"Executable": "true", "Imports": [{**missing, "FailOnError": "false"}]})
+    escaping = submit(client, {"Executable": "true", "Imports": [{"From": "inline://x", "To": "../x", "Data": ""}]})
+    wait_for(lambda: not (strict.is_running() or lenient.is_running() or escaping.is_running()))
+
+    assert strict.status == JobStatus.FAILED
+    assert "nowhere.txt" in strict.properties["statusMessage"]
+    assert lenient.status == JobStatus.SUCCESSFUL
+    assert escaping.status == JobStatus.FAILED
+
+
+def test_poll_waits_through_the_live_states_to_successful(client: Client, site: FakeUnicore) -> None:
+    site.queue_seconds = 0.5
+    job = submit(client, {"Executable": "true"})
+    wait_for(lambda: job.status == JobStatus.QUEUED)
+
+    job.poll()
+
+    assert job.status == JobStatus.SUCCESSFUL
+    assert job.exit_code == 0
+
+
+def test_a_failing_command_ends_failed_with_its_exit_code(client: Client) -> None:
+    job = submit(client, {"Executable": "echo oops >&2; exit 3"})
+
+    job.poll()
+
+    assert job.status == JobStatus.FAILED
+    assert job.exit_code == 3
+    assert job.working_dir.stat("stderr").read() == b"oops\n"
+    assert any("exit code 3" in line for line in job.log)
+
+
+def test_ignore_non_zero_exit_code_lets_the_job_succeed(client: Client) -> None:
+    job = run_to_end(client, {"Executable": "exit 5", "IgnoreNonZeroExitCode": True})
+
+    assert job.status == JobStatus.SUCCESSFUL
+    assert job.exit_code == 5
+
+
+def test_environment_and_arguments_reach_the_job_literally(client: Client) -> None:
+    description = {
+        "Executable": 'printf \'%s\\n\' "$GREETING" "$THREADS" "$UC_WORKING_DIRECTORY"',
+        "Arguments": ["two words", "$GREETING"],
+        "Environment": {"GREETING": "$HOME/not-expanded", "THREADS": 8},
+        "Stdout": "logs/out.txt",
+    }
+
+    job = run_to_end(client, description)
+
+    lines = job.working_dir.stat("logs/out.txt").read().decode().splitlines()
+    assert lines[0:2] == ["$HOME/not-expanded", "8"]
+    assert lines[2].endswith(job.job_id)
+    assert lines[3:] == ["two words", "$GREETING"]
+
+
+def test_login_node_commands_run_around_the_job(client: Client) -> None:
+    ok = submit(client, {"Executable": "echo main > main.txt", "User postcommand": "cat main.txt > post.txt"})
+    broken = submit(client, {"Executable": "echo main > main.txt", "User precommand": "echo no module >&2; exit 4"})
+    wait_for(lambda: not (ok.is_running() or broken.is_running()))
+
+    assert ok.status == JobStatus.SUCCESSFUL
+    assert ok.working_dir.stat("post.txt").read() == b"main\n"
+    assert broken.status == JobStatus.FAILED
+    assert "User precommand failed with exit code 4: no module" in broken.properties["statusMessage"]
+    assert "main.txt" not in broken.working_dir.listdir()
+
+
+def test_get_jobs_filters_by_all_tags_pages_and_hides_other_users_jobs(client: Client, site: FakeUnicore) -> None:
+    first = submit(client, {"Executable": "true", "Tags": ["mantik", "run-1"]})
+    second = submit(client, {"Executable": "true", "Tags": ["mantik", "run-2"]})
+    third = submit(client, {"Executable": "true", "Tags": ["other"]})
+    assert site.job_urls() == [first.resource_url, second.resource_url, third.resource_url]
+
+    assert [job.resource_url for job in client.get_jobs(tags=["mantik"])] == [first.resource_url, second.resource_url]
+    assert [job.resource_url for job in client.get_jobs(tags=["mantik", "run-2"])] == [second.resource_url]
+    assert [job.resource_url for job in client.get_jobs(offset=1, num=1)] == [second.resource_url]
+
+    bob = Client(UsernamePassword("bob", "hunter2"), site.url)
+    assert bob.get_jobs() == []
+    with pytest.raises(httpx.HTTPError, match="403"):
+        Job(bob.transport, first.resource_url).is_running()
+
+
+def test_abort_kills_the_whole_process_group_and_fails_the_job(client: Client) -> None:
+    # child.pid is renamed into place last, so once it is listed both files are complete.
+    job = submit(client, {"Executable": "echo $$ > main.pid; sleep 30 & echo $! > tmp.pid; mv tmp.pid child.pid; wait"})
+    wait_for(lambda: job.status == JobStatus.RUNNING and "child.pid" in job.working_dir.listdir())
+    pids = [int(job.working_dir.stat(name).read()) for name in ("main.pid", "child.pid")]
+
+    job.abort()
+
+    assert job.status == JobStatus.FAILED
+    assert "aborted" in job.properties["statusMessage"]
+    wait_for(lambda: not any(process_alive(pid) for pid in pids), timeout=5)
+    job.abort()  # aborting an ended job changes nothing
+    assert job.status == JobStatus.FAILED
+
+
+def test_restart_runs_a_finished_job_again(client: Client) -> None:
+    job = run_to_end(client, {"Executable": "echo run >> runs.txt"})
+
+    job.restart()
+
+    wait_for(lambda: not job.is_running() and job.working_dir.stat("runs.txt").read() == b"run\nrun\n")
+    assert job.status == JobStatus.SUCCESSFUL
+
+
+def test_a_deleted_job_is_gone(client: Client) -> None:
+    job = submit(client, {"Executable": "sleep 30"})
+
+    job.delete()
+
+    with pytest.raises(httpx.HTTPError, match="404"):
+        job.is_running()
+    assert client.get_jobs() == []
+
+
+# ------------------------------------------------------------------------------------------------ storages
+
+
+def test_storage_files_can_be_listed_moved_copied_and_removed(home: Storage) -> None:
+    home.mkdir("empty")
+    home.put(b"a", "sub/a.txt")
+
+    assert set(home.listdir()) == {"empty", "sub"}
+    assert home.listdir()["empty"].isdir()
+    nested = home.listdir("sub")
+    assert list(nested) == ["sub/a.txt"]
+    assert nested["sub/a.txt"].read() == b"a"
+
+    home.copy("sub/a.txt", "sub/b.txt")
+    home.rename("sub/a.txt", "moved/a.txt")
+    assert set(home.listdir("sub")) == {"sub/b.txt"}
+    assert home.stat("moved/a.txt").read() == b"a"
+
+    home.rm("sub/b.txt")
+    home.rmdir("moved")
+    assert set(home.listdir()) == {"empty", "sub"}
+    with pytest.raises(httpx.HTTPError, match="404"):
+        home.stat("moved/a.txt")
+
+
+def test_range_reads_return_the_requested_bytes(home: Storage) -> None:
+    home.put(b"0123456789", "digits.txt")
+    digits = home.stat("digits.txt")
+
+    assert digits.size() == 10
+    assert digits.read(offset=3, size=4) == b"3456"
+    assert digits.read(offset=7) == b"789"
+    assert digits.read() == b"0123456789"
+
+
+def test_paths_cannot_escape_the_storage(site: FakeUnicore) -> None:
+    # Sent percent-encoded because httpx would otherwise resolve the dot segments before sending.
+    response = httpx.get(
+        f"{site.url}/storages/HOME/files/%2E%2E/%2E%2E/jobs",
+        auth=("alice", "secret"),
+        headers={"Accept": "application/json"},
+    )
+
+    assert response.status_code == 403
+    assert "leaves the storage" in response.json()["errorMessage"]
+
+
+# ---------------------------------------------------------------------------------- protocol and failures
+
+
+def test_an_expired_session_is_retried_transparently(client: Client, site: FakeUnicore) -> None:
+    client.get_jobs()
+    calls_before = len(site.requests)
+
+    site.expire_sessions()
+
+    assert client.get_jobs() == []
+    # One refused call with the stale session id, one accepted retry with the credentials.
+    assert len(site.requests) - calls_before == 2
+
+
+def test_an_injected_server_error_reaches_the_caller_with_its_message(client: Client, site: FakeUnicore) -> None:
+    site.fail_next(500, "boom")
+
+    with pytest.raises(httpx.HTTPError, match="boom"):
+        client.get_jobs()
+    assert client.get_jobs() == []  # only the next request fails
+
+
+def test_a_slow_answer_times_out_although_the_submission_happened(client: Client, site: FakeUnicore) -> None:
+    client.transport.timeout = 1
+    site.hang_next(5, path_contains="/jobs")
+
+    with pytest.raises(httpx.TimeoutException):
+        client.new_job({"Executable": "true"})
+    assert len(client.get_jobs()) == 1
+
+
+def test_a_dropped_connection_is_a_transport_error(client: Client, site: FakeUnicore) -> None:
+    site.drop_next(path_contains="/storages")
+
+    with pytest.raises(httpx.TransportError):
+        client.get_storages()
+    assert len(client.get_storages()) == 1
