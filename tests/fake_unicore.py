@@ -152,6 +152,9 @@ class FakeJob:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the connections of a client polling 8 jobs at once, which
+    # then wait a second for the SYN to be resent; a real site's web server accepts hundreds
+    request_queue_size = 128
 
     def __init__(self, site: FakeUnicore) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

@@ -376,3 +376,13 @@ def test_site_outage_while_planning_changes_nothing(on_unicore, site):
     assert all("down for maintenance" in e["reason"] for e in plan["runs"]), plan
     on_unicore.mantik("apply", "--auto-approve")
     assert len(submissions(site)) == 2
+
+
+def test_tls_failure_is_one_line_with_a_hint(on_unicore, site):
+    https_to_a_plain_http_port = site.url.replace("http://", "https://")
+    on_unicore.write("mantik.yaml", unicore_spec(https_to_a_plain_http_port))
+    on_unicore.commit("https where the site speaks http")
+    result = on_unicore.mantik("apply", "--auto-approve", check=1)
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert f"TLS failure talking to {https_to_a_plain_http_port}" in line
+    assert "set tls_verify to the site's CA bundle" in line
