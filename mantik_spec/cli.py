@@ -80,6 +80,13 @@ def _report_calls(ctx, project) -> None:
                 + ", ".join(f"{count} {command}" for command, count in sorted(calls.items())),
                 err=True,
             )
+        host = getattr(backend, "host", None)
+        if hasattr(host, "connections_opened"):
+            click.echo(
+                f"backend {name} ssh: {host.connections_opened} connection(s) opened, {host.commands_run} commands, "
+                f"{host.trees_sent} code tree(s) sent ({host.bytes_sent} bytes in all)",
+                err=True,
+            )
 
 
 @main.command()

@@ -222,8 +222,11 @@ def test_json_config_and_python_path_form(tmp_path):
 @pytest.mark.parametrize(
     "connection, expected",
     [
-        ("SSH: {Hostname: login.example, Port: 22}", "SSH configs describe another backend type"),
-        ("Firecrest: {ApiUrl: x}", "Firecrest configs describe another backend type"),
+        (
+            "SSH: {Hostname: login.example, Port: 22}",
+            "SSH configs describe another backend; a backend of type unicore reads UnicoreApiUrl",
+        ),
+        ("Firecrest: {ApiUrl: x}", "Firecrest configs describe another backend"),
     ],
 )
 def test_config_for_another_backend_type_is_refused(tmp_path, connection, expected):
@@ -273,3 +276,48 @@ def test_unicore_backend_needs_a_url(tmp_path):
     assert problems_of(tmp_path) == [
         "mantik.yaml:3:3: backends.hpc: url is required (or config: a Mantik compute-backend config with UnicoreApiUrl)"
     ]
+
+
+def mantik_ssh_config() -> str:
+    """The full config as a Mantik SSH (Slurm) config: its connection, a Python environment, no TotalCPUs."""
+    config = FULL_MANTIK_CONFIG.replace(
+        f"UnicoreApiUrl: {JUWELS}", "SSH: {Hostname: login.cluster.example, Port: 2222}"
+    )
+    environment = config[config.index("Environment:") : config.index("Exclude:")]
+    config = config.replace(environment, "Environment:\n  Python: /p/venv\n  Modules: [Stages/2024]\n")
+    return config.replace("  TotalCPUs: 96\n", "")
+
+
+def test_mantik_ssh_config_drives_a_slurm_backend(tmp_path):
+    (tmp_path / "cluster.yaml").write_text(mantik_ssh_config())
+    write_project(tmp_path, "project: demo\nbackends:\n  cluster: {type: slurm, config: cluster.yaml}\n")
+    spec = load_spec(tmp_path).spec
+    backend = spec.backends["cluster"]
+    assert (backend.ssh.host, backend.ssh.port) == ("login.cluster.example", 2222)
+    assert (backend.partition, backend.qos) == ("booster", "normal")
+    assert backend.resources.model_dump(exclude_none=True) == {
+        "nodes": 2,
+        "cpus_per_task": 48,
+        "mem": "64G",
+        "gres": "gpu:4",
+        "time": "12:00:00",
+    }
+    assert backend.sbatch_args == ["--reservation=r1", "--constraint=gpu"]
+    assert backend.exclude == ["*.ckpt", "data/"]
+    assert spec.environments["cluster"].venv == "/p/venv"
+
+
+def test_mantik_ssh_config_problems_point_into_it(tmp_path):
+    config = (
+        mantik_ssh_config().replace("Hostname:", "Hostnme:").replace("  Nodes: 2\n", "  Nodes: 2\n  TotalCPUs: 96\n")
+    )
+    (tmp_path / "cluster.yaml").write_text(config)
+    write_project(tmp_path, "project: demo\nbackends:\n  cluster: {type: slurm, config: cluster.yaml}\n")
+    problems = problems_of(tmp_path)
+    assert any(
+        p.startswith("cluster.yaml:1:7: SSH.Hostnme: unknown SSH key 'Hostnme'; did you mean 'Hostname'?")
+        for p in problems
+    ), problems
+    assert any(p.startswith("cluster.yaml:6:3: Resources.TotalCPUs: Slurm has no total CPU count") for p in problems), (
+        problems
+    )

@@ -1,7 +1,11 @@
-"""Where a backend's commands and files live: this machine, or (later) a login node over SSH.
+"""Where a backend's commands and files live: this machine, or a login node over SSH (:mod:`.ssh`).
 
 A backend talks to its cluster only through a host, so the same backend code
-drives a scheduler it runs next to and one it reaches over a connection.
+drives a scheduler it runs next to and one it reaches over a connection. A host
+offers: ``run``, ``makedirs``, ``exists``, ``write_text``, ``read_bytes``,
+``read_text``, ``list_dir``, ``symlink``, ``put_tree`` (a committed tree, staged
+whole or not at all) and ``extract`` (one archive of many small files: over a
+connection, one exchange instead of one per file).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import BackendError, CommandTimeout
+from .staging import staged_files, unpack
 
 COMMAND_TIMEOUT = 120.0
 
@@ -40,6 +45,8 @@ def read_from(path: str, offset: int = 0) -> bytes | None:
 
 class LocalHost:
     """Commands and files on this machine (when mantik runs on the login node)."""
+
+    name = "this machine"
 
     def __init__(self) -> None:
         self.commands_run = 0
@@ -93,14 +100,26 @@ class LocalHost:
         except OSError as exc:
             raise BackendError(f"cannot link {link}: {exc.strerror}") from None
 
-    def put_tree(self, source: Path, destination: str) -> None:
-        """Copy a local directory to ``destination`` whole or not at all."""
+    def extract(self, archive: bytes, destination: str) -> None:
+        try:
+            unpack(archive, Path(destination))
+        except OSError as exc:
+            raise BackendError(f"cannot write into {destination}: {exc.strerror or exc}") from None
+
+    def put_tree(self, source: Path, destination: str, exclude: list[str] = ()) -> None:
+        """Copy a committed tree (minus ``exclude``) to ``destination`` whole or not at all."""
         if os.path.exists(destination):
             return
         building = f"{destination}.building-{os.getpid()}"
         shutil.rmtree(building, ignore_errors=True)
         try:
-            shutil.copytree(source, building, symlinks=True)
+            for path, relative in staged_files(source, list(exclude)):
+                target = Path(building) / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_symlink():
+                    os.symlink(os.readlink(path), target)
+                else:
+                    shutil.copy2(path, target)
         except OSError as exc:
             shutil.rmtree(building, ignore_errors=True)
             raise BackendError(f"cannot stage code into {destination}: {exc}") from None

@@ -28,6 +28,7 @@ from ..spec.model import duration_seconds
 from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed
 from .hosts import LocalHost
+from .staging import Archive, staged_files
 
 JOB_NAME_PREFIX = "mantik-"
 
@@ -76,19 +77,26 @@ def directives(config: SlurmConfig) -> list[str]:
 
 
 class SlurmBackend:
-    shares_files = True  # mantik runs on the login node, whose filesystem the compute nodes share
-
-    def __init__(self, name: str, config: SlurmConfig, state_root: Path, host=None):
+    def __init__(self, name: str, config: SlurmConfig, state_root: Path):
         self.name = name
         self.config = config
-        self.host = host or LocalHost()
         project_root = state_root.parent
-        workdir = Path(config.workdir).expanduser()
-        self.workdir = str(workdir if workdir.is_absolute() else project_root / workdir)
+        if config.ssh is None:
+            # mantik runs on the login node, whose filesystem the compute nodes share
+            self.host, self.shares_files = LocalHost(), True
+            workdir = Path(config.workdir).expanduser()
+            self.workdir = str(workdir if workdir.is_absolute() else project_root / workdir)
+        else:
+            from .ssh import SSHHost
+
+            self.host, self.shares_files = SSHHost(config.ssh, project_root), False
+            # remote commands start in the home directory: relative paths (and ~/) are taken from there
+            self.workdir = config.workdir.removeprefix("~/") if config.workdir.startswith("~/") else config.workdir
         self.project_root = project_root
         self.min_poll_interval = duration_seconds(config.poll_interval)
         self.calls: Counter = Counter()  # scheduler commands run, for -v and the bench
         self._listing: tuple[float, dict[str, tuple[JobState, str, str]]] | None = None
+        self._staged_code: set[Path] = set()
         self._accounting: bool | None = None
 
     # -- commands ------------------------------------------------------------------------------
@@ -105,8 +113,7 @@ class SlurmBackend:
     def submit(self, requests: list[JobRequest]) -> dict[str, str]:
         if not requests:
             return {}
-        for directory in ("code", "bin", "runs", "batches"):
-            self.host.makedirs(self._path(directory))
+        self.host.makedirs(self._path("code"))
         runner_path = self._stage_runner()
         template = self._template()
         submitted: dict[str, str] = {}
@@ -135,6 +142,7 @@ class SlurmBackend:
         source = Path(runner.__file__).read_bytes()
         path = self._path("bin", f"runner-{hashlib.sha256(source).hexdigest()[:12]}.py")
         if not self.host.exists(path):
+            self.host.makedirs(self._path("bin"))
             self.host.write_text(path, source.decode())
         return path
 
@@ -148,17 +156,18 @@ class SlurmBackend:
             raise BackendError(f"cannot read the batch template {self.config.template}: {exc.strerror}") from None
 
     def _stage_code(self, code_dir: Path) -> str:
-        destination = self._path("code", code_dir.name)  # the export is named after its commit
-        self.host.put_tree(code_dir, destination)
-        return destination
+        """The committed tree, once per commit (the export is named after it)."""
+        if code_dir not in self._staged_code:
+            destination = self._path("code", code_dir.name)
+            self.host.put_tree(code_dir, destination, self.config.exclude)
+            self._staged_code.add(code_dir)
+        return f"code/{code_dir.name}"
 
     def _submit_batch(self, batch: list[JobRequest], runner_path: str, template: str) -> dict[str, str]:
         batch_id = hashlib.sha256("\n".join(r.run_id for r in batch).encode()).hexdigest()[:16]
         batch_dir = self._path("batches", batch_id)
-        self.host.makedirs(batch_dir)
-        run_dirs = [self._prepare_run(request, batch_id) for request in batch]
+        run_dirs = [self._path("runs", request.run_id) for request in batch]
         runs_file = f"{batch_dir}/runs.txt"
-        self.host.write_text(runs_file, "".join(f"{d}\n" for d in run_dirs))
         use_array = self.config.array
         script = render(
             template,
@@ -179,9 +188,14 @@ class SlurmBackend:
                 "runner": runner_path,
             },
         )
-        script_path = f"{batch_dir}/script.sh"
-        self.host.write_text(script_path, script)
-        result = self._run(["sbatch", "--parsable", script_path])
+        # every file of the batch in one archive: over SSH, one exchange instead of a few per run
+        files = Archive()
+        files.add_text(f"batches/{batch_id}/runs.txt", "".join(f"{d}\n" for d in run_dirs))
+        files.add_text(f"batches/{batch_id}/script.sh", script)
+        for request in batch:
+            self._add_run(files, request, batch_id)
+        self.host.extract(files.bytes(), self.workdir)
+        result = self._run(["sbatch", "--parsable", f"{batch_dir}/script.sh"])
         if result.returncode != 0:
             raise BackendError(f"sbatch refused the job: {_strip_prefix(result.error_line())}")
         self._listing = None  # the next poll must see the new jobs
@@ -190,18 +204,22 @@ class SlurmBackend:
             raise BackendError(f"sbatch answered {result.stdout.strip()!r} instead of a job id")
         return {r.run_id: (f"{base}_{i}" if use_array else base) for i, r in enumerate(batch)}
 
-    def _prepare_run(self, request: JobRequest, batch_id: str) -> str:
+    def _add_run(self, files: Archive, request: JobRequest, batch_id: str) -> None:
+        """A run's directory: job.json, its batch, and links to the staged code (its working directory)."""
+        if request.inputs:  # only over SSH: on the login node, jobs see the files where they are
+            raise BackendError(
+                f"{', '.join(request.inputs)} would have to be copied to {self.host.name} for every commit: "
+                "put it on the cluster and name it by its absolute path (apptainer_remote: true)"
+            )
         code = self._stage_code(request.code_dir)
-        run_dir = self._path("runs", request.run_id)
-        if self.host.exists(f"{run_dir}/job.json"):
-            return run_dir  # defensive: run ids are new for every submission
-        self.host.makedirs(run_dir)
-        for entry in self.host.list_dir(code):
-            if not self.host.exists(f"{run_dir}/{entry}"):
-                self.host.symlink(f"{code}/{entry}", f"{run_dir}/{entry}")
-        self.host.write_text(f"{run_dir}/batch", batch_id + "\n")
-        self.host.write_text(f"{run_dir}/job.json", json.dumps(request.runner_job("."), indent=2))
-        return run_dir
+        run_dir = f"runs/{request.run_id}"
+        top_level = sorted(
+            {relative.split("/")[0] for _, relative in staged_files(request.code_dir, self.config.exclude)}
+        )
+        for entry in top_level:
+            files.add_link(f"{run_dir}/{entry}", f"../../{code}/{entry}")
+        files.add_text(f"{run_dir}/batch", batch_id + "\n")
+        files.add_text(f"{run_dir}/job.json", json.dumps(request.runner_job("."), indent=2))
 
     # -- observe -------------------------------------------------------------------------------
 

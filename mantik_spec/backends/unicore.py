@@ -16,24 +16,20 @@ in parallel, and ended jobs are never asked again.
 
 from __future__ import annotations
 
-import fnmatch
-import gzip
 import hashlib
-import io
 import json
 import os
-import tarfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from .. import runner
-from ..spec.load import SPEC_FILE
 from ..spec.model import UnicoreBackend as UnicoreConfig
 from ..spec.model import duration_seconds
 from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed
+from .staging import code_archive
 
 RUNNER_FILE = "mantik-runner.py"
 CODE_ARCHIVE = "code.tar.gz"
@@ -69,47 +65,6 @@ RESOURCE_NAMES = {  # our resources -> UNICORE's job description
     "node_constraints": "NodeConstraints",
     "qos": "QoS",
 }
-
-
-def excluded(relative: str, patterns: list[str]) -> bool:
-    """Mantik's ``Exclude``: ``*.ckpt`` matches a name at any depth, ``data/`` a directory, ``a/b*`` a path."""
-    parts = PurePosixPath(relative).parts
-    for pattern in patterns:
-        if pattern.endswith("/"):
-            directory = pattern.rstrip("/")
-            if any(fnmatch.fnmatchcase("/".join(parts[: i + 1]), directory) for i in range(len(parts) - 1)):
-                return True
-            if "/" not in directory and any(fnmatch.fnmatchcase(part, directory) for part in parts[:-1]):
-                return True
-        elif "/" in pattern:
-            if fnmatch.fnmatchcase(relative, pattern.lstrip("/")):
-                return True
-        elif any(fnmatch.fnmatchcase(part, pattern) for part in parts):
-            return True
-    return False
-
-
-def code_archive(code_dir: Path, exclude: list[str]) -> bytes:
-    """The tree as a gzipped tar whose bytes depend only on the files' paths, modes and contents,
-    so code is uploaded once however many runs and commits share it. Like the run key, it leaves
-    out ``mantik.yaml``: a new grid point needs no new upload."""
-    buffer = io.BytesIO()
-    with (
-        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
-        tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for path in sorted(code_dir.rglob("*")):
-            relative = path.relative_to(code_dir).as_posix()
-            if path.is_dir() and not path.is_symlink() or relative == SPEC_FILE or excluded(relative, exclude):
-                continue
-            info = tar.gettarinfo(str(path), arcname=relative)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            if info.isreg():
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-            else:
-                tar.addfile(info)
-    return buffer.getvalue()
 
 
 def file_sha256(path: Path) -> str:

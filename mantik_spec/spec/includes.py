@@ -11,6 +11,7 @@ key gets a suggestion in the words the user wrote.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,11 +164,42 @@ TOP_KEYS = ("UnicoreApiUrl", "Firecrest", "SSH", "Resources", "Environment", "Ex
 APPTAINER_KEYS = ("Path", "Type", "Options")
 
 
+SLURM_RESOURCES = {  # Mantik's key -> (our field, or a resource under resources:)
+    "Queue": ("partition", None),
+    "Runtime": ("resources", "time"),
+    "Nodes": ("resources", "nodes"),
+    "CPUsPerNode": ("resources", "cpus_per_task"),
+    "MemoryPerNode": ("resources", "mem"),
+    "QoS": ("qos", None),
+}
+SLURM_OPTIONS = {"Reservation": "--reservation", "NodeConstraints": "--constraint"}
+SSH_KEYS = ("Hostname", "Port", "User")
+CONNECTION_OF = {"unicore": "UnicoreApiUrl", "slurm": "SSH"}
+
+
+def slurm_time(runtime) -> object:
+    """Mantik's Runtime (``12h``, ``90m``, ``2d``, seconds) as Slurm writes a time limit; anything else
+    is passed on for the model to refuse at its line."""
+    text = str(runtime)
+    match = re.fullmatch(r"(\d+)([smhd]?)", text)
+    if not match:
+        return runtime
+    amount, unit = int(match.group(1)), match.group(2) or "s"
+    if unit == "d":
+        return f"{amount}-00:00:00"
+    if unit == "h":
+        return f"{amount}:00:00"
+    if unit == "m":
+        return str(amount)
+    return str(max(1, -(-amount // 60)))  # Slurm counts minutes: round seconds up
+
+
 class _Translation:
     """Mantik's config, turned into our backend (and environment) fields, with where each came from."""
 
-    def __init__(self, config: MarkedDocument, backend_name: str):
+    def __init__(self, config: MarkedDocument, backend_name: str, kind: str):
         self.config = config
+        self.kind = kind  # the type of the backend reading it: unicore, or slurm over SSH
         self.backend_name = backend_name
         self.backend: dict = {}
         self.environment: dict = {}
@@ -203,13 +235,21 @@ class _Translation:
             return
         self.unknown_keys(data, TOP_KEYS, (), "compute-backend config")
         connections = [key for key in ("UnicoreApiUrl", "Firecrest", "SSH") if key in data]
+        expected = CONNECTION_OF[self.kind]
         if len(connections) != 1:
             self.fail((), "set exactly one of UnicoreApiUrl, Firecrest or SSH")
-        elif connections[0] != "UnicoreApiUrl":
-            self.fail((connections[0],), f"{connections[0]} configs describe another backend type; this one is unicore")
-        else:
+        elif connections[0] != expected:
+            self.fail(
+                (connections[0],),
+                f"{connections[0]} configs describe another backend; a backend of type {self.kind} reads {expected}",
+            )
+        elif self.kind == "unicore":
             self.put("backend", "url", data["UnicoreApiUrl"], ("UnicoreApiUrl",))
-        if "Resources" in data:
+        else:
+            self.ssh(self.mapping(data["SSH"], ("SSH",)))
+        if "Resources" in data and self.kind == "slurm":
+            self.slurm_resources(self.mapping(data["Resources"], ("Resources",)))
+        elif "Resources" in data:
             self.resources(self.mapping(data["Resources"], ("Resources",)))
         else:
             self.fail((), "Resources (with at least Queue) is required")
@@ -230,6 +270,43 @@ class _Translation:
         self.backend["resources"] = translated
         self.paths[("backends", self.backend_name, "resources")] = ("Resources",)
 
+    def ssh(self, ssh: dict) -> None:
+        self.unknown_keys(ssh, SSH_KEYS, ("SSH",), "SSH")
+        ours = {"Hostname": "host", "Port": "port", "User": "user"}
+        self.backend["ssh"] = {ours[key]: value for key, value in ssh.items() if key in ours}
+        self.paths[("backends", self.backend_name, "ssh")] = ("SSH",)
+        for key, field_name in ours.items():
+            self.paths[("backends", self.backend_name, "ssh", field_name)] = ("SSH", key)
+
+    def slurm_resources(self, resources: dict) -> None:
+        where = ("Resources",)
+        known = [*SLURM_RESOURCES, *SLURM_OPTIONS, "GPUsPerNode", "TotalCPUs"]
+        self.unknown_keys(resources, known, where, "Resources")
+        if "Queue" not in resources:
+            self.fail(where, "Queue is required")
+        translated: dict = {}
+        for key, (target, resource) in SLURM_RESOURCES.items():
+            if key not in resources:
+                continue
+            value = slurm_time(resources[key]) if key == "Runtime" else resources[key]
+            if resource is None:
+                self.put("backend", target, value, (*where, key))
+            else:
+                translated[resource] = value
+                self.paths[("backends", self.backend_name, "resources", resource)] = (*where, key)
+        if "GPUsPerNode" in resources:
+            translated["gres"] = f"gpu:{resources['GPUsPerNode']}"
+            self.paths[("backends", self.backend_name, "resources", "gres")] = (*where, "GPUsPerNode")
+        if "TotalCPUs" in resources:
+            self.fail(
+                (*where, "TotalCPUs"), "Slurm has no total CPU count per job here: use Nodes and CPUsPerNode", True
+            )
+        options = [f"{SLURM_OPTIONS[key]}={resources[key]}" for key in SLURM_OPTIONS if key in resources]
+        if options:
+            self.put("backend", "sbatch_args", options, where)
+        self.backend["resources"] = translated
+        self.paths[("backends", self.backend_name, "resources")] = where
+
     def environment_section(self, environment: dict) -> None:
         where = ("Environment",)
         self.unknown_keys(environment, ENVIRONMENT_KEYS, where, "Environment")
@@ -246,7 +323,12 @@ class _Translation:
         if "Modules" in environment:
             self.put("environment", "modules", environment["Modules"], (*where, "Modules"))
         for key, (target, ours) in COMMAND_LISTS.items():
-            if key in environment:
+            if key in environment and target == "backend" and self.kind != "unicore":
+                self.fail(
+                    (*where, key),
+                    f"only UNICORE runs commands on the login node; use {key.replace('Login', 'Compute')}",
+                )
+            elif key in environment:
                 value = environment[key]
                 # Mantik took one string or a list of commands
                 commands = [value] if isinstance(value, str) else value
@@ -298,13 +380,16 @@ def _text(value) -> object:
 def _include_backend_config(composed: ComposedDocument, project_root: Path, name: str, backend: dict) -> list[Problem]:
     relative = backend["config"]
     at = ("backends", name, "config")
-    if backend.get("type") != "unicore":
-        return [composed.main.problem(at, "a Mantik compute-backend config is read by backends of type unicore")]
+    kind = backend.get("type")
+    if kind not in CONNECTION_OF:
+        return [
+            composed.main.problem(at, "a Mantik compute-backend config is read by backends of type unicore or slurm")
+        ]
     try:
         config = read_included(project_root, relative, composed.main, at)
     except SpecError as exc:
         return exc.problems
-    translation = _Translation(config, name)
+    translation = _Translation(config, name, kind)
     translation.translate()
     problems = list(translation.problems)
     for key, value in translation.backend.items():

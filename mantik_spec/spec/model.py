@@ -186,10 +186,37 @@ class SlurmResources(Strict):
     time: SlurmTime | None = Field(None, description="Time limit: MINUTES, HH:MM:SS or D-HH:MM:SS.")
 
 
+class SSHConnection(Strict):
+    """How to reach a login node. ssh's own configuration (~/.ssh/config: Host aliases, ProxyJump,
+    IdentityFile, User), the SSH agent and known_hosts apply as for `ssh` itself."""
+
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=255)] = Field(
+        ..., description="Host name, or a Host alias from ~/.ssh/config."
+    )
+    port: int | None = Field(None, ge=1, le=65535)
+    user: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
+        None, description="Default: from ~/.ssh/config, else $MANTIK_SSH_USERNAME, else your local user."
+    )
+    identity_file: str | None = Field(
+        None,
+        description="Private key file; default: ssh's own choice (agent, IdentityFile), else $MANTIK_SSH_PRIVATE_KEY.",
+    )
+    known_hosts_file: str | None = Field(
+        None, description="Default: ~/.ssh/known_hosts. Unknown host keys are refused."
+    )
+    config_file: str | None = Field(None, description="An ssh config file to use instead of ~/.ssh/config.")
+    connect_timeout: int = Field(15, ge=1, le=600, description="Seconds to wait for the connection.")
+
+
 class SlurmBackend(Strict):
-    """Batch jobs on a Slurm cluster, submitted as job arrays from its login node."""
+    """Batch jobs on a Slurm cluster, submitted as job arrays from its login node (or over SSH to it)."""
 
     type: Literal["slurm"]
+    config: str | None = Field(
+        None,
+        description="A Mantik compute-backend config with SSH (YAML or JSON) read as is: SSH, Resources, "
+        "Environment, Exclude. Keys set here override it.",
+    )
     partition: SlurmWord | None = None
     account: SlurmWord | None = None
     qos: SlurmWord | None = None
@@ -218,6 +245,12 @@ class SlurmBackend(Strict):
     )
     poll_interval: str | int | float = Field("5s", description="Never ask Slurm for job states more often than this.")
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
+    ssh: SSHConnection | None = Field(
+        None, description="Reach the login node over SSH (from a laptop or a CI runner) instead of running there."
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns of committed files not staged (*.ckpt, data/)."
+    )
 
     @field_validator("poll_interval")
     @classmethod

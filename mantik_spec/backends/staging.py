@@ -1,0 +1,94 @@
+"""What a backend sends to a cluster that cannot see this machine: the committed tree (minus the
+user's exclusions) and the files of a batch of runs, as deterministic in-memory archives."""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from ..spec.load import SPEC_FILE
+
+
+def excluded(relative: str, patterns: list[str]) -> bool:
+    """Mantik's ``Exclude``: ``*.ckpt`` matches a name at any depth, ``data/`` a directory, ``a/b*`` a path."""
+    parts = PurePosixPath(relative).parts
+    for pattern in patterns:
+        if pattern.endswith("/"):
+            directory = pattern.rstrip("/")
+            if any(fnmatch.fnmatchcase("/".join(parts[: i + 1]), directory) for i in range(len(parts) - 1)):
+                return True
+            if "/" not in directory and any(fnmatch.fnmatchcase(part, directory) for part in parts[:-1]):
+                return True
+        elif "/" in pattern:
+            if fnmatch.fnmatchcase(relative, pattern.lstrip("/")):
+                return True
+        elif any(fnmatch.fnmatchcase(part, pattern) for part in parts):
+            return True
+    return False
+
+
+def staged_files(code_dir: Path, exclude: list[str]) -> Iterator[tuple[Path, str]]:
+    """The files and links of the tree a job gets, sorted. Like the run key, this leaves out
+    ``mantik.yaml``: a new grid point needs no new upload."""
+    for path in sorted(code_dir.rglob("*")):
+        relative = path.relative_to(code_dir).as_posix()
+        if path.is_dir() and not path.is_symlink() or relative == SPEC_FILE or excluded(relative, exclude):
+            continue
+        yield path, relative
+
+
+class Archive:
+    """A gzipped tar built in memory whose bytes depend only on the paths, modes and contents put in it,
+    so equal content has one name (and is sent once)."""
+
+    def __init__(self) -> None:
+        self._buffer = io.BytesIO()
+        self._zipped = gzip.GzipFile(fileobj=self._buffer, mode="wb", mtime=0)
+        self._tar = tarfile.open(fileobj=self._zipped, mode="w", format=tarfile.PAX_FORMAT)
+
+    def _info(self, name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime = kind, mode, 0
+        return info
+
+    def add_file(self, source: Path, name: str) -> None:
+        info = self._tar.gettarinfo(str(source), arcname=name)
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        if info.isreg():
+            with open(source, "rb") as handle:
+                self._tar.addfile(info, handle)
+        else:
+            self._tar.addfile(info)
+
+    def add_text(self, name: str, text: str, mode: int = 0o644) -> None:
+        data = text.encode()
+        info = self._info(name, tarfile.REGTYPE, mode)
+        info.size = len(data)
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def add_link(self, name: str, target: str) -> None:
+        info = self._info(name, tarfile.SYMTYPE, 0o777)
+        info.linkname = target
+        self._tar.addfile(info)
+
+    def bytes(self) -> bytes:
+        self._tar.close()
+        self._zipped.close()
+        return self._buffer.getvalue()
+
+
+def code_archive(code_dir: Path, exclude: list[str]) -> bytes:
+    archive = Archive()
+    for path, relative in staged_files(code_dir, exclude):
+        archive.add_file(path, relative)
+    return archive.bytes()
+
+
+def unpack(data: bytes, destination: Path) -> None:
+    """Unpack an archive of ours; no member may land outside ``destination``."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(destination, filter="data")

@@ -1,0 +1,206 @@
+"""The Slurm backend over SSH: a real sshd on 127.0.0.1 (keys made here) in front of the real
+single-node Slurm, driven by the installed `mantik`, as from a laptop or a CI runner."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import IN_CI
+from .test_slurm import slurm_is_up, slurm_spec, squeue_state
+
+pytestmark = pytest.mark.e2e
+
+SSHD = "/usr/sbin/sshd"
+
+
+class Sshd:
+    """An sshd of our own on a free port of 127.0.0.1, accepting one generated user key."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("hostkey", "userkey", "otherkey", "otherhostkey"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)], check=True)
+        shutil.copy(directory / "userkey.pub", directory / "authorized_keys")
+        os.chmod(directory / "authorized_keys", 0o600)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log = directory / "sshd.log"
+        (directory / "sshd_config").write_text(
+            textwrap.dedent(
+                f"""
+                Port {self.port}
+                ListenAddress 127.0.0.1
+                HostKey {directory / "hostkey"}
+                AuthorizedKeysFile {directory / "authorized_keys"}
+                PermitRootLogin prohibit-password
+                PasswordAuthentication no
+                StrictModes no
+                PidFile {directory / "sshd.pid"}
+                UsePAM no
+                LogLevel VERBOSE
+                """
+            )
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)
+        subprocess.run([SSHD, "-f", str(directory / "sshd_config"), "-E", str(self.log)], check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            time.sleep(0.1)
+        self.known_hosts = directory / "known_hosts"
+        self.record_host_key("hostkey")
+
+    def record_host_key(self, key: str) -> None:
+        """known_hosts naming ``key`` as the server's: the real one, or another (a changed key)."""
+        public = (self.directory / f"{key}.pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n")
+
+    def logins(self) -> int:
+        return len(re.findall(r"Accepted publickey", self.log.read_text()))
+
+    def stop(self) -> None:
+        pid = (self.directory / "sshd.pid").read_text().strip()
+        subprocess.run(["kill", pid], check=False)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    problems = []
+    if not Path(SSHD).exists():
+        problems.append("sshd is not installed (apt-get install openssh-server)")
+    if not slurm_is_up():
+        problems.append("Slurm is not running (bash scripts/slurm-local.sh)")
+    if problems:
+        message = "; ".join(problems)
+        if IN_CI:
+            pytest.fail(message)  # CI installs both: a missing one is a failure, never a skip
+        pytest.skip(message)
+    server = Sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+def ssh_spec(sshd: Sshd, workdir: Path, lrs: str = "[0.1, 0.2, 0.3]", key: str = "userkey") -> str:
+    """The Slurm tests' spec, reaching the login node through ``sshd``."""
+    anchor = "    poll_interval: 0.5s\n"
+    spec = slurm_spec(lrs=lrs)
+    assert anchor in spec
+    return spec.replace(
+        anchor,
+        anchor
+        + textwrap.indent(
+            textwrap.dedent(
+                f"""
+                workdir: {workdir}
+                ssh:
+                  host: 127.0.0.1
+                  port: {sshd.port}
+                  user: root
+                  identity_file: {sshd.directory / key}
+                  known_hosts_file: {sshd.known_hosts}
+                """
+            ).lstrip("\n"),
+            "    ",
+        ),
+    )
+
+
+@pytest.fixture
+def over_ssh(project, sshd, tmp_path):
+    sshd.record_host_key("hostkey")
+    project.workdir = tmp_path / "cluster-workdir"
+    project.write("mantik.yaml", ssh_spec(sshd, project.workdir))
+    project.commit("slurm over ssh")
+    yield project
+    for socket_path in Path("/tmp").glob(f"mantik-ssh-{os.getuid()}-*"):  # end lingering shared connections
+        subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "x"], capture_output=True)
+
+
+def ssh_line(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if " ssh: " in line)
+
+
+def test_grid_runs_as_an_array_over_one_connection(over_ssh, sshd):
+    before = sshd.logins()
+    result = over_ssh.mantik("-v", "apply", "--auto-approve")
+    assert "1 connection(s) opened" in ssh_line(result.stderr)
+    assert sshd.logins() - before == 1  # every command of the apply went through one connection
+    assert "1 sbatch" in result.stderr
+    over_ssh.wait_until(
+        lambda: sorted(r.info.status for r in over_ssh.runs()) == ["FINISHED"] * 3, timeout=120, message="3 finished"
+    )
+    again = over_ssh.mantik("-v", "apply", "--auto-approve")
+    assert "No changes" in again.stdout
+    assert "sbatch" not in again.stderr
+
+
+def test_a_staged_commit_is_not_sent_again(over_ssh, sshd):
+    first = over_ssh.mantik("-v", "apply", "--auto-approve")
+    assert "1 code tree(s) sent" in ssh_line(first.stderr)
+    over_ssh.wait_until(lambda: all(r.info.status == "FINISHED" for r in over_ssh.runs()), timeout=120)
+    over_ssh.write("mantik.yaml", ssh_spec(sshd, over_ssh.workdir, lrs="[0.1, 0.2, 0.3, 0.4]"))
+    over_ssh.commit("one more point")
+    second = over_ssh.mantik("-v", "apply", "--auto-approve")
+    assert "1 code tree(s) sent" in ssh_line(second.stderr)  # a new commit is staged once
+    over_ssh.wait_until(lambda: len(over_ssh.runs()) == 4, timeout=60)
+    (run,) = [r for r in over_ssh.runs() if r.data.params.get("lr") == "0.4"]
+    job_id = run.data.tags["mantik.job_id"]
+    subprocess.run(["scancel", job_id.split("_")[0]], check=True)
+    over_ssh.wait_until(lambda: squeue_state(job_id) in ("", "CANCELLED"), timeout=60)
+    plan = over_ssh.plan_json()
+    assert [e["symbol"] for e in plan["runs"] if e["parameters"]["lr"] == 0.4] == ["!"]
+    third = over_ssh.mantik("-v", "apply", "--auto-approve")  # repaired and resubmitted at the same commit
+    assert "0 code tree(s) sent" in ssh_line(third.stderr)
+
+
+def test_changed_host_key_is_refused(over_ssh, sshd):
+    sshd.record_host_key("otherhostkey")
+    result = over_ssh.mantik("apply", "--auto-approve", check=1)
+    assert "the host key of 127.0.0.1 has changed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_host_key_is_refused_not_accepted(over_ssh, sshd):
+    sshd.known_hosts.write_text("")
+    result = over_ssh.mantik("apply", "--auto-approve", check=1)
+    assert "the host key of 127.0.0.1 is not in known_hosts" in result.stderr
+    assert sshd.known_hosts.read_text() == ""  # nothing was added behind the user's back
+
+
+def test_wrong_key_is_refused_with_a_clear_error(over_ssh, sshd):
+    over_ssh.write("mantik.yaml", ssh_spec(sshd, over_ssh.workdir, key="otherkey"))
+    over_ssh.commit("the wrong key")
+    result = over_ssh.mantik("apply", "--auto-approve", check=1)
+    assert "127.0.0.1 refused the authentication" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_host_is_one_line(over_ssh, sshd):
+    spec = ssh_spec(sshd, over_ssh.workdir).replace(f"port: {sshd.port}", "port: 9")
+    over_ssh.write("mantik.yaml", spec)
+    over_ssh.commit("nobody listens there")
+    result = over_ssh.mantik("apply", "--auto-approve", check=1)
+    assert "cannot reach 127.0.0.1" in result.stderr
+
+
+def test_unwritable_workdir_is_one_line(over_ssh, sshd, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    over_ssh.write("mantik.yaml", ssh_spec(sshd, blocked / "workdir"))
+    over_ssh.commit("workdir under a file")
+    result = over_ssh.mantik("apply", "--auto-approve", check=1)
+    assert f"cannot create {blocked / 'workdir'}" in result.stderr
+    assert "Traceback" not in result.stderr
