@@ -153,8 +153,17 @@ def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode):
         if out:
             click.echo(f"\nSaved the plan to {out}. To carry it out exactly: mantik apply {out}")
     _report_calls(ctx, project)
+    _exit_on_errors(result.errors)
     if detailed_exitcode and result.has_changes:
         sys.exit(2)
+
+
+def _exit_on_errors(errors: list[str]) -> None:
+    """A backend that could not be asked is an error (exit 1) once everything else was shown and done."""
+    for error in errors:
+        click.echo(f"Error: {error}", err=True)
+    if errors:
+        sys.exit(1)
 
 
 @main.command()
@@ -208,6 +217,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
             if result.plan.has_changes:
                 click.echo("Apply cancelled.")
             _report_calls(ctx, project)
+            _exit_on_errors(result.plan.errors)
             return
         click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
         if wait and result.started:
@@ -217,6 +227,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
                 click.echo(f"{failed} run(s) did not finish successfully.", err=True)
                 sys.exit(1)
     _report_calls(ctx, project)
+    _exit_on_errors(result.plan.errors)
 
 
 def _follow(project, run_ids) -> int:
@@ -260,15 +271,17 @@ def status(ctx, directory, as_json, watch, interval):
 
     with user_errors():
         project = open_project(directory)
+        errors: list[str] = []
         if watch:
             _watch_status(project, parse_duration(interval))
         else:
-            rows = status_rows(project)
+            rows = status_rows(project, errors)
             if as_json:
                 click.echo(json.dumps([row.to_json() for row in rows], indent=2))
             else:
                 _print_status_table(rows)
     _report_calls(ctx, project)
+    _exit_on_errors(errors)
 
 
 def _watch_status(project, interval: float) -> None:

@@ -65,18 +65,19 @@ def _write_atomically(path, text):
 
 
 def _unpack(archive, workdir):
-    """Unpack the code sent as an archive; no member may land outside ``workdir``."""
+    """Unpack the code sent as an archive: no member may land outside ``workdir``; the repository's
+    own links (to /p/scratch/data, say) are kept as they are."""
     import tarfile
 
     os.makedirs(workdir, exist_ok=True)
     with tarfile.open(archive) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(workdir, filter="data")
+        if hasattr(tarfile, "tar_filter"):
+            tar.extractall(workdir, filter="tar")
             return
         root = os.path.realpath(workdir)  # Pythons before the extraction filters: check by hand
         for member in tar.getmembers():
             target = os.path.realpath(os.path.join(workdir, member.name))
-            if os.path.commonpath([root, target]) != root or member.issym() and os.path.isabs(member.linkname):
+            if os.path.commonpath([root, target]) != root:
                 raise ValueError(f"archive member {member.name} would land outside the working directory")
         tar.extractall(workdir)
 

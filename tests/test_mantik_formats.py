@@ -321,3 +321,16 @@ def test_mantik_ssh_config_problems_point_into_it(tmp_path):
     assert any(p.startswith("cluster.yaml:6:3: Resources.TotalCPUs: Slurm has no total CPU count") for p in problems), (
         problems
     )
+
+
+def test_an_include_through_a_symlinked_directory_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "MLproject").write_text(MLPROJECT)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "configs").symlink_to(outside)
+    write_project(project, "project: demo\nmlproject: configs/MLproject\n")
+    assert problems_of(project) == [
+        "mantik.yaml:2:12: mlproject: configs/MLproject leads outside the project (through a symlink)"
+    ]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from mantik_spec.backends.ssh import control_directory
+
 from .conftest import IN_CI
 from .test_slurm import slurm_is_up, slurm_spec, squeue_state
 
@@ -125,7 +127,7 @@ def over_ssh(project, sshd, tmp_path):
     project.write("mantik.yaml", ssh_spec(sshd, project.workdir))
     project.commit("slurm over ssh")
     yield project
-    for socket_path in Path("/tmp").glob(f"mantik-ssh-{os.getuid()}-*"):  # end lingering shared connections
+    for socket_path in Path(control_directory()).glob("cm-*"):  # each test connects afresh
         subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "x"], capture_output=True)
 
 
@@ -204,3 +206,22 @@ def test_unwritable_workdir_is_one_line(over_ssh, sshd, tmp_path):
     result = over_ssh.mantik("apply", "--auto-approve", check=1)
     assert f"cannot create {blocked / 'workdir'}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_relative_workdir_and_tracking_credentials_over_ssh(over_ssh, sshd):
+    relative = f".mantik-ssh-test-{os.getpid()}"  # taken from the remote home
+    token = "token-for-the-job-only"
+    spec = ssh_spec(sshd, Path(relative), lrs="[0.1]").replace(
+        "command: python train.py", 'command: test -n "$MLFLOW_TRACKING_TOKEN" && python train.py'
+    )
+    over_ssh.write("mantik.yaml", spec)
+    over_ssh.commit("relative workdir")
+    remote = Path.home() / relative  # the sshd runs on this machine, as this user
+    try:
+        over_ssh.mantik("apply", "--auto-approve", env={"MLFLOW_TRACKING_TOKEN": token})
+        over_ssh.wait_until(lambda: [r.info.status for r in over_ssh.runs()] in (["FINISHED"], ["FAILED"]), timeout=120)
+        assert [r.info.status for r in over_ssh.runs()] == ["FINISHED"]  # the job saw the token
+        written = [p for p in remote.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+        assert written == []  # it reached the job through sbatch's environment, not a file
+    finally:
+        shutil.rmtree(remote, ignore_errors=True)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from mantik_spec.spec.load import validate_document
 from mantik_spec.spec.yamlload import SpecError, load_marked
 
-EXAMPLES = int(os.environ.get("MANTIK_FUZZ_EXAMPLES", "3000"))
+# 6,000 mutated specs + 2,000 arbitrary texts + 2,000 nestings: 10,000 cases per run
+EXAMPLES = int(os.environ.get("MANTIK_FUZZ_EXAMPLES", "6000"))
 PROBLEM_LINE = re.compile(r"^mantik\.yaml(:\d+:\d+)?: ")
 
 BASE = {
@@ -27,6 +28,12 @@ BASE = {
     "backends": {
         "local": {"type": "local", "max_parallel": 2},
         "hpc": {"type": "slurm", "resources": {"time": "1:00:00", "mem": "4G"}},
+        "site": {
+            "type": "unicore",
+            "url": "https://site.example/JUWELS/rest/core",
+            "resources": {"queue": "batch", "runtime": "1h", "memory": "4G"},
+            "exclude": ["*.ckpt"],
+        },
     },
     "experiments": {
         "a": {"entry_point": "train", "backend": "local", "parameters": {"lr": [0.1, 0.2]}, "seeds": 2},

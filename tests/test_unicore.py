@@ -3,6 +3,7 @@ a fake UNICORE site on 127.0.0.1 that runs the jobs as local processes (tests/fa
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 
 import pytest
 
@@ -304,9 +306,9 @@ def test_job_description_from_a_full_mantik_config(on_unicore, site, tmp_path):
     assert job["environment"]["OMP_NUM_THREADS"] == "8"
     command = job["command"]
     assert command.startswith(
-        "module load Stages/2023 CUDA && echo pre compute && apptainer exec --nv -B /data:/data image.sif sh -c "
+        "module load Stages/2023 CUDA && { echo pre compute\n} && { apptainer exec --nv -B /data:/data image.sif sh -c "
     )
-    assert command.endswith(" && echo post compute")
+    assert command.endswith(" && { echo post compute\n}")
     # the token went to the site with the job, and nowhere else
     assert "tracking-secret-42" not in imports["job.json"]["Data"]
     for run in on_unicore.runs():
@@ -371,10 +373,17 @@ def test_site_outage_while_planning_changes_nothing(on_unicore, site):
     site.queue_seconds = 60
     on_unicore.mantik("apply", "--auto-approve")
     site.fail_next(503, "down for maintenance", count=1000, path_contains="/jobs/")
-    plan = on_unicore.plan_json()
+    planned = on_unicore.mantik("plan", "--json", check=1)  # shown, then an error: the site could not say
+    plan = json.loads(planned.stdout)
     assert {e["symbol"] for e in plan["runs"]} == {"…"}  # unknown is never acted upon
     assert all("down for maintenance" in e["reason"] for e in plan["runs"]), plan
-    on_unicore.mantik("apply", "--auto-approve")
+    assert plan["errors"] == [
+        "backend site could not report on its jobs (the UNICORE site answered 503: down for maintenance "
+        "(tried 3 times)); they are left as they were"
+    ]
+    assert planned.stderr.strip() == "Error: " + plan["errors"][0]
+    on_unicore.mantik("apply", "--auto-approve", check=1)
+    on_unicore.mantik("status", check=1)
     assert len(submissions(site)) == 2
 
 
@@ -386,3 +395,70 @@ def test_tls_failure_is_one_line_with_a_hint(on_unicore, site):
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert f"TLS failure talking to {https_to_a_plain_http_port}" in line
     assert "set tls_verify to the site's CA bundle" in line
+
+
+def test_a_dropped_submission_is_resubmitted_once(on_unicore, site):
+    site.drop_next(count=1, path_contains="/jobs")  # the POST never reached the site
+    result = on_unicore.mantik("apply", "--auto-approve", check=1)
+    assert "broke the connection before answering" in result.stderr
+    settle(on_unicore)
+    assert len(site.job_urls()) == 2  # the lost POST is resubmitted, the other run submitted once
+    assert sorted(r.info.status for r in on_unicore.runs() if r.info.status == "FINISHED") == ["FINISHED"] * 2
+
+
+def test_an_expired_security_session_is_transparent(on_unicore, site):
+    site.queue_seconds = 2
+    on_unicore.mantik("apply", "--auto-approve")
+    site.expire_sessions()  # the next calls carry a session id the site forgot: 432, then a retry
+    settle(on_unicore)
+    assert sorted(r.info.status for r in on_unicore.runs()) == ["FINISHED", "FINISHED"]
+
+
+def test_an_endpoint_that_is_not_unicore_is_one_line(on_unicore):
+    class MaintenancePage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the name http.server calls
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>down for maintenance</html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MaintenancePage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/SITE/rest/core"
+        on_unicore.write("mantik.yaml", unicore_spec(url))
+        on_unicore.commit("a url that answers HTML")
+        result = on_unicore.mantik("apply", "--auto-approve", check=1)
+    finally:
+        server.shutdown()
+    assert "Traceback" not in result.stderr
+    assert f"{url} did not answer like a UNICORE REST endpoint" in result.stderr
+
+
+HOSTILE = ["{{ 7*7 }}", "{% raw %}", '"}, "Executable": "rm -rf ~', "$(touch /tmp/pwned); `id`", "</script>\n\\u0000"]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_user_text_in_the_job_description_stays_data(hostile):
+    from mantik_spec.templating import packaged, render
+
+    values = {
+        "name": f"mantik-{hostile}",
+        "executable": "python3",
+        "arguments": ["mantik-runner.py", "."],
+        "environment": {"X": hostile},
+        "imports": [{"From": "inline://mantik", "To": "job.json", "Data": json.dumps({"command": hostile})}],
+        "tags": ["mantik", hostile],
+        "resources": {"Queue": hostile},
+        "project": hostile,
+        "login_precommand": hostile,
+        "login_postcommand": "",
+    }
+    description = json.loads(render(packaged("unicore-job.json.j2"), values))
+    assert description["Executable"] == "python3"  # nothing a value holds can add or change a key
+    assert description["Name"] == f"mantik-{hostile}" and description["Environment"] == {"X": hostile}
+    assert json.loads(description["Imports"][0]["Data"]) == {"command": hostile}
+    assert description["User precommand"] == hostile and "User postcommand" not in description

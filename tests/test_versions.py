@@ -237,3 +237,29 @@ def test_declared_environment_is_where_the_command_runs(project):
     plan = project.plan_json()
     assert [r["action"] for r in plan["runs"]] == ["submit"]
     assert plan["runs"][0]["reason"].startswith("environment changed")
+
+
+def test_pre_and_post_run_lines_cannot_swallow_the_command(project):
+    project.write(
+        "mantik.yaml",
+        """
+        version: 1
+        project: envdemo
+        entry_points:
+          train:
+            command: python train.py --lr {lr} --greeting "$STAGE"
+            parameters: {lr: float}
+        environments:
+          staged:
+            pre_run: ["export STAGE=prepared  # a comment ends only its own line"]
+            post_run: ["test -n \\"$STAGE\\"; echo after"]
+        experiments:
+          one: {entry_point: train, environment: staged, parameters: {lr: 0.1}}
+        """,
+    )
+    project.commit("pre- and post-run lines")
+    project.mantik("apply", "--auto-approve", "--wait")
+    started = [e for e in project.events() if e["event"] == "start"]
+    assert [e["args"]["--greeting"] for e in started] == ["prepared"]  # the command ran, after the pre-run line
+    (run,) = project.runs()
+    assert run.info.status == "FINISHED"

@@ -7,6 +7,7 @@ actions (does the world match the spec?): the planner maps one onto the other.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +72,15 @@ class JobRequest:
             "workdir": workdir,
             **extra,
         }
+
+
+# Credentials a job needs to reach the tracking server. Backends whose jobs do not inherit this
+# process's environment pass them at submission only: never in job.json, MLflow, plans or logs.
+TRACKING_SECRETS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def tracking_secrets() -> dict[str, str]:
+    return {name: os.environ[name] for name in TRACKING_SECRETS if os.environ.get(name)}
 
 
 class BackendError(Exception):

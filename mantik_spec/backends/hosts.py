@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +52,13 @@ class LocalHost:
     def __init__(self) -> None:
         self.commands_run = 0
 
-    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> CommandResult:
+    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT, secrets: dict | None = None) -> CommandResult:
         self.commands_run += 1
+        environment = {**os.environ, **(secrets or {})}
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=environment
+            )
         except FileNotFoundError:
             raise BackendError(
                 f"`{argv[0]}` is not on PATH here: run mantik where the scheduler's commands are"
@@ -100,11 +104,14 @@ class LocalHost:
         except OSError as exc:
             raise BackendError(f"cannot link {link}: {exc.strerror}") from None
 
+    def absolute(self, path: str) -> str:
+        return os.path.abspath(path)
+
     def extract(self, archive: bytes, destination: str) -> None:
         try:
             unpack(archive, Path(destination))
-        except OSError as exc:
-            raise BackendError(f"cannot write into {destination}: {exc.strerror or exc}") from None
+        except (OSError, tarfile.TarError) as exc:
+            raise BackendError(f"cannot write into {destination}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def put_tree(self, source: Path, destination: str, exclude: list[str] = ()) -> None:
         """Copy a committed tree (minus ``exclude``) to ``destination`` whole or not at all."""

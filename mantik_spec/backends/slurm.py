@@ -23,10 +23,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .. import runner
+from ..faults import checkpoint
 from ..spec.model import SlurmBackend as SlurmConfig
 from ..spec.model import duration_seconds
 from ..templating import packaged, render
-from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed
+from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
 from .hosts import LocalHost
 from .staging import Archive, staged_files
 
@@ -97,13 +98,14 @@ class SlurmBackend:
         self.calls: Counter = Counter()  # scheduler commands run, for -v and the bench
         self._listing: tuple[float, dict[str, tuple[JobState, str, str]]] | None = None
         self._staged_code: set[Path] = set()
+        self._top_level: dict[Path, list[str]] = {}  # the entries a run directory links to, per commit
         self._accounting: bool | None = None
 
     # -- commands ------------------------------------------------------------------------------
 
-    def _run(self, argv: list[str]):
+    def _run(self, argv: list[str], secrets: dict | None = None):
         self.calls[argv[0]] += 1
-        return self.host.run(argv)
+        return self.host.run(argv, secrets=secrets)
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.workdir, *parts])
@@ -114,11 +116,15 @@ class SlurmBackend:
         if not requests:
             return {}
         self.host.makedirs(self._path("code"))
+        if not self.workdir.startswith("/"):  # over SSH: the job script needs paths that hold from any cwd
+            self.workdir = self.host.absolute(self.workdir)
         runner_path = self._stage_runner()
         template = self._template()
         submitted: dict[str, str] = {}
         batches = self._batches(requests)
         for position, batch in enumerate(batches):
+            if position:
+                checkpoint("between-batches")  # a crash here leaves part of an experiment's array queued
             try:
                 submitted.update(self._submit_batch(batch, runner_path, template))
             except BackendError as exc:
@@ -195,7 +201,9 @@ class SlurmBackend:
         for request in batch:
             self._add_run(files, request, batch_id)
         self.host.extract(files.bytes(), self.workdir)
-        result = self._run(["sbatch", "--parsable", f"{batch_dir}/script.sh"])
+        # sbatch passes its environment to the job; over SSH the login shell lacks the tracking credentials
+        secrets = None if self.shares_files else tracking_secrets()
+        result = self._run(["sbatch", "--parsable", f"{batch_dir}/script.sh"], secrets=secrets)
         if result.returncode != 0:
             raise BackendError(f"sbatch refused the job: {_strip_prefix(result.error_line())}")
         self._listing = None  # the next poll must see the new jobs
@@ -206,17 +214,12 @@ class SlurmBackend:
 
     def _add_run(self, files: Archive, request: JobRequest, batch_id: str) -> None:
         """A run's directory: job.json, its batch, and links to the staged code (its working directory)."""
-        if request.inputs:  # only over SSH: on the login node, jobs see the files where they are
-            raise BackendError(
-                f"{', '.join(request.inputs)} would have to be copied to {self.host.name} for every commit: "
-                "put it on the cluster and name it by its absolute path (apptainer_remote: true)"
-            )
         code = self._stage_code(request.code_dir)
         run_dir = f"runs/{request.run_id}"
-        top_level = sorted(
-            {relative.split("/")[0] for _, relative in staged_files(request.code_dir, self.config.exclude)}
-        )
-        for entry in top_level:
+        if request.code_dir not in self._top_level:
+            staged = staged_files(request.code_dir, self.config.exclude)
+            self._top_level[request.code_dir] = sorted({relative.split("/")[0] for _, relative in staged})
+        for entry in self._top_level[request.code_dir]:
             files.add_link(f"{run_dir}/{entry}", f"../../{code}/{entry}")
         files.add_text(f"{run_dir}/batch", batch_id + "\n")
         files.add_text(f"{run_dir}/job.json", json.dumps(request.runner_job("."), indent=2))

@@ -25,7 +25,16 @@ from .base import BackendError, CommandTimeout
 from .hosts import COMMAND_TIMEOUT, CommandResult
 from .staging import code_archive
 
+
+def control_directory() -> str:
+    """Where shared-connection sockets live: private to the user."""
+    directory = os.path.join(os.path.expanduser("~"), ".ssh", "mantik")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    return directory
+
+
 PERSIST_SECONDS = 60  # how long the shared connection outlives the command that opened it
+SLOWEST_LINK_BYTES_PER_SECOND = 100_000  # sending files may take this long before it counts as hung
 USERNAME_VARIABLE = "MANTIK_SSH_USERNAME"
 KEY_VARIABLE = "MANTIK_SSH_PRIVATE_KEY"  # a key file's path, or the key itself (as CI secrets hold it)
 PASSWORD_VARIABLE = "MANTIK_SSH_PASSWORD"
@@ -44,18 +53,20 @@ class SSHHost:
         self._connected = False
         self._environment = dict(os.environ)
         self._base = self._arguments()
+        self._master = self._arguments(master="yes")
 
     # -- the connection --------------------------------------------------------------------------
 
-    def _arguments(self) -> list[str]:
+    def _arguments(self, master: str = "auto") -> list[str]:
         connection = self.connection
-        # %C: a hash of host, port, user and jump host, so each destination has its own master;
-        # kept short because a socket path may not exceed ~100 bytes
-        control = os.path.join(tempfile.gettempdir(), f"mantik-ssh-{os.getuid()}-%C")
+        # %C: a hash of host, port, user and jump host, so each destination has its own master. The
+        # sockets live in a private directory (not a guessable name in /tmp), short enough for the
+        # ~100-byte socket path limit
+        control = os.path.join(control_directory(), "cm-%C")
         argv = [
             "ssh",
-            "-o", "StrictHostKeyChecking=yes",  # the command line wins over ~/.ssh/config
-            "-o", "ControlMaster=auto",
+            "-o", "StrictHostKeyChecking=yes",  # the first value wins: the command line over ~/.ssh/config
+            "-o", f"ControlMaster={master}",
             "-o", f"ControlPath={control}",
             "-o", f"ControlPersist={PERSIST_SECONDS}",
             "-o", f"ConnectTimeout={connection.connect_timeout}",
@@ -115,13 +126,23 @@ class SSHHost:
         """Open the shared connection unless one is alive; its failures are the ones users need explained."""
         if self._connected:
             return
-        check = subprocess.run(
-            [*self._base[:-1], "-O", "check", self._base[-1]], capture_output=True, text=True, env=self._environment
-        )
-        if check.returncode != 0:
+        try:
+            check = subprocess.run(
+                [*self._base[:-1], "-O", "check", self._base[-1]],
+                capture_output=True,
+                text=True,
+                env=self._environment,
+                timeout=10,
+            )
+            alive = check.returncode == 0
+        except subprocess.TimeoutExpired:  # a stale master that no longer answers: open a new one
+            alive = False
+        except FileNotFoundError:
+            raise BackendError("`ssh` is not installed here: install the OpenSSH client") from None
+        if not alive:
             try:
                 opened = subprocess.run(
-                    [*self._base[:-1], "-o", "ControlMaster=yes", "-f", "-N", self._base[-1]],
+                    [*self._master[:-1], "-f", "-N", self._master[-1]],
                     capture_output=True,
                     text=True,
                     stdin=subprocess.DEVNULL,
@@ -168,7 +189,7 @@ class SSHHost:
         self.commands_run += 1
         self.bytes_sent += len(data or b"")
         try:
-            done = subprocess.run(
+            done = subprocess.run(  # stdin carries data only: never a secret on a command line
                 [*self._base, "--", shlex.join(argv)],
                 input=data,
                 capture_output=True,
@@ -189,8 +210,15 @@ class SSHHost:
             )
         return done.returncode, done.stdout, stderr
 
-    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT) -> CommandResult:
-        code, stdout, stderr = self._exchange(argv, timeout=timeout)
+    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT, secrets: dict | None = None) -> CommandResult:
+        """``secrets`` reach the remote command's environment through stdin: never its command line,
+        which other users of a login node can read."""
+        if not secrets:
+            code, stdout, stderr = self._exchange(argv, timeout=timeout)
+        else:
+            lines = "".join(f"{name}={value}\n" for name, value in secrets.items() if "\n" not in value)
+            script = 'while IFS= read -r line; do export "$line"; done; exec "$@"'
+            code, stdout, stderr = self._exchange(["sh", "-c", script, "sh", *argv], lines.encode(), timeout)
         return CommandResult(code, stdout.decode(errors="replace"), stderr)
 
     def _shell(self, script: str, *arguments: str, data: bytes | None = None):
@@ -200,6 +228,12 @@ class SSHHost:
         code, _, stderr = self._shell('mkdir -p -- "$1"', path)
         if code != 0:
             raise BackendError(f"cannot create {path} on {self.name}: {_last_line(stderr)}")
+
+    def absolute(self, path: str) -> str:
+        code, stdout, stderr = self._shell('mkdir -p -- "$1" && cd -- "$1" && pwd -P', path)
+        if code != 0:
+            raise BackendError(f"cannot create {path} on {self.name}: {_last_line(stderr)}")
+        return stdout.decode().strip()
 
     def exists(self, path: str) -> bool:
         return self._shell('test -e "$1" || test -L "$1"', path)[0] == 0
@@ -226,8 +260,16 @@ class SSHHost:
         if code != 0:
             raise BackendError(f"cannot link {link} on {self.name}: {_last_line(stderr)}")
 
+    def _send(self, script: str, data: bytes, *arguments: str):
+        """Send files: the time allowed grows with the size, and a timeout here submitted nothing."""
+        timeout = COMMAND_TIMEOUT + len(data) / SLOWEST_LINK_BYTES_PER_SECOND
+        try:
+            return self._exchange(["sh", "-c", script, "sh", *arguments], data, timeout)
+        except CommandTimeout as exc:
+            raise BackendError(f"sending files to {self.name} timed out: {exc}") from None
+
     def extract(self, archive: bytes, destination: str) -> None:
-        code, _, stderr = self._shell('mkdir -p -- "$1" && tar xzf - -C "$1"', destination, data=archive)
+        code, _, stderr = self._send('mkdir -p -- "$1" && tar xzf - -C "$1"', archive, destination)
         if code != 0:
             raise BackendError(f"cannot write into {destination} on {self.name}: {_last_line(stderr)}")
 
@@ -242,7 +284,7 @@ class SSHHost:
             'if [ -e "$1" ]; then rm -rf "$b"; else mv "$b" "$1"; fi'
         )
         token = hashlib.sha256(archive).hexdigest()[:8] + str(os.getpid())
-        code, _, stderr = self._shell(script, destination, token, data=archive)
+        code, _, stderr = self._send(script, archive, destination, token)
         if code != 0:
             raise BackendError(f"cannot stage code into {destination} on {self.name}: {_last_line(stderr)}")
         self.trees_sent += 1

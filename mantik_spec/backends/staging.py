@@ -89,6 +89,7 @@ def code_archive(code_dir: Path, exclude: list[str]) -> bytes:
 
 
 def unpack(data: bytes, destination: Path) -> None:
-    """Unpack an archive of ours; no member may land outside ``destination``."""
+    """Unpack an archive of ours: no member may land outside ``destination``, while links (a run's
+    links to its staged code, a repository's link to /p/scratch/data) are kept as they are."""
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(destination, filter="data")
+        tar.extractall(destination, filter="tar")

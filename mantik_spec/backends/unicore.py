@@ -11,7 +11,7 @@ the run needs, so there is no half-submitted job to clean up after a crash:
 Each job is tagged with its run id, so an apply that crashed after the POST
 finds its job by tag instead of submitting it twice. The site's listing of jobs
 returns only their addresses, so polling costs one GET per live job; those run
-in parallel, and ended jobs are never asked again.
+in parallel, and runs once closed are not asked about again.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .. import runner
 from ..spec.model import UnicoreBackend as UnicoreConfig
 from ..spec.model import duration_seconds
 from ..templating import packaged, render
-from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed
+from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
 from .staging import code_archive
 
 RUNNER_FILE = "mantik-runner.py"
@@ -37,9 +37,7 @@ WORKDIR = "work"  # the run's cwd inside the job directory: the code, plus uploa
 RUN_TAG = "mantik-run-"
 ATTEMPTS = 3  # for reads: a timeout or dropped connection is retried, with backoff, this many times in all
 TRANSIENT_STATUS = (502, 503, 504)
-# Credentials the job needs to reach the tracking server: sent in the job description's environment
-# at submission, never written into job.json, MLflow or logs.
-TRACKING_SECRETS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+GATEWAY_STATUS = (502, 504)
 BUDGET_VARIABLE = "MANTIK_COMPUTE_BUDGET_ACCOUNT"
 
 STATES = {  # pyunicore's JobStatus names
@@ -77,6 +75,7 @@ def file_sha256(path: Path) -> str:
 
 class UnicoreBackend:
     shares_files = False  # the site sees none of this machine's files: code and images are sent
+    sends_inputs = True
 
     def __init__(self, name: str, config: UnicoreConfig, state_root: Path):
         self.name = name
@@ -139,17 +138,23 @@ class UnicoreBackend:
                 ) from None
             except httpx.TimeoutException:
                 failure: BackendError = CommandTimeout(f"{self.config.url} did not answer within {self.timeout:g} s")
-            except httpx.RemoteProtocolError:  # like a timeout: the site may have acted on the request
-                failure = CommandTimeout(f"{self.config.url} closed the connection without answering")
-            except (httpx.ConnectError, httpx.ReadError, httpx.WriteError) as exc:
+            except (httpx.RemoteProtocolError, httpx.ReadError):  # the request went out: the site may have acted
+                failure = CommandTimeout(f"{self.config.url} broke the connection before answering")
+            except (httpx.ConnectError, httpx.WriteError) as exc:
                 failure = BackendError(self._connection_problem(exc))
             except httpx.HTTPError as exc:  # pyunicore's check_error: "STATUS Server Error: MESSAGE for url: URL"
                 status, message = _site_error(str(exc))
-                failure = BackendError(f"the UNICORE site answered {status}: {message}")
+                # a gateway's 502/504 says nothing of what the site behind it did
+                kind = CommandTimeout if status in GATEWAY_STATUS else BackendError
+                failure = kind(f"the UNICORE site answered {status}: {message}")
                 if status not in TRANSIENT_STATUS:
                     raise failure from None
             except OSError as exc:  # pyunicore's storage errors
                 raise BackendError(f"UNICORE storage problem: {exc}") from None
+            except (ValueError, KeyError, TypeError):  # HTML, or JSON of another shape
+                raise BackendError(
+                    f"{self.config.url} did not answer like a UNICORE REST endpoint (it should end in /rest/core)"
+                ) from None
             if attempt < attempts:
                 time.sleep(min(0.5 * 2 ** (attempt - 1), self.timeout))
         if attempts > 1:
@@ -174,13 +179,18 @@ class UnicoreBackend:
         template = self._template()
         submitted: dict[str, str] = {}
         for position, request in enumerate(requests):
-            try:
+            unsent = [r.run_id for r in requests[position + 1 :]]
+            try:  # staging: whatever fails here, no job was created
                 description = self.job_description(request, template)
+            except BackendError as exc:
+                raise SubmissionFailed(
+                    f"experiment {request.group or '?'}: {exc}", submitted, [request.run_id, *unsent]
+                ) from None
+            try:
                 response = self._request(
                     "submit", lambda d=description: site.transport.post(url=self._jobs_url, json=d), retry=False
                 )
             except BackendError as exc:
-                unsent = [r.run_id for r in requests[position + 1 :]]
                 if isinstance(exc, CommandTimeout):  # the POST may have created the job: adopt it by its tag
                     unknown, refused = [request.run_id], unsent
                 else:
@@ -219,7 +229,7 @@ class UnicoreBackend:
             RESOURCE_NAMES[key]: str(value)
             for key, value in self.config.resources.model_dump(exclude_none=True).items()
         }
-        environment = {name: os.environ[name] for name in TRACKING_SECRETS if os.environ.get(name)}
+        environment = tracking_secrets()  # in the job description only
         if self.config.resources.cpus_per_node:  # as Mantik did: srun inherits the CPUs per task
             environment["SRUN_CPUS_PER_TASK"] = str(self.config.resources.cpus_per_node)
         values = {

@@ -110,10 +110,10 @@ def keep_output(project: Project, entry: PlannedRun) -> None:
         return
     try:
         output = project.backend(entry.backend).read_log(entry.run_id, entry.job_id)
-    except BackendError:
-        return  # the run is still closed; `mantik logs` can fetch the output later
-    if output:
-        project.store.log_output(entry.run_id, output)
+        if output:
+            project.store.log_output(entry.run_id, output)
+    except Exception:  # noqa: BLE001 - best effort (an artifact store without credentials here, a site
+        return  # that is down): the run is still closed, and `mantik logs` can fetch the output later
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,19 @@ class Submission:
         return {name: location(sources[name]) for name in want.point.data}
 
 
+def refuse_unsendable_images(project: Project, starts) -> None:
+    """A local image a backend would have to copy for every run, but does not send (Slurm over SSH)."""
+    for want, _ in starts:
+        backend = project.backend(want.point.backend)
+        declared = project.spec.environments.get(want.point.environment) if want.point.environment else None
+        _, inputs = image_for(project, declared, backend)
+        if inputs and not getattr(backend, "sends_inputs", False):
+            raise UserError(
+                f"environments.{want.point.environment}: the image {', '.join(inputs)} is on this machine, which "
+                f"backend {want.point.backend} cannot see: put it on the cluster and give its absolute path"
+            )
+
+
 def remote_data(project: Project, context: Submission, starts, sources) -> dict[str, str]:
     """DVC-tracked data for backends that cannot see this machine must be in the DVC remote: checked with
     dvc's own API before anything is submitted (a run that cannot find its data only fails on the cluster)."""
@@ -144,8 +157,14 @@ def remote_data(project: Project, context: Submission, starts, sources) -> dict[
         if project.backend(want.point.backend).shares_files:
             continue
         for name in want.point.data:
-            if sources[name].path:
-                names_of[sources[name].path][name] = want.identity.data.get(name, "")
+            path = sources[name].path
+            if path and (context.data_root / path).is_dir():
+                raise UserError(
+                    f"data.{name}: {path} is a directory, and a job on {want.point.backend} gets one location "
+                    "per data source: track an archive of it with DVC, or give the data a url"
+                )
+            if path:
+                names_of[path][name] = want.identity.data.get(name, "")
     if not names_of:
         return {}
     from ..state.dvcdata import remote_urls, unpushed
@@ -179,8 +198,11 @@ def in_environment(command: str, environment: Environment | None, image: str | N
         steps.append(f"module load {' '.join(shlex.quote(m) for m in environment.modules)}")
     if environment.venv:
         steps.append(f". {shlex.quote(environment.venv.rstrip('/') + '/bin/activate')}")
-    # written by the user, like any line of a job script: run as given
-    return " && ".join([*steps, *environment.pre_run, command, *environment.post_run])
+    if not environment.pre_run and not environment.post_run:
+        return " && ".join([*steps, command])
+    # lines written by the user run as given, each in a group of its own: a comment or a `;` in one
+    # cannot swallow or regroup the command
+    return " && ".join([*steps, *(f"{{ {line}\n}}" for line in [*environment.pre_run, command, *environment.post_run])])
 
 
 def image_for(project: Project, environment: Environment | None, backend) -> tuple[str | None, dict[str, Path]]:
@@ -203,7 +225,9 @@ def submit(
     """Intent records first, then one submission per backend, then the job ids."""
     store = project.store
     sources = sources if sources is not None else project.spec.data
-    remote = remote_data(project, context, starts, sources)  # before any intent: a refusal leaves nothing behind
+    # refusals come before any intent is recorded: they leave nothing behind
+    refuse_unsendable_images(project, starts)
+    remote = remote_data(project, context, starts, sources)
     experiment_ids = store.experiment_ids() if starts else {}
     by_backend: dict[str, list[JobRequest]] = defaultdict(list)
     started = []

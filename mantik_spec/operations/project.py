@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import make_backend
-from ..backends.base import JobStatus
+from ..backends.base import JobState, JobStatus
 from ..reconcile.identity import DesiredRun, identify
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
@@ -167,6 +167,18 @@ def _changed_files(project, code: CodeVersion, desired, runs) -> dict[str, list[
     return changed
 
 
+def unreachable(observation: Observation) -> list[str]:
+    """One line per backend that could not report on its jobs (they count as unknown: never acted upon)."""
+    reasons: dict[str, str] = {}
+    for (backend, _), status in sorted(observation.jobs.items()):
+        if status.state is JobState.UNKNOWN and backend not in reasons:
+            reasons[backend] = status.detail or "no answer"
+    return [
+        f"backend {backend} could not report on its jobs ({reason}); they are left as they were"
+        for backend, reason in reasons.items()
+    ]
+
+
 def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation]:
     observation = observe(project)
     plan = make_plan(
@@ -178,6 +190,7 @@ def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation
         prune=prune,
         changed_files=observation.changed_files,
     )
+    plan.errors.extend(unreachable(observation))
     if observation.code.dirty:
         plan.warnings.append(
             f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "

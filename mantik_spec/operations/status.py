@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..backends.base import JobState, JobStatus
 from ..state.tracking import ObservedRun
-from .project import Project, observe, poll_jobs
+from .project import Project, observe, poll_jobs, unreachable
 
 POLL_SECONDS = 2.0
 
@@ -38,8 +38,11 @@ def run_state(run: ObservedRun, job: JobStatus | None) -> str:
     return (job or JobStatus(JobState.UNKNOWN)).state.value
 
 
-def status_rows(project: Project) -> list[StatusRow]:
+def status_rows(project: Project, errors: list[str] | None = None) -> list[StatusRow]:
+    """The rows of `mantik status`; backends that could not report are added to ``errors``."""
     observation = observe(project)
+    if errors is not None:
+        errors.extend(unreachable(observation))
     latest: dict[str, ObservedRun] = {}
     for run in observation.runs:
         if run.run_key not in latest or (run.attempt, run.start_time or 0) >= (

@@ -75,6 +75,8 @@ class Plan:
     commit: str
     spec_digest: str
     warnings: list[str] = field(default_factory=list)
+    # backends that could not say what their jobs are doing: their runs are left as they were
+    errors: list[str] = field(default_factory=list)
 
     def count(self, action: Action) -> int:
         return sum(1 for e in self.entries if e.action is action)
@@ -112,5 +114,6 @@ class Plan:
             "has_changes": self.has_changes,
             "summary": {a.label: self.count(a) for a in Action},
             "warnings": self.warnings,
+            "errors": self.errors,
             "runs": [e.to_json() for e in self.entries],
         }

@@ -79,11 +79,14 @@ def read_included(project_root: Path, relative: str, main: MarkedDocument, at: D
     if problem := relative_path_problem(relative):
         raise SpecError([main.problem(at, problem)])
     path = project_root / relative
-    if path.is_symlink() and not path.resolve().is_relative_to(project_root.resolve()):
-        raise SpecError([main.problem(at, f"{relative} is a symlink to a file outside the project")])
+    if not path.resolve().is_relative_to(project_root.resolve()):  # a link anywhere along the path
+        raise SpecError([main.problem(at, f"{relative} leads outside the project (through a symlink)")])
     if not path.is_file():
         raise SpecError([main.problem(at, f"{relative} not found")])
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError([main.problem(at, f"{relative} cannot be read: {exc.strerror}")]) from None
     if len(raw) > MAX_INCLUDED_BYTES or b"\x00" in raw:
         raise SpecError([main.problem(at, f"{relative} is not a text file of at most 1 MiB")])
     try:

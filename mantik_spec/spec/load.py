@@ -71,7 +71,16 @@ def load_spec(directory: Path | str = ".") -> LoadedSpec:
     _, text, raw = read_spec_text(directory)
     document = load_marked(text, SPEC_FILE)
     spec = validate_document(document, directory)
-    return LoadedSpec(spec, document, directory.resolve(), hashlib.sha256(raw).hexdigest())
+    digest = hashlib.sha256(raw)
+    for included in included_files(spec):  # a saved plan is stale when an MLproject or backend config changed
+        digest.update(b"\0" + included.encode() + b"\0" + (directory / included).read_bytes())
+    return LoadedSpec(spec, document, directory.resolve(), digest.hexdigest())
+
+
+def included_files(spec: Spec) -> list[str]:
+    """The files the spec reads in besides itself, relative to the project."""
+    configs = [backend.config for backend in spec.backends.values() if getattr(backend, "config", None)]
+    return sorted({*([spec.mlproject] if spec.mlproject else []), *configs})
 
 
 def validate_document(document: MarkedDocument, project_root: Path | None = None) -> Spec:

@@ -195,11 +195,12 @@ class SSHConnection(Strict):
     )
     port: int | None = Field(None, ge=1, le=65535)
     user: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
-        None, description="Default: from ~/.ssh/config, else $MANTIK_SSH_USERNAME, else your local user."
+        None, description="Default: $MANTIK_SSH_USERNAME when set (as in Mantik), else ~/.ssh/config's User."
     )
     identity_file: str | None = Field(
         None,
-        description="Private key file; default: ssh's own choice (agent, IdentityFile), else $MANTIK_SSH_PRIVATE_KEY.",
+        description="Private key file; default: $MANTIK_SSH_PRIVATE_KEY when set (a path or the key itself), "
+        "else ssh's own choice (agent, IdentityFile).",
     )
     known_hosts_file: str | None = Field(
         None, description="Default: ~/.ssh/known_hosts. Unknown host keys are refused."
@@ -233,7 +234,7 @@ class SlurmBackend(Strict):
     workdir: str = Field(
         ".mantik/slurm",
         description="Directory on the cluster's shared filesystem for staged code and run directories "
-        "(relative paths are taken from the project root).",
+        "(relative paths are taken from the project root; over SSH, from the remote home).",
     )
     array: bool = Field(True, description="Submit the missing points of an experiment as one job array.")
     max_array_size: int = Field(1000, ge=1, le=100_000, description="Split larger arrays (the cluster's MaxArraySize).")

@@ -20,6 +20,13 @@ LIVE = frozenset({"SCHEDULED", "RUNNING"})
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
 DEFAULT_URI = "sqlite:///.mantik/mlflow.db"
 OUTPUT_ARTIFACT = "mantik/output.log"  # where the in-job runner keeps the run's output
+# MLflow's HTTP client retries an unreachable server for minutes by default; a CI job should fail
+# within seconds with one line, and the next apply repairs. Users' own settings win.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 class TrackingError(Exception):
@@ -115,6 +122,8 @@ class TrackingStore:
         from mlflow.tracking import MlflowClient
 
         _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
+        for name, value in HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(name, value)
 
         self.uri = uri
         self.project = project
@@ -246,7 +255,9 @@ class TrackingStore:
             self.client.create_registered_model(name, tags=tags, description="mantik-spec project lock")
             return True
         except MlflowException as exc:
-            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+            # Taken. MLflow's sqlite store, on finding the name taken, reads the holder's record; when the
+            # holder released it in between, that read fails as "does not exist": taken then, free now.
+            if exc.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 return False
             raise TrackingError(f"MLflow at {_safe_uri(self.uri)}: {exc.message.splitlines()[0]}") from exc
 
