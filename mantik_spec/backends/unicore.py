@@ -282,8 +282,8 @@ class UnicoreBackend:
             present = self._site().transport.get(url=url, headers={"Accept": "application/json"})
             self.calls["stat"] += 1
             complete = not present.get("isDirectory") and present.get("size") == size
-        except httpx.HTTPError:
-            complete = False  # not there (404), or unreadable: upload again
+        except (httpx.HTTPError, ValueError, AttributeError):
+            complete = False  # not there (404), or an answer we cannot read: upload again
         if not complete:
             # a partial upload (a crash) has the wrong size, so the next apply uploads it again
             data = content()
