@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mantik_spec.backends.base import JobRequest  # noqa: E402
+from bench.bench_slurm import requests  # noqa: E402
 from mantik_spec.backends.unicore import UnicoreBackend  # noqa: E402
 from mantik_spec.spec.model import UnicoreBackend as UnicoreConfig  # noqa: E402
 from tests.fake_unicore import FakeUnicore  # noqa: E402
@@ -43,22 +43,6 @@ def make_tree(directory: Path, files: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# module {index}\n" + "x = 1\n" * 400)  # ~2.4 kB each
     return code
-
-
-def requests(count: int, code_dir: Path) -> list[JobRequest]:
-    return [
-        JobRequest(
-            run_id=f"run{i:06d}",
-            run_key=f"key{i}",
-            point_id=f"grid[i={i}]",
-            command="true",
-            code_dir=code_dir,
-            tracking_uri="sqlite:////dev/null",
-            experiment_id="0",
-            group="grid",
-        )
-        for i in range(count)
-    ]
 
 
 class Site:
@@ -94,7 +78,7 @@ def submit_with_backend(site: Site, directory: Path, code_dir: Path, runs: int):
     config = UnicoreConfig(type="unicore", url=site.url, poll_interval="0s", tls_verify=False)
     backend = UnicoreBackend("bench", config, directory / ".mantik")
     started = time.perf_counter()
-    job_urls = backend.submit(requests(runs, code_dir))
+    job_urls = backend.submit(requests(runs, code_dir, "run"))
     return time.perf_counter() - started, backend, job_urls
 
 
