@@ -72,16 +72,17 @@ def _report_calls(ctx, project) -> None:
     if not ctx.obj.get("verbose"):
         return
     click.echo(f"tracking store calls: {project.store.calls}", err=True)
+    from .backends.ssh import SSHHost
+
     for name, backend in project.backends.items():
-        calls = getattr(backend, "calls", None)
-        if calls:
+        if backend.calls:
             click.echo(
                 f"backend {name} scheduler calls: "
-                + ", ".join(f"{count} {command}" for command, count in sorted(calls.items())),
+                + ", ".join(f"{count} {command}" for command, count in sorted(backend.calls.items())),
                 err=True,
             )
-        host = getattr(backend, "host", None)
-        if hasattr(host, "connections_opened"):
+        host = backend.host
+        if isinstance(host, SSHHost):
             click.echo(
                 f"backend {name} ssh: {host.connections_opened} connection(s) opened, {host.commands_run} commands, "
                 f"{host.trees_sent} code tree(s) sent ({host.bytes_sent} bytes in all)",
