@@ -234,7 +234,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
 def _follow(project, run_ids) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .operations.status import ENDED, follow
+    from .operations.status import ENDED, SUCCEEDED, follow
 
     with Progress(
         TextColumn("[bold]runs"),
@@ -254,7 +254,7 @@ def _follow(project, run_ids) -> int:
             progress.update(task, completed=done, description=", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
         final = follow(project, run_ids, update)
-    return sum(1 for state in final.values() if state not in ("finished", "completed"))
+    return sum(1 for state in final.values() if state not in SUCCEEDED)
 
 
 @main.command()

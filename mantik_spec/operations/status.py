@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..backends.base import JobState, JobStatus
-from ..state.tracking import ObservedRun
+from ..state.tags import ObservedRun, RunStatus
 from .project import Project, observe, poll_jobs, unreachable
 
 POLL_SECONDS = 2.0
@@ -93,4 +93,7 @@ def follow(
         time.sleep(project.poll_pause(interval))
 
 
-ENDED = {"finished", "failed", "killed"} | {s.value for s in JobState if s.ended}
+# the states of a status row (MLflow's status for ended runs, the job's for live ones) that are final,
+# and of those the ones that mean success
+ENDED = {s.value.lower() for s in RunStatus if s.ended} | {s.value for s in JobState if s.ended}
+SUCCEEDED = {RunStatus.FINISHED.value.lower(), JobState.COMPLETED.value}
