@@ -6,6 +6,7 @@ import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,7 +160,7 @@ LEGACY_RECORDS = [
 NEW_KINDS = ["refused", "interrupted", "interrupted", "job_failed", None, "signalled", "cancelled"]
 
 
-def _write_records(tracking, records, kinds=None):
+def _write_records(tracking, records, kinds=None, live=False):
     from mlflow.tracking import MlflowClient
 
     from .test_planner import desired, point
@@ -168,7 +169,7 @@ def _write_records(tracking, records, kinds=None):
     experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
     wants = []
     for index, (lr, status, extra, _) in enumerate(records):
-        want = desired(point(lr=lr))
+        want = desired(point(lr=lr))  # the identity does not depend on retries or suspension
         wants.append(want)
         tags = {
             "mantik.project": tracking.project,
@@ -190,7 +191,10 @@ def _write_records(tracking, records, kinds=None):
             client.set_tag(run.info.run_id, name, value)
         if kinds and kinds[index]:
             client.set_tag(run.info.run_id, "mantik.failure_kind", kinds[index])
-        client.set_terminated(run.info.run_id, status)
+        if live:
+            client.update_run(run.info.run_id, status=status)
+        else:
+            client.set_terminated(run.info.run_id, status)
     return wants
 
 
@@ -224,3 +228,96 @@ def test_records_written_before_the_failure_kind_plan_as_they_did(store):
     # the same records written by this version (with the kind tag) plan the same
     current = _project_store(store, "current")
     assert _plan_rows(current, _write_records(current, LEGACY_RECORDS, NEW_KINDS)) == rows
+
+
+def test_a_run_the_runner_saw_signalled_is_recorded_as_such(store, tmp_path):
+    """The runner writes the failure kind beside its message, and observe reads it back typed."""
+    import os
+    import signal
+    import time
+
+    from mantik_spec.state.tags import FailureKind, RunStatus, identity_tags
+
+    tracking = _project_store(store, "signalled")
+    experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    tags = identity_tags(
+        project="signalled",
+        experiment="sweep",
+        point_id="sweep[]",
+        run_key="s" * 64,
+        attempt=1,
+        commit="c",
+        code="tree",
+        command="sleep 60",
+        parameters={},
+        data={},
+        environment="",
+        backend="local",
+    )
+    run_id = tracking.create_run(experiment_id, "sweep[]", tags, {})
+    job_dir = tmp_path / "job"
+    (job_dir / "work").mkdir(parents=True)
+    job = {"run_id": run_id, "command": "sleep 60", "tracking_uri": tracking.uri, "experiment_id": experiment_id}
+    (job_dir / "job.json").write_text(json.dumps(job))
+    runner = subprocess.Popen(
+        [sys.executable, str(ROOT / "mantik_spec" / "runner.py"), str(job_dir)], start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not _runs_command(runner.pid, b"sleep 60") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(runner.pid, signal.SIGTERM)  # as a scheduler does: the runner and its command
+    assert runner.wait(timeout=120) == 128 + signal.SIGTERM
+    [run] = tracking.observe()
+    assert (run.status, run.failure_kind) == (RunStatus.KILLED, FailureKind.SIGNALLED)
+    assert run.failure == "stopped by a signal (SIGTERM)"
+    assert tracking.client.get_run(run_id).data.tags["mantik.failure_kind"] == "signalled"  # not read from the text
+
+
+def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
+    """Repairs and prunes write the failure kind the plan decided, beside the plan's reason."""
+    from types import SimpleNamespace
+
+    from mantik_spec.backends.base import JobState, JobStatus
+    from mantik_spec.operations.apply import execute
+    from mantik_spec.reconcile.planner import make_plan
+    from mantik_spec.state.tags import FailureKind, RunStatus
+
+    from .test_planner import desired, point
+
+    tracking = _project_store(store, "apply-kinds")
+    timed_out, intent = desired(point(lr=0.1)), desired(point(lr=0.2, suspended=True))
+    gone = desired(point(lr=0.3))
+    records = [(want.point.values["lr"], "RUNNING", {}, None) for want in (timed_out, intent, gone)]
+    _write_records(tracking, records, live=True)
+    runs = {r.point_id: r for r in tracking.observe()}
+    for want, job_id in ((timed_out, "1"), (gone, "3")):
+        tracking.set_tags(runs[want.point.point_id].run_id, {"mantik.job_id": job_id})
+    jobs = {("local", "1"): JobStatus(JobState.TIMEOUT), ("local", "3"): JobStatus(JobState.RUNNING)}
+    plan = make_plan([timed_out, intent], tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
+
+    cancelled: list[str] = []
+    backend = SimpleNamespace(cancel=cancelled.extend, read_log=lambda run_id, job_id: None)
+    project = SimpleNamespace(
+        store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
+    )
+    assert execute(project, plan, SimpleNamespace(desired=[timed_out, intent], code=None)) == []
+
+    ended = {r.point_id: (r.status, r.failure_kind) for r in tracking.observe()}
+    assert ended == {
+        timed_out.point.point_id: (RunStatus.FAILED, FailureKind.TIMEOUT),
+        intent.point.point_id: (RunStatus.FAILED, FailureKind.INTERRUPTED),
+        gone.point.point_id: (RunStatus.KILLED, FailureKind.CANCELLED),
+    }
+    assert cancelled == ["3"]
+
+
+def _runs_command(pid: int, command: bytes) -> bool:
+    """Whether a child of ``pid`` runs ``command`` (the runner has started the user's command)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        try:
+            if command in Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" "):
+                return True
+        except OSError:
+            continue
+    return False
