@@ -65,6 +65,15 @@ def test_every_backend_type_is_registered_and_type_checked():
         assert backend_class(kind).__name__ == name
 
 
+def test_backend_errors_carry_the_answer_status_as_data():
+    from mantik_spec.backends.base import BackendError, CommandTimeout, SubmissionFailed
+
+    assert BackendError("the site answered 404: gone", status=404).status == 404
+    assert CommandTimeout("no answer").status is None
+    failed = SubmissionFailed("stopped", {"run": "job"}, ["other"])
+    assert (failed.status, failed.submitted, failed.refused, failed.unknown) == (None, {"run": "job"}, ["other"], [])
+
+
 def test_choosing_a_backend_imports_only_its_module():
     """`validate` and `--help` import no backend; a project with Slurm backends never imports pyunicore."""
     code = (

@@ -11,6 +11,10 @@ per declared run point, in order:
 * only failed attempts, none left                    -> ``x`` failed
 * no run has its key                                 -> ``+`` submit, saying which
   input changed against the latest run of the same point
+
+A failed run spends a retry unless its failure kind says it never ran
+(``interrupted``, ``refused``). Decisions read statuses and kinds; every reason
+is for people, and is recorded with the kind when a run is closed.
 """
 
 from __future__ import annotations
