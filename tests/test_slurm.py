@@ -303,3 +303,29 @@ def test_odd_paths_and_a_committed_job_json_run_each_point_as_declared(tmp_path)
     assert (path / "job.json").read_text() == '{"mine": true}\n'
     batch = next((workdir / "batches").iterdir())
     assert list(batch.glob("slurm-*.out"))  # sbatch took the quoted --output path as it is, % and all
+
+
+def test_pending_task_cancelled_outside_mantik_says_its_code_never_ran(project):
+    spec = slurm_spec(lrs="[0.1, 0.2]")
+    use(project, spec.replace("    poll_interval: 0.5s\n", "    poll_interval: 0.5s\n    sbatch_args: [--hold]\n"))
+    # variables in the user's shell that sbatch/squeue take over the batch script's lines: none may rename the
+    # job, replace its array, drop its environment, or send it to a cluster or partition the spec did not name
+    elsewhere = {name: "elsewhere" for name in ("SLURM_CLUSTERS", "SBATCH_CLUSTERS", "SQUEUE_CLUSTERS")}
+    elsewhere |= {
+        "SBATCH_JOB_NAME": "mine",
+        "SBATCH_ARRAY_INX": "0-9",
+        "SBATCH_EXPORT": "NONE",
+        "SBATCH_PARTITION": "nosuchpartition",
+    }
+    project.mantik("apply", "--auto-approve", env=elsewhere)
+    held, other = sorted(r.data.tags["mantik.job_id"] for r in project.runs())
+    try:
+        assert squeue_state(held) == "PENDING"
+        subprocess.run(["scancel", held], check=True)  # gone from squeue at once; no accounting here
+        plan = json.loads(project.mantik("plan", "--json", env=elsewhere).stdout)
+        by_job = {r["job_id"]: r for r in plan["runs"]}
+        assert by_job[other]["action"] == "running"
+        reason = by_job[held]["reason"]
+        assert f"job {held} ended LOST" in reason and "never ran" in reason and "no accounting" in reason
+    finally:
+        subprocess.run(["scancel", other.split("_")[0]], check=False)

@@ -134,8 +134,10 @@ class ScriptedHost(LocalHost):
         self.commands: list[list[str]] = []
 
     def run(self, argv, timeout=0, secrets=None):
-        assert argv[0] == "env" and argv[1] == "-u"  # every command runs with the cluster variables unset
-        command = [word for word in argv[1:] if word != "-u" and not word.endswith("_CLUSTERS")]
+        assert argv[0] == "env" and argv[1] == "-u"  # every command runs with sbatch's own variables unset
+        unset = {argv[i + 1] for i, word in enumerate(argv) if word == "-u"}
+        assert {"SLURM_CLUSTERS", "SBATCH_JOB_NAME", "SBATCH_ARRAY_INX", "SBATCH_EXPORT"} <= unset
+        command = [word for i, word in enumerate(argv[1:], 1) if word != "-u" and argv[i - 1] != "-u"]
         self.commands.append(command)
         queue = self.answers[command[0]]
         stdout, stderr, code = queue.pop(0) if len(queue) > 1 else queue[0]

@@ -118,8 +118,33 @@ IN_DOUBT = frozenset(
     }
 )
 SUBMISSION_FAILED = "Batch job submission failed: "  # sbatch's prefix for the controller's answer (sbatch.c)
-# A job must be observed on the cluster mantik polls: these make sbatch pick another one (sbatch.1 ENVIRONMENT)
-CLUSTER_VARIABLES = ("SLURM_CLUSTERS", "SBATCH_CLUSTERS", "SQUEUE_CLUSTERS", "SACCT_CLUSTERS")
+# sbatch takes options from SBATCH_* variables over #SBATCH lines (sbatch.1, INPUT ENVIRONMENT VARIABLES), so
+# a variable left in the login shell would rename the job (adoption finds it by name), replace its array or
+# output, hold sbatch until the job ends, drop mantik's environment, or send the job to another cluster than
+# the one squeue, sacct and scancel ask (their *_CLUSTERS variables likewise). Unset for every Slurm command.
+OWNED_VARIABLES = (
+    "SLURM_CLUSTERS",
+    "SBATCH_CLUSTERS",
+    "SQUEUE_CLUSTERS",
+    "SACCT_CLUSTERS",
+    "SBATCH_JOB_NAME",
+    "SBATCH_ARRAY_INX",
+    "SBATCH_OUTPUT",
+    "SBATCH_WAIT",
+    "SBATCH_EXPORT",
+)
+# ... and those standing for a value the spec sets, which must win as the spec says (unset only then)
+SPEC_VARIABLES = {
+    "partition": ("SBATCH_PARTITION",),
+    "account": ("SBATCH_ACCOUNT",),
+    "qos": ("SBATCH_QOS",),
+    "time": ("SBATCH_TIMELIMIT",),
+    "gpus": ("SBATCH_GPUS",),
+    "gres": ("SBATCH_GRES",),
+    # one memory option in the spec: any other one from the environment would make sbatch refuse the job
+    "mem": ("SBATCH_MEM_PER_NODE", "SBATCH_MEM_PER_CPU", "SBATCH_MEM_PER_GPU"),
+    "mem_per_cpu": ("SBATCH_MEM_PER_NODE", "SBATCH_MEM_PER_CPU", "SBATCH_MEM_PER_GPU"),
+}
 
 
 class Answer(enum.Enum):
@@ -188,15 +213,16 @@ class SlurmBackend:
         self._staged_code: set[Path] = set()
         self._top_level: dict[Path, list[str]] = {}  # the entries a run directory links to, per commit
         self._accounting: bool | None = None
+        chosen = {name for name, value in config.resources.model_dump().items() if value is not None}
+        chosen |= {name for name in ("partition", "account", "qos") if getattr(config, name)}
+        unset = set(OWNED_VARIABLES) | {v for name in chosen for v in SPEC_VARIABLES.get(name, ())}
+        self._unset = [word for name in sorted(unset) for word in ("-u", name)]
 
     # -- commands ------------------------------------------------------------------------------
 
     def _run(self, argv: list[str], secrets: dict | None = None):
         self.calls[argv[0]] += 1
-        # one cluster for every command: a *_CLUSTERS variable in the login shell must not send sbatch
-        # elsewhere than squeue, sacct and scancel look (clusters are refused: see docs/slurm.md)
-        unset = [word for name in CLUSTER_VARIABLES for word in ("-u", name)]
-        return self.host.run(["env", *unset, *argv], secrets=secrets)
+        return self.host.run(["env", *self._unset, *argv], secrets=secrets)
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.workdir, *parts])
