@@ -8,6 +8,7 @@ does is tested in test_slurm.py.
 
 from __future__ import annotations
 
+import json
 import shlex
 import textwrap
 from pathlib import Path
@@ -156,6 +157,7 @@ def requests(tmp_path: Path, count: int = 2) -> list[JobRequest]:
     code = tmp_path / "code" / "abc123"
     code.mkdir(parents=True)
     (code / "train.py").write_text("print('hi')\n")
+    (code / "job.json").write_text('{"mine": true}\n')  # committed, named like mantik's own file
     return [
         JobRequest(f"run{i}", f"key{i}", f"p{i}", "python train.py", code, "sqlite:///x.db", "1", group="sweep")
         for i in range(count)
@@ -252,7 +254,9 @@ def test_batch_script_quotes_paths_for_sbatch_and_bash(tmp_path):
     assert f'#SBATCH "--output={escaped}/batches/{script.parent.name}/slurm-%A_%a.out"\n' in text
     assert f'sed -n "$(( ${{SLURM_ARRAY_TASK_ID:-0}} + 1 ))p" {shlex.quote(str(script.parent / "runs.txt"))}' in text
     run = odd / "runs" / "run0"
-    assert (run / "job.json").exists() and (run / "work" / "train.py").read_text() == "print('hi')\n"
+    assert json.loads((run / "job.json").read_text())["run_id"] == "run0"  # mantik's, beside the code
+    assert (run / "work" / "job.json").read_text() == '{"mine": true}\n'  # the user's, in the run's cwd
+    assert (run / "work" / "train.py").read_text() == "print('hi')\n"
 
 
 def write_spec(path: Path, backend_yaml: str) -> None:
