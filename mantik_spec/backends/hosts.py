@@ -23,6 +23,10 @@ from .staging import staged_files, unpack
 COMMAND_TIMEOUT = 120.0
 
 
+class ConnectionDropped(BackendError):
+    """The connection to the host broke while a command was under way: whether it ran is unknown."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     returncode: int

@@ -4,8 +4,9 @@ Layout under ``workdir`` on the cluster's shared filesystem::
 
     code/COMMIT/              the committed tree, staged once per commit
     bin/runner-HASH.py        the in-job runner
-    runs/RUN_ID/              one per run: job.json, output.log, exit_code, job_id,
-                              and links to the entries of code/COMMIT/ (the run's cwd)
+    runs/RUN_ID/              one per run: mantik's files (job.json, output.log, exit_code, job_id, batch)
+    runs/RUN_ID/work/         links to the entries of code/COMMIT/: the run's cwd, apart from mantik's
+                              files, so a committed file named job.json is the user's and stays so
     batches/BATCH/            one per sbatch: script.sh, runs.txt (array index -> run dir), slurm-*.out
 
 The job name ``mantik-BATCH`` and each run's ``batch`` file tie a submitted
@@ -16,8 +17,12 @@ twice, in the queue or after they left it.
 
 from __future__ import annotations
 
+import enum
+import errno
 import hashlib
 import json
+import os
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -29,44 +34,152 @@ from ..spec.model import SlurmBackend as SlurmConfig
 from ..spec.model import duration_seconds
 from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
-from .hosts import LocalHost
+from .hosts import ConnectionDropped, LocalHost
 from .staging import Archive, staged_files
 
 if TYPE_CHECKING:
     from .ssh import SSHHost
 
 JOB_NAME_PREFIX = "mantik-"
+RUN_CWD = "work"  # the run's working directory inside its run directory
+NEVER_STARTED = (
+    "left the queue before it started, so the run's code never ran (cancelled while pending, outside mantik?); "
+    "this cluster keeps no accounting to say why"
+)
+GONE_WHILE_RUNNING = (
+    "started but left the queue without an exit code (killed: cancelled, time limit, memory, node failure); "
+    "this cluster keeps no accounting to say which"
+)
 
-STATES = {
-    "PENDING": JobState.PENDING,
-    "CONFIGURING": JobState.PENDING,
-    "REQUEUED": JobState.PENDING,
-    "REQUEUE_HOLD": JobState.PENDING,
-    "REQUEUE_FED": JobState.PENDING,
-    "RESIZING": JobState.PENDING,
-    "SUSPENDED": JobState.PENDING,
-    "RUNNING": JobState.RUNNING,
-    "COMPLETING": JobState.RUNNING,
-    "STAGE_OUT": JobState.RUNNING,
-    "SIGNALING": JobState.RUNNING,
-    "COMPLETED": JobState.COMPLETED,
-    "FAILED": JobState.FAILED,
-    "BOOT_FAIL": JobState.FAILED,
-    "DEADLINE": JobState.FAILED,
-    "SPECIAL_EXIT": JobState.FAILED,
-    "REVOKED": JobState.FAILED,
-    "CANCELLED": JobState.CANCELLED,
-    "TIMEOUT": JobState.TIMEOUT,
-    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
-    "NODE_FAIL": JobState.NODE_FAIL,
-    "PREEMPTED": JobState.PREEMPTED,
+# Every word Slurm's job_state_string() prints (src/common/slurm_protocol_defs.c, 20.11 to 24.11), squeue
+# and sacct alike: state -> (what it means for a run, what to tell the user when the word alone is not clear).
+STATES: dict[str, tuple[JobState, str]] = {
+    "PENDING": (JobState.PENDING, ""),
+    "CONFIGURING": (JobState.PENDING, ""),  # nodes booting for it
+    "REQUEUED": (JobState.PENDING, "requeued"),
+    "REQUEUED_CRON": (JobState.PENDING, "requeued (cron job)"),  # 20.11 only
+    "REQUEUE_FED": (JobState.PENDING, "requeued by the federation"),
+    "REQUEUE_HOLD": (JobState.PENDING, "requeued and held: release it with scontrol release, or cancel it"),
+    "SPECIAL_EXIT": (
+        JobState.PENDING,
+        "requeued and held after a special exit: release it with scontrol release, or cancel it",
+    ),
+    "RESV_DEL_HOLD": (JobState.PENDING, "held because its reservation was deleted"),
+    "RESIZING": (JobState.RUNNING, "being resized"),
+    "SUSPENDED": (JobState.PENDING, "suspended"),
+    "STOPPED": (JobState.RUNNING, "stopped (SIGSTOP): it keeps its nodes and continues on SIGCONT"),
+    "RUNNING": (JobState.RUNNING, ""),
+    "COMPLETING": (JobState.RUNNING, ""),
+    "STAGE_OUT": (JobState.RUNNING, "staging out"),
+    "SIGNALING": (JobState.RUNNING, "being signalled"),
+    # a federation sibling started the job on another cluster: it may run there, out of this cluster's sight
+    "REVOKED": (JobState.UNKNOWN, "REVOKED: another cluster of the federation runs it"),
+    "COMPLETED": (JobState.COMPLETED, ""),
+    "FAILED": (JobState.FAILED, ""),
+    "DEADLINE": (JobState.TIMEOUT, "DEADLINE: its --deadline passed"),
+    "CANCELLED": (JobState.CANCELLED, ""),
+    "TIMEOUT": (JobState.TIMEOUT, ""),
+    "OUT_OF_MEMORY": (JobState.OUT_OF_MEMORY, ""),
+    "NODE_FAIL": (JobState.NODE_FAIL, ""),
+    "BOOT_FAIL": (JobState.NODE_FAIL, "BOOT_FAIL: its nodes failed to boot; the run's code never started"),
+    "PREEMPTED": (JobState.PREEMPTED, ""),
 }
 
 
 def slurm_state(text: str) -> JobState:
-    """``CANCELLED by 0`` and ``CANCELLED+`` are CANCELLED."""
+    """``CANCELLED by 0`` and ``CANCELLED+`` are CANCELLED; a word Slurm may add later is UNKNOWN."""
+    return slurm_status(text).state
+
+
+def slurm_status(text: str, reason: str = "") -> JobStatus:
+    """A state word (as squeue's %T or sacct's State print it) and squeue's reason, as a status."""
     word = text.split()[0].rstrip("+") if text.strip() else ""
-    return STATES.get(word, JobState.UNKNOWN)
+    state, note = STATES.get(word, (JobState.UNKNOWN, f"Slurm reports {word or 'no state'}"))
+    detail = "; ".join(part for part in (note, _reason(reason)) if part)
+    return JobStatus(state, detail=detail)
+
+
+# Slurm's error texts (src/common/slurm_errno.c, plus the C library's for the same failures) that mean the
+# exchange with the controller broke off: it may have queued the job before sbatch gave up.
+IN_DOUBT = frozenset(
+    {
+        "Communication connection failure",
+        "Message send failure",
+        "Message receive failure",
+        "Communication shutdown failure",
+        "Unexpected missing socket error",
+        "Unable to contact slurm controller (connect failure)",
+        "Unable to contact slurm controller (send failure)",
+        "Unable to contact slurm controller (receive failure)",
+        "Unable to contact slurm controller (shutdown failure)",
+        "Header lengths are longer than data received",
+        "Socket timed out on send/recv operation",
+        "Zero Bytes were transmitted or received",
+        *(
+            os.strerror(code)
+            for code in (errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.EINTR, errno.EIO)
+        ),
+    }
+)
+SUBMISSION_FAILED = "Batch job submission failed: "  # sbatch's prefix for the controller's answer (sbatch.c)
+# sbatch takes options from SBATCH_* variables over #SBATCH lines (sbatch.1, INPUT ENVIRONMENT VARIABLES), so
+# a variable left in the login shell would rename the job (adoption finds it by name), replace its array or
+# output, hold sbatch until the job ends, drop mantik's environment, or send the job to another cluster than
+# the one squeue, sacct and scancel ask (their *_CLUSTERS variables likewise). Unset for every Slurm command.
+OWNED_VARIABLES = (
+    "SLURM_CLUSTERS",
+    "SBATCH_CLUSTERS",
+    "SQUEUE_CLUSTERS",
+    "SACCT_CLUSTERS",
+    "SBATCH_JOB_NAME",
+    "SBATCH_ARRAY_INX",
+    "SBATCH_OUTPUT",
+    "SBATCH_WAIT",
+    "SBATCH_EXPORT",
+)
+# ... and those standing for a value the spec sets, which must win as the spec says (unset only then)
+SPEC_VARIABLES = {
+    "partition": ("SBATCH_PARTITION",),
+    "account": ("SBATCH_ACCOUNT",),
+    "qos": ("SBATCH_QOS",),
+    "time": ("SBATCH_TIMELIMIT",),
+    "gpus": ("SBATCH_GPUS",),
+    "gres": ("SBATCH_GRES",),
+    # one memory option in the spec: any other one from the environment would make sbatch refuse the job
+    "mem": ("SBATCH_MEM_PER_NODE", "SBATCH_MEM_PER_CPU", "SBATCH_MEM_PER_GPU"),
+    "mem_per_cpu": ("SBATCH_MEM_PER_NODE", "SBATCH_MEM_PER_CPU", "SBATCH_MEM_PER_GPU"),
+}
+
+
+class Answer(enum.Enum):
+    """What a non-zero (or unreadable) sbatch answer says about the job."""
+
+    REFUSED = "refused"  # sbatch's own checks or the controller said no: nothing was queued
+    IN_DOUBT = "in doubt"  # the exchange broke off: the job may be queued
+
+
+def sbatch_answer(returncode: int, stderr: str) -> Answer:
+    """Classify a failed sbatch by its exit status and the kind of error it names.
+
+    sbatch exits 1 (or SLURM_EXIT_ERROR) for every failure (src/sbatch/sbatch.c), so the status alone
+    cannot tell a refusal from a broken exchange; the controller's answer follows ``SUBMISSION_FAILED``
+    and is one of slurm_errno.c's texts. Killed by a signal, silent, or a communication error: in doubt.
+    Option and script errors sbatch finds itself (before it contacts the controller), and any answer
+    of the controller's: refused."""
+    if returncode < 0 or returncode > 128 and returncode != 255:  # killed by a signal (directly or via a shell)
+        return Answer.IN_DOUBT
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return Answer.IN_DOUBT
+    for line in lines:
+        cause = line.split(SUBMISSION_FAILED, 1)[1] if SUBMISSION_FAILED in line else line.split(": ")[-1]
+        if cause.strip() in IN_DOUBT:
+            return Answer.IN_DOUBT
+    return Answer.REFUSED
+
+
+class SubmissionInDoubt(BackendError):
+    """sbatch failed in a way that may have queued the job, and looking did not settle it."""
 
 
 def directives(config: SlurmConfig) -> list[str]:
@@ -107,12 +220,16 @@ class SlurmBackend:
         self._staged_code: set[Path] = set()
         self._top_level: dict[Path, list[str]] = {}  # the entries a run directory links to, per commit
         self._accounting: bool | None = None
+        chosen = {name for name, value in config.resources.model_dump().items() if value is not None}
+        chosen |= {name for name in ("partition", "account", "qos") if getattr(config, name)}
+        unset = set(OWNED_VARIABLES) | {v for name in chosen for v in SPEC_VARIABLES.get(name, ())}
+        self._unset = [word for name in sorted(unset) for word in ("-u", name)]
 
     # -- commands ------------------------------------------------------------------------------
 
     def _run(self, argv: list[str], secrets: dict | None = None):
         self.calls[argv[0]] += 1
-        return self.host.run(argv, secrets=secrets)
+        return self.host.run(["env", *self._unset, *argv], secrets=secrets)
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.workdir, *parts])
@@ -137,8 +254,8 @@ class SlurmBackend:
             except BackendError as exc:
                 unsent = [r.run_id for later in batches[position + 1 :] for r in later]
                 this = [r.run_id for r in batch]
-                # a timed-out sbatch may have queued the batch: leave it open for adoption by its job name
-                unknown, refused = (this, unsent) if isinstance(exc, CommandTimeout) else ([], this + unsent)
+                # a batch that may be queued stays open: the next plan adopts it by its job name, or resubmits
+                unknown, refused = (this, unsent) if isinstance(exc, SubmissionInDoubt) else ([], this + unsent)
                 raise SubmissionFailed(
                     f"experiment {batch[0].group or '?'}: {exc}", submitted, refused, unknown
                 ) from None
@@ -188,6 +305,9 @@ class SlurmBackend:
                 "job_name": JOB_NAME_PREFIX + batch_id,
                 "experiment": batch[0].group,
                 "batch_dir": batch_dir,
+                # sbatch reads #SBATCH lines with its own quoting (src/sbatch/opt.c get_argument) and expands
+                # %-patterns in file names (%% is a literal %): a path with spaces, quotes or % arrives intact
+                "output": sbatch_quote(f"--output={batch_dir.replace('%', '%%')}/slurm-%A_%a.out"),
                 "directives": directives(self.config),
                 "array": f"0-{len(batch) - 1}" if use_array else "",
                 "modules": self.config.modules,
@@ -210,14 +330,56 @@ class SlurmBackend:
         self.host.extract(files.bytes(), self.workdir)
         # sbatch passes its environment to the job; over SSH the login shell lacks the tracking credentials
         secrets = None if self.shares_files else tracking_secrets()
-        result = self._run(["sbatch", "--parsable", f"{batch_dir}/script.sh"], secrets=secrets)
-        if result.returncode != 0:
-            raise BackendError(f"sbatch refused the job: {_strip_prefix(result.error_line())}")
-        self._listing = None  # the next poll must see the new jobs
-        base = result.stdout.strip().split(";")[0]
-        if not base.isdigit():
-            raise BackendError(f"sbatch answered {result.stdout.strip()!r} instead of a job id")
-        return {r.run_id: (f"{base}_{i}" if use_array else base) for i, r in enumerate(batch)}
+        job_name = JOB_NAME_PREFIX + batch_id
+        try:
+            result = self._run(["sbatch", "--parsable", f"{batch_dir}/script.sh"], secrets=secrets)
+        except (CommandTimeout, ConnectionDropped) as exc:  # the script may have reached the controller
+            why, answer = str(exc), Answer.IN_DOUBT
+        else:
+            self._listing = None  # the next poll must see the new jobs
+            accepted = result.stdout.strip()
+            base, _, cluster = accepted.partition(";")
+            if result.returncode == 0 and base.isdigit() and not cluster:
+                return self._job_ids(batch, base)
+            if result.returncode == 0 and base.isdigit():
+                self._cancel_elsewhere(base, cluster)
+                raise BackendError(
+                    f"sbatch queued the job on cluster {cluster} (a --clusters/-M line in the batch template?); "
+                    "mantik follows jobs on the login node's own cluster only, so it cancelled job "
+                    f"{base} there: remove the cluster choice"
+                )
+            if result.returncode == 0:
+                why, answer = f"sbatch answered {accepted!r} instead of a job id", Answer.IN_DOUBT
+            else:
+                answer = sbatch_answer(result.returncode, result.stderr)
+                said = "refused the job" if answer is Answer.REFUSED else f"failed (exit {result.returncode})"
+                why = f"sbatch {said}: {_strip_prefix(result.error_line())}"
+        # Before anything is recorded, look: the job name carries the batch, so a job the controller
+        # queued despite the failed answer is found and kept instead of being submitted a second time.
+        try:
+            queued = self._queued_as(job_name)
+        except BackendError as exc:
+            raise SubmissionInDoubt(f"{why}; the queue could not be read to check ({exc})") from None
+        if queued is not None:
+            return self._job_ids(batch, queued)
+        if answer is Answer.IN_DOUBT:
+            raise SubmissionInDoubt(f"{why}; {job_name} is not in the queue yet, so it may still appear")
+        raise BackendError(why)
+
+    def _job_ids(self, batch: list[JobRequest], base: str) -> dict[str, str]:
+        return {r.run_id: (f"{base}_{i}" if self.config.array else base) for i, r in enumerate(batch)}
+
+    def _queued_as(self, job_name: str) -> str | None:
+        """The base id of the job named ``job_name`` in the queue, None when there is none."""
+        self._listing = None
+        for job_id, (_, _, name) in self._queue().items():
+            if name == job_name:
+                return job_id.split("_")[0]
+        return None
+
+    def _cancel_elsewhere(self, job_id: str, cluster: str) -> None:
+        if re.fullmatch(r"[A-Za-z0-9_.-]+", cluster):
+            self._run(["scancel", f"--clusters={cluster}", job_id])
 
     def _add_run(self, files: Archive, request: JobRequest, batch_id: str) -> None:
         """A run's directory: job.json, its batch, and links to the staged code (its working directory)."""
@@ -227,14 +389,14 @@ class SlurmBackend:
             staged = staged_files(request.code_dir, self.config.exclude)
             self._top_level[request.code_dir] = sorted({relative.split("/")[0] for _, relative in staged})
         for entry in self._top_level[request.code_dir]:
-            files.add_link(f"{run_dir}/{entry}", f"../../{code}/{entry}")
+            files.add_link(f"{run_dir}/{RUN_CWD}/{entry}", f"../../../{code}/{entry}")
         files.add_text(f"{run_dir}/batch", batch_id + "\n")
-        files.add_text(f"{run_dir}/job.json", json.dumps(request.runner_job("."), indent=2))
+        files.add_text(f"{run_dir}/job.json", json.dumps(request.runner_job(RUN_CWD), indent=2))
 
     # -- observe -------------------------------------------------------------------------------
 
-    def _queue(self) -> dict[str, tuple[JobState, str, str]]:
-        """Every job of ours Slurm still knows: job id -> (state, reason, name). Cached for the poll interval."""
+    def _queue(self) -> dict[str, tuple[JobStatus, str, str]]:
+        """Every job of ours Slurm still knows: job id -> (status, reason, name). Cached for the poll interval."""
         now = time.monotonic()
         if self._listing is not None and now - self._listing[0] < self.min_poll_interval:
             return self._listing[1]
@@ -245,7 +407,7 @@ class SlurmBackend:
         for line in result.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 4:
-                listing[parts[0]] = (slurm_state(parts[1]), parts[2], parts[3])
+                listing[parts[0]] = (slurm_status(parts[1], parts[2]), parts[2], parts[3])
         self._listing = (now, listing)
         return listing
 
@@ -276,7 +438,11 @@ class SlurmBackend:
             parts = line.split("|")
             if len(parts) >= 3:
                 code = parts[2].split(":")[0]
-                states[parts[0]] = JobStatus(slurm_state(parts[1]), int(code) if code.isdigit() else None)
+                status = slurm_status(parts[1])
+                status = JobStatus(status.state, int(code) if code.isdigit() else None, status.detail)
+                # before 23.02 (and without --array after) tasks that never started share one grouped record
+                for job_id in array_task_ids(parts[0]):
+                    states[job_id] = status
         return states
 
     def poll(self, jobs: dict[str, str]) -> dict[str, JobStatus]:
@@ -284,7 +450,7 @@ class SlurmBackend:
             listing = self._queue()
         except BackendError as exc:
             return {job_id: JobStatus(JobState.UNKNOWN, detail=str(exc)) for job_id in jobs}
-        found = {j: JobStatus(listing[j][0], detail=_reason(listing[j][1])) for j in jobs if j in listing}
+        found = {j: listing[j][0] for j in jobs if j in listing}
         missing = [j for j in jobs if j not in found]
         try:
             found.update({j: s for j, s in self._accounted(missing).items() if j in jobs})
@@ -299,7 +465,11 @@ class SlurmBackend:
         """What the runner wrote, for jobs Slurm has forgotten (no accounting on this cluster)."""
         text = self.host.read_text(self._path("runs", run_id, runner.EXIT_CODE_FILE))
         if text is None or not text.strip().lstrip("-").isdigit():
-            return JobStatus(JobState.LOST, detail="gone from the queue without an exit code")
+            # the job writes job_id as it starts: without it, the run's code never ran (a pending task
+            # cancelled outside mantik leaves the queue at once, and without accounting nothing remains)
+            if not (self.host.read_text(self._path("runs", run_id, "job_id")) or "").strip():
+                return JobStatus(JobState.LOST, detail=NEVER_STARTED)
+            return JobStatus(JobState.LOST, detail=GONE_WHILE_RUNNING)
         code = int(text)
         return JobStatus(JobState.COMPLETED if code == 0 else JobState.FAILED, code)
 
@@ -347,10 +517,40 @@ class SlurmBackend:
         return self.host.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)
 
 
+GROUPED = re.compile(r"^(\d+)_\[([0-9,\-:]+)(?:%\d+)?\]$")
+
+
+def array_task_ids(job_id: str) -> list[str]:
+    """sacct's JobID as the task ids it stands for: ``123_[1,4-6:2%2]`` -> 123_1, 123_4, 123_6;
+    anything else (``123``, ``123_5``) stands for itself. A record cut short (sacct truncates the
+    field at 64 bytes unless SLURM_BITSTR_LEN is set) names no task safely: it stands for none."""
+    match = GROUPED.match(job_id)
+    if not match:
+        return [] if "[" in job_id else [job_id]
+    base, ids = match.group(1), []
+    for item in match.group(2).split(","):
+        bounds, _, step = item.partition(":")
+        first, _, last = bounds.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()) or (step and not step.isdigit()):
+            return []
+        stop = int(last or first)
+        ids += [f"{base}_{index}" for index in range(int(first), stop + 1, int(step or 1) or 1)]
+    return ids
+
+
+def sbatch_quote(argument: str) -> str:
+    """One argument for an ``#SBATCH`` line: in double quotes, with ``\\`` and ``"`` escaped by a backslash
+    (sbatch's get_argument(); a newline cannot be written, so paths with one are refused at validate)."""
+    if "\n" in argument or "\0" in argument:
+        raise BackendError(f"{argument!r} cannot be written on an #SBATCH line")
+    return '"' + argument.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _strip_prefix(line: str) -> str:
     for prefix in (
         "sbatch: error: Batch job submission failed: ",
         "sbatch: error: ",
+        "sbatch: fatal: ",
         "squeue: error: ",
         "sacct: error: ",
         "scancel: error: ",

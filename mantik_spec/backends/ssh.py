@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..spec.model import SSHConnection
 from .base import BackendError, CommandTimeout
-from .hosts import COMMAND_TIMEOUT, CommandResult
+from .hosts import COMMAND_TIMEOUT, CommandResult, ConnectionDropped
 from .staging import code_archive
 
 
@@ -202,7 +202,8 @@ class SSHHost:
         stderr = done.stderr.decode(errors="replace")
         if done.returncode == CONNECTION_FAILED:
             self._connected = False
-            raise BackendError(self._explain(stderr))
+            # the shared connection was up when the command left: it may have run before the link broke
+            raise ConnectionDropped(self._explain(stderr))
         if done.returncode == 127 and "not found" in stderr:
             raise BackendError(
                 f"`{argv[0]}` is not on the PATH of the login shell on {self.name}: "

@@ -69,10 +69,73 @@ def semantic(spec: Spec) -> Iterator[Finding]:
             yield ("backends", name), "url is required (or config: a Mantik compute-backend config with UnicoreApiUrl)"
         if backend.environment and backend.environment not in spec.environments:
             yield ("backends", name, "environment"), unknown_name("environment", backend.environment, spec.environments)
+        if backend.type == "slurm":
+            yield from slurm_options(("backends", name), backend)
     experiments, extends_problems = resolve_extends(spec)
     yield from extends_problems
     for name, experiment in experiments.items():
         yield from _experiment(spec, name, experiment)
+
+
+# sbatch options mantik sets itself, or that would hide the job from it (src/sbatch/opt.c names them):
+# long name -> (short letter, why it cannot be an sbatch_args item)
+SBATCH_OWNED = {
+    "job-name": ("J", "mantik names the job mantik-BATCH, which is how it finds the job after a crash"),
+    "array": ("a", "mantik builds the array from the experiment's points (array, max_array_size)"),
+    "output": ("o", "mantik writes the job's output under workdir/batches/ and each run's into its run directory"),
+    "clusters": ("M", "mantik follows jobs on the login node's own cluster only (see docs/slurm.md)"),
+    "parsable": ("", "mantik passes it on the command line to read the job id"),
+    "wait": ("W", "sbatch would block until the job ends; mantik polls instead"),
+    "test-only": ("", "sbatch would only test the job and queue nothing"),
+    "wrap": ("", "mantik writes the batch script"),
+}
+MEMORY_OPTIONS = ("mem", "mem-per-cpu", "mem-per-gpu")  # sbatch: "mutually exclusive" (src/sbatch/opt.c)
+
+
+def _sbatch_option(item: str) -> str | None:
+    """The long name an ``sbatch_args`` item sets (getopt: ``--name[=v]``, unambiguous prefixes, ``-Xv``)."""
+    if item.startswith("--"):
+        given = item[2:].split("=", 1)[0].split()[0] if item[2:].strip() else ""
+        exact = [name for name in (*SBATCH_OWNED, *MEMORY_OPTIONS, "export") if name == given]
+        if exact or len(given) < 2:
+            return exact[0] if exact else None
+        # getopt_long takes an unambiguous prefix for the whole name: --job=x is --job-name=x
+        prefixed = [name for name in (*SBATCH_OWNED, "export") if name.startswith(given)]
+        return prefixed[0] if prefixed else None
+    letter = item[1:2]
+    return next((name for name, (short, _) in SBATCH_OWNED.items() if short and short == letter), None)
+
+
+def slurm_options(where: tuple, backend) -> Iterator[Finding]:
+    """sbatch options and values that would break the backend or be refused by sbatch, found before any job."""
+    for key in ("workdir", "python", "template"):
+        value = getattr(backend, key) or ""
+        if "\n" in value or "\r" in value or "\0" in value:
+            yield (*where, key), "contains a line break or NUL byte: it would end a line of the batch script"
+    memory = [
+        f"resources.{name.replace('-', '_')}"
+        for name in MEMORY_OPTIONS
+        if getattr(backend.resources, name.replace("-", "_"), None) is not None
+    ]
+    for index, item in enumerate(backend.sbatch_args):
+        option = _sbatch_option(item)
+        value = re.split(r"[=\s]", item, maxsplit=1)[1].strip() if re.search(r"[=\s]", item) else ""
+        if option in SBATCH_OWNED:
+            yield (*where, "sbatch_args", index), f"{item!r}: --{option} cannot be set here: {SBATCH_OWNED[option][1]}"
+        elif option == "export" and not value.upper().startswith("ALL"):
+            yield (
+                (*where, "sbatch_args", index),
+                f"{item!r}: the job must inherit the submitting environment (--export=ALL[,NAME=value], "
+                "the default): mantik's tracking credentials reach the job that way",
+            )
+        elif option in MEMORY_OPTIONS:
+            memory.append(f"sbatch_args {item}")
+    if len(memory) > 1:
+        yield (
+            (*where, "resources"),
+            f"{', '.join(memory)}: each sets the job's memory, and sbatch refuses --mem, --mem-per-cpu and "
+            "--mem-per-gpu together; keep one",
+        )
 
 
 def _entry_points(spec: Spec) -> Iterator[Finding]:
