@@ -422,9 +422,15 @@ def reproduce(directory, run_id, backend, lock_timeout):
 @click.option(
     "--ci", type=click.Choice(["github", "gitlab"]), help="Also write CI files: plan on review, apply on merge."
 )
+@click.option(
+    "--install",
+    metavar="REQUIREMENT",
+    help="How CI installs mantik-spec (a pip requirement such as git+https://HOST/ORG/mantik-spec@TAG); "
+    "default: pinned to where this installation came from.",
+)
 @click.option("--default-branch", default="main", show_default=True, help="The branch whose merges apply.")
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
-def init(directory, mlproject, backend_config, ci, default_branch, force):
+def init(directory, mlproject, backend_config, ci, install, default_branch, force):
     """Write a commented mantik.yaml (and CI files), and keep .mantik/ out of git."""
     from .operations.init import init as write_files
 
@@ -434,6 +440,7 @@ def init(directory, mlproject, backend_config, ci, default_branch, force):
             mlproject=mlproject,
             backend_config=backend_config,
             ci=ci,
+            install=install,
             force=force,
             default_branch=default_branch,
         )

@@ -85,7 +85,7 @@ def test_init_refuses_to_overwrite_without_force(repo):
 
 
 def test_gitlab_ci_file_parses_and_queues_applies(repo):
-    repo.mantik("init", "--ci", "gitlab")
+    repo.mantik("init", "--ci", "gitlab", "--install", "mantik-spec==0.1.0")
     pipeline = yaml.safe_load((repo.path / ".gitlab-ci.yml").read_text())
     assert pipeline["apply"]["resource_group"] == "mantik-apply"
     assert pipeline["apply"]["rules"] == [{"if": '$CI_COMMIT_BRANCH == "main"'}]
@@ -94,7 +94,7 @@ def test_gitlab_ci_file_parses_and_queues_applies(repo):
 
 def test_github_workflow_steps_run_locally(repo, tmp_path):
     """The generated workflow's own `run:` steps, executed in order as a runner would (install aside)."""
-    repo.mantik("init", "--ci", "github")
+    repo.mantik("init", "--ci", "github", "--install", "mantik-spec==0.1.0")
     repo.write("train.py", "import sys\nprint('training', sys.argv[1:])\n")
     spec = (repo.path / "mantik.yaml").read_text().replace("lr: [0.01]", "lr: [0.01, 0.1]")
     (repo.path / "mantik.yaml").write_text(spec)

@@ -21,7 +21,6 @@ from ..templating import packaged, render
 from .errors import UserError
 
 CI_FILES = {"github": ".github/workflows/mantik.yml", "gitlab": ".gitlab-ci.yml"}
-INSTALL = "pip install mantik-spec"
 SAMPLE_VALUES = {"float": 0.01, "int": 1, "bool": False, "string": "TODO", "path": "TODO", "uri": "TODO"}
 MLFLOW_TYPES = {
     "float": "float",
@@ -90,6 +89,7 @@ def init(
     mlproject: Path | None = None,
     backend_config: Path | None = None,
     ci: str | None = None,
+    install: str | None = None,
     force: bool = False,
     default_branch: str = "main",
 ) -> list[Path]:
@@ -115,8 +115,10 @@ def init(
         ),
     }
     if ci is not None:
+        from .install_source import ci_install_command
+
         files[CI_FILES[ci]] = render(
-            packaged(f"ci-{ci}.yml.j2"), {"install": INSTALL, "default_branch": default_branch}
+            packaged(f"ci-{ci}.yml.j2"), {"install": ci_install_command(install), "default_branch": default_branch}
         )
     _check(files, directory)
     existing = [name for name in files if (directory / name).exists()]
