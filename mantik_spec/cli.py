@@ -221,16 +221,55 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
             return
         click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
         if wait and result.started:
-            failed = _follow(project, result.started)
-            if failed:
+            failures = _follow(project, result.started)
+            if failures:
                 _report_calls(ctx, project)
-                click.echo(f"{failed} run(s) did not finish successfully.", err=True)
+                _print_failures(failures)
                 sys.exit(1)
     _report_calls(ctx, project)
     _exit_on_errors(result.plan.errors)
 
 
-def _follow(project, run_ids) -> int:
+def _follow(project, run_ids) -> list:
+    """Follow the runs to their end: a progress bar on a terminal, a line per change (and at least every
+    few minutes) in a CI log. Returns the runs that did not finish successfully."""
+    from .operations.status import follow, unsuccessful
+
+    if sys.stdout.isatty():
+        final = _follow_with_bar(project, run_ids)
+    else:
+        final = follow(project, run_ids, _LogLines())
+    return unsuccessful(project, final)
+
+
+class _LogLines:
+    """Progress for a log that nobody watches live: one line when the counts change, else every few minutes."""
+
+    QUIET_SECONDS = 300
+
+    def __init__(self):
+        import time
+
+        self.clock = time.monotonic
+        self.started = self.last_time = self.clock()
+        self.last_text = None
+
+    def __call__(self, states: dict[str, str]) -> None:
+        text = _state_counts(states)
+        now = self.clock()
+        if text != self.last_text or now - self.last_time >= self.QUIET_SECONDS:
+            click.echo(f"[{_age(now - self.started)}] runs: {text}")
+            self.last_text, self.last_time = text, now
+
+
+def _state_counts(states: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _follow_with_bar(project, run_ids) -> dict[str, str]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .operations.status import ENDED, follow
@@ -246,14 +285,20 @@ def _follow(project, run_ids) -> int:
         task = progress.add_task("", total=len(run_ids))
 
         def update(states):
-            counts = {}
-            for state in states.values():
-                counts[state] = counts.get(state, 0) + 1
-            done = sum(n for s, n in counts.items() if s in ENDED)
-            progress.update(task, completed=done, description=", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+            done = sum(1 for state in states.values() if state in ENDED)
+            progress.update(task, completed=done, description=_state_counts(states))
 
-        final = follow(project, run_ids, update)
-    return sum(1 for state in final.values() if state not in ("finished", "completed"))
+        return follow(project, run_ids, update)
+
+
+def _print_failures(failures) -> None:
+    """Each run that did not finish: its point, how it ended, the last line of its error, where to read more."""
+    from .reconcile.render import one_line
+
+    click.echo(f"\n{len(failures)} run(s) did not finish successfully:", err=True)
+    for failure in failures:
+        click.echo(f"  x {one_line(failure.point_id)}  {failure.state}: {one_line(failure.last_line)}", err=True)
+    click.echo(f"Read a run's output with: mantik logs {failures[0].run_id[:12]}", err=True)
 
 
 @main.command()
@@ -322,6 +367,8 @@ def _status_table(rows):
     from rich.markup import escape
     from rich.table import Table
 
+    from .operations.runref import job_label
+
     metric_names = sorted({name for row in rows for name in row.metrics})[:6]
     table = Table(box=None, pad_edge=False)
     for column in ("experiment", "point", "state", "attempt", "job", "age", *metric_names):
@@ -329,7 +376,7 @@ def _status_table(rows):
     now_ms = time.time() * 1000
     for row in rows:
         age = _age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
-        job = (row.job_id or "").rstrip("/").rsplit("/", 1)[-1][:12]  # a UNICORE job id is its URL
+        job = job_label(row.job_id)[:12]
         metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
         table.add_row(
             escape(row.experiment), escape(row.point_id), row.state, str(row.attempt or ""), job, age, *metrics
@@ -350,7 +397,7 @@ def _age(seconds: float) -> str:
 @click.option("--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock.")
 @click.pass_context
 def cancel(ctx, directory, targets, lock_timeout):
-    """Cancel the live runs of EXPERIMENT names or RUN_IDs (one scheduler call per backend)."""
+    """Cancel the live runs of EXPERIMENTs or RUNs (run id, job id or point id; one scheduler call per backend)."""
     from .operations.control import cancel as cancel_runs
     from .operations.project import open_project
 
@@ -363,10 +410,10 @@ def cancel(ctx, directory, targets, lock_timeout):
 
 @main.command()
 @PROJECT_DIR
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing output until the run ends.")
 def logs(directory, run_id, follow):
-    """Print a run's output (the combined stdout and stderr of its command)."""
+    """Print a run's output (stdout and stderr of its command); RUN is a run id, job id or point id, or a prefix."""
     from .operations.control import follow_log
     from .operations.project import open_project
 
@@ -381,7 +428,7 @@ def logs(directory, run_id, follow):
 @PROJECT_DIR
 @click.argument("target")
 def explain(directory, target):
-    """Print the identity inputs of RUN_ID or EXPERIMENT[POINT] and the run key they hash to."""
+    """Print the identity inputs of a point (EXPERIMENT[POINT]) or a RUN (run or job id) and the key they hash to."""
     import json
 
     from .operations.explain import explain as explain_target
@@ -393,17 +440,17 @@ def explain(directory, target):
 
 @main.command()
 @PROJECT_DIR
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.option("--backend", help="Run it on this backend instead of the original one.")
 @click.option("--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock.")
 def reproduce(directory, run_id, backend, lock_timeout):
-    """Re-create RUN_ID from its MLflow record: same commit, parameters, data and key; a new, linked run."""
+    """Re-create RUN (run id, job id or point id) from its MLflow record: same commit, parameters, data, key."""
     from .operations.project import open_project
     from .operations.reproduce import reproduce as reproduce_run
 
     with user_errors():
-        new_run = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
-    click.echo(f"Submitted run {new_run}, reproducing {run_id}.")
+        new_run, original = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
+    click.echo(f"Submitted run {new_run}, reproducing {original}.")
 
 
 @main.command()

@@ -66,3 +66,8 @@ def _cell(text: str) -> str:
 
 def render_json(plan: Plan) -> str:
     return json.dumps(plan.to_json(), indent=2, ensure_ascii=False)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one terminal line: control characters (newlines, escapes) shown escaped, never acted on."""
+    return "".join(repr(c)[1:-1] if c.isprintable() is False and c != " " else c for c in text)

@@ -1,0 +1,65 @@
+"""Runs named the way `status` shows them, and failures that explain themselves."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import BASIC_SPEC
+
+
+def test_status_ids_work_everywhere_a_run_is_named(project):
+    project.mantik("apply", "--auto-approve", "--wait")
+    rows = project.status_json()
+    run_id = rows[0]["run_id"]
+    point = rows[0]["point_id"]
+    job = rows[0]["job_id"]
+    for reference in (run_id, run_id[:12], run_id[:6], point, job):
+        explained = json.loads(project.mantik("explain", reference).stdout)
+        assert explained.get("run_id", run_id) == run_id or explained["point"] == point, reference
+        assert b"trained" in project.mantik("logs", reference).stdout.encode(), reference
+    missing = project.mantik("logs", "zzzz", check=1)
+    assert missing.stderr.count("\n") == 1 and "point id as `mantik status` shows" in missing.stderr
+
+
+def test_ambiguous_prefix_names_the_candidates(project):
+    project.mantik("apply", "--auto-approve", "--wait")
+    ids = [row["run_id"] for row in project.status_json()]
+    common = 0
+    while common < len(ids[0]) and ids[0][common] == ids[1][common]:
+        common += 1
+    if common >= 4:  # two uuids sharing 4+ leading characters: the prefix is ambiguous
+        result = project.mantik("logs", ids[0][:common], check=1)
+        assert "names runs of 2 points" in result.stderr
+    result = project.mantik("logs", "", check=1)
+    assert result.stderr.startswith("Error: no run")
+
+
+def test_wait_lists_each_failure_with_its_last_line_and_the_next_command(project):
+    project.write(
+        "train.py",
+        """
+        import sys
+        args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+        print("epoch 1")
+        raise ValueError(f"loss is nan at lr={args['--lr']}")
+        """,
+    )
+    project.commit("a training script that diverges")
+    result = project.mantik("apply", "--auto-approve", "--wait", check=1)
+    assert "2 run(s) did not finish successfully:" in result.stderr
+    lines = sorted(line for line in result.stderr.splitlines() if line.startswith("  x "))
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith("  x sweep[") and "lr=0.1" in lines[0]
+    assert lines[0].endswith("ValueError: loss is nan at lr=0.1"), lines[0]
+    assert lines[1].endswith("ValueError: loss is nan at lr=0.2"), lines[1]
+    assert "mantik logs " in result.stderr.splitlines()[-1]
+
+
+def test_wait_in_a_log_prints_lines_as_runs_change(project):
+    """Not on a terminal (a CI log): a line per change of the counts, never hours of silence."""
+    project.write("mantik.yaml", BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1], sleep: [2]}"))
+    project.commit("slower")
+    result = project.mantik("apply", "--auto-approve", "--wait")
+    progress = [line for line in result.stdout.splitlines() if "] runs: " in line]
+    assert progress and progress[-1].endswith("1 finished"), result.stdout
+    assert len(progress) >= 2, result.stdout
