@@ -128,12 +128,18 @@ def schema(fmt):
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--prune", is_flag=True, help="Plan to cancel live runs the spec no longer declares.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@click.option(
+    "--fail-on-failed",
+    is_flag=True,
+    help="Exit 3 when a declared point failed with no retries left (unless changes are pending: then 2 or 0).",
+)
 @click.pass_context
-def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode):
+def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode, fail_on_failed):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
     from .operations.errors import UserError
     from .operations.project import build_plan, open_project
     from .reconcile import render
+    from .reconcile.plan import Action
     from .reconcile.planfile import write_plan
 
     with user_errors():
@@ -156,6 +162,8 @@ def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode):
     _exit_on_errors(result.errors)
     if detailed_exitcode and result.has_changes:
         sys.exit(2)
+    if fail_on_failed and not result.has_changes and result.count(Action.FAILED):
+        sys.exit(3)
 
 
 def _exit_on_errors(errors: list[str]) -> None:

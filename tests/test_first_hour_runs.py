@@ -63,3 +63,15 @@ def test_wait_in_a_log_prints_lines_as_runs_change(project):
     progress = [line for line in result.stdout.splitlines() if "] runs: " in line]
     assert progress and progress[-1].endswith("1 finished"), result.stdout
     assert len(progress) >= 2, result.stdout
+
+
+def test_plan_says_failed_points_need_a_change_and_ci_can_fail_on_them(project):
+    project.write("mantik.yaml", BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1], fail: [true]}"))
+    project.commit("a point that fails")
+    project.mantik("apply", "--auto-approve", "--wait", check=1)
+    result = project.mantik("plan", "--detailed-exitcode")
+    assert "No changes" not in result.stdout
+    assert "Nothing to submit, but 1 point(s) failed with no retries left" in result.stdout
+    project.mantik("plan", "--detailed-exitcode", "--fail-on-failed", check=3)
+    markdown = project.mantik("plan", "--format", "markdown", "--fail-on-failed", check=3).stdout
+    assert "1 point(s) failed" in markdown
