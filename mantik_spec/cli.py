@@ -59,7 +59,46 @@ def parse_duration(text: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WorkflowGroup(click.Group):
+    """``mantik --help`` lists the verbs in the order a project meets them, each with a whole line."""
+
+    ORDER = (
+        "init", "validate", "plan", "apply", "status", "logs", "show", "explain",
+        "cancel", "reproduce", "watch", "force-unlock", "schema", "completion",
+    )  # fmt: skip
+
+    # one line each at 80 columns; `mantik VERB --help` has the whole story
+    SUMMARY = {
+        "init": "Start a project: a commented mantik.yaml, CI files",
+        "validate": "Check mantik.yaml: one FILE:LINE:COL line per problem",
+        "plan": "What apply would submit, retry, repair or cancel, and why",
+        "apply": "Submit what is missing and repair what drifted",
+        "status": "Every declared run: state, attempt, job, age, metrics",
+        "logs": "A run's output (run id, job id or point id)",
+        "show": "An experiment's grid against its metrics, best point marked",
+        "explain": "The identity inputs of a point or run and their run key",
+        "cancel": "Cancel the live runs of experiments, points or runs",
+        "reproduce": "Re-create a run from its MLflow record, linked to it",
+        "watch": "Re-validate and re-plan on every change (--apply too)",
+        "force-unlock": "Release the project lock of an apply that is gone",
+        "schema": "The JSON Schema of mantik.yaml (or its Markdown reference)",
+        "completion": "Shell completion for bash, zsh or fish",
+    }
+
+    def list_commands(self, ctx):
+        known = [name for name in self.ORDER if name in self.commands]
+        return known + sorted(set(self.commands) - set(known))
+
+    def format_commands(self, ctx, formatter):
+        rows = [
+            (name, self.SUMMARY.get(name) or self.commands[name].get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=WorkflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mantik-spec")
 @click.option("-v", "--verbose", is_flag=True, help="Print how many tracking-store calls were made.")
 @click.pass_context

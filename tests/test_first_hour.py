@@ -133,3 +133,29 @@ def test_ci_without_a_tracking_server_refuses_to_apply(project):
     store = f"sqlite:///{project.path / '.mantik' / 'mlflow.db'}"
     project.mantik("apply", "--auto-approve", env={"CI": "true", "MLFLOW_TRACKING_URI": store})
     assert len(project.runs()) == 2
+
+
+def test_help_lists_every_verb_in_workflow_order_on_one_line_each(repo):
+    result = repo.mantik("--help", env={"COLUMNS": "80"})
+    commands = result.stdout.split("Commands:\n", 1)[1].splitlines()
+    names = [line.split()[0] for line in commands if line.strip()]
+    assert len(names) == len(commands), "a description wrapped onto a second line"
+    assert names[:4] == ["init", "validate", "plan", "apply"]
+    assert all(len(line) <= 80 and not line.rstrip().endswith("...") for line in commands)
+    from mantik_spec.cli import main
+
+    assert sorted(names) == sorted(main.commands)
+
+
+def test_readme_command_table_matches_the_real_options(repo):
+    """Every option the README's command table shows exists on that verb."""
+    import re
+
+    table = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `mantik ")]
+    assert len(table) >= 10
+    for row in table:
+        usage = row.split("`")[1]
+        verb = usage.split()[1]
+        help_text = repo.mantik(verb, "--help", env={"COLUMNS": "200"}).stdout
+        for option in re.findall(r"(--[a-z][a-z-]*)", usage):
+            assert option in help_text, f"README shows {option} for mantik {verb}"
