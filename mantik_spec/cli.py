@@ -409,24 +409,37 @@ def _print_status_table(rows) -> None:
 
 
 def _status_table(rows):
+    """One column per parameter whose value differs between the rows (what tells the points apart), so
+    that at 80 columns it is the metrics that get squeezed, never the point's identity."""
     import time
 
     from rich.markup import escape
     from rich.table import Table
 
     from .operations.runref import job_label
+    from .spec.experiments import format_value
 
+    names = list(dict.fromkeys(name for row in rows for name in row.parameters))
+    varying = [n for n in names if len({format_value(row.parameters.get(n, "")) for row in rows}) > 1]
     metric_names = sorted({name for row in rows for name in row.metrics})[:6]
     table = Table(box=None, pad_edge=False)
-    for column in ("experiment", "point", "state", "attempt", "job", "age", *metric_names):
-        table.add_column(column)
+    show_experiment = len({row.experiment for row in rows}) > 1 or not varying
+    if show_experiment:
+        table.add_column("experiment", no_wrap=True)
+    for column in varying or ["point"]:
+        table.add_column(column, no_wrap=True)
+    for column in ("state", "attempt", "job", "age"):
+        table.add_column(column, no_wrap=True)
+    for column in metric_names:
+        table.add_column(column, overflow="ellipsis", no_wrap=True)
     now_ms = time.time() * 1000
     for row in rows:
         age = _age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
-        job = job_label(row.job_id)[:12]
         metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
+        shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
+        cells = [row.experiment, *shown] if show_experiment else shown
         table.add_row(
-            escape(row.experiment), escape(row.point_id), row.state, str(row.attempt or ""), job, age, *metrics
+            *map(escape, cells), row.state, str(row.attempt or ""), job_label(row.job_id)[:12], age, *metrics
         )
     return table
 

@@ -75,3 +75,53 @@ def test_plan_says_failed_points_need_a_change_and_ci_can_fail_on_them(project):
     project.mantik("plan", "--detailed-exitcode", "--fail-on-failed", check=3)
     markdown = project.mantik("plan", "--format", "markdown", "--fail-on-failed", check=3).stdout
     assert "1 point(s) failed" in markdown
+
+
+def _on_terminal(project, *args: str, columns: int = 80) -> str:
+    """The command's output as a user sees it on a terminal of ``columns`` columns (a real pty)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    from .conftest import mantik_command
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**project.env, "TERM": "dumb", "NO_COLOR": "1"}
+    env.pop("COLUMNS", None)
+    process = subprocess.Popen(
+        [*mantik_command(), *args], cwd=project.path, stdin=follower, stdout=follower, stderr=follower, env=env
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=120)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_status_at_80_columns_keeps_the_varying_parameters_visible(project):
+    spec = BASIC_SPEC.replace(
+        "parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.001, 0.01, 0.1], sleep: [0.25, 0.5]}"
+    )
+    project.write("mantik.yaml", spec)
+    project.commit("a 3 x 2 grid")
+    project.mantik("apply", "--auto-approve", "--wait")
+    screen = _on_terminal(project, "status")
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert all(len(line) <= 80 for line in lines), screen
+    header = lines[0].split()
+    assert header[:2] == ["lr", "sleep"], screen
+    shown = {tuple(line.split()[:2]) for line in lines[1:]}
+    assert shown == {(lr, s) for lr in ("0.001", "0.01", "0.1") for s in ("0.25", "0.5")}, screen
+    assert all("finished" in line for line in lines[1:])
