@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from .reconcile.render import GROUP_ABOVE
+
 PROJECT_DIR = click.option(
     "-C",
     "directory",
@@ -166,6 +168,9 @@ def schema(fmt):
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--prune", is_flag=True, help="Plan to cancel live runs the spec no longer declares.")
+@click.option(
+    "-v", "--verbose", "every_run", is_flag=True, help=f"List every run, also in plans of more than {GROUP_ABOVE}."
+)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @click.option(
     "--fail-on-failed",
@@ -173,7 +178,7 @@ def schema(fmt):
     help="Exit 3 when a declared point failed with no retries left (unless changes are pending: then 2 or 0).",
 )
 @click.pass_context
-def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode, fail_on_failed):
+def plan(ctx, directory, out, as_json, fmt, prune, every_run, detailed_exitcode, fail_on_failed):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
     from .operations.errors import UserError
     from .operations.project import build_plan, open_project
@@ -194,7 +199,7 @@ def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode, fail_on_fa
     elif fmt == "markdown":
         click.echo(render.render_markdown(result), nl=False)
     else:
-        click.echo(render.render_text(result, color=sys.stdout.isatty()))
+        click.echo(render.render_text(result, color=sys.stdout.isatty(), every_run=every_run))
         if out:
             click.echo(f"\nSaved the plan to {out}. To carry it out exactly: mantik apply {out}")
     _report_calls(ctx, project)

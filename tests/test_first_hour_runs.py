@@ -125,3 +125,17 @@ def test_status_at_80_columns_keeps_the_varying_parameters_visible(project):
     shown = {tuple(line.split()[:2]) for line in lines[1:]}
     assert shown == {(lr, s) for lr in ("0.001", "0.01", "0.1") for s in ("0.25", "0.5")}, screen
     assert all("finished" in line for line in lines[1:])
+
+
+def test_a_large_plan_is_grouped_and_v_lists_every_run(project):
+    spec = BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1, 0.2], sleep: [0, 1, 2, 3, 4]}")
+    spec += "  longer:\n    extends: sweep\n    parameters: {lr: [0.3, 0.4, 0.5, 0.6], sleep: [5, 6, 7, 8]}\n"
+    project.write("mantik.yaml", spec)
+    project.commit("26 points")
+    grouped = project.mantik("plan").stdout
+    assert "(26 runs; `mantik plan -v` lists each)" in grouped
+    assert "  + sweep: 10 to submit  [local]" in grouped and "  + longer: 16 to submit  [local]" in grouped
+    assert "      10 × new run point" in grouped
+    assert len(grouped.splitlines()) < 15, grouped
+    every = project.mantik("plan", "-v").stdout
+    assert sum(1 for line in every.splitlines() if line.startswith("  + ")) == 26
