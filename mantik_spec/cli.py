@@ -564,10 +564,8 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
 @main.command()
 @PROJECT_DIR
 @click.argument("experiment")
-@click.option("--metric", help="The metric that ranks the points (default: the first one logged).")
-@click.option(
-    "--goal", type=click.Choice(["min", "max"]), default="min", show_default=True, help="Lower or higher is better."
-)
+@click.option("--metric", help="The metric that ranks the points (default: the experiment's declared metric).")
+@click.option("--goal", type=click.Choice(["min", "max"]), help="Lower or higher is better (needed with --metric).")
 @click.option(
     "--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the metric to this PNG."
 )
@@ -581,7 +579,8 @@ def show(directory, experiment, metric, goal, plot_file, against):
     from .operations.show import grid, plot
 
     with user_errors():
-        rows, metric = grid(open_project(directory), experiment, metric, goal)
+        rows, ranking = grid(open_project(directory), experiment, metric, goal)
+        metric = ranking.metric
         parameters = sorted({name for row in rows for name in row.parameters})
         metrics = sorted({name for row in rows for name in row.metrics})
         table = Table(box=None, pad_edge=False)
@@ -594,7 +593,12 @@ def show(directory, experiment, metric, goal, plot_file, against):
             )
         _table_console().print(table)
         if metric:
-            click.echo(f"* best by {metric} ({goal})")
+            click.echo(f"* best by {metric} ({ranking.goal}; from {ranking.source})")
+        elif metrics:
+            click.echo(
+                f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
+                f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
+            )
         if plot_file:
             varying = [p for p in parameters if len({row.parameters.get(p) for row in rows}) > 1]
             axis = against or (varying[0] if varying else (parameters[0] if parameters else None))

@@ -139,3 +139,22 @@ def test_a_large_plan_is_grouped_and_v_lists_every_run(project):
     assert len(grouped.splitlines()) < 15, grouped
     every = project.mantik("plan", "-v").stdout
     assert sum(1 for line in every.splitlines() if line.startswith("  + ")) == 26
+
+
+def test_show_ranks_by_the_declared_metric_and_never_guesses(project):
+    """The score (lr * 10) is better when higher: a guessed `min` would star the worst point."""
+    project.mantik("apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})
+    unranked = project.mantik("show", "sweep").stdout
+    assert not any(line.startswith("*") for line in unranked.splitlines())
+    assert "No point marked best: name the metric with --metric NAME --goal min|max" in unranked
+    project.mantik("show", "sweep", "--metric", "score", check=1)  # a goal is never assumed
+    spec = BASIC_SPEC.replace(
+        "parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1, 0.2]}\n    metric: {name: score, goal: max}"
+    )
+    project.write("mantik.yaml", spec)
+    project.commit("declare how the sweep is judged")
+    assert "No changes" in project.mantik("plan").stdout  # the metric is not part of any run key
+    ranked = project.mantik("show", "sweep").stdout
+    best = [line for line in ranked.splitlines() if line.startswith("*") and "finished" in line]
+    assert len(best) == 1 and " 0.2 " in best[0], ranked
+    assert "* best by score (max; from experiments.sweep.metric)" in ranked

@@ -167,10 +167,10 @@ def test_show_ranks_the_grid_and_plots_it(project, tmp_path):
     lines = shown.stdout.splitlines()
     best = [line for line in lines if line.startswith("*") and "finished" in line]
     assert len(best) == 1 and " 0.2 " in best[0] and best[0].rstrip().endswith("2")  # lr=0.2 scores 2.0
-    assert "* best by score (max)" in shown.stdout
+    assert "* best by score (max; from --metric)" in shown.stdout
     png = (tmp_path / "g.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    missing = project.mantik("show", "sweep", "--metric", "accuracy", check=1)
+    missing = project.mantik("show", "sweep", "--metric", "accuracy", "--goal", "max", check=1)
     assert "no run of sweep logged a metric 'accuracy'; logged: score" in missing.stderr
 
 
