@@ -159,3 +159,11 @@ def test_readme_command_table_matches_the_real_options(repo):
         help_text = repo.mantik(verb, "--help", env={"COLUMNS": "200"}).stdout
         for option in re.findall(r"(--[a-z][a-z-]*)", usage):
             assert option in help_text, f"README shows {option} for mantik {verb}"
+
+
+def test_init_outside_git_says_so_before_writing_anything(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    result = Project(plain).mantik("init", check=1)
+    assert result.stderr == f"Error: {plain} is not inside a git repository: run `git init` first (only committed code runs)\n"
+    assert list(plain.iterdir()) == []

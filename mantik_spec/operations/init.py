@@ -94,6 +94,7 @@ def init(
     default_branch: str = "main",
 ) -> list[Path]:
     directory = Path(directory)
+    _require_git(directory)
     mlproject_file = _inside(directory, mlproject, "--from-mlproject")
     config_file = _inside(directory, backend_config, "--backend-config")
     if mlproject is not None:
@@ -134,6 +135,25 @@ def init(
     if _ignore_state_dir(directory):
         written.append(directory / ".gitignore")
     return written
+
+
+def _require_git(directory: Path) -> None:
+    """mantik runs only committed code: a project outside git is told at once, before anything is written."""
+    import subprocess
+
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--git-dir"], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        raise UserError("git is not installed: mantik runs only committed code, so it needs git") from None
+    if found.returncode == 0:
+        return
+    where = directory.resolve()
+    if not any((parent / ".git").exists() for parent in (where, *where.parents)):
+        raise UserError(f"{where} is not inside a git repository: run `git init` first (only committed code runs)")
+    message = (found.stderr.strip().splitlines() or ["no answer"])[-1]  # e.g. git's dubious-ownership refusal
+    raise UserError(f"git cannot use {where}: {message}")
 
 
 def _check(files: dict[str, str], directory: Path) -> None:
