@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from .reconcile.render import GROUP_ABOVE
+
 PROJECT_DIR = click.option(
     "-C",
     "directory",
@@ -59,7 +61,46 @@ def parse_duration(text: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WorkflowGroup(click.Group):
+    """``mantik --help`` lists the verbs in the order a project meets them, each with a whole line."""
+
+    ORDER = (
+        "init", "validate", "plan", "apply", "status", "logs", "show", "explain",
+        "cancel", "reproduce", "watch", "force-unlock", "schema", "completion",
+    )  # fmt: skip
+
+    # one line each at 80 columns; `mantik VERB --help` has the whole story
+    SUMMARY = {
+        "init": "Start a project: a commented mantik.yaml, CI files",
+        "validate": "Check mantik.yaml: one FILE:LINE:COL line per problem",
+        "plan": "What apply would submit, retry, repair or cancel, and why",
+        "apply": "Submit what is missing and repair what drifted",
+        "status": "Every declared run: state, attempt, job, age, metrics",
+        "logs": "A run's output (run id, job id or point id)",
+        "show": "An experiment's grid against its metrics, best point marked",
+        "explain": "The identity inputs of a point or run and their run key",
+        "cancel": "Cancel the live runs of experiments, points or runs",
+        "reproduce": "Re-create a run from its MLflow record, linked to it",
+        "watch": "Re-validate and re-plan on every change (--apply too)",
+        "force-unlock": "Release the project lock of an apply that is gone",
+        "schema": "The JSON Schema of mantik.yaml (or its Markdown reference)",
+        "completion": "Shell completion for bash, zsh or fish",
+    }
+
+    def list_commands(self, ctx):
+        known = [name for name in self.ORDER if name in self.commands]
+        return known + sorted(set(self.commands) - set(known))
+
+    def format_commands(self, ctx, formatter):
+        rows = [
+            (name, self.SUMMARY.get(name) or self.commands[name].get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=WorkflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mantik-spec")
 @click.option("-v", "--verbose", is_flag=True, help="Print how many tracking-store calls were made.")
 @click.pass_context
@@ -128,13 +169,22 @@ def schema(fmt):
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--prune", is_flag=True, help="Plan to cancel live runs the spec no longer declares.")
+@click.option(
+    "-v", "--verbose", "every_run", is_flag=True, help=f"List every run, also in plans of more than {GROUP_ABOVE}."
+)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@click.option(
+    "--fail-on-failed",
+    is_flag=True,
+    help="Exit 3 when a declared point failed with no retries left (unless changes are pending: then 2 or 0).",
+)
 @click.pass_context
-def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode):
+def plan(ctx, directory, out, as_json, fmt, prune, every_run, detailed_exitcode, fail_on_failed):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
     from .operations.errors import UserError
     from .operations.project import build_plan, open_project
     from .reconcile import render
+    from .reconcile.plan import Action
     from .reconcile.planfile import write_plan
 
     with user_errors():
@@ -150,13 +200,15 @@ def plan(ctx, directory, out, as_json, fmt, prune, detailed_exitcode):
     elif fmt == "markdown":
         click.echo(render.render_markdown(result), nl=False)
     else:
-        click.echo(render.render_text(result, color=sys.stdout.isatty()))
+        click.echo(render.render_text(result, color=sys.stdout.isatty(), every_run=every_run))
         if out:
             click.echo(f"\nSaved the plan to {out}. To carry it out exactly: mantik apply {out}")
     _report_calls(ctx, project)
     _exit_on_errors(result.errors)
     if detailed_exitcode and result.has_changes:
         sys.exit(2)
+    if fail_on_failed and not result.has_changes and result.count(Action.FAILED):
+        sys.exit(3)
 
 
 def _exit_on_errors(errors: list[str]) -> None:
@@ -222,19 +274,58 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
             return
         click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
         if wait and result.started:
-            failed = _follow(project, result.started)
-            if failed:
+            failures = _follow(project, result.started)
+            if failures:
                 _report_calls(ctx, project)
-                click.echo(f"{failed} run(s) did not finish successfully.", err=True)
+                _print_failures(failures)
                 sys.exit(1)
     _report_calls(ctx, project)
     _exit_on_errors(result.plan.errors)
 
 
-def _follow(project, run_ids) -> int:
+def _follow(project, run_ids) -> list:
+    """Follow the runs to their end: a progress bar on a terminal, a line per change (and at least every
+    few minutes) in a CI log. Returns the runs that did not finish successfully."""
+    from .operations.status import follow, unsuccessful
+
+    if sys.stdout.isatty():
+        final = _follow_with_bar(project, run_ids)
+    else:
+        final = follow(project, run_ids, _LogLines())
+    return unsuccessful(project, final)
+
+
+class _LogLines:
+    """Progress for a log that nobody watches live: one line when the counts change, else every few minutes."""
+
+    QUIET_SECONDS = 300
+
+    def __init__(self):
+        import time
+
+        self.clock = time.monotonic
+        self.started = self.last_time = self.clock()
+        self.last_text = None
+
+    def __call__(self, states: dict[str, str]) -> None:
+        text = _state_counts(states)
+        now = self.clock()
+        if text != self.last_text or now - self.last_time >= self.QUIET_SECONDS:
+            click.echo(f"[{_age(now - self.started)}] runs: {text}")
+            self.last_text, self.last_time = text, now
+
+
+def _state_counts(states: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _follow_with_bar(project, run_ids) -> dict[str, str]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .operations.status import ENDED, SUCCEEDED, follow
+    from .operations.status import ENDED, follow
 
     with Progress(
         TextColumn("[bold]runs"),
@@ -247,14 +338,20 @@ def _follow(project, run_ids) -> int:
         task = progress.add_task("", total=len(run_ids))
 
         def update(states):
-            counts = {}
-            for state in states.values():
-                counts[state] = counts.get(state, 0) + 1
-            done = sum(n for s, n in counts.items() if s in ENDED)
-            progress.update(task, completed=done, description=", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+            done = sum(1 for state in states.values() if state in ENDED)
+            progress.update(task, completed=done, description=_state_counts(states))
 
-        final = follow(project, run_ids, update)
-    return sum(1 for state in final.values() if state not in SUCCEEDED)
+        return follow(project, run_ids, update)
+
+
+def _print_failures(failures) -> None:
+    """Each run that did not finish: its point, how it ended, the last line of its error, where to read more."""
+    from .reconcile.render import one_line
+
+    click.echo(f"\n{len(failures)} run(s) did not finish successfully:", err=True)
+    for failure in failures:
+        click.echo(f"  x {one_line(failure.point_id)}  {failure.state}: {one_line(failure.last_line)}", err=True)
+    click.echo(f"Read a run's output with: mantik logs {failures[0].run_id[:12]}", err=True)
 
 
 @main.command()
@@ -318,22 +415,37 @@ def _print_status_table(rows) -> None:
 
 
 def _status_table(rows):
+    """One column per parameter whose value differs between the rows (what tells the points apart), so
+    that at 80 columns it is the metrics that get squeezed, never the point's identity."""
     import time
 
     from rich.markup import escape
     from rich.table import Table
 
+    from .operations.runref import job_label
+    from .spec.experiments import format_value
+
+    names = list(dict.fromkeys(name for row in rows for name in row.parameters))
+    varying = [n for n in names if len({format_value(row.parameters.get(n, "")) for row in rows}) > 1]
     metric_names = sorted({name for row in rows for name in row.metrics})[:6]
     table = Table(box=None, pad_edge=False)
-    for column in ("experiment", "point", "state", "attempt", "job", "age", *metric_names):
-        table.add_column(column)
+    show_experiment = len({row.experiment for row in rows}) > 1 or not varying
+    if show_experiment:
+        table.add_column("experiment", no_wrap=True)
+    for column in varying or ["point"]:
+        table.add_column(column, no_wrap=True)
+    for column in ("state", "attempt", "job", "age"):
+        table.add_column(column, no_wrap=True)
+    for column in metric_names:
+        table.add_column(column, overflow="ellipsis", no_wrap=True)
     now_ms = time.time() * 1000
     for row in rows:
         age = _age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
-        job = (row.job_id or "").rstrip("/").rsplit("/", 1)[-1][:12]  # a UNICORE job id is its URL
         metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
+        shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
+        cells = [row.experiment, *shown] if show_experiment else shown
         table.add_row(
-            escape(row.experiment), escape(row.point_id), row.state, str(row.attempt or ""), job, age, *metrics
+            *map(escape, cells), row.state, str(row.attempt or ""), job_label(row.job_id)[:12], age, *metrics
         )
     return table
 
@@ -351,7 +463,7 @@ def _age(seconds: float) -> str:
 @click.option("--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock.")
 @click.pass_context
 def cancel(ctx, directory, targets, lock_timeout):
-    """Cancel the live runs of EXPERIMENT names or RUN_IDs (one scheduler call per backend)."""
+    """Cancel the live runs of EXPERIMENTs or RUNs (run id, job id or point id; one scheduler call per backend)."""
     from .operations.control import cancel as cancel_runs
     from .operations.project import open_project
 
@@ -364,10 +476,10 @@ def cancel(ctx, directory, targets, lock_timeout):
 
 @main.command()
 @PROJECT_DIR
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing output until the run ends.")
 def logs(directory, run_id, follow):
-    """Print a run's output (the combined stdout and stderr of its command)."""
+    """Print a run's output (stdout and stderr of its command); RUN is a run id, job id or point id, or a prefix."""
     from .operations.control import follow_log
     from .operations.project import open_project
 
@@ -382,7 +494,7 @@ def logs(directory, run_id, follow):
 @PROJECT_DIR
 @click.argument("target")
 def explain(directory, target):
-    """Print the identity inputs of RUN_ID or EXPERIMENT[POINT] and the run key they hash to."""
+    """Print the identity inputs of a point (EXPERIMENT[POINT]) or a RUN (run or job id) and the key they hash to."""
     import json
 
     from .operations.explain import explain as explain_target
@@ -394,17 +506,17 @@ def explain(directory, target):
 
 @main.command()
 @PROJECT_DIR
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.option("--backend", help="Run it on this backend instead of the original one.")
 @click.option("--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock.")
 def reproduce(directory, run_id, backend, lock_timeout):
-    """Re-create RUN_ID from its MLflow record: same commit, parameters, data and key; a new, linked run."""
+    """Re-create RUN (run id, job id or point id) from its MLflow record: same commit, parameters, data, key."""
     from .operations.project import open_project
     from .operations.reproduce import reproduce as reproduce_run
 
     with user_errors():
-        new_run = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
-    click.echo(f"Submitted run {new_run}, reproducing {run_id}.")
+        new_run, original = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
+    click.echo(f"Submitted run {new_run}, reproducing {original}.")
 
 
 @main.command()
@@ -423,9 +535,15 @@ def reproduce(directory, run_id, backend, lock_timeout):
 @click.option(
     "--ci", type=click.Choice(["github", "gitlab"]), help="Also write CI files: plan on review, apply on merge."
 )
+@click.option(
+    "--install",
+    metavar="REQUIREMENT",
+    help="How CI installs mantik-spec (a pip requirement such as git+https://HOST/ORG/mantik-spec@TAG); "
+    "default: pinned to where this installation came from.",
+)
 @click.option("--default-branch", default="main", show_default=True, help="The branch whose merges apply.")
 @click.option("--force", is_flag=True, help="Overwrite files that exist.")
-def init(directory, mlproject, backend_config, ci, default_branch, force):
+def init(directory, mlproject, backend_config, ci, install, default_branch, force):
     """Write a commented mantik.yaml (and CI files), and keep .mantik/ out of git."""
     from .operations.init import init as write_files
 
@@ -435,6 +553,7 @@ def init(directory, mlproject, backend_config, ci, default_branch, force):
             mlproject=mlproject,
             backend_config=backend_config,
             ci=ci,
+            install=install,
             force=force,
             default_branch=default_branch,
         )
@@ -446,10 +565,8 @@ def init(directory, mlproject, backend_config, ci, default_branch, force):
 @main.command()
 @PROJECT_DIR
 @click.argument("experiment")
-@click.option("--metric", help="The metric that ranks the points (default: the first one logged).")
-@click.option(
-    "--goal", type=click.Choice(["min", "max"]), default="min", show_default=True, help="Lower or higher is better."
-)
+@click.option("--metric", help="The metric that ranks the points (default: the experiment's declared metric).")
+@click.option("--goal", type=click.Choice(["min", "max"]), help="Lower or higher is better (needed with --metric).")
 @click.option(
     "--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the metric to this PNG."
 )
@@ -463,7 +580,8 @@ def show(directory, experiment, metric, goal, plot_file, against):
     from .operations.show import grid, plot
 
     with user_errors():
-        rows, metric = grid(open_project(directory), experiment, metric, goal)
+        rows, ranking = grid(open_project(directory), experiment, metric, goal)
+        metric = ranking.metric
         parameters = sorted({name for row in rows for name in row.parameters})
         metrics = sorted({name for row in rows for name in row.metrics})
         table = Table(box=None, pad_edge=False)
@@ -476,7 +594,12 @@ def show(directory, experiment, metric, goal, plot_file, against):
             )
         _table_console().print(table)
         if metric:
-            click.echo(f"* best by {metric} ({goal})")
+            click.echo(f"* best by {metric} ({ranking.goal}; from {ranking.source})")
+        elif metrics:
+            click.echo(
+                f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
+                f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
+            )
         if plot_file:
             varying = [p for p in parameters if len({row.parameters.get(p) for row in rows}) > 1]
             axis = against or (varying[0] if varying else (parameters[0] if parameters else None))

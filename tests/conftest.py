@@ -84,7 +84,8 @@ class Project:
 
     def __init__(self, path: Path):
         self.path = path
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # CI's own CI=true would make apply refuse the local store these tests use on purpose
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "CI"}
         self.env["TEST_EVENTS"] = str(path.parent / f"{path.name}-events.jsonl")
 
     def write(self, name: str, text: str) -> None:
@@ -147,7 +148,7 @@ class Project:
 
 def run_example(name: str, workdir: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """`bash examples/run.sh NAME`, as the README tells a newcomer, with this environment's mantik on PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "CI"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(extra_env or {})
     return subprocess.run(

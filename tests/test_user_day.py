@@ -85,7 +85,7 @@ def test_init_refuses_to_overwrite_without_force(repo):
 
 
 def test_gitlab_ci_file_parses_and_queues_applies(repo):
-    repo.mantik("init", "--ci", "gitlab")
+    repo.mantik("init", "--ci", "gitlab", "--install", "mantik-spec==0.1.0")
     pipeline = yaml.safe_load((repo.path / ".gitlab-ci.yml").read_text())
     assert pipeline["apply"]["resource_group"] == "mantik-apply"
     assert pipeline["apply"]["rules"] == [{"if": '$CI_COMMIT_BRANCH == "main"'}]
@@ -94,7 +94,7 @@ def test_gitlab_ci_file_parses_and_queues_applies(repo):
 
 def test_github_workflow_steps_run_locally(repo, tmp_path):
     """The generated workflow's own `run:` steps, executed in order as a runner would (install aside)."""
-    repo.mantik("init", "--ci", "github")
+    repo.mantik("init", "--ci", "github", "--install", "mantik-spec==0.1.0")
     repo.write("train.py", "import sys\nprint('training', sys.argv[1:])\n")
     spec = (repo.path / "mantik.yaml").read_text().replace("lr: [0.01]", "lr: [0.01, 0.1]")
     (repo.path / "mantik.yaml").write_text(spec)
@@ -167,10 +167,10 @@ def test_show_ranks_the_grid_and_plots_it(project, tmp_path):
     lines = shown.stdout.splitlines()
     best = [line for line in lines if line.startswith("*") and "finished" in line]
     assert len(best) == 1 and " 0.2 " in best[0] and best[0].rstrip().endswith("2")  # lr=0.2 scores 2.0
-    assert "* best by score (max)" in shown.stdout
+    assert "* best by score (max; from --metric)" in shown.stdout
     png = (tmp_path / "g.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    missing = project.mantik("show", "sweep", "--metric", "accuracy", check=1)
+    missing = project.mantik("show", "sweep", "--metric", "accuracy", "--goal", "max", check=1)
     assert "no run of sweep logged a metric 'accuracy'; logged: score" in missing.stderr
 
 

@@ -29,7 +29,7 @@ from ..state.lock import project_lock
 from ..state.tags import FailureKind, MlflowTag, RunStatus, Tag, failure_tags, identity_tags
 from ..state.versions import UNPINNED
 from .errors import UserError
-from .project import Observation, Project, build_plan
+from .project import Observation, Project, build_plan, throwaway_store
 
 
 @dataclass
@@ -57,6 +57,9 @@ def apply(
     lock_timeout: float = 0.0,
     on_lock_wait=None,
 ) -> ApplyResult:
+    throwaway = throwaway_store(project)
+    if throwaway:  # before the lock: the lock itself would be created in the throwaway store
+        raise UserError(throwaway)
     with project_lock(project.store, "apply", lock_timeout, on_wait=on_lock_wait):
         plan, observation = build_plan(project, prune=saved.prune if saved else prune)
         refuse_dirty(observation)

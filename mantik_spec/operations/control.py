@@ -10,17 +10,19 @@ from ..state.lock import project_lock
 from ..state.tags import FailureKind, RunStatus, failure_tags
 from .errors import UserError
 from .project import Project, poll_jobs
+from .runref import find_run, matching_runs
 
 
 def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> list[str]:
     """Cancel the live runs of the named experiments or run ids, one scheduler call per backend."""
     with project_lock(project.store, "cancel", lock_timeout):
         runs = project.store.observe()
-        known = set(project.spec.experiments) | {r.run_id for r in runs}
-        unknown = [t for t in targets if t not in known]
+        named: dict[str, list] = {t: matching_runs(runs, t) for t in targets if t not in project.spec.experiments}
+        unknown = [t for t, found in named.items() if not found]
         if unknown:
-            raise UserError(f"no experiment or run named {', '.join(unknown)}")
-        chosen = [r for r in runs if r.live and (r.run_id in targets or r.experiment in targets)]
+            raise UserError(f"no experiment, run, job or point named {', '.join(unknown)}")
+        chosen_ids = {r.run_id for found in named.values() for r in found}
+        chosen = [r for r in runs if r.live and (r.run_id in chosen_ids or r.experiment in targets)]
         poll_jobs(project, chosen)  # an intent whose job exists unrecorded gets its job id: cancel that too
         by_backend = defaultdict(list)
         for run in chosen:
@@ -38,9 +40,8 @@ def follow_log(
     project: Project, run_id: str, follow: bool, interval: float = 1.0, sleep: Callable[[float], None] = time.sleep
 ) -> Iterator[bytes]:
     """The run's output; with ``follow``, more as it arrives until the run has ended."""
-    run = next((r for r in project.store.observe() if r.run_id == run_id), None)
-    if run is None:
-        raise UserError(f"no run {run_id} in project {project.spec.project}")
+    run = find_run(project.store.observe(), run_id, project.spec.project)
+    run_id = run.run_id
     if run.backend not in project.spec.backends:
         raise UserError(f"run {run_id} ran on backend '{run.backend}', which mantik.yaml no longer declares")
     backend = project.backend(run.backend)

@@ -7,6 +7,7 @@ import json
 from ..reconcile.identity import recorded_identity
 from .errors import UserError
 from .project import Project, observe
+from .runref import find_run, matching_runs
 
 
 def explain(project: Project, target: str) -> dict:
@@ -21,18 +22,19 @@ def explain(project: Project, target: str) -> dict:
                 "commit": observation.code.commit,
                 "runs": [{"run_id": r.run_id, "status": r.status, "attempt": r.attempt} for r in runs],
             }
-    for run in observation.runs:
-        if run.run_id == target:
-            recomputed = recorded_identity(run)
-            return {
-                "run_id": run.run_id,
-                "point": run.point_id,
-                "run_key": run.run_key,
-                "inputs": json.loads(recomputed.canonical()),
-                "commit": run.commit,
-                "key_matches_inputs": recomputed.key == run.run_key,
-            }
+    if matching_runs(observation.runs, target):
+        run = find_run(observation.runs, target, project.spec.project)
+        recomputed = recorded_identity(run)
+        return {
+            "run_id": run.run_id,
+            "point": run.point_id,
+            "run_key": run.run_key,
+            "inputs": json.loads(recomputed.canonical()),
+            "commit": run.commit,
+            "key_matches_inputs": recomputed.key == run.run_key,
+        }
     points = [w.point.point_id for w in observation.desired[:3]]
     raise UserError(
-        f"'{target}' is neither a declared run point (e.g. {', '.join(points) or 'none'}) nor a run of this project"
+        f"'{target}' is neither a declared run point (e.g. {', '.join(points) or 'none'}) nor a run or job of this "
+        "project"
     )

@@ -21,7 +21,6 @@ from ..templating import packaged, render
 from .errors import UserError
 
 CI_FILES = {"github": ".github/workflows/mantik.yml", "gitlab": ".gitlab-ci.yml"}
-INSTALL = "pip install mantik-spec"
 SAMPLE_VALUES = {"float": 0.01, "int": 1, "bool": False, "string": "TODO", "path": "TODO", "uri": "TODO"}
 MLFLOW_TYPES = {
     "float": "float",
@@ -90,10 +89,12 @@ def init(
     mlproject: Path | None = None,
     backend_config: Path | None = None,
     ci: str | None = None,
+    install: str | None = None,
     force: bool = False,
     default_branch: str = "main",
 ) -> list[Path]:
     directory = Path(directory)
+    _require_git(directory)
     mlproject_file = _inside(directory, mlproject, "--from-mlproject")
     config_file = _inside(directory, backend_config, "--backend-config")
     if mlproject is not None:
@@ -115,8 +116,10 @@ def init(
         ),
     }
     if ci is not None:
+        from .install_source import ci_install_command
+
         files[CI_FILES[ci]] = render(
-            packaged(f"ci-{ci}.yml.j2"), {"install": INSTALL, "default_branch": default_branch}
+            packaged(f"ci-{ci}.yml.j2"), {"install": ci_install_command(install), "default_branch": default_branch}
         )
     _check(files, directory)
     existing = [name for name in files if (directory / name).exists()]
@@ -132,6 +135,25 @@ def init(
     if _ignore_state_dir(directory):
         written.append(directory / ".gitignore")
     return written
+
+
+def _require_git(directory: Path) -> None:
+    """mantik runs only committed code: a project outside git is told at once, before anything is written."""
+    import subprocess
+
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--git-dir"], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        raise UserError("git is not installed: mantik runs only committed code, so it needs git") from None
+    if found.returncode == 0:
+        return
+    where = directory.resolve()
+    if not any((parent / ".git").exists() for parent in (where, *where.parents)):
+        raise UserError(f"{where} is not inside a git repository: run `git init` first (only committed code runs)")
+    message = (found.stderr.strip().splitlines() or ["no answer"])[-1]  # e.g. git's dubious-ownership refusal
+    raise UserError(f"git cannot use {where}: {message}")
 
 
 def _check(files: dict[str, str], directory: Path) -> None:

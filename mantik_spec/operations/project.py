@@ -180,6 +180,24 @@ def unreachable(observation: Observation) -> list[str]:
     ]
 
 
+def in_ci() -> bool:
+    """Whether this runs in a CI job: every major CI service sets ``CI`` (GitHub, GitLab, Jenkins' plugins...)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def throwaway_store(project: Project) -> str | None:
+    """Why the store would be lost after this CI job, or None: a CI job whose tracking URI was not set
+    records its runs in a sqlite file inside a checkout that is thrown away, so every merge would submit
+    every run again."""
+    if not in_ci() or os.environ.get("MLFLOW_TRACKING_URI") or not project.store.uri.startswith(("sqlite:", "file:")):
+        return None
+    return (
+        "CI is set and MLFLOW_TRACKING_URI is not: runs would be recorded in a sqlite store inside this checkout, "
+        "which the CI job throws away, and every merge would submit every run again; set MLFLOW_TRACKING_URI "
+        "(from a CI secret) to your MLflow server, or set it to the sqlite URI explicitly on a runner that keeps it"
+    )
+
+
 def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation]:
     observation = observe(project)
     plan = make_plan(
@@ -197,6 +215,9 @@ def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation
             f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "
             "the plan uses the last commit; apply will refuse"
         )
+    throwaway = throwaway_store(project)
+    if throwaway:
+        plan.warnings.append(throwaway + "; apply will refuse")
     remote = sorted({d.point.backend for d in observation.desired if not project.backend(d.point.backend).shares_files})
     if remote and project.store.uri.startswith(("sqlite:", "file:", "/")):
         plan.warnings.append(

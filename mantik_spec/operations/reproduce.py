@@ -20,12 +20,15 @@ from ..state.versions import VersionError, dvc_md5
 from .apply import Submission, submit
 from .errors import UserError
 from .project import Project
+from .runref import find_run
 
 
-def reproduce(project: Project, run_id: str, backend: str | None = None, lock_timeout: float = 0.0) -> str:
-    run = next((r for r in project.store.observe() if r.run_id == run_id), None)
-    if run is None:
-        raise UserError(f"no run {run_id} in project {project.spec.project}")
+def reproduce(
+    project: Project, run_id: str, backend: str | None = None, lock_timeout: float = 0.0
+) -> tuple[str, str]:
+    """Submit a new run re-creating the run ``run_id`` names (see :mod:`.runref`): (new run id, original run id)."""
+    run = find_run(project.store.observe(), run_id, project.spec.project)
+    run_id = run.run_id
     backend = backend or run.backend
     if backend not in project.spec.backends:
         raise UserError(f"backend '{backend}' is not declared in mantik.yaml (use --backend NAME)")
@@ -66,7 +69,7 @@ def reproduce(project: Project, run_id: str, backend: str | None = None, lock_ti
     context = Submission(code=code, data_root=checkout_dir, extra_tags={Tag.REPRODUCES: run_id})
     with project_lock(project.store, "reproduce", lock_timeout):
         started = submit(project, context, [(DesiredRun(point, identity), entry)], sources=sources)
-    return started[0]
+    return started[0], run_id
 
 
 def dvc_cache(project: Project):

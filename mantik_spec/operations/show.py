@@ -20,7 +20,19 @@ class GridRow:
     best: bool = False
 
 
-def grid(project: Project, experiment: str, metric: str | None, goal: str = "min") -> tuple[list[GridRow], str | None]:
+@dataclass(frozen=True)
+class Ranking:
+    metric: str | None  # None: no metric was named, so no point is marked best
+    goal: str | None
+    source: str  # how it was chosen, for the line under the table
+
+
+def grid(
+    project: Project, experiment: str, metric: str | None, goal: str | None = None
+) -> tuple[list[GridRow], Ranking]:
+    """The experiment's points with their final metrics, the best one marked by the metric named with
+    ``--metric``/``--goal``, else by the experiment's declared ``metric:``. Never by a guess: a metric's
+    goal cannot be told from its name. Raises :class:`UserError` for an unknown experiment or metric."""
     if experiment not in project.spec.experiments:
         raise UserError(f"no experiment '{experiment}' in mantik.yaml")
     rows = []
@@ -29,16 +41,34 @@ def grid(project: Project, experiment: str, metric: str | None, goal: str = "min
             continue
         parameters = {name: format_value(value) for name, value in row.parameters.items()}
         rows.append(GridRow(row.point_id, parameters, row.state, row.metrics))
+    ranking = _ranking(project, experiment, metric, goal)
     names = sorted({name for row in rows for name in row.metrics})
-    if metric is None and names:
-        metric = names[0]
-    if metric is not None and names and metric not in names:
-        raise UserError(f"no run of {experiment} logged a metric '{metric}'; logged: {', '.join(names)}")
-    scored = [row for row in rows if metric in row.metrics]
+    if ranking.metric is not None and names and ranking.metric not in names:
+        raise UserError(f"no run of {experiment} logged a metric '{ranking.metric}'; logged: {', '.join(names)}")
+    scored = [row for row in rows if ranking.metric in row.metrics]
     if scored:
-        pick = min if goal == "min" else max
-        pick(scored, key=lambda row: row.metrics[metric]).best = True
-    return rows, metric
+        pick = min if ranking.goal == "min" else max
+        pick(scored, key=lambda row: row.metrics[ranking.metric]).best = True
+    return rows, ranking
+
+
+def _ranking(project: Project, experiment: str, metric: str | None, goal: str | None) -> Ranking:
+    from ..spec.experiments import resolve_extends
+
+    declared = resolve_extends(project.spec)[0][experiment].metric
+    if metric is None and goal is not None:
+        metric = declared.name if declared else None
+        if metric is None:
+            raise UserError("--goal needs --metric NAME (or a metric: declared on the experiment)")
+    if metric is not None:
+        if goal is None:
+            if declared is None or declared.name != metric:
+                raise UserError(f"--metric {metric}: say whether lower or higher is better with --goal min|max")
+            goal = declared.goal
+        return Ranking(metric, goal, "--metric")
+    if declared is not None:
+        return Ranking(declared.name, declared.goal, f"experiments.{experiment}.metric")
+    return Ranking(None, None, "")
 
 
 def plot(rows: list[GridRow], metric: str, parameter: str, path: Path) -> None:

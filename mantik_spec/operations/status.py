@@ -97,3 +97,38 @@ def follow(
 # and of those the ones that mean success
 ENDED = {s.value.lower() for s in RunStatus if s.ended} | {s.value for s in JobState if s.ended}
 SUCCEEDED = {RunStatus.FINISHED.value.lower(), JobState.COMPLETED.value}
+
+
+@dataclass(frozen=True)
+class Unsuccessful:
+    run_id: str
+    point_id: str
+    state: str
+    last_line: str  # the last line of the recorded failure, else of the run's output
+
+
+def unsuccessful(project: Project, final: dict[str, str]) -> list[Unsuccessful]:
+    """The runs of ``final`` (run id -> state, from :func:`follow`) that did not finish, and why in one line."""
+    failed = {run_id for run_id, state in final.items() if state not in SUCCEEDED}
+    result = []
+    for run in project.store.observe():
+        if run.run_id not in failed:
+            continue
+        why = _last_line(run.failure or "") or _last_output_line(project, run) or "no output"
+        result.append(Unsuccessful(run.run_id, run.point_id, final[run.run_id], why))
+    return sorted(result, key=lambda f: f.point_id)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _last_output_line(project: Project, run) -> str:
+    if run.backend not in project.spec.backends:
+        return ""
+    try:
+        output = project.backend(run.backend).read_log(run.run_id, run.job_id)
+    except Exception:  # noqa: BLE001 - a reason line is best effort; `mantik logs` reports its own errors
+        return ""
+    return _last_line((output or b"")[-4096:].decode(errors="replace"))

@@ -93,6 +93,12 @@ class Plan:
 
     def summary(self) -> str:
         if not self.has_changes:
+            failed = self.count(Action.FAILED)
+            if failed:
+                return (
+                    f"Nothing to submit, but {failed} point(s) failed with no retries left: they need a change "
+                    "to code, data, parameters or retries."
+                )
             return "No changes. Runs match the spec."
         return (
             f"Plan: {self.count(Action.SUBMIT)} to submit, {self.count(Action.RETRY)} to retry, "

@@ -356,6 +356,11 @@ Backend = Annotated[LocalBackend | SlurmBackend | UnicoreBackend, Field(discrimi
 GridValue = ScalarValue | list[ScalarValue]
 
 
+class Metric(Strict):
+    name: str = Field(..., min_length=1, description="An MLflow metric the runs log, e.g. val_loss.")
+    goal: Literal["min", "max"] = Field(..., description="Whether lower or higher values are better.")
+
+
 class Experiment(Strict):
     extends: Name | None = Field(None, description="Inherit every field not set here from another experiment.")
     entry_point: Name | None = None
@@ -370,6 +375,9 @@ class Experiment(Strict):
     )
     retries: int | None = Field(None, ge=0, le=100, description="Resubmissions allowed after a failed attempt.")
     suspend: bool | None = Field(None, description="Submit nothing new for this experiment.")
+    metric: Metric | None = Field(
+        None, description="The metric that ranks the points in `mantik show` (not part of any run key)."
+    )
 
 
 class Spec(Strict):

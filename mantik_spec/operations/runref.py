@@ -1,0 +1,57 @@
+"""Naming a run on the command line: what ``status`` shows must be accepted wherever a run is named.
+
+A reference is, in this order: a full MLflow run id or backend job id; a declared point id
+(``sweep[lr=0.1]``: its latest run); the job id as ``status`` shows it (the last part of a
+UNICORE job URL); or a unique prefix, at least :data:`MIN_PREFIX` characters, of any of these.
+"""
+
+from __future__ import annotations
+
+from ..state.tags import ObservedRun
+from .errors import UserError
+
+MIN_PREFIX = 4
+
+
+def job_label(job_id: str | None) -> str:
+    """A job id as ``status`` shows it: a UNICORE job id is its URL, whose last part names the job."""
+    return (job_id or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def latest(runs: list[ObservedRun]) -> ObservedRun:
+    return max(runs, key=lambda r: (r.attempt, r.start_time or 0))
+
+
+def matching_runs(runs: list[ObservedRun], reference: str) -> list[ObservedRun]:
+    """Every run the reference can mean: one run, all runs of one point, or several (ambiguous)."""
+    exact = [r for r in runs if reference in (r.run_id, r.job_id, job_label(r.job_id))]
+    if exact:
+        return exact
+    of_point = [r for r in runs if r.point_id == reference]
+    if of_point:
+        return of_point
+    if len(reference) < MIN_PREFIX:
+        return []
+    return [
+        r
+        for r in runs
+        if r.run_id.startswith(reference) or (r.job_id and job_label(r.job_id).startswith(reference))
+    ]
+
+
+def find_run(runs: list[ObservedRun], reference: str, project: str) -> ObservedRun:
+    """The one run a reference names (the latest attempt, for a point id).
+
+    Raises :class:`UserError` when nothing matches, or when a prefix matches runs of several points."""
+    found = matching_runs(runs, reference)
+    if not found:
+        raise UserError(
+            f"no run {reference} in project {project} "
+            f"(give a run id, a job id or a point id as `mantik status` shows them; prefixes of {MIN_PREFIX}+ "
+            "characters are enough)"
+        )
+    points = {r.point_id for r in found}
+    if len(points) > 1:
+        shown = ", ".join(f"{r.run_id[:12]} ({r.point_id})" for r in sorted(found, key=lambda r: r.point_id)[:5])
+        raise UserError(f"'{reference}' names runs of {len(points)} points: {shown}; give more of the id")
+    return latest(found)
