@@ -15,6 +15,11 @@ import click
 
 from .reconcile.render import GROUP_ABOVE
 
+REPLACE_HELP = (
+    "Run this declared point (e.g. 'sweep[lr=0.1]') again though a run of it finished, failed or was cancelled; "
+    "repeatable."
+)
+
 PROJECT_DIR = click.option(
     "-C",
     "directory",
@@ -169,6 +174,7 @@ def schema(fmt):
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--prune", is_flag=True, help="Plan to cancel live runs the spec no longer declares.")
+@click.option("--replace", multiple=True, metavar="POINT", help=REPLACE_HELP)
 @click.option(
     "-v", "--verbose", "every_run", is_flag=True, help=f"List every run, also in plans of more than {GROUP_ABOVE}."
 )
@@ -179,7 +185,7 @@ def schema(fmt):
     help="Exit 3 when a declared point failed with no retries left (unless changes are pending: then 2 or 0).",
 )
 @click.pass_context
-def plan(ctx, directory, out, as_json, fmt, prune, every_run, detailed_exitcode, fail_on_failed):
+def plan(ctx, directory, out, as_json, fmt, prune, replace, every_run, detailed_exitcode, fail_on_failed):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
     from .operations.errors import UserError
     from .operations.project import build_plan, open_project
@@ -189,11 +195,11 @@ def plan(ctx, directory, out, as_json, fmt, prune, every_run, detailed_exitcode,
 
     with user_errors():
         project = open_project(directory)
-        result, _ = build_plan(project, prune=prune)
+        result, _ = build_plan(project, prune=prune, replace=replace)
         if out:
             if not out.parent.is_dir():
                 raise UserError(f"cannot save the plan: {out.parent} is not a directory")
-            write_plan(out, result, prune)
+            write_plan(out, result, prune, replace)
     fmt = "json" if as_json else fmt
     if fmt == "json":
         click.echo(render.render_json(result))
@@ -225,11 +231,12 @@ def _exit_on_errors(errors: list[str]) -> None:
 @click.option("--auto-approve", is_flag=True, help="Apply without asking.")
 @click.option("--wait", is_flag=True, help="Follow the runs to the end; exit 1 if any failed.")
 @click.option("--prune", is_flag=True, help="Cancel live runs the spec no longer declares.")
+@click.option("--replace", multiple=True, metavar="POINT", help=REPLACE_HELP)
 @click.option(
     "--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock (30s, 5m)."
 )
 @click.pass_context
-def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
+def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_timeout):
     """Submit what the plan says is missing (and repair what drifted)."""
     from .operations import apply as operation
     from .operations.project import open_project
@@ -264,7 +271,14 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
         saved = read_plan(planfile) if planfile else None
         project = open_project(directory)
         result = operation.apply(
-            project, confirm=confirm, show=show, saved=saved, prune=prune, lock_timeout=timeout, on_lock_wait=waiting
+            project,
+            confirm=confirm,
+            show=show,
+            saved=saved,
+            prune=prune,
+            replace=replace,
+            lock_timeout=timeout,
+            on_lock_wait=waiting,
         )
         if not result.applied:
             if result.plan.has_changes:

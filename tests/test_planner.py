@@ -344,3 +344,29 @@ def test_a_suspended_experiment_starts_nothing_new():
     assert (entry.action, entry.mark_status, entry.next_attempt) == (Action.REPAIR, "FAILED", None)
     intent = observed(want, status="SCHEDULED", job_id=None)
     assert only(plan_of([want], [intent])).next_attempt is None
+
+
+def test_a_run_cancelled_with_mantik_cancel_is_its_own_outcome_until_replaced():
+    from mantik_spec.state.tags import FailureKind
+
+    want = desired(point(retries=2))
+    run = observed(want, status="KILLED", failure_kind=FailureKind.USER_CANCELLED)
+    entry = only(plan_of([want], [run]))
+    assert entry.action is Action.CANCELLED and "--replace" in entry.reason
+    replaced = only(make_plan([want], [run], {}, commit="c" * 40, spec_digest="d", replace={want.point.point_id}))
+    assert (replaced.action, replaced.next_attempt) == (Action.SUBMIT, 2)
+    # cancelled outside the tool (or by --prune): retried while retries last, as a job that died
+    other = observed(want, status="KILLED", failure_kind=FailureKind.CANCELLED)
+    assert only(plan_of([want], [other])).action is Action.RETRY
+
+
+def test_replace_runs_a_finished_point_again_but_never_beside_a_live_run():
+    want = desired(point())
+    done = observed(want, status="FINISHED")
+    entry = only(make_plan([want], [done], {}, commit="c" * 40, spec_digest="d", replace=[want.point.point_id]))
+    assert (entry.action, entry.next_attempt) == (Action.SUBMIT, 2)
+    assert entry.reason.startswith("replaced on request")
+    live = observed(want, status="RUNNING")
+    jobs = {("local", live.job_id): JobStatus(JobState.RUNNING)}
+    kept = only(make_plan([want], [live], jobs, commit="c" * 40, spec_digest="d", replace=[want.point.point_id]))
+    assert kept.action is Action.RUNNING

@@ -54,6 +54,7 @@ def apply(
     show: Callable[[Plan], None],
     saved: SavedPlan | None = None,
     prune: bool = False,
+    replace: tuple[str, ...] = (),
     lock_timeout: float = 0.0,
     on_lock_wait=None,
 ) -> ApplyResult:
@@ -61,7 +62,9 @@ def apply(
     if throwaway:  # before the lock: the lock itself would be created in the throwaway store
         raise UserError(throwaway)
     with project_lock(project.store, "apply", lock_timeout, on_wait=on_lock_wait):
-        plan, observation = build_plan(project, prune=saved.prune if saved else prune)
+        plan, observation = build_plan(
+            project, prune=saved.prune if saved else prune, replace=saved.replace if saved else replace
+        )
         refuse_dirty(observation)
         if saved is not None:
             saved.check_current(plan)

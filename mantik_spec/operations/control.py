@@ -31,7 +31,7 @@ def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> l
         for backend_name, job_ids in by_backend.items():
             project.backend(backend_name).cancel(job_ids)
         for run in chosen:
-            cancelled = failure_tags(FailureKind.CANCELLED, "cancelled by `mantik cancel`")
+            cancelled = failure_tags(FailureKind.USER_CANCELLED, "cancelled by `mantik cancel`")
             project.store.terminate(run.run_id, RunStatus.KILLED, cancelled)
     return [run.run_id for run in chosen]
 

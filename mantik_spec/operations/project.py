@@ -198,8 +198,14 @@ def throwaway_store(project: Project) -> str | None:
     )
 
 
-def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation]:
+def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] = ()) -> tuple[Plan, Observation]:
+    """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others)."""
     observation = observe(project)
+    declared = {want.point.point_id for want in observation.desired}
+    unknown = [point for point in replace if point not in declared]
+    if unknown:
+        examples = ", ".join(sorted(declared)[:3]) or "none"
+        raise UserError(f"--replace {unknown[0]}: no such declared point (points look like: {examples})")
     plan = make_plan(
         observation.desired,
         observation.runs,
@@ -208,6 +214,7 @@ def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation
         spec_digest=project.loaded.digest,
         prune=prune,
         changed_files=observation.changed_files,
+        replace=replace,
     )
     plan.errors.extend(unreachable(observation))
     if observation.code.dirty:

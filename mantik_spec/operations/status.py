@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..backends.base import JobState, JobStatus
-from ..state.tags import ObservedRun, RunStatus
+from ..state.tags import FailureKind, ObservedRun, RunStatus
 from .project import Project, observe, poll_jobs, unreachable
 
 POLL_SECONDS = 2.0
@@ -30,8 +30,11 @@ class StatusRow:
 
 
 def run_state(run: ObservedRun, job: JobStatus | None) -> str:
-    """MLflow's status for ended runs; the backend's word for live ones (it wins when they disagree)."""
+    """MLflow's status for ended runs (a KILLED run says whether it was cancelled); the backend's word for
+    live ones (it wins when they disagree)."""
     if not run.live:
+        if run.failure_kind in (FailureKind.CANCELLED, FailureKind.USER_CANCELLED):
+            return JobState.CANCELLED.value  # the word plan and the scheduler use for it
         return run.status.value.lower()
     if run.job_id is None:
         return "submitting"

@@ -25,6 +25,7 @@ class Action(enum.Enum):
     UP_TO_DATE = "="
     RUNNING = "…"
     FAILED = "x"  # failed, no retries left: needs a change to the spec or code
+    CANCELLED = "/"  # stopped with `mantik cancel`: stays so until `apply --replace` or a change
     SUSPENDED = "_"
 
     @property

@@ -27,6 +27,10 @@ class SavedPlan:
     def prune(self) -> bool:
         return bool(self.data.get("prune"))
 
+    @property
+    def replace(self) -> tuple[str, ...]:
+        return tuple(self.data.get("replace") or ())
+
     def check_current(self, plan: Plan) -> None:
         if self.data["commit"] != plan.commit:
             raise StalePlanError(
@@ -40,8 +44,8 @@ class SavedPlan:
             )
 
 
-def write_plan(path: Path, plan: Plan, prune: bool) -> None:
-    data = plan.to_json() | {"prune": prune}
+def write_plan(path: Path, plan: Plan, prune: bool, replace: tuple[str, ...] = ()) -> None:
+    data = plan.to_json() | {"prune": prune, "replace": list(replace)}
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     temporary.replace(path)

@@ -20,7 +20,7 @@ is for people, and is recorded with the kind when a run is closed.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from ..backends.base import JobState, JobStatus
 from ..state.tags import FailureKind, ObservedRun, RunStatus
@@ -54,7 +54,10 @@ def make_plan(
     spec_digest: str,
     prune: bool = False,
     changed_files: dict[str, list[str]] | None = None,
+    replace: Collection[str] = (),
 ) -> Plan:
+    """``replace``: point ids to run again whatever their runs say (Terraform's ``-replace``); a point
+    with a live run is not replaced (it says so) until that run has ended."""
     desired = list(desired)
     by_key: dict[str, list[ObservedRun]] = defaultdict(list)
     by_point: dict[str, list[ObservedRun]] = defaultdict(list)
@@ -74,6 +77,8 @@ def make_plan(
         planned[want.key] = want.point.point_id
         runs = by_key.get(want.key, [])
         entry = _plan_point(want, runs, by_point.get(want.point.point_id, []), jobs, changed_files or {}, commit)
+        if want.point.point_id in replace:
+            entry = _replaced(want, runs, entry)
         entries.append(entry)
         entries.extend(_close_duplicates(want, runs, entry.run_id, jobs))
     declared = {want.key for want in desired}
@@ -117,7 +122,7 @@ def _closing(status: JobStatus) -> dict:
 
 def counts_as_attempt(run: ObservedRun) -> bool:
     """A failed run spends a retry unless it never got to run (interrupted or refused submission)."""
-    return run.status.unsuccessful and (run.failure_kind is None or run.failure_kind.ran)
+    return run.status.unsuccessful and (run.failure_kind is None or run.failure_kind.spends_retry)
 
 
 def _plan_point(
@@ -134,6 +139,9 @@ def _plan_point(
     failed_attempts = sum(1 for r in runs if counts_as_attempt(r))
     if runs and want.point.suspended:
         return _entry(want, Action.SUSPENDED, "experiment is suspended (its last run failed)", **_about(runs[-1]))
+    if runs and runs[-1].failure_kind is FailureKind.USER_CANCELLED:
+        reason = f"cancelled with `mantik cancel`; `mantik apply --replace '{want.point.point_id}'` runs it again"
+        return _entry(want, Action.CANCELLED, reason, **_about(runs[-1]))
     if runs:  # only failed attempts
         last = runs[-1]
         ended = jobs.get((last.backend, last.job_id)) if last.job_id else None
@@ -150,6 +158,20 @@ def _plan_point(
     if want.point.suspended:
         return _entry(want, Action.SUSPENDED, "experiment is suspended")
     return _entry(want, Action.SUBMIT, _why_new(want, history, changed_files, commit), next_attempt=1)
+
+
+def _replaced(want: DesiredRun, runs: list[ObservedRun], planned: PlannedRun) -> PlannedRun:
+    """A point asked to run again: a new attempt of the same key, unless one is still live."""
+    if planned.action in (Action.RUNNING, Action.REPAIR) and any(r.live for r in runs):
+        return planned  # replacing what runs would double it: cancel it first
+    attempt = max((r.attempt for r in runs), default=0) + 1
+    return _entry(
+        want,
+        Action.SUBMIT,
+        "replaced on request (--replace)" + (f"; was: {planned.reason}" if runs else ""),
+        **(_about(runs[-1]) if runs else {}),
+        next_attempt=attempt,
+    )
 
 
 def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRun:

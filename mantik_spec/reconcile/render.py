@@ -39,12 +39,18 @@ def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str
     if failed:
         lines += ["", "Failed, no retries left (change the code, data or parameters, or raise retries):"]
         lines += [f"  x {e.point_id}: {e.reason}" for e in failed]
+    cancelled = [e for e in plan.entries if e.action is Action.CANCELLED]
+    if cancelled:
+        lines += ["", "Cancelled with `mantik cancel` (apply --replace POINT runs one again):"]
+        lines += [f"  / {e.point_id}" for e in cancelled]
     lines += ["", plan.summary()]
     notes = []
     if plan.count(Action.SUSPENDED):
         notes.append(f"{plan.count(Action.SUSPENDED)} suspended")
     if failed:
         notes.append(f"{len(failed)} failed")
+    if cancelled:
+        notes.append(f"{len(cancelled)} cancelled")
     if notes:
         lines.append(f"({', '.join(notes)})")
     return "\n".join(lines).lstrip("\n")

@@ -48,7 +48,8 @@ class FailureKind(enum.StrEnum):
     INTERRUPTED = "interrupted"  # an apply stopped between the intent record and recording a job
     REFUSED = "refused"  # the backend refused the submission (or it was never sent)
     SIGNALLED = "signalled"  # the runner saw its command stopped by a signal: the scheduler knows why
-    CANCELLED = "cancelled"  # by `mantik cancel`, by `apply --prune`, or outside the tool
+    CANCELLED = "cancelled"  # by `apply --prune`, or outside the tool (scancel, an admin): retried if allowed
+    USER_CANCELLED = "user_cancelled"  # by `mantik cancel`: the user's choice, never resubmitted on its own
     JOB_FAILED = "job_failed"  # the job ended with a failure exit code
     TIMEOUT = "timeout"
     OUT_OF_MEMORY = "out_of_memory"
@@ -60,6 +61,12 @@ class FailureKind(enum.StrEnum):
     def ran(self) -> bool:
         """Whether the run got to run: only runs that did spend a retry."""
         return self not in (FailureKind.INTERRUPTED, FailureKind.REFUSED)
+
+    @property
+    def spends_retry(self) -> bool:
+        """Whether this outcome uses up one of the point's retries: not when it never ran, nor when the
+        user stopped it on purpose."""
+        return self.ran and self is not FailureKind.USER_CANCELLED
 
 
 # Records written before the kind tag existed carried only the failure text; these are the beginnings
