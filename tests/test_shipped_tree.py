@@ -246,3 +246,17 @@ def test_a_large_committed_file_is_streamed_not_held_in_memory(tmp_path):
     assert (export / "weights.bin").stat().st_size == size
     extra = (applying - planning) * 1024
     assert extra < size // 4, f"apply needed {extra >> 20} MiB more than plan to ship a {size >> 20} MiB file"
+
+
+POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 1234\n".format("ab" * 32)
+
+
+def test_git_lfs_files_ship_as_their_committed_pointers_and_plan_says_so(project, tmp_path):
+    project.write(".gitattributes", "*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    project.write("model/weights.bin", POINTER)  # what `git lfs` commits; the content stays in its store
+    project.write("mantik.yaml", BASIC_SPEC.replace("code: {paths: [train.py]}\n", ""))
+    commit = project.commit("an LFS-managed file")
+    plan = project.mantik("plan")
+    assert "1 committed file(s) are Git LFS pointers (model/weights.bin)" in plan.stdout + plan.stderr
+    ProjectRepo(project.path).export(commit, tmp_path / "export")
+    assert (tmp_path / "export" / "model" / "weights.bin").read_text() == POINTER

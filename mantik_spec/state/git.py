@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class CodeVersion:
     branch: str | None
     repo_url: str | None
     dirty: tuple[str, ...]  # uncommitted files under code.paths, relative to the project
+    lfs_pointers: tuple[str, ...] = ()  # committed files Git LFS manages: the job gets their pointers
 
     def dirty_summary(self, limit: int = 10) -> str:
         return ", ".join(self.dirty[:limit]) + (
@@ -172,6 +174,7 @@ class ProjectRepo:
         if code_paths:
             self._check_paths_committed(code_paths, entries)
         self.check_shippable(commit)
+        lfs_pointers = self._lfs_files(entries)
         digest = hashlib.sha256()
         for entry in entries:  # the bytes `git ls-tree -r` prints, paths relative to the project
             digest.update(entry.mode + b" " + entry.kind + b" " + entry.sha.encode() + b"\t")
@@ -184,6 +187,22 @@ class ProjectRepo:
             dirty=tuple(
                 sorted(set(self.uncommitted(code_paths)) | set(self._uncommitted_extra(code_paths, also_committed)))
             ),
+            lfs_pointers=lfs_pointers,
+        )
+
+    def _lfs_files(self, entries: list[TreeEntry]) -> tuple[str, ...]:
+        """The files whose ``filter`` attribute is ``lfs`` (from the committed .gitattributes, via the index)."""
+        files = [e.path for e in entries if e.mode in FILE_MODES]
+        if not files:
+            return ()
+        answer = run_git(
+            self.root, "check-attr", "-z", "--stdin", "--cached", "filter", input=b"\0".join(files) + b"\0"
+        )
+        fields = answer.split(b"\0")
+        return tuple(
+            _text(self._relative(path))
+            for path, _, value in zip(fields[0::3], fields[1::3], fields[2::3], strict=False)
+            if value == b"lfs"
         )
 
     def _check_paths_committed(self, code_paths: list[str], entries: list[TreeEntry]) -> None:
@@ -261,7 +280,13 @@ class ProjectRepo:
         submodules at their recorded commit. Streamed: a large file never sits in memory."""
         self.check_shippable(commit)
         tree = f"{commit}:{self.prefix.rstrip('/')}" if self.prefix else f"{commit}^{{tree}}"
-        export_tree(self.root, tree, destination)
+        try:
+            export_tree(self.root, tree, destination)
+        except BaseException as exc:
+            shutil.rmtree(destination, ignore_errors=True)  # never leave half a tree that could be taken for one
+            if isinstance(exc, OSError):  # a full disk or quota: one line, not a traceback
+                raise GitError(f"cannot write the committed tree into {destination}: {exc.strerror or exc}") from None
+            raise
 
     def has_commit(self, commit: str) -> bool:
         try:
