@@ -260,3 +260,13 @@ def test_git_lfs_files_ship_as_their_committed_pointers_and_plan_says_so(project
     assert "1 committed file(s) are Git LFS pointers (model/weights.bin)" in plan.stdout + plan.stderr
     ProjectRepo(project.path).export(commit, tmp_path / "export")
     assert (tmp_path / "export" / "model" / "weights.bin").read_text() == POINTER
+
+
+def test_a_file_name_that_is_not_utf8_is_shipped_as_committed(project, tmp_path):
+    name = os.fsdecode(b"caf\xe9.txt")  # Latin-1 bytes, as old archives have them
+    (project.path / name).write_text("latin-1 name\n")
+    commit = project.commit("a name that is not UTF-8")
+    ProjectRepo(project.path).export(commit, tmp_path / "export")
+    assert on_disk(tmp_path / "export") == committed_tree(project.path, commit)
+    assert (tmp_path / "export" / name).read_text() == "latin-1 name\n"
+    project.mantik("plan")  # the name does not break the listing that computes the key
