@@ -270,3 +270,34 @@ def test_a_file_name_that_is_not_utf8_is_shipped_as_committed(project, tmp_path)
     assert on_disk(tmp_path / "export") == committed_tree(project.path, commit)
     assert (tmp_path / "export" / name).read_text() == "latin-1 name\n"
     project.mantik("plan")  # the name does not break the listing that computes the key
+
+
+@pytest.mark.e2e
+def test_slurm_job_reads_the_committed_tree(awkward, tmp_path):
+    """On the real Slurm: the staged copy is the committed tree, and the job reads it through its run directory."""
+    from .test_slurm import slurm_is_up
+
+    if not slurm_is_up():
+        pytest.skip("Slurm is not running here: start it with `bash scripts/slurm-local.sh` (root)")
+    workdir = tmp_path / "cluster"
+    awkward.write(
+        "mantik.yaml",
+        LIST_SPEC.replace(
+            "local: {type: local}",
+            f"cluster: {{type: slurm, partition: debug, workdir: {workdir}, python: {sys.executable}, "
+            "resources: {ntasks: 1, mem: 200M, time: '00:05:00'}, poll_interval: 0.5s}",
+        ).replace("entry_point: main", "entry_point: main\n    backend: cluster"),
+    )
+    commit = awkward.commit("on slurm")
+    out = tmp_path / "job-tree.json"
+    awkward.mantik("apply", "--auto-approve", "--wait", env={"TREE_OUT": str(out)}, timeout=300)
+    [run] = awkward.runs()
+    assert run.info.status == "FINISHED"
+    expected = committed_tree(awkward.path, commit)
+    del expected["mantik.yaml"]  # like the run key, staging leaves the spec out
+    assert on_disk(workdir / "code" / commit) == expected
+    seen = json.loads(out.read_text())  # the run directory links each top-level entry to the staged copy
+    top_level = {name.split("/")[0] for name in expected}
+    assert {name for name in seen if name in top_level} == top_level
+    assert all(seen[name] == ["link", f"../../code/{commit}/{name}"] for name in top_level)
+    assert os.readlink(Path(workdir / "code" / commit / "data")) == "/p/scratch/project/data"
