@@ -301,3 +301,15 @@ def test_slurm_job_reads_the_committed_tree(awkward, tmp_path):
     assert {name for name in seen if name in top_level} == top_level
     assert all(seen[name] == ["link", f"../../code/{commit}/{name}"] for name in top_level)
     assert os.readlink(Path(workdir / "code" / commit / "data")) == "/p/scratch/project/data"
+
+
+def test_code_identity_is_still_the_digest_of_the_ls_tree_lines(awkward):
+    """Reading git's objects directly keeps every existing run key: the identity is the same bytes as before."""
+    import hashlib
+
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "-z", "HEAD"], cwd=awkward.path, capture_output=True, check=True
+    ).stdout
+    records = [r for r in listing.split(b"\0") if r and r.split(b"\t", 1)[1] != b"mantik.yaml"]
+    expected = hashlib.sha256(b"".join(r + b"\n" for r in records)).hexdigest()
+    assert ProjectRepo(awkward.path).code_version(None).identity == expected
