@@ -313,3 +313,13 @@ def test_code_identity_is_still_the_digest_of_the_ls_tree_lines(awkward):
     records = [r for r in listing.split(b"\0") if r and r.split(b"\t", 1)[1] != b"mantik.yaml"]
     expected = hashlib.sha256(b"".join(r + b"\n" for r in records)).hexdigest()
     assert ProjectRepo(awkward.path).code_version(None).identity == expected
+
+
+@pytest.mark.e2e
+def test_a_tree_that_cannot_be_written_is_one_line_and_leaves_no_run(project):
+    project.mantik("plan")  # the store and .mantik/ exist
+    (project.path / ".mantik" / "code").write_text("in the way of the export directory\n")
+    result = project.mantik("apply", "--auto-approve", check=1)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: cannot write the committed tree into ") and "Traceback" not in result.stderr
+    assert project.runs() == []  # no record claims a tree no job got
