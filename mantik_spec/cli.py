@@ -55,6 +55,24 @@ def user_errors():
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except BrokenPipeError as exc:
+        if _stdout_closed():
+            raise  # `mantik plan | head`: click ends quietly, as a pipeline expects
+        # a helper process (git, ssh, a scheduler command) ended while we wrote to it: never exit in silence
+        click.echo(f"Error: a helper process ended before taking its input ({exc.strerror or exc})", err=True)
+        sys.exit(1)
+
+
+def _stdout_closed() -> bool:
+    """Whether our own stdout's reader is gone (a broken pipe can also come from a helper's stdin)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or stdout is not a real file
+        return False
 
 
 def parse_duration(text: str) -> float:

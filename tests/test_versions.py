@@ -263,3 +263,47 @@ def test_pre_and_post_run_lines_cannot_swallow_the_command(project):
     assert [e["args"]["--greeting"] for e in started] == ["prepared"]  # the command ran, after the pre-run line
     (run,) = project.runs()
     assert run.info.status == "FINISHED"
+
+
+def test_a_file_inside_a_tracked_directory_is_versioned_by_that_directory(project):
+    """`dvc add data/raw`, then `path: data/raw/train.csv`: the directory's version and the path below it."""
+    dvc(project, "init", "-q")
+    project.write("data/raw/train.csv", "x,y\n0,1\n")
+    project.write("data/raw/test.csv", "x,y\n2,3\n")
+    dvc(project, "add", "data/raw")
+    project.write("requirements.txt", "numpy==2.1.0\n")
+    spec = DATA_SPEC.replace("path: data/era5.csv", "path: data/raw/train.csv")
+    project.write("mantik.yaml", spec)
+    project.commit("a file inside a tracked directory")
+    project.mantik("validate")
+    directory_md5 = dvc_md5(project.path, "data/raw")
+    assert directory_md5.endswith(".dir")
+    assert dvc_md5(project.path, "data/raw/train.csv") == f"{directory_md5}/train.csv"
+    assert dvc_md5(project.path, "data/raw/train.csv/") == f"{directory_md5}/train.csv"
+    project.mantik("apply", "--auto-approve", "--wait")
+    assert sorted(r.info.status for r in project.runs()) == ["FINISHED"] * 4
+    given = [e["args"]["--data"] for e in project.events() if e["event"] == "start" and "--data" in e["args"]]
+    assert len(given) == 2 and all(Path(p).read_text() == "x,y\n0,1\n" for p in given)  # the job reads the file
+    assert project.plan_json()["summary"]["up_to_date"] == 4
+
+    # a new version of the directory reruns the runs that read it, and only those
+    project.write("data/raw/test.csv", "x,y\n9,9\n")
+    dvc(project, "add", "data/raw")
+    dirty = project.mantik("plan")
+    assert "data/raw.dvc" in dirty.stdout + dirty.stderr  # the uncommitted pin is the directory's .dvc file
+    project.commit("new directory version")
+    plan = project.plan_json()
+    submits = [r for r in plan["runs"] if r["action"] == "submit"]
+    assert sorted(r["experiment"] for r in submits) == ["with_data", "with_data"]
+    assert all(r["reason"].startswith("data.era5 changed") for r in submits)
+
+
+def test_a_path_inside_a_tracked_file_or_untracked_directory_is_still_untracked(project):
+    dvc(project, "init", "-q")
+    project.write("data/blob", "not a directory\n")
+    dvc(project, "add", "data/blob")
+    project.write("other/train.csv", "x\n")
+    project.commit("tracked file")
+    assert dvc_md5(project.path, "data/blob/inner.csv") is None
+    assert dvc_md5(project.path, "other/train.csv") is None
+    assert dvc_md5(project.path, "data/blob") is not None

@@ -239,6 +239,8 @@ def submit(
     # refusals come before any intent is recorded: they leave nothing behind
     refuse_unsendable_images(project, starts)
     remote = remote_data(project, context, starts, sources)
+    # the job's tree is written before any record names it: a tree that cannot be written leaves no run behind
+    code_dir = project.code_dir(context.code.commit) if starts else None
     experiment_ids = store.experiment_ids() if starts else {}
     by_backend: dict[str, list[JobRequest]] = defaultdict(list)
     started = []
@@ -263,7 +265,7 @@ def submit(
                 run_key=want.key,
                 point_id=want.point.point_id,
                 command=in_environment(want.point.command(locations), declared, image),
-                code_dir=project.code_dir(context.code.commit),
+                code_dir=code_dir,
                 tracking_uri=store.uri,
                 experiment_id=experiment_id,
                 group=want.point.experiment,

@@ -103,9 +103,13 @@ class Observation:
 
 def observe(project: Project) -> Observation:
     spec = project.spec
-    dvc_files = [f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path] + (
-        ["dvc.lock"] if spec.data else []
-    )
+    from ..state.versions import dvc_tracking_file
+
+    # the files that pin each data version (a path inside a tracked directory: that directory's .dvc file)
+    dvc_files = [
+        dvc_tracking_file(project.root, s.path) or f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path
+    ]
+    dvc_files += ["dvc.lock"] if spec.data else []
     code = project.repo.code_version(spec.code.paths, dvc_files)
     experiments, _ = resolve_extends(spec)
     data, environments = input_versions(project)
@@ -225,6 +229,12 @@ def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] =
     throwaway = throwaway_store(project)
     if throwaway:
         plan.warnings.append(throwaway + "; apply will refuse")
+    if observation.code.lfs_pointers:
+        pointers = observation.code.lfs_pointers
+        plan.warnings.append(
+            f"{len(pointers)} committed file(s) are Git LFS pointers ({', '.join(pointers[:3])}"
+            f"{', ...' if len(pointers) > 3 else ''}): jobs get the pointers, not the content; declare the content as data"
+        )
     remote = sorted({d.point.backend for d in observation.desired if not project.backend(d.point.backend).shares_files})
     if remote and project.store.uri.startswith(("sqlite:", "file:", "/")):
         plan.warnings.append(
