@@ -158,3 +158,23 @@ def test_show_ranks_by_the_declared_metric_and_never_guesses(project):
     best = [line for line in ranked.splitlines() if line.startswith("*") and "finished" in line]
     assert len(best) == 1 and " 0.2 " in best[0], ranked
     assert "* best by score (max; from experiments.sweep.metric)" in ranked
+
+
+def test_cancelled_is_its_own_outcome_and_replace_runs_the_point_again(project):
+    spec = BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1], sleep: [60]}\n    retries: 2")
+    project.write("mantik.yaml", spec)
+    project.commit("a long run")
+    project.mantik("apply", "--auto-approve")
+    point = project.status_json()[0]["point_id"]
+    project.mantik("cancel", point)
+    assert project.status_json()[0]["state"] == "cancelled"
+    plan = project.mantik("plan", "--detailed-exitcode").stdout  # exit 0: nothing to do, retries untouched
+    assert "failed" not in plan and "Cancelled with `mantik cancel`" in plan and f"  / {point}" in plan
+    assert [r["action"] for r in project.plan_json()["runs"]] == ["cancelled"]
+    unknown = project.mantik("apply", "--auto-approve", "--replace", "sweep[lr=9]", check=1)
+    assert unknown.stderr.startswith("Error: --replace sweep[lr=9]: no such declared point")
+    replaced = project.mantik("apply", "--auto-approve", "--replace", point)
+    assert "replaced on request" in replaced.stdout
+    names = sorted(run.data.tags["mlflow.runName"] for run in project.runs())
+    assert names == [point, f"{point} (attempt 2)"]
+    project.mantik("cancel", point)

@@ -234,20 +234,22 @@ def submit(
     project: Project, context: Submission, starts: list[tuple[DesiredRun, PlannedRun]], sources=None
 ) -> list[str]:
     """Intent records first, then one submission per backend, then the job ids."""
+    if not starts:
+        return []
     store = project.store
     sources = sources if sources is not None else project.spec.data
     # refusals come before any intent is recorded: they leave nothing behind
     refuse_unsendable_images(project, starts)
     remote = remote_data(project, context, starts, sources)
     # the job's tree is written before any record names it: a tree that cannot be written leaves no run behind
-    code_dir = project.code_dir(context.code.commit) if starts else None
-    experiment_ids = store.experiment_ids() if starts else {}
+    code_dir = project.code_dir(context.code.commit)
+    experiment_ids = store.experiment_ids()
     by_backend: dict[str, list[JobRequest]] = defaultdict(list)
     started = []
     for want, entry in starts:
         experiment_id = store.ensure_experiment(want.point.experiment, experiment_ids)
         tags = run_tags(project, context.code, want, entry) | context.extra_tags
-        run_id = store.create_run(experiment_id, want.point.point_id, tags, run_params(want))
+        run_id = store.create_run(experiment_id, run_name(want.point.point_id, entry.next_attempt), tags, run_params(want))
         checkpoint("after-intent")
         started.append(run_id)
         backend = project.backend(want.point.backend)
@@ -299,6 +301,11 @@ def submit(
     if errors:
         raise UserError("; ".join(errors))
     return started
+
+
+def run_name(point_id: str, attempt: int | None) -> str:
+    """The MLflow run name: the point, and which attempt when it is not the first (the UI lists them apart)."""
+    return point_id if not attempt or attempt == 1 else f"{point_id} (attempt {attempt})"
 
 
 def run_params(want: DesiredRun) -> dict[str, str]:
