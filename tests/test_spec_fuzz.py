@@ -21,8 +21,8 @@ BASE = {
     "project": "fuzz",
     "entry_points": {
         "train": {
-            "command": "python train.py --lr {lr} --n {n}",
-            "parameters": {"lr": "float", "n": {"type": "int", "default": 3}},
+            "command": "python train.py --lr {lr} --n {n} --seed {seed}",
+            "parameters": {"lr": "float", "n": {"type": "int", "default": 3}, "seed": "int"},
         }
     },
     "backends": {

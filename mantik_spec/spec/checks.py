@@ -97,8 +97,19 @@ def _entry_points(spec: Spec) -> Iterator[Finding]:
                     ("entry_points", name, "parameters", parameter),
                     f"parameter '{parameter}' is never used in the command",
                 )
-            if declared.default is not None and (problem := type_error(declared.default, declared.type)):
+            if declared.default is not None and (problem := _type_problem(declared.default, declared.type)):
                 yield ("entry_points", name, "parameters", parameter, "default"), problem
+
+
+# YAML 1.1 read these as booleans; YAML 1.2 (and mantik) reads them as text
+YAML11_BOOLEANS = {"y", "yes", "n", "no", "on", "off"}
+
+
+def _type_problem(value, declared_type: str) -> str | None:
+    problem = type_error(value, declared_type)
+    if problem and declared_type == "bool" and isinstance(value, str) and value.lower() in YAML11_BOOLEANS:
+        problem += ": write true or false"
+    return problem
 
 
 def _paths(spec: Spec) -> Iterator[Finding]:
@@ -148,6 +159,29 @@ def _experiment(spec: Spec, name: str, experiment) -> Iterator[Finding]:
             source = placeholder[len(DATA_PREFIX) :]
             yield where, f"entry point '{experiment.entry_point}' uses {{{placeholder}}}: add '{source}' to data"
     yield from _grid(name, experiment, entry)
+    yield from _seeds(name, experiment, entry)
+
+
+SEED_VARIABLE = "MANTIK_SEED"
+
+
+def _seeds(name: str, experiment, entry) -> Iterator[Finding]:
+    """Seeds that reach no program would run one command several times under several keys.
+
+    A seed reaches the program through a ``seed`` parameter (whose use in the command is checked
+    like any parameter's) or through $MANTIK_SEED, which every run gets: named in the command, or
+    declared read by the program with ``seed_from_env: true``.
+    """
+    if experiment.seeds is None or SEED_PARAMETER in entry.parameters or experiment.seed_from_env:
+        return
+    if SEED_VARIABLE in entry.command:
+        return
+    yield (
+        ("experiments", name, "seeds"),
+        f"entry point '{experiment.entry_point}' never receives the seed, so each seed would run the same command: "
+        f"declare a '{SEED_PARAMETER}' parameter and use {{{SEED_PARAMETER}}} in the command, "
+        f"or set 'seed_from_env: true' if the program reads ${SEED_VARIABLE}",
+    )
 
 
 def _grid(name: str, experiment, entry) -> Iterator[Finding]:
@@ -170,7 +204,7 @@ def _grid(name: str, experiment, entry) -> Iterator[Finding]:
         if len({repr(coerce(v, declared_type)) for v in values}) != len(values):  # 1 and 1.0 are one float
             yield (*where, parameter), "grid axis lists a value twice"
         for index, item in enumerate(values):
-            if problem := type_error(item, entry.parameters[parameter].type):
+            if problem := _type_problem(item, entry.parameters[parameter].type):
                 yield ((*where, parameter, index) if isinstance(value, list) else (*where, parameter)), problem
         size *= max(len(values), 1)
     for parameter, declared in entry.parameters.items():

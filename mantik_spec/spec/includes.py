@@ -45,15 +45,20 @@ class ComposedDocument:
         return self.main.file
 
     def problem(self, path: DataPath, message: str, at_key: bool = False) -> Problem:
+        document, theirs = self.locate(path)
+        return document.problem(theirs, message, at_key)
+
+    def locate(self, path: DataPath) -> tuple[MarkedDocument, DataPath]:
+        """The file a merged value was written in, and its path in that file."""
         path = tuple(path)
         if path in self.main.marks:  # written in mantik.yaml itself (which overrides included files)
-            return self.main.problem(path, message, at_key)
+            return self.main, path
         for origin in self.origins:
             for length in range(len(path), 0, -1):  # the longest merged path this file provided
                 theirs = origin.paths.get(path[:length])
                 if theirs is not None:
-                    return origin.document.problem((*theirs, *path[length:]), message, at_key)
-        return self.main.problem(path, message, at_key)
+                    return origin.document, (*theirs, *path[length:])
+        return self.main, path
 
 
 def compose(document: MarkedDocument, project_root: Path) -> tuple[ComposedDocument, list[Problem]]:

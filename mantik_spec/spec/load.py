@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from .checks import inline_credentials, on_disk, semantic
+from .experiments import resolve_extends
 from .hints import suggest
 from .includes import compose
 from .model import Spec
@@ -98,12 +99,78 @@ def validate_document(document: MarkedDocument, project_root: Path | None = None
         reported = {dotted(path) for path, _ in credentials}
         problems.extend(p for p in _pydantic_problems(exc, document) if p.path not in reported)
         raise SpecError(_sorted(problems)) from None
+    problems.extend(_plain_scalars(spec, document))
     problems.extend(document.problem(path, message) for path, message in semantic(spec))
     if project_root is not None:
         problems.extend(document.problem(path, message) for path, message in on_disk(spec, project_root))
     if problems:
         raise SpecError(_sorted(problems))
     return spec
+
+
+TEXT_PARAMETER_TYPES = ("string", "path", "uri")
+
+
+def _plain_scalars(spec: Spec, document) -> list[Problem]:
+    """Apply the rules for unquoted values that need the declared types (see :mod:`.yamlload`).
+
+    A parameter declared as text (string, path, uri) receives the text written: ``1.10``, ``1e-3``,
+    ``010`` and ``true`` reach the job as written, not as the number or boolean YAML reads. Anywhere
+    else, an integer with a leading zero is refused with a request for quotes: YAML 1.1 tools (PyYAML,
+    MLflow's MLproject reader) read ``010`` as 8, YAML 1.2 tools as 10.
+    """
+    kept_as_text: set[tuple[int, tuple]] = set()
+
+    def as_text(holder: dict | list, index, path: tuple, declared_type: str) -> None:
+        value = holder[index]
+        if declared_type not in TEXT_PARAMETER_TYPES or value is None or isinstance(value, str):
+            return
+        source, theirs = document.locate(path)
+        if theirs in source.written:
+            holder[index] = source.written[theirs]
+            kept_as_text.add((id(source), theirs))
+
+    for name, entry in spec.entry_points.items():
+        for parameter, declared in entry.parameters.items():
+            holder = declared.__dict__  # the model is not revalidated: values are set in place
+            as_text(holder, "default", ("entry_points", name, "parameters", parameter, "default"), declared.type)
+    experiments, _ = resolve_extends(spec)
+    for name, experiment in spec.experiments.items():
+        entry = spec.entry_points.get(experiments[name].entry_point) if name in experiments else None
+        if entry is None or not experiment.parameters:
+            continue
+        for parameter, value in experiment.parameters.items():
+            if parameter not in entry.parameters:
+                continue
+            declared_type = entry.parameters[parameter].type
+            where = ("experiments", name, "parameters", parameter)
+            if isinstance(value, list):
+                for index in range(len(value)):
+                    as_text(value, index, (*where, index), declared_type)
+            else:
+                as_text(experiment.parameters, parameter, where, declared_type)
+    problems = []
+    for source in _documents(document):
+        for path in sorted(source.leading_zeros, key=lambda p: [str(part) for part in p]):
+            if (id(source), path) not in kept_as_text:
+                text = source.written[path]
+                problems.append(
+                    source.problem(
+                        path,
+                        f"{text} has a leading zero, which YAML tools read differently (YAML 1.2: "
+                        f"{int(text, 10)}; YAML 1.1: octal or text): write {int(text, 10)}, "
+                        f'or quote it ("{text}") if it is text',
+                    )
+                )
+    return problems
+
+
+def _documents(document) -> list[MarkedDocument]:
+    """The files a (possibly composed) document was read from."""
+    origins = getattr(document, "origins", None)
+    if origins is None:
+        return [document]
+    return [document.main, *(origin.document for origin in origins)]
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
@@ -141,6 +208,12 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
             message = first["msg"][0].lower() + first["msg"][1:]
             if first["type"] != "assertion_error":
                 message += f", got {_describe(first['input'])}"
+        source, theirs = document.locate(path)
+        written = source.written.get(theirs)
+        if written is not None and not isinstance(first["input"], str):  # unquoted: name it as written
+            message = message.replace(f"got {_describe(first['input'])}", f"got {written}")
+            if any(e["type"] == "string_type" for e in errors):
+                message += f' (quote it, "{written}", for the text)'
         problems.append(document.problem(path, message))
     return problems
 

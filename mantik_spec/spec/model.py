@@ -366,7 +366,13 @@ class Experiment(Strict):
         None, description="Parameter values; a list is a grid axis (the runs are its cartesian product)."
     )
     seeds: Annotated[int, Field(ge=1, le=10_000)] | list[int] | None = Field(
-        None, description="A count (seeds 0..N-1) or an explicit list of seeds."
+        None,
+        description="A count (seeds 0..N-1) or an explicit list of seeds. Each run gets its seed as the `seed` "
+        "parameter ({seed} in the command) and as the environment variable MANTIK_SEED.",
+    )
+    seed_from_env: bool | None = Field(
+        None,
+        description="The program reads its seed from $MANTIK_SEED itself, so `seeds` needs no {seed} in the command.",
     )
     retries: int | None = Field(None, ge=0, le=100, description="Resubmissions allowed after a failed attempt.")
     suspend: bool | None = Field(None, description="Submit nothing new for this experiment.")
