@@ -91,13 +91,39 @@ def _report_calls(ctx, project) -> None:
 
 @main.command()
 @PROJECT_DIR
-def validate(directory):
-    """Check mantik.yaml; print one line per problem as FILE:LINE:COL: FIELD: MESSAGE."""
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+def validate(directory, files):
+    """Check mantik.yaml; print one line per problem as FILE:LINE:COL: FIELD: MESSAGE.
+
+    With FILES (as pre-commit passes them), check each spec among them, each read from its own
+    directory, and the spec that reads each other file (an MLproject, a config, a .dvc file): the
+    nearest mantik.yaml in its directory or above.
+    """
     from .spec.load import load_spec
 
+    if not files:
+        with user_errors():
+            load_spec(directory)
+        click.echo("mantik.yaml is valid.")
+        return
+    import dataclasses
+
+    from .spec.load import SPEC_FILE, specs_for_files
+    from .spec.yamlload import SpecError
+
     with user_errors():
-        load_spec(directory)
-    click.echo("mantik.yaml is valid.")
+        projects, problems = specs_for_files(directory, files)
+        for project in projects:
+            try:
+                load_spec(directory / project)
+            except SpecError as exc:  # each file named from where the command runs, as pre-commit shows it
+                problems += [dataclasses.replace(p, file=str(project / p.file)) for p in exc.problems]
+                continue
+            click.echo(f"{project / SPEC_FILE} is valid.")
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if problems:
+        sys.exit(1)
 
 
 @main.command()

@@ -7,6 +7,7 @@ backend, comes back as a :class:`Problem` with ``file:line:col``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import types
 import typing
@@ -64,6 +65,41 @@ def read_spec_text(directory: Path) -> tuple[Path, str, bytes]:
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise fail("not valid UTF-8", Mark(line, column)) from None
     return path, text, raw
+
+
+def specs_for_files(directory: Path, files) -> tuple[list[Path], list[Problem]]:
+    """The projects whose specs cover ``files`` (paths relative to ``directory``), for pre-commit.
+
+    A ``mantik.yaml`` is its own project; any other file (an MLproject, a config, a ``.dvc`` file)
+    belongs to the nearest ``mantik.yaml`` in its directory or above, up to ``directory``, and to no
+    project when there is none. Returns project directories relative to ``directory``, in the order
+    given and each once, and a problem for each ``mantik.yml`` (which mantik does not read).
+    """
+    directory = Path(directory)
+    base = directory.resolve()
+    projects: list[Path] = []
+    problems: list[Problem] = []
+    for file in files:
+        path = (directory / file).absolute()
+        if path.name == "mantik.yml":
+            problems.append(Problem(str(file), None, "", f"mantik reads specs named {SPEC_FILE}: rename this file"))
+            continue
+        project = None
+        if path.name == SPEC_FILE:
+            project = path.parent
+        else:
+            for parent in path.parents:
+                if (parent / SPEC_FILE).is_file():
+                    project = parent
+                    break
+                if parent.resolve() == base:
+                    break
+        if project is None:
+            continue
+        relative = Path(os.path.relpath(project, directory.absolute()))
+        if relative not in projects:
+            projects.append(relative)
+    return projects, problems
 
 
 def load_spec(directory: Path | str = ".") -> LoadedSpec:
