@@ -15,9 +15,10 @@ from .model import Spec
 
 Finding = tuple[tuple, str]
 
-MAX_POINTS_PER_EXPERIMENT = 100_000
 CREDENTIAL_KEY = re.compile(r"(password|passwd|secret|token|api_?key|private_?key|access_?key)$", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
+# over HTTP anything before '@' is a credential: a token (http://TOKEN@host) or a user name for basic auth
+HTTP_URL_WITH_USER = re.compile(r"^https?://[^/?#@\s]*@", re.IGNORECASE)
 
 
 def inline_credentials(data, path: tuple = ()) -> Iterator[Finding]:
@@ -29,6 +30,8 @@ def inline_credentials(data, path: tuple = ()) -> Iterator[Finding]:
                 yield child, f"credential written inline; name an environment variable instead ({key}_env: VARIABLE)"
             elif isinstance(value, str) and URL_WITH_PASSWORD.match(value):
                 yield child, "URL carries a password; put credentials in the environment instead"
+            elif isinstance(value, str) and HTTP_URL_WITH_USER.match(value):
+                yield child, "URL carries a user name or token before '@'; put credentials in the environment instead"
             else:
                 yield from inline_credentials(value, child)
     elif isinstance(data, list):
@@ -73,6 +76,28 @@ def semantic(spec: Spec) -> Iterator[Finding]:
     yield from extends_problems
     for name, experiment in experiments.items():
         yield from _experiment(spec, name, experiment)
+    yield from _run_count(spec, experiments)
+
+
+def run_count(experiment) -> int:
+    """How many run points ``experiment`` declares, counted without expanding its grid."""
+    count = len(seeds_of(experiment)) if isinstance(experiment.seeds, list) else (experiment.seeds or 1)
+    for value in (experiment.parameters or {}).values():
+        count *= max(len(value), 1) if isinstance(value, list) else 1
+    return count
+
+
+def _run_count(spec: Spec, experiments: dict) -> Iterator[Finding]:
+    """Refuse grids whose expansion would exhaust memory (or the allocation) before anything is planned."""
+    counts = {name: run_count(experiment) for name, experiment in experiments.items()}
+    limit = spec.max_runs
+    hint = f"more than max_runs ({limit}) is refused: raise max_runs if this many runs are meant"
+    too_big = [name for name, count in counts.items() if count > limit]
+    for name in too_big:
+        yield ("experiments", name), f"the grid declares {counts[name]:,} runs; {hint}"
+    total = sum(counts.values())
+    if not too_big and total > limit:
+        yield ("experiments",), f"the experiments declare {total:,} runs in all; {hint}"
 
 
 def _entry_points(spec: Spec) -> Iterator[Finding]:
@@ -187,7 +212,6 @@ def _seeds(name: str, experiment, entry) -> Iterator[Finding]:
 def _grid(name: str, experiment, entry) -> Iterator[Finding]:
     where = ("experiments", name, "parameters")
     given = experiment.parameters or {}
-    size = len(seeds_of(experiment))
     for parameter, value in given.items():
         if parameter not in entry.parameters:
             yield (
@@ -206,7 +230,6 @@ def _grid(name: str, experiment, entry) -> Iterator[Finding]:
         for index, item in enumerate(values):
             if problem := _type_problem(item, entry.parameters[parameter].type):
                 yield ((*where, parameter, index) if isinstance(value, list) else (*where, parameter)), problem
-        size *= max(len(values), 1)
     for parameter, declared in entry.parameters.items():
         seeded = parameter == SEED_PARAMETER and experiment.seeds is not None
         if declared.default is None and parameter not in given and not seeded:
@@ -216,5 +239,3 @@ def _grid(name: str, experiment, entry) -> Iterator[Finding]:
             )
     if isinstance(experiment.seeds, list) and len(set(experiment.seeds)) != len(experiment.seeds):
         yield ("experiments", name, "seeds"), "a seed is listed twice"
-    if size > MAX_POINTS_PER_EXPERIMENT:
-        yield ("experiments", name), f"the grid has {size} points; more than {MAX_POINTS_PER_EXPERIMENT} is refused"

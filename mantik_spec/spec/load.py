@@ -20,8 +20,8 @@ from .checks import inline_credentials, on_disk, semantic
 from .experiments import resolve_extends
 from .hints import suggest
 from .includes import compose
-from .model import Spec
-from .yamlload import Mark, MarkedDocument, Problem, SpecError, dotted, load_marked
+from .model import ENV_NAME, Spec
+from .yamlload import Mark, MarkedDocument, Problem, SpecError, dotted, load_marked, read_regular_file
 
 SPEC_FILE = "mantik.yaml"
 MAX_SPEC_BYTES = 2 * 1024 * 1024
@@ -51,11 +51,12 @@ def read_spec_text(directory: Path) -> tuple[Path, str, bytes]:
             raise fail(f"is a symlink to {target}, outside the project")
     if not path.exists():
         raise fail(f"not found in {Path(directory).resolve()}")
-    if not path.is_file():
-        raise fail("is not a regular file")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise fail(f"is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB")
-    raw = path.read_bytes()
+    try:
+        raw = read_regular_file(path, MAX_SPEC_BYTES)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot be read: {exc.strerror}") from None
     if b"\x00" in raw:
         raise fail("is not a text file (contains NUL bytes)")
     try:
@@ -110,7 +111,11 @@ def load_spec(directory: Path | str = ".") -> LoadedSpec:
     spec = validate_document(document, directory)
     digest = hashlib.sha256(raw)
     for included in included_files(spec):  # a saved plan is stale when an MLproject or backend config changed
-        digest.update(b"\0" + included.encode() + b"\0" + (directory / included).read_bytes())
+        try:
+            content = read_regular_file(directory / included, MAX_SPEC_BYTES)
+        except (OSError, ValueError) as exc:  # replaced since it was validated a moment ago
+            raise SpecError([Problem(included, None, "", f"changed while it was read: {exc}")]) from None
+        digest.update(b"\0" + included.encode() + b"\0" + content)
     return LoadedSpec(spec, document, directory.resolve(), digest.hexdigest())
 
 
@@ -232,6 +237,11 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
             continue
         if first["type"] == "missing":
             message = "required"
+        elif first["type"] == "string_pattern_mismatch" and first["ctx"].get("pattern") == ENV_NAME:
+            message = (
+                f"{_describe(first['input'])} is not an environment variable name: letters, digits and _, "
+                "not starting with a digit"
+            )
         elif first["type"] == "union_tag_invalid":
             path = (*path, "type")
             message = f"unknown type {first['ctx']['tag']!r}; expected {first['ctx']['expected_tags']}"
@@ -250,7 +260,8 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
             message = message.replace(f"got {_describe(first['input'])}", f"got {written}")
             if any(e["type"] == "string_type" for e in errors):
                 message += f' (quote it, "{written}", for the text)'
-        problems.append(document.problem(path, message))
+        at_key = first["loc"][-1:] == ("[key]",)  # a bad mapping key: shown where the key is written
+        problems.append(document.problem(path, message, at_key=at_key))
     return problems
 
 

@@ -96,6 +96,39 @@ Path = tuple  # a path into the document: mapping keys and list indices
 MAX_EXPANDED_NODES = 200_000
 MAX_DEPTH = 64
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PROBLEM_CHARACTERS = 1000
+
+
+def read_regular_file(path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    Opened without blocking and checked on the open file itself, so a FIFO, a device or a
+    file swapped in after a check never hangs or floods the reader. Raises ``ValueError``
+    with a short reason ("is not a regular file", "is larger than N bytes") or ``OSError``.
+    """
+    import os
+    import stat
+
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"is larger than {_size(limit)}")
+        chunks, total = [], 0
+        while chunk := os.read(descriptor, 1 << 20):  # the size may grow while it is read
+            total += len(chunk)
+            if total > limit:
+                raise ValueError(f"is larger than {_size(limit)}")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(descriptor)
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
 
 
 @dataclass(frozen=True)
@@ -119,7 +152,9 @@ class Problem:
             where += f":{self.mark.line}:{self.mark.column}"
         text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
         # one line per problem, whatever a key or value holds: control characters are shown escaped
-        return CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], text)
+        text = CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], text)
+        # and of a size a terminal shows (a message may quote a value of megabytes)
+        return text if len(text) <= MAX_PROBLEM_CHARACTERS else text[: MAX_PROBLEM_CHARACTERS - 3] + "..."
 
 
 class SpecError(Exception):
@@ -227,6 +262,9 @@ class _Builder:
             self.visiting.discard(id(node))
 
     def _scalar(self, node: yaml.ScalarNode, path: Path):
+        if "\x00" in node.value:  # "\0" in a quoted string: no command line, variable or file name can hold it
+            self._fail(node, path, "contains a NUL character (\\0), which no program can receive")
+            return None
         if node.tag == STR:
             return node.value
         if node.tag in (NULL, BOOL, INT, FLOAT):
@@ -259,6 +297,9 @@ class _Builder:
                 self._fail(key_node, path, "mapping keys must not be empty (null)")
                 continue
             key = key_node.value  # keys are names: the text written (010: stays "010", true: stays "true")
+            if "\x00" in key:
+                self._fail(key_node, path, "a key contains a NUL character (\\0)")
+                continue
             child = (*path, key)
             if key in result:
                 first = self.key_marks[child]
@@ -309,6 +350,7 @@ def _check_expanded_size(root, file: str) -> None:
     graph (shared nodes once), so the check itself stays cheap.
     """
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # nodes whose children are being sized: reaching one again is a loop
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -316,9 +358,13 @@ def _check_expanded_size(root, file: str) -> None:
             continue
         children = _children(node)
         if not children_done:
+            if id(node) in open_nodes:  # &a [*a]: an alias inside its own anchor never ends
+                raise SpecError([Problem(file, _mark(node), "", "recursive alias (a node contains itself)")])
+            open_nodes.add(id(node))
             stack.append((node, True))
             stack.extend((child, False) for child in children if id(child) not in sizes)
             continue
+        open_nodes.discard(id(node))
         size = 1 + sum(sizes.get(id(child), 1) for child in children)
         if size > MAX_EXPANDED_NODES:
             raise SpecError(
