@@ -345,20 +345,26 @@ def _print_status_table(rows) -> None:
 def _status_table(rows):
     import time
 
-    from rich.markup import escape
+    from rich.markup import escape as markup_escape
     from rich.table import Table
+
+    from .reconcile.render import printable
+
+    def escape(value) -> str:  # neither rich markup nor a control character in a value draws anything
+        return markup_escape(printable(value))
 
     metric_names = sorted({name for row in rows for name in row.metrics})[:6]
     table = Table(box=None, pad_edge=False)
     for column in ("experiment", "point", "state", "attempt", "job", "age", *metric_names):
-        table.add_column(column)
+        table.add_column(escape(column))
     now_ms = time.time() * 1000
     for row in rows:
         age = _age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
         job = (row.job_id or "").rstrip("/").rsplit("/", 1)[-1][:12]  # a UNICORE job id is its URL
         metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
         table.add_row(
-            escape(row.experiment), escape(row.point_id), row.state, str(row.attempt or ""), job, age, *metrics
+            escape(row.experiment), escape(row.point_id), escape(row.state), str(row.attempt or ""), escape(job), age,
+            *metrics,
         )
     return table
 
