@@ -175,3 +175,19 @@ def test_json_schema_tools_read_the_same_values(tmp_path):
     assert problems(tmp_path, bad)
     result = subprocess.run([str(checker), "--schemafile", str(schema), "mantik.yaml"], cwd=tmp_path, capture_output=True)
     assert result.returncode == 1, result.stdout
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ("backends: {s: {type: unicore, url: 'https://h/rest/core', tls_verify: no}}",
+         "backends.s.tls_verify: 'no' is not a boolean: write true or false (or ./no for a CA bundle file)"),
+        ("backends: {h: {type: slurm, array: off}}", "backends.h.array: input should be a valid boolean, got 'off': "
+         "write true or false"),
+        ("data: {d: {url: 'https://x/y', unpinned: yes}}", "data.d.unpinned: input should be a valid boolean, got 'yes'"),
+    ],
+)
+def test_yaml11_boolean_words_in_boolean_fields_ask_for_true_or_false(tmp_path, line, expected):
+    # YAML 1.1 made `tls_verify: no` false; read as text it would have named a CA bundle file "no"
+    found = problems(tmp_path, f"project: demo\nentry_points: {{t: {{command: python t.py}}}}\n{line}\n")
+    assert any(p.startswith("mantik.yaml:3:") and expected in p for p in found), found

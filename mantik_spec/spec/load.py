@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from .checks import inline_credentials, on_disk, semantic
+from .checks import YAML11_BOOLEANS, inline_credentials, on_disk, semantic
 from .experiments import resolve_extends
 from .hints import suggest
 from .includes import compose
@@ -260,6 +260,8 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
             message = message.replace(f"got {_describe(first['input'])}", f"got {written}")
             if any(e["type"] == "string_type" for e in errors):
                 message += f' (quote it, "{written}", for the text)'
+        if any(e["type"] == "bool_type" for e in errors) and str(first["input"]).lower() in YAML11_BOOLEANS:
+            message += ": write true or false"  # yes/no/on/off are booleans only in YAML 1.1
         at_key = first["loc"][-1:] == ("[key]",)  # a bad mapping key: shown where the key is written
         problems.append(document.problem(path, message, at_key=at_key))
     return problems

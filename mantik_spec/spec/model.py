@@ -355,6 +355,14 @@ class UnicoreBackend(Strict):
         duration_seconds(value)
         return value
 
+    @field_validator("tls_verify")
+    @classmethod
+    def _not_a_yaml11_boolean(cls, value):
+        # YAML 1.1 read `tls_verify: no` as false; as text it would name a CA bundle file "no"
+        if isinstance(value, str) and value.lower() in ("y", "yes", "n", "no", "on", "off"):
+            raise ValueError(f"{value!r} is not a boolean: write true or false (or ./{value} for a CA bundle file)")
+        return value
+
 
 Backend = Annotated[LocalBackend | SlurmBackend | UnicoreBackend, Field(discriminator="type")]
 
