@@ -191,3 +191,12 @@ def test_yaml11_boolean_words_in_boolean_fields_ask_for_true_or_false(tmp_path, 
     # YAML 1.1 made `tls_verify: no` false; read as text it would have named a CA bundle file "no"
     found = problems(tmp_path, f"project: demo\nentry_points: {{t: {{command: python t.py}}}}\n{line}\n")
     assert any(p.startswith("mantik.yaml:3:") and expected in p for p in found), found
+
+
+def test_text_parameters_written_as_plain_numbers_keep_their_run_keys(tmp_path):
+    """0.1 given to a string parameter reaches the job as 0.1 either way: its value (and so its key) is unchanged."""
+    (tmp_path / "mantik.yaml").write_text(SPEC.format(type="string", values="0.1, 3, 1.10"))
+    spec = load_spec(tmp_path).spec
+    assert spec.experiments["grid"].parameters["value"] == [0.1, 3, "1.10"]
+    points = expand(spec, resolve_extends(spec)[0])
+    assert [shlex.split(p.command({}))[2] for p in points] == ["0.1", "3", "1.10"]

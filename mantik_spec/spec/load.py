@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from .checks import YAML11_BOOLEANS, inline_credentials, on_disk, semantic
-from .experiments import resolve_extends
+from .experiments import format_value, resolve_extends
 from .hints import suggest
 from .includes import compose
 from .model import ENV_NAME, Spec
@@ -156,7 +156,8 @@ def _plain_scalars(spec: Spec, document) -> list[Problem]:
     """Apply the rules for unquoted values that need the declared types (see :mod:`.yamlload`).
 
     A parameter declared as text (string, path, uri) receives the text written: ``1.10``, ``1e-3``,
-    ``010`` and ``true`` reach the job as written, not as the number or boolean YAML reads. Anywhere
+    ``010`` and ``true`` reach the job as written, not as the number or boolean YAML reads (a number
+    written as the job receives it, ``0.1``, keeps its type and so its run keys). Anywhere
     else, an integer with a leading zero is refused with a request for quotes: YAML 1.1 tools (PyYAML,
     MLflow's MLproject reader) read ``010`` as 8, YAML 1.2 tools as 10.
     """
@@ -167,9 +168,14 @@ def _plain_scalars(spec: Spec, document) -> list[Problem]:
         if declared_type not in TEXT_PARAMETER_TYPES or value is None or isinstance(value, str):
             return
         source, theirs = document.locate(path)
-        if theirs in source.written:
-            holder[index] = source.written[theirs]
-            kept_as_text.add((id(source), theirs))
+        written = source.written.get(theirs)
+        if written is None:
+            return
+        kept_as_text.add((id(source), theirs))
+        # a number that the job would receive exactly as written keeps its type, and so the run keys it
+        # always had; any other (1.10, 1e-3, 0x1F, 010, true) becomes the text
+        if isinstance(value, bool) or format_value(value) != written:
+            holder[index] = written
 
     for name, entry in spec.entry_points.items():
         for parameter, declared in entry.parameters.items():
