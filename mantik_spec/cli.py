@@ -156,13 +156,39 @@ def _report_calls(ctx, project) -> None:
 
 @main.command()
 @PROJECT_DIR
-def validate(directory):
-    """Check mantik.yaml; print one line per problem as FILE:LINE:COL: FIELD: MESSAGE."""
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+def validate(directory, files):
+    """Check mantik.yaml; print one line per problem as FILE:LINE:COL: FIELD: MESSAGE.
+
+    With FILES (as pre-commit passes them), check each spec among them, each read from its own
+    directory, and the spec that reads each other file (an MLproject, a config, a .dvc file): the
+    nearest mantik.yaml in its directory or above.
+    """
     from .spec.load import load_spec
 
+    if not files:
+        with user_errors():
+            load_spec(directory)
+        click.echo("mantik.yaml is valid.")
+        return
+    import dataclasses
+
+    from .spec.load import SPEC_FILE, specs_for_files
+    from .spec.yamlload import SpecError
+
     with user_errors():
-        load_spec(directory)
-    click.echo("mantik.yaml is valid.")
+        projects, problems = specs_for_files(directory, files)
+        for project in projects:
+            try:
+                load_spec(directory / project)
+            except SpecError as exc:  # each file named from where the command runs, as pre-commit shows it
+                problems += [dataclasses.replace(p, file=str(project / p.file)) for p in exc.problems]
+                continue
+            click.echo(f"{project / SPEC_FILE} is valid.")
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if problems:
+        sys.exit(1)
 
 
 @main.command()
@@ -378,11 +404,11 @@ def _follow_with_bar(project, run_ids) -> dict[str, str]:
 
 def _print_failures(failures) -> None:
     """Each run that did not finish: its point, how it ended, the last line of its error, where to read more."""
-    from .reconcile.render import one_line
+    from .reconcile.render import printable
 
     click.echo(f"\n{len(failures)} run(s) did not finish successfully:", err=True)
     for failure in failures:
-        click.echo(f"  x {one_line(failure.point_id)}  {failure.state}: {one_line(failure.last_line)}", err=True)
+        click.echo(f"  x {printable(failure.point_id)}  {failure.state}: {printable(failure.last_line)}", err=True)
     click.echo(f"Read a run's output with: mantik logs {failures[0].run_id[:12]}", err=True)
 
 
@@ -451,11 +477,15 @@ def _status_table(rows):
     that at 80 columns it is the metrics that get squeezed, never the point's identity."""
     import time
 
-    from rich.markup import escape
+    from rich.markup import escape as markup_escape
     from rich.table import Table
 
     from .operations.runref import job_label
+    from .reconcile.render import printable
     from .spec.experiments import format_value
+
+    def escape(value) -> str:  # neither rich markup nor a control character in a value draws anything
+        return markup_escape(printable(value))
 
     names = list(dict.fromkeys(name for row in rows for name in row.parameters))
     varying = [n for n in names if len({format_value(row.parameters.get(n, "")) for row in rows}) > 1]
@@ -465,11 +495,11 @@ def _status_table(rows):
     if show_experiment:
         table.add_column("experiment", no_wrap=True)
     for column in varying or ["point"]:
-        table.add_column(column, no_wrap=True)
+        table.add_column(escape(column), no_wrap=True)
     for column in ("state", "attempt", "job", "age"):
         table.add_column(column, no_wrap=True)
     for column in metric_names:
-        table.add_column(column, overflow="ellipsis", no_wrap=True)
+        table.add_column(escape(column), overflow="ellipsis", no_wrap=True)
     now_ms = time.time() * 1000
     for row in rows:
         age = _age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
@@ -477,7 +507,8 @@ def _status_table(rows):
         shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
         cells = [row.experiment, *shown] if show_experiment else shown
         table.add_row(
-            *map(escape, cells), row.state, str(row.attempt or ""), job_label(row.job_id)[:12], age, *metrics
+            *map(escape, cells), escape(row.state), str(row.attempt or ""), escape(job_label(row.job_id)[:12]), age,
+            *metrics,
         )
     return table
 

@@ -21,8 +21,8 @@ BASE = {
     "project": "fuzz",
     "entry_points": {
         "train": {
-            "command": "python train.py --lr {lr} --n {n}",
-            "parameters": {"lr": "float", "n": {"type": "int", "default": 3}},
+            "command": "python train.py --lr {lr} --n {n} --seed {seed}",
+            "parameters": {"lr": "float", "n": {"type": "int", "default": 3}, "seed": "int"},
         }
     },
     "backends": {
@@ -117,3 +117,69 @@ def test_arbitrary_text_gives_problems_never_exceptions(text):
 @given(st.integers(1, 300))
 def test_deep_nesting_is_refused_with_a_line(depth):
     check("project: p\nexperiments:\n  a:\n    parameters:\n      x: " + "[" * depth + "1" + "]" * depth + "\n")
+
+
+# The forms YAML 1.1 and 1.2 read differently, and their neighbours, written without quotes
+UNQUOTED_FORMS = [
+    "no", "yes", "on", "off", "y", "n", "NO", "Off", "true", "False", "1e-3", "1E+2", "1:30:00", "90:00", "0755", "010",
+    "-010", "0o17", "0x1F", "1_000", "0b11", ".inf", "-.inf", ".nan", "~", "null", "2024-01-01", "+5", ".5", "1.",
+    "1.10", "0", "00", "0.0",
+]
+
+
+@settings(max_examples=EXAMPLES // 6, deadline=None)
+@given(
+    st.lists(st.sampled_from(UNQUOTED_FORMS), min_size=1, max_size=6, unique=True),
+    st.sampled_from(["string", "path", "uri", "float", "int", "bool"]),
+)
+def test_unquoted_forms_give_the_written_text_or_a_located_line(forms, declared):
+    import shlex
+
+    from mantik_spec.spec.experiments import expand, resolve_extends
+
+    text = (
+        "project: p\nentry_points:\n  t:\n    command: python t.py {v}\n"
+        f"    parameters: {{v: {declared}}}\nexperiments:\n  a: {{entry_point: t, parameters: {{v: [{', '.join(forms)}]}}}}\n"
+    )
+    try:
+        spec = validate_document(load_marked(text, "mantik.yaml"))
+    except SpecError as exc:
+        for problem in exc.problems:
+            assert PROBLEM_LINE.match(str(problem)) and "\n" not in str(problem), str(problem)
+        assert declared not in ("string", "path", "uri") or {"~", "null"} & set(forms) or len(
+            {f.lower() for f in forms}
+        ) != len(forms), [str(p) for p in exc.problems]
+        return
+    received = [shlex.split(point.command({}))[2] for point in expand(spec, resolve_extends(spec)[0])]
+    if declared in ("string", "path", "uri"):
+        assert sorted(received) == sorted(forms)  # a text parameter gets exactly what was written
+    assert not any(f in ("0755", "010", "-010", "00") for f in forms) or declared in ("string", "path", "uri")
+
+
+names = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
+hostile_text = st.text(st.characters(blacklist_categories=["Cs"], max_codepoint=0x2100), max_size=30)
+
+
+@settings(max_examples=EXAMPLES // 6, deadline=None)
+@given(names, hostile_text, hostile_text)
+def test_variable_names_and_values_the_os_cannot_take_are_refused(name, value, parameter):
+    from mantik_spec.reconcile.render import printable
+    from mantik_spec.spec.experiments import expand, resolve_extends
+    from mantik_spec.spec.model import ENV_NAME
+
+    spec = {
+        "project": "p",
+        "entry_points": {"t": {"command": "python t.py {v}", "parameters": {"v": "string"}}},
+        "environments": {"e": {"variables": {name: value}}},
+        "experiments": {"a": {"entry_point": "t", "environment": "e", "parameters": {"v": [parameter, "x"]}}},
+    }
+    text = yaml.safe_dump(spec, allow_unicode=True)
+    try:
+        loaded = validate_document(load_marked(text, "mantik.yaml"))
+    except SpecError as exc:
+        for problem in exc.problems:
+            assert PROBLEM_LINE.match(str(problem)) and "\n" not in str(problem), str(problem)
+        return
+    assert re.match(ENV_NAME, name) and "\0" not in value and "\0" not in parameter
+    for point in expand(loaded, resolve_extends(loaded)[0]):
+        assert "\n" not in printable(point.point_id) and "\x1b" not in printable(point.point_id)

@@ -15,9 +15,10 @@ from .model import Spec
 
 Finding = tuple[tuple, str]
 
-MAX_POINTS_PER_EXPERIMENT = 100_000
 CREDENTIAL_KEY = re.compile(r"(password|passwd|secret|token|api_?key|private_?key|access_?key)$", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
+# over HTTP anything before '@' is a credential: a token (http://TOKEN@host) or a user name for basic auth
+HTTP_URL_WITH_USER = re.compile(r"^https?://[^/?#@\s]*@", re.IGNORECASE)
 
 
 def inline_credentials(data, path: tuple = ()) -> Iterator[Finding]:
@@ -29,6 +30,8 @@ def inline_credentials(data, path: tuple = ()) -> Iterator[Finding]:
                 yield child, f"credential written inline; name an environment variable instead ({key}_env: VARIABLE)"
             elif isinstance(value, str) and URL_WITH_PASSWORD.match(value):
                 yield child, "URL carries a password; put credentials in the environment instead"
+            elif isinstance(value, str) and HTTP_URL_WITH_USER.match(value):
+                yield child, "URL carries a user name or token before '@'; put credentials in the environment instead"
             else:
                 yield from inline_credentials(value, child)
     elif isinstance(data, list):
@@ -75,6 +78,28 @@ def semantic(spec: Spec) -> Iterator[Finding]:
     yield from extends_problems
     for name, experiment in experiments.items():
         yield from _experiment(spec, name, experiment)
+    yield from _run_count(spec, experiments)
+
+
+def run_count(experiment) -> int:
+    """How many run points ``experiment`` declares, counted without expanding its grid."""
+    count = len(seeds_of(experiment)) if isinstance(experiment.seeds, list) else (experiment.seeds or 1)
+    for value in (experiment.parameters or {}).values():
+        count *= max(len(value), 1) if isinstance(value, list) else 1
+    return count
+
+
+def _run_count(spec: Spec, experiments: dict) -> Iterator[Finding]:
+    """Refuse grids whose expansion would exhaust memory (or the allocation) before anything is planned."""
+    counts = {name: run_count(experiment) for name, experiment in experiments.items()}
+    limit = spec.max_runs
+    hint = f"more than max_runs ({limit}) is refused: raise max_runs if this many runs are meant"
+    too_big = [name for name, count in counts.items() if count > limit]
+    for name in too_big:
+        yield ("experiments", name), f"the grid declares {counts[name]:,} runs; {hint}"
+    total = sum(counts.values())
+    if not too_big and total > limit:
+        yield ("experiments",), f"the experiments declare {total:,} runs in all; {hint}"
 
 
 # sbatch options mantik sets itself, or that would hide the job from it (src/sbatch/opt.c names them):
@@ -160,8 +185,19 @@ def _entry_points(spec: Spec) -> Iterator[Finding]:
                     ("entry_points", name, "parameters", parameter),
                     f"parameter '{parameter}' is never used in the command",
                 )
-            if declared.default is not None and (problem := type_error(declared.default, declared.type)):
+            if declared.default is not None and (problem := _type_problem(declared.default, declared.type)):
                 yield ("entry_points", name, "parameters", parameter, "default"), problem
+
+
+# YAML 1.1 read these as booleans; YAML 1.2 (and mantik) reads them as text
+YAML11_BOOLEANS = {"y", "yes", "n", "no", "on", "off"}
+
+
+def _type_problem(value, declared_type: str) -> str | None:
+    problem = type_error(value, declared_type)
+    if problem and declared_type == "bool" and isinstance(value, str) and value.lower() in YAML11_BOOLEANS:
+        problem += ": write true or false"
+    return problem
 
 
 def _paths(spec: Spec) -> Iterator[Finding]:
@@ -211,12 +247,34 @@ def _experiment(spec: Spec, name: str, experiment) -> Iterator[Finding]:
             source = placeholder[len(DATA_PREFIX) :]
             yield where, f"entry point '{experiment.entry_point}' uses {{{placeholder}}}: add '{source}' to data"
     yield from _grid(name, experiment, entry)
+    yield from _seeds(name, experiment, entry)
+
+
+SEED_VARIABLE = "MANTIK_SEED"
+
+
+def _seeds(name: str, experiment, entry) -> Iterator[Finding]:
+    """Seeds that reach no program would run one command several times under several keys.
+
+    A seed reaches the program through a ``seed`` parameter (whose use in the command is checked
+    like any parameter's) or through $MANTIK_SEED, which every run gets: named in the command, or
+    declared read by the program with ``seed_from_env: true``.
+    """
+    if experiment.seeds is None or SEED_PARAMETER in entry.parameters or experiment.seed_from_env:
+        return
+    if SEED_VARIABLE in entry.command:
+        return
+    yield (
+        ("experiments", name, "seeds"),
+        f"entry point '{experiment.entry_point}' never receives the seed, so each seed would run the same command: "
+        f"declare a '{SEED_PARAMETER}' parameter and use {{{SEED_PARAMETER}}} in the command, "
+        f"or set 'seed_from_env: true' if the program reads ${SEED_VARIABLE}",
+    )
 
 
 def _grid(name: str, experiment, entry) -> Iterator[Finding]:
     where = ("experiments", name, "parameters")
     given = experiment.parameters or {}
-    size = len(seeds_of(experiment))
     for parameter, value in given.items():
         if parameter not in entry.parameters:
             yield (
@@ -233,9 +291,8 @@ def _grid(name: str, experiment, entry) -> Iterator[Finding]:
         if len({repr(coerce(v, declared_type)) for v in values}) != len(values):  # 1 and 1.0 are one float
             yield (*where, parameter), "grid axis lists a value twice"
         for index, item in enumerate(values):
-            if problem := type_error(item, entry.parameters[parameter].type):
+            if problem := _type_problem(item, entry.parameters[parameter].type):
                 yield ((*where, parameter, index) if isinstance(value, list) else (*where, parameter)), problem
-        size *= max(len(values), 1)
     for parameter, declared in entry.parameters.items():
         seeded = parameter == SEED_PARAMETER and experiment.seeds is not None
         if declared.default is None and parameter not in given and not seeded:
@@ -245,5 +302,3 @@ def _grid(name: str, experiment, entry) -> Iterator[Finding]:
             )
     if isinstance(experiment.seeds, list) and len(set(experiment.seeds)) != len(experiment.seeds):
         yield ("experiments", name, "seeds"), "a seed is listed twice"
-    if size > MAX_POINTS_PER_EXPERIMENT:
-        yield ("experiments", name), f"the grid has {size} points; more than {MAX_POINTS_PER_EXPERIMENT} is refused"

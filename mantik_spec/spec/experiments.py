@@ -61,6 +61,7 @@ def type_error(value, declared_type: str) -> str | None:
     return None if ok else f"{value!r} is not a valid {declared_type}"
 
 
+MAX_EXTENDS_DEPTH = 32
 INHERITED_FIELDS = [f for f in Experiment.model_fields if f != "extends"]
 
 
@@ -93,8 +94,16 @@ def resolve_extends(spec: Spec) -> tuple[dict[str, Experiment], list[tuple[tuple
             for start, member in enumerate(cycle):  # each member on its own line, with its own view of the loop
                 if member not in in_cycle:
                     in_cycle.add(member)
-                    loop = " -> ".join([*cycle[start:], *cycle[:start], member])
-                    problems.append((("experiments", member, "extends"), f"extends cycle: {loop}"))
+                    names = [*cycle[start:], *cycle[:start], member]
+                    if len(names) > 8:  # a loop through thousands of experiments still gives short lines
+                        names = [*names[:3], f"... ({len(cycle)} experiments)", *names[-2:]]
+                    problems.append((("experiments", member, "extends"), f"extends cycle: {' -> '.join(names)}"))
+            return None
+        if len(chain) > MAX_EXTENDS_DEPTH:  # bounds the recursion below, whatever the file holds
+            in_cycle.update(chain)
+            problems.append(
+                (("experiments", name, "extends"), f"extends chain longer than {MAX_EXTENDS_DEPTH} experiments")
+            )
             return None
         parent = resolve(own.extends, [*chain, own.extends])
         if parent is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checks import relative_path_problem
 from .hints import suggest
-from .yamlload import MarkedDocument, Problem, SpecError, load_marked
+from .yamlload import MarkedDocument, Problem, SpecError, load_marked, read_regular_file
 from .yamlload import Path as DataPath
 
 MAX_INCLUDED_BYTES = 1024 * 1024
@@ -45,15 +45,20 @@ class ComposedDocument:
         return self.main.file
 
     def problem(self, path: DataPath, message: str, at_key: bool = False) -> Problem:
+        document, theirs = self.locate(path)
+        return document.problem(theirs, message, at_key)
+
+    def locate(self, path: DataPath) -> tuple[MarkedDocument, DataPath]:
+        """The file a merged value was written in, and its path in that file."""
         path = tuple(path)
         if path in self.main.marks:  # written in mantik.yaml itself (which overrides included files)
-            return self.main.problem(path, message, at_key)
+            return self.main, path
         for origin in self.origins:
             for length in range(len(path), 0, -1):  # the longest merged path this file provided
                 theirs = origin.paths.get(path[:length])
                 if theirs is not None:
-                    return origin.document.problem((*theirs, *path[length:]), message, at_key)
-        return self.main.problem(path, message, at_key)
+                    return origin.document, (*theirs, *path[length:])
+        return self.main, path
 
 
 def compose(document: MarkedDocument, project_root: Path) -> tuple[ComposedDocument, list[Problem]]:
@@ -81,14 +86,16 @@ def read_included(project_root: Path, relative: str, main: MarkedDocument, at: D
     path = project_root / relative
     if not path.resolve().is_relative_to(project_root.resolve()):  # a link anywhere along the path
         raise SpecError([main.problem(at, f"{relative} leads outside the project (through a symlink)")])
-    if not path.is_file():
+    if not path.exists():
         raise SpecError([main.problem(at, f"{relative} not found")])
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_INCLUDED_BYTES)  # no hang on a FIFO or device, no huge read
+    except ValueError as exc:
+        raise SpecError([main.problem(at, f"{relative} {exc}")]) from None
     except OSError as exc:
         raise SpecError([main.problem(at, f"{relative} cannot be read: {exc.strerror}")]) from None
-    if len(raw) > MAX_INCLUDED_BYTES or b"\x00" in raw:
-        raise SpecError([main.problem(at, f"{relative} is not a text file of at most 1 MiB")])
+    if b"\x00" in raw:
+        raise SpecError([main.problem(at, f"{relative} is not a text file (contains NUL bytes)")])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

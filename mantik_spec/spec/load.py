@@ -7,6 +7,7 @@ backend, comes back as a :class:`Problem` with ``file:line:col``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import types
 import typing
@@ -15,11 +16,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from .checks import inline_credentials, on_disk, semantic
+from .checks import YAML11_BOOLEANS, inline_credentials, on_disk, semantic
+from .experiments import format_value, resolve_extends
 from .hints import suggest
 from .includes import compose
-from .model import Spec
-from .yamlload import Mark, MarkedDocument, Problem, SpecError, dotted, load_marked
+from .model import ENV_NAME, Spec
+from .yamlload import Mark, MarkedDocument, Problem, SpecError, dotted, load_marked, read_regular_file
 
 SPEC_FILE = "mantik.yaml"
 MAX_SPEC_BYTES = 2 * 1024 * 1024
@@ -49,11 +51,12 @@ def read_spec_text(directory: Path) -> tuple[Path, str, bytes]:
             raise fail(f"is a symlink to {target}, outside the project")
     if not path.exists():
         raise fail(f"not found in {Path(directory).resolve()}")
-    if not path.is_file():
-        raise fail("is not a regular file")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise fail(f"is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB")
-    raw = path.read_bytes()
+    try:
+        raw = read_regular_file(path, MAX_SPEC_BYTES)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot be read: {exc.strerror}") from None
     if b"\x00" in raw:
         raise fail("is not a text file (contains NUL bytes)")
     try:
@@ -65,6 +68,41 @@ def read_spec_text(directory: Path) -> tuple[Path, str, bytes]:
     return path, text, raw
 
 
+def specs_for_files(directory: Path, files) -> tuple[list[Path], list[Problem]]:
+    """The projects whose specs cover ``files`` (paths relative to ``directory``), for pre-commit.
+
+    A ``mantik.yaml`` is its own project; any other file (an MLproject, a config, a ``.dvc`` file)
+    belongs to the nearest ``mantik.yaml`` in its directory or above, up to ``directory``, and to no
+    project when there is none. Returns project directories relative to ``directory``, in the order
+    given and each once, and a problem for each ``mantik.yml`` (which mantik does not read).
+    """
+    directory = Path(directory)
+    base = directory.resolve()
+    projects: list[Path] = []
+    problems: list[Problem] = []
+    for file in files:
+        path = (directory / file).absolute()
+        if path.name == "mantik.yml":
+            problems.append(Problem(str(file), None, "", f"mantik reads specs named {SPEC_FILE}: rename this file"))
+            continue
+        project = None
+        if path.name == SPEC_FILE:
+            project = path.parent
+        else:
+            for parent in path.parents:
+                if (parent / SPEC_FILE).is_file():
+                    project = parent
+                    break
+                if parent.resolve() == base:
+                    break
+        if project is None:
+            continue
+        relative = Path(os.path.relpath(project, directory.absolute()))
+        if relative not in projects:
+            projects.append(relative)
+    return projects, problems
+
+
 def load_spec(directory: Path | str = ".") -> LoadedSpec:
     """Parse and validate the spec in ``directory`` or raise :class:`SpecError`."""
     directory = Path(directory)
@@ -73,7 +111,11 @@ def load_spec(directory: Path | str = ".") -> LoadedSpec:
     spec = validate_document(document, directory)
     digest = hashlib.sha256(raw)
     for included in included_files(spec):  # a saved plan is stale when an MLproject or backend config changed
-        digest.update(b"\0" + included.encode() + b"\0" + (directory / included).read_bytes())
+        try:
+            content = read_regular_file(directory / included, MAX_SPEC_BYTES)
+        except (OSError, ValueError) as exc:  # replaced since it was validated a moment ago
+            raise SpecError([Problem(included, None, "", f"changed while it was read: {exc}")]) from None
+        digest.update(b"\0" + included.encode() + b"\0" + content)
     return LoadedSpec(spec, document, directory.resolve(), digest.hexdigest())
 
 
@@ -98,12 +140,84 @@ def validate_document(document: MarkedDocument, project_root: Path | None = None
         reported = {dotted(path) for path, _ in credentials}
         problems.extend(p for p in _pydantic_problems(exc, document) if p.path not in reported)
         raise SpecError(_sorted(problems)) from None
+    problems.extend(_plain_scalars(spec, document))
     problems.extend(document.problem(path, message) for path, message in semantic(spec))
     if project_root is not None:
         problems.extend(document.problem(path, message) for path, message in on_disk(spec, project_root))
     if problems:
         raise SpecError(_sorted(problems))
     return spec
+
+
+TEXT_PARAMETER_TYPES = ("string", "path", "uri")
+
+
+def _plain_scalars(spec: Spec, document) -> list[Problem]:
+    """Apply the rules for unquoted values that need the declared types (see :mod:`.yamlload`).
+
+    A parameter declared as text (string, path, uri) receives the text written: ``1.10``, ``1e-3``,
+    ``010`` and ``true`` reach the job as written, not as the number or boolean YAML reads (a number
+    written as the job receives it, ``0.1``, keeps its type and so its run keys). Anywhere
+    else, an integer with a leading zero is refused with a request for quotes: YAML 1.1 tools (PyYAML,
+    MLflow's MLproject reader) read ``010`` as 8, YAML 1.2 tools as 10.
+    """
+    kept_as_text: set[tuple[int, tuple]] = set()
+
+    def as_text(holder: dict | list, index, path: tuple, declared_type: str) -> None:
+        value = holder[index]
+        if declared_type not in TEXT_PARAMETER_TYPES or value is None or isinstance(value, str):
+            return
+        source, theirs = document.locate(path)
+        written = source.written.get(theirs)
+        if written is None:
+            return
+        kept_as_text.add((id(source), theirs))
+        # a number that the job would receive exactly as written keeps its type, and so the run keys it
+        # always had; any other (1.10, 1e-3, 0x1F, 010, true) becomes the text
+        if isinstance(value, bool) or format_value(value) != written:
+            holder[index] = written
+
+    for name, entry in spec.entry_points.items():
+        for parameter, declared in entry.parameters.items():
+            holder = declared.__dict__  # the model is not revalidated: values are set in place
+            as_text(holder, "default", ("entry_points", name, "parameters", parameter, "default"), declared.type)
+    experiments, _ = resolve_extends(spec)
+    for name, experiment in spec.experiments.items():
+        entry = spec.entry_points.get(experiments[name].entry_point) if name in experiments else None
+        if entry is None or not experiment.parameters:
+            continue
+        for parameter, value in experiment.parameters.items():
+            if parameter not in entry.parameters:
+                continue
+            declared_type = entry.parameters[parameter].type
+            where = ("experiments", name, "parameters", parameter)
+            if isinstance(value, list):
+                for index in range(len(value)):
+                    as_text(value, index, (*where, index), declared_type)
+            else:
+                as_text(experiment.parameters, parameter, where, declared_type)
+    problems = []
+    for source in _documents(document):
+        for path in sorted(source.leading_zeros, key=lambda p: [str(part) for part in p]):
+            if (id(source), path) not in kept_as_text:
+                text = source.written[path]
+                problems.append(
+                    source.problem(
+                        path,
+                        f"{text} has a leading zero, which YAML tools read differently (YAML 1.2: "
+                        f"{int(text, 10)}; YAML 1.1: octal or text): write {int(text, 10)}, "
+                        f'or quote it ("{text}") if it is text',
+                    )
+                )
+    return problems
+
+
+def _documents(document) -> list[MarkedDocument]:
+    """The files a (possibly composed) document was read from."""
+    origins = getattr(document, "origins", None)
+    if origins is None:
+        return [document]
+    return [document.main, *(origin.document for origin in origins)]
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
@@ -129,6 +243,11 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
             continue
         if first["type"] == "missing":
             message = "required"
+        elif first["type"] == "string_pattern_mismatch" and first["ctx"].get("pattern") == ENV_NAME:
+            message = (
+                f"{_describe(first['input'])} is not an environment variable name: letters, digits and _, "
+                "not starting with a digit"
+            )
         elif first["type"] == "union_tag_invalid":
             path = (*path, "type")
             message = f"unknown type {first['ctx']['tag']!r}; expected {first['ctx']['expected_tags']}"
@@ -141,7 +260,16 @@ def _pydantic_problems(exc: ValidationError, document: MarkedDocument) -> list[P
             message = first["msg"][0].lower() + first["msg"][1:]
             if first["type"] != "assertion_error":
                 message += f", got {_describe(first['input'])}"
-        problems.append(document.problem(path, message))
+        source, theirs = document.locate(path)
+        written = source.written.get(theirs)
+        if written is not None and not isinstance(first["input"], str):  # unquoted: name it as written
+            message = message.replace(f"got {_describe(first['input'])}", f"got {written}")
+            if any(e["type"] == "string_type" for e in errors):
+                message += f' (quote it, "{written}", for the text)'
+        if any(e["type"] == "bool_type" for e in errors) and str(first["input"]).lower() in YAML11_BOOLEANS:
+            message += ": write true or false"  # yes/no/on/off are booleans only in YAML 1.1
+        at_key = first["loc"][-1:] == ("[key]",)  # a bad mapping key: shown where the key is written
+        problems.append(document.problem(path, message, at_key=at_key))
     return problems
 
 

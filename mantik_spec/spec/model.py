@@ -28,6 +28,11 @@ ScalarValue = bool | int | float | str
 ParameterType = Literal["float", "int", "string", "bool", "path", "uri"]
 
 
+# What POSIX shells and execve accept as a variable name (no '=', no NUL, not empty, no leading digit)
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
+
+
 class Strict(BaseModel):
     # strict: YAML already typed the values; "yes" must not quietly become True
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -40,9 +45,9 @@ class Tracking(Strict):
         "sqlite:///.mantik/mlflow.db",
         description="MLflow tracking URI; relative sqlite paths are taken from the project root.",
     )
-    token_env: str | None = Field(None, description="Environment variable holding a bearer token.")
-    username_env: str | None = Field(None, description="Environment variable holding the user name.")
-    password_env: str | None = Field(None, description="Environment variable holding the password.")
+    token_env: EnvName | None = Field(None, description="Environment variable holding a bearer token.")
+    username_env: EnvName | None = Field(None, description="Environment variable holding the user name.")
+    password_env: EnvName | None = Field(None, description="Environment variable holding the password.")
 
 
 class Code(Strict):
@@ -97,7 +102,9 @@ class Environment(Strict):
     venv: str | None = Field(None, description="Path of a Python virtual environment to activate.")
     requirements: str | None = Field(None, description="Lock or requirements file identifying the environment.")
     modules: list[str] = Field(default_factory=list)
-    variables: dict[str, str] = Field(default_factory=dict)
+    variables: dict[EnvName, str] = Field(
+        default_factory=dict, description="Environment variables of the run (names as a shell accepts them)."
+    )
     pre_run: list[str] = Field(
         default_factory=list, description="Shell lines run on the compute node before the command."
     )
@@ -268,8 +275,6 @@ class SlurmBackend(Strict):
 
 
 UNICORE_RUNTIME = re.compile(r"^\d+[smhd]?$")
-ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
 
 
 def unicore_runtime(value: str | int) -> str:
@@ -350,6 +355,14 @@ class UnicoreBackend(Strict):
         duration_seconds(value)
         return value
 
+    @field_validator("tls_verify")
+    @classmethod
+    def _not_a_yaml11_boolean(cls, value):
+        # YAML 1.1 read `tls_verify: no` as false; as text it would name a CA bundle file "no"
+        if isinstance(value, str) and value.lower() in ("y", "yes", "n", "no", "on", "off"):
+            raise ValueError(f"{value!r} is not a boolean: write true or false (or ./{value} for a CA bundle file)")
+        return value
+
 
 Backend = Annotated[LocalBackend | SlurmBackend | UnicoreBackend, Field(discriminator="type")]
 
@@ -371,7 +384,13 @@ class Experiment(Strict):
         None, description="Parameter values; a list is a grid axis (the runs are its cartesian product)."
     )
     seeds: Annotated[int, Field(ge=1, le=10_000)] | list[int] | None = Field(
-        None, description="A count (seeds 0..N-1) or an explicit list of seeds."
+        None,
+        description="A count (seeds 0..N-1) or an explicit list of seeds. Each run gets its seed as the `seed` "
+        "parameter ({seed} in the command) and as the environment variable MANTIK_SEED.",
+    )
+    seed_from_env: bool | None = Field(
+        None,
+        description="The program reads its seed from $MANTIK_SEED itself, so `seeds` needs no {seed} in the command.",
     )
     retries: int | None = Field(None, ge=0, le=100, description="Resubmissions allowed after a failed attempt.")
     suspend: bool | None = Field(None, description="Submit nothing new for this experiment.")
@@ -404,6 +423,13 @@ class Spec(Strict):
     )
     experiments: dict[Name, Experiment] = Field(
         default_factory=dict, description="Entry points times parameter grids: the runs that should exist."
+    )
+    max_runs: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="The most run points all experiments together may declare; a larger grid is refused "
+        "(counted before it is expanded) until this is raised.",
     )
 
 

@@ -36,9 +36,15 @@ class TrackingError(Exception):
 def resolve_tracking_uri(tracking: Tracking, project_root: Path) -> str:
     """``MLFLOW_TRACKING_URI`` wins; a relative sqlite path is taken from the project root."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
-    if urlparse(uri).password:
+    parsed = urlparse(uri)
+    if parsed.password:
         # the URI is handed to every job and written into its job description: keep secrets out of it
         raise TrackingError("the tracking URI carries a password: set MLFLOW_TRACKING_USERNAME/_PASSWORD instead")
+    if parsed.username is not None and parsed.scheme.lower() in ("http", "https"):  # http://TOKEN@host
+        raise TrackingError(
+            "the tracking URI carries a user name or token before '@': set MLFLOW_TRACKING_TOKEN "
+            "or MLFLOW_TRACKING_USERNAME/_PASSWORD instead"
+        )
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         database = (project_root / uri[len("sqlite:///") :]).resolve()
         database.parent.mkdir(parents=True, exist_ok=True)
