@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import make_backend
-from ..backends.base import JobState, JobStatus
+from ..backends.base import BackendError, JobState, JobStatus
 from ..reconcile.identity import DesiredRun, identify
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
@@ -179,6 +179,24 @@ def unreachable(observation: Observation) -> list[str]:
     ]
 
 
+def _not_offered(project: Project, plan: Plan) -> list[str]:
+    """What the backends that would start runs say they do not offer (a queue, a resource, a storage), asked
+    before anything is submitted. A backend that cannot be asked here (no credentials, unreachable) is skipped:
+    apply's submission reports that itself, before any job exists."""
+    problems = []
+    starting = sorted({e.backend for e in plan.changes() if e.next_attempt is not None})
+    for name in starting:
+        backend = project.backend(name) if name in project.spec.backends else None
+        preflight = getattr(backend, "preflight", None)
+        if preflight is None:
+            continue
+        try:
+            problems += preflight()
+        except BackendError:
+            continue
+    return problems
+
+
 def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation]:
     observation = observe(project)
     plan = make_plan(
@@ -191,6 +209,7 @@ def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation
         changed_files=observation.changed_files,
     )
     plan.errors.extend(unreachable(observation))
+    plan.errors.extend(_not_offered(project, plan))
     if observation.code.dirty:
         plan.warnings.append(
             f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "
