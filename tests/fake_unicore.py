@@ -250,7 +250,9 @@ class FakeUnicore:
         self.root = Path(tempfile.mkdtemp(prefix="fake-unicore-", dir=tmp_path))
         self.queue_seconds = queue_seconds
         # queue -> resource name -> range; the first partition is the default one
-        self.partitions = {str(q): dict(r) for q, r in (DEFAULT_PARTITIONS if partitions is None else partitions).items()}
+        self.partitions = {
+            str(q): dict(r) for q, r in (DEFAULT_PARTITIONS if partitions is None else partitions).items()
+        }
         self.storages = list(storages)
         self.job_lifetime = job_lifetime
         self.max_lifetime = max_lifetime
@@ -582,7 +584,7 @@ class FakeUnicore:
         except ValueError as exc:
             raise _HttpError(400, f"Not valid JSON: {exc}") from exc
         reply: dict[str, str] = {}
-        for name, value in (wanted.items() if isinstance(wanted, dict) else []):
+        for name, value in wanted.items() if isinstance(wanted, dict) else []:
             if name != "terminationTime":
                 reply[name] = "Property not found or cannot be modified!"
                 continue

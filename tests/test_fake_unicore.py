@@ -379,7 +379,9 @@ def test_storages_exist_only_as_configured(tmp_path: Path) -> None:
         assert listed == [f"{site.url}/storages/alice-Home", f"{site.url}/storages/SCRATCH"]
         with pytest.raises(httpx.HTTPError, match="404"):
             client.transport.put(
-                url=f"{site.url}/storages/HOME/files/x", headers={"Content-Type": "application/octet-stream"}, content=b"1"
+                url=f"{site.url}/storages/HOME/files/x",
+                headers={"Content-Type": "application/octet-stream"},
+                content=b"1",
             )
         source = {"From": f"{site.url}/storages/HOME/files/x", "To": "x"}
         job = run_to_end(client, {"Executable": "true", "Imports": [source]})

@@ -584,7 +584,10 @@ def test_gpus_are_named_as_the_sites_resource_database_names_them(tmp_path, cred
     [
         ({"queue": "booster"}, "resources.queue: the site has no queue booster (it offers: batch, gpus)"),
         ({"gpus_per_node": 1}, "resources.gpus_per_node: the site defines no GPUsPerNode for any of its queues"),
-        ({"queue": "batch", "total_cpus": 4}, "the site defines no TotalCPUs for queue batch (it offers: Nodes, Runtime)"),
+        (
+            {"queue": "batch", "total_cpus": 4},
+            "the site defines no TotalCPUs for queue batch (it offers: Nodes, Runtime)",
+        ),
         ({"queue": "gpus", "nodes": 3}, "resources.nodes: 3 is outside what the site allows for queue gpus (1-2)"),
         ({"runtime": "2d"}, "resources.runtime: 2d is outside what the site allows"),
     ],

@@ -254,7 +254,10 @@ class UnicoreBackend:
                     submitted[request.run_id] = response.headers["Location"]
                 self._extend_lifetime(submitted[request.run_id])
         finally:
-            self._digests.save()
+            try:
+                self._digests.save()
+            except OSError:
+                pass  # a cache: the next apply hashes again
         return submitted
 
     def _look_for(self, run_id: str) -> str | None:
@@ -328,7 +331,9 @@ class UnicoreBackend:
             return {RESOURCE_NAMES[key][0]: str(value) for key, value in wanted.items()}
         queue = wanted.get("queue")
         if queue is not None and queue not in partitions and WILDCARD_PARTITION not in partitions:
-            raise BackendError(f"{where}.queue: the site has no queue {queue} (it offers: {', '.join(sorted(partitions))})")
+            raise BackendError(
+                f"{where}.queue: the site has no queue {queue} (it offers: {', '.join(sorted(partitions))})"
+            )
         if WILDCARD_PARTITION in partitions and queue not in partitions:
             return {RESOURCE_NAMES[key][0]: str(value) for key, value in wanted.items()}
         if queue is not None:
@@ -344,7 +349,9 @@ class UnicoreBackend:
                 offered = ", ".join(sorted(defined)) or "nothing"
                 raise BackendError(f"{where}.{key}: the site defines no {name} for {label} (it offers: {offered})")
             if name in defined and not _in_range(key, value, defined[name]):
-                raise BackendError(f"{where}.{key}: {value} is outside what the site allows for {label} ({defined[name]})")
+                raise BackendError(
+                    f"{where}.{key}: {value} is outside what the site allows for {label} ({defined[name]})"
+                )
             names[name] = str(value)
         return names
 

@@ -300,7 +300,9 @@ class UnicoreResources(Strict):
     cpus_per_node: int | None = Field(
         None, ge=1, description="CPUs per node; a Slurm site's adapter makes it --ntasks-per-node."
     )
-    gpus_per_node: int | None = Field(None, ge=0, description="Sent as GPUsPerNode, or GPUS where the site names it so.")
+    gpus_per_node: int | None = Field(
+        None, ge=0, description="Sent as GPUsPerNode, or GPUS where the site names it so."
+    )
     memory: SlurmSize | None = Field(None, description="Memory per node (64G), sent as MemoryPerNode.")
     reservation: SlurmWord | None = None
     node_constraints: SlurmWord | None = None
