@@ -108,6 +108,18 @@ def test_offline_compute_node_is_settled_from_the_job_state_with_its_output(on_u
         assert "trained" in open(output).read()
 
 
+def test_a_job_the_site_deleted_at_its_termination_time_says_so_in_the_plan(on_unicore, site):
+    on_unicore.write("mantik.yaml", unicore_spec(site.url, python=OFFLINE_PYTHON))
+    on_unicore.commit("offline compute nodes")
+    on_unicore.mantik("apply", "--auto-approve")
+    on_unicore.wait_until(lambda: all(site.job_by_url(u).ended for u in site.job_urls()), message="jobs done")
+    for url in site.job_urls():
+        site.expire(url)  # nobody looked for longer than the job's lifetime
+    plan = on_unicore.plan_json()
+    assert {e["symbol"] for e in plan["runs"]} == {"!"}
+    assert all("ended LOST" in e["reason"] and "termination time" in e["reason"] for e in plan["runs"]), plan
+
+
 def test_failing_job_fails_its_run_with_the_sites_word(on_unicore, site):
     on_unicore.write(
         "mantik.yaml",
