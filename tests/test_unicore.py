@@ -701,8 +701,10 @@ def test_a_local_image_is_hashed_once_per_content(site, tmp_path, credentials, m
     site.queue_seconds = 60
     requests = [job_request(tmp_path, f"run{i:04d}", inputs={"image.sif": image}) for i in range(5)]
     monkeypatch.setattr(hashlib, "sha256", Counting)
-    unicore_backend(site, tmp_path).submit(requests)
+    urls = unicore_backend(site, tmp_path).submit(requests)
     assert sum(hashed) < 2 * image.stat().st_size  # once, not once per run
+    imports = {i["To"]: i["From"] for i in site.job_by_url(urls["run0000"]).description["Imports"]}
+    assert site.read_storage_file(imports["work/image.sif"]) == image.read_bytes()  # streamed up whole
     hashed.clear()
     unicore_backend(site, tmp_path).submit([job_request(tmp_path, "later", inputs={"image.sif": image})])
     assert sum(hashed) < image.stat().st_size  # the next apply: from the digest cache

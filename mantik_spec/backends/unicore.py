@@ -445,7 +445,8 @@ class UnicoreBackend:
     def _stage_file(self, local: Path) -> str:
         if local not in self._input_urls:  # one image serves every run of the apply: hashed and checked once
             name = f"input-{self._digests.digest(local)[:24]}-{local.name}"
-            self._input_urls[local] = self._stage_as(name, local.stat().st_size, local.read_bytes)
+            # streamed from the file: an image of gigabytes is never held in memory
+            self._input_urls[local] = self._stage_as(name, local.stat().st_size, lambda: _chunks(local))
         return self._input_urls[local]
 
     def _stage_as(self, name: str, size: int, content) -> str:
@@ -463,12 +464,10 @@ class UnicoreBackend:
             complete = False  # not there (404), or an answer we cannot read: upload again
         if not complete:
             # a partial upload (a crash) has the wrong size, so the next apply uploads it again
-            data = content()
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
             self._request(
-                "upload",
-                lambda: self._site().transport.put(
-                    url=url, headers={"Content-Type": "application/octet-stream"}, content=data
-                ),
+                "upload",  # content() per attempt: a retry sends the whole file again
+                lambda: self._site().transport.put(url=url, headers=headers, content=content()),
             )
         self._staged.add(name)
         return url
@@ -638,6 +637,11 @@ def _in_range(key: str, value, allowed) -> bool:
     if not match or quantity is None:
         return True  # "*" or a form we cannot read: the site decides
     return float(match.group(1)) <= quantity <= float(match.group(2))
+
+
+def _chunks(path: Path, size: int = 1 << 20):
+    with open(path, "rb") as handle:
+        yield from iter(lambda: handle.read(size), b"")
 
 
 def _inline(name: str, text: str) -> dict:
