@@ -97,7 +97,9 @@ STANDARD_RESOURCES: dict[str, Any] = {
     "GPUsPerNode": "0-8",
     "MemoryPerNode": "1-1099511627776",
 }
-DEFAULT_PARTITIONS: dict[str, dict[str, Any]] = {"batch": STANDARD_RESOURCES, "booster": STANDARD_RESOURCES}
+DEFAULT_PARTITIONS: dict[str, dict[str, Any]] = {
+    name: STANDARD_RESOURCES for name in ("batch", "booster", "develbooster")
+}
 DEFAULT_LIFETIME = 86400.0  # use ContainerProperties: services.lifetime.default
 _NO_EXIT_CODE = (
     "Job did not complete normally on BSS, please check standard error file and job log for more information."

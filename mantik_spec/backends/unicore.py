@@ -325,7 +325,7 @@ class UnicoreBackend:
     def _resource_names(self, offer: SiteOffer) -> dict[str, str]:
         """Our resources as the job description's ``Resources``, named as the site's partition names them."""
         wanted = self.config.resources.model_dump(exclude_none=True)
-        where = f"backend {self.name}: resources"
+        where = "resources"
         partitions = offer.partitions
         if partitions is None:  # the site does not advertise its resource database: the standard names
             return {RESOURCE_NAMES[key][0]: str(value) for key, value in wanted.items()}
@@ -361,10 +361,7 @@ class UnicoreBackend:
         listed = ", ".join(storages) or "none"
         if self.config.storage:
             if self.config.storage not in storages:
-                raise BackendError(
-                    f"backend {self.name}: storage {self.config.storage} is not a storage of the site "
-                    f"(it has: {listed})"
-                )
+                raise BackendError(f"storage {self.config.storage} is not a storage of the site (it has: {listed})")
             return self.config.storage
         if HOME_STORAGE in storages:
             return HOME_STORAGE
@@ -373,8 +370,7 @@ class UnicoreBackend:
         if len(homes) == 1:
             return homes[0]
         raise BackendError(
-            f"backend {self.name}: cannot tell which storage to stage files in (the site has: {listed}); "
-            "set storage: to one of them"
+            f"cannot tell which storage to stage files in (the site has: {listed}); set storage: to one of them"
         )
 
     def _template(self) -> str:

@@ -191,7 +191,7 @@ def _not_offered(project: Project, plan: Plan) -> list[str]:
         if preflight is None:
             continue
         try:
-            problems += preflight()
+            problems += [f"backend {name}: {problem}" for problem in preflight()]
         except BackendError:
             continue
     return problems
