@@ -1,9 +1,10 @@
 """UNICORE submission and polling, against the test suite's fake site on 127.0.0.1.
 
 Submission: N runs of one commit through the backend (the code goes to the
-site once, as one archive, and each job is one POST) against pyunicore's
-usual way, which Mantik used: ``Client.new_job(description, inputs=files)``
-per run, uploading every file of the tree for every job.
+site once, as one archive, and each job is one POST plus one PUT of its
+lifetime) against pyunicore's usual way, which Mantik used:
+``Client.new_job(description, inputs=files)`` per run, uploading every file of
+the tree for every job.
 
 Polling: one ``poll`` of N live jobs (parallel GETs) against asking each
 ``Job`` for its status in turn. The jobs stay queued, so nothing runs.

@@ -2,13 +2,40 @@
 
 No UNICORE server can be installed where the tests run, and pyunicore uses httpx, which request-mocking
 libraries do not intercept. So this module serves the REST protocol itself: authentication (HTTP Basic and
-Bearer), security session ids, jobs, job working directories and a HOME storage per user. The site is also the
-"cluster": each job runs as a local ``bash`` process in its own process group.
+Bearer), security session ids, jobs, job working directories and configured storages per user. The site is
+also the "cluster": each job runs for real, as a job script executed by a local ``bash`` in its own process
+group, as the TSI runs it.
 
-Deliberate choices where the real server differs or leaves room:
+Where the real server is strict, the fake is strict in the same way (sources: UNICORE-EU/unicorex "ux",
+UNICORE-EU/use "use", UNICORE-EU/tsi "tsi"):
 
-* ``Environment`` values are exported with shell quoting, so ``"$HOME/x"`` reaches the job literally. The real
-  server writes ``NAME="value"`` and the batch shell expands it; literal values keep tests exact.
+* Resources. The site has a resource database of partitions (``partitions``: queue -> resource name ->
+  range "LOW-HIGH", a list of values, or "*"), advertised as the target system factory's ``resources`` the
+  way the server renders it (ux IDBContentRendering.asMap). A job is checked when it is handed to the batch
+  system, after stage-in, and ends FAILED with the server's words (ux GrounderImpl.incarnateResources): a
+  ``Queue`` that is not a partition ("Resource request <Queue = X> is out of range."), a resource name the
+  partition does not define ("Resource <X> is not available for partition <P>"), a value out of its range
+  ("Resource request <X=V> is out of range."). ``Reservation``, ``Project``, ``NodeConstraints``, ``QoS`` and
+  ``Exclusive`` pass unchecked, and ``Memory`` is read as ``MemoryPerNode`` (ux JSONParser), as there.
+* Environment. Each ``Environment`` entry is written into the job script as ``NAME="value"; export NAME``
+  and the script is run by bash (ux TSIMessages.appendEnvironment): ``$``, backquotes, ``\\`` and ``"`` in a
+  value are the shell's, exactly as at a site.
+* Storages exist only as configured (``storages``; ``{user}`` in an id is the user's name, as per-user home
+  storages are named, e.g. ``{user}-Home``); the default is the shared ``HOME`` most sites configure
+  (ux-storages admin docs). Anything else is a 404, in uploads and in imports alike.
+* Lifetime. Every job has a termination time, ``job_lifetime`` seconds after submission (the server's
+  default is one day: use ContainerProperties ``services.lifetime.default``); it is shown as
+  ``terminationTime`` and may be changed with ``PUT {job} {"terminationTime": ISO}`` up to ``max_lifetime``
+  (use BaseRESTController.doSetProperty, DefaultHome.setTerminationTime: an error text in a 200 answer
+  beyond it). At its termination time the job and its working directory are destroyed: a 404 afterwards.
+* Batch outcomes. A job that runs past its ``Runtime`` is killed by the "batch system" and, having no exit
+  code, ends FAILED "Job did not complete normally on BSS, ..." without ``exitCode`` (ux Execution.java);
+  a time limit, an out-of-memory kill and a node failure all look like this to UNICORE (tsi slurm/BSS.py
+  reports them as COMPLETED). A non-zero exit ends FAILED "User application exited with non-zero exit code:
+  <N>. ..." with ``exitCode`` (ux JobProcessor.checkMainExecutionSuccess), unless ``IgnoreNonZeroExitCode``.
+
+Deliberate choices where the real server differs or leaves room (mantik copes with both):
+
 * ``Arguments`` are shell-quoted one by one after ``Executable`` (which is inserted as written).
 * ``User precommand`` and ``User postcommand`` run as separate steps before and after the job, as the login-node
   commands do, so a failure can be reported for the step that failed. The postcommand only runs after a
@@ -17,6 +44,8 @@ Deliberate choices where the real server differs or leaves room:
   ``Storage.listdir`` needs to build the URLs of the entries.
 * Only authenticated requests are given a session id: there is nobody to bind one to otherwise.
 * ``restart`` re-runs the whole job, stage-in included, in the same working directory.
+* Tags match exactly (the server matches substrings); end of file is 416 (the server answers 206, empty).
+* Job names are kept (a Slurm TSI renames names with other characters than ``[0-9a-zA-Z.:=~/]``).
 """
 
 from __future__ import annotations
@@ -38,7 +67,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +85,25 @@ TOKEN_USER = "tokenuser"
 SERVER_VERSION = "10.1.0"
 
 _ENDED = ("SUCCESSFUL", "FAILED")
+# ux GrounderImpl: accepted whether or not the partition defines them
+_UNCHECKED_RESOURCES = {"Reservation", "Project", "NodeConstraints", "QoS", "Exclusive"}
+_RESOURCE_ALIASES = {"Memory": "MemoryPerNode"}  # ux JSONParser.parseResourceRequest
+# The standard resources of a partition (ux ResourceSet), with generous ranges.
+STANDARD_RESOURCES: dict[str, Any] = {
+    "Runtime": "1-864000",
+    "Nodes": "1-64",
+    "TotalCPUs": "1-8192",
+    "CPUsPerNode": "1-128",
+    "GPUsPerNode": "0-8",
+    "MemoryPerNode": "1-1099511627776",
+}
+DEFAULT_PARTITIONS: dict[str, dict[str, Any]] = {
+    name: STANDARD_RESOURCES for name in ("batch", "booster", "develbooster")
+}
+DEFAULT_LIFETIME = 86400.0  # use ContainerProperties: services.lifetime.default
+_NO_EXIT_CODE = (
+    "Job did not complete normally on BSS, please check standard error file and job log for more information."
+)
 # How long an aborted job gets between SIGTERM and SIGKILL, like a batch system's cancel.
 _KILL_GRACE_SECONDS = 2.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -101,7 +149,7 @@ class _Request:
 
 @dataclass
 class _Fault:
-    kind: str  # "fail", "hang" or "drop"
+    kind: str  # "fail", "hang", "drop" or "lose" (handled, then the connection is closed without an answer)
     remaining: int
     path_contains: str | None
     status: int = 500
@@ -129,6 +177,7 @@ class FakeJob:
     worker: threading.Thread | None = None
     # Set to cut the QUEUED wait short when the job is aborted.
     wake: threading.Event = field(default_factory=threading.Event)
+    termination: datetime | None = None  # when the site destroys the job and its directory
 
     @property
     def ended(self) -> bool:
@@ -194,10 +243,21 @@ class FakeUnicore:
         tokens: Mapping[str, str] | Iterable[str] = (),
         site_name: str = "FAKE-SITE",
         queue_seconds: float = 0.2,
+        partitions: Mapping[str, Mapping[str, Any]] | None = None,
+        storages: Iterable[str] = ("HOME",),
+        job_lifetime: float = DEFAULT_LIFETIME,
+        max_lifetime: float | None = None,
     ) -> None:
         Path(tmp_path).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="fake-unicore-", dir=tmp_path))
         self.queue_seconds = queue_seconds
+        # queue -> resource name -> range; the first partition is the default one
+        self.partitions = {
+            str(q): dict(r) for q, r in (DEFAULT_PARTITIONS if partitions is None else partitions).items()
+        }
+        self.storages = list(storages)
+        self.job_lifetime = job_lifetime
+        self.max_lifetime = max_lifetime
         self.jobs: dict[str, FakeJob] = {}
         self.requests: list[tuple[str, str, str]] = []
         self._users = dict(users or {})
@@ -209,7 +269,10 @@ class FakeUnicore:
         self._prefix = f"/{site_name}/rest/core"
         self._routes: list[tuple[re.Pattern[str], dict[str, Callable[[_Request], _Reply]]]] = [
             (re.compile(r"/jobs"), {"GET": self._list_jobs, "POST": self._submit_job}),
-            (re.compile(r"/jobs/(?P<job_id>[^/]+)"), {"GET": self._get_job, "DELETE": self._delete_job}),
+            (
+                re.compile(r"/jobs/(?P<job_id>[^/]+)"),
+                {"GET": self._get_job, "PUT": self._set_job_properties, "DELETE": self._delete_job},
+            ),
             (re.compile(r"/jobs/(?P<job_id>[^/]+)/details"), {"GET": self._job_details}),
             (re.compile(r"/jobs/(?P<job_id>[^/]+)/actions/(?P<action>[^/]+)"), {"POST": self._job_action}),
             (re.compile(r"/storages"), {"GET": self._list_storages}),
@@ -278,13 +341,20 @@ class FakeUnicore:
         if storage.endswith("-uspace"):
             with self._lock:
                 base = self.jobs[storage.removesuffix("-uspace")].workdir
-        elif storage == "HOME":
-            if user is None and len(self._users) != 1:
-                raise ValueError("several users have a HOME here: say whose to read")
-            base = self._home_dir(user or next(iter(self._users)))
         else:
-            raise ValueError(f"no storage {storage} on this site")
+            if user is None and len(self._users) != 1:
+                raise ValueError("several users have storages here: say whose to read")
+            try:
+                base = self._storage_dir(user or next(iter(self._users)), storage)
+            except _HttpError as exc:
+                raise ValueError(f"no storage {storage} on this site") from exc
         return _inside(base, unquote(path)).read_bytes()
+
+    def expire(self, url: str) -> None:
+        """Bring the termination time of the job at ``url`` to now: the site destroys it at the next request."""
+        job = self.job_by_url(url)
+        with self._lock:
+            job.termination = datetime.now(UTC)
 
     def expire_sessions(self) -> None:
         """Forget every issued session id, as a server restart or session timeout does."""
@@ -306,9 +376,10 @@ class FakeUnicore:
         """Handle the next ``count`` matching requests at once but send their answers ``seconds`` late."""
         self._add_fault(_Fault("hang", count, path_contains, seconds=seconds))
 
-    def drop_next(self, count: int = 1, path_contains: str | None = None) -> None:
-        """Close the connection of the next ``count`` matching requests without handling or answering them."""
-        self._add_fault(_Fault("drop", count, path_contains))
+    def drop_next(self, count: int = 1, path_contains: str | None = None, *, after_handling: bool = False) -> None:
+        """Close the connection of the next ``count`` matching requests without answering them; without
+        handling them either, unless ``after_handling`` (the site acted, then the connection broke)."""
+        self._add_fault(_Fault("lose" if after_handling else "drop", count, path_contains))
 
     def _add_fault(self, fault: _Fault) -> None:
         if fault.remaining < 1:
@@ -335,6 +406,11 @@ class FakeUnicore:
             fault = self._take_fault(handler.path)
         # Read the body first in every case, so that even an injected error is a clean HTTP exchange.
         body = _read_body(handler)
+        self._destroy_expired()
+        if fault is not None and fault.kind == "lose":
+            self._respond(handler, split, body)
+            handler.close_connection = True
+            return
         if fault is None or fault.kind == "hang":
             reply = self._respond(handler, split, body)
             # A hang has done the work already and only answers late, like an overloaded server.
@@ -449,6 +525,7 @@ class FakeUnicore:
         workdir = self.root / "jobs" / job_id
         workdir.mkdir(parents=True)
         job = FakeJob(job_id, request.user, f"{self.url}/jobs/{job_id}", description, workdir, _now())
+        job.termination = datetime.now(UTC) + timedelta(seconds=self.job_lifetime)
         with self._lock:
             job.add_log(f"Created with ID {job_id}")
             self.jobs[job_id] = job
@@ -494,10 +571,52 @@ class FakeUnicore:
                 "owner": job.owner,
                 "_links": {name: {"href": href} for name, href in links.items()},
             }
+            if job.termination is not None:
+                properties["terminationTime"] = job.termination.strftime("%Y-%m-%dT%H:%M:%S%z")
             # pyunicore reads this as ``int(x) if x else None``: a string keeps exit code 0 from reading as None.
             if job.ended and job.exit_code is not None:
                 properties["exitCode"] = str(job.exit_code)
         return _json(properties)
+
+    def _set_job_properties(self, request: _Request) -> _Reply:
+        """use BaseRESTController.setProperties: a 200 whose body says, per property, "OK" or what went wrong."""
+        job = self._owned_job(request)
+        try:
+            wanted = json.loads(request.body or b"{}")
+        except ValueError as exc:
+            raise _HttpError(400, f"Not valid JSON: {exc}") from exc
+        reply: dict[str, str] = {}
+        for name, value in wanted.items() if isinstance(wanted, dict) else []:
+            if name != "terminationTime":
+                reply[name] = "Property not found or cannot be modified!"
+                continue
+            try:
+                when = datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%S%z")
+            except ValueError:
+                reply[name] = f"Error setting property: cannot parse {value!r}"
+                continue
+            if self.max_lifetime is not None and (when - datetime.now(UTC)).total_seconds() > self.max_lifetime:
+                reply[name] = (
+                    "Error setting property: Requested lifetime is larger than maximum configured on the system."
+                )
+                continue
+            with self._lock:
+                job.termination = when
+            reply[name] = "OK"
+        return _json(reply)
+
+    def _destroy_expired(self) -> None:
+        """Destroy jobs past their termination time, with their working directories (use: the expiry checker)."""
+        now = datetime.now(UTC)
+        with self._lock:
+            expired = [j for j in self.jobs.values() if j.termination is not None and j.termination <= now]
+            for job in expired:
+                self.jobs.pop(job.job_id, None)
+        for job in expired:
+            self._abort(job, "Job destroyed at its termination time")
+            if job.worker is not None and job.worker is not threading.current_thread():
+                job.worker.join(timeout=_KILL_GRACE_SECONDS + 1)
+            shutil.rmtree(job.workdir, ignore_errors=True)
 
     def _job_details(self, request: _Request) -> _Reply:
         job = self._owned_job(request)
@@ -601,19 +720,45 @@ class FakeUnicore:
         self._advance(job, run, "STAGINGIN")
         self._stage_in(job)
         self._run_login_node_command(job, run, "User precommand")
+        runtime = self._incarnate_resources(description.get("Resources") or {})
         self._advance(job, run, "QUEUED")
         wake.wait(self.queue_seconds)
         self._advance(job, run, "RUNNING")
-        exit_code = self._run_step(job, run, "job", command, stdout, stderr, stdin)
+        exit_code = self._run_step(job, run, "job", command, stdout, stderr, stdin, limit=runtime)
+        if exit_code is None:  # killed by the "batch system": no exit code file, whatever the reason
+            raise _JobFailure(_NO_EXIT_CODE)
         with self._lock:
             _check_current(job, run)
             job.exit_code = exit_code
             job.add_log(f"Job process exited with code {exit_code}")
         if exit_code != 0 and not _flag(description.get("IgnoreNonZeroExitCode"), default=False):
-            raise _JobFailure(f"Job failed: exit code {exit_code}")
+            raise _JobFailure(
+                f"User application exited with non-zero exit code: <{exit_code}>. More information might be "
+                f"available in the job's working directory '{job.workdir}'"
+            )
         self._advance(job, run, "STAGINGOUT")
         self._run_login_node_command(job, run, "User postcommand")
         self._end_run(job, run, "SUCCESSFUL", "")
+
+    def _incarnate_resources(self, requested: Any) -> float | None:
+        """ux GrounderImpl.incarnateResources: the job's resources against the partition; the runtime limit."""
+        if not isinstance(requested, Mapping):
+            raise _JobFailure("Resources must be a JSON object")
+        wanted = {_RESOURCE_ALIASES.get(str(k), str(k)): str(v) for k, v in requested.items()}
+        queue = wanted.pop("Queue", None)
+        if queue is not None and queue not in self.partitions and "*" not in self.partitions:
+            raise _JobFailure(f"Resource request <Queue = {queue}> is out of range.")
+        name = queue if queue in self.partitions else ("*" if "*" in self.partitions else next(iter(self.partitions)))
+        defined = self.partitions[name]
+        if name != "*":
+            for resource, value in wanted.items():
+                if resource in _UNCHECKED_RESOURCES and resource not in defined:
+                    continue
+                if resource not in defined:
+                    raise _JobFailure(f"Resource <{resource}> is not available for partition <{name}>")
+                if not _in_range(resource, value, defined[resource]):
+                    raise _JobFailure(f"Resource request <{resource}={value}> is out of range.")
+        return _quantity("Runtime", wanted["Runtime"]) if "Runtime" in wanted else None
 
     def _advance(self, job: FakeJob, run: int, status: str) -> None:
         with self._lock:
@@ -679,9 +824,18 @@ class FakeUnicore:
             raise _JobFailure(f"{key} failed with exit code {exit_code}: {detail}")
 
     def _run_step(
-        self, job: FakeJob, run: int, step: str, command: str, stdout: Path, stderr: Path, stdin: Path | None = None
-    ) -> int:
-        """Run ``command`` through a script in the working directory; the exit code as a shell reports it."""
+        self,
+        job: FakeJob,
+        run: int,
+        step: str,
+        command: str,
+        stdout: Path,
+        stderr: Path,
+        stdin: Path | None = None,
+        limit: float | None = None,
+    ) -> int | None:
+        """Run ``command`` through a script in the working directory; the exit code as a shell reports it,
+        None when the step ran past ``limit`` seconds and was killed."""
         script = job.workdir / f".UNICORE_{step}.sh"
         script.write_text(self._script(job, command))
         for output in (stdout, stderr):
@@ -704,19 +858,25 @@ class FakeUnicore:
                     start_new_session=True,  # its own process group, so abort can kill everything it started
                 )
                 job.process = process
-            returncode = process.wait()
+            try:
+                returncode: int | None = process.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                _kill_process_group(process)
+                returncode = None
         with self._lock:
             if job.process is process:
                 job.process = None
+        if returncode is None:
+            return None
         return returncode if returncode >= 0 else 128 - returncode
 
     def _script(self, job: FakeJob, command: str) -> str:
         lines = [
             "#!/bin/bash",
-            "# Written by the fake UNICORE site. Environment values are exported literally (no $ expansion).",
+            "# Written by the fake UNICORE site, environment lines as UNICORE/X writes them (TSIMessages).",
             f"export UC_WORKING_DIRECTORY={shlex.quote(str(job.workdir))}",
         ]
-        lines += [f"export {name}={shlex.quote(value)}" for name, value in _environment(job.description)]
+        lines += [f'{name}="{value}"; export {name}' for name, value in _environment(job.description)]
         lines.append(command)
         return "\n".join(lines) + "\n"
 
@@ -727,9 +887,14 @@ class FakeUnicore:
         home.mkdir(parents=True, exist_ok=True)
         return home
 
+    def _storage_ids(self, user: str) -> list[str]:
+        return [storage.replace("{user}", user) for storage in self.storages]
+
     def _storage_dir(self, user: str, storage: str) -> Path:
-        if storage == "HOME":
-            return self._home_dir(user)
+        if storage in self._storage_ids(user):
+            directory = self._home_dir(user) if storage == "HOME" else self.root / "storages" / storage
+            directory.mkdir(parents=True, exist_ok=True)
+            return directory
         if storage.endswith("-uspace"):
             with self._lock:
                 job = self.jobs.get(storage.removesuffix("-uspace"))
@@ -748,7 +913,7 @@ class FakeUnicore:
             raise _HttpError(403, str(exc)) from exc
 
     def _list_storages(self, request: _Request) -> _Reply:
-        urls = [f"{self.url}/storages/HOME"]
+        urls = [f"{self.url}/storages/{storage}" for storage in self._storage_ids(request.user)]
         # As UNICORE 10 does, job working directories are only listed on request.
         if _query_value(request.query, "filter", "") == "all":
             with self._lock:
@@ -844,8 +1009,14 @@ class FakeUnicore:
 
     def _get_factory(self, request: _Request) -> _Reply:
         url = f"{self.url}/factories/default_target_system_factory"
+        # rendered as ux IDBContentRendering.asMap does: partition -> resource name -> "LOW-HIGH" / values / "*"
         return _json(
-            {"resourceStatus": "READY", "applications": [], "resources": {}, "_links": {"self": {"href": url}}}
+            {
+                "resourceStatus": "READY",
+                "applications": [],
+                "resources": self.partitions,
+                "_links": {"self": {"href": url}},
+            }
         )
 
 
@@ -934,6 +1105,31 @@ def _environment(description: dict[str, Any]) -> list[tuple[str, str]]:
         if not _ENV_NAME.fullmatch(name):
             raise _JobFailure(f"Invalid environment variable name {name!r}")
     return pairs
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_TIME_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def _quantity(resource: str, value: str) -> float | None:
+    """A requested value as the server's UnitParser reads it: seconds for Runtime, bytes for memory."""
+    text = value.strip().lower()
+    units = _TIME_UNITS if resource == "Runtime" else _SIZE_UNITS if "Memory" in resource else {"": 1}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*?)b?", text) if units is _SIZE_UNITS else None
+    match = match or re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", text)
+    if match is None or match.group(2) not in units:
+        return None
+    return float(match.group(1)) * units[match.group(2)]
+
+
+def _in_range(resource: str, value: str, allowed: Any) -> bool:
+    if isinstance(allowed, list):
+        return value in [str(v) for v in allowed]
+    bounds = re.fullmatch(r"(-?\d+(?:\.\d+)?)-(-?\d+(?:\.\d+)?)", str(allowed))
+    if bounds is None:
+        return True  # "*": any value
+    quantity = _quantity(resource, value)
+    return quantity is not None and float(bounds.group(1)) <= quantity <= float(bounds.group(2))
 
 
 def _file_info(path: Path, owner: str) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def test_a_failing_command_ends_failed_with_its_exit_code(client: Client) -> Non
     assert job.status == JobStatus.FAILED
     assert job.exit_code == 3
     assert job.working_dir.stat("stderr").read() == b"oops\n"
-    assert any("exit code 3" in line for line in job.log)
+    assert any("User application exited with non-zero exit code: <3>." in line for line in job.log)
 
 
 def test_ignore_non_zero_exit_code_lets_the_job_succeed(client: Client) -> None:
@@ -161,20 +161,28 @@ def test_ignore_non_zero_exit_code_lets_the_job_succeed(client: Client) -> None:
     assert job.exit_code == 5
 
 
-def test_environment_and_arguments_reach_the_job_literally(client: Client) -> None:
+def test_environment_lines_are_the_servers_and_a_real_shell_reads_them(client: Client) -> None:
+    # UNICORE/X writes NAME="value"; export NAME (TSIMessages.appendEnvironment): the job's shell expands it
     description = {
         "Executable": 'printf \'%s\\n\' "$GREETING" "$THREADS" "$UC_WORKING_DIRECTORY"',
         "Arguments": ["two words", "$GREETING"],
-        "Environment": {"GREETING": "$HOME/not-expanded", "THREADS": 8},
+        "Environment": {"GREETING": "$UC_WORKING_DIRECTORY/x", "THREADS": 8},
         "Stdout": "logs/out.txt",
     }
 
     job = run_to_end(client, description)
 
     lines = job.working_dir.stat("logs/out.txt").read().decode().splitlines()
-    assert lines[0:2] == ["$HOME/not-expanded", "8"]
+    assert lines[0] == lines[2] + "/x" and lines[1] == "8"
     assert lines[2].endswith(job.job_id)
     assert lines[3:] == ["two words", "$GREETING"]
+
+
+def test_a_double_quote_in_an_environment_value_breaks_the_job_script_as_at_a_site(client: Client) -> None:
+    job = run_to_end(client, {"Executable": "echo reached", "Environment": {"SECRET": 'pa$$"word'}})
+
+    assert job.status == JobStatus.FAILED
+    assert b"unexpected EOF" in job.working_dir.stat("stderr").read()
 
 
 def test_login_node_commands_run_around_the_job(client: Client) -> None:
@@ -323,3 +331,93 @@ def test_a_dropped_connection_is_a_transport_error(client: Client, site: FakeUni
     with pytest.raises(httpx.TransportError):
         client.get_storages()
     assert len(client.get_storages()) == 1
+
+
+# -- strict like the real server: each test pins one behaviour the module docstring lists ------------------
+
+
+def strict_site(tmp_path: Path, **options) -> FakeUnicore:
+    return FakeUnicore(tmp_path / "strict", users={"alice": "secret"}, queue_seconds=0.05, **options)
+
+
+def test_the_factory_advertises_the_resource_database(tmp_path: Path) -> None:
+    partitions = {"batch": {"Nodes": "1-4", "CPUsPerNode": "1-48"}, "gpus": {"Nodes": "1-2", "GPUS": "0-4"}}
+    with strict_site(tmp_path, partitions=partitions) as site:
+        client = Client(UsernamePassword("alice", "secret"), site.url)
+        (factory,) = client.transport.get(url=client.links["factories"])["factories"]
+        assert client.transport.get(url=factory)["resources"] == partitions
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"CPUs": "96"}, "Resource <CPUs> is not available for partition <batch>"),
+        ({"Queue": "gpus", "GPUsPerNode": "1"}, "Resource <GPUsPerNode> is not available for partition <gpus>"),
+        ({"Queue": "booster"}, "Resource request <Queue = booster> is out of range."),
+        ({"Nodes": "9"}, "Resource request <Nodes=9> is out of range."),
+    ],
+)
+def test_a_resource_the_partition_does_not_define_fails_the_job_after_stage_in(tmp_path, resources, message) -> None:
+    partitions = {"batch": {"Nodes": "1-4", "TotalCPUs": "1-96"}, "gpus": {"Nodes": "1-2", "GPUS": "0-4"}}
+    with strict_site(tmp_path, partitions=partitions) as site:
+        client = Client(UsernamePassword("alice", "secret"), site.url)
+        imports = [{"From": "inline://x", "To": "in.txt", "Data": "staged"}]
+        job = run_to_end(client, {"Executable": "echo ran > ran.txt", "Resources": resources, "Imports": imports})
+        assert job.status == JobStatus.FAILED  # a FAILED job, not a refused submission
+        assert job.properties["statusMessage"] == message
+        assert job.working_dir.stat("in.txt").read() == b"staged"  # after stage-in
+        with pytest.raises(httpx.HTTPError):
+            job.working_dir.stat("ran.txt")
+        fine = run_to_end(client, {"Executable": "true", "Resources": {"Nodes": "2", "Reservation": "r1", "QoS": "x"}})
+        assert fine.status == JobStatus.SUCCESSFUL  # reservations and QoS need no definition
+
+
+def test_storages_exist_only_as_configured(tmp_path: Path) -> None:
+    with strict_site(tmp_path, storages=["{user}-Home", "SCRATCH"]) as site:
+        client = Client(UsernamePassword("alice", "secret"), site.url)
+        listed = client.transport.get(url=client.links["storages"])["storages"]
+        assert listed == [f"{site.url}/storages/alice-Home", f"{site.url}/storages/SCRATCH"]
+        with pytest.raises(httpx.HTTPError, match="404"):
+            client.transport.put(
+                url=f"{site.url}/storages/HOME/files/x",
+                headers={"Content-Type": "application/octet-stream"},
+                content=b"1",
+            )
+        source = {"From": f"{site.url}/storages/HOME/files/x", "To": "x"}
+        job = run_to_end(client, {"Executable": "true", "Imports": [source]})
+        assert job.status == JobStatus.FAILED
+
+
+def test_a_job_is_destroyed_at_its_termination_time_unless_extended(tmp_path: Path) -> None:
+    with strict_site(tmp_path, job_lifetime=2, max_lifetime=3600) as site:
+        client = Client(UsernamePassword("alice", "secret"), site.url)
+        short, kept = run_to_end(client, {"Executable": "true"}), run_to_end(client, {"Executable": "true"})
+        assert "terminationTime" in short.properties
+        later = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(time.time() + 600))
+        assert client.transport.put(url=kept.resource_url, json={"terminationTime": later}).json() == {
+            "terminationTime": "OK"
+        }
+        too_late = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(time.time() + 7200))
+        answer = client.transport.put(url=kept.resource_url, json={"terminationTime": too_late}).json()
+        assert "larger than maximum" in answer["terminationTime"]
+        workdir = site.job_by_url(short.resource_url).workdir
+        time.sleep(2.2)
+        with pytest.raises(httpx.HTTPError, match="404"):
+            client.transport.get(url=short.resource_url)
+        assert not workdir.exists()
+        assert client.transport.get(url=kept.resource_url)["status"] == "SUCCESSFUL"
+
+
+def test_a_job_past_its_runtime_fails_without_an_exit_code(client: Client) -> None:
+    job = run_to_end(client, {"Executable": "sleep 30", "Resources": {"Runtime": "1"}})
+
+    assert job.status == JobStatus.FAILED
+    assert job.properties["statusMessage"].startswith("Job did not complete normally on BSS")
+    assert "exitCode" not in job.properties  # a time limit, an OOM kill, a node failure: all look alike
+
+
+def test_a_lost_answer_after_handling_leaves_the_job_created(site: FakeUnicore, client: Client) -> None:
+    site.drop_next(path_contains="/jobs", after_handling=True)
+    with pytest.raises(httpx.HTTPError):
+        client.transport.post(url=f"{site.url}/jobs", json={"Executable": "true", "Tags": ["t1"]})
+    assert len(site.job_urls()) == 1

@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,18 @@ def test_offline_compute_node_is_settled_from_the_job_state_with_its_output(on_u
         assert "trained" in open(output).read()
 
 
+def test_a_job_the_site_deleted_at_its_termination_time_says_so_in_the_plan(on_unicore, site):
+    on_unicore.write("mantik.yaml", unicore_spec(site.url, python=OFFLINE_PYTHON))
+    on_unicore.commit("offline compute nodes")
+    on_unicore.mantik("apply", "--auto-approve")
+    on_unicore.wait_until(lambda: all(site.job_by_url(u).ended for u in site.job_urls()), message="jobs done")
+    for url in site.job_urls():
+        site.expire(url)  # nobody looked for longer than the job's lifetime
+    plan = on_unicore.plan_json()
+    assert {e["symbol"] for e in plan["runs"]} == {"!"}
+    assert all("ended LOST" in e["reason"] and "termination time" in e["reason"] for e in plan["runs"]), plan
+
+
 def test_failing_job_fails_its_run_with_the_sites_word(on_unicore, site):
     on_unicore.write(
         "mantik.yaml",
@@ -163,16 +176,38 @@ def test_server_error_carries_the_sites_message_and_the_next_apply_recovers(on_u
     assert sorted(r.info.status for r in on_unicore.runs()).count("FINISHED") == 2
 
 
-def test_submission_timeout_is_adopted_not_submitted_twice(on_unicore, site):
-    site.hang_next(8, count=1, path_contains="/jobs")  # longer than the backend's 5 s timeout
-    result = on_unicore.mantik("apply", "--auto-approve", check=1)
-    assert "did not answer within 5 s" in result.stderr
-    assert "may have been submitted" in result.stderr
-    on_unicore.wait_until(lambda: len(site.job_urls()) >= 1, timeout=20, message="the hung POST to land")
+@pytest.mark.parametrize("fault", ["late answer", "answer lost"])
+def test_a_submission_without_an_answer_is_resolved_by_looking_not_refused(on_unicore, site, fault):
+    # the site creates the job, then its answer comes after the client's 5 s timeout, or never
+    if fault == "late answer":
+        site.hang_next(8, count=1, path_contains="/jobs")
+    else:
+        site.drop_next(count=1, path_contains="/jobs", after_handling=True)
+    on_unicore.mantik("apply", "--auto-approve")  # found by its tag at once: recorded, not refused
+    assert len(site.job_urls()) == 2
+    assert all(r.data.tags.get("mantik.job_id") for r in on_unicore.runs())
+    assert all(e["symbol"] != "+" for e in on_unicore.plan_json()["runs"])
+    on_unicore.mantik("apply", "--auto-approve")
     settle(on_unicore)
-    finished = [r for r in on_unicore.runs() if r.info.status == "FINISHED"]
-    assert len(finished) == 2
-    assert len(site.job_urls()) == 2  # one job per run key: the hung submission was adopted
+    assert sorted(r.info.status for r in on_unicore.runs()) == ["FINISHED", "FINISHED"]
+    jobs_per_key = [site.job_by_url(url).tags for url in site.job_urls()]
+    assert len(jobs_per_key) == 2  # one job per run key
+
+
+def test_a_5xx_answer_to_a_submission_is_not_taken_as_a_refusal(on_unicore, site):
+    # a 500 may come after the job was stored: the run stays open and is adopted, never run twice
+    one_point = unicore_spec(site.url).replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: 0.1}")
+    on_unicore.write("mantik.yaml", one_point)
+    on_unicore.commit("one point")
+    site.fail_next(count=1, status=500, message="Could not submit job: database timeout", path_contains="/jobs")
+    result = on_unicore.mantik("apply", "--auto-approve", check=1)
+    assert "the UNICORE site answered 500: Could not submit job" in result.stderr
+    assert "may have been submitted" in result.stderr
+    (run,) = on_unicore.runs()
+    assert run.info.status == "SCHEDULED" and "mantik.failure" not in run.data.tags  # open, not refused
+    settle(on_unicore)  # no job has its tag: the intent is closed and the point submitted once
+    assert sorted(r.info.status for r in on_unicore.runs()) == ["FAILED", "FINISHED"]
+    assert len(site.job_urls()) == 1
 
 
 def test_crash_after_submission_is_adopted(on_unicore, site):
@@ -285,10 +320,10 @@ def test_job_description_from_a_full_mantik_config(on_unicore, site, tmp_path):
         "Queue": "booster",
         "Runtime": "12h",
         "Nodes": "2",
-        "CPUs": "96",
+        "TotalCPUs": "96",
         "CPUsPerNode": "48",
-        "GPUS": "4",
-        "Memory": "64G",
+        "GPUsPerNode": "4",
+        "MemoryPerNode": "64G",
         "Reservation": "r1",
         "NodeConstraints": "gpu",
         "QoS": "normal",
@@ -297,7 +332,8 @@ def test_job_description_from_a_full_mantik_config(on_unicore, site, tmp_path):
     assert description["User precommand"] == "echo pre login && echo again"
     assert description["RunUserPrecommandOnLoginNode"] is True
     assert description["User postcommand"] == "echo post login"
-    assert description["Environment"]["SRUN_CPUS_PER_TASK"] == "48"
+    # a Slurm TSI makes CPUsPerNode --ntasks-per-node: SRUN_CPUS_PER_TASK would square it for an srun in the job
+    assert "SRUN_CPUS_PER_TASK" not in description["Environment"]
     assert description["Environment"]["MLFLOW_TRACKING_TOKEN"] == "tracking-secret-42"  # at submission only
     assert "mantik-run-" in " ".join(description["Tags"])
     imports = {i["To"]: i for i in description["Imports"]}
@@ -462,3 +498,228 @@ def test_user_text_in_the_job_description_stays_data(hostile):
     assert description["Name"] == f"mantik-{hostile}" and description["Environment"] == {"X": hostile}
     assert json.loads(description["Imports"][0]["Data"]) == {"command": hostile}
     assert description["User precommand"] == hostile and "User postcommand" not in description
+
+
+# -- the backend against a strict site, in this process -------------------------------------------------------
+
+SHELL_SPECIAL = ['"', "$", "`", "\\", "\n", "'", "!", "$HOME", "$(id)", "`id`", "${X:-y}", "a\\", '\\"', "\\\n"]
+
+
+@pytest.mark.parametrize("value", [*SHELL_SPECIAL, "".join(SHELL_SPECIAL), 'pa$$"word'])
+def test_escaped_values_read_back_unchanged_from_the_servers_environment_line(value):
+    from mantik_spec.backends.unicore import shell_double_quoted
+
+    # the line exactly as UNICORE/X writes it (TSIMessages.appendEnvironment), read by bash
+    script = f'SECRET="{shell_double_quoted(value)}"; export SECRET\nprintf %s "$SECRET"\n'
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout == value
+
+
+def unicore_backend(site, tmp_path, **config):
+    from mantik_spec.backends.unicore import UnicoreBackend
+    from mantik_spec.spec.model import UnicoreBackend as UnicoreConfig
+
+    settings = {"type": "unicore", "url": site.url, "python": OFFLINE_PYTHON, "timeout": "5s", "poll_interval": "0s"}
+    state = tmp_path / "project" / ".mantik"
+    state.mkdir(parents=True, exist_ok=True)
+    return UnicoreBackend("site", UnicoreConfig(**settings | config), state)
+
+
+def job_request(tmp_path, run_id: str, command: str = "true", **fields):
+    from mantik_spec.backends.base import JobRequest
+
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    (code / "train.py").write_text("print('trained')\n")
+    return JobRequest(
+        run_id=run_id,
+        run_key=f"key-{run_id}",
+        point_id=f"grid[{run_id}]",
+        command=command,
+        code_dir=code,
+        tracking_uri="sqlite:////dev/null",
+        experiment_id="0",
+        group="grid",
+        **fields,
+    )
+
+
+def wait_for_end(site, url: str, timeout: float = 60):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not site.job_by_url(url).ended:
+        assert time.monotonic() < deadline, f"{url} did not end"
+        time.sleep(0.1)
+    return site.job_by_url(url)
+
+
+@pytest.fixture
+def credentials(monkeypatch):
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_tracking_secrets_with_every_shell_special_character_reach_the_job_unchanged(
+    site, tmp_path, credentials, monkeypatch
+):
+    secret = "".join(SHELL_SPECIAL)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    backend = unicore_backend(site, tmp_path)
+    command = 'printf %s "$MLFLOW_TRACKING_PASSWORD" > secret.txt'
+    (url,) = backend.submit([job_request(tmp_path, "0123abcd", command)]).values()
+    job = wait_for_end(site, url)
+    assert job.status == "SUCCESSFUL", job.status_message
+    assert (job.workdir / "work" / "secret.txt").read_text() == secret
+
+
+def test_total_cpus_and_gpus_run_on_a_standard_site(site, tmp_path, credentials):
+    backend = unicore_backend(site, tmp_path, resources={"total_cpus": 2, "gpus_per_node": 1, "memory": "1G"})
+    (url,) = backend.submit([job_request(tmp_path, "0123abcd")]).values()
+    job = wait_for_end(site, url)
+    assert job.description["Resources"] == {"TotalCPUs": "2", "GPUsPerNode": "1", "MemoryPerNode": "1G"}
+    assert job.status == "SUCCESSFUL", job.status_message  # CPUs/GPUS: "Resource <CPUs> is not available ..."
+
+
+def test_gpus_are_named_as_the_sites_resource_database_names_them(tmp_path, credentials):
+    partitions = {"booster": {"Nodes": "1-4", "GPUS": "0-4"}}
+    with FakeUnicore(tmp_path / "juelich", users={USER: PASSWORD}, partitions=partitions, queue_seconds=0.05) as site:
+        backend = unicore_backend(site, tmp_path, resources={"queue": "booster", "gpus_per_node": 4})
+        (url,) = backend.submit([job_request(tmp_path, "0123abcd")]).values()
+        job = wait_for_end(site, url)
+        assert job.description["Resources"] == {"Queue": "booster", "GPUS": "4"}
+        assert job.status == "SUCCESSFUL", job.status_message
+
+
+@pytest.mark.parametrize(
+    ("resources", "refusal"),
+    [
+        ({"queue": "booster"}, "resources.queue: the site has no queue booster (it offers: batch, gpus)"),
+        ({"gpus_per_node": 1}, "resources.gpus_per_node: the site defines no GPUsPerNode for any of its queues"),
+        (
+            {"queue": "batch", "total_cpus": 4},
+            "the site defines no TotalCPUs for queue batch (it offers: Nodes, Runtime)",
+        ),
+        ({"queue": "gpus", "nodes": 3}, "resources.nodes: 3 is outside what the site allows for queue gpus (1-2)"),
+        ({"runtime": "2d"}, "resources.runtime: 2d is outside what the site allows"),
+    ],
+)
+def test_what_the_site_does_not_offer_is_refused_before_any_job_exists(tmp_path, credentials, resources, refusal):
+    from mantik_spec.backends.base import BackendError
+
+    partitions = {"batch": {"Nodes": "1-4", "Runtime": "60-86400"}, "gpus": {"Nodes": "1-2", "Runtime": "60-3600"}}
+    with FakeUnicore(tmp_path / "small", users={USER: PASSWORD}, partitions=partitions) as site:
+        backend = unicore_backend(site, tmp_path, resources=resources)
+        assert any(refusal in problem for problem in backend.preflight()), backend.preflight()
+        with pytest.raises(BackendError, match=re.escape(refusal)):
+            backend.submit([job_request(tmp_path, "0123abcd")])
+        assert site.job_urls() == []
+
+
+def test_plan_names_what_the_site_does_not_offer_and_apply_starts_nothing(on_unicore, site):
+    site.partitions = {"batch": {"Nodes": "1-4"}}
+    on_unicore.write("mantik.yaml", unicore_spec(site.url, extra="    resources: {gpus_per_node: 1}"))
+    on_unicore.commit("a GPU the site does not have")
+    plan = json.loads(on_unicore.mantik("plan", "--json", check=1).stdout)
+    assert plan["errors"] == [
+        "backend site: resources.gpus_per_node: the site defines no GPUsPerNode for any of its queues (it offers: Nodes)"
+    ]
+    result = on_unicore.mantik("apply", "--auto-approve", check=1)
+    assert "defines no GPUsPerNode" in result.stderr and "Traceback" not in result.stderr
+    assert submissions(site) == []
+
+
+@pytest.mark.parametrize(
+    ("storages", "configured", "outcome"),
+    [
+        (["HOME", "SCRATCH"], None, "HOME"),
+        (["{user}-Home", "SCRATCH"], None, "alice-Home"),
+        (["SCRATCH", "PROJECT"], "PROJECT", "PROJECT"),
+        (["SCRATCH", "PROJECT"], None, "cannot tell which storage to stage files in (the site has: SCRATCH, PROJECT)"),
+        (["{user}-Home"], "HOME", "storage HOME is not a storage of the site (it has: alice-Home)"),
+    ],
+)
+def test_the_staging_storage_is_one_the_site_has(tmp_path, credentials, storages, configured, outcome):
+    from mantik_spec.backends.base import BackendError
+
+    with FakeUnicore(tmp_path / "site", users={USER: PASSWORD}, storages=storages, queue_seconds=0.05) as site:
+        backend = unicore_backend(site, tmp_path, **({"storage": configured} if configured else {}))
+        if " " in outcome:
+            with pytest.raises(BackendError, match=re.escape(outcome)):
+                backend.submit([job_request(tmp_path, "0123abcd")])
+            assert site.job_urls() == []
+            return
+        (url,) = backend.submit([job_request(tmp_path, "0123abcd")]).values()
+        job = wait_for_end(site, url)
+        assert job.status == "SUCCESSFUL", job.status_message
+        assert job.description["Imports"][0]["From"].startswith(f"{site.url}/storages/{outcome}/files/")
+
+
+def test_jobs_are_kept_for_their_lifetime_and_an_expired_job_says_why(site, tmp_path, credentials):
+    from datetime import UTC, datetime, timedelta
+
+    from mantik_spec.backends.base import JobState
+
+    backend = unicore_backend(site, tmp_path)
+    (url,) = backend.submit([job_request(tmp_path, "0123abcd")]).values()
+    # the site's own default is one day; a run that cannot report is closed from the job, maybe days later
+    assert site.job_by_url(url).termination > datetime.now(UTC) + timedelta(days=13)
+    wait_for_end(site, url)
+    site.expire(url)
+    (status,) = backend.poll({url: "0123abcd"}).values()
+    assert status.state is JobState.LOST
+    assert "deletes a job and its directory at its termination time" in status.detail
+
+
+def test_a_site_that_caps_the_lifetime_still_gets_the_job(tmp_path, credentials):
+    with FakeUnicore(tmp_path / "capped", users={USER: PASSWORD}, max_lifetime=3600, queue_seconds=0.05) as site:
+        backend = unicore_backend(site, tmp_path)
+        (url,) = backend.submit([job_request(tmp_path, "0123abcd")]).values()
+        assert wait_for_end(site, url).status == "SUCCESSFUL"
+
+
+def test_a_local_image_is_hashed_once_per_content(site, tmp_path, credentials, monkeypatch):
+    import hashlib
+
+    image = tmp_path / "image.sif"
+    image.write_bytes(os.urandom(1 << 20))
+    hashed = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, data=b""):
+            self.inner = real(data)
+            hashed.append(len(data))
+
+        def update(self, data):
+            hashed.append(len(data))
+            self.inner.update(data)
+
+        def hexdigest(self):
+            return self.inner.hexdigest()
+
+    site.queue_seconds = 60
+    requests = [job_request(tmp_path, f"run{i:04d}", inputs={"image.sif": image}) for i in range(5)]
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    urls = unicore_backend(site, tmp_path).submit(requests)
+    assert sum(hashed) < 2 * image.stat().st_size  # once, not once per run
+    imports = {i["To"]: i["From"] for i in site.job_by_url(urls["run0000"]).description["Imports"]}
+    assert site.read_storage_file(imports["work/image.sif"]) == image.read_bytes()  # streamed up whole
+    hashed.clear()
+    unicore_backend(site, tmp_path).submit([job_request(tmp_path, "later", inputs={"image.sif": image})])
+    assert sum(hashed) < image.stat().st_size  # the next apply: from the digest cache
+
+
+def test_committed_files_named_like_the_jobs_own_files_do_not_collide(site, tmp_path, credentials):
+    code = tmp_path / "code"
+    code.mkdir()
+    for name in ("job.json", "mantik-runner.py", "code.tar.gz", "output.log", "stdout"):
+        (code / name).write_text(f"the user's {name}\n")
+    backend = unicore_backend(site, tmp_path)
+    command = "cat job.json mantik-runner.py code.tar.gz output.log stdout"
+    (url,) = backend.submit([job_request(tmp_path, "0123abcd", command)]).values()
+    job = wait_for_end(site, url)
+    assert job.status == "SUCCESSFUL", job.status_message
+    output = (job.workdir / "output.log").read_text()
+    for name in ("job.json", "mantik-runner.py", "code.tar.gz", "output.log", "stdout"):
+        assert f"the user's {name}" in output

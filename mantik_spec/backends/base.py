@@ -169,6 +169,12 @@ class Backend(Protocol):
         """The run's combined output from byte ``offset`` on; None when there is none (yet)."""
         ...
 
+    def preflight(self) -> list[str]:
+        """What this backend's config asks for that the backend does not offer (a queue, a resource, a
+        storage), one line each, asked before anything is submitted; ``[]`` when all is offered or the
+        backend cannot tell. Raises :class:`BackendError` when the backend cannot be asked (plan then skips it)."""
+        ...
+
 
 # How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,
 # chosen by ``type:``) and the project's state directory (.mantik/).

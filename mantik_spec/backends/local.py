@@ -208,5 +208,8 @@ class LocalBackend:
                     except ProcessLookupError:
                         pass
 
+    def preflight(self) -> list[str]:
+        return []  # this machine runs what it is given
+
     def read_log(self, run_id: str, job_id: str | None = None, offset: int = 0) -> bytes | None:
         return read_from(str(self.queue.job_dir(run_id) / runner.OUTPUT_FILE), offset)

@@ -513,6 +513,9 @@ class SlurmBackend:
             raise BackendError(f"scancel failed: {_strip_prefix(result.error_line())}")
         self._listing = None
 
+    def preflight(self) -> list[str]:
+        return []  # sbatch itself refuses what the cluster does not offer, in one line, before any job exists
+
     def read_log(self, run_id: str, job_id: str | None = None, offset: int = 0) -> bytes | None:
         return self.host.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)
 

@@ -9,9 +9,17 @@ the run needs, so there is no half-submitted job to clean up after a crash:
 * local Apptainer images, uploaded once per content like the code.
 
 Each job is tagged with its run id, so an apply that crashed after the POST
-finds its job by tag instead of submitting it twice. The site's listing of jobs
-returns only their addresses, so polling costs one GET per live job; those run
-in parallel, and runs once closed are not asked about again.
+(or whose POST got no answer) finds its job by tag instead of submitting it
+twice. The site's listing of jobs returns only their addresses, so polling costs
+one GET per live job; those run in parallel, and runs once closed are not asked
+about again.
+
+What the site offers is read from the site itself before anything is sent: its
+resource database (the partitions and the resources each defines, as its target
+system factory advertises them) and its storages. A resource or queue the site
+does not define would otherwise fail the job only after stage-in (UNICORE/X
+``GrounderImpl.incarnateResources``); a storage it does not have would fail the
+upload. Both are refused with the site's own list instead.
 """
 
 from __future__ import annotations
@@ -19,14 +27,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .. import runner
 from ..spec.model import UnicoreBackend as UnicoreConfig
 from ..spec.model import duration_seconds
+from ..state.versions import FileDigests
 from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
 from .staging import code_archive
@@ -39,6 +50,7 @@ ATTEMPTS = 3  # for reads: a timeout or dropped connection is retried, with back
 TRANSIENT_STATUS = (502, 503, 504)
 GATEWAY_STATUS = (502, 504)
 BUDGET_VARIABLE = "MANTIK_COMPUTE_BUDGET_ACCOUNT"
+HOME_STORAGE = "HOME"  # the shared storage id most sites configure (UNICORE/X admin guide, "storages")
 
 STATES = {  # pyunicore's JobStatus names
     "UNDEFINED": JobState.UNKNOWN,
@@ -51,26 +63,52 @@ STATES = {  # pyunicore's JobStatus names
     "FAILED": JobState.FAILED,
 }
 
-RESOURCE_NAMES = {  # our resources -> UNICORE's job description
-    "queue": "Queue",
-    "nodes": "Nodes",
-    "runtime": "Runtime",
-    "total_cpus": "CPUs",
-    "cpus_per_node": "CPUsPerNode",
-    "gpus_per_node": "GPUS",
-    "memory": "Memory",
-    "reservation": "Reservation",
-    "node_constraints": "NodeConstraints",
-    "qos": "QoS",
+# our resources -> UNICORE/X's standard resource names (ResourceSet.java; the REST API's resource table).
+# A partition refuses every name it does not define, so where a site defines another name for the same
+# thing (Juelich's resource database calls GPUs per node "GPUS"), that name is used instead.
+RESOURCE_NAMES = {
+    "queue": ("Queue",),
+    "nodes": ("Nodes",),
+    "runtime": ("Runtime",),
+    "total_cpus": ("TotalCPUs",),
+    "cpus_per_node": ("CPUsPerNode",),
+    "gpus_per_node": ("GPUsPerNode", "GPUS"),
+    "memory": ("MemoryPerNode", "Memory"),
+    "reservation": ("Reservation",),
+    "node_constraints": ("NodeConstraints",),
+    "qos": ("QoS",),
 }
+# accepted by UNICORE/X whether or not a partition defines them (GrounderImpl.incarnateResources)
+UNCHECKED_RESOURCES = {"Queue", "Reservation", "Project", "NodeConstraints", "QoS", "Exclusive"}
+WILDCARD_PARTITION = "*"  # a partition that accepts any queue and resource (GrounderImpl)
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+class UnicoreHTTPError(BackendError):
+    """The site answered with an HTTP error; ``status`` is its code (None when the text had none)."""
+
+    def __init__(self, message: str, status: int | None):
+        super().__init__(message)
+        self.status = status
+
+
+class UnicoreNoAnswer(CommandTimeout):
+    """The request went out and no answer (or only a gateway's) came back: the site may have acted on it."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def shell_double_quoted(value: str) -> str:
+    """``value`` escaped for the inside of a double-quoted shell string.
+
+    UNICORE/X writes each ``Environment`` entry into the job script as ``NAME="value"; export NAME``
+    (TSIMessages.appendEnvironment, unchanged from 2.4 to 3.1), so the batch shell would expand ``$``,
+    backquotes and ``\\`` in a value, and a ``"`` ends the string (the rest runs as shell code). Inside double
+    quotes only these four are special to bash; a newline stays a newline and ``!`` is inert in a script."""
+    return re.sub(r'([\\"$`])', r"\\\1", value)
 
 
 class UnicoreBackend:
@@ -87,9 +125,13 @@ class UnicoreBackend:
         self.calls: Counter = Counter()  # REST calls by kind, for -v and the bench
         self._client = None
         self._jobs_url = ""
+        self.lifetime = _seconds(str(config.job_lifetime))
+        self._digests = FileDigests(state_root)  # local images: hashed once per content, not once per run
         self._staged: set[str] = set()  # staged file names known to be complete at the site
         self._code_urls: dict[Path, str] = {}  # exported tree -> its staged archive
+        self._input_urls: dict[Path, str] = {}  # local input -> its staged copy, for this apply
         self._polled: dict[str, tuple[float, JobStatus]] = {}
+        self._offer: SiteOffer | None = None
 
     # -- talking to the site -------------------------------------------------------------------
 
@@ -138,16 +180,18 @@ class UnicoreBackend:
                     "(check the credentials' variables)"
                 ) from None
             except httpx.TimeoutException:
-                failure: BackendError = CommandTimeout(f"{self.config.url} did not answer within {self.timeout:g} s")
+                failure: BackendError = UnicoreNoAnswer(f"{self.config.url} did not answer within {self.timeout:g} s")
             except (httpx.RemoteProtocolError, httpx.ReadError):  # the request went out: the site may have acted
-                failure = CommandTimeout(f"{self.config.url} broke the connection before answering")
+                failure = UnicoreNoAnswer(f"{self.config.url} broke the connection before answering")
             except (httpx.ConnectError, httpx.WriteError) as exc:
                 failure = BackendError(self._connection_problem(exc))
             except httpx.HTTPError as exc:  # pyunicore's check_error: "STATUS Server Error: MESSAGE for url: URL"
+                # pyunicore raises it without the response: its text is the only place the status is
+                # (pyunicore/client.py check_error); from here on the status travels as data
                 status, message = _site_error(str(exc))
+                text = f"the UNICORE site answered {status}: {message}"
                 # a gateway's 502/504 says nothing of what the site behind it did
-                kind = CommandTimeout if status in GATEWAY_STATUS else BackendError
-                failure = kind(f"the UNICORE site answered {status}: {message}")
+                failure = UnicoreNoAnswer(text, status) if status in GATEWAY_STATUS else UnicoreHTTPError(text, status)
                 if status not in TRANSIENT_STATUS:
                     raise failure from None
             except OSError as exc:  # pyunicore's storage errors
@@ -159,7 +203,7 @@ class UnicoreBackend:
             if attempt < attempts:
                 time.sleep(min(0.5 * 2 ** (attempt - 1), self.timeout))
         if attempts > 1:
-            raise type(failure)(f"{failure} (tried {attempts} times)")
+            failure.args = (f"{failure} (tried {attempts} times)",)
         raise failure
 
     def _connection_problem(self, exc: Exception) -> str:
@@ -177,30 +221,158 @@ class UnicoreBackend:
         if not requests:
             return {}
         site = self._site()
+        problems = self.preflight()
+        if problems:  # before any job exists: every run is refused, and none spends a retry
+            raise BackendError("; ".join(problems))
         template = self._template()
         submitted: dict[str, str] = {}
-        for position, request in enumerate(requests):
-            unsent = [r.run_id for r in requests[position + 1 :]]
-            try:  # staging: whatever fails here, no job was created
-                description = self.job_description(request, template)
-            except BackendError as exc:
-                raise SubmissionFailed(
-                    f"experiment {request.group or '?'}: {exc}", submitted, [request.run_id, *unsent]
-                ) from None
-            try:
-                response = self._request(
-                    "submit", lambda d=description: site.transport.post(url=self._jobs_url, json=d), retry=False
-                )
-            except BackendError as exc:
-                if isinstance(exc, CommandTimeout):  # the POST may have created the job: adopt it by its tag
-                    unknown, refused = [request.run_id], unsent
+        try:
+            for position, request in enumerate(requests):
+                unsent = [r.run_id for r in requests[position + 1 :]]
+                try:  # staging: whatever fails here, no job was created
+                    description = self.job_description(request, template)
+                except BackendError as exc:
+                    raise SubmissionFailed(
+                        f"experiment {request.group or '?'}: {exc}", submitted, [request.run_id, *unsent]
+                    ) from None
+                try:
+                    response = self._request(
+                        "submit", lambda d=description: site.transport.post(url=self._jobs_url, json=d), retry=False
+                    )
+                except BackendError as exc:
+                    if _definitely_refused(exc):
+                        raise SubmissionFailed(
+                            f"experiment {request.group or '?'}: {exc}", submitted, [request.run_id, *unsent]
+                        ) from None
+                    # no answer, or one that does not say the job was not created: look for it by its tag
+                    found = self._look_for(request.run_id)
+                    if found is None:  # not there (yet): open, for the next plan to adopt or resubmit
+                        raise SubmissionFailed(
+                            f"experiment {request.group or '?'}: {exc}", submitted, unsent, [request.run_id]
+                        ) from None
+                    submitted[request.run_id] = found
                 else:
-                    unknown, refused = [], [request.run_id, *unsent]
-                raise SubmissionFailed(
-                    f"experiment {request.group or '?'}: {exc}", submitted, refused, unknown
-                ) from None
-            submitted[request.run_id] = response.headers["Location"]
+                    submitted[request.run_id] = response.headers["Location"]
+                self._extend_lifetime(submitted[request.run_id])
+        finally:
+            try:
+                self._digests.save()
+            except OSError:
+                pass  # a cache: the next apply hashes again
         return submitted
+
+    def _look_for(self, run_id: str) -> str | None:
+        """The job of ``run_id`` if the site has it; None when it has not, or cannot say."""
+        try:
+            return self.find([run_id]).get(run_id)
+        except BackendError:
+            return None
+
+    def _extend_lifetime(self, job_url: str) -> None:
+        """Ask the site to keep the job (and its directory) for ``job_lifetime`` instead of its default.
+
+        UNICORE/X destroys a job and its working directory at its termination time, one day after submission
+        unless the site says otherwise (USE ContainerProperties ``services.lifetime.default``). A run whose
+        compute node cannot reach the tracking server is closed, and its output fetched, from the job by a
+        later plan/apply: a day is too short for a job that queues over a weekend. The site may cap the
+        lifetime (``services.lifetime.maximum``); then it keeps its own, and the job still runs."""
+        until = datetime.now(UTC) + timedelta(seconds=self.lifetime)
+        try:
+            self._request(
+                "lifetime",
+                lambda: self._site().transport.put(
+                    url=job_url, json={"terminationTime": until.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                ),
+                retry=False,
+            )
+        except BackendError:
+            pass  # the job exists and is recorded; it only keeps the site's lifetime
+
+    # -- what the site offers ------------------------------------------------------------------
+
+    def preflight(self) -> list[str]:
+        """What in this backend's config the site does not offer: one line each, with the site's own list.
+
+        Reads the site's resource database (its target system factory's ``resources``: partition -> resource
+        name -> range) and its storages, once per process. An empty list when all is offered."""
+        offer = self.offer()
+        problems = []
+        try:
+            self._resource_names(offer)
+        except BackendError as exc:
+            problems.append(str(exc))
+        try:
+            self.storage_id()
+        except BackendError as exc:
+            problems.append(str(exc))
+        return problems
+
+    def offer(self) -> SiteOffer:
+        if self._offer is None:
+            site = self._site()
+            links = site.links
+            partitions: dict[str, dict] | None = None
+            factories = _listing(self._get("site", links["factories"]), "factories") if "factories" in links else []
+            if factories:
+                factory = self._get("site", factories[0])
+                resources = factory.get("resources") if isinstance(factory, dict) else None
+                if isinstance(resources, dict) and resources:
+                    partitions = {str(k): v if isinstance(v, dict) else {} for k, v in resources.items()}
+            urls = _listing(self._get("site", links["storages"]), "storages") if "storages" in links else []
+            storages = [url.rstrip("/").rsplit("/", 1)[-1] for url in urls]
+            self._offer = SiteOffer(partitions, storages)
+        return self._offer
+
+    def _resource_names(self, offer: SiteOffer) -> dict[str, str]:
+        """Our resources as the job description's ``Resources``, named as the site's partition names them."""
+        wanted = self.config.resources.model_dump(exclude_none=True)
+        where = "resources"
+        partitions = offer.partitions
+        if partitions is None:  # the site does not advertise its resource database: the standard names
+            return {RESOURCE_NAMES[key][0]: str(value) for key, value in wanted.items()}
+        queue = wanted.get("queue")
+        if queue is not None and queue not in partitions and WILDCARD_PARTITION not in partitions:
+            raise BackendError(
+                f"{where}.queue: the site has no queue {queue} (it offers: {', '.join(sorted(partitions))})"
+            )
+        if WILDCARD_PARTITION in partitions and queue not in partitions:
+            return {RESOURCE_NAMES[key][0]: str(value) for key, value in wanted.items()}
+        if queue is not None:
+            defined, label = partitions[queue], f"queue {queue}"
+        else:  # the site's default partition is not advertised: any partition's names may be meant
+            defined = {name: rng for partition in partitions.values() for name, rng in partition.items()}
+            label = "any of its queues"
+        names: dict[str, str] = {}
+        for key, value in wanted.items():
+            candidates = RESOURCE_NAMES[key]
+            name = next((c for c in candidates if c in defined), candidates[0])
+            if name not in defined and name not in UNCHECKED_RESOURCES:
+                offered = ", ".join(sorted(defined)) or "nothing"
+                raise BackendError(f"{where}.{key}: the site defines no {name} for {label} (it offers: {offered})")
+            if name in defined and not _in_range(key, value, defined[name]):
+                raise BackendError(
+                    f"{where}.{key}: {value} is outside what the site allows for {label} ({defined[name]})"
+                )
+            names[name] = str(value)
+        return names
+
+    def storage_id(self) -> str:
+        """The storage for staged files: the configured one, or the user's home storage as the site names it."""
+        storages = self.offer().storages
+        listed = ", ".join(storages) or "none"
+        if self.config.storage:
+            if self.config.storage not in storages:
+                raise BackendError(f"storage {self.config.storage} is not a storage of the site (it has: {listed})")
+            return self.config.storage
+        if HOME_STORAGE in storages:
+            return HOME_STORAGE
+        # storages per target system are named after the user and the storage (TargetSystemImpl): "alice-Home"
+        homes = [s for s in storages if s.lower().endswith("-home")]
+        if len(homes) == 1:
+            return homes[0]
+        raise BackendError(
+            f"cannot tell which storage to stage files in (the site has: {listed}); set storage: to one of them"
+        )
 
     def _template(self) -> str:
         if not self.config.template:
@@ -226,13 +398,12 @@ class UnicoreBackend:
                     f"{relative} is not here to send with the job (an Apptainer image to build or pull?)"
                 )
             imports.append({"From": self._stage_file(local), "To": f"{WORKDIR}/{relative}"})
-        resources = {
-            RESOURCE_NAMES[key]: str(value)
-            for key, value in self.config.resources.model_dump(exclude_none=True).items()
-        }
-        environment = tracking_secrets()  # in the job description only
-        if self.config.resources.cpus_per_node:  # as Mantik did: srun inherits the CPUs per task
-            environment["SRUN_CPUS_PER_TASK"] = str(self.config.resources.cpus_per_node)
+        resources = self._resource_names(self.offer())
+        # in the job description only; escaped for the NAME="value" line the site writes into the job script
+        environment = {name: shell_double_quoted(value) for name, value in tracking_secrets().items()}
+        # cpus_per_node is not also sent as SRUN_CPUS_PER_TASK (as Mantik did): a Slurm site's TSI turns
+        # CPUsPerNode into --ntasks-per-node (tsi slurm/BSS.py), so an srun in the job would ask for the
+        # square of it per node
         values = {
             "name": f"mantik-{request.group or 'run'}",
             "executable": self.config.python,
@@ -261,7 +432,7 @@ class UnicoreBackend:
         return description
 
     def _storage_url(self) -> str:
-        return f"{self.config.url.rstrip('/')}/storages/{self.config.storage}"
+        return f"{self.config.url.rstrip('/')}/storages/{self.storage_id()}"
 
     def _stage(self, content: bytes, kind: str) -> str:
         """Upload ``content`` under a name made of its hash, unless the site already has it complete."""
@@ -269,8 +440,11 @@ class UnicoreBackend:
         return self._stage_as(name, len(content), lambda: content)
 
     def _stage_file(self, local: Path) -> str:
-        name = f"input-{file_sha256(local)[:24]}-{local.name}"
-        return self._stage_as(name, local.stat().st_size, local.read_bytes)
+        if local not in self._input_urls:  # one image serves every run of the apply: hashed and checked once
+            name = f"input-{self._digests.digest(local)[:24]}-{local.name}"
+            # streamed from the file: an image of gigabytes is never held in memory
+            self._input_urls[local] = self._stage_as(name, local.stat().st_size, lambda: _chunks(local))
+        return self._input_urls[local]
 
     def _stage_as(self, name: str, size: int, content) -> str:
         relative = f"{self.config.staging_dir.strip('/')}/{name}"
@@ -287,12 +461,10 @@ class UnicoreBackend:
             complete = False  # not there (404), or an answer we cannot read: upload again
         if not complete:
             # a partial upload (a crash) has the wrong size, so the next apply uploads it again
-            data = content()
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
             self._request(
-                "upload",
-                lambda: self._site().transport.put(
-                    url=url, headers={"Content-Type": "application/octet-stream"}, content=data
-                ),
+                "upload",  # content() per attempt: a retry sends the whole file again
+                lambda: self._site().transport.put(url=url, headers=headers, content=content()),
             )
         self._staged.add(name)
         return url
@@ -322,8 +494,8 @@ class UnicoreBackend:
         try:
             properties = self._get("job", url)
         except BackendError as exc:
-            if str(exc).startswith("the UNICORE site answered 404"):
-                return JobStatus(JobState.LOST, detail="the site no longer knows the job")
+            if _status(exc) == 404:
+                return JobStatus(JobState.LOST, detail=self._gone())
             return JobStatus(JobState.UNKNOWN, detail=str(exc))
         status = str(properties.get("status", "UNDEFINED"))
         state = STATES.get(status, JobState.UNKNOWN)
@@ -338,6 +510,13 @@ class UnicoreBackend:
         if state is JobState.COMPLETED and exit_code not in (0, None):
             state = JobState.FAILED
         return JobStatus(state, exit_code, detail)
+
+    def _gone(self) -> str:
+        return (
+            "the site no longer knows the job: UNICORE deletes a job and its directory at its termination time "
+            f"(mantik asks for {self.config.job_lifetime} after submission; the site may allow less, "
+            "by default one day)"
+        )
 
     def find(self, run_ids: list[str]) -> dict[str, str]:
         """Jobs whose submission was never recorded, by their run tag (one listing per run)."""
@@ -368,7 +547,7 @@ class UnicoreBackend:
         try:
             properties = self._get("job", job_id)
         except BackendError as exc:
-            if str(exc).startswith("the UNICORE site answered 404"):
+            if _status(exc) == 404:
                 return None
             raise
         working_directory = properties.get("_links", {}).get("workingDirectory", {}).get("href")
@@ -387,12 +566,79 @@ class UnicoreBackend:
         try:
             response = self._get("read", url, headers=headers, to_json=False)
         except BackendError as exc:
-            if str(exc).startswith("the UNICORE site answered 404"):
+            if _status(exc) == 404:
                 return None
-            if str(exc).startswith("the UNICORE site answered 416"):  # nothing past offset yet
+            if _status(exc) == 416:  # nothing past offset yet
                 return b""
             raise
         return response.content
+
+
+class SiteOffer:
+    """What a site offers: ``partitions`` (queue -> resource name -> range as the site renders it: "1-16",
+    a list of values, or "*"), None when the site does not advertise them; ``storages``, their ids."""
+
+    def __init__(self, partitions: dict[str, dict] | None, storages: list[str]):
+        self.partitions = partitions
+        self.storages = storages
+
+
+def _listing(answer, key: str) -> list[str]:
+    items = answer.get(key) if isinstance(answer, dict) else None
+    return [str(item) for item in items] if isinstance(items, list) else []
+
+
+def _status(exc: BaseException) -> int | None:
+    return getattr(exc, "status", None)
+
+
+def _definitely_refused(exc: BackendError) -> bool:
+    """Only an answer in the 4xx range says the site did not create the job. A 5xx may come after the job was
+    stored (UNICORE/X answers 500 for any exception during submission, Jobs.submit), no answer says nothing."""
+    status = _status(exc)
+    if isinstance(exc, UnicoreNoAnswer):
+        return False
+    if status is None:  # nothing reached the site (no connection), or a local problem
+        return True
+    return 400 <= status < 500
+
+
+def _seconds(text: str) -> float:
+    """A UNICORE duration (``90``, ``30s``, ``90m``, ``12h``, ``14d``) in seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration")
+    return float(match.group(1)) * SECONDS[match.group(2)]
+
+
+def _quantity(key: str, value) -> float | None:
+    """A resource value as the site's ranges count it: seconds for the runtime, bytes for memory."""
+    text = str(value).strip().lower()
+    try:
+        if key == "runtime":
+            return _seconds(text)
+        if key == "memory":
+            match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgt]?)b?", text)
+            return float(match.group(1)) * UNITS[match.group(2)] if match else None
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _in_range(key: str, value, allowed) -> bool:
+    """Whether the site's rendered range (ux IDBContentRendering: "LOW-HIGH", a list of values, "*") admits it."""
+    if isinstance(allowed, list):
+        return str(value) in [str(v) for v in allowed]
+    match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*", str(allowed))
+    quantity = _quantity(key, value)
+    if not match or quantity is None:
+        return True  # "*" or a form we cannot read: the site decides
+    return float(match.group(1)) <= quantity <= float(match.group(2))
+
+
+def _chunks(path: Path, size: int = 1 << 20):
+    with open(path, "rb") as handle:
+        yield from iter(lambda: handle.read(size), b"")
 
 
 def _inline(name: str, text: str) -> dict:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import make_backend
-from ..backends.base import Backend, JobState, JobStatus
+from ..backends.base import Backend, BackendError, JobState, JobStatus
 from ..reconcile.identity import DesiredRun, identify
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
@@ -202,6 +202,22 @@ def throwaway_store(project: Project) -> str | None:
     )
 
 
+def _not_offered(project: Project, plan: Plan) -> list[str]:
+    """What the backends that would start runs say they do not offer (a queue, a resource, a storage), asked
+    before anything is submitted. A backend that cannot be asked here (no credentials, unreachable) is skipped:
+    apply's submission reports that itself, before any job exists."""
+    problems = []
+    starting = sorted({e.backend for e in plan.changes() if e.next_attempt is not None})
+    for name in starting:
+        if name not in project.spec.backends:
+            continue
+        try:
+            problems += [f"backend {name}: {problem}" for problem in project.backend(name).preflight()]
+        except BackendError:
+            continue
+    return problems
+
+
 def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] = ()) -> tuple[Plan, Observation]:
     """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others)."""
     observation = observe(project)
@@ -221,6 +237,7 @@ def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] =
         replace=replace,
     )
     plan.errors.extend(unreachable(observation))
+    plan.errors.extend(_not_offered(project, plan))
     if observation.code.dirty:
         plan.warnings.append(
             f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "

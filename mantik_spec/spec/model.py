@@ -302,9 +302,13 @@ class UnicoreResources(Strict):
     nodes: int | None = Field(None, ge=1)
     runtime: UnicoreRuntime | None = Field(None, description="Wall-clock limit: seconds or e.g. 90m, 12h, 1d.")
     total_cpus: int | None = Field(None, ge=1)
-    cpus_per_node: int | None = Field(None, ge=1, description="Also sets SRUN_CPUS_PER_TASK for the run.")
-    gpus_per_node: int | None = Field(None, ge=0)
-    memory: SlurmSize | None = Field(None, description="Memory per node (64G).")
+    cpus_per_node: int | None = Field(
+        None, ge=1, description="CPUs per node; a Slurm site's adapter makes it --ntasks-per-node."
+    )
+    gpus_per_node: int | None = Field(
+        None, ge=0, description="Sent as GPUsPerNode, or GPUS where the site names it so."
+    )
+    memory: SlurmSize | None = Field(None, description="Memory per node (64G), sent as MemoryPerNode.")
     reservation: SlurmWord | None = None
     node_constraints: SlurmWord | None = None
     qos: SlurmWord | None = None
@@ -337,7 +341,11 @@ class UnicoreBackend(Strict):
     exclude: list[str] = Field(
         default_factory=list, description="Glob patterns of committed files not sent with the job (*.ckpt, data/)."
     )
-    storage: SlurmWord = Field("HOME", description="The UNICORE storage where staged code and images are kept.")
+    storage: SlurmWord | None = Field(
+        None,
+        description="The UNICORE storage where staged code and images are kept; default: HOME, or the user's "
+        "one home storage (NAME-Home) among the site's storages.",
+    )
     staging_dir: str = Field("mantik-staging", description="Directory in that storage for staged code and images.")
     template: str | None = Field(
         None, description="A Jinja2 template of the JSON job description in the repository overriding the default."
@@ -348,6 +356,11 @@ class UnicoreBackend(Strict):
     )
     timeout: str | int | float = Field("60s", description="How long to wait for one answer from the site.")
     poll_interval: str | int | float = Field("10s", description="Never ask the site for job states more often.")
+    job_lifetime: UnicoreRuntime = Field(
+        "14d",
+        description="How long the site keeps each job and its files (default there: one day), so that runs "
+        "that cannot report are closed with their output; the site may cap it.",
+    )
 
     @field_validator("timeout", "poll_interval")
     @classmethod
