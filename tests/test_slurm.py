@@ -1,4 +1,4 @@
-"""The Slurm backend against a real single-node Slurm (started by `scripts/slurm-local.sh`, as .ci/run does)."""
+"""The Slurm backend against a real single-node Slurm that the test run starts itself (conftest.SlurmCluster)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import IN_CI, run_example
+from .conftest import run_example
 
 pytestmark = pytest.mark.e2e
 
@@ -26,12 +26,9 @@ def slurm_is_up() -> bool:
 
 
 @pytest.fixture(autouse=True)
-def slurm():
-    if not slurm_is_up():
-        message = "Slurm is not running here: start it with `bash scripts/slurm-local.sh` (root)"
-        if IN_CI:
-            pytest.fail(message)  # CI starts Slurm: a missing one is a failure, never a skip
-        pytest.skip(message)
+def slurm(slurm_cluster):
+    """Every test here runs on the test run's own Slurm (conftest: skipped without one, a failure under CI)."""
+    assert slurm_is_up(), slurm_cluster.logs()
 
 
 def slurm_spec(**overrides) -> str:
