@@ -418,10 +418,13 @@ def _stop(process: subprocess.Popen | None) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _slurm_of_this_run(tmp_path_factory):
     """Every Slurm command of the run goes to the run's own cluster, even from a test that forgot to ask for it:
-    until ``slurm_cluster`` starts it, SLURM_CONF names a file that does not exist yet, so Slurm commands fail
-    instead of reaching the machine's (or a site's) Slurm."""
+    until ``slurm_cluster`` starts it, SLURM_CONF names a placeholder without a cluster, so Slurm commands fail
+    at once (a missing file would make them retry for a minute) instead of reaching the machine's or a site's."""
     previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(tmp_path_factory.getbasetemp() / "slurm" / "slurm.conf")
+    conf = tmp_path_factory.getbasetemp() / "slurm" / "slurm.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("# the test run's own Slurm is not started yet (tests/conftest.py: slurm_cluster)\n")
+    os.environ["SLURM_CONF"] = str(conf)
     yield
     if previous is None:
         os.environ.pop("SLURM_CONF", None)

@@ -4,6 +4,7 @@ command of the run goes to the run's own cluster, and the copied MLflow store is
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -62,6 +63,10 @@ def test_slurm_local_stop_without_pid_files_stops_nothing(tmp_path):
 def test_slurm_commands_of_the_run_go_to_its_own_cluster(tmp_path_factory):
     conf = Path(os.environ["SLURM_CONF"])
     assert conf.is_relative_to(tmp_path_factory.getbasetemp())  # never /etc/slurm or a site's configuration
+    if shutil.which("sinfo") and "ClusterName=" not in conf.read_text():  # not started yet: a stray call fails at once
+        started = time.monotonic()
+        assert subprocess.run(["sinfo"], capture_output=True, timeout=30).returncode != 0
+        assert time.monotonic() - started < 10
 
 
 def test_the_copied_store_is_at_mlflows_newest_schema(store_template, tmp_path):
