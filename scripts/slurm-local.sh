@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# Install (Debian) and start a single-node Slurm on this machine, for the test suite
-# and for trying examples/slurm. Needs root. Idempotent: a running Slurm is left alone.
+# Install (Debian) and start a single-node Slurm on this machine, for trying examples/slurm.
+# Needs root. Idempotent: a Slurm that already answers is left alone.
 #   bash scripts/slurm-local.sh          install if needed, start, wait until the node is idle
-#   bash scripts/slurm-local.sh stop
+#   bash scripts/slurm-local.sh install  install Slurm and munge and start munged only (what the test suite
+#                                        needs: it starts a Slurm of its own)
+#   bash scripts/slurm-local.sh stop     stop the daemons this script started (by their pid files), nothing else
+# The configuration is $SLURM_CONF (default /etc/slurm/slurm.conf); state, logs and pid files go under
+# $MANTIK_SLURM_BASE (default /var/tmp/mantik-slurm).
 set -euo pipefail
 
 BASE=${MANTIK_SLURM_BASE:-/var/tmp/mantik-slurm}
-CONF=/etc/slurm/slurm.conf
+CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
+export SLURM_CONF="$CONF"  # sinfo and scontrol below ask the cluster of this configuration
 
+# Stop only what this script started: the pid files it configured, and only if that pid is still the daemon
+# it started with this configuration (a pid can be reused). Any other slurmctld or slurmd is left running.
 stop() {
-  pkill -x slurmd 2>/dev/null || true
-  pkill -x slurmctld 2>/dev/null || true
+  local daemon pid_file pid
+  for daemon in slurmd slurmctld; do
+    pid_file="$BASE/$daemon.pid"
+    [ -s "$pid_file" ] || continue
+    pid=$(cat "$pid_file")
+    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$daemon -f $CONF"; then
+      kill "$pid"
+      for _ in $(seq 1 40); do  # killed daemons may linger as zombies here: treat Z as stopped
+        state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo gone)
+        [ "$state" = gone ] || [ "$state" = Z ] && break
+        sleep 0.25
+      done
+    fi
+    rm -f "$pid_file"
+  done
 }
 
 if [ "${1:-start}" = "stop" ]; then
@@ -28,15 +48,6 @@ if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1
   DEBIAN_FRONTEND=noninteractive apt-get install -y slurm-wlm munge
 fi
 
-if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
-  echo "slurm: already up"
-  exit 0
-fi
-
-mkdir -p "$BASE/state" "$BASE/spool" "$BASE/log" /etc/slurm
-host=$(hostname -s)
-mem=$(awk '/MemAvailable/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
-
 if [ ! -s /etc/munge/munge.key ]; then
   mungekey --create --force --keyfile /etc/munge/munge.key
 fi
@@ -46,6 +57,21 @@ mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
 if ! pgrep -x munged >/dev/null; then
   runuser -u munge -- /usr/sbin/munged
 fi
+
+if [ "${1:-start}" = "install" ]; then
+  echo "slurm: installed, munged running"
+  exit 0
+fi
+
+# a controller that answers belongs to someone (perhaps this script earlier): never reconfigure or restart it
+if scontrol ping 2>/dev/null | grep -q "is UP"; then
+  echo "slurm: already up ($CONF)"
+  exit 0
+fi
+
+mkdir -p "$BASE/state" "$BASE/spool" "$BASE/log" "$(dirname "$CONF")"
+host=$(hostname -s)
+mem=$(awk '/MemAvailable/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 
 cat > "$CONF" <<CONF
 ClusterName=local
@@ -82,13 +108,12 @@ NodeName=$host CPUs=8 RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 
-stop
-sleep 1
+stop  # leftovers of an earlier start of this script (a controller that does not answer), and only those
 /usr/sbin/slurmctld -f "$CONF"
 /usr/sbin/slurmd -f "$CONF"
 for _ in $(seq 1 60); do
   if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
-    echo "slurm: up (node $host, partition debug)"
+    echo "slurm: up (node $host, partition debug, $CONF)"
     exit 0
   fi
   sleep 0.5

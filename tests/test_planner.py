@@ -15,6 +15,8 @@ from mantik_spec.reconcile.planner import INTERRUPTED, REFUSED, make_plan
 from mantik_spec.spec.experiments import RunPoint
 from mantik_spec.state.tags import FailureKind, ObservedRun, RunStatus
 
+from .conftest import examples
+
 _ids = itertools.count()
 
 
@@ -309,7 +311,7 @@ def simulate_apply_and_finish(plan, runs, jobs):
 WANTS: list = []
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(worlds(), st.booleans())
 def test_plan_is_empty_after_an_apply_whose_runs_all_finish(world, prune):
     wants, runs, jobs = world

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BASIC_SPEC, IN_CI, mantik_command
-from .test_slurm import slurm_is_up, slurm_spec
+from .conftest import BASIC_SPEC, IN_CI, mantik_command, missing, place_store
+from .test_slurm import slurm_spec
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PARALLEL = 8
-TRIALS = int(os.environ.get("MANTIK_RELIABILITY_TRIALS", "20"))
+# CI runs the count docs/reliability.md quotes; locally a few trials exercise the same path
+TRIALS = int(os.environ.get("MANTIK_RELIABILITY_TRIALS", "20" if IN_CI else "3"))
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 
@@ -30,8 +31,10 @@ class MlflowServer:
     """A real `mlflow server` (sqlite behind it) on a free port of 127.0.0.1, with the gunicorn options
     that keep its per-call latency in milliseconds."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, template: Path | None = None):
         self.directory = directory
+        if template is not None:  # migrated already: the server starts without running migrations
+            place_store(template, directory / "mlflow.db")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -79,13 +82,10 @@ class MlflowServer:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
+def mlflow_server(tmp_path, store_template):
     if not Path(MLFLOW).exists() or subprocess.run([MLFLOW, "server", "--help"], capture_output=True).returncode:
-        message = "the mlflow server is not installed: pip install -e '.[test]'"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    server = MlflowServer(tmp_path / "server")
+        missing("the mlflow server is not installed: pip install -e '.[test]'")
+    server = MlflowServer(tmp_path / "server", store_template)
     server.start()
     yield server
     server.stop()
@@ -170,8 +170,7 @@ def test_parallel_applies_mlflow_server_local(project, mlflow_server):
     check_trials(project, BASIC_SPEC, mlflow_server.url, env)
 
 
-def test_parallel_applies_sqlite_slurm(project):
-    require_slurm()
+def test_parallel_applies_sqlite_slurm(project, slurm_cluster):
     project.mantik("plan")
     try:
         check_trials(project, slurm_spec(lrs="[0.1, 0.2, 0.3]"), f"sqlite:///{project.path / '.mantik' / 'mlflow.db'}")
@@ -179,8 +178,7 @@ def test_parallel_applies_sqlite_slurm(project):
         project.mantik("cancel", "sweep", check=None)
 
 
-def test_apply_crashed_between_array_batches_converges(project):
-    require_slurm()
+def test_apply_crashed_between_array_batches_converges(project, slurm_cluster):
     spec = slurm_spec(lrs="[0.1, 0.2, 0.3, 0.4, 0.5]").replace(
         "    poll_interval:", "    max_array_size: 2\n    poll_interval:"
     )
@@ -232,29 +230,14 @@ def test_mlflow_server_stopped_mid_apply_is_one_error_and_repaired(project, mlfl
     assert "No changes" in project.mantik("plan", env=env).stdout
 
 
-def require_slurm() -> None:
-    if not slurm_is_up():
-        message = "Slurm is not running: bash scripts/slurm-local.sh"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def restart_controller() -> None:
-    subprocess.run(["/usr/sbin/slurmctld", "-f", "/etc/slurm/slurm.conf"], check=True)
-    deadline = time.monotonic() + 60
-    while not slurm_is_up():
-        assert time.monotonic() < deadline, "slurmctld did not come back"
-        time.sleep(0.5)
-
-
-def test_slurm_controller_down_is_one_error_and_the_next_apply_repairs(project):
-    require_slurm()
+def test_slurm_controller_down_is_one_error_and_the_next_apply_repairs(project, private_slurm):
+    # a controller of this test's own: stopping it takes nobody else's scheduler down
+    project.env.update(private_slurm.env)
     spec = slurm_spec(lrs="[0.1, 0.2]", extra=", sleep: 15")
     project.write("mantik.yaml", spec)
     project.commit("two points that take a while")
     project.mantik("apply", "--auto-approve")
-    subprocess.run(["pkill", "-x", "slurmctld"], check=True)
+    private_slurm.stop_controller()
     try:
         status = project.mantik("status", check=1)
         errors = [line for line in status.stderr.splitlines() if line.strip()]
@@ -265,7 +248,8 @@ def test_slurm_controller_down_is_one_error_and_the_next_apply_repairs(project):
         assert "Traceback" not in applied.stderr
         assert "backend cluster" in applied.stderr
     finally:
-        restart_controller()
+        private_slurm.start_controller()
+        private_slurm.wait_until_up()
     project.mantik("apply", "--auto-approve", "--wait", "--lock-timeout", "60s", timeout=400)
     finished = Counter(r.data.tags["mantik.run_key"] for r in project.runs() if r.info.status == "FINISHED")
     assert len(finished) == 3 and set(finished.values()) == {1}

@@ -1,11 +1,10 @@
-"""The Slurm backend against a real single-node Slurm (started by `scripts/slurm-local.sh`, as .ci/run does)."""
+"""The Slurm backend against a real single-node Slurm that the test run starts itself (conftest.SlurmCluster)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,51 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import IN_CI, TRAIN_SCRIPT, Project, git, run_example
+from .conftest import TRAIN_SCRIPT, Project, git, run_example
 
 pytestmark = pytest.mark.e2e
 
 VENV_BIN = str(Path(sys.executable).parent)
 
 
-# =1: run these tests against whatever Slurm answers here (their jobs go to its partition `debug`)
-OPT_IN = "MANTIK_TEST_SLURM"
-
-
-def slurm_is_ours() -> bool:
-    """Whether the Slurm that answers is the single-node one of scripts/slurm-local.sh (cluster `local`,
-    controller on this machine), so the tests' jobs land nowhere else; a site's login node is never used
-    unless the user opts in."""
-    if os.environ.get(OPT_IN) == "1":
-        return True
-    shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
-    config = dict(
-        (key.strip(), value.strip()) for key, _, value in (line.partition("=") for line in shown.stdout.splitlines())
-    )
-    return config.get("ClusterName") == "local" and config.get("SlurmctldHost[0]", "").split("(")[0] in (
-        socket.gethostname().split(".")[0],
-        "localhost",
-    )
-
-
 def slurm_is_up() -> bool:
-    """The test Slurm runs and is ours (see slurm_is_ours): tests submit to nothing they did not start."""
+    """The Slurm that SLURM_CONF names (the test run's own, conftest.SlurmCluster) has a node that takes jobs."""
     if not shutil.which("sbatch"):
         return False
     states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
-    return any(state.rstrip("*") in ("idle", "mixed", "allocated") for state in states) and slurm_is_ours()
+    return any(state.rstrip("*") in ("idle", "mixed", "allocated") for state in states)
 
 
 @pytest.fixture(autouse=True)
-def slurm():
-    if not slurm_is_up():
-        message = (
-            "no single-node test Slurm here: start it with `bash scripts/slurm-local.sh` (root), "
-            f"or set {OPT_IN}=1 to submit to the Slurm that answers (its default partition)"
-        )
-        if IN_CI:
-            pytest.fail(message)  # CI starts Slurm: a missing one is a failure, never a skip
-        pytest.skip(message)
+def slurm(slurm_cluster):
+    """Every test here runs on the test run's own Slurm (conftest: skipped without one, a failure under CI)."""
+    assert slurm_is_up(), slurm_cluster.logs()
 
 
 def slurm_spec(**overrides) -> str:

@@ -51,6 +51,8 @@ class Sshd:
                 PidFile {directory / "sshd.pid"}
                 UsePAM no
                 LogLevel VERBOSE
+                # sessions (and the jobs they submit) reach the test run's own Slurm, never the machine's
+                SetEnv SLURM_CONF={os.environ["SLURM_CONF"]}
                 """
             )
         )
@@ -79,17 +81,13 @@ class Sshd:
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    problems = []
+def sshd(tmp_path_factory, slurm_cluster):
     if not Path(SSHD).exists():
-        problems.append("sshd is not installed (apt-get install openssh-server)")
-    if not slurm_is_up():
-        problems.append("Slurm is not running (bash scripts/slurm-local.sh)")
-    if problems:
-        message = "; ".join(problems)
+        message = "sshd is not installed (apt-get install openssh-server)"
         if IN_CI:
-            pytest.fail(message)  # CI installs both: a missing one is a failure, never a skip
+            pytest.fail(message)  # CI installs it: a missing one is a failure, never a skip
         pytest.skip(message)
+    assert slurm_is_up(), slurm_cluster.logs()
     server = Sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()

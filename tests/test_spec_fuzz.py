@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from mantik_spec.spec.load import validate_document
 from mantik_spec.spec.yamlload import SpecError, load_marked
 
-# 6,000 mutated specs + 2,000 arbitrary texts + 2,000 nestings: 10,000 cases per run
+from .conftest import examples
+
+# 6,000 mutated specs + 2,000 arbitrary texts + 2,000 nestings: 10,000 cases per run under CI (hypothesis profile
+# "ci"); a quick sample of each in the local profile
 EXAMPLES = int(os.environ.get("MANTIK_FUZZ_EXAMPLES", "6000"))
 PROBLEM_LINE = re.compile(r"^mantik\.yaml(:\d+:\d+)?: ")
 
@@ -101,19 +104,19 @@ def check(text: str) -> None:
             assert "\n" not in str(problem), f"a problem must be one line: {problem!r}"
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(EXAMPLES), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_specs())
 def test_mutated_specs_give_problems_never_exceptions(spec):
     check(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
 
 
-@settings(max_examples=EXAMPLES // 3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(EXAMPLES // 3), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=400))
 def test_arbitrary_text_gives_problems_never_exceptions(text):
     check(text)
 
 
-@settings(max_examples=EXAMPLES // 3, deadline=None)
+@settings(max_examples=examples(EXAMPLES // 3), deadline=None)
 @given(st.integers(1, 300))
 def test_deep_nesting_is_refused_with_a_line(depth):
     check("project: p\nexperiments:\n  a:\n    parameters:\n      x: " + "[" * depth + "1" + "]" * depth + "\n")

@@ -385,6 +385,7 @@ def test_validate_and_help_do_not_import_pyunicore(on_unicore):
     assert output.strip() == "0 []"
 
 
+@pytest.mark.slow  # the whole example through examples/run.sh
 def test_unicore_example_runs_against_a_site(site, tmp_path, monkeypatch):
     # the site's compute nodes (this machine) have a Python with mlflow first on PATH
     monkeypatch.setenv("PATH", f"{sys.executable.rsplit('/', 1)[0]}:{os.environ['PATH']}")
