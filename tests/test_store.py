@@ -88,8 +88,7 @@ def half_built_store(database: Path) -> None:
     database.parent.mkdir(parents=True, exist_ok=True)
     script = (
         "import sqlalchemy, sys\n"
-        "from mlflow.store.db.base_sql_model import Base\n"
-        "from mlflow.store.db.initial_models import Base as InitialBase\n"
+        "from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase\n"
         "InitialBase.metadata.create_all(sqlalchemy.create_engine(sys.argv[1]))\n"
     )
     python = Path(mantik_command()[0]).parent / "python"
@@ -217,3 +216,59 @@ def test_a_full_disk_refuses_writes_in_one_line(project):
     for verb in ("plan", "status", "show"):
         result = finish(start(project, *verbs(run_id)[verb], prefix=prefix))
         assert result.returncode == 0 and "Traceback" not in result.stderr, (verb, result.stderr)
+
+
+# what observation must see -----------------------------------------------------------------------
+
+
+def test_a_finished_run_whose_key_was_edited_is_not_counted_as_a_result(project):
+    project.write("mantik.yaml", (project.path / "mantik.yaml").read_text().replace("[0.1, 0.2]", "[0.1]"))
+    project.commit("one point")
+    applied = applied_once(project)
+    project.write("mantik.yaml", (project.path / "mantik.yaml").read_text().replace("[0.1]", "[0.1, 0.2]"))
+    project.commit("two points")
+    second = next(e for e in project.plan_json()["entries"] if e["parameters"]["lr"] == 0.2)
+    project.client().set_tag(applied, "mantik.run_key", second["run_key"])  # claims the point that never ran
+    plan = project.plan_json()
+    assert sorted(e["action"] for e in plan["entries"]) == ["submit", "submit"], plan["entries"]
+    assert any(applied in w and "not counted as a result" in w for w in plan["warnings"]), plan["warnings"]
+    project.mantik("apply", "--auto-approve")
+    assert len([e for e in project.events() if e["event"] == "start"]) == 3
+
+
+def applied_once(project) -> str:
+    project.mantik("apply", "--auto-approve")
+    project.wait_until(lambda: [r.info.status for r in project.runs()] == ["FINISHED"], message="the run to finish")
+    return project.runs()[0].info.run_id
+
+
+def test_a_run_deleted_while_its_job_runs_is_seen_and_cancelled_never_submitted_twice(project):
+    spec = (project.path / "mantik.yaml").read_text().replace("{lr: [0.1, 0.2]}", "{lr: [0.1], sleep: [300]}")
+    project.write("mantik.yaml", spec)
+    project.commit("a long run")
+    project.mantik("apply", "--auto-approve")
+    project.wait_until(lambda: [e for e in project.events() if e["event"] == "start"], message="the job to start")
+    run_id = project.runs()[0].info.run_id
+    project.client().delete_run(run_id)
+    plan = project.plan_json()
+    assert [e["action"] for e in plan["entries"]] == ["running"], plan["entries"]
+    assert any(run_id in w and "deleted in MLflow" in w for w in plan["warnings"]), plan["warnings"]
+    project.mantik("apply", "--auto-approve")
+    assert len([e for e in project.events() if e["event"] == "start"]) == 1  # no second job
+    assert any(s["run_id"] == run_id for s in project.status_json())
+    project.mantik("cancel", "sweep")
+    from mlflow.entities import ViewType
+
+    client = project.client()
+    run = client.get_run(run_id)
+    assert (run.info.status, run.info.lifecycle_stage) == ("KILLED", "deleted")
+    pid = int(next((project.path / ".mantik" / "local").glob("*/jobs/*/pid")).read_text().split()[0])
+    project.wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), message="the job to stop")
+    assert client.search_runs([run.info.experiment_id], run_view_type=ViewType.ALL)[0].info.run_id == run_id
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -169,6 +169,7 @@ def prepare_local_store(database: Path) -> None:
     checked with sqlite alone before MLflow opens it (MLflow would otherwise try to migrate an older
     or incomplete store by itself). Raises TrackingError with one line saying what is wrong and what to do.
     """
+    database.parent.mkdir(parents=True, exist_ok=True)  # the lock file lives there: every process must find it
     with _store_file_lock(database):
         for leftover in database.parent.glob(f".{database.name}.building-*"):
             leftover.unlink(missing_ok=True)  # a builder killed mid-way: builders hold the file lock
@@ -296,6 +297,7 @@ class TrackingStore:
                 raise TrackingError(f"the tracking store {uri[len('sqlite:///') :]}: {exc}") from None
         self.client = MlflowClient(tracking_uri=uri)
         self.calls = 0  # requests made, printed with -v and by the bench
+        self.deleted_live: set[str] = set()  # ids of runs deleted in MLflow whose jobs were live when observed
 
     def _call(self, function, *args, **kwargs):
         from mlflow.exceptions import MlflowException
@@ -372,7 +374,7 @@ class TrackingStore:
     # runs --------------------------------------------------------------------------------------
 
     def observe(self) -> list[ObservedRun]:
-        """Every active run of the project, one paged scan."""
+        """Every active run of the project, one paged scan; plus deleted runs still live (see ``deleted_live``)."""
         from mlflow.entities import ViewType
 
         experiment_ids = list(self.experiment_ids())
@@ -390,6 +392,21 @@ class TrackingStore:
             token = page.token
             if not token:
                 break
+        # A run deleted in MLflow while its job runs still holds its key: without it, apply would submit the
+        # key again beside the live job. Deleted runs are few; the filter keeps this to one small page each.
+        self.deleted_live = set()
+        for status in sorted(LIVE) if experiment_ids else ():
+            for run in self._call(
+                self.client.search_runs,
+                experiment_ids,
+                filter_string=f"attributes.status = '{status}'",
+                run_view_type=ViewType.DELETED_ONLY,
+                max_results=PAGE_SIZE,
+            ):
+                observed = _observed(run)
+                if observed is not None:
+                    runs.append(observed)
+                    self.deleted_live.add(observed.run_id)
         return runs
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
@@ -411,7 +428,20 @@ class TrackingStore:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._call(self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        with self._undeleted(run_id):
+            self._call(self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    @contextmanager
+    def _undeleted(self, run_id: str):
+        """MLflow refuses updates to a deleted run: restore it for the update, then delete it again."""
+        if run_id not in self.deleted_live:
+            yield
+            return
+        self._call(self.client.restore_run, run_id)
+        try:
+            yield
+        finally:
+            self._call(self.client.delete_run, run_id)
 
     def log_output(self, run_id: str, output: bytes) -> None:
         """Keep a job's output as the run's log artifact, where the runner would have put it."""
@@ -420,7 +450,8 @@ class TrackingStore:
     def terminate(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
         if tags:
             self.set_tags(run_id, tags)
-        self._call(self.client.set_terminated, run_id, status)
+        with self._undeleted(run_id):
+            self._call(self.client.set_terminated, run_id, status)
 
     # the project lock uses registered-model names: the one create-if-absent primitive every store has
 
