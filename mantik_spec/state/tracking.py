@@ -170,6 +170,7 @@ def prepare_local_store(database: Path) -> None:
     or incomplete store by itself). Raises TrackingError with one line saying what is wrong and what to do.
     """
     database.parent.mkdir(parents=True, exist_ok=True)  # the lock file lives there: every process must find it
+    _schema_revisions()  # read MLflow's migration scripts before taking the lock, not while others wait
     with _store_file_lock(database):
         for leftover in database.parent.glob(f".{database.name}.building-*"):
             leftover.unlink(missing_ok=True)  # a builder killed mid-way: builders hold the file lock
