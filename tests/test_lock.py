@@ -150,3 +150,22 @@ def test_a_lock_that_is_never_renewed_needs_force_unlock(project):
     assert "never renewed" in locked.stderr and "mantik force-unlock L1" in locked.stderr
     project.mantik("force-unlock", "L1")
     project.mantik("apply", "--auto-approve")
+
+
+def test_a_holder_is_dead_at_once_only_in_this_pid_namespace_and_by_pid_and_start_time():
+    from mantik_spec.state.lock import LockInfo, _process_identity, _provably_dead
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = _process_identity(child.pid)
+    if identity is None:
+        pytest.skip("no /proc here: only the renewal counter can tell")
+    boot, namespace, pid, started = identity.split("/")
+    assert not _provably_dead(LockInfo.from_tags({"process": identity}))  # alive
+    reused = f"{boot}/{namespace}/{pid}/{int(started) - 1}"
+    assert _provably_dead(LockInfo.from_tags({"process": reused}))  # the pid now belongs to another process
+    child.kill()
+    child.wait()
+    assert _provably_dead(LockInfo.from_tags({"process": identity}))
+    # the same pid in another pid namespace, or after a reboot, proves nothing here
+    assert not _provably_dead(LockInfo.from_tags({"process": f"{boot}/pid:[1]/{pid}/{started}"}))
+    assert not _provably_dead(LockInfo.from_tags({"process": f"another-boot/{namespace}/{pid}/{started}"}))

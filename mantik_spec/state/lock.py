@@ -115,7 +115,21 @@ def _provably_dead(holder: LockInfo) -> bool:
     mine = _process_identity(os.getpid())
     if mine is None or mine.split("/")[:2] != parts[:2]:
         return False  # another machine, container or boot: only the renewal counter can tell
-    return _process_identity(int(parts[2])) != holder.process
+    pid = int(parts[2])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return True  # exited between the two looks
+    except OSError:
+        return False  # hidden from us (/proc mounted with hidepid): cannot tell
+    return fields[0] == "Z" or fields[19] != parts[3]  # finished, or the pid now belongs to another process
 
 
 def lease_seconds() -> float:
