@@ -227,10 +227,10 @@ def test_a_finished_run_whose_key_was_edited_is_not_counted_as_a_result(project)
     applied = applied_once(project)
     project.write("mantik.yaml", (project.path / "mantik.yaml").read_text().replace("[0.1]", "[0.1, 0.2]"))
     project.commit("two points")
-    second = next(e for e in project.plan_json()["entries"] if e["parameters"]["lr"] == 0.2)
+    second = next(e for e in project.plan_json()["runs"] if e["parameters"]["lr"] == 0.2)
     project.client().set_tag(applied, "mantik.run_key", second["run_key"])  # claims the point that never ran
     plan = project.plan_json()
-    assert sorted(e["action"] for e in plan["entries"]) == ["submit", "submit"], plan["entries"]
+    assert sorted(e["action"] for e in plan["runs"]) == ["submit", "submit"], plan["runs"]
     assert any(applied in w and "not counted as a result" in w for w in plan["warnings"]), plan["warnings"]
     project.mantik("apply", "--auto-approve")
     assert len([e for e in project.events() if e["event"] == "start"]) == 3
@@ -251,7 +251,7 @@ def test_a_run_deleted_while_its_job_runs_is_seen_and_cancelled_never_submitted_
     run_id = project.runs()[0].info.run_id
     project.client().delete_run(run_id)
     plan = project.plan_json()
-    assert [e["action"] for e in plan["entries"]] == ["running"], plan["entries"]
+    assert [e["action"] for e in plan["runs"]] == ["running"], plan["runs"]
     assert any(run_id in w and "deleted in MLflow" in w for w in plan["warnings"]), plan["warnings"]
     project.mantik("apply", "--auto-approve")
     assert len([e for e in project.events() if e["event"] == "start"]) == 1  # no second job
