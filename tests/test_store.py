@@ -233,7 +233,9 @@ def test_a_finished_run_whose_key_was_edited_is_not_counted_as_a_result(project)
     assert sorted(e["action"] for e in plan["runs"]) == ["submit", "submit"], plan["runs"]
     assert any(applied in w and "not counted as a result" in w for w in plan["warnings"]), plan["warnings"]
     project.mantik("apply", "--auto-approve")
+    project.wait_until(lambda: len([e for e in project.events() if e["event"] == "end"]) == 3, message="both runs")
     assert len([e for e in project.events() if e["event"] == "start"]) == 3
+    assert "No changes" in project.mantik("plan").stdout
 
 
 def applied_once(project) -> str:
