@@ -149,9 +149,11 @@ def postgres_mlflow_server(tmp_path):
         server.start()
         yield server
     finally:
-        if server is not None:
-            server.stop()
-        cluster.stop()
+        try:
+            if server is not None:
+                server.stop()
+        finally:
+            cluster.stop()  # even if the server's stop failed: never leave a cluster running
 
 
 def test_parallel_applies_mlflow_server_postgres_local(project, postgres_mlflow_server):
