@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..backends import make_backend
 from ..backends.base import Backend, BackendError, JobState, JobStatus
-from ..reconcile.identity import DesiredRun, identify
+from ..reconcile.identity import DesiredRun, identify, recorded_identity
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
 from ..spec.experiments import expand, resolve_extends
@@ -99,6 +99,7 @@ class Observation:
     runs: list[ObservedRun]
     jobs: JobStates
     changed_files: dict[str, list[str]]
+    untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
 
 
 def observe(project: Project) -> Observation:
@@ -116,7 +117,14 @@ def observe(project: Project) -> Observation:
     desired = [identify(point, code.identity, data, environments) for point in expand(spec, experiments)]
     runs = project.store.observe()
     jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
-    return Observation(code, desired, runs, jobs, _changed_files(project, code, desired, runs))
+    untrusted = _untrusted(runs)
+    return Observation(code, desired, runs, jobs, _changed_files(project, code, desired, runs), untrusted)
+
+
+def _untrusted(runs: list[ObservedRun]) -> list[ObservedRun]:
+    """FINISHED runs whose recorded identity inputs do not hash to the key they carry (a key tag edited by
+    hand, or written by another tool): they prove nothing about the point that key names."""
+    return [r for r in runs if r.status == "FINISHED" and recorded_identity(r).key != r.run_key]
 
 
 def _unexplained_kills(runs: list[ObservedRun]) -> list[ObservedRun]:
@@ -226,9 +234,10 @@ def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] =
     if unknown:
         examples = ", ".join(sorted(declared)[:3]) or "none"
         raise UserError(f"--replace {unknown[0]}: no such declared point (points look like: {examples})")
+    untrusted = {r.run_id for r in observation.untrusted}
     plan = make_plan(
         observation.desired,
-        observation.runs,
+        [r for r in observation.runs if r.run_id not in untrusted],
         observation.jobs,
         commit=observation.code.commit,
         spec_digest=project.loaded.digest,
@@ -238,6 +247,17 @@ def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] =
     )
     plan.errors.extend(unreachable(observation))
     plan.errors.extend(_not_offered(project, plan))
+    for run in observation.untrusted:
+        plan.warnings.append(
+            f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash to "
+            f"{recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
+        )
+    for run in observation.runs:
+        if run.run_id in project.store.deleted_live:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) was deleted in MLflow while its job is {run.status.lower()}: "
+                "its key is not submitted again; `mantik cancel` reaches it, `mlflow runs restore` brings it back"
+            )
     if observation.code.dirty:
         plan.warnings.append(
             f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "

@@ -8,6 +8,8 @@ own ``mlflow.source.*`` system tags, so the MLflow UI shows where it came from.
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -67,6 +69,168 @@ def _silence_mlflow_logging() -> None:
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow logs every SQL error with its traceback before raising it; mantik reports it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    logging.getLogger("mlflow.store.tracking.sqlalchemy_store").setLevel(logging.CRITICAL)
+
+
+# the local sqlite store ------------------------------------------------------------------------
+
+_SCHEMA: tuple[str, frozenset[str]] | None = None  # (head revision, every revision) of the installed MLflow
+
+
+def _schema_revisions() -> tuple[str, frozenset[str]]:
+    global _SCHEMA
+    if _SCHEMA is None:
+        from alembic.script import ScriptDirectory
+        from mlflow.store.db.utils import _get_alembic_config
+
+        script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+        _SCHEMA = (script.get_current_head() or "", frozenset(r.revision for r in script.walk_revisions()))
+    return _SCHEMA
+
+
+@contextmanager
+def _store_file_lock(database: Path):
+    """Serialise creating and checking a local store between processes (the project lock lives inside it).
+
+    ``flock`` is released by the kernel when its holder dies, so a killed command never leaves it held.
+    """
+    import fcntl
+
+    path = database.with_name(database.name + ".lock")
+    try:
+        handle = open(path, "a")  # noqa: SIM115 - closed below
+    except OSError:
+        try:  # a read-only directory: lock the existing file if there is one (flock needs no write access)
+            handle = open(path)  # noqa: SIM115
+        except OSError:
+            yield  # nobody can create or change a store here either
+            return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_local_store(database: Path) -> None:
+    """Make sure ``database`` is a complete MLflow store of the installed MLflow's schema.
+
+    A missing store is built under a temporary name beside it and renamed into place, so a command
+    killed while MLflow creates the tables leaves no half-built store behind. An existing store is
+    checked with sqlite alone before MLflow opens it (MLflow would otherwise try to migrate an older
+    or incomplete store by itself). Raises TrackingError with one line saying what is wrong and what to do.
+    """
+    database.parent.mkdir(parents=True, exist_ok=True)  # the lock file lives there: every process must find it
+    _schema_revisions()  # read MLflow's migration scripts before taking the lock, not while others wait
+    with _store_file_lock(database):
+        for leftover in database.parent.glob(f".{database.name}.building-*"):
+            leftover.unlink(missing_ok=True)  # a builder killed mid-way: builders hold the file lock
+        if database.exists():
+            if _check_store(database) == "empty":
+                _build_store(database)
+        else:
+            _build_store(database)
+
+
+def _build_store(database: Path) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy.exc import SQLAlchemyError
+
+    building = database.with_name(f".{database.name}.building-{os.getpid()}")
+    building.unlink(missing_ok=True)
+    uri = f"sqlite:///{building}"
+    try:
+        store = SqlAlchemyStore(uri, (database.parent / "artifacts").as_uri())
+        store.engine.dispose()
+        SqlAlchemyStore._engine_map.pop(uri, None)
+        os.replace(building, database)
+    except (MlflowException, SQLAlchemyError, OSError) as exc:
+        building.unlink(missing_ok=True)
+        hint = _sqlite_hint(exc) or _first_line(exc)
+        raise TrackingError(f"could not create the tracking store {database}: {hint}") from None
+
+
+def _check_store(database: Path) -> str:
+    """'ok', or 'empty' (a file holding no MLflow tables: build the store there); else TrackingError."""
+    import sqlite3
+
+    where = f"the tracking store {database}"
+    try:
+        connection = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise TrackingError(f"{where} cannot be opened ({exc}): check its permissions") from None
+    try:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = None
+        if "alembic_version" in tables:
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+        runs = connection.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.Error as exc:
+        raise TrackingError(
+            f"{where} is damaged ({exc}): restore it from a backup, or move it away to start a new store"
+        ) from None
+    finally:
+        connection.close()
+    if not tables:
+        return "empty"
+    head, known = _schema_revisions()
+    if revision == head:
+        return "ok"
+    if revision is None or not {"experiments", "runs", "registered_models"} <= tables:
+        if runs == 0:
+            # left by a command killed while MLflow created the tables (before stores were built aside)
+            aside = database.with_name(f"{database.name}.incomplete-{os.getpid()}")
+            os.replace(database, aside)
+            sys.stderr.write(
+                f"Note: the tracking store {database} was left incomplete by an interrupted command and held no "
+                f"runs: it is rebuilt (the old file is kept as {aside.name})\n"
+            )
+            return "empty"
+        raise TrackingError(
+            f"{where} is incomplete (no schema version) but holds {runs} run(s): restore it from a backup"
+        )
+    if revision in known:
+        raise TrackingError(
+            f"{where} was written by an older MLflow (schema {revision}, this MLflow needs {head}): back it up, "
+            f"then run `mlflow db upgrade sqlite:///{database}`"
+        )
+    raise TrackingError(
+        f"{where} was written by a newer MLflow (schema {revision} is unknown to the MLflow installed here): "
+        "upgrade MLflow here (`pip install -U mlflow`) or use the version that wrote it"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_SQLITE_HINTS = {  # primary result codes of sqlite3 errors -> what to do
+    8: "the store is read-only: make it writable, or use plan/status/show only",  # SQLITE_READONLY
+    13: "the disk holding the store is full: free space; nothing was written",  # SQLITE_FULL
+    11: "the store is damaged: restore it from a backup",  # SQLITE_CORRUPT
+    26: "the store is damaged (not a database): restore it from a backup",  # SQLITE_NOTADB
+    10: "the store could not be written (I/O error, a full disk or a file-size limit): nothing was written",
+    14: "the store cannot be opened: check the permissions of its directory",  # SQLITE_CANTOPEN
+    5: "the store stayed busy (another process holds a write lock on it): try again",  # SQLITE_BUSY
+}
+
+
+def _sqlite_hint(exc: BaseException | None) -> str | None:
+    """What to do about the sqlite error behind ``exc``, read from its result code."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return _SQLITE_HINTS.get(code & 0xFF)
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return None
 
 
 class TrackingStore:
@@ -81,8 +245,14 @@ class TrackingStore:
 
         self.uri = uri
         self.project = project
+        if uri.startswith("sqlite:///"):
+            try:
+                prepare_local_store(Path(uri[len("sqlite:///") :]))
+            except OSError as exc:
+                raise TrackingError(f"the tracking store {uri[len('sqlite:///') :]}: {exc}") from None
         self.client = MlflowClient(tracking_uri=uri)
         self.calls = 0  # requests made, printed with -v and by the bench
+        self.deleted_live: set[str] = set()  # ids of runs deleted in MLflow whose jobs were live when observed
 
     def _call(self, function, *args, **kwargs):
         from mlflow.exceptions import MlflowException
@@ -91,9 +261,19 @@ class TrackingStore:
         try:
             return function(*args, **kwargs)
         except MlflowException as exc:
-            raise TrackingError(f"MLflow at {_safe_uri(self.uri)}: {exc.message.splitlines()[0]}") from exc
+            raise self._error(exc) from exc
         except OSError as exc:
             raise TrackingError(f"MLflow at {_safe_uri(self.uri)} unreachable: {exc}") from exc
+        except Exception as exc:  # a database error MLflow let through (sqlalchemy's, sqlite3's)
+            if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "sqlite3"):
+                raise
+            raise self._error(exc) from exc
+
+    def _error(self, exc: BaseException) -> TrackingError:
+        hint = _sqlite_hint(exc)
+        if hint:
+            return TrackingError(f"MLflow at {_safe_uri(self.uri)}: {hint}")
+        return TrackingError(f"MLflow at {_safe_uri(self.uri)}: {_first_line(exc)}")
 
     # experiments -------------------------------------------------------------------------------
 
@@ -149,7 +329,7 @@ class TrackingStore:
     # runs --------------------------------------------------------------------------------------
 
     def observe(self) -> list[ObservedRun]:
-        """Every active run of the project, one paged scan."""
+        """Every active run of the project, one paged scan; plus deleted runs still live (see ``deleted_live``)."""
         from mlflow.entities import ViewType
 
         experiment_ids = list(self.experiment_ids())
@@ -167,6 +347,21 @@ class TrackingStore:
             token = page.token
             if not token:
                 break
+        # A run deleted in MLflow while its job runs still holds its key: without it, apply would submit the
+        # key again beside the live job. Deleted runs are few; the filter keeps this to one small page each.
+        self.deleted_live = set()
+        for status in sorted(LIVE) if experiment_ids else ():
+            for run in self._call(
+                self.client.search_runs,
+                experiment_ids,
+                filter_string=f"attributes.status = '{status}'",
+                run_view_type=ViewType.DELETED_ONLY,
+                max_results=PAGE_SIZE,
+            ):
+                observed = _observed(run)
+                if observed is not None:
+                    runs.append(observed)
+                    self.deleted_live.add(observed.run_id)
         return runs
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
@@ -188,7 +383,20 @@ class TrackingStore:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._call(self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        with self._undeleted(run_id):
+            self._call(self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    @contextmanager
+    def _undeleted(self, run_id: str):
+        """MLflow refuses updates to a deleted run: restore it for the update, then delete it again."""
+        if run_id not in self.deleted_live:
+            yield
+            return
+        self._call(self.client.restore_run, run_id)
+        try:
+            yield
+        finally:
+            self._call(self.client.delete_run, run_id)
 
     def log_output(self, run_id: str, output: bytes) -> None:
         """Keep a job's output as the run's log artifact, where the runner would have put it."""
@@ -197,34 +405,42 @@ class TrackingStore:
     def terminate(self, run_id: str, status: RunStatus, tags: dict[str, str] | None = None) -> None:
         if tags:
             self.set_tags(run_id, tags)
-        self._call(self.client.set_terminated, run_id, RunStatus(status).value)
+        with self._undeleted(run_id):
+            self._call(self.client.set_terminated, run_id, RunStatus(status).value)
 
     # the project lock uses registered-model names: the one create-if-absent primitive every store has
 
     def create_lock_record(self, name: str, tags: dict[str, str]) -> bool:
         from mlflow.exceptions import MlflowException
 
-        self.calls += 1
-        try:
-            self.client.create_registered_model(name, tags=tags, description="mantik-spec project lock")
-            return True
-        except MlflowException as exc:
-            # Taken. MLflow's sqlite store, on finding the name taken, reads the holder's record; when the
-            # holder released it in between, that read fails as "does not exist": taken then, free now.
-            if exc.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                return False
-            raise TrackingError(f"MLflow at {_safe_uri(self.uri)}: {exc.message.splitlines()[0]}") from exc
+        def create() -> bool:
+            try:
+                self.client.create_registered_model(name, tags=tags, description="mantik-spec project lock")
+                return True
+            except MlflowException as exc:
+                # Taken. MLflow's sqlite store, on finding the name taken, reads the holder's record; when the
+                # holder released it in between, that read fails as "does not exist": taken then, free now.
+                if exc.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+                    return False
+                raise
+
+        return self._call(create)
 
     def read_lock_record(self, name: str) -> dict[str, str] | None:
         from mlflow.exceptions import MlflowException
 
-        self.calls += 1
-        try:
-            return dict(self.client.get_registered_model(name).tags)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise TrackingError(f"MLflow at {_safe_uri(self.uri)}: {exc.message.splitlines()[0]}") from exc
+        def read() -> dict[str, str] | None:
+            try:
+                return dict(self.client.get_registered_model(name).tags)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+
+        return self._call(read)
+
+    def set_lock_tag(self, name: str, key: str, value: str) -> None:
+        self._call(self.client.set_registered_model_tag, name, key, value)
 
     def delete_lock_record(self, name: str) -> None:
         self._call(self.client.delete_registered_model, name)

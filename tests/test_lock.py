@@ -1,0 +1,171 @@
+"""The project lock heals itself without trusting host names, pids or clocks across machines: holders renew a
+counter, waiters break a lock whose counter stood still for a lease measured on their own monotonic clock."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mantik_spec.state.lock import lock_name
+
+pytestmark = pytest.mark.e2e
+
+LEASE = "2"  # seconds: MANTIK_LOCK_LEASE for every process of these tests
+
+HOLDER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from mantik_spec.state.lock import project_lock
+    from mantik_spec.state.tracking import TrackingStore
+
+    store = TrackingStore(sys.argv[1], "demo")
+    with project_lock(store, "apply", 0) as handle:
+        print("holding", handle, os.getpid(), flush=True)
+        deadline = time.monotonic() + 900
+        while not Path(sys.argv[2]).exists() and time.monotonic() < deadline:  # held until the test says
+            time.sleep(0.2)
+        print("lost" if handle.lost else "kept", flush=True)
+    """
+)
+
+
+def store_uri(project) -> str:
+    return f"sqlite:///{project.path / '.mantik' / 'mlflow.db'}"
+
+
+def needs_pid_namespaces() -> None:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for processes in another pid namespace")
+
+
+def start_holder(project, release: Path, burn_pids: int = 400) -> tuple[subprocess.Popen, str, int]:
+    """A lock holder in a pid namespace of its own (same host name), as in a container with host networking,
+    holding the lock until ``release`` exists. Returns it, its lock id and its pid inside its namespace.
+
+    Pids are burnt first so that its pid is one the test's namespace is unlikely to have.
+    """
+    needs_pid_namespaces()
+    script = project.path.parent / "holder.py"
+    script.write_text(HOLDER)
+    process = subprocess.Popen(
+        [
+            "unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+            f'i=0; while [ $i -lt {burn_pids} ]; do /bin/true; i=$((i+1)); done; "$@"', "sh",
+            sys.executable, str(script), store_uri(project), str(release),
+        ],  # fmt: skip
+        env={**project.env, "MANTIK_LOCK_LEASE": LEASE, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    line = process.stdout.readline()
+    assert line.startswith("holding "), (line, process.stderr.read() if process.poll() is not None else "")
+    return process, line.split()[1], int(line.split()[2])
+
+
+def test_a_live_holder_in_another_pid_namespace_is_never_broken(project):
+    project.mantik("plan")
+    release = project.path.parent / "release"
+    holder, lock_id, inner_pid = start_holder(project, release)
+    try:
+        # the premise of liveness by pid: that pid is missing here, which used to mean "dead"
+        assert inner_pid > 1  # not the namespace's init: a pid the outer namespace may well lack
+        waiter = project.mantik(
+            "apply", "--auto-approve", "--lock-timeout", "8s", check=1, env={"MANTIK_LOCK_LEASE": LEASE}
+        )
+        assert f"Waiting for the project lock (ID {lock_id}" in waiter.stderr
+        assert f"the project is locked (ID {lock_id}" in waiter.stderr
+        assert project.runs() == []
+        release.touch()
+        out, err = holder.communicate(timeout=120)
+        assert out.strip() == "kept", err  # it renewed throughout and nobody broke its lock
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_a_killed_holder_in_another_pid_namespace_is_broken_after_the_lease(project):
+    project.mantik("plan")
+    holder, lock_id, _ = start_holder(project, project.path.parent / "never")
+    os.killpg(holder.pid, signal.SIGKILL)  # the namespace's init dies: every process in it goes
+    holder.wait()
+    result = project.mantik("apply", "--auto-approve", "--lock-timeout", "60s", env={"MANTIK_LOCK_LEASE": LEASE})
+    assert "Apply complete: 2 run(s) started." in result.stdout
+    assert len(project.runs()) == 2
+
+
+def plant_lock(project, **tags: str) -> None:
+    from mantik_spec.state.tracking import TrackingStore
+
+    record = {"lock_id": "L1", "who": "ci", "host": "ci-runner-7", "pid": "1", "operation": "apply", "created": "then"}
+    assert TrackingStore(store_uri(project), "demo").create_lock_record(lock_name("demo"), {**record, **tags})
+
+
+def test_a_dead_holder_on_another_host_is_broken_after_the_lease(project):
+    """A holder elsewhere whose pid happens to be alive here (this test's own): pids are never trusted."""
+    project.mantik("plan")
+    plant_lock(project, host="other-host", pid=str(os.getpid()), beat="7", renew_seconds="0.4")
+    started = time.monotonic()
+    result = project.mantik("apply", "--auto-approve", "--lock-timeout", "60s", env={"MANTIK_LOCK_LEASE": LEASE})
+    assert "Waiting for the project lock (ID L1, held by ci@other-host" in result.stderr
+    assert "Apply complete: 2 run(s) started." in result.stdout
+    assert time.monotonic() - started < 60
+
+
+def test_a_leftover_breaker_record_neither_blocks_nor_spins_past_the_timeout(project):
+    """An apply killed while it broke a stale lock left its breaker record behind."""
+    project.mantik("plan")
+    plant_lock(project, beat="3", renew_seconds="0.4")
+    from mantik_spec.state.tracking import TrackingStore
+
+    TrackingStore(store_uri(project), "demo").create_lock_record(f"{lock_name('demo')}.break-L1-1", {"lock_id": "L1"})
+    # a lease longer than the timeout: the waiter gives up at its timeout, saying why
+    started = time.monotonic()
+    stuck = project.mantik("apply", "--auto-approve", "--lock-timeout", "5s", check=1, env={"MANTIK_LOCK_LEASE": "600"})
+    waited = time.monotonic() - started
+    assert "the project is locked (ID L1" in stuck.stderr and "not renewed for" in stuck.stderr
+    assert waited < 5 + 60  # the timeout plus starting Python and opening the store on a loaded machine
+    # a short lease: the dead breaker is passed over after a lease and the lock is broken
+    result = project.mantik("apply", "--auto-approve", "--lock-timeout", "5s", env={"MANTIK_LOCK_LEASE": "1"})
+    assert "Apply complete: 2 run(s) started." in result.stdout
+    client = project.client()
+    assert [m.name for m in client.search_registered_models()] == []  # the lock and both breaker records gone
+
+
+def test_a_lock_that_is_never_renewed_needs_force_unlock(project):
+    """Records without a counter (an older mantik-spec) are never broken by a guess."""
+    project.mantik("plan")
+    plant_lock(project)
+    locked = project.mantik("apply", "--auto-approve", "--lock-timeout", "4s", check=1, env={"MANTIK_LOCK_LEASE": "1"})
+    assert "never renewed" in locked.stderr and "mantik force-unlock L1" in locked.stderr
+    project.mantik("force-unlock", "L1")
+    project.mantik("apply", "--auto-approve")
+
+
+def test_a_holder_is_dead_at_once_only_in_this_pid_namespace_and_by_pid_and_start_time():
+    from mantik_spec.state.lock import LockInfo, _process_identity, _provably_dead
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = _process_identity(child.pid)
+    if identity is None:
+        pytest.skip("no /proc here: only the renewal counter can tell")
+    boot, namespace, pid, started = identity.split("/")
+    assert not _provably_dead(LockInfo.from_tags({"process": identity}))  # alive
+    reused = f"{boot}/{namespace}/{pid}/{int(started) - 1}"
+    assert _provably_dead(LockInfo.from_tags({"process": reused}))  # the pid now belongs to another process
+    child.kill()
+    child.wait()
+    assert _provably_dead(LockInfo.from_tags({"process": identity}))
+    # the same pid in another pid namespace, or after a reboot, proves nothing here
+    assert not _provably_dead(LockInfo.from_tags({"process": f"{boot}/pid:[1]/{pid}/{started}"}))
+    assert not _provably_dead(LockInfo.from_tags({"process": f"another-boot/{namespace}/{pid}/{started}"}))
