@@ -23,7 +23,6 @@ from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
-from ..spec.experiments import format_value
 from ..spec.model import Environment
 from ..state.git import CodeVersion
 from ..state.lock import project_lock
@@ -289,7 +288,7 @@ def submit(
 
 
 def run_params(want: DesiredRun) -> dict[str, str]:
-    return {name: format_value(value) for name, value in want.point.values.items()}
+    return want.point.arguments  # as MLflow logs them: the values the command got
 
 
 def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:

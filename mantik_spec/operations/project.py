@@ -16,6 +16,7 @@ from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
 from ..runner import SIGNALLED
 from ..spec.experiments import expand, resolve_extends
+from ..spec.includes import mlproject_notes
 from ..spec.load import LoadedSpec, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
 from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
@@ -191,6 +192,7 @@ def build_plan(project: Project, prune: bool = False) -> tuple[Plan, Observation
         changed_files=observation.changed_files,
     )
     plan.errors.extend(unreachable(observation))
+    plan.warnings.extend(mlproject_notes(project.spec, project.root))
     if observation.code.dirty:
         plan.warnings.append(
             f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "

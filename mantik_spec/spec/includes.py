@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checks import relative_path_problem
+from .experiments import join_lines
 from .hints import suggest
 from .yamlload import MarkedDocument, Problem, SpecError, load_marked
 from .yamlload import Path as DataPath
 
 MAX_INCLUDED_BYTES = 1024 * 1024
-MLPROJECT_KEYS = ("name", "entry_points", "conda_env", "python_env", "docker_env")
+MLPROJECT_ENVIRONMENTS = ("conda_env", "python_env", "docker_env")
+MLPROJECT_KEYS = ("name", "entry_points", *MLPROJECT_ENVIRONMENTS)
+CHECKED_TYPES = ("float", "int", "string", "bool", "path", "uri")
+TYPE_ALIASES = {"str": "string", "integer": "int", "boolean": "bool"}  # names a Python user writes for ours
 
 
 @dataclass
@@ -126,10 +130,72 @@ def _include_mlproject(composed: ComposedDocument, project_root: Path, relative:
                 )
             )
             continue
-        merged[name] = entry
+        merged[name] = _as_mlflow_reads(entry)
         paths[("entry_points", name)] = ("entry_points", name)
     composed.origins.append(Origin(included, paths))
     return problems
+
+
+def _as_mlflow_reads(entry):
+    """An MLproject entry point as MLflow runs it, in mantik's terms (see :func:`mlproject_notes`).
+
+    MLflow checks no parameter type but ``path`` and ``uri``: any other (``str``, ``list[int]``, a typo)
+    passes values on as text, so it becomes ``string`` with the written type kept in ``declared_type``.
+    The command's line breaks (a folded ``>`` block with deeper-indented lines) are joined as MLflow
+    and Mantik read them. Parameters the command does not use are allowed, as in MLflow.
+    """
+    if not isinstance(entry, dict):
+        return entry
+    entry = dict(entry, from_mlproject=True)
+    if isinstance(entry.get("command"), str):
+        entry["command"] = join_lines(entry["command"])
+    parameters = entry.get("parameters")
+    if isinstance(parameters, dict):
+        entry["parameters"] = {name: _parameter(declared) for name, declared in parameters.items()}
+    elif parameters is None and "parameters" in entry:
+        entry["parameters"] = {}
+    return entry
+
+
+def _parameter(declared):
+    if isinstance(declared, str):
+        declared = {"type": declared}
+    if not isinstance(declared, dict) or not isinstance(declared.get("type", "string"), str):
+        return declared  # refused by the model, at its line
+    written = declared.get("type", "string")
+    if written in CHECKED_TYPES:
+        return declared
+    return {**declared, "type": TYPE_ALIASES.get(written, "string"), "declared_type": written}
+
+
+def mlproject_notes(spec, project_root: Path) -> list[str]:
+    """What mantik does differently from ``mlflow run`` with the spec's MLproject, one line each with the
+    MLproject's file:line: environments it names (mantik runs in the environments of ``mantik.yaml``) and
+    parameter types it does not check. Empty without an MLproject; never raises."""
+    if not spec.mlproject:
+        return []
+    try:
+        document = read_included(project_root, spec.mlproject, load_marked("mlproject: x", "mantik.yaml"), ())
+    except SpecError:
+        return []
+    data = document.data if isinstance(document.data, dict) else {}
+    notes = []
+    for key in MLPROJECT_ENVIRONMENTS:
+        if key in data:
+            message = (
+                "not used: runs use the environment mantik.yaml gives them (an experiment's or its backend's "
+                "environment), as `mlflow run --env-manager local` would; declare one that provides what it lists"
+            )
+            notes.append(str(document.problem((key,), message, at_key=True)))
+    for name, entry in spec.entry_points.items():
+        for parameter, declared in entry.parameters.items():
+            if entry.from_mlproject and declared.declared_type and declared.declared_type not in TYPE_ALIASES:
+                message = (
+                    f"type {declared.declared_type!r} is not one MLflow checks: values are passed on as text, "
+                    "as MLflow does (mantik treats it as string)"
+                )
+                notes.append(str(document.problem(("entry_points", name, "parameters", parameter, "type"), message)))
+    return notes
 
 
 # -- Mantik compute-backend configs ---------------------------------------------------------------------

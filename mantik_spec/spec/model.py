@@ -13,6 +13,7 @@ import shlex
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 # pydantic scans every installed distribution's entry points for plugins as each model
 # is built (~20 ms); mantik uses none, and `validate` runs on every commit. The switch is
@@ -57,6 +58,13 @@ class Parameter(Strict):
     type: ParameterType = "string"
     default: ScalarValue | None = None
     description: str | None = None
+    # Set when an MLproject declares a type mantik does not check (`str`, `list[int]`, a misspelling):
+    # MLflow passes such values on as text, so `type` is then "string"; `explain` shows what was written.
+    declared_type: SkipJsonSchema[str | None] = None
+
+    @property
+    def shown_type(self) -> str:
+        return self.declared_type or self.type
 
 
 class EntryPoint(Strict):
@@ -64,6 +72,9 @@ class EntryPoint(Strict):
     parameters: dict[Name, Parameter] = Field(
         default_factory=dict, description="Declared parameters; `lr: float` is short for `lr: {type: float}`."
     )
+
+    # True for entry points read from an MLproject: MLflow allows parameters the command does not use
+    from_mlproject: SkipJsonSchema[bool] = False
 
     @field_validator("parameters", mode="before", json_schema_input_type=dict[Name, Parameter | ParameterType])
     @classmethod
