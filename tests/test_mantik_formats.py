@@ -6,6 +6,7 @@ Every problem in them is reported at their own file:line, in their own key names
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import textwrap
@@ -448,3 +449,151 @@ def test_values_reach_command_and_params_as_mlflow_formats_them(tmp_path):
     assert sorted(p.arguments["flag"] for p in points) == ["False", "False", "True", "True"]
     # 1 and 1.0 are one run (the typed value names it); the command gets what was written
     assert {p.values["lr"] for p in points} == {1.0, "1e-3"}
+
+
+# -- Mantik configs: remote images, the batch shell's expansions, srun, init --------------------------------
+
+REMOTE_IMAGE_CONFIG = """\
+UnicoreApiUrl: https://zam2125.zam.kfa-juelich.de:9112/JUWELS/rest/core
+Resources: {Queue: booster, Nodes: 2, GPUsPerNode: 4}
+Environment:
+  Apptainer:
+    Path: /p/project/deepacf/$USER/img.sif
+    Type: remote
+    Options: ["--nv", "-B $PWD/data:/data"]
+  Variables:
+    RUN_DIR: /p/scratch/deepacf/$USER/runs
+    STARTED: $(echo started)
+    QUOTED: 'say "hi"'
+    PLAIN: "8"
+"""
+
+
+def remote_image_project(tmp_path, config: str = REMOTE_IMAGE_CONFIG, extra: str = ""):
+    (tmp_path / "compute-backend-config.yaml").write_text(config)
+    write_project(
+        tmp_path,
+        "project: demo\nbackends:\n  juwels: {type: unicore, config: compute-backend-config.yaml}\n" + extra,
+    )
+    return load_spec(tmp_path).spec
+
+
+def test_a_remote_image_is_identified_by_the_version_its_config_or_mantik_yaml_gives(tmp_path):
+    from mantik_spec.state.versions import FileDigests, VersionError, environment_identity
+
+    digests = FileDigests(tmp_path / ".mantik")
+    spec = remote_image_project(tmp_path)
+    with pytest.raises(VersionError) as caught:
+        environment_identity(tmp_path, "juwels", spec.environments["juwels"], digests)
+    assert "declare its digest (digest: sha256:...) or a version (image_version: ...)" in str(caught.value)
+
+    versioned = REMOTE_IMAGE_CONFIG.replace("    Type: remote\n", "    Type: remote\n    Version: 2024-05\n")
+    spec = remote_image_project(tmp_path, versioned)
+    identity = environment_identity(tmp_path, "juwels", spec.environments["juwels"], digests)
+    assert identity.startswith("apptainer:/p/project/deepacf/$USER/img.sif@2024-05;")
+
+    # or in mantik.yaml, which completes the config's Environment (and overrides it key by key)
+    spec = remote_image_project(tmp_path, extra="environments:\n  juwels: {image_version: v2}\n")
+    environment = spec.environments["juwels"]
+    assert environment.image_version == "v2" and environment.apptainer == "/p/project/deepacf/$USER/img.sif"
+    assert spec.backends["juwels"].environment == "juwels"
+    digest = "sha256:" + "a" * 64
+    spec = remote_image_project(tmp_path, extra=f"environments:\n  juwels: {{digest: '{digest}'}}\n")
+    assert environment_identity(tmp_path, "juwels", spec.environments["juwels"], digests).startswith(
+        f"apptainer:{digest};"
+    )
+
+
+def test_the_jobs_shell_expands_what_mantiks_batch_script_expanded(tmp_path):
+    """$USER in the image path and options, $(...) in Variables: expanded in the job, as under Mantik."""
+    from mantik_spec.operations.apply import in_environment, launches_with_srun
+
+    environment = remote_image_project(tmp_path).environments["juwels"]
+    assert environment.shell_expansion
+    srun = launches_with_srun(environment, "unicore")
+    command = in_environment("python train.py --lr 0.1", environment, None, srun)
+    # stand-ins for srun and apptainer that print what they were given
+    shell = (
+        "srun() { printf 'srun\\n'; \"$@\"; }; "
+        "apptainer() { printf '%s\\n' \"$@\"; printf 'RUN_DIR=%s\\nSTARTED=%s\\nQUOTED=%s\\n' "
+        '"$RUN_DIR" "$STARTED" "$QUOTED"; }; '
+    )
+    result = subprocess.run(
+        ["bash", "-c", shell + command],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        # the runner sets the variables as given (JobRequest.environment), then the command runs
+        env={"PATH": os.environ["PATH"], "USER": "alice", **environment.variables},
+    )
+    assert result.stdout.splitlines() == [
+        "srun",
+        "exec",
+        "--nv",
+        "-B",
+        f"{tmp_path}/data:/data",
+        "/p/project/deepacf/alice/img.sif",
+        "sh",
+        "-c",
+        "python train.py --lr 0.1",
+        "RUN_DIR=/p/scratch/deepacf/alice/runs",
+        "STARTED=started",
+        'QUOTED=say "hi"',
+    ]
+
+
+@pytest.mark.parametrize(
+    "backend_type, environment, expected",
+    [
+        ("slurm", {"apptainer": "/p/img.sif"}, True),  # Mantik: srun apptainer run
+        ("unicore", {"apptainer": "/p/img.sif"}, True),
+        ("local", {"apptainer": "/p/img.sif"}, False),  # no allocation to start tasks in
+        ("unicore", {"venv": "/p/venv"}, False),  # Mantik ran Python environments' commands once
+        ("slurm", {"venv": "/p/venv", "srun": True}, True),
+        ("slurm", {"apptainer": "/p/img.sif", "srun": False}, False),
+    ],
+)
+def test_how_each_backend_launches_a_multi_task_job(backend_type, environment, expected):
+    from mantik_spec.operations.apply import in_environment, launches_with_srun
+    from mantik_spec.spec.model import Environment
+
+    declared = Environment(**environment)
+    assert launches_with_srun(declared, backend_type) is expected
+    command = in_environment("python t.py", declared, None, launches_with_srun(declared, backend_type))
+    assert ("srun " in command) is expected
+    assert launches_with_srun(None, backend_type) is False
+
+
+@pytest.mark.parametrize(
+    "config, expected_type",
+    [(FULL_MANTIK_CONFIG, "unicore"), (mantik_ssh_config(), "slurm")],
+)
+def test_init_writes_the_backend_type_of_the_config_it_reads(tmp_path, config, expected_type):
+    import yaml
+
+    from mantik_spec.operations.init import init
+
+    (tmp_path / "MLproject").write_text(MLPROJECT.replace("python_env: python_env.yaml\n", ""))
+    (tmp_path / "backend.yaml").write_text(config.replace("Path: image.sif", "Path: /p/image.sif\n    Version: v1"))
+    init(tmp_path, mlproject=tmp_path / "MLproject", backend_config=tmp_path / "backend.yaml")
+    spec = yaml.safe_load((tmp_path / "mantik.yaml").read_text())
+    assert spec["backends"]["hpc"] == {"type": expected_type, "config": "backend.yaml"}
+    load_spec(tmp_path)
+
+
+def test_init_refuses_a_config_for_a_connection_it_cannot_use(tmp_path):
+    from mantik_spec.operations.errors import UserError
+    from mantik_spec.operations.init import init
+
+    (tmp_path / "firecrest.yaml").write_text("Firecrest: {ApiUrl: https://x}\nResources: {Queue: normal}\n")
+    with pytest.raises(UserError, match="Firecrest configs are not supported"):
+        init(tmp_path, backend_config=tmp_path / "firecrest.yaml")
+    assert not (tmp_path / "mantik.yaml").exists()
+
+
+def test_mlproject_types_mlflow_does_not_check_are_strings_and_explained(tmp_path):
+    mlproject = MLPROJECT.replace("l1_ratio: float", "l1_ratio:\n        type: list[float]\n        default: '[0.1]'")
+    mantik_project(tmp_path, mlproject=mlproject)
+    parameter = load_spec(tmp_path).spec.entry_points["main"].parameters["l1_ratio"]
+    assert (parameter.type, parameter.declared_type, parameter.shown_type) == ("string", "list[float]", "list[float]")

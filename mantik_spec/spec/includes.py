@@ -230,7 +230,9 @@ COMMAND_LISTS = {
     "PostRunCommandOnLoginNode": ("backend", "login_postcommand"),
 }
 TOP_KEYS = ("UnicoreApiUrl", "Firecrest", "SSH", "Resources", "Environment", "Exclude")
-APPTAINER_KEYS = ("Path", "Type", "Options")
+# Version and Digest are mantik's: Mantik's own client ignores keys it does not know, so a config that names
+# its remote image's version still works there
+APPTAINER_KEYS = ("Path", "Type", "Options", "Version", "Digest")
 
 
 SLURM_RESOURCES = {  # Mantik's key -> (our field, or a resource under resources:)
@@ -379,6 +381,9 @@ class _Translation:
     def environment_section(self, environment: dict) -> None:
         where = ("Environment",)
         self.unknown_keys(environment, ENVIRONMENT_KEYS, where, "Environment")
+        # Mantik wrote the image path, Apptainer options and variables into its batch script as they were,
+        # and configs rely on the shell there ($USER in image paths, $(...) in variables)
+        self.put("environment", "shell_expansion", True, where)
         if "Apptainer" in environment and "Python" in environment:
             self.fail(where, "set either Apptainer or Python, not both")
         if "Apptainer" in environment:
@@ -421,6 +426,10 @@ class _Translation:
             self.put("environment", "apptainer_remote", True, (*where, "Type"))
         else:
             self.put("environment", "apptainer_remote", False, (*where, "Type"))
+        if "Version" in apptainer:
+            self.put("environment", "image_version", _text(apptainer["Version"]), (*where, "Version"))
+        if "Digest" in apptainer:
+            self.put("environment", "digest", apptainer["Digest"], (*where, "Digest"))
         if "Options" in apptainer:
             options = apptainer["Options"]
             self.put(
@@ -469,7 +478,11 @@ def _include_backend_config(composed: ComposedDocument, project_root: Path, name
     if translation.environment:
         environments = composed.data.setdefault("environments", {})
         if isinstance(environments, dict):
-            if name in environments:
+            if name in environments and isinstance(environments[name], dict):
+                # mantik.yaml completes or overrides the config's Environment (a remote image's image_version)
+                environments[name] = {**translation.environment, **environments[name]}
+                backend.setdefault("environment", name)
+            elif name in environments:
                 problems.append(
                     composed.main.problem(
                         at, f"its Environment becomes environment '{name}', which environments already declares"

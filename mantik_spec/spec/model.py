@@ -103,7 +103,22 @@ class Environment(Strict):
     apptainer_remote: bool | None = Field(
         None,
         description="The image is a file on the cluster, not in the repository (default: true for absolute paths); "
-        "a remote image is identified by `digest`.",
+        "a remote image is identified by `digest`, or by its path and `image_version`.",
+    )
+    image_version: str | None = Field(
+        None,
+        description="For an image on the cluster: a version you give it (a tag, a date); change it when the image "
+        "changes. With the path it identifies the image in run keys (`digest` identifies it by content).",
+    )
+    srun: bool | None = Field(
+        None,
+        description="Start the command through `srun`, one task per task slot of the allocation (default: true "
+        "for Apptainer environments on slurm and unicore backends, as Mantik did; false otherwise).",
+    )
+    shell_expansion: bool = Field(
+        False,
+        description="The job's shell expands `$VAR` and `$(...)` in the image path, `apptainer_options` and "
+        "`variables`, as Mantik's batch script did (set for environments read from a Mantik config).",
     )
     venv: str | None = Field(None, description="Path of a Python virtual environment to activate.")
     requirements: str | None = Field(None, description="Lock or requirements file identifying the environment.")
