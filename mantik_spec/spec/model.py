@@ -68,7 +68,11 @@ class Parameter(Strict):
 
 
 class EntryPoint(Strict):
-    command: str = Field(..., description="Command template; {name} is replaced by the quoted parameter value.")
+    command: str = Field(
+        ...,
+        description="Command template; {name} is replaced by the parameter value, quoted for where it stands "
+        "(bare, inside \"...\" or '...'): the program gets the value as given, never shell code.",
+    )
     parameters: dict[Name, Parameter] = Field(
         default_factory=dict, description="Declared parameters; `lr: float` is short for `lr: {type: float}`."
     )
