@@ -597,3 +597,20 @@ def test_mlproject_types_mlflow_does_not_check_are_strings_and_explained(tmp_pat
     mantik_project(tmp_path, mlproject=mlproject)
     parameter = load_spec(tmp_path).spec.entry_points["main"].parameters["l1_ratio"]
     assert (parameter.type, parameter.declared_type, parameter.shown_type) == ("string", "list[float]", "list[float]")
+
+
+@pytest.mark.e2e
+def test_srun_starts_one_task_per_slot_of_a_real_slurm_allocation(project):
+    """An environment launching through srun runs the command once per task (ntasks: 2), the runner once."""
+    from .test_slurm import slurm_is_up, slurm_spec
+
+    if not slurm_is_up():
+        pytest.skip("Slurm is not running here: start it with `bash scripts/slurm-local.sh` (root)")
+    spec = slurm_spec(lrs="[0.1]").replace("resources: {ntasks: 1,", "resources: {ntasks: 2,")
+    spec = spec.replace("    poll_interval: 0.5s\n", "    poll_interval: 0.5s\n    environment: tasks\n")
+    project.write("mantik.yaml", spec + "environments:\n  tasks: {srun: true}\n")
+    project.commit("two tasks")
+    project.mantik("apply", "--auto-approve", "--wait", timeout=300)
+    starts = [e for e in project.events() if e["event"] == "start"]
+    assert len(starts) == 2 and len({e["pid"] for e in starts}) == 2
+    assert [r.info.status for r in project.runs()] == ["FINISHED"]
