@@ -369,7 +369,7 @@ TEMPLATES = [
     "python show.py '{msg}'",
     'python show.py --opt="{msg}"',
     "python show.py --opt='prefix {msg} suffix'",
-    'python show.py "{msg}" \'{msg}\' {msg}',
+    "python show.py \"{msg}\" '{msg}' {msg}",
 ]
 
 

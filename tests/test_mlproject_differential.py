@@ -149,6 +149,10 @@ def test_the_job_receives_mlflows_argv(name, tmp_path):
     write_corpus_project(name, path, dumps)
     project = Project(path)
     project.commit("adopt mantik")
+    # validate says what differs from `mlflow run`, at the MLproject's lines, and plan warns the same
+    notes = mlproject_notes(load_spec(path).spec, path)
+    assert project.mantik("validate").stderr.splitlines() == [f"Note: {note}" for note in notes]
+    assert project.plan_json()["warnings"][: len(notes)] == notes
     try:
         project.mantik("apply", "--auto-approve", "--wait", timeout=300)
     finally:
@@ -162,6 +166,11 @@ def test_the_job_receives_mlflows_argv(name, tmp_path):
         oracle = script_argv(mlflow_argv(path, entry, parameters, tmp_path))
         assert received == oracle, (name, run.info.run_name)
         assert run.data.params == mlflow_params(path, entry, parameters), (name, run.info.run_name)
+        # the declared types, as written, are visible in explain
+        explained = json.loads(project.mantik("explain", run.info.run_name).stdout)
+        declared = yaml.safe_load((path / "MLproject").read_text())["entry_points"][entry].get("parameters") or {}
+        written = {k: v if isinstance(v, str) else v.get("type", "string") for k, v in declared.items()}
+        assert explained["parameter_types"] == dict(sorted(written.items()))
 
 
 def _stop(path: Path) -> None:
