@@ -10,6 +10,7 @@ import os
 import shlex
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -614,3 +615,21 @@ def test_srun_starts_one_task_per_slot_of_a_real_slurm_allocation(project):
     starts = [e for e in project.events() if e["event"] == "start"]
     assert len(starts) == 2 and len({e["pid"] for e in starts}) == 2
     assert [r.info.status for r in project.runs()] == ["FINISHED"]
+
+
+def test_init_reads_an_mlproject_with_types_mlflow_does_not_check(tmp_path):
+    import shutil
+
+    import yaml
+
+    from mantik_spec.operations.init import init
+
+    corpus = Path(__file__).parent / "corpus" / "mlproject"
+    for name in ("loose-types", "folded-continuation", "unused-and-defaults"):
+        project = tmp_path / name
+        shutil.copytree(corpus / name, project)
+        init(project, mlproject=project / "MLproject")
+        spec = load_spec(project).spec
+        assert spec.mlproject == "MLproject"
+        experiments = yaml.safe_load((project / "mantik.yaml").read_text())["experiments"]
+        assert set(experiments) == set(spec.entry_points)
