@@ -1,5 +1,5 @@
 """Files ``mantik.yaml`` points at and reads unchanged: an MLflow ``MLproject`` (entry points) and
-Mantik compute-backend configs (UNICORE backends).
+Mantik compute-backend configs (UNICORE, or Slurm over SSH).
 
 Their content is merged into the document before validation. The merged
 document remembers where each part came from, so a problem inside an included
