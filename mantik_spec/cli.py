@@ -168,7 +168,7 @@ def validate(directory, files):
 
     if not files:
         with user_errors():
-            load_spec(directory)
+            _print_notes(load_spec(directory))
         click.echo("mantik.yaml is valid.")
         return
     import dataclasses
@@ -180,15 +180,24 @@ def validate(directory, files):
         projects, problems = specs_for_files(directory, files)
         for project in projects:
             try:
-                load_spec(directory / project)
+                loaded = load_spec(directory / project)
             except SpecError as exc:  # each file named from where the command runs, as pre-commit shows it
                 problems += [dataclasses.replace(p, file=str(project / p.file)) for p in exc.problems]
                 continue
+            _print_notes(loaded)
             click.echo(f"{project / SPEC_FILE} is valid.")
     for problem in problems:
         click.echo(str(problem), err=True)
     if problems:
         sys.exit(1)
+
+
+def _print_notes(loaded) -> None:
+    """What runs differently from `mlflow run` (MLproject environments that are not used, unchecked types)."""
+    from .spec.includes import mlproject_notes
+
+    for note in mlproject_notes(loaded.spec, loaded.root):
+        click.echo(f"Note: {note}", err=True)
 
 
 @main.command()

@@ -84,7 +84,7 @@ TRAIN_SCRIPT = textwrap.dedent(
         with open(log, "a") as f:
             f.write(json.dumps({"event": "start", "t": time.time(), "args": args, "pid": os.getpid()}) + "\\n")
     time.sleep(float(args.get("--sleep", "0")))
-    if args.get("--fail") == "true":
+    if args.get("--fail") in ("true", "True"):  # booleans reach the command as MLflow writes them: True
         sys.exit(3)
     if os.environ.get("TEST_LOG_METRIC"):
         import mlflow

@@ -207,13 +207,13 @@ def test_status_shows_every_declared_run(project):
     assert [row["state"] for row in rows] == ["finished", "finished"]
     assert sorted(row["metrics"]["score"] for row in rows) == pytest.approx([1.0, 2.0])
     table = project.mantik("status").stdout
-    assert "sweep[fail=false,lr=0.1,sleep=0.0]" in table and "finished" in table
+    assert "sweep[fail=False,lr=0.1,sleep=0.0]" in table and "finished" in table
 
 
 def test_markdown_plan_for_pull_requests(project):
     markdown = project.mantik("plan", "--format", "markdown").stdout
     assert markdown.startswith("### mantik plan")
-    assert "| `+` | submit | `sweep[fail=false,lr=0.1,sleep=0.0]` | local | new run point |" in markdown
+    assert "| `+` | submit | `sweep[fail=False,lr=0.1,sleep=0.0]` | local | new run point |" in markdown
 
 
 def test_parallel_applies_submit_each_run_key_once(project):

@@ -342,7 +342,7 @@ def test_job_description_from_a_full_mantik_config(on_unicore, site, tmp_path):
     assert job["environment"]["OMP_NUM_THREADS"] == "8"
     command = job["command"]
     assert command.startswith(
-        "module load Stages/2023 CUDA && { echo pre compute\n} && { apptainer exec --nv -B /data:/data image.sif sh -c "
+        "module load Stages/2023 CUDA && { echo pre compute\n} && { srun apptainer exec --nv -B /data:/data image.sif sh -c "
     )
     assert command.endswith(" && { echo post compute\n}")
     # the token went to the site with the job, and nowhere else

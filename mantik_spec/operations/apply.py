@@ -10,6 +10,7 @@ job) or resubmits (no job exists), always under the lock.
 from __future__ import annotations
 
 import getpass
+import re
 import shlex
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
-from ..spec.experiments import format_value
 from ..spec.model import Environment
 from ..state.git import CodeVersion
 from ..state.lock import project_lock
@@ -193,16 +193,48 @@ def remote_data(project: Project, context: Submission, starts, sources) -> dict[
         raise UserError(str(exc)) from None
 
 
-def in_environment(command: str, environment: Environment | None, image: str | None = None) -> str:
+BATCH_BACKENDS = ("slurm", "unicore")  # where a job holds an allocation that srun can start tasks in
+
+
+def launches_with_srun(environment: Environment | None, backend_type: str) -> bool:
+    """Whether the command starts through ``srun``: as Mantik did (``srun apptainer run``) for Apptainer
+    environments on batch backends, unless the environment says otherwise; never on the local backend."""
+    if environment is None or backend_type not in BATCH_BACKENDS:
+        return False
+    return environment.srun if environment.srun is not None else bool(environment.apptainer)
+
+
+SHELL_SYNTAX = re.compile(r"[$`\\]")
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def in_environment(
+    command: str, environment: Environment | None, image: str | None = None, srun: bool = False
+) -> str:
     """The command as it runs in its declared environment: modules, the venv and the pre-run lines,
-    then the command inside the image (found at ``image``), then the post-run lines."""
+    then the command (through ``srun`` when asked) inside the image (found at ``image``), then the
+    post-run lines. With ``shell_expansion`` the image path and Apptainer options are written as given
+    and variables holding shell syntax are exported in double quotes, so the job's shell expands them."""
     if environment is None:
-        return command
+        return f"srun {command}" if srun else command
+    raw = environment.shell_expansion
     if environment.apptainer:
-        options = [shlex.quote(word) for option in environment.apptainer_options for word in shlex.split(option)]
-        words = ["apptainer", "exec", *options, shlex.quote(image or environment.apptainer)]
+        if raw:
+            options = list(environment.apptainer_options)
+            path = environment.apptainer if image is None else shlex.quote(image)
+        else:
+            options = [shlex.quote(word) for option in environment.apptainer_options for word in shlex.split(option)]
+            path = shlex.quote(image or environment.apptainer)
+        words = [*(["srun"] if srun else []), "apptainer", "exec", *options, path]
         command = f"{' '.join(words)} sh -c {shlex.quote(command)}"
+    elif srun:
+        command = f"srun {command}"
     steps = []
+    if raw:  # NAME="value", as UNICORE wrote Mantik's Variables into the batch script; the rest stay literal
+        for name, value in environment.variables.items():
+            if SHELL_SYNTAX.search(value) and VARIABLE_NAME.fullmatch(name):
+                escaped = value.replace('"', '\\"')
+                steps.append(f'export {name}="{escaped}"')
     if environment.modules:
         steps.append(f"module load {' '.join(shlex.quote(m) for m in environment.modules)}")
     if environment.venv:
@@ -261,12 +293,13 @@ def submit(
         if want.point.seed is not None:
             environment["MANTIK_SEED"] = str(want.point.seed)
         image, inputs = image_for(project, declared, backend)
+        srun = launches_with_srun(declared, project.spec.backends[want.point.backend].type)
         by_backend[want.point.backend].append(
             JobRequest(
                 run_id=run_id,
                 run_key=want.key,
                 point_id=want.point.point_id,
-                command=in_environment(want.point.command(locations), declared, image),
+                command=in_environment(want.point.command(locations), declared, image, srun),
                 code_dir=code_dir,
                 tracking_uri=store.uri,
                 experiment_id=experiment_id,
@@ -309,7 +342,7 @@ def run_name(point_id: str, attempt: int | None) -> str:
 
 
 def run_params(want: DesiredRun) -> dict[str, str]:
-    return {name: format_value(value) for name, value in want.point.values.items()}
+    return want.point.arguments  # as MLflow logs them: the values the command got
 
 
 def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:

@@ -15,10 +15,13 @@ def explain(project: Project, target: str) -> dict:
     for want in observation.desired:
         if want.point.point_id == target:
             runs = [r for r in observation.runs if r.run_key == want.key]
+            declared = project.spec.entry_points[want.point.entry_point].parameters
             return {
                 "point": target,
                 "run_key": want.key,
                 "inputs": json.loads(want.identity.canonical()),
+                # as written (an MLproject's `list[int]` stays visible although it is passed on as a string)
+                "parameter_types": {name: parameter.shown_type for name, parameter in sorted(declared.items())},
                 "commit": observation.code.commit,
                 "runs": [{"run_id": r.run_id, "status": r.status, "attempt": r.attempt} for r in runs],
             }

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from ..spec.experiments import join_lines
 from ..spec.load import SPEC_FILE, validate_document
 from ..spec.schema import SCHEMA_ID
 from ..spec.yamlload import SpecError, load_marked
@@ -61,11 +62,32 @@ def entry_points_from_mlproject(path: Path) -> dict[str, InitEntryPoint]:
         parameters = {}
         for parameter, spec in (entry.get("parameters") or {}).items():
             spec = spec if isinstance(spec, dict) else {"type": spec}
-            kind = MLFLOW_TYPES.get(str(spec.get("type", "string")).lower(), "string")
+            # as mantik reads the MLproject: types MLflow does not check are strings
+            kind = MLFLOW_TYPES.get(str(spec.get("type", "string")), "string")
             parameters[parameter] = {"type": kind, "default": spec.get("default")}
-        command = " ".join(str(entry["command"]).split())  # MLproject commands may span lines
-        result[_name(name)] = InitEntryPoint(command, parameters)
+        result[_name(name)] = InitEntryPoint(join_lines(str(entry["command"])), parameters)
     return result
+
+
+# Which backend reads a Mantik compute-backend config, by the connection it names
+BACKEND_OF_CONNECTION = {"UnicoreApiUrl": "unicore", "SSH": "slurm"}
+
+
+def backend_type_of(path: Path) -> str:
+    """The backend type that reads the Mantik config at ``path``: ``unicore`` (UnicoreApiUrl) or ``slurm``
+    (SSH). Raises :class:`UserError` for a config naming no connection mantik can use (Firecrest)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(
+            f"{path}: cannot read it as a Mantik compute-backend config: {str(exc).splitlines()[0]}"
+        ) from None
+    found = [key for key in ("UnicoreApiUrl", "SSH", "Firecrest") if isinstance(data, dict) and key in data]
+    if len(found) != 1:
+        raise UserError(f"{path}: a Mantik compute-backend config names one of UnicoreApiUrl, SSH or Firecrest")
+    if found[0] not in BACKEND_OF_CONNECTION:
+        raise UserError(f"{path}: {found[0]} configs are not supported; mantik reaches sites over UNICORE or SSH")
+    return BACKEND_OF_CONNECTION[found[0]]
 
 
 def _name(text: str) -> str:
@@ -112,6 +134,7 @@ def init(
                 "entry_points": entry_points,
                 "mlproject": mlproject_file or "",
                 "backend_config": config_file or "",
+                "backend_type": backend_type_of(backend_config) if backend_config is not None else "",
             },
         ),
     }

@@ -16,6 +16,7 @@ from ..reconcile.identity import DesiredRun, identify, recorded_identity
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
 from ..spec.experiments import expand, resolve_extends
+from ..spec.includes import mlproject_notes
 from ..spec.load import LoadedSpec, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
 from ..state.tags import FailureKind, RunStatus
@@ -258,6 +259,7 @@ def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] =
                 f"run {run.run_id} ({run.point_id or '?'}) was deleted in MLflow while its job is {run.status.lower()}: "
                 "its key is not submitted again; `mantik cancel` reaches it, `mlflow runs restore` brings it back"
             )
+    plan.warnings.extend(mlproject_notes(project.spec, project.root))
     if observation.code.dirty:
         plan.warnings.append(
             f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "

@@ -9,7 +9,17 @@ import re
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
-from .experiments import DATA_PREFIX, SEED_PARAMETER, coerce, placeholders, resolve_extends, seeds_of, type_error
+from .experiments import (
+    DATA_PREFIX,
+    SEED_PARAMETER,
+    QuotingError,
+    coerce,
+    placeholder_contexts,
+    placeholders,
+    resolve_extends,
+    seeds_of,
+    type_error,
+)
 from .hints import suggest, unknown_name
 from .model import Spec
 
@@ -179,8 +189,12 @@ def _entry_points(spec: Spec) -> Iterator[Finding]:
                     ("entry_points", name, "command"),
                     f"placeholder {{{placeholder}}} has no declared parameter{suggest(placeholder, entry.parameters)}",
                 )
+        try:
+            placeholder_contexts(entry.command)
+        except QuotingError as exc:
+            yield ("entry_points", name, "command"), str(exc)
         for parameter, declared in entry.parameters.items():
-            if parameter not in used:
+            if parameter not in used and not entry.from_mlproject:
                 yield (
                     ("entry_points", name, "parameters", parameter),
                     f"parameter '{parameter}' is never used in the command",

@@ -25,8 +25,88 @@ def placeholders(command: str) -> list[str]:
     return [m.group(1) for m in PLACEHOLDER.finditer(command) if m.group(1) is not None]
 
 
+class QuotingError(ValueError):
+    """A placeholder stands where no quoting can keep its value one literal argument."""
+
+    def __init__(self, name: str, column: int, context: str):
+        self.name, self.column, self.context = name, column, context
+        super().__init__(
+            f"placeholder {{{name}}} at column {column} stands inside {context}, where no quoting keeps a "
+            f"value literal; pass it outside them, e.g. as an argument of its own"
+        )
+
+
+# Where a placeholder can stand in a POSIX shell line, and how its value is quoted there so that the shell
+# reads it back unchanged: unquoted -> one single-quoted word; inside "..." -> \ " $ ` escaped; inside
+# '...' -> each ' closed, escaped and reopened. A command substitution or backquotes inside double quotes,
+# and $'...', have rules of their own: placeholders there are refused rather than guessed at.
+UNQUOTED, DOUBLE, SINGLE = "unquoted", "double quotes", "single quotes"
+NESTED = {"$(": "a command substitution within double quotes", "`": "backquotes within double quotes"}
+
+
+def placeholder_contexts(command: str) -> list[tuple[re.Match, str]]:
+    """Each placeholder of ``command`` with the quoting context it stands in (``UNQUOTED``, ``DOUBLE``,
+    ``SINGLE``); raises :class:`QuotingError` for one no quoting can protect."""
+    found: list[tuple[re.Match, str]] = []
+    state = UNQUOTED
+    nested: str | None = None  # "$(" or "`" opened inside double quotes
+    matches = {m.start(): m for m in PLACEHOLDER.finditer(command)}
+    position = 0
+    while position < len(command):
+        match = matches.get(position)
+        if match is not None:
+            if match.group(1) is not None:
+                if nested is not None or state == "ansi":
+                    where = NESTED.get(nested, "$'...' quoting") if nested else "$'...' quoting"
+                    raise QuotingError(match.group(1), position + 1, where)
+                found.append((match, state))
+            position = match.end()
+            continue
+        char = command[position]
+        if state == UNQUOTED:
+            if char == "\\":
+                position += 1
+            elif char == "'":
+                state = SINGLE
+            elif char == '"':
+                state = DOUBLE
+            elif char == "$" and command[position + 1 : position + 2] == "'":
+                state, position = "ansi", position + 1
+        elif state == SINGLE:
+            if char == "'":
+                state = UNQUOTED
+        elif state == "ansi":
+            if char == "\\":
+                position += 1
+            elif char == "'":
+                state = UNQUOTED
+        elif char == "\\":  # inside double quotes
+            position += 1
+        elif nested is None and char == '"':
+            state = UNQUOTED
+        elif char == "`":
+            nested = None if nested == "`" else (nested or "`")
+        elif char == "$" and command[position + 1 : position + 2] == "(":
+            nested = nested or "$("
+        elif char == ")" and nested == "$(":
+            nested = None
+        position += 1
+    return found
+
+
+def quote_for(value: str, context: str) -> str:
+    """``value`` written so that the shell reads it back unchanged where it stands."""
+    if context == DOUBLE:
+        return re.sub(r'([\\"$`])', r"\\\1", value)
+    if context == SINGLE:
+        return value.replace("'", "'\\''")
+    return shlex.quote(value)
+
+
 def render_command(command: str, values: dict[str, str]) -> str:
-    """Substitute placeholders with shell-quoted values (a value is one argument, always)."""
+    """Substitute placeholders with their values, quoted for where each stands: a value always reaches the
+    program as it was given, never as shell code. Raises :class:`QuotingError` (a ``ValueError``)."""
+    contexts = {match.start(): context for match, context in placeholder_contexts(command)}
 
     def substitute(match: re.Match) -> str:
         token = match.group(0)
@@ -34,15 +114,48 @@ def render_command(command: str, values: dict[str, str]) -> str:
             return "{"
         if token == "}}":
             return "}"
-        return shlex.quote(values[match.group(1)])
+        return quote_for(values[match.group(1)], contexts[match.start()])
 
     return PLACEHOLDER.sub(substitute, command)
 
 
 def format_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    """A parameter value as MLflow writes it into the command and the run's params: ``str(value)``
+    (``True``/``False``, ``0.1``, ``1e-05``); text stays as written (``1e-1``)."""
     return str(value)
+
+
+def join_lines(command: str) -> str:
+    """An MLproject command with its line breaks outside quotes turned into spaces.
+
+    A folded block (``command: >``) keeps the break before each more-indented line, so a shell would run
+    such a line as a command of its own. MLflow reads the command's arguments as one line (``shlex.split``
+    treats a break as a space) and Mantik joined the lines before submitting; real projects rely on it.
+    Breaks inside quotes are part of an argument and stay; a backslash-newline outside single quotes
+    disappears, as in the shell.
+    """
+    out: list[str] = []
+    state = UNQUOTED
+    position = 0
+    while position < len(command):
+        char = command[position]
+        if char == "\\" and state != SINGLE:
+            pair = command[position : position + 2]
+            out.append("" if pair == "\\\n" else pair)  # a line continuation, removed as the shell does
+            position += 2
+            continue
+        if state == UNQUOTED:
+            if char == "\n":
+                char = " "
+            elif char == "'":
+                state = SINGLE
+            elif char == '"':
+                state = DOUBLE
+        elif (state == SINGLE and char == "'") or (state == DOUBLE and char == '"'):
+            state = UNQUOTED
+        out.append(char)
+        position += 1
+    return "".join(out).strip()
 
 
 def coerce(value, declared_type: str):
@@ -52,10 +165,22 @@ def coerce(value, declared_type: str):
     return value
 
 
+def _number_text(value, kind: type) -> bool:
+    """Text a number of ``kind`` is written as (``1e-1``: YAML 1.1 reads it as text, and so does MLflow,
+    which passes it on as written)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        kind(value.strip())
+    except ValueError:
+        return False
+    return value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity")
+
+
 def type_error(value, declared_type: str) -> str | None:
     ok = {
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": (isinstance(value, (int, float)) and not isinstance(value, bool)) or _number_text(value, float),
+        "int": (isinstance(value, int) and not isinstance(value, bool)) or _number_text(value, int),
         "bool": isinstance(value, bool),
     }.get(declared_type, isinstance(value, (str, int, float)) and not isinstance(value, bool))
     return None if ok else f"{value!r} is not a valid {declared_type}"
@@ -140,6 +265,9 @@ class RunPoint:
     command_template: str
     retries: int
     suspended: bool
+    # the values as the spec wrote them, where that differs from the typed value (alpha: 1 for a float is
+    # the run of 1.0, but MLflow passes and logs "1"); empty: as typed
+    written: tuple[tuple[str, object], ...] = ()
 
     @property
     def values(self) -> dict:
@@ -147,14 +275,20 @@ class RunPoint:
         return dict(self.parameters) | ({SEED_PARAMETER: self.seed} if self.seed is not None else {})
 
     @property
+    def arguments(self) -> dict[str, str]:
+        """Every parameter value as the command and the MLflow params get it (MLflow's ``str(value)``)."""
+        return {k: format_value(v) for k, v in (self.values | dict(self.written)).items()}
+
+    @property
     def point_id(self) -> str:
-        cells = [f"{k}={format_value(v)}" for k, v in self.parameters if k != SEED_PARAMETER]
+        # a `seed` parameter set by `seeds:` is named last; one given as a value (or a grid) is a parameter
+        cells = [f"{k}={format_value(v)}" for k, v in self.parameters if k != SEED_PARAMETER or self.seed is None]
         if self.seed is not None:
             cells.append(f"seed={self.seed}")
         return f"{self.experiment}[{','.join(cells)}]"
 
     def command(self, data_locations: dict[str, str]) -> str:
-        values = {k: format_value(v) for k, v in self.parameters}
+        values = self.arguments
         values.update({DATA_PREFIX + name: loc for name, loc in data_locations.items()})
         return render_command(self.command_template, values)
 
@@ -181,11 +315,14 @@ def expand(spec: Spec, experiments: dict[str, Experiment]) -> list[RunPoint]:
                 continue
             value = given.get(param_name, declared.default)
             values = value if isinstance(value, list) else [value]
-            axes.append((param_name, [coerce(v, declared.type) for v in values]))
+            axes.append((param_name, [(coerce(v, declared.type), v) for v in values]))
         names = [n for n, _ in axes]
         for combination in itertools.product(*(values for _, values in axes)):
+            written = {
+                n: w for n, (typed, w) in zip(names, combination, strict=True) if format_value(w) != format_value(typed)
+            }
             for seed in seeds_of(experiment):
-                parameters = dict(zip(names, combination, strict=True))
+                parameters = {n: typed for n, (typed, _) in zip(names, combination, strict=True)}
                 if seed is not None and SEED_PARAMETER in entry.parameters:
                     parameters[SEED_PARAMETER] = seed
                 points.append(
@@ -200,6 +337,7 @@ def expand(spec: Spec, experiments: dict[str, Experiment]) -> list[RunPoint]:
                         command_template=entry.command,
                         retries=experiment.retries or 0,
                         suspended=bool(experiment.suspend),
+                        written=tuple(sorted(written.items())),
                     )
                 )
     return points

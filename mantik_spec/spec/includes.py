@@ -1,5 +1,5 @@
 """Files ``mantik.yaml`` points at and reads unchanged: an MLflow ``MLproject`` (entry points) and
-Mantik compute-backend configs (UNICORE backends).
+Mantik compute-backend configs (UNICORE, or Slurm over SSH).
 
 Their content is merged into the document before validation. The merged
 document remembers where each part came from, so a problem inside an included
@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checks import relative_path_problem
+from .experiments import join_lines
 from .hints import suggest
 from .yamlload import MarkedDocument, Problem, SpecError, load_marked, read_regular_file
 from .yamlload import Path as DataPath
 
 MAX_INCLUDED_BYTES = 1024 * 1024
-MLPROJECT_KEYS = ("name", "entry_points", "conda_env", "python_env", "docker_env")
+MLPROJECT_ENVIRONMENTS = ("conda_env", "python_env", "docker_env")
+MLPROJECT_KEYS = ("name", "entry_points", *MLPROJECT_ENVIRONMENTS)
+CHECKED_TYPES = ("float", "int", "string", "bool", "path", "uri")
+TYPE_ALIASES = {"str": "string", "integer": "int", "boolean": "bool"}  # names a Python user writes for ours
 
 
 @dataclass
@@ -133,10 +137,72 @@ def _include_mlproject(composed: ComposedDocument, project_root: Path, relative:
                 )
             )
             continue
-        merged[name] = entry
+        merged[name] = _as_mlflow_reads(entry)
         paths[("entry_points", name)] = ("entry_points", name)
     composed.origins.append(Origin(included, paths))
     return problems
+
+
+def _as_mlflow_reads(entry):
+    """An MLproject entry point as MLflow runs it, in mantik's terms (see :func:`mlproject_notes`).
+
+    MLflow checks no parameter type but ``path`` and ``uri``: any other (``str``, ``list[int]``, a typo)
+    passes values on as text, so it becomes ``string`` with the written type kept in ``declared_type``.
+    The command's line breaks (a folded ``>`` block with deeper-indented lines) are joined as MLflow
+    and Mantik read them. Parameters the command does not use are allowed, as in MLflow.
+    """
+    if not isinstance(entry, dict):
+        return entry
+    entry = dict(entry, from_mlproject=True)
+    if isinstance(entry.get("command"), str):
+        entry["command"] = join_lines(entry["command"])
+    parameters = entry.get("parameters")
+    if isinstance(parameters, dict):
+        entry["parameters"] = {name: _parameter(declared) for name, declared in parameters.items()}
+    elif parameters is None and "parameters" in entry:
+        entry["parameters"] = {}
+    return entry
+
+
+def _parameter(declared):
+    if isinstance(declared, str):
+        declared = {"type": declared}
+    if not isinstance(declared, dict) or not isinstance(declared.get("type", "string"), str):
+        return declared  # refused by the model, at its line
+    written = declared.get("type", "string")
+    if written in CHECKED_TYPES:
+        return declared
+    return {**declared, "type": TYPE_ALIASES.get(written, "string"), "declared_type": written}
+
+
+def mlproject_notes(spec, project_root: Path) -> list[str]:
+    """What mantik does differently from ``mlflow run`` with the spec's MLproject, one line each with the
+    MLproject's file:line: environments it names (mantik runs in the environments of ``mantik.yaml``) and
+    parameter types it does not check. Empty without an MLproject; never raises."""
+    if not spec.mlproject:
+        return []
+    try:
+        document = read_included(project_root, spec.mlproject, load_marked("mlproject: x", "mantik.yaml"), ())
+    except SpecError:
+        return []
+    data = document.data if isinstance(document.data, dict) else {}
+    notes = []
+    for key in MLPROJECT_ENVIRONMENTS:
+        if key in data:
+            message = (
+                "not used: runs use the environment mantik.yaml gives them (an experiment's or its backend's "
+                "environment), as `mlflow run --env-manager local` would; declare one that provides what it lists"
+            )
+            notes.append(str(document.problem((key,), message, at_key=True)))
+    for name, entry in spec.entry_points.items():
+        for parameter, declared in entry.parameters.items():
+            if entry.from_mlproject and declared.declared_type and declared.declared_type not in TYPE_ALIASES:
+                message = (
+                    f"type {declared.declared_type!r} is not one MLflow checks: values are passed on as text, "
+                    "as MLflow does (mantik treats it as string)"
+                )
+                notes.append(str(document.problem(("entry_points", name, "parameters", parameter, "type"), message)))
+    return notes
 
 
 # -- Mantik compute-backend configs ---------------------------------------------------------------------
@@ -171,7 +237,9 @@ COMMAND_LISTS = {
     "PostRunCommandOnLoginNode": ("backend", "login_postcommand"),
 }
 TOP_KEYS = ("UnicoreApiUrl", "Firecrest", "SSH", "Resources", "Environment", "Exclude")
-APPTAINER_KEYS = ("Path", "Type", "Options")
+# Version and Digest are mantik's: Mantik's own client ignores keys it does not know, so a config that names
+# its remote image's version still works there
+APPTAINER_KEYS = ("Path", "Type", "Options", "Version", "Digest")
 
 
 SLURM_RESOURCES = {  # Mantik's key -> (our field, or a resource under resources:)
@@ -320,6 +388,9 @@ class _Translation:
     def environment_section(self, environment: dict) -> None:
         where = ("Environment",)
         self.unknown_keys(environment, ENVIRONMENT_KEYS, where, "Environment")
+        # Mantik wrote the image path, Apptainer options and variables into its batch script as they were,
+        # and configs rely on the shell there ($USER in image paths, $(...) in variables)
+        self.put("environment", "shell_expansion", True, where)
         if "Apptainer" in environment and "Python" in environment:
             self.fail(where, "set either Apptainer or Python, not both")
         if "Apptainer" in environment:
@@ -362,6 +433,10 @@ class _Translation:
             self.put("environment", "apptainer_remote", True, (*where, "Type"))
         else:
             self.put("environment", "apptainer_remote", False, (*where, "Type"))
+        if "Version" in apptainer:
+            self.put("environment", "image_version", _text(apptainer["Version"]), (*where, "Version"))
+        if "Digest" in apptainer:
+            self.put("environment", "digest", apptainer["Digest"], (*where, "Digest"))
         if "Options" in apptainer:
             options = apptainer["Options"]
             self.put(
@@ -410,7 +485,11 @@ def _include_backend_config(composed: ComposedDocument, project_root: Path, name
     if translation.environment:
         environments = composed.data.setdefault("environments", {})
         if isinstance(environments, dict):
-            if name in environments:
+            if name in environments and isinstance(environments[name], dict):
+                # mantik.yaml completes or overrides the config's Environment (a remote image's image_version)
+                environments[name] = {**translation.environment, **environments[name]}
+                backend.setdefault("environment", name)
+            elif name in environments:
                 problems.append(
                     composed.main.problem(
                         at, f"its Environment becomes environment '{name}', which environments already declares"

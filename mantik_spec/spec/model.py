@@ -13,6 +13,7 @@ import shlex
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 # pydantic scans every installed distribution's entry points for plugins as each model
 # is built (~20 ms); mantik uses none, and `validate` runs on every commit. The switch is
@@ -62,13 +63,27 @@ class Parameter(Strict):
     type: ParameterType = "string"
     default: ScalarValue | None = None
     description: str | None = None
+    # Set when an MLproject declares a type mantik does not check (`str`, `list[int]`, a misspelling):
+    # MLflow passes such values on as text, so `type` is then "string"; `explain` shows what was written.
+    declared_type: SkipJsonSchema[str | None] = None
+
+    @property
+    def shown_type(self) -> str:
+        return self.declared_type or self.type
 
 
 class EntryPoint(Strict):
-    command: str = Field(..., description="Command template; {name} is replaced by the quoted parameter value.")
+    command: str = Field(
+        ...,
+        description="Command template; {name} is replaced by the parameter value, quoted for where it stands "
+        "(bare, inside \"...\" or '...'): the program gets the value as given, never shell code.",
+    )
     parameters: dict[Name, Parameter] = Field(
         default_factory=dict, description="Declared parameters; `lr: float` is short for `lr: {type: float}`."
     )
+
+    # True for entry points read from an MLproject: MLflow allows parameters the command does not use
+    from_mlproject: SkipJsonSchema[bool] = False
 
     @field_validator("parameters", mode="before", json_schema_input_type=dict[Name, Parameter | ParameterType])
     @classmethod
@@ -97,7 +112,22 @@ class Environment(Strict):
     apptainer_remote: bool | None = Field(
         None,
         description="The image is a file on the cluster, not in the repository (default: true for absolute paths); "
-        "a remote image is identified by `digest`.",
+        "a remote image is identified by `digest`, or by its path and `image_version`.",
+    )
+    image_version: str | None = Field(
+        None,
+        description="For an image on the cluster: a version you give it (a tag, a date); change it when the image "
+        "changes. With the path it identifies the image in run keys (`digest` identifies it by content).",
+    )
+    srun: bool | None = Field(
+        None,
+        description="Start the command through `srun`, one task per task slot of the allocation (default: true "
+        "for Apptainer environments on slurm and unicore backends, as Mantik did; false otherwise).",
+    )
+    shell_expansion: bool = Field(
+        False,
+        description="The job's shell expands `$VAR` and `$(...)` in the image path, `apptainer_options` and "
+        "`variables`, as Mantik's batch script did (set for environments read from a Mantik config).",
     )
     venv: str | None = Field(None, description="Path of a Python virtual environment to activate.")
     requirements: str | None = Field(None, description="Lock or requirements file identifying the environment.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 
 from pydantic import BaseModel
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticUndefined
 
 from .model import Spec
@@ -75,6 +76,9 @@ def reference_markdown() -> str:
             lines += [doc[0], ""]
         lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         for name, field in model.model_fields.items():
+            # set by mantik, not written (SkipJsonSchema() is the marker pydantic puts in the field metadata)
+            if any(isinstance(m, SkipJsonSchema) for m in field.metadata):  # type: ignore[misc]
+                continue
             description = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | {description} |")
     return "\n".join(lines) + "\n"

@@ -141,9 +141,12 @@ def environment_identity(project_root: Path, name: str, environment: Environment
             parts.append(f"apptainer:{environment.digest}")
         elif local.is_file():
             parts.append(f"apptainer:sha256:{digests.digest(local)}")
+        elif environment.image_version:  # an image on the cluster, versioned by its owner
+            parts.append(f"apptainer:{environment.apptainer}@{environment.image_version}")
         else:
             raise VersionError(
-                f"environments.{name}: image {environment.apptainer} is not here to hash; declare its digest (digest: sha256:...)"
+                f"environments.{name}: image {environment.apptainer} is not here to hash; declare its digest "
+                "(digest: sha256:...) or a version (image_version: ...)"
             )
     if environment.requirements:
         file = project_root / environment.requirements

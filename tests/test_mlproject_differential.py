@@ -1,0 +1,216 @@
+"""MLproject entry points run with the argv `mlflow run` builds: MLflow's own project loader is the oracle.
+
+For every project of ``tests/corpus/mlproject`` and every parameter set of its ``cases.yaml``, the command
+MLflow builds (``load_project`` + ``EntryPoint.compute_command``) is split into arguments and compared,
+argument by argument, with (1) the command mantik's command builder gives the backends and (2) the
+``sys.argv`` the job really receives when ``mantik apply`` runs it on the local backend. The MLflow params
+of each run are compared with the ones ``mlflow run`` logs.
+
+Oracle conventions (what "the argv MLflow builds" means where MLflow's command is not one shell line):
+- MLflow's command is split with ``shlex.split``, as MLflow's own tests read it; a line break outside quotes
+  is a space there. (``mlflow run`` itself hands the string to ``bash -c``, which would run each line of a
+  folded block as its own command: the break that Mantik joined and mantik joins.)
+- A backslash-newline is a line continuation and removed, as every shell does (``shlex.split`` alone would
+  make it a lone ``\\n`` argument).
+- ``path`` parameters: MLflow makes them absolute on the submitting machine; the job gets them relative to
+  its checkout. Arguments are compared after removing the project directory prefix from MLflow's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mantik_spec.spec.experiments import expand, resolve_extends
+from mantik_spec.spec.includes import mlproject_notes
+from mantik_spec.spec.load import load_spec
+
+from .conftest import Project, git
+
+CORPUS = Path(__file__).parent / "corpus" / "mlproject"
+PROJECTS = sorted(p.name for p in CORPUS.iterdir() if (p / "MLproject").is_file())
+DUMP = textwrap.dedent(
+    """
+    import json, os, sys
+    with open(os.path.join({directory!r}, os.environ["MLFLOW_RUN_ID"] + ".json"), "w") as f:
+        json.dump(sys.argv, f)
+    """
+)
+
+
+def cases(name: str) -> list[tuple[str, str, dict]]:
+    """(experiment name, entry point, parameters) for each parameter set of a corpus project."""
+    declared = yaml.safe_load((CORPUS / name / "cases.yaml").read_text())
+    return [
+        (f"c-{entry.replace('_', '-')}-{index}", entry, parameters)
+        for entry, sets in declared.items()
+        for index, parameters in enumerate(sets)
+    ]
+
+
+def mlflow_command(directory: Path, entry: str, parameters: dict, storage: Path) -> str:
+    from mlflow.projects._project_spec import load_project
+
+    cwd = os.getcwd()
+    os.chdir(directory)  # MLflow resolves `path` parameters against the current directory
+    try:
+        return load_project(str(directory)).get_entry_point(entry).compute_command(parameters, str(storage))
+    finally:
+        os.chdir(cwd)
+
+
+def mlflow_argv(directory: Path, entry: str, parameters: dict, storage: Path) -> list[str]:
+    command = mlflow_command(directory, entry, parameters, storage)
+    return [arg.replace(f"{directory}/", "") for arg in shlex.split(command.replace("\\\n", ""))]
+
+
+def mlflow_params(directory: Path, entry: str, parameters: dict) -> dict[str, str]:
+    """The params ``mlflow run`` logs (``compute_parameters`` without a storage dir), before MLflow's shell
+    quoting of them: mantik logs values, not shell words."""
+    from mlflow.projects._project_spec import load_project
+
+    point = load_project(str(directory)).get_entry_point(entry)
+    final = {}
+    for name, parameter in point.parameters.items():
+        value = parameters.get(name, parameter.default)
+        final[name] = str(parameter.compute_value(value, None, 0))
+    return final
+
+
+def script_argv(argv: list[str]) -> list[str]:
+    """What a Python script sees as sys.argv of ``python [options] script args``."""
+    assert argv[0] == "python", argv
+    rest = argv[1:]
+    while rest and rest[0].startswith("-"):  # the interpreter's own options (-u)
+        rest = rest[1:]
+    return rest
+
+
+def write_corpus_project(name: str, target: Path, dump_dir: Path) -> None:
+    shutil.copytree(CORPUS / name, target, dirs_exist_ok=True)
+    (target / "cases.yaml").unlink()
+    experiments = {
+        experiment: {"entry_point": entry, **({"parameters": parameters} if parameters else {})}
+        for experiment, entry, parameters in cases(name)
+    }
+    spec = {
+        "project": name,
+        "mlproject": "MLproject",
+        "backends": {"local": {"type": "local", "max_parallel": 4}},
+        "experiments": experiments,
+    }
+    (target / "mantik.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    scripts = set()
+    for _, entry, parameters in cases(name):
+        argv = mlflow_argv(target, entry, parameters, target)
+        scripts.add(script_argv(argv)[0])
+    for script in scripts:
+        (target / script).write_text(DUMP.format(directory=str(dump_dir)))
+
+
+@pytest.mark.parametrize("name", PROJECTS)
+def test_command_builder_matches_mlflow(name, tmp_path):
+    """The command mantik gives every backend splits into MLflow's argv, argument by argument."""
+    project = tmp_path / name
+    write_corpus_project(name, project, tmp_path)
+    loaded = load_spec(project)
+    experiments, _ = resolve_extends(loaded.spec)
+    points = {point.experiment: point for point in expand(loaded.spec, experiments)}
+    for experiment, entry, parameters in cases(name):
+        ours = shlex.split(points[experiment].command({}))
+        assert ours == mlflow_argv(project, entry, parameters, tmp_path), (name, experiment)
+        # and bash reads mantik's command as shlex does (it is what the runner's shell gets)
+        printed = subprocess.run(
+            ["bash", "-c", "python() { printf '%s\\0' python \"$@\"; }; " + points[experiment].command({})],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert printed.split("\0")[:-1] == ours
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", PROJECTS)
+def test_the_job_receives_mlflows_argv(name, tmp_path):
+    """Applied on the local backend, each job's script gets MLflow's argv and the run MLflow's params."""
+    dumps = tmp_path / "argv"
+    dumps.mkdir()
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    write_corpus_project(name, path, dumps)
+    project = Project(path)
+    project.commit("adopt mantik")
+    # validate says what differs from `mlflow run`, at the MLproject's lines, and plan warns the same
+    notes = mlproject_notes(load_spec(path).spec, path)
+    assert project.mantik("validate").stderr.splitlines() == [f"Note: {note}" for note in notes]
+    assert project.plan_json()["warnings"][: len(notes)] == notes
+    try:
+        project.mantik("apply", "--auto-approve", "--wait", timeout=300)
+    finally:
+        _stop(path)
+    expected = {experiment: (entry, parameters) for experiment, entry, parameters in cases(name)}
+    runs = project.runs()
+    assert sorted(r.info.run_name.split("[")[0] for r in runs) == sorted(expected)
+    for run in runs:
+        entry, parameters = expected[run.info.run_name.split("[")[0]]
+        received = json.loads((dumps / f"{run.info.run_id}.json").read_text())
+        oracle = script_argv(mlflow_argv(path, entry, parameters, tmp_path))
+        assert received == oracle, (name, run.info.run_name)
+        assert run.data.params == mlflow_params(path, entry, parameters), (name, run.info.run_name)
+        # the declared types, as written, are visible in explain
+        explained = json.loads(project.mantik("explain", run.info.run_name).stdout)
+        declared = yaml.safe_load((path / "MLproject").read_text())["entry_points"][entry].get("parameters") or {}
+        written = {k: v if isinstance(v, str) else v.get("type", "string") for k, v in declared.items()}
+        assert explained["parameter_types"] == dict(sorted(written.items()))
+
+
+def _stop(path: Path) -> None:
+    from .conftest import _stop_jobs
+
+    _stop_jobs(path)
+
+
+def test_corpus_covers_every_kind():
+    """The corpus keeps the kinds the differential test is about."""
+    texts = {name: (CORPUS / name / "MLproject").read_text() for name in PROJECTS}
+    every = "\n".join(texts.values())
+    for kind in ("type: str\n", "list[int]", "list[str]", "type: flaot", "1e-1", "1e5", "command: >", "\\\n"):
+        assert kind in every, kind
+    for kind in ("type: bool", "seed", "type: path", "type: uri", '"{msg}"', "'{tag}'"):
+        assert kind in every, kind
+    for key in ("conda_env", "python_env", "docker_env"):
+        assert any(text.startswith(key) or f"\n{key}:" in text for text in texts.values()), key
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("conda-multistep", ["MLproject:3:1: conda_env: not used"]),
+        ("docker-env", ["MLproject:3:1: docker_env: not used"]),
+        ("wine-elasticnet", ["MLproject:3:1: python_env: not used"]),
+        (
+            "loose-types",
+            [
+                "MLproject:9:15: entry_points.main.parameters.layers.type: type 'list[int]' is not one MLflow checks",
+                "MLproject:12:15: entry_points.main.parameters.tags.type: type 'list[str]' is not one MLflow checks",
+                "MLproject:18:15: entry_points.main.parameters.ratio.type: type 'flaot' is not one MLflow checks",
+            ],
+        ),
+    ],
+)
+def test_what_differs_from_mlflow_run_is_said(name, expected, tmp_path):
+    project = tmp_path / name
+    write_corpus_project(name, project, tmp_path)
+    notes = mlproject_notes(load_spec(project).spec, project)
+    assert len(notes) == len(expected), notes
+    for note, start in zip(notes, expected, strict=True):
+        assert note.startswith(start), notes
