@@ -448,8 +448,8 @@ def test_values_reach_command_and_params_as_mlflow_formats_them(tmp_path):
         ["--seed", "42", "--flag", flag, "--lr", lr] for flag in ("False", "True") for lr in ("1", "1e-3")
     ]
     assert sorted(p.arguments["flag"] for p in points) == ["False", "False", "True", "True"]
-    # 1 and 1.0 are one run (the typed value names it); the command gets what was written
-    assert {p.values["lr"] for p in points} == {1.0, "1e-3"}
+    # 1 and 1.0, 1e-3 and 0.001 are one run each (the typed value names it); the command gets what was written
+    assert {p.values["lr"] for p in points} == {1.0, 0.001}
 
 
 # -- Mantik configs: remote images, the batch shell's expansions, srun, init --------------------------------
@@ -575,6 +575,7 @@ def test_init_writes_the_backend_type_of_the_config_it_reads(tmp_path, config, e
 
     from mantik_spec.operations.init import init
 
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # init wants the project in git
     (tmp_path / "MLproject").write_text(MLPROJECT.replace("python_env: python_env.yaml\n", ""))
     (tmp_path / "backend.yaml").write_text(config.replace("Path: image.sif", "Path: /p/image.sif\n    Version: v1"))
     init(tmp_path, mlproject=tmp_path / "MLproject", backend_config=tmp_path / "backend.yaml")
@@ -587,6 +588,7 @@ def test_init_refuses_a_config_for_a_connection_it_cannot_use(tmp_path):
     from mantik_spec.operations.errors import UserError
     from mantik_spec.operations.init import init
 
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "firecrest.yaml").write_text("Firecrest: {ApiUrl: https://x}\nResources: {Queue: normal}\n")
     with pytest.raises(UserError, match="Firecrest configs are not supported"):
         init(tmp_path, backend_config=tmp_path / "firecrest.yaml")
@@ -628,6 +630,7 @@ def test_init_reads_an_mlproject_with_types_mlflow_does_not_check(tmp_path):
     for name in ("loose-types", "folded-continuation", "unused-and-defaults"):
         project = tmp_path / name
         shutil.copytree(corpus / name, project)
+        subprocess.run(["git", "init", "-q", str(project)], check=True)
         init(project, mlproject=project / "MLproject")
         spec = load_spec(project).spec
         assert spec.mlproject == "MLproject"

@@ -56,9 +56,19 @@ def cases(name: str) -> list[tuple[str, str, dict]]:
     ]
 
 
+def as_typed_on_the_command_line(parameters: dict) -> dict:
+    """What `mlflow run -P name=TEXT` gets for the values mantik.yaml holds: a float as mantik.yaml writes
+    it (yaml.safe_dump writes 1e-05 as 1.0e-05, and the job gets the number as written)."""
+    return {
+        name: yaml.safe_dump(value).splitlines()[0] if isinstance(value, float) else value
+        for name, value in parameters.items()
+    }
+
+
 def mlflow_command(directory: Path, entry: str, parameters: dict, storage: Path) -> str:
     from mlflow.projects._project_spec import load_project
 
+    parameters = as_typed_on_the_command_line(parameters)
     cwd = os.getcwd()
     os.chdir(directory)  # MLflow resolves `path` parameters against the current directory
     try:
@@ -78,6 +88,7 @@ def mlflow_params(directory: Path, entry: str, parameters: dict) -> dict[str, st
     from mlflow.projects._project_spec import load_project
 
     point = load_project(str(directory)).get_entry_point(entry)
+    parameters = as_typed_on_the_command_line(parameters)
     final = {}
     for name, parameter in point.parameters.items():
         value = parameters.get(name, parameter.default)

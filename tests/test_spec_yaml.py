@@ -60,9 +60,10 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("string", "1.10, 010, 1e-3, 0x1F, true, 1:30:00", ["1.10", "010", "1e-3", "0x1F", "true", "1:30:00"]),
         ("path", "2024-01-01, 0755", ["2024-01-01", "0755"]),
         # YAML 1.1 left 1e-3 a string: a float grid was refused
-        ("float", "1e-3, 0.01, 1E+2, .5, 3", ["0.001", "0.01", "100.0", "0.5", "3.0"]),
+        # a number as written (as `mlflow run -P lr=1e-3` passes it); the run is keyed by its value
+        ("float", "1e-3, 0.01, 1E+2, .5, 3", ["1e-3", "0.01", "1E+2", ".5", "3"]),
         ("int", "0o17, 0x10, +5, -3", ["15", "16", "5", "-3"]),
-        ("bool", "true, False", ["true", "false"]),
+        ("bool", "true, False", ["True", "False"]),  # as MLflow formats booleans
     ],
 )
 def test_unquoted_values_reach_the_job_as_written(tmp_path, declared_type, values, received):
@@ -155,7 +156,7 @@ def test_included_mlproject_values_follow_the_same_rules(tmp_path):
     (tmp_path / "MLproject").write_text((tmp_path / "MLproject").read_text().replace("default: 010", "default: 10"))
     spec = load_spec(tmp_path).spec
     [point] = expand(spec, resolve_extends(spec)[0])
-    assert point.command({}) == "python train.py 1e-3 no 0.001 10.0"
+    assert point.command({}) == "python train.py 1e-3 no 1e-3 10"  # as `mlflow run` passes them
 
 
 def test_json_schema_tools_read_the_same_values(tmp_path):

@@ -159,16 +159,22 @@ def join_lines(command: str) -> str:
 
 
 def coerce(value, declared_type: str):
-    """Bring a value to its declared type so that ``1`` and ``1.0`` name the same run."""
+    """Bring a value to its declared type so that ``1``, ``1.0`` and ``1e0`` name the same run (the command
+    still gets the value as written: :attr:`RunPoint.written`)."""
     if declared_type == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if declared_type in ("float", "int") and _number_text(value, NUMBER_TYPES[declared_type]):
+        return NUMBER_TYPES[declared_type](value.strip())
     return value
+
+
+NUMBER_TYPES: dict[str, type] = {"float": float, "int": int}
 
 
 def _number_text(value, kind: type) -> bool:
     """Text a number of ``kind`` is written as (``1e-1``: YAML 1.1 reads it as text, and so does MLflow,
     which passes it on as written)."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or "_" in value:  # 1_000: 1000 to YAML 1.1 and Python, text to YAML 1.2
         return False
     try:
         kind(value.strip())

@@ -165,7 +165,15 @@ def _plain_scalars(spec: Spec, document) -> list[Problem]:
 
     def as_text(holder: dict | list, index, path: tuple, declared_type: str) -> None:
         value = holder[index]
-        if declared_type not in TEXT_PARAMETER_TYPES or value is None or isinstance(value, str):
+        if value is None or isinstance(value, str):
+            return
+        if declared_type == "float" and not isinstance(value, bool):
+            source, theirs = document.locate(path)
+            written = source.written.get(theirs)
+            if written is not None and format_value(value) != written:
+                holder[index] = written  # 1e-3: the job gets it as written, the run is keyed by its value
+            return
+        if declared_type not in TEXT_PARAMETER_TYPES:
             return
         source, theirs = document.locate(path)
         written = source.written.get(theirs)
