@@ -77,9 +77,9 @@ def test_code_change_resubmits_with_the_changed_file_as_reason(project):
 def test_uncommitted_code_is_refused_by_apply_and_warned_by_plan(project):
     project.write("train.py", (project.path / "train.py").read_text() + "\n# wip\n")
     plan = project.mantik("plan")
-    assert "Warning: uncommitted changes in code or data files (train.py)" in plan.stdout
+    assert "Warning: uncommitted changes in code, data or spec files (train.py)" in plan.stdout
     refused = project.mantik("apply", "--auto-approve", check=1)
-    assert "uncommitted changes in code or data files: train.py" in refused.stderr
+    assert "uncommitted changes in code, data or spec files: train.py" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert project.runs() == []
 

@@ -23,6 +23,7 @@ from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
+from ..spec.load import SPEC_FILE
 from ..spec.model import Environment
 from ..state.git import CodeVersion
 from ..state.lock import project_lock
@@ -42,7 +43,7 @@ class ApplyResult:
 def refuse_dirty(observation: Observation) -> None:
     if observation.code.dirty:
         raise UserError(
-            f"uncommitted changes in code or data files: {observation.code.dirty_summary()}; "
+            f"uncommitted changes in code, data or spec files: {observation.code.dirty_summary()}; "
             "commit or stash them (only committed code runs)"
         )
 
@@ -65,9 +66,9 @@ def apply(
         plan, observation = build_plan(
             project, prune=saved.prune if saved else prune, replace=saved.replace if saved else replace
         )
-        refuse_dirty(observation)
-        if saved is not None:
+        if saved is not None:  # first: "the plan is stale" says more than what made it so
             saved.check_current(plan)
+        refuse_dirty(observation)
         show(plan)
         if not plan.has_changes:
             return ApplyResult(plan, False, [])
@@ -370,6 +371,7 @@ def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: Plann
         MlflowTag.PROJECT_BACKEND: project.spec.backends[want.point.backend].type,
         MlflowTag.USER: getpass.getuser(),
     }
+    tags[Tag.SPEC] = project.repo.prefix + SPEC_FILE  # apply refuses an uncommitted spec: COMMIT holds this one
     unpinned = sorted(name for name, version in identity.data.items() if version == UNPINNED)
     if unpinned:  # the data may change under the same key: say so where the run is looked at
         tags[Tag.NOT_REPRODUCIBLE] = "unpinned data: " + ", ".join(unpinned)

@@ -7,6 +7,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
 from ..spec.experiments import expand, resolve_extends
 from ..spec.includes import mlproject_notes
-from ..spec.load import LoadedSpec, load_spec
+from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
 from ..state.tags import FailureKind, RunStatus
 from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
@@ -113,6 +114,11 @@ def observe(project: Project) -> Observation:
     ]
     dvc_files += ["dvc.lock"] if spec.data else []
     code = project.repo.code_version(spec.code.paths, dvc_files)
+    # the spec anchors runs as the code does: an edited but uncommitted grid would run points whose
+    # recorded commit does not declare them
+    spec_files = project.repo.uncommitted([SPEC_FILE, *included_files(spec)])
+    if spec_files:
+        code = dataclasses.replace(code, dirty=tuple(sorted({*code.dirty, *spec_files})))
     experiments, _ = resolve_extends(spec)
     data, environments = input_versions(project)
     desired = [identify(point, code.identity, data, environments) for point in expand(spec, experiments)]
@@ -262,7 +268,7 @@ def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] =
     plan.warnings.extend(mlproject_notes(project.spec, project.root))
     if observation.code.dirty:
         plan.warnings.append(
-            f"uncommitted changes in code or data files ({observation.code.dirty_summary()}): "
+            f"uncommitted changes in code, data or spec files ({observation.code.dirty_summary()}): "
             "the plan uses the last commit; apply will refuse"
         )
     throwaway = throwaway_store(project)

@@ -102,6 +102,7 @@ class Tag:
     PREVIOUS_RUN = "mantik.previous_run"
     REPRODUCES = "mantik.reproduces"
     NOT_REPRODUCIBLE = "mantik.not_reproducible"
+    SPEC = "mantik.spec"  # the spec that declared the run: its path in the repository, committed at COMMIT
 
 
 class MlflowTag:
