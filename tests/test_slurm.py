@@ -302,3 +302,13 @@ def test_pending_task_cancelled_outside_mantik_says_its_code_never_ran(project):
         assert f"job {held} ended LOST" in reason and "never ran" in reason and "no accounting" in reason
     finally:
         subprocess.run(["scancel", other.split("_")[0]], check=False)
+
+
+def test_logs_show_slurms_output_when_the_runner_never_started(project):
+    """A job whose Python is missing never reaches the runner: `mantik logs` shows why, from slurm-*.out."""
+    use(project, slurm_spec(lrs="[0.1]").replace(f"python: {sys.executable}", "python: /nonexistent/bin/python3"))
+    project.mantik("apply", "--auto-approve", "--wait", check=1, timeout=300)
+    point = project.status_json()[0]["point_id"]
+    shown = project.mantik("logs", point).stdout
+    assert shown.startswith("[the run's own log is empty; Slurm's output of job "), shown
+    assert "/nonexistent/bin/python3" in shown, shown

@@ -517,7 +517,30 @@ class SlurmBackend:
         return []  # sbatch itself refuses what the cluster does not offer, in one line, before any job exists
 
     def read_log(self, run_id: str, job_id: str | None = None, offset: int = 0) -> bytes | None:
-        return self.host.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)
+        """The runner's log of the run; while the runner has written nothing (it never started: a missing
+        Python or venv, a failing setup line), the batch job's own output, where Slurm put that error."""
+        output = self.host.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)
+        if output or offset or not job_id:
+            return output
+        scheduler = self._scheduler_output(run_id, job_id)
+        if not scheduler:
+            return output
+        return f"[the run's own log is empty; Slurm's output of job {job_id}:]\n".encode() + scheduler
+
+    def _scheduler_output(self, run_id: str, job_id: str) -> bytes | None:
+        """slurm-JOB_TASK.out of the run's batch (``--output`` in the batch script's directives)."""
+        batch = (self.host.read_text(self._path("runs", run_id, "batch")) or "").strip()
+        if not batch:
+            return None
+        batch_dir = self._path("batches", batch)
+        # an array task is JOB_TASK; a job of one run has no task (Slurm writes 4294967294 for %a)
+        wanted = [f"slurm-{job_id}.out"] if "_" in job_id else []
+        wanted += sorted(name for name in self.host.list_dir(batch_dir) if name.startswith(f"slurm-{job_id}_"))
+        for name in wanted:
+            content = self.host.read_bytes(f"{batch_dir}/{name}")
+            if content:
+                return content
+        return None
 
 
 GROUPED = re.compile(r"^(\d+)_\[([0-9,\-:]+)(?:%\d+)?\]$")

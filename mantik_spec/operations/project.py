@@ -3,11 +3,11 @@ and observing them into the planner's inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
