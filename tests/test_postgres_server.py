@@ -4,22 +4,18 @@ only what it started."""
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from .conftest import BASIC_SPEC, IN_CI
-from .test_reliability import MLFLOW, check_trials
+from .test_reliability import MlflowServer, check_trials
 
 pytestmark = pytest.mark.e2e
 
@@ -90,48 +86,6 @@ class PostgresCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class PostgresMlflowServer:
-    """`mlflow server` on a free port, its runs in the PostgreSQL cluster."""
-
-    def __init__(self, backend_uri: str, directory: Path):
-        self.backend_uri, self.directory = backend_uri, directory
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                MLFLOW, "server", "--backend-store-uri", self.backend_uri,
-                "--artifacts-destination", str(self.directory / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2",
-                "--gunicorn-opts", "--log-level warning",
-            ],  # fmt: skip
-            stdout=open(self.directory / "server.log", "ab"),  # noqa: SIM115 - the server keeps it open
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.5)
-        raise AssertionError(f"mlflow server did not start: {(self.directory / 'server.log').read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            self.process = None
-
-
 @pytest.fixture
 def postgres_mlflow_server(tmp_path):
     bindir = postgres_bin()
@@ -145,8 +99,8 @@ def postgres_mlflow_server(tmp_path):
     server = None
     try:
         cluster.start()
-        server = PostgresMlflowServer(cluster.uri, tmp_path / "server")
-        server.start()
+        server = MlflowServer(tmp_path / "server", backend_uri=cluster.uri)
+        server.start(timeout=180)  # a PostgreSQL store migrates on first start
         yield server
     finally:
         try:
