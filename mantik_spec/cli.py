@@ -72,16 +72,17 @@ def _report_calls(ctx, project) -> None:
     if not ctx.obj.get("verbose"):
         return
     click.echo(f"tracking store calls: {project.store.calls}", err=True)
+    from .backends.ssh import SSHHost
+
     for name, backend in project.backends.items():
-        calls = getattr(backend, "calls", None)
-        if calls:
+        if backend.calls:
             click.echo(
                 f"backend {name} scheduler calls: "
-                + ", ".join(f"{count} {command}" for command, count in sorted(calls.items())),
+                + ", ".join(f"{count} {command}" for command, count in sorted(backend.calls.items())),
                 err=True,
             )
-        host = getattr(backend, "host", None)
-        if hasattr(host, "connections_opened"):
+        host = backend.host
+        if isinstance(host, SSHHost):
             click.echo(
                 f"backend {name} ssh: {host.connections_opened} connection(s) opened, {host.commands_run} commands, "
                 f"{host.trees_sent} code tree(s) sent ({host.bytes_sent} bytes in all)",
@@ -233,7 +234,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, lock_timeout):
 def _follow(project, run_ids) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .operations.status import ENDED, follow
+    from .operations.status import ENDED, SUCCEEDED, follow
 
     with Progress(
         TextColumn("[bold]runs"),
@@ -253,7 +254,7 @@ def _follow(project, run_ids) -> int:
             progress.update(task, completed=done, description=", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
         final = follow(project, run_ids, update)
-    return sum(1 for state in final.values() if state not in ("finished", "completed"))
+    return sum(1 for state in final.values() if state not in SUCCEEDED)
 
 
 @main.command()

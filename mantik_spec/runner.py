@@ -20,7 +20,14 @@ import sys
 EXIT_CODE_FILE = "exit_code"
 OUTPUT_FILE = "output.log"
 CANCEL_FILE = "cancel"
-SIGNALLED = "stopped by a signal"  # the start of the failure tag of a run the runner saw terminated
+SIGNALLED = "stopped by a signal"  # the failure message of a run the runner saw terminated (for people)
+
+# Copies of mantik_spec.state.tags, which this file cannot import (a test holds them equal)
+EXIT_CODE_TAG = "mantik.exit_code"
+FAILURE_TAG = "mantik.failure"
+FAILURE_KIND_TAG = "mantik.failure_kind"
+SIGNALLED_KIND = "signalled"  # FailureKind.SIGNALLED: the scheduler knows why (time limit, preemption, cancel)
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"  # RunStatus values
 
 
 def _warn(message):
@@ -89,7 +96,7 @@ def main(job_dir):
     if job.get("archive"):
         _unpack(os.path.join(job_dir, job["archive"]), workdir)
     tracking = Tracking(job["tracking_uri"], job["run_id"])
-    tracking.do("update_run", status="RUNNING")
+    tracking.do("update_run", status=RUNNING)
 
     environment = dict(os.environ)
     environment.update(job.get("environment", {}))
@@ -136,12 +143,13 @@ def main(job_dir):
     if not cancelled and code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
         cancelled.append(code - 128)
     if cancelled:
-        tracking.do("set_tag", "mantik.failure", f"{SIGNALLED} ({signal.Signals(cancelled[0]).name})")
+        tracking.do("set_tag", FAILURE_KIND_TAG, SIGNALLED_KIND)
+        tracking.do("set_tag", FAILURE_TAG, f"{SIGNALLED} ({signal.Signals(cancelled[0]).name})")
     if os.path.exists(os.path.join(job_dir, CANCEL_FILE)):
         cancelled.append("cancel requested")
-    status = "KILLED" if cancelled else ("FINISHED" if code == 0 else "FAILED")
+    status = KILLED if cancelled else (FINISHED if code == 0 else FAILED)
     tracking.do("log_artifact", log_path, "mantik")
-    tracking.do("set_tag", "mantik.exit_code", str(code))
+    tracking.do("set_tag", EXIT_CODE_TAG, str(code))
     tracking.do("set_terminated", status)
     _write_atomically(os.path.join(job_dir, EXIT_CODE_FILE), f"{code}\n")
     return code

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from .conftest import ROOT
 
@@ -31,3 +35,298 @@ def test_runner_needs_only_the_standard_library_and_mlflow():
     assert all(node.level == 0 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
     allowed = set(sys.stdlib_module_names) | {"mlflow"}
     assert imports <= allowed, imports - allowed
+
+
+def test_mypy_finds_nothing():
+    """The type check proves every registered backend implements the Backend protocol (see backends/__init__.py)."""
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_backend_type_is_registered_and_type_checked():
+    from typing import get_args
+
+    from mantik_spec.backends import BACKENDS, backend_class
+    from mantik_spec.spec.model import Backend as BackendConfig
+
+    declared = {get_args(config.model_fields["type"].annotation)[0] for config in get_args(get_args(BackendConfig)[0])}
+    assert set(BACKENDS) == declared
+    # the table mypy checks (under TYPE_CHECKING, so read from the source) names the same classes
+    tree = ast.parse((ROOT / "mantik_spec" / "backends" / "__init__.py").read_text())
+    checked = next(
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AnnAssign) and ast.unparse(node.target) == "CHECKED"
+    )
+    assert isinstance(checked, ast.Dict)
+    pairs = {ast.literal_eval(k): ast.unparse(v) for k, v in zip(checked.keys, checked.values, strict=True)}
+    assert pairs == {kind: name for kind, (_, name) in BACKENDS.items()}
+    for kind, (_, name) in BACKENDS.items():
+        assert backend_class(kind).__name__ == name
+
+
+def test_backend_errors_carry_the_answer_status_as_data():
+    from mantik_spec.backends.base import BackendError, CommandTimeout, SubmissionFailed
+
+    assert BackendError("the site answered 404: gone", status=404).status == 404
+    assert CommandTimeout("no answer").status is None
+    failed = SubmissionFailed("stopped", {"run": "job"}, ["other"])
+    assert (failed.status, failed.submitted, failed.refused, failed.unknown) == (None, {"run": "job"}, ["other"], [])
+
+
+def test_choosing_a_backend_imports_only_its_module():
+    """`validate` and `--help` import no backend; a project with Slurm backends never imports pyunicore."""
+    code = (
+        "import sys\n"
+        "from mantik_spec.backends import backend_class\n"
+        "assert not any(m.startswith('pyunicore') for m in sys.modules), 'registry'\n"
+        "backend_class('slurm'); backend_class('local')\n"
+        "assert not any(m.startswith('pyunicore') for m in sys.modules), 'slurm'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_runner_writes_the_tag_schema():
+    """The runner cannot import the package, so it keeps copies of the names it writes: they must not drift."""
+    from mantik_spec import runner
+    from mantik_spec.state.tags import RUNNER_TAGS, FailureKind, RunStatus, Tag
+
+    assert (runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG) == RUNNER_TAGS
+    assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND) == RUNNER_TAGS
+    assert FailureKind(runner.SIGNALLED_KIND) is FailureKind.SIGNALLED
+    assert {runner.RUNNING, runner.FINISHED, runner.FAILED, runner.KILLED} <= {s.value for s in RunStatus}
+    # and it names no other tag
+    tree = ast.parse((ROOT / "mantik_spec" / "runner.py").read_text())
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert {text for text in strings if text.startswith("mantik.")} == set(RUNNER_TAGS)
+
+
+# -- the tag schema against a real MLflow store ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from mantik_spec.state.tracking import TrackingStore
+
+    database = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    return f"sqlite:///{database}", TrackingStore
+
+
+def _project_store(store, project):
+    uri, TrackingStore = store
+    return TrackingStore(uri, project)
+
+
+def test_a_run_record_reads_back_as_written(store):
+    from mantik_spec.state.tags import FailureKind, RunStatus, Tag, failure_tags, identity_tags
+
+    tracking = _project_store(store, "roundtrip")
+    experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    written = {
+        "experiment": "sweep",
+        "point_id": "sweep[lr=0.1,seed=2]",
+        "run_key": "k" * 64,
+        "attempt": 2,
+        "commit": "c" * 40,
+        "code": "tree:abc",
+        "command": "python train.py --lr {lr}",
+        "parameters": {"lr": 0.1, "name": "a b"},
+        "data": {"era5": "md5:0123"},
+        "environment": "torch:sha256:ff",
+        "backend": "cluster",
+        "seed": 2,
+    }
+    tags = identity_tags(project="roundtrip", **written) | {"mlflow.project.entryPoint": "train"}
+    run_id = tracking.create_run(experiment_id, written["point_id"], tags, {"lr": "0.1"})
+    tracking.set_tags(run_id, {Tag.JOB_ID: "4242"})
+    tracking.terminate(run_id, RunStatus.FAILED, failure_tags(FailureKind.TIMEOUT, "job 4242 ended TIMEOUT"))
+
+    [run] = tracking.observe()
+    assert (run.run_id, run.experiment_id, run.status) == (run_id, experiment_id, RunStatus.FAILED)
+    assert {name: getattr(run, name) for name in written} == written
+    assert (run.job_id, run.entry_point, run.live) == ("4242", "train", False)
+    assert (run.failure_kind, run.failure) == (FailureKind.TIMEOUT, "job 4242 ended TIMEOUT")
+
+
+# Records as versions before the failure kind tag wrote them: the failure text only. Each point has no
+# retries left, so whether the old record spent one decides between `~ retry` and `x failed`.
+LEGACY_RECORDS = [
+    # (lr, status, tags besides the identity, the action the plan must give)
+    (0.1, "FAILED", {"mantik.failure": "submission refused by the backend: backend cluster: bad partition"}, "retry"),
+    (0.2, "FAILED", {"mantik.failure": "submission interrupted before a job was recorded; resubmitting"}, "retry"),
+    (0.3, "FAILED", {"mantik.failure": "submission interrupted before a job was recorded"}, "retry"),
+    (0.4, "FAILED", {"mantik.job_id": "7", "mantik.failure": "job 7 ended FAILED (exit 3); no retries left"}, "failed"),
+    (0.5, "FAILED", {"mantik.job_id": "8", "mantik.exit_code": "3"}, "failed"),  # closed by the runner
+    (
+        0.6,
+        "KILLED",
+        {"mantik.job_id": "9", "mantik.exit_code": "143", "mantik.failure": "stopped by a signal (SIGTERM)"},
+        "failed",
+    ),
+    (0.7, "KILLED", {"mantik.job_id": "10", "mantik.failure": "cancelled by `mantik cancel`"}, "failed"),
+]
+NEW_KINDS = ["refused", "interrupted", "interrupted", "job_failed", None, "signalled", "cancelled"]
+
+
+def _write_records(tracking, records, kinds=None, live=False):
+    from mlflow.tracking import MlflowClient
+
+    from .test_planner import desired, point
+
+    client = MlflowClient(tracking.uri)
+    experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    wants = []
+    for index, (lr, status, extra, _) in enumerate(records):
+        want = desired(point(lr=lr))  # the identity does not depend on retries or suspension
+        wants.append(want)
+        tags = {
+            "mantik.project": tracking.project,
+            "mantik.experiment": "sweep",
+            "mantik.point": want.point.point_id,
+            "mantik.run_key": want.key,
+            "mantik.attempt": "1",
+            "mantik.commit": "c0ffee0",
+            "mantik.code": want.identity.code,
+            "mantik.command": want.identity.command,
+            "mantik.parameters": json.dumps(want.identity.parameters, sort_keys=True),
+            "mantik.data": "{}",
+            "mantik.environment": "",
+            "mantik.backend": "local",
+        }
+        run = client.create_run(experiment_id, tags=tags, run_name=want.point.point_id)
+        client.update_run(run.info.run_id, status="SCHEDULED")
+        for name, value in extra.items():
+            client.set_tag(run.info.run_id, name, value)
+        if kinds and kinds[index]:
+            client.set_tag(run.info.run_id, "mantik.failure_kind", kinds[index])
+        if live:
+            client.update_run(run.info.run_id, status=status)
+        else:
+            client.set_terminated(run.info.run_id, status)
+    return wants
+
+
+def _plan_rows(tracking, wants):
+    from mantik_spec.reconcile.planner import make_plan
+
+    plan = make_plan(wants, tracking.observe(), {}, commit="c0ffee0", spec_digest="d")
+    runs = {e.run_id: "RUN" for e in plan.entries if e.run_id}  # the two stores' run ids differ
+    return [(e.point_id, e.action.label, e.next_attempt, _replace(e.reason, runs)) for e in plan.entries]
+
+
+def _replace(text: str, words: dict[str, str]) -> str:
+    for word, replacement in words.items():
+        text = text.replace(word, replacement)
+    return text
+
+
+def test_records_written_before_the_failure_kind_plan_as_they_did(store):
+    from mantik_spec.operations.project import _unexplained_kills
+
+    legacy = _project_store(store, "legacy")
+    wants = _write_records(legacy, LEGACY_RECORDS)
+    rows = _plan_rows(legacy, wants)
+    assert [(point, action) for point, action, _, _ in rows] == [
+        (want.point.point_id, expected) for want, (*_, expected) in zip(wants, LEGACY_RECORDS, strict=True)
+    ]
+    assert all(next_attempt == 1 for _, action, next_attempt, _ in rows if action == "retry")
+    # a run the runner saw signalled is still asked about (the scheduler says why it ended)
+    assert [r.point_id for r in _unexplained_kills(legacy.observe())] == [wants[5].point.point_id]
+
+    # the same records written by this version (with the kind tag) plan the same
+    current = _project_store(store, "current")
+    assert _plan_rows(current, _write_records(current, LEGACY_RECORDS, NEW_KINDS)) == rows
+
+
+def test_a_run_the_runner_saw_signalled_is_recorded_as_such(store, tmp_path):
+    """The runner writes the failure kind beside its message, and observe reads it back typed."""
+    import os
+    import signal
+    import time
+
+    from mantik_spec.state.tags import FailureKind, RunStatus, identity_tags
+
+    tracking = _project_store(store, "signalled")
+    experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    tags = identity_tags(
+        project="signalled",
+        experiment="sweep",
+        point_id="sweep[]",
+        run_key="s" * 64,
+        attempt=1,
+        commit="c",
+        code="tree",
+        command="sleep 60",
+        parameters={},
+        data={},
+        environment="",
+        backend="local",
+    )
+    run_id = tracking.create_run(experiment_id, "sweep[]", tags, {})
+    job_dir = tmp_path / "job"
+    (job_dir / "work").mkdir(parents=True)
+    job = {"run_id": run_id, "command": "sleep 60", "tracking_uri": tracking.uri, "experiment_id": experiment_id}
+    (job_dir / "job.json").write_text(json.dumps(job))
+    runner = subprocess.Popen(
+        [sys.executable, str(ROOT / "mantik_spec" / "runner.py"), str(job_dir)], start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not _runs_command(runner.pid, b"sleep 60") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(runner.pid, signal.SIGTERM)  # as a scheduler does: the runner and its command
+    assert runner.wait(timeout=120) == 128 + signal.SIGTERM
+    [run] = tracking.observe()
+    assert (run.status, run.failure_kind) == (RunStatus.KILLED, FailureKind.SIGNALLED)
+    assert run.failure == "stopped by a signal (SIGTERM)"
+    assert tracking.client.get_run(run_id).data.tags["mantik.failure_kind"] == "signalled"  # not read from the text
+
+
+def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
+    """Repairs and prunes write the failure kind the plan decided, beside the plan's reason."""
+    from types import SimpleNamespace
+
+    from mantik_spec.backends.base import JobState, JobStatus
+    from mantik_spec.operations.apply import execute
+    from mantik_spec.reconcile.planner import make_plan
+    from mantik_spec.state.tags import FailureKind, RunStatus
+
+    from .test_planner import desired, point
+
+    tracking = _project_store(store, "apply-kinds")
+    timed_out, intent = desired(point(lr=0.1)), desired(point(lr=0.2, suspended=True))
+    gone = desired(point(lr=0.3))
+    records = [(want.point.values["lr"], "RUNNING", {}, None) for want in (timed_out, intent, gone)]
+    _write_records(tracking, records, live=True)
+    runs = {r.point_id: r for r in tracking.observe()}
+    for want, job_id in ((timed_out, "1"), (gone, "3")):
+        tracking.set_tags(runs[want.point.point_id].run_id, {"mantik.job_id": job_id})
+    jobs = {("local", "1"): JobStatus(JobState.TIMEOUT), ("local", "3"): JobStatus(JobState.RUNNING)}
+    plan = make_plan([timed_out, intent], tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
+
+    cancelled: list[str] = []
+    backend = SimpleNamespace(cancel=cancelled.extend, read_log=lambda run_id, job_id: None)
+    project = SimpleNamespace(
+        store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
+    )
+    assert execute(project, plan, SimpleNamespace(desired=[timed_out, intent], code=None)) == []
+
+    ended = {r.point_id: (r.status, r.failure_kind) for r in tracking.observe()}
+    assert ended == {
+        timed_out.point.point_id: (RunStatus.FAILED, FailureKind.TIMEOUT),
+        intent.point.point_id: (RunStatus.FAILED, FailureKind.INTERRUPTED),
+        gone.point.point_id: (RunStatus.KILLED, FailureKind.CANCELLED),
+    }
+    assert cancelled == ["3"]
+
+
+def _runs_command(pid: int, command: bytes) -> bool:
+    """Whether a child of ``pid`` runs ``command`` (the runner has started the user's command)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        try:
+            if command in Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" "):
+                return True
+        except OSError:
+            continue
+    return False

@@ -13,7 +13,7 @@ from mantik_spec.reconcile.identity import identify
 from mantik_spec.reconcile.plan import Action
 from mantik_spec.reconcile.planner import INTERRUPTED, REFUSED, make_plan
 from mantik_spec.spec.experiments import RunPoint
-from mantik_spec.state.tracking import ObservedRun
+from mantik_spec.state.tags import FailureKind, ObservedRun, RunStatus
 
 _ids = itertools.count()
 
@@ -38,7 +38,7 @@ def desired(p: RunPoint, code="code-v1"):
 
 
 def observed(
-    want, status="FINISHED", attempt=1, job_id="job", failure=None, code=None, commit="c0ffee0"
+    want, status="FINISHED", attempt=1, job_id="job", failure=None, code=None, commit="c0ffee0", failure_kind=None
 ) -> ObservedRun:
     run_id = f"run{next(_ids)}"
     return ObservedRun(
@@ -59,6 +59,7 @@ def observed(
         start_time=attempt,
         end_time=None,
         failure=failure,
+        failure_kind=failure_kind,
         experiment=want.point.experiment,
     )
 
@@ -146,12 +147,55 @@ def test_failed_run_is_retried_until_retries_are_spent():
     assert not plan_of([want], [first, second]).has_changes
 
 
-@pytest.mark.parametrize("failure", [INTERRUPTED, REFUSED + ": invalid partition name specified"])
-def test_runs_that_never_ran_spend_no_retry(failure):
+@pytest.mark.parametrize(
+    "kind, failure",
+    [(FailureKind.INTERRUPTED, INTERRUPTED), (FailureKind.REFUSED, REFUSED + ": invalid partition name specified")],
+)
+def test_runs_that_never_ran_spend_no_retry(kind, failure):
     want = desired(point(retries=0))
-    never_ran = observed(want, status="FAILED", failure=failure)
+    never_ran = observed(want, status="FAILED", failure=failure, failure_kind=kind)
     entry = only(plan_of([want], [never_ran]))
     assert (entry.action, entry.next_attempt) == (Action.RETRY, 1)
+
+
+def test_retries_are_counted_from_the_failure_kind_not_its_message():
+    """A message is for people: one that happens to read like a refusal does not make a run that ran free."""
+    want = desired(point(retries=0))
+    ran = observed(want, status="FAILED", failure=REFUSED + "? no: exit 3", failure_kind=FailureKind.JOB_FAILED)
+    assert only(plan_of([want], [ran])).action is Action.FAILED
+    refused = observed(want, status="FAILED", failure="sbatch said no", failure_kind=FailureKind.REFUSED)
+    assert only(plan_of([want], [refused])).action is Action.RETRY
+
+
+@pytest.mark.parametrize(
+    "state, exit_code, status, kind",
+    [
+        (JobState.TIMEOUT, None, RunStatus.FAILED, FailureKind.TIMEOUT),
+        (JobState.OUT_OF_MEMORY, None, RunStatus.FAILED, FailureKind.OUT_OF_MEMORY),
+        (JobState.NODE_FAIL, None, RunStatus.FAILED, FailureKind.NODE_FAIL),
+        (JobState.LOST, None, RunStatus.FAILED, FailureKind.LOST),
+        (JobState.FAILED, 3, RunStatus.FAILED, FailureKind.JOB_FAILED),
+        (JobState.COMPLETED, 3, RunStatus.FAILED, FailureKind.JOB_FAILED),
+        (JobState.CANCELLED, None, RunStatus.KILLED, FailureKind.CANCELLED),
+        (JobState.PREEMPTED, None, RunStatus.KILLED, FailureKind.PREEMPTED),
+        (JobState.COMPLETED, 0, RunStatus.FINISHED, None),
+    ],
+)
+def test_a_repair_records_how_the_job_ended_as_a_status_and_a_kind(state, exit_code, status, kind):
+    want = desired(point(retries=1))
+    run = observed(want, status="RUNNING")
+    entry = only(plan_of([want], [run], {("local", run.job_id): JobStatus(state, exit_code)}))
+    assert (entry.action, entry.mark_status, entry.failure_kind) == (Action.REPAIR, status, kind)
+
+
+def test_interrupted_submissions_and_pruned_runs_record_their_kind():
+    want = desired(point())
+    intent = only(plan_of([want], [observed(want, status="SCHEDULED", job_id=None)]))
+    assert (intent.mark_status, intent.failure_kind) == (RunStatus.FAILED, FailureKind.INTERRUPTED)
+    gone = desired(point(lr=9.0))
+    live = observed(gone, status="RUNNING")
+    pruned = only(plan_of([], [live], {("local", live.job_id): JobStatus(JobState.RUNNING)}, prune=True))
+    assert (pruned.mark_status, pruned.failure_kind) == (RunStatus.KILLED, FailureKind.CANCELLED)
 
 
 def test_reason_names_the_changed_parameter_code_and_command():
@@ -275,7 +319,7 @@ def test_plan_is_empty_after_an_apply_whose_runs_all_finish(world, prune):
     # jobs that were still running when planned finish too
     for run in runs_after:
         if run.live and run.job_id and jobs_after.get(("local", run.job_id), JobStatus(JobState.UNKNOWN)).state.live:
-            run.status = "FINISHED"
+            run.status = RunStatus.FINISHED
     second = plan_of(wants, runs_after, jobs_after, prune=prune)
     assert not any(e.action in (Action.SUBMIT, Action.RETRY, Action.REPAIR) for e in second.changes())
     for want in wants:

@@ -1,25 +1,42 @@
 """Compute backends: one module per ``type:``, all behind the protocol in :mod:`.base`.
 
-A new backend is a module with a class implementing :class:`.base.Backend`, a
-pydantic config in :mod:`mantik_spec.spec.model`, and one line in :func:`make_backend`.
+A new backend is a pydantic config in :mod:`mantik_spec.spec.model`, a module with a
+class implementing :class:`.base.Backend`, and one line in :data:`BACKENDS` (see
+CONTRIBUTING.md). Backend modules are imported only when a project uses their type,
+so ``mantik validate`` and ``--help`` never import pyunicore.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from .base import Backend, BackendClass
+
+# type: in mantik.yaml -> the module (in this package) and the class implementing it
+BACKENDS: dict[str, tuple[str, str]] = {
+    "local": ("local", "LocalBackend"),
+    "slurm": ("slurm", "SlurmBackend"),
+    "unicore": ("unicore", "UnicoreBackend"),
+}
+
+if TYPE_CHECKING:  # the type check proves every registered class implements the protocol (never run)
+    from .local import LocalBackend
+    from .slurm import SlurmBackend
+    from .unicore import UnicoreBackend
+
+    CHECKED: dict[str, BackendClass] = {"local": LocalBackend, "slurm": SlurmBackend, "unicore": UnicoreBackend}
 
 
-def make_backend(name: str, config, state_root: Path):
-    if config.type == "local":
-        from .local import LocalBackend
+def backend_class(backend_type: str) -> BackendClass:
+    """The class implementing ``type: backend_type``; ValueError for a type no backend implements."""
+    if backend_type not in BACKENDS:  # the spec model rejects it first
+        raise ValueError(f"backend type {backend_type!r} is not implemented")
+    module, name = BACKENDS[backend_type]
+    return cast(BackendClass, getattr(import_module(f".{module}", __name__), name))
 
-        return LocalBackend(name, config, state_root)
-    if config.type == "slurm":
-        from .slurm import SlurmBackend
 
-        return SlurmBackend(name, config, state_root)
-    if config.type == "unicore":
-        from .unicore import UnicoreBackend
-
-        return UnicoreBackend(name, config, state_root)
-    raise ValueError(f"backend type {config.type!r} is not implemented")  # the spec model rejects it first
+def make_backend(name: str, config, state_root: Path) -> Backend:
+    """The backend named ``name`` in mantik.yaml, built from its config (chosen by its ``type:``)."""
+    return backend_class(config.type)(name, config, state_root)

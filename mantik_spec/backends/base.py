@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class JobState(enum.Enum):
@@ -84,7 +85,15 @@ def tracking_secrets() -> dict[str, str]:
 
 
 class BackendError(Exception):
-    """The backend refused or could not be reached; the message is for the user."""
+    """The backend refused or could not be reached; the message is for the user.
+
+    ``status`` is the HTTP status code of the answer that caused it, for backends that speak HTTP
+    (None otherwise, or when no answer came): decisions read it, never the message.
+    """
+
+    def __init__(self, message: str = "", status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class CommandTimeout(BackendError):
@@ -96,29 +105,71 @@ class SubmissionFailed(BackendError):
     never sent) are named ``refused``; runs whose fate is unknown (a timeout) are named ``unknown`` and stay
     open, for the next apply to adopt (if the job exists) or resubmit."""
 
-    def __init__(self, message: str, submitted: dict[str, str], refused: list[str], unknown: list[str] = ()):
+    def __init__(
+        self, message: str, submitted: dict[str, str], refused: Sequence[str], unknown: Sequence[str] = ()
+    ) -> None:
         super().__init__(message)
         self.submitted = submitted  # run id -> job id, accepted before the failure
         self.refused = list(refused)
         self.unknown = list(unknown)
 
 
+class Host(Protocol):
+    """Where a backend runs its commands (see :mod:`.hosts`); callers outside the backend only count them."""
+
+    name: str  # for messages: "this machine", or the login node's name
+    commands_run: int
+
+
 class Backend(Protocol):
-    name: str
-    shares_files: bool  # whether jobs see this machine's files (else local inputs are sent with them)
-    min_poll_interval: float  # never ask the backend for job states more often than this
+    """What every compute backend offers its callers; one module per ``type:`` implements it.
+
+    Each method is one round trip (or a bounded few) whatever the number of runs: callers batch.
+    Errors: :class:`BackendError` (refused, unreachable), :class:`CommandTimeout` (no answer: what
+    happened is unknown), :class:`SubmissionFailed` (a submission stopped part-way).
+    """
+
+    name: str  # the backend's name in mantik.yaml
+    shares_files: bool  # whether jobs see this machine's files (else code and data are sent or fetched)
+    sends_inputs: bool  # whether local files a job needs (a local image: JobRequest.inputs) are sent with it
+    min_poll_interval: float  # seconds: never ask the backend for job states more often than this
+
+    @property
+    def calls(self) -> Mapping[str, int]:
+        """Requests made to the scheduler or site by this process, by kind: printed with -v and by the bench."""
+        ...
+
+    @property
+    def host(self) -> Host | None:
+        """Where the backend runs its commands (this machine, a login node over SSH); None for backends that
+        talk to a service over HTTP, or run jobs as this machine's processes without commands."""
+        ...
 
     def submit(self, requests: list[JobRequest]) -> dict[str, str]:
-        """Start the runs; returns run id -> job id. Each job carries its run id and key."""
+        """Start the runs; returns run id -> job id. Each job carries its run id and key.
+
+        Raises :class:`SubmissionFailed` naming what was accepted, refused and unknown when only part went
+        through, :class:`BackendError` when nothing was accepted."""
+        ...
 
     def poll(self, jobs: dict[str, str]) -> dict[str, JobStatus]:
-        """The state of many jobs (job id -> run id), in one call to the backend."""
+        """The state of many jobs (job id -> run id), in one call to the backend: job id -> status.
+        An unreachable backend answers :attr:`JobState.UNKNOWN` (with the reason as detail) instead of raising."""
+        ...
 
     def find(self, run_ids: list[str]) -> dict[str, str]:
         """Jobs submitted for these runs whose id was never recorded (an apply crashed): run id -> job id."""
+        ...
 
     def cancel(self, job_ids: list[str]) -> None:
-        """Cancel many jobs in one call."""
+        """Cancel many jobs in one call (jobs already ended are no error)."""
+        ...
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         """The run's combined output from byte ``offset`` on; None when there is none (yet)."""
+        ...
+
+
+# How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,
+# chosen by ``type:``) and the project's state directory (.mantik/).
+BackendClass = Callable[[str, Any, Path], Backend]

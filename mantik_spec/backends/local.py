@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from .. import runner
@@ -118,9 +119,12 @@ class LocalQueue:
 class LocalBackend:
     min_poll_interval = 0.0  # polling reads a few files: no load to spare anyone
     shares_files = True  # jobs see this machine's files: nothing uncommitted needs sending
+    sends_inputs = False  # nothing to send: see shares_files
+    host = None  # jobs are this machine's processes, started without commands
 
     def __init__(self, name: str, config: LocalConfig, state_root: Path):
         self.name = name
+        self.calls: Counter[str] = Counter()  # no scheduler to call: stays empty
         self.config = config
         self.queue = LocalQueue(state_root / "local" / name)
 

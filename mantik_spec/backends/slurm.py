@@ -26,6 +26,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import runner
 from ..faults import checkpoint
@@ -35,6 +36,9 @@ from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
 from .hosts import ConnectionDropped, LocalHost
 from .staging import Archive, staged_files
+
+if TYPE_CHECKING:
+    from .ssh import SSHHost
 
 JOB_NAME_PREFIX = "mantik-"
 RUN_CWD = "work"  # the run's working directory inside its run directory
@@ -191,10 +195,13 @@ def directives(config: SlurmConfig) -> list[str]:
 
 
 class SlurmBackend:
+    sends_inputs = False  # a local image is not copied to the cluster: it must be put there
+
     def __init__(self, name: str, config: SlurmConfig, state_root: Path):
         self.name = name
         self.config = config
         project_root = state_root.parent
+        self.host: LocalHost | SSHHost
         if config.ssh is None:
             # mantik runs on the login node, whose filesystem the compute nodes share
             self.host, self.shares_files = LocalHost(), True

@@ -76,6 +76,7 @@ def file_sha256(path: Path) -> str:
 class UnicoreBackend:
     shares_files = False  # the site sees none of this machine's files: code and images are sent
     sends_inputs = True
+    host = None  # every exchange is an HTTP request to the site
 
     def __init__(self, name: str, config: UnicoreConfig, state_root: Path):
         self.name = name

@@ -10,14 +10,13 @@ job) or resubmits (no job exists), always under the lock.
 from __future__ import annotations
 
 import getpass
-import json
 import shlex
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backends.base import BackendError, JobRequest, SubmissionFailed
+from ..backends.base import Backend, BackendError, JobRequest, SubmissionFailed
 from ..faults import checkpoint
 from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
@@ -27,7 +26,7 @@ from ..spec.experiments import format_value
 from ..spec.model import Environment
 from ..state.git import CodeVersion
 from ..state.lock import project_lock
-from ..state.tracking import Tag
+from ..state.tags import FailureKind, MlflowTag, RunStatus, Tag, failure_tags, identity_tags
 from ..state.versions import UNPINNED
 from .errors import UserError
 from .project import Observation, Project, build_plan
@@ -81,16 +80,20 @@ def execute(project: Project, plan: Plan, observation: Observation) -> list[str]
         if entry.action is Action.CANCEL:
             cancels[entry.backend].append(entry)
     for backend_name, entries in cancels.items():
-        project.backend(backend_name).cancel([e.job_id for e in entries])
+        project.backend(backend_name).cancel([e.job_id for e in entries if e.job_id])
         for entry in entries:
-            store.terminate(entry.run_id, "KILLED", {Tag.FAILURE: "cancelled: " + entry.reason})
+            assert entry.run_id is not None  # a cancel is always about an existing run
+            store.terminate(
+                entry.run_id, RunStatus.KILLED, failure_tags(FailureKind.CANCELLED, "cancelled: " + entry.reason)
+            )
 
     for entry in plan.changes():
         if entry.action is not Action.REPAIR:
             continue
+        assert entry.run_id is not None  # a repair is always about an existing run
         tags = {Tag.JOB_ID: entry.job_id} if entry.record_job and entry.job_id else {}
-        if entry.mark_status and entry.mark_status != "FINISHED":
-            tags[Tag.FAILURE] = entry.reason
+        if entry.mark_status and entry.mark_status is not RunStatus.FINISHED:
+            tags.update(failure_tags(entry.failure_kind or FailureKind.LOST, entry.reason))
         if entry.mark_status and entry.job_id:
             keep_output(project, entry)
         if entry.mark_status:
@@ -106,7 +109,7 @@ def execute(project: Project, plan: Plan, observation: Observation) -> list[str]
 def keep_output(project: Project, entry: PlannedRun) -> None:
     """A run closed from its job's state never heard from its runner (often: compute nodes cannot reach
     the tracking server), so its output is fetched from the backend and kept as its log artifact."""
-    if entry.backend not in project.spec.backends:
+    if entry.backend not in project.spec.backends or entry.run_id is None:
         return
     try:
         output = project.backend(entry.backend).read_log(entry.run_id, entry.job_id)
@@ -142,7 +145,7 @@ def refuse_unsendable_images(project: Project, starts) -> None:
         backend = project.backend(want.point.backend)
         declared = project.spec.environments.get(want.point.environment) if want.point.environment else None
         _, inputs = image_for(project, declared, backend)
-        if inputs and not getattr(backend, "sends_inputs", False):
+        if inputs and not backend.sends_inputs:
             raise UserError(
                 f"environments.{want.point.environment}: the image {', '.join(inputs)} is on this machine, which "
                 f"backend {want.point.backend} cannot see: put it on the cluster and give its absolute path"
@@ -205,7 +208,9 @@ def in_environment(command: str, environment: Environment | None, image: str | N
     return " && ".join([*steps, *(f"{{ {line}\n}}" for line in [*environment.pre_run, command, *environment.post_run])])
 
 
-def image_for(project: Project, environment: Environment | None, backend) -> tuple[str | None, dict[str, Path]]:
+def image_for(
+    project: Project, environment: Environment | None, backend: Backend
+) -> tuple[str | None, dict[str, Path]]:
     """Where the job finds its Apptainer image, and the local file to send when the backend cannot see it."""
     if environment is None or not environment.apptainer or environment.image_is_remote:
         return None, {}
@@ -282,7 +287,7 @@ def submit(
             store.set_tags(run_id, {Tag.JOB_ID: job_id})
             checkpoint("after-job-recorded")
         for run_id in refused:  # never ran: closed now, resubmitted by the next apply without spending a retry
-            store.terminate(run_id, "FAILED", {Tag.FAILURE: f"{REFUSED}: {message}"})
+            store.terminate(run_id, RunStatus.FAILED, failure_tags(FailureKind.REFUSED, f"{REFUSED}: {message}"))
     if errors:
         raise UserError("; ".join(errors))
     return started
@@ -294,35 +299,36 @@ def run_params(want: DesiredRun) -> dict[str, str]:
 
 def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:
     identity = want.identity
-    tags = {
-        Tag.PROJECT: project.spec.project,
-        Tag.EXPERIMENT: want.point.experiment,
-        Tag.POINT: want.point.point_id,
-        Tag.RUN_KEY: want.key,
-        Tag.ATTEMPT: str(entry.next_attempt),
-        Tag.COMMIT: code.commit,
-        Tag.CODE: identity.code,
-        Tag.COMMAND: identity.command,
-        Tag.PARAMETERS: json.dumps(identity.parameters, sort_keys=True),
-        Tag.DATA: json.dumps(identity.data, sort_keys=True),
-        Tag.ENVIRONMENT: identity.environment,
-        Tag.BACKEND: want.point.backend,
-        "mlflow.source.git.commit": code.commit,
-        "mlflow.source.name": code.repo_url or str(project.repo.root),
-        "mlflow.source.type": "PROJECT",
-        "mlflow.project.entryPoint": want.point.entry_point,
-        "mlflow.project.backend": project.spec.backends[want.point.backend].type,
-        "mlflow.user": getpass.getuser(),
+    tags = identity_tags(
+        project=project.spec.project,
+        experiment=want.point.experiment,
+        point_id=want.point.point_id,
+        run_key=want.key,
+        attempt=entry.next_attempt or 1,
+        commit=code.commit,
+        code=identity.code,
+        command=identity.command,
+        parameters=identity.parameters,
+        data=identity.data,
+        environment=identity.environment,
+        backend=want.point.backend,
+        seed=want.point.seed,
+    )
+    tags |= {
+        MlflowTag.GIT_COMMIT: code.commit,
+        MlflowTag.SOURCE_NAME: code.repo_url or str(project.repo.root),
+        MlflowTag.SOURCE_TYPE: "PROJECT",
+        MlflowTag.ENTRY_POINT: want.point.entry_point,
+        MlflowTag.PROJECT_BACKEND: project.spec.backends[want.point.backend].type,
+        MlflowTag.USER: getpass.getuser(),
     }
-    if want.point.seed is not None:
-        tags[Tag.SEED] = str(want.point.seed)
     unpinned = sorted(name for name, version in identity.data.items() if version == UNPINNED)
     if unpinned:  # the data may change under the same key: say so where the run is looked at
         tags[Tag.NOT_REPRODUCIBLE] = "unpinned data: " + ", ".join(unpinned)
     if code.repo_url:
-        tags["mlflow.source.git.repoURL"] = code.repo_url
+        tags[MlflowTag.GIT_REPO_URL] = code.repo_url
     if code.branch:
-        tags["mlflow.source.git.branch"] = code.branch
+        tags[MlflowTag.GIT_BRANCH] = code.branch
     if entry.run_id and entry.action is not Action.SUBMIT:
         tags[Tag.PREVIOUS_RUN] = entry.run_id
     return tags

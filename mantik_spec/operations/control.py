@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 from ..state.lock import project_lock
-from ..state.tracking import TERMINAL, Tag
+from ..state.tags import FailureKind, RunStatus, failure_tags
 from .errors import UserError
 from .project import Project, poll_jobs
 
@@ -29,7 +29,8 @@ def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> l
         for backend_name, job_ids in by_backend.items():
             project.backend(backend_name).cancel(job_ids)
         for run in chosen:
-            project.store.terminate(run.run_id, "KILLED", {Tag.FAILURE: "cancelled by `mantik cancel`"})
+            cancelled = failure_tags(FailureKind.CANCELLED, "cancelled by `mantik cancel`")
+            project.store.terminate(run.run_id, RunStatus.KILLED, cancelled)
     return [run.run_id for run in chosen]
 
 
@@ -53,7 +54,7 @@ def follow_log(
             if offset == 0 and chunk is None:
                 raise UserError(f"run {run_id} has no output yet")
             return
-        if project.store.run_status(run_id) in TERMINAL:
+        if project.store.run_status(run_id).ended:
             tail = backend.read_log(run_id, run.job_id, offset)
             if tail:
                 yield tail

@@ -6,18 +6,19 @@ from __future__ import annotations
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import make_backend
-from ..backends.base import JobState, JobStatus
+from ..backends.base import Backend, JobState, JobStatus
 from ..reconcile.identity import DesiredRun, identify
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
-from ..runner import SIGNALLED
 from ..spec.experiments import expand, resolve_extends
 from ..spec.load import LoadedSpec, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
+from ..state.tags import FailureKind, RunStatus
 from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
 from .errors import UserError
 
@@ -28,7 +29,7 @@ class Project:
     repo: ProjectRepo
     store: TrackingStore
     state_dir: Path
-    backends: dict = field(default_factory=dict)
+    backends: dict[str, Backend] = field(default_factory=dict)  # built on first use
 
     @property
     def spec(self):
@@ -38,7 +39,7 @@ class Project:
     def root(self) -> Path:
         return self.loaded.root
 
-    def backend(self, name: str):
+    def backend(self, name: str) -> Backend:
         if name not in self.backends:
             self.backends[name] = make_backend(name, self.spec.backends[name], self.state_dir)
         return self.backends[name]
@@ -116,24 +117,24 @@ def observe(project: Project) -> Observation:
 
 def _unexplained_kills(runs: list[ObservedRun]) -> list[ObservedRun]:
     """Runs the runner closed as KILLED on a signal: the scheduler knows why (time limit, preemption, cancel)."""
-    finished_keys = {r.run_key for r in runs if r.status == "FINISHED"}
+    finished_keys = {r.run_key for r in runs if r.status is RunStatus.FINISHED}
     return [
         r
         for r in runs
-        if r.status == "KILLED"
+        if r.status is RunStatus.KILLED
         and r.job_id
         and r.run_key not in finished_keys
-        and (r.failure or "").startswith(SIGNALLED)
+        and r.failure_kind is FailureKind.SIGNALLED
     ]
 
 
-def poll_jobs(project: Project, runs: list[ObservedRun], explain: list[ObservedRun] = ()) -> JobStates:
+def poll_jobs(project: Project, runs: list[ObservedRun], explain: Sequence[ObservedRun] = ()) -> JobStates:
     """One poll per backend for every live run (and the ended runs in ``explain``);
     intents with no job id are looked up for adoption."""
     live_jobs: dict[str, dict[str, str]] = defaultdict(dict)  # backend -> job id -> run id
     intents: dict[str, list[ObservedRun]] = defaultdict(list)
     for run in explain:
-        if run.backend in project.spec.backends:
+        if run.backend in project.spec.backends and run.job_id:
             live_jobs[run.backend][run.job_id] = run.run_id
     for run in runs:
         if not run.live or run.backend not in project.spec.backends:

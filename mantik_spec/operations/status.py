@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..backends.base import JobState, JobStatus
-from ..state.tracking import ObservedRun
+from ..state.tags import ObservedRun, RunStatus
 from .project import Project, observe, poll_jobs, unreachable
 
 POLL_SECONDS = 2.0
@@ -32,7 +32,7 @@ class StatusRow:
 def run_state(run: ObservedRun, job: JobStatus | None) -> str:
     """MLflow's status for ended runs; the backend's word for live ones (it wins when they disagree)."""
     if not run.live:
-        return run.status.lower()
+        return run.status.value.lower()
     if run.job_id is None:
         return "submitting"
     return (job or JobStatus(JobState.UNKNOWN)).state.value
@@ -52,23 +52,23 @@ def status_rows(project: Project, errors: list[str] | None = None) -> list[Statu
             latest[run.run_key] = run
     rows = []
     for want in observation.desired:
-        run = latest.get(want.key)
+        last = latest.get(want.key)
         parameters = want.point.values
-        if run is None:
+        if last is None:
             state = "suspended" if want.point.suspended else "not submitted"
             rows.append(StatusRow(want.point.experiment, want.point.point_id, state, parameters=parameters))
             continue
-        job = observation.jobs.get((run.backend, run.job_id)) if run.job_id else None
+        job = observation.jobs.get((last.backend, last.job_id)) if last.job_id else None
         rows.append(
             StatusRow(
                 want.point.experiment,
                 want.point.point_id,
-                run_state(run, job),
-                run.attempt,
-                run.run_id,
-                run.job_id,
-                run.start_time,
-                run.metrics,
+                run_state(last, job),
+                last.attempt,
+                last.run_id,
+                last.job_id,
+                last.start_time,
+                last.metrics,
                 parameters,
             )
         )
@@ -93,4 +93,7 @@ def follow(
         time.sleep(project.poll_pause(interval))
 
 
-ENDED = {"finished", "failed", "killed"} | {s.value for s in JobState if s.ended}
+# the states of a status row (MLflow's status for ended runs, the job's for live ones) that are final,
+# and of those the ones that mean success
+ENDED = {s.value.lower() for s in RunStatus if s.ended} | {s.value for s in JobState if s.ended}
+SUCCEEDED = {RunStatus.FINISHED.value.lower(), JobState.COMPLETED.value}

@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..state.tags import FailureKind, RunStatus
+
 PLAN_FORMAT_VERSION = 1
 
 
@@ -50,7 +52,8 @@ class PlannedRun:
     job_id: str | None = None
     attempt: int = 1  # the existing run's attempt
     next_attempt: int | None = None  # a new run with this attempt number is started (submit, retry, repair)
-    mark_status: str | None = None  # the status recorded on the existing run (repair, cancel)
+    mark_status: RunStatus | None = None  # the status recorded on the existing run (repair, cancel)
+    failure_kind: FailureKind | None = None  # recorded with an unsuccessful mark_status: why the run ended
     record_job: bool = False  # the job was found on the backend but its id never recorded: record it
 
     def to_json(self) -> dict:

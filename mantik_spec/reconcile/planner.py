@@ -11,6 +11,10 @@ per declared run point, in order:
 * only failed attempts, none left                    -> ``x`` failed
 * no run has its key                                 -> ``+`` submit, saying which
   input changed against the latest run of the same point
+
+A failed run spends a retry unless its failure kind says it never ran
+(``interrupted``, ``refused``). Decisions read statuses and kinds; every reason
+is for people, and is recorded with the kind when a run is closed.
 """
 
 from __future__ import annotations
@@ -19,16 +23,26 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from ..backends.base import JobState, JobStatus
-from ..state.tracking import ObservedRun
+from ..state.tags import FailureKind, ObservedRun, RunStatus
 from .identity import DesiredRun
 from .plan import Action, Plan, PlannedRun
 
 JobStates = dict[tuple[str, str], JobStatus]  # (backend name, job id) -> status
 
+# the messages recorded with these failure kinds (for people: decisions read the kind)
 INTERRUPTED = "submission interrupted before a job was recorded"
 REFUSED = "submission refused by the backend"
-NOT_AN_ATTEMPT = (INTERRUPTED, REFUSED)  # failures recorded with these never ran: they spend no retry
 KILLED_STATES = (JobState.CANCELLED, JobState.PREEMPTED)
+ENDED_KINDS = {  # how a job that ended unsuccessfully is recorded
+    JobState.COMPLETED: FailureKind.JOB_FAILED,  # with a failure exit code
+    JobState.FAILED: FailureKind.JOB_FAILED,
+    JobState.CANCELLED: FailureKind.CANCELLED,
+    JobState.TIMEOUT: FailureKind.TIMEOUT,
+    JobState.OUT_OF_MEMORY: FailureKind.OUT_OF_MEMORY,
+    JobState.NODE_FAIL: FailureKind.NODE_FAIL,
+    JobState.PREEMPTED: FailureKind.PREEMPTED,
+    JobState.LOST: FailureKind.LOST,
+}
 
 
 def make_plan(
@@ -87,22 +101,29 @@ def _about(run: ObservedRun) -> dict:
     return {"run_id": run.run_id, "job_id": run.job_id, "attempt": run.attempt}
 
 
-def _final_status(status: JobStatus) -> str:
+def _final_status(status: JobStatus) -> RunStatus:
     """The MLflow status that records how a job ended."""
     if status.state is JobState.COMPLETED and status.exit_code in (0, None):
-        return "FINISHED"
-    return "KILLED" if status.state in KILLED_STATES else "FAILED"
+        return RunStatus.FINISHED
+    return RunStatus.KILLED if status.state in KILLED_STATES else RunStatus.FAILED
+
+
+def _closing(status: JobStatus) -> dict:
+    """The fields of a repair entry that close a run from its ended job: the status and why."""
+    final = _final_status(status)
+    kind = None if final is RunStatus.FINISHED else ENDED_KINDS.get(status.state, FailureKind.LOST)
+    return {"mark_status": final, "failure_kind": kind}
 
 
 def counts_as_attempt(run: ObservedRun) -> bool:
     """A failed run spends a retry unless it never got to run (interrupted or refused submission)."""
-    return run.status in ("FAILED", "KILLED") and not (run.failure or "").startswith(NOT_AN_ATTEMPT)
+    return run.status.unsuccessful and (run.failure_kind is None or run.failure_kind.ran)
 
 
 def _plan_point(
     want: DesiredRun, runs: list[ObservedRun], history: list[ObservedRun], jobs: JobStates, changed_files, commit: str
 ) -> PlannedRun:
-    finished = [r for r in runs if r.status == "FINISHED"]
+    finished = [r for r in runs if r.status is RunStatus.FINISHED]
     if finished:
         return _entry(want, Action.UP_TO_DATE, "a finished run has this key", **_about(finished[-1]))
 
@@ -116,10 +137,10 @@ def _plan_point(
     if runs:  # only failed attempts
         last = runs[-1]
         ended = jobs.get((last.backend, last.job_id)) if last.job_id else None
-        if ended is not None and ended.state.ended:
+        if last.job_id and ended is not None and ended.state.ended:
             why = _describe_end(last.job_id, ended)
         else:
-            why = last.failure or f"run {last.run_id} {last.status}"
+            why = last.failure or f"run {last.run_id} {last.status.value}"
         if failed_attempts <= want.point.retries:
             reason = f"attempt {failed_attempts + 1} of {want.point.retries + 1}: {why}"
             return _entry(want, Action.RETRY, reason, **_about(last), next_attempt=failed_attempts + 1)
@@ -141,7 +162,8 @@ def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRu
             Action.REPAIR,
             reason,
             **_about(run),
-            mark_status="FAILED",
+            mark_status=RunStatus.FAILED,
+            failure_kind=FailureKind.INTERRUPTED,
             next_attempt=None if suspended else run.attempt,
         )
     status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
@@ -153,9 +175,11 @@ def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRu
             reason = f"{note}, found on the backend but not recorded; adopting it"
             return _entry(want, Action.REPAIR, reason, **_about(run), record_job=True)
         return _entry(want, Action.RUNNING, note, **_about(run))
-    if _final_status(status) == "FINISHED":
+    if _final_status(status) is RunStatus.FINISHED:
         reason = f"job {run.job_id} completed but the run was not closed; recording FINISHED"
-        return _entry(want, Action.REPAIR, reason, **_about(run), mark_status="FINISHED", record_job=run.adopted_job)
+        return _entry(
+            want, Action.REPAIR, reason, **_about(run), mark_status=RunStatus.FINISHED, record_job=run.adopted_job
+        )
     retry_allowed = run.attempt <= want.point.retries and not suspended
     if suspended:
         follow = "; not retried: the experiment is suspended"
@@ -166,7 +190,7 @@ def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRu
         Action.REPAIR,
         _describe_end(run.job_id, status) + follow,
         **_about(run),
-        mark_status=_final_status(status),
+        **_closing(status),
         record_job=run.adopted_job,
         next_attempt=run.attempt + 1 if retry_allowed else None,
     )
@@ -179,12 +203,20 @@ def _close_duplicates(want: DesiredRun, runs: list[ObservedRun], kept: str | Non
         if not run.live or run.run_id == kept:
             continue
         if run.job_id is None:
-            entries.append(_entry(want, Action.REPAIR, INTERRUPTED, **_about(run), mark_status="FAILED"))
+            interrupted = _entry(
+                want,
+                Action.REPAIR,
+                INTERRUPTED,
+                **_about(run),
+                mark_status=RunStatus.FAILED,
+                failure_kind=FailureKind.INTERRUPTED,
+            )
+            entries.append(interrupted)
             continue
         status = jobs.get((run.backend, run.job_id), JobStatus(JobState.UNKNOWN))
         if status.state.ended:
             reason = _describe_end(run.job_id, status) + " (duplicate run)"
-            entries.append(_entry(want, Action.REPAIR, reason, **_about(run), mark_status=_final_status(status)))
+            entries.append(_entry(want, Action.REPAIR, reason, **_about(run), **_closing(status)))
     return entries
 
 
@@ -248,8 +280,16 @@ def _plan_undeclared(runs: list[ObservedRun], jobs: JobStates, prune: bool) -> l
             **_about(run),
         }
         if status.state.live and prune:
-            entries.append(PlannedRun(Action.CANCEL, reason="no longer declared", mark_status="KILLED", **common))
+            entries.append(
+                PlannedRun(
+                    Action.CANCEL,
+                    reason="no longer declared",
+                    mark_status=RunStatus.KILLED,
+                    failure_kind=FailureKind.CANCELLED,
+                    **common,
+                )
+            )
         elif status.state.ended:
             reason = f"{_describe_end(run.job_id, status)} (no longer declared)"
-            entries.append(PlannedRun(Action.REPAIR, reason=reason, mark_status=_final_status(status), **common))
+            entries.append(PlannedRun(Action.REPAIR, reason=reason, **_closing(status), **common))
     return entries

@@ -7,17 +7,17 @@ own ``mlflow.source.*`` system tags, so the MLflow UI shows where it came from.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ..spec.model import Tracking
+from .tags import LIVE, TERMINAL, MlflowTag, ObservedRun, RunStatus, Tag, decode_run
+
+# the run record's tag schema lives in .tags; its names are re-exported here for callers of the store
+__all__ = ["LIVE", "TERMINAL", "ObservedRun", "RunStatus", "Tag", "TrackingError", "TrackingStore"]
 
 PAGE_SIZE = 1000
-LIVE = frozenset({"SCHEDULED", "RUNNING"})
-TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
 DEFAULT_URI = "sqlite:///.mantik/mlflow.db"
 OUTPUT_ARTIFACT = "mantik/output.log"  # where the in-job runner keeps the run's output
 # MLflow's HTTP client retries an unreachable server for minutes by default; a CI job should fail
@@ -31,58 +31,6 @@ HTTP_RETRY_DEFAULTS = {
 
 class TrackingError(Exception):
     """The tracking store could not be reached or refused a request."""
-
-
-class Tag:
-    PROJECT = "mantik.project"
-    EXPERIMENT = "mantik.experiment"
-    POINT = "mantik.point"
-    RUN_KEY = "mantik.run_key"
-    ATTEMPT = "mantik.attempt"
-    COMMIT = "mantik.commit"
-    CODE = "mantik.code"
-    COMMAND = "mantik.command"
-    PARAMETERS = "mantik.parameters"
-    SEED = "mantik.seed"
-    DATA = "mantik.data"
-    ENVIRONMENT = "mantik.environment"
-    BACKEND = "mantik.backend"
-    JOB_ID = "mantik.job_id"
-    EXIT_CODE = "mantik.exit_code"
-    FAILURE = "mantik.failure"
-    PREVIOUS_RUN = "mantik.previous_run"
-    REPRODUCES = "mantik.reproduces"
-    NOT_REPRODUCIBLE = "mantik.not_reproducible"
-
-
-@dataclass
-class ObservedRun:
-    run_id: str
-    experiment_id: str
-    status: str
-    run_key: str
-    point_id: str
-    attempt: int
-    backend: str
-    job_id: str | None
-    commit: str
-    code: str
-    command: str
-    parameters: dict
-    data: dict
-    environment: str
-    start_time: int | None
-    end_time: int | None
-    failure: str | None = None
-    seed: int | None = None
-    experiment: str = ""
-    entry_point: str = ""
-    metrics: dict = field(default_factory=dict)
-    adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
-
-    @property
-    def live(self) -> bool:
-        return self.status in LIVE
 
 
 def resolve_tracking_uri(tracking: Tracking, project_root: Path) -> str:
@@ -220,16 +168,16 @@ class TrackingStore:
         from mlflow.entities import Param
 
         run = self._call(
-            self.client.create_run, experiment_id, tags={**tags, "mlflow.runName": run_name}, run_name=run_name
+            self.client.create_run, experiment_id, tags={**tags, MlflowTag.RUN_NAME: run_name}, run_name=run_name
         )
         run_id = run.info.run_id
         if params:
             self._call(self.client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
-        self._call(self.client.update_run, run_id, status="SCHEDULED")
+        self._call(self.client.update_run, run_id, status=RunStatus.SCHEDULED.value)
         return run_id
 
-    def run_status(self, run_id: str) -> str:
-        return self._call(self.client.get_run, run_id).info.status
+    def run_status(self, run_id: str) -> RunStatus:
+        return RunStatus(self._call(self.client.get_run, run_id).info.status)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -240,10 +188,10 @@ class TrackingStore:
         """Keep a job's output as the run's log artifact, where the runner would have put it."""
         self._call(self.client.log_text, run_id, output.decode(errors="replace"), OUTPUT_ARTIFACT)
 
-    def terminate(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    def terminate(self, run_id: str, status: RunStatus, tags: dict[str, str] | None = None) -> None:
         if tags:
             self.set_tags(run_id, tags)
-        self._call(self.client.set_terminated, run_id, status)
+        self._call(self.client.set_terminated, run_id, RunStatus(status).value)
 
     # the project lock uses registered-model names: the one create-if-absent primitive every store has
 
@@ -287,43 +235,13 @@ def _safe_uri(uri: str) -> str:
     return uri
 
 
-def _json_tag(tags: dict, name: str) -> dict:
-    try:
-        value = json.loads(tags.get(name) or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _observed(run) -> ObservedRun | None:
-    tags = run.data.tags
-    key = tags.get(Tag.RUN_KEY)
-    if not key:
-        return None  # a run the user logged by hand: not ours to plan
-    try:
-        attempt = int(tags.get(Tag.ATTEMPT, "1"))
-    except ValueError:
-        attempt = 1
-    return ObservedRun(
+    return decode_run(
         run_id=run.info.run_id,
         experiment_id=run.info.experiment_id,
         status=run.info.status,
-        run_key=key,
-        point_id=tags.get(Tag.POINT, ""),
-        attempt=attempt,
-        backend=tags.get(Tag.BACKEND, ""),
-        job_id=tags.get(Tag.JOB_ID) or None,
-        commit=tags.get(Tag.COMMIT, ""),
-        code=tags.get(Tag.CODE, ""),
-        command=tags.get(Tag.COMMAND, ""),
-        parameters=_json_tag(tags, Tag.PARAMETERS),
-        data=_json_tag(tags, Tag.DATA),
-        environment=tags.get(Tag.ENVIRONMENT, ""),
+        tags=run.data.tags,
         start_time=run.info.start_time,
         end_time=run.info.end_time,
-        failure=tags.get(Tag.FAILURE),
-        experiment=tags.get(Tag.EXPERIMENT, ""),
-        entry_point=tags.get("mlflow.project.entryPoint", ""),
-        seed=int(tags[Tag.SEED]) if tags.get(Tag.SEED, "").lstrip("-").isdigit() else None,
-        metrics=dict(run.data.metrics),
+        metrics=run.data.metrics,
     )

@@ -1,0 +1,262 @@
+"""The MLflow tag schema of a run record: what apply writes, what observe reads, what the in-job runner writes.
+
+A run record is an MLflow run whose ``mantik.*`` tags carry its key, grid point,
+identity inputs and, once it ended, how. Decisions read typed values decoded
+here (:class:`RunStatus`, :class:`FailureKind`); the ``mantik.failure`` text is
+for people only. The runner (:mod:`mantik_spec.runner`) keeps literal copies of
+the names it writes, because it may import nothing but the standard library and
+mlflow; a test holds the copies equal to these.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class RunStatus(enum.StrEnum):
+    """MLflow's run statuses (``mlflow.entities.RunStatus``), as the store reports them."""
+
+    SCHEDULED = "SCHEDULED"  # an intent record: created before its job was submitted
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+    @property
+    def live(self) -> bool:
+        return self in (RunStatus.SCHEDULED, RunStatus.RUNNING)
+
+    @property
+    def ended(self) -> bool:
+        return not self.live
+
+    @property
+    def unsuccessful(self) -> bool:
+        return self in (RunStatus.FAILED, RunStatus.KILLED)
+
+
+LIVE = frozenset(s for s in RunStatus if s.live)
+TERMINAL = frozenset(s for s in RunStatus if s.ended)
+
+
+class FailureKind(enum.StrEnum):
+    """Why a run record was closed unsuccessfully: the value of the ``mantik.failure_kind`` tag."""
+
+    INTERRUPTED = "interrupted"  # an apply stopped between the intent record and recording a job
+    REFUSED = "refused"  # the backend refused the submission (or it was never sent)
+    SIGNALLED = "signalled"  # the runner saw its command stopped by a signal: the scheduler knows why
+    CANCELLED = "cancelled"  # by `mantik cancel`, by `apply --prune`, or outside the tool
+    JOB_FAILED = "job_failed"  # the job ended with a failure exit code
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    NODE_FAIL = "node_fail"
+    PREEMPTED = "preempted"
+    LOST = "lost"  # the job is gone and left no exit status behind
+
+    @property
+    def ran(self) -> bool:
+        """Whether the run got to run: only runs that did spend a retry."""
+        return self not in (FailureKind.INTERRUPTED, FailureKind.REFUSED)
+
+
+# Records written before the kind tag existed carried only the failure text; these are the beginnings
+# that text had then (frozen: changing a message today must not change how old records plan).
+LEGACY_FAILURE_TEXT = (
+    ("submission interrupted before a job was recorded", FailureKind.INTERRUPTED),
+    ("submission refused by the backend", FailureKind.REFUSED),
+    ("stopped by a signal", FailureKind.SIGNALLED),
+    ("cancelled", FailureKind.CANCELLED),
+)
+
+
+class Tag:
+    """The ``mantik.*`` tag names of a run record (and of its MLflow experiment)."""
+
+    PROJECT = "mantik.project"
+    EXPERIMENT = "mantik.experiment"
+    POINT = "mantik.point"
+    RUN_KEY = "mantik.run_key"
+    ATTEMPT = "mantik.attempt"
+    COMMIT = "mantik.commit"
+    CODE = "mantik.code"
+    COMMAND = "mantik.command"
+    PARAMETERS = "mantik.parameters"  # JSON object
+    SEED = "mantik.seed"
+    DATA = "mantik.data"  # JSON object: data source -> version
+    ENVIRONMENT = "mantik.environment"
+    BACKEND = "mantik.backend"
+    JOB_ID = "mantik.job_id"
+    EXIT_CODE = "mantik.exit_code"  # written by the runner
+    FAILURE = "mantik.failure"  # for people: never parsed (except in records older than FAILURE_KIND)
+    FAILURE_KIND = "mantik.failure_kind"  # a FailureKind value
+    PREVIOUS_RUN = "mantik.previous_run"
+    REPRODUCES = "mantik.reproduces"
+    NOT_REPRODUCIBLE = "mantik.not_reproducible"
+
+
+class MlflowTag:
+    """MLflow's own system tags, set so its UI shows where a run came from."""
+
+    RUN_NAME = "mlflow.runName"
+    USER = "mlflow.user"
+    SOURCE_NAME = "mlflow.source.name"
+    SOURCE_TYPE = "mlflow.source.type"
+    GIT_COMMIT = "mlflow.source.git.commit"
+    GIT_REPO_URL = "mlflow.source.git.repoURL"
+    GIT_BRANCH = "mlflow.source.git.branch"
+    ENTRY_POINT = "mlflow.project.entryPoint"
+    PROJECT_BACKEND = "mlflow.project.backend"
+
+
+# What the in-job runner writes; it holds literal copies of these (it cannot import this package).
+RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND)
+
+
+@dataclass
+class ObservedRun:
+    """A run record as observed: MLflow's own fields plus the decoded ``mantik.*`` tags."""
+
+    run_id: str
+    experiment_id: str
+    status: RunStatus
+    run_key: str
+    point_id: str
+    attempt: int
+    backend: str
+    job_id: str | None
+    commit: str
+    code: str
+    command: str
+    parameters: dict
+    data: dict
+    environment: str
+    start_time: int | None  # ms since the epoch, as MLflow keeps it
+    end_time: int | None
+    failure: str | None = None  # the failure text, for people
+    seed: int | None = None
+    experiment: str = ""
+    entry_point: str = ""
+    metrics: dict = field(default_factory=dict)
+    adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
+    failure_kind: FailureKind | None = None  # None: not failed, or failed for a reason nobody recorded
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
+        if self.failure_kind is not None:
+            self.failure_kind = FailureKind(self.failure_kind)
+
+    @property
+    def live(self) -> bool:
+        return RunStatus(self.status).live
+
+
+def identity_tags(
+    *,
+    project: str,
+    experiment: str,
+    point_id: str,
+    run_key: str,
+    attempt: int,
+    commit: str,
+    code: str,
+    command: str,
+    parameters: Mapping,
+    data: Mapping,
+    environment: str,
+    backend: str,
+    seed: int | None = None,
+) -> dict[str, str]:
+    """The tags of a new run record (its intent record): what identifies the run and where it runs."""
+    tags = {
+        Tag.PROJECT: project,
+        Tag.EXPERIMENT: experiment,
+        Tag.POINT: point_id,
+        Tag.RUN_KEY: run_key,
+        Tag.ATTEMPT: str(attempt),
+        Tag.COMMIT: commit,
+        Tag.CODE: code,
+        Tag.COMMAND: command,
+        Tag.PARAMETERS: json.dumps(dict(parameters), sort_keys=True),
+        Tag.DATA: json.dumps(dict(data), sort_keys=True),
+        Tag.ENVIRONMENT: environment,
+        Tag.BACKEND: backend,
+    }
+    if seed is not None:
+        tags[Tag.SEED] = str(seed)
+    return tags
+
+
+def failure_tags(kind: FailureKind, message: str) -> dict[str, str]:
+    """The tags that say why a run was closed unsuccessfully: its kind (for decisions) and a message (for people)."""
+    return {Tag.FAILURE_KIND: kind.value, Tag.FAILURE: message}
+
+
+def read_failure_kind(tags: Mapping[str, str]) -> FailureKind | None:
+    """The recorded failure kind; for records older than the kind tag, read from the beginning of their text."""
+    recorded = tags.get(Tag.FAILURE_KIND)
+    if recorded:
+        try:
+            return FailureKind(recorded)
+        except ValueError:  # written by a newer version: a kind this one does not know ran (spends a retry)
+            return FailureKind.JOB_FAILED
+    text = tags.get(Tag.FAILURE) or ""
+    return next((kind for prefix, kind in LEGACY_FAILURE_TEXT if text.startswith(prefix)), None)
+
+
+def _json_tag(tags: Mapping[str, str], name: str) -> dict:
+    try:
+        value = json.loads(tags.get(name) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def decode_run(
+    *,
+    run_id: str,
+    experiment_id: str,
+    status: str,
+    tags: Mapping[str, str],
+    start_time: int | None = None,
+    end_time: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> ObservedRun | None:
+    """A run record from an MLflow run's fields and tags; None for runs without a run key (logged by hand)."""
+    key = tags.get(Tag.RUN_KEY)
+    if not key:
+        return None
+    try:
+        attempt = int(tags.get(Tag.ATTEMPT, "1"))
+    except ValueError:
+        attempt = 1
+    try:
+        run_status = RunStatus(status)
+    except ValueError:  # not one of MLflow's statuses: treated as ended and failed, never as live
+        run_status = RunStatus.FAILED
+    return ObservedRun(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        status=run_status,
+        run_key=key,
+        point_id=tags.get(Tag.POINT, ""),
+        attempt=attempt,
+        backend=tags.get(Tag.BACKEND, ""),
+        job_id=tags.get(Tag.JOB_ID) or None,
+        commit=tags.get(Tag.COMMIT, ""),
+        code=tags.get(Tag.CODE, ""),
+        command=tags.get(Tag.COMMAND, ""),
+        parameters=_json_tag(tags, Tag.PARAMETERS),
+        data=_json_tag(tags, Tag.DATA),
+        environment=tags.get(Tag.ENVIRONMENT, ""),
+        start_time=start_time,
+        end_time=end_time,
+        failure=tags.get(Tag.FAILURE),
+        failure_kind=read_failure_kind(tags) if run_status.unsuccessful else None,
+        experiment=tags.get(Tag.EXPERIMENT, ""),
+        entry_point=tags.get(MlflowTag.ENTRY_POINT, ""),
+        seed=int(tags[Tag.SEED]) if tags.get(Tag.SEED, "").lstrip("-").isdigit() else None,
+        metrics=dict(metrics or {}),
+    )
