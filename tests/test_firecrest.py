@@ -1,0 +1,155 @@
+"""The FirecREST backend, end to end: the real `mantik` command and the real pyfirecrest client against a
+FirecREST v2 double on 127.0.0.1 (tests/fake_firecrest.py) that runs the jobs on the local test Slurm."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .fake_firecrest import FakeFirecrest
+from .test_slurm import VENV_BIN, slurm  # noqa: F401  (the fixture: CI fails without Slurm, elsewhere skips)
+
+CREDENTIALS = {"MANTIK_FIRECREST_CLIENT_ID": "mantik", "MANTIK_FIRECREST_CLIENT_SECRET": "s3cret"}
+
+
+def firecrest_spec(site: FakeFirecrest, workdir: Path, lrs: str = "[0.1, 0.2, 0.3]", extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""
+        version: 1
+        project: fctest
+        code: {{paths: [train.py]}}
+        entry_points:
+          train:
+            command: python train.py --lr {{lr}} --sleep {{sleep}} --fail {{fail}}
+            parameters:
+              lr: float
+              sleep: {{type: float, default: 0}}
+              fail: {{type: bool, default: false}}
+        backends:
+          alps:
+            type: firecrest
+            url: {site.url}
+            token_url: {site.token_url}
+            machine: {site.system}
+            workdir: {workdir}
+            partition: debug
+            resources: {{ntasks: 1, cpus_per_task: 1, mem: 200M, time: "00:05:00"}}
+            python: {sys.executable}
+            setup: ['export PATH={VENV_BIN}:$PATH']
+            poll_interval: 0.5s
+            timeout: 2s
+        {textwrap.indent(extra, "    ").lstrip()}
+        experiments:
+          sweep:
+            entry_point: train
+            parameters: {{lr: {lrs}}}
+            retries: 0
+        """
+    )
+
+
+@pytest.fixture
+def site():
+    with FakeFirecrest() as fake:
+        yield fake
+
+
+@pytest.fixture
+def on_firecrest(project, site, tmp_path):
+    project.env.update(CREDENTIALS)
+    project.env["PATH"] = f"{VENV_BIN}:{project.env['PATH']}"
+    project.workdir = tmp_path / "cluster"
+    project.workdir.mkdir()
+    project.write("mantik.yaml", firecrest_spec(site, project.workdir))
+    project.commit("run on firecrest")
+    return project
+
+
+def settle(project, timeout: float = 120) -> None:
+    def settled():
+        plan = project.plan_json()
+        if all(entry["symbol"] in ("=", "x") for entry in plan["runs"]):
+            return True
+        if plan["has_changes"]:
+            project.mantik("apply", "--auto-approve")
+        return False
+
+    project.wait_until(settled, timeout=timeout, message="all runs settled")
+
+
+def test_grid_runs_as_one_array_to_finished_with_code_staged_once(on_firecrest, site):
+    on_firecrest.mantik("apply", "--auto-approve")
+    assert site.count("POST", "submit") == 1  # three points, one job array
+    settle(on_firecrest)
+    runs = on_firecrest.runs()
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    codes = list((on_firecrest.workdir / "code").glob("*.tar.gz"))
+    assert len(codes) == 1
+    # a new grid point with the same code: a second array, no second upload of the code
+    uploads = site.count("POST", "extract")
+    on_firecrest.write("mantik.yaml", firecrest_spec(site, on_firecrest.workdir, lrs="[0.1, 0.2, 0.3, 0.4]"))
+    on_firecrest.commit("one more point")
+    on_firecrest.mantik("apply", "--auto-approve")
+    assert site.count("POST", "extract") == uploads + 1  # the batch's files only
+    assert len(list((on_firecrest.workdir / "code").glob("*.tar.gz"))) == 1
+    settle(on_firecrest)
+    assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}
+
+
+def test_status_lists_jobs_once_per_poll(on_firecrest, site):
+    on_firecrest.mantik("apply", "--auto-approve")
+    before = site.count("GET", "jobs")
+    on_firecrest.mantik("status")
+    assert site.count("GET", "jobs") - before == 1
+
+
+def test_lost_submission_answer_is_adopted_not_resubmitted(on_firecrest, site):
+    site.hang[("POST", "submit")] = 1  # sbatch runs, the answer comes after the client's timeout
+    on_firecrest.mantik("apply", "--auto-approve", check=None)
+    assert len(site.submitted) == 1
+    settle(on_firecrest)
+    assert len(site.submitted) == 1
+    runs = on_firecrest.runs()
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_server_error_on_submit_then_recovers(on_firecrest, site):
+    site.fail[("POST", "submit")] = [500]
+    result = on_firecrest.mantik("apply", "--auto-approve", check=None)
+    assert result.returncode != 0 and "500" in result.stderr + result.stdout
+    assert site.submitted == []
+    settle(on_firecrest)
+    assert len(site.submitted) == 1
+
+
+def test_expired_token_is_renewed(on_firecrest, site):
+    on_firecrest.mantik("apply", "--auto-approve")
+    site.expire_tokens()
+    tokens = site.count("POST", "token")
+    on_firecrest.mantik("status")
+    assert site.count("POST", "token") == tokens + 1
+
+
+def test_wrong_client_secret_is_one_line(on_firecrest, site):
+    result = on_firecrest.mantik("apply", "--auto-approve", check=None, env={"MANTIK_FIRECREST_CLIENT_SECRET": "x"})
+    assert result.returncode != 0
+    assert "MANTIK_FIRECREST_CLIENT_SECRET" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_job_gone_is_lost_and_cancel_stops_the_array(on_firecrest, site):
+    on_firecrest.write("mantik.yaml", firecrest_spec(site, on_firecrest.workdir).replace("sleep: {type: float, default: 0}", "sleep: {type: float, default: 60}"))
+    on_firecrest.commit("slow")
+    on_firecrest.mantik("apply", "--auto-approve")
+    job = site.submitted[0]
+    on_firecrest.mantik("cancel", "--auto-approve", check=None)
+    on_firecrest.wait_until(
+        lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip()
+        or "CANCELLED" in subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout,
+        timeout=60,
+        message="the array cancelled",
+    )
