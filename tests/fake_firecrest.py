@@ -60,6 +60,7 @@ class FakeFirecrest:
         self.hang: dict[tuple[str, str], int] = {}
         self.hang_seconds = 4.0
         self.forgotten: set[str] = set()
+        self.hold = False  # submit jobs held (pending until released or cancelled)
         self.submitted: list[str] = []  # job ids, in order
         self.lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -255,6 +256,8 @@ class FakeFirecrest:
             environment = job.get("env") or {"F7T_version": "v2.0.0"}
             command = ["sbatch", "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in environment.items())])]
             command.append(f"--chdir={workdir}")
+            if self.hold:
+                command.append("--hold")
             for key in ("partition", "reservation", "account"):
                 if job.get(key):
                     command.append(f"--{key}={job[key]}")

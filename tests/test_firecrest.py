@@ -81,6 +81,12 @@ def settle(project, timeout: float = 120) -> None:
     project.wait_until(settled, timeout=timeout, message="all runs settled")
 
 
+def slow(project, site) -> None:
+    spec = firecrest_spec(site, project.workdir).replace("default: 0}", "default: 60}")
+    project.write("mantik.yaml", spec)
+    project.commit("slow")
+
+
 def test_grid_runs_as_one_array_to_finished_with_code_staged_once(on_firecrest, site):
     on_firecrest.mantik("apply", "--auto-approve")
     assert site.count("POST", "submit") == 1  # three points, one job array
@@ -101,10 +107,11 @@ def test_grid_runs_as_one_array_to_finished_with_code_staged_once(on_firecrest, 
 
 
 def test_status_lists_jobs_once_per_poll(on_firecrest, site):
+    slow(on_firecrest, site)  # runs still live when status asks
     on_firecrest.mantik("apply", "--auto-approve")
     before = site.count("GET", "jobs")
     on_firecrest.mantik("status")
-    assert site.count("GET", "jobs") - before == 1
+    assert site.count("GET", "jobs") - before == 1, str(site.requests)
 
 
 def test_lost_submission_answer_is_adopted_not_resubmitted(on_firecrest, site):
@@ -127,6 +134,7 @@ def test_server_error_on_submit_then_recovers(on_firecrest, site):
 
 
 def test_expired_token_is_renewed(on_firecrest, site):
+    slow(on_firecrest, site)
     on_firecrest.mantik("apply", "--auto-approve")
     site.expire_tokens()
     tokens = site.count("POST", "token")
@@ -141,15 +149,51 @@ def test_wrong_client_secret_is_one_line(on_firecrest, site):
     assert "Traceback" not in result.stderr
 
 
-def test_job_gone_is_lost_and_cancel_stops_the_array(on_firecrest, site):
-    on_firecrest.write("mantik.yaml", firecrest_spec(site, on_firecrest.workdir).replace("sleep: {type: float, default: 0}", "sleep: {type: float, default: 60}"))
-    on_firecrest.commit("slow")
+def test_cancel_stops_the_array_and_logs_read_the_output_file(on_firecrest, site):
+    slow(on_firecrest, site)
     on_firecrest.mantik("apply", "--auto-approve")
     job = site.submitted[0]
-    on_firecrest.mantik("cancel", "--auto-approve", check=None)
+    # the runner writes its output file as the command starts
+    run = on_firecrest.runs()[0]
     on_firecrest.wait_until(
-        lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip()
-        or "CANCELLED" in subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout,
+        lambda: "trained" in on_firecrest.mantik("logs", run.info.run_id).stdout
+        or (on_firecrest.workdir / "runs" / run.info.run_id / "output.log").exists(),
+        timeout=60,
+        message="the output file",
+    )
+    result = on_firecrest.mantik("cancel", "sweep")
+    assert "Cancelled 3 run(s)" in result.stdout
+    assert site.count("DELETE", "cancel") == 1  # one array, one call
+    on_firecrest.wait_until(
+        lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip(),
         timeout=60,
         message="the array cancelled",
     )
+
+
+def test_job_gone_reads_as_lost(on_firecrest, site):
+    slow(on_firecrest, site)
+    site.hold = True
+    on_firecrest.mantik("apply", "--auto-approve")
+    job = site.submitted[0]
+    subprocess.run(["scancel", job], check=True)
+    site.forget(job)
+    statuses = {entry["state"] for entry in on_firecrest.status_json()}
+    assert statuses and statuses <= {"lost"}, statuses
+
+
+def test_server_errors_on_reads_are_retried(on_firecrest, site):
+    slow(on_firecrest, site)
+    on_firecrest.mantik("apply", "--auto-approve")
+    site.fail[("GET", "jobs")] = [503, 500]
+    on_firecrest.mantik("status")
+    assert site.count("GET", "jobs") >= 3
+
+
+def test_unreachable_api_is_unknown_never_acted_upon(on_firecrest, site):
+    slow(on_firecrest, site)
+    on_firecrest.mantik("apply", "--auto-approve")
+    site.fail[("GET", "jobs")] = [500] * 10
+    result = on_firecrest.mantik("plan", check=None)
+    assert result.returncode == 1
+    assert len(site.submitted) == 1
