@@ -173,7 +173,9 @@ class FakeFirecrest:
             or form.get("client_id") != self.client_id
             or form.get("client_secret") != self.client_secret
         ):
-            return self._send(handler, 401, {"error": "invalid_client", "error_description": "Invalid client credentials"})
+            return self._send(
+                handler, 401, {"error": "invalid_client", "error_description": "Invalid client credentials"}
+            )
         token = secrets.token_hex(16)
         with self.lock:
             self.tokens[token] = time.time() + self.token_seconds
@@ -238,10 +240,15 @@ class FakeFirecrest:
             source = _existing(request.get("source_path") or request.get("path") or "")
             target = _existing(request.get("target_path") or "")
             flag = {"gzip": "z", "bzip2": "j", "xz": "J", "none": ""}[request.get("compression", "gzip")]
-            result = subprocess.run(["tar", f"-x{flag}f", str(source), "-C", str(target)], capture_output=True, text=True)
+            result = subprocess.run(
+                ["tar", f"-x{flag}f", str(source), "-C", str(target)], capture_output=True, text=True
+            )
             if result.returncode:
-                raise _Answer(500, f"Remote process failed with exit status:{result.returncode} and error message:"
-                              f"{result.stderr.strip()}")
+                raise _Answer(
+                    500,
+                    f"Remote process failed with exit status:{result.returncode} and error message:"
+                    f"{result.stderr.strip()}",
+                )
             return 204, None
         if kind.startswith("transfer-"):
             raise _Answer(501, "the double offers no transfer jobs")
@@ -263,8 +270,9 @@ class FakeFirecrest:
                     command.append(f"--{key}={job[key]}")
             result = subprocess.run(command, input=job["script"], capture_output=True, text=True)
             if result.returncode:
-                raise _Answer(500, f"Unexpected Slurm command response. exit_status:{result.returncode} "
-                              f"std_err:{result.stderr}")
+                raise _Answer(
+                    500, f"Unexpected Slurm command response. exit_status:{result.returncode} std_err:{result.stderr}"
+                )
             job_id = result.stdout.strip().split()[-1]
             self.submitted.append(job_id)
             return 201, {"jobId": job_id}
@@ -283,8 +291,9 @@ class FakeFirecrest:
                 raise _Answer(404, "Job not found")
             result = subprocess.run(["scancel", "--verbose", job_id], capture_output=True, text=True)
             if result.returncode or "error:" in result.stderr.lower():
-                raise _Answer(500, f"Unexpected Slurm command response. exit_status:{result.returncode} "
-                              f"std_err:{result.stderr}")
+                raise _Answer(
+                    500, f"Unexpected Slurm command response. exit_status:{result.returncode} std_err:{result.stderr}"
+                )
             return 204, None
         raise _Answer(405, "Method Not Allowed")
 
@@ -342,7 +351,9 @@ def _existing(path: str) -> Path:
     _absolute(path)
     target = Path(path)
     if not target.exists():
-        raise _Answer(404, f"Remote process failed with exit status:1 and error message:{path}: No such file or directory")
+        raise _Answer(
+            404, f"Remote process failed with exit status:1 and error message:{path}: No such file or directory"
+        )
     return target
 
 
@@ -364,4 +375,3 @@ def _multipart_file(body: bytes, content_type: str) -> tuple[str, bytes]:
                 raise _Answer(422, "file: a file name is required")
             return name, part.get_payload(decode=True) or b""
     raise _Answer(422, "body.file: Field required")
-

@@ -104,6 +104,9 @@ def test_grid_runs_as_one_array_to_finished_with_code_staged_once(on_firecrest, 
     assert len(list((on_firecrest.workdir / "code").glob("*.tar.gz"))) == 1
     settle(on_firecrest)
     assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}
+    # logs: the run's output file, read through the API
+    run = on_firecrest.runs()[0]
+    assert "trained" in on_firecrest.mantik("logs", run.info.run_id).stdout
 
 
 def test_status_lists_jobs_once_per_poll(on_firecrest, site):
@@ -153,14 +156,6 @@ def test_cancel_stops_the_array_and_logs_read_the_output_file(on_firecrest, site
     slow(on_firecrest, site)
     on_firecrest.mantik("apply", "--auto-approve")
     job = site.submitted[0]
-    # the runner writes its output file as the command starts
-    run = on_firecrest.runs()[0]
-    on_firecrest.wait_until(
-        lambda: "trained" in on_firecrest.mantik("logs", run.info.run_id).stdout
-        or (on_firecrest.workdir / "runs" / run.info.run_id / "output.log").exists(),
-        timeout=60,
-        message="the output file",
-    )
     result = on_firecrest.mantik("cancel", "sweep")
     assert "Cancelled 3 run(s)" in result.stdout
     assert site.count("DELETE", "cancel") == 1  # one array, one call

@@ -32,8 +32,16 @@ from ..spec.model import FirecrestBackend as FirecrestConfig
 from ..spec.model import duration_seconds
 from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
-from .slurm import GONE_WHILE_RUNNING, JOB_NAME_PREFIX, NEVER_STARTED, RUN_CWD, array_task_ids, directives
-from .slurm import sbatch_quote, slurm_status
+from .slurm import (
+    GONE_WHILE_RUNNING,
+    JOB_NAME_PREFIX,
+    NEVER_STARTED,
+    RUN_CWD,
+    array_task_ids,
+    directives,
+    sbatch_quote,
+    slurm_status,
+)
 from .staging import Archive, code_archive, staged_files
 
 ATTEMPTS = 3  # for idempotent calls: a timeout, a dropped connection or a 5xx is retried this many times in all
@@ -88,8 +96,11 @@ class FirecrestBackend:
 
     def _site(self):
         if self._client is None:
-            if not (self.config.url and self.config.token_url and self.machine and self.workdir):
-                raise BackendError("url, token_url, machine and workdir must be set for a FirecREST backend")
+            if not self.workdir:  # init cannot know it: the spec validates without, and says so here
+                raise BackendError(
+                    f"backends.{self.name}.workdir is not set: set it to an absolute directory on {self.machine} "
+                    "for staged code and run directories (e.g. your scratch directory)"
+                )
             names = self.config.credentials
             client_id, secret = os.environ.get(names.client_id_env), os.environ.get(names.client_secret_env)
             if not client_id or not secret:
@@ -479,7 +490,7 @@ def _message(exc) -> str:
     responses = getattr(exc, "responses", None) or []
     try:
         body = responses[-1].json()
-    except Exception:
+    except (ValueError, AttributeError, IndexError):  # not JSON
         return "no message"
     if isinstance(body, dict):
         return str(body.get("message") or body.get("detail") or body)

@@ -216,7 +216,7 @@ class SlurmBackend:
         self.project_root = project_root
         self.min_poll_interval = duration_seconds(config.poll_interval)
         self.calls: Counter = Counter()  # scheduler commands run, for -v and the bench
-        self._listing: tuple[float, dict[str, tuple[JobState, str, str]]] | None = None
+        self._listing: tuple[float, dict[str, tuple[JobStatus, str, str]]] | None = None
         self._staged_code: set[Path] = set()
         self._top_level: dict[Path, list[str]] = {}  # the entries a run directory links to, per commit
         self._accounting: bool | None = None

@@ -111,6 +111,7 @@ def init(
                 "entry_points": entry_points,
                 "mlproject": mlproject_file or "",
                 "backend_config": config_file or "",
+                "backend_type": _config_type(directory / config_file) if config_file else "",
             },
         ),
     }
@@ -132,6 +133,16 @@ def init(
     if _ignore_state_dir(directory):
         written.append(directory / ".gitignore")
     return written
+
+
+def _config_type(path: Path) -> str:
+    """The backend type reading a Mantik compute-backend config: firecrest for a Firecrest section, else
+    unicore (as before; a config the type cannot read is reported by the validation of what init writes)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return "unicore"
+    return "firecrest" if isinstance(data, dict) and "Firecrest" in data else "unicore"
 
 
 def _check(files: dict[str, str], directory: Path) -> None:

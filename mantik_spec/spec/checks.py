@@ -71,8 +71,6 @@ def semantic(spec: Spec) -> Iterator[Finding]:
             for key, hint in (("url", "ApiUrl"), ("token_url", "TokenUrl"), ("machine", "Machine")):
                 if not getattr(backend, key) and not backend.config:
                     yield ("backends", name), f"{key} is required (or config: a Mantik config with Firecrest.{hint})"
-            if not backend.workdir:
-                yield ("backends", name), "workdir is required: an absolute directory on the cluster"
         if backend.environment and backend.environment not in spec.environments:
             yield ("backends", name, "environment"), unknown_name("environment", backend.environment, spec.environments)
         if backend.type == "slurm":
