@@ -18,8 +18,9 @@ cluster's), so a broken batch script fails the test. What it copies from the rea
   ``SqueueCommand`` (``lib/scheduler_clients/slurm/cli_commands/``): array tasks as ``123_4``, a pending
   array grouped as ``123_[0-4]``; environment ``{"F7T_version": "v2.0.0"}`` when the request sets none.
 
-Where it differs: the local Slurm keeps no accounting, so where the real server merges sacct's records
-(which would fail here) the double lists ``squeue --states=all``; ended jobs vanish after Slurm's MinJobAge
+Where it differs: the local Slurm keeps no accounting, so where the real server takes sacct's records
+(which would fail here) the double lists ``squeue --states=all`` printing ``JobArrayID`` (the same ids, ended
+jobs too), then merges squeue's own records as the real one does; ended jobs vanish after Slurm's MinJobAge
 instead of the time window. Large uploads through the transfer mechanism (S3 parts and a transfer job) are
 not offered: a request for one is a 501, so a test that needs it fails rather than passing on a fiction.
 
@@ -298,18 +299,30 @@ class FakeFirecrest:
         raise _Answer(405, "Method Not Allowed")
 
     def _list(self) -> list[dict]:
+        """The job records as SlurmCliClient.get_jobs merges them: sacct's first (array tasks as 123_4, a
+        pending array as 123_[0-4], ended jobs too), then squeue's (each task under its own job number,
+        pending and running only), a later record replacing an earlier one of the same id only when PENDING.
+        Without accounting here, ``squeue --states=all`` printing JobArrayID stands in for sacct."""
         user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-        fields = "JobID:|,Name:|,State:|,Reason:|,Partition:|,NumNodes:|,NodeList:|,UserName:|,WorkDir:"
-        result = subprocess.run(
-            f"squeue --user={shlex.quote(user)} --states=all --noheader --Format='{fields}'",
-            shell=True,
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode:
-            raise _Answer(500, "Error executing Slurm command.")
+        jobs: dict[str, dict] = {}
+        for id_field, states in (("JobArrayID", " --states=all"), ("JobID", "")):
+            fields = f"{id_field}:|,Name:|,State:|,Reason:|,Partition:|,NumNodes:|,NodeList:|,UserName:|,WorkDir:"
+            result = subprocess.run(
+                f"squeue --user={shlex.quote(user)}{states} --noheader --Format='{fields}'",
+                shell=True,
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode:
+                raise _Answer(500, "Error executing Slurm command.")
+            for record in self._records(result.stdout):
+                if record["jobId"] not in jobs or record["status"]["state"] == "PENDING":
+                    jobs[record["jobId"]] = record
+        return list(jobs.values())
+
+    def _records(self, output: str) -> list[dict]:
         jobs = []
-        for line in result.stdout.splitlines():
+        for line in output.splitlines():
             values = [v.strip() for v in line.split("|")]
             if len(values) < 9 or values[0].split("_")[0] in self.forgotten:
                 continue

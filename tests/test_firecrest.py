@@ -3,6 +3,8 @@ FirecREST v2 double on 127.0.0.1 (tests/fake_firecrest.py) that runs the jobs on
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import ROOT, Project, git
 from .fake_firecrest import FakeFirecrest
 from .test_slurm import VENV_BIN, slurm  # noqa: F401  (the fixture: CI fails without Slurm, elsewhere skips)
 
@@ -192,3 +195,36 @@ def test_unreachable_api_is_unknown_never_acted_upon(on_firecrest, site):
     result = on_firecrest.mantik("plan", check=None)
     assert result.returncode == 1
     assert len(site.submitted) == 1
+
+
+def test_firecrest_example_runs_against_the_double(site, tmp_path, monkeypatch):
+    # the double's jobs inherit its environment: compute nodes whose python3 has mlflow
+    monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
+    example = tmp_path / "example"
+    shutil.copytree(ROOT / "examples" / "firecrest", example)
+    config = example / "compute-backend-config.yaml"
+    text = config.read_text()
+    for real, ours in (
+        ("https://api.cscs.ch/ml/firecrest/v2", site.url),
+        ("https://auth.cscs.ch/auth/realms/firecrest-clients/protocol/openid-connect/token", site.token_url),
+        ("Machine: clariden", f"Machine: {site.system}"),
+        ("Queue: normal", "Queue: debug"),
+    ):
+        assert real in text
+        text = text.replace(real, ours)
+    config.write_text(text)
+    spec = example / "mantik.yaml"
+    spec.write_text(spec.read_text().replace("/capstor/scratch/cscs/YOU/mantik", str(tmp_path / "cluster")))
+    (tmp_path / "cluster").mkdir()
+    git(example, "init", "-q", "-b", "main")
+    project = Project(example)
+    project.env.update(CREDENTIALS)
+    project.env["PATH"] = f"{VENV_BIN}:{project.env['PATH']}"
+    project.commit("the example, pointed at the double")
+    project.mantik("validate")
+    project.mantik("apply", "--auto-approve")
+    assert site.count("POST", "submit") == 1  # four runs, one array
+    settle(project)
+    runs = project.runs()
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
+    assert all("loss" in r.data.metrics for r in runs)  # train.py reported to MLflow from the job

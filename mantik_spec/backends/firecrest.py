@@ -363,10 +363,7 @@ class FirecrestBackend:
 
     def _queued_as(self, job_name: str) -> str | None:
         self._listing = None
-        for job_id, (_, name) in self._jobs().items():
-            if name == job_name:
-                return job_id.split("_")[0]
-        return None
+        return _bases(self._jobs()).get(job_name)
 
     # -- observe -------------------------------------------------------------------------------
 
@@ -399,8 +396,14 @@ class FirecrestBackend:
         except BackendError as exc:
             return {job_id: JobStatus(JobState.UNKNOWN, detail=str(exc)) for job_id in jobs}
         found = {job_id: listing[job_id][0] for job_id in jobs if job_id in listing}
+        # A FirecREST on Slurm's REST client lists each array task under its own number, not as 123_4:
+        # a task missing while jobs of its name are live is not taken for gone
+        name_of = {job_id.split("_")[0]: name for job_id, (_, name) in listing.items()}
+        live_names = {name for status, name in listing.values() if status.state.live}
         for job_id in jobs:
-            if job_id not in found:
+            if job_id not in found and name_of.get(job_id.split("_")[0]) in live_names:
+                found[job_id] = JobStatus(JobState.UNKNOWN, detail="its array is listed, this task not by its id")
+            elif job_id not in found:
                 try:
                     found[job_id] = self._from_run_dir(jobs[job_id])
                 except BackendError as exc:
@@ -432,14 +435,14 @@ class FirecrestBackend:
             self._listing = None
             listing = self._jobs()  # if FirecREST cannot answer, neither can we: never guess "no job"
             base_of = {
-                name[len(JOB_NAME_PREFIX) :]: job_id.split("_")[0]
-                for job_id, (_, name) in listing.items()
+                name[len(JOB_NAME_PREFIX) :]: base
+                for name, base in _bases(listing).items()
                 if name.startswith(JOB_NAME_PREFIX)
             }
             for run_id, batch in waiting.items():
                 if batch not in base_of:
                     continue
-                if base_of[batch] in listing:
+                if not any(job_id.startswith(base_of[batch] + "_") for job_id in listing):  # not an array
                     found[run_id] = base_of[batch]
                     continue
                 lines = (self._read(self._path("batches", batch, "runs.txt")) or "").splitlines()
@@ -479,6 +482,15 @@ class FirecrestBackend:
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         text = self._read(self._path("runs", run_id, runner.OUTPUT_FILE))
         return None if text is None else text.encode()[offset:]
+
+
+def _bases(listing: dict[str, tuple[JobStatus, str]]) -> dict[str, str]:
+    """Job name -> the job's id (an array's base id). FirecREST merges sacct's records (array tasks as
+    ``123_4``) with squeue's (each task under its own number): the array form names the base, so it wins."""
+    bases: dict[str, str] = {}
+    for job_id, (_, name) in sorted(listing.items(), key=lambda item: "_" not in item[0]):
+        bases.setdefault(name, job_id.split("_")[0])
+    return bases
 
 
 def _status(exc) -> int | None:
