@@ -21,8 +21,11 @@ cluster's), so a broken batch script fails the test. What it copies from the rea
 Where it differs: the local Slurm keeps no accounting, so where the real server takes sacct's records
 (which would fail here) the double lists ``squeue --states=all`` printing ``JobArrayID`` (the same ids, ended
 jobs too), then merges squeue's own records as the real one does; ended jobs vanish after Slurm's MinJobAge
-instead of the time window. Large uploads through the transfer mechanism (S3 parts and a transfer job) are
-not offered: a request for one is a 501, so a test that needs it fails rather than passing on a fiction.
+instead of the time window. Large uploads (``transfer/upload``, transfer method s3) follow
+``lib/datatransfers/s3/s3_datatransfer.py``: presigned part URLs (PUT, answered with an ETag), a completion
+URL (POST), and a real Slurm job that waits for the object and writes it to the target, logging "File was
+successfully downloaded" as ``scripts/job_s3_downloader.sh`` does; the object store is a directory of the
+double's instead of S3, and the other transfer methods are a 400 as on a site that offers only s3.
 
 Faults: ``fail[(method, kind)] = [status, ...]`` answers the next calls of that kind with those statuses
 (kinds: submit, jobs, job, cancel, stat, view, mkdir, upload, extract, token); ``hang[(method, kind)] = n``
@@ -35,12 +38,15 @@ from __future__ import annotations
 
 import base64
 import email.parser
+import hashlib
 import http.server
 import json
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -62,7 +68,10 @@ class FakeFirecrest:
         self.hang_seconds = 4.0
         self.forgotten: set[str] = set()
         self.hold = False  # submit jobs held (pending until released or cancelled)
-        self.submitted: list[str] = []  # job ids, in order
+        self.submitted: list[str] = []  # job ids, in order (the transfer jobs not included)
+        self.max_part_size = 1024 * 1024
+        self.objects = Path(tempfile.mkdtemp(prefix="fake-firecrest-s3-"))
+        self.transfer_jobs: list[str] = []
         self.lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
 
@@ -86,14 +95,18 @@ class FakeFirecrest:
             def do_DELETE(self):
                 fake._handle(self, "DELETE")
 
+            def do_PUT(self):
+                fake._handle(self, "PUT")
+
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc):
-        for job_id in self.submitted:
+        for job_id in self.submitted + self.transfer_jobs:
             subprocess.run(["scancel", job_id], capture_output=True)
+        shutil.rmtree(self.objects, ignore_errors=True)
         assert self._server is not None
         self._server.shutdown()
         self._server.server_close()
@@ -127,6 +140,8 @@ class FakeFirecrest:
         body = handler.rfile.read(length) if length else b""
         if url.path == "/auth/token":
             return self._token(handler, method, body)
+        if url.path.startswith("/s3/"):  # presigned URLs: no bearer token, as S3's
+            return self._object_store(handler, method, url.path, body)
         parts = url.path.removeprefix("/api/v2").strip("/").split("/")
         kind = self._kind(method, parts)
         with self.lock:
@@ -251,9 +266,83 @@ class FakeFirecrest:
                     f"{result.stderr.strip()}",
                 )
             return 204, None
-        if kind.startswith("transfer-"):
-            raise _Answer(501, "the double offers no transfer jobs")
+        if kind == "transfer-upload" and method == "POST":
+            return self._transfer_upload(json.loads(body))
         raise _Answer(404, "Not Found")
+
+    def _transfer_upload(self, request: dict) -> tuple[int, dict]:
+        directives = request.get("transferDirectives") or request.get("transfer_directives") or {}
+        method = directives.get("transferMethod") or directives.get("transfer_method")
+        if method != "s3":
+            raise _Answer(400, "Requested transfer method is not available.")
+        size = int(directives.get("fileSize") or directives.get("file_size") or 0)
+        target = request.get("path") or request.get("sourcePath") or ""
+        _absolute(target)
+        key = secrets.token_hex(8)
+        (self.objects / key).mkdir()
+        base = self.url.removesuffix("/api/v2") + f"/s3/{key}"
+        parts = [f"{base}/part/{n}" for n in range(1, max(1, -(-size // self.max_part_size)) + 1)]
+        log_dir = self.objects / key
+        script = (
+            "#!/bin/bash\n#SBATCH --partition=debug\n#SBATCH --time=00:10:00\n"
+            'echo $(date -u) "Ingress File Transfer Job (id:${SLURM_JOB_ID})"\n'
+            f"for i in $(seq 1200); do [ -f {shlex.quote(str(log_dir / 'complete'))} ] && break; sleep 0.5; done\n"
+            f"cp {shlex.quote(str(log_dir / 'object'))} {shlex.quote(target)} || exit 1\n"
+            'echo $(date -u) "File was successfully downloaded"\n'
+        )
+        output, error = str(log_dir / "job.out"), str(log_dir / "job.err")
+        result = subprocess.run(
+            [
+                "sbatch",
+                "--job-name=IngressFileTransfer",
+                f"--chdir={log_dir}",
+                f"--output={output}",
+                f"--error={error}",
+            ],
+            input=script,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode:
+            raise _Answer(500, f"Unexpected Slurm command response. exit_status:{result.returncode}")
+        job_id = result.stdout.strip().split()[-1]
+        self.transfer_jobs.append(job_id)
+        return 201, {
+            "transferJob": {
+                "jobId": job_id,
+                "system": self.system,
+                "workingDirectory": str(log_dir),
+                "logs": {"outputLog": output, "errorLog": error},
+            },
+            "transferDirectives": {
+                "transferMethod": "s3",
+                "partsUploadUrls": parts,
+                "completeUploadUrl": f"{base}/complete",
+                "maxPartSize": self.max_part_size,
+            },
+        }
+
+    def _object_store(self, handler, method: str, path: str, body: bytes) -> None:
+        _, _, key, *rest = path.split("/")
+        folder = self.objects / key
+        with self.lock:
+            self.requests.append((method, "s3-" + (rest[0] if rest else "")))
+        if not folder.is_dir():
+            return self._send(handler, 404, {"Code": "NoSuchUpload"})
+        if method == "PUT" and rest[:1] == ["part"]:
+            (folder / f"part-{int(rest[1]):05d}").write_bytes(body)
+            handler.send_response(200)
+            handler.send_header("ETag", '"' + hashlib.md5(body).hexdigest() + '"')
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return None
+        if method == "POST" and rest == ["complete"]:
+            with open(folder / "object", "wb") as whole:
+                for part in sorted(folder.glob("part-*")):
+                    whole.write(part.read_bytes())
+            (folder / "complete").touch()
+            return self._send(handler, 200, {"Location": key})
+        return self._send(handler, 405, {"Code": "MethodNotAllowed"})
 
     def _compute(self, method, kind, parts, query, body):
         if kind == "submit":

@@ -107,6 +107,11 @@ def test_grid_runs_as_one_array_to_finished_with_code_staged_once(on_firecrest, 
     assert len(list((on_firecrest.workdir / "code").glob("*.tar.gz"))) == 1
     settle(on_firecrest)
     assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}
+    # the OIDC client's secret is nowhere: not in the project's state, MLflow, nor on the cluster
+    for root in (on_firecrest.path, on_firecrest.workdir):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert b"s3cret" not in path.read_bytes(), path
     # logs: the run's output file, read through the API
     run = on_firecrest.runs()[0]
     assert "trained" in on_firecrest.mantik("logs", run.info.run_id).stdout
@@ -169,6 +174,21 @@ def test_cancel_stops_the_array_and_logs_read_the_output_file(on_firecrest, site
     )
 
 
+def test_cancelling_part_of_an_array_is_refused_and_leaves_it_running(on_firecrest, site):
+    slow(on_firecrest, site)
+    on_firecrest.mantik("apply", "--auto-approve")
+    one = on_firecrest.runs()[0].info.run_id
+    result = on_firecrest.mantik("cancel", one, check=1)
+    assert "FirecREST cancels whole jobs" in result.stderr
+    assert site.count("DELETE", "cancel") == 0
+    assert len(squeue_ids(site.submitted[0])) == 3
+
+
+def squeue_ids(job: str) -> list[str]:
+    listing = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i"], capture_output=True, text=True).stdout
+    return listing.split()
+
+
 def test_job_gone_reads_as_lost(on_firecrest, site):
     slow(on_firecrest, site)
     site.hold = True
@@ -228,3 +248,18 @@ def test_firecrest_example_runs_against_the_double(site, tmp_path, monkeypatch):
     runs = project.runs()
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
     assert all("loss" in r.data.metrics for r in runs)  # train.py reported to MLflow from the job
+
+
+def test_large_code_goes_through_the_transfer_mechanism(on_firecrest, site):
+    blob = os.urandom(1536 * 1024)  # incompressible: the archive is over pyfirecrest's 1 MiB direct limit
+    (on_firecrest.path / "blob.bin").write_bytes(blob)
+    spec = firecrest_spec(site, on_firecrest.workdir).replace("paths: [train.py]", "paths: [train.py, blob.bin]")
+    on_firecrest.write("mantik.yaml", spec)
+    on_firecrest.commit("a large file in the code")
+    on_firecrest.mantik("apply", "--auto-approve")
+    assert site.count("POST", "transfer-upload") == 1  # the code archive; the small files went directly
+    assert site.count("PUT", "s3-part") == 2
+    staged = list((on_firecrest.workdir / "code").glob("*/blob.bin"))
+    assert len(staged) == 1 and staged[0].read_bytes() == blob
+    settle(on_firecrest)
+    assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}

@@ -464,7 +464,8 @@ class FirecrestBackend:
         listing = self._jobs()
         kept = []
         for base, tasks in sorted(wanted.items()):
-            siblings = {j for j, (s, _) in listing.items() if j.split("_")[0] == base and s.state.live} - tasks
+            # an array's tasks by their array-form ids (squeue's own numbers for them stand for the same tasks)
+            siblings = {j for j, (s, _) in listing.items() if j.startswith(base + "_") and s.state.live} - tasks
             if siblings:
                 kept.append(base)
                 continue
