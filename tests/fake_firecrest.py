@@ -28,7 +28,8 @@ successfully downloaded" as ``scripts/job_s3_downloader.sh`` does; the object st
 double's instead of S3, and the other transfer methods are a 400 as on a site that offers only s3.
 
 Faults: ``fail[(method, kind)] = [status, ...]`` answers the next calls of that kind with those statuses
-(kinds: submit, jobs, job, cancel, stat, view, mkdir, upload, extract, token); ``hang[(method, kind)] = n``
+(kinds: submit, jobs, job, cancel, stat, view, mkdir, upload, extract, token) without acting;
+``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``hang[(method, kind)] = n``
 acts on the next n calls, then answers only after ``hang_seconds`` (a timeout after sending);
 :meth:`expire_tokens` makes every issued token expire now (the server's clock); :meth:`forget` makes a job
 vanish from the listings (gone, as after the time window).
@@ -65,6 +66,7 @@ class FakeFirecrest:
         self.requests: list[tuple[str, str]] = []  # (method, kind)
         self.fail: dict[tuple[str, str], list[int]] = {}
         self.hang: dict[tuple[str, str], int] = {}
+        self.fail_after: dict[tuple[str, str], list[int]] = {}  # act, then answer with this status (a gateway)
         self.hang_seconds = 4.0
         self.forgotten: set[str] = set()
         self.hold = False  # submit jobs held (pending until released or cancelled)
@@ -148,6 +150,8 @@ class FakeFirecrest:
             self.requests.append((method, kind))
             failing = self.fail.get((method, kind))
             status = failing.pop(0) if failing else None
+            after = self.fail_after.get((method, kind))
+            after_status = after.pop(0) if after else None
             hanging = self.hang.get((method, kind), 0)
             if hanging:
                 self.hang[(method, kind)] = hanging - 1
@@ -164,6 +168,8 @@ class FakeFirecrest:
             code, answer = exc.status, {"errorType": "error", "message": exc.message, "user": "u"}
         if hanging:
             time.sleep(self.hang_seconds)  # the action happened; the answer comes too late
+        if after_status is not None:  # the action happened; a proxy in front answers with an error
+            code, answer = after_status, {"errorType": "error", "message": f"injected {after_status}", "user": "u"}
         self._send(handler, code, answer)
 
     @staticmethod

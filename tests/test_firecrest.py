@@ -135,6 +135,15 @@ def test_lost_submission_answer_is_adopted_not_resubmitted(on_firecrest, site):
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
 
 
+def test_gateway_error_after_the_job_was_queued_adopts_it(on_firecrest, site):
+    site.fail_after[("POST", "submit")] = [502]  # sbatch ran behind the proxy that answered 502
+    on_firecrest.mantik("apply", "--auto-approve")  # found by its name before anything was recorded
+    assert len(site.submitted) == 1
+    settle(on_firecrest)
+    assert len(site.submitted) == 1
+    assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}
+
+
 def test_server_error_on_submit_then_recovers(on_firecrest, site):
     site.fail[("POST", "submit")] = [500]
     result = on_firecrest.mantik("apply", "--auto-approve", check=None)
