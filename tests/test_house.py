@@ -82,6 +82,8 @@ def test_choosing_a_backend_imports_only_its_module():
         "assert not any(m.startswith('pyunicore') for m in sys.modules), 'registry'\n"
         "backend_class('slurm'); backend_class('local')\n"
         "assert not any(m.startswith('pyunicore') for m in sys.modules), 'slurm'\n"
+        "backend_class('firecrest')\n"
+        "assert not any(m.split('.')[0] == 'firecrest' for m in sys.modules), 'firecrest: imported on first use'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

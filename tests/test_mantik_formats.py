@@ -584,15 +584,19 @@ def test_init_writes_the_backend_type_of_the_config_it_reads(tmp_path, config, e
     load_spec(tmp_path)
 
 
-def test_init_refuses_a_config_for_a_connection_it_cannot_use(tmp_path):
+def test_init_refuses_a_config_that_names_no_single_connection(tmp_path):
     from mantik_spec.operations.errors import UserError
     from mantik_spec.operations.init import init
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    (tmp_path / "firecrest.yaml").write_text("Firecrest: {ApiUrl: https://x}\nResources: {Queue: normal}\n")
-    with pytest.raises(UserError, match="Firecrest configs are not supported"):
-        init(tmp_path, backend_config=tmp_path / "firecrest.yaml")
-    assert not (tmp_path / "mantik.yaml").exists()
+    for name, text in (
+        ("none.yaml", "Resources: {Queue: normal}\n"),
+        ("two.yaml", "UnicoreApiUrl: https://x\nFirecrest: {ApiUrl: https://x}\n"),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match="names one of UnicoreApiUrl, SSH or Firecrest"):
+            init(tmp_path, backend_config=tmp_path / name)
+        assert not (tmp_path / "mantik.yaml").exists()
 
 
 def test_mlproject_types_mlflow_does_not_check_are_strings_and_explained(tmp_path):
@@ -636,3 +640,81 @@ def test_init_reads_an_mlproject_with_types_mlflow_does_not_check(tmp_path):
         assert spec.mlproject == "MLproject"
         experiments = yaml.safe_load((project / "mantik.yaml").read_text())["experiments"]
         assert set(experiments) == set(spec.entry_points)
+FIRECREST_CONFIG = """\
+Firecrest:
+  ApiUrl: https://api.cscs.ch/ml/firecrest/v2
+  TokenUrl: https://auth.cscs.ch/auth/realms/firecrest-clients/protocol/openid-connect/token
+  Machine: clariden
+Resources:
+  Queue: normal
+  Runtime: 2h
+  Nodes: 1
+  GPUsPerNode: 4
+  Reservation: r1
+  NodeConstraints: gpu
+Environment:
+  Variables: {OMP_NUM_THREADS: 8}
+  PreRunCommandOnComputeNode: ["echo pre compute"]
+Exclude: ["*.ckpt"]
+"""
+
+FIRECREST_SPEC = UNICORE_SPEC.replace("type: unicore", "type: firecrest\n        workdir: /scratch/me/mantik")
+
+
+def test_firecrest_config_is_read_unchanged(tmp_path):
+    (tmp_path / "compute-backend-config.yaml").write_text(FIRECREST_CONFIG)
+    (tmp_path / "MLproject").write_text(MLPROJECT)
+    write_project(tmp_path, FIRECREST_SPEC)
+    spec = load_spec(tmp_path).spec
+    backend = spec.backends["juwels"]
+    assert (backend.type, backend.url, backend.machine) == (
+        "firecrest",
+        "https://api.cscs.ch/ml/firecrest/v2",
+        "clariden",
+    )
+    assert backend.token_url.endswith("/openid-connect/token")
+    assert (backend.partition, backend.reservation, backend.constraint) == ("normal", "r1", "gpu")
+    assert (backend.resources.time, backend.resources.nodes, backend.resources.gres) == ("2:00:00", 1, "gpu:4")
+    assert backend.exclude == ["*.ckpt"]
+    assert spec.environments["juwels"].variables == {"OMP_NUM_THREADS": "8"}
+    assert spec.environments["juwels"].pre_run == ["echo pre compute"]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            ("  Machine: clariden\n", "  Machin: clariden\n"),
+            "compute-backend-config.yaml:4:3: Firecrest.Machin: unknown",
+        ),
+        (("  Machine: clariden\n", ""), "compute-backend-config.yaml:1:1: Firecrest: Machine is required"),
+        (
+            ("ApiUrl: https://api.cscs.ch/ml/firecrest/v2", "ApiUrl: api.cscs.ch"),
+            "compute-backend-config.yaml:2:11: Firecrest.ApiUrl:",
+        ),
+        (
+            ("  Queue: normal\n", "  Queue: normal\n  TotalCPUs: 4\n"),
+            "compute-backend-config.yaml:7:3: Resources.TotalCPUs",
+        ),
+        (
+            ('  PreRunCommandOnComputeNode: ["echo pre compute"]', '  PreRunCommandOnLoginNode: "echo"'),
+            "compute-backend-config.yaml:14:29: Environment.PreRunCommandOnLoginNode: only UNICORE",
+        ),
+    ],
+)
+def test_firecrest_config_problems_at_their_own_lines(tmp_path, change, expected):
+    (tmp_path / "compute-backend-config.yaml").write_text(FIRECREST_CONFIG.replace(*change))
+    (tmp_path / "MLproject").write_text(MLPROJECT)
+    write_project(tmp_path, FIRECREST_SPEC)
+    problems = problems_of(tmp_path)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_init_writes_a_firecrest_backend_for_a_firecrest_config(tmp_path):
+    from mantik_spec.operations.init import init
+
+    (tmp_path / "compute-backend-config.yaml").write_text(FIRECREST_CONFIG)
+    init(tmp_path, backend_config=tmp_path / "compute-backend-config.yaml")
+    text = (tmp_path / "mantik.yaml").read_text()
+    assert 'hpc: {type: firecrest, config: "compute-backend-config.yaml"}' in text
+    assert load_spec(tmp_path).spec.backends["hpc"].machine == "clariden"

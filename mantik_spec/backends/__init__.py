@@ -19,14 +19,21 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "local": ("local", "LocalBackend"),
     "slurm": ("slurm", "SlurmBackend"),
     "unicore": ("unicore", "UnicoreBackend"),
+    "firecrest": ("firecrest", "FirecrestBackend"),
 }
 
 if TYPE_CHECKING:  # the type check proves every registered class implements the protocol (never run)
+    from .firecrest import FirecrestBackend
     from .local import LocalBackend
     from .slurm import SlurmBackend
     from .unicore import UnicoreBackend
 
-    CHECKED: dict[str, BackendClass] = {"local": LocalBackend, "slurm": SlurmBackend, "unicore": UnicoreBackend}
+    CHECKED: dict[str, BackendClass] = {
+        "local": LocalBackend,
+        "slurm": SlurmBackend,
+        "unicore": UnicoreBackend,
+        "firecrest": FirecrestBackend,
+    }
 
 
 def backend_class(backend_type: str) -> BackendClass:

@@ -182,16 +182,16 @@ class SubmissionInDoubt(BackendError):
     """sbatch failed in a way that may have queued the job, and looking did not settle it."""
 
 
-def directives(config: SlurmConfig) -> list[str]:
-    """The #SBATCH options of the spec (values already validated to be plain words)."""
+def directives(config) -> list[str]:
+    """The #SBATCH options of a Slurm or FirecREST backend's config (values validated to be plain words)."""
     options = [
-        f"--partition={config.partition}" if config.partition else None,
-        f"--account={config.account}" if config.account else None,
-        f"--qos={config.qos}" if config.qos else None,
+        f"--{key}={value}"
+        for key in ("partition", "account", "qos", "reservation", "constraint")
+        if (value := getattr(config, key, None))
     ]
     for name, value in config.resources.model_dump(exclude_none=True).items():
         options.append(f"--{name.replace('_', '-')}={value}")
-    return [o for o in options if o] + list(config.sbatch_args)
+    return options + list(getattr(config, "sbatch_args", ()))
 
 
 class SlurmBackend:

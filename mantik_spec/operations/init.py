@@ -70,12 +70,12 @@ def entry_points_from_mlproject(path: Path) -> dict[str, InitEntryPoint]:
 
 
 # Which backend reads a Mantik compute-backend config, by the connection it names
-BACKEND_OF_CONNECTION = {"UnicoreApiUrl": "unicore", "SSH": "slurm"}
+BACKEND_OF_CONNECTION = {"UnicoreApiUrl": "unicore", "SSH": "slurm", "Firecrest": "firecrest"}
 
 
 def backend_type_of(path: Path) -> str:
-    """The backend type that reads the Mantik config at ``path``: ``unicore`` (UnicoreApiUrl) or ``slurm``
-    (SSH). Raises :class:`UserError` for a config naming no connection mantik can use (Firecrest)."""
+    """The backend type that reads the Mantik config at ``path``: ``unicore`` (UnicoreApiUrl), ``slurm``
+    (SSH) or ``firecrest`` (Firecrest). Raises :class:`UserError` for a config naming none or several."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -85,8 +85,6 @@ def backend_type_of(path: Path) -> str:
     found = [key for key in ("UnicoreApiUrl", "SSH", "Firecrest") if isinstance(data, dict) and key in data]
     if len(found) != 1:
         raise UserError(f"{path}: a Mantik compute-backend config names one of UnicoreApiUrl, SSH or Firecrest")
-    if found[0] not in BACKEND_OF_CONNECTION:
-        raise UserError(f"{path}: {found[0]} configs are not supported; mantik reaches sites over UNICORE or SSH")
     return BACKEND_OF_CONNECTION[found[0]]
 
 

@@ -80,6 +80,10 @@ def semantic(spec: Spec) -> Iterator[Finding]:
     for name, backend in spec.backends.items():
         if backend.type == "unicore" and not backend.url and not backend.config:
             yield ("backends", name), "url is required (or config: a Mantik compute-backend config with UnicoreApiUrl)"
+        if backend.type == "firecrest":
+            for key, hint in (("url", "ApiUrl"), ("token_url", "TokenUrl"), ("machine", "Machine")):
+                if not getattr(backend, key) and not backend.config:
+                    yield ("backends", name), f"{key} is required (or config: a Mantik config with Firecrest.{hint})"
         if backend.environment and backend.environment not in spec.environments:
             yield ("backends", name, "environment"), unknown_name("environment", backend.environment, spec.environments)
         if backend.type == "slurm":

@@ -252,7 +252,8 @@ SLURM_RESOURCES = {  # Mantik's key -> (our field, or a resource under resources
 }
 SLURM_OPTIONS = {"Reservation": "--reservation", "NodeConstraints": "--constraint"}
 SSH_KEYS = ("Hostname", "Port", "User")
-CONNECTION_OF = {"unicore": "UnicoreApiUrl", "slurm": "SSH"}
+FIRECREST_KEYS = {"ApiUrl": "url", "TokenUrl": "token_url", "Machine": "machine"}  # Mantik's -> ours
+CONNECTION_OF = {"unicore": "UnicoreApiUrl", "slurm": "SSH", "firecrest": "Firecrest"}
 
 
 def slurm_time(runtime) -> object:
@@ -277,7 +278,7 @@ class _Translation:
 
     def __init__(self, config: MarkedDocument, backend_name: str, kind: str):
         self.config = config
-        self.kind = kind  # the type of the backend reading it: unicore, or slurm over SSH
+        self.kind = kind  # the type of the backend reading it: unicore, slurm over SSH, or firecrest
         self.backend_name = backend_name
         self.backend: dict = {}
         self.environment: dict = {}
@@ -323,9 +324,11 @@ class _Translation:
             )
         elif self.kind == "unicore":
             self.put("backend", "url", data["UnicoreApiUrl"], ("UnicoreApiUrl",))
+        elif self.kind == "firecrest":
+            self.firecrest(self.mapping(data["Firecrest"], ("Firecrest",)))
         else:
             self.ssh(self.mapping(data["SSH"], ("SSH",)))
-        if "Resources" in data and self.kind == "slurm":
+        if "Resources" in data and self.kind in ("slurm", "firecrest"):
             self.slurm_resources(self.mapping(data["Resources"], ("Resources",)))
         elif "Resources" in data:
             self.resources(self.mapping(data["Resources"], ("Resources",)))
@@ -356,6 +359,14 @@ class _Translation:
         for key, field_name in ours.items():
             self.paths[("backends", self.backend_name, "ssh", field_name)] = ("SSH", key)
 
+    def firecrest(self, section: dict) -> None:
+        self.unknown_keys(section, FIRECREST_KEYS, ("Firecrest",), "Firecrest")
+        for key, ours in FIRECREST_KEYS.items():
+            if key in section:
+                self.put("backend", ours, section[key], ("Firecrest", key))
+            else:
+                self.fail(("Firecrest",), f"{key} is required")
+
     def slurm_resources(self, resources: dict) -> None:
         where = ("Resources",)
         known = [*SLURM_RESOURCES, *SLURM_OPTIONS, "GPUsPerNode", "TotalCPUs"]
@@ -379,8 +390,12 @@ class _Translation:
             self.fail(
                 (*where, "TotalCPUs"), "Slurm has no total CPU count per job here: use Nodes and CPUsPerNode", True
             )
+        if self.kind == "firecrest":  # its own fields, passed as #SBATCH lines
+            for key, option in SLURM_OPTIONS.items():
+                if key in resources:
+                    self.put("backend", option.lstrip("-"), resources[key], (*where, key))
         options = [f"{SLURM_OPTIONS[key]}={resources[key]}" for key in SLURM_OPTIONS if key in resources]
-        if options:
+        if options and self.kind == "slurm":
             self.put("backend", "sbatch_args", options, where)
         self.backend["resources"] = translated
         self.paths[("backends", self.backend_name, "resources")] = where
@@ -468,7 +483,9 @@ def _include_backend_config(composed: ComposedDocument, project_root: Path, name
     kind = backend.get("type")
     if kind not in CONNECTION_OF:
         return [
-            composed.main.problem(at, "a Mantik compute-backend config is read by backends of type unicore or slurm")
+            composed.main.problem(
+                at, "a Mantik compute-backend config is read by backends of type unicore, slurm or firecrest"
+            )
         ]
     try:
         config = read_included(project_root, relative, composed.main, at)

@@ -407,7 +407,76 @@ class UnicoreBackend(Strict):
         return value
 
 
-Backend = Annotated[LocalBackend | SlurmBackend | UnicoreBackend, Field(discriminator="type")]
+class FirecrestCredentials(Strict):
+    """Environment variables holding the OIDC client's credentials (never the credentials themselves)."""
+
+    client_id_env: EnvName = "MANTIK_FIRECREST_CLIENT_ID"
+    client_secret_env: EnvName = "MANTIK_FIRECREST_CLIENT_SECRET"
+
+
+class FirecrestBackend(Strict):
+    """Batch jobs on a Slurm cluster behind FirecREST (API v2, e.g. CSCS Alps), submitted as job arrays."""
+
+    type: Literal["firecrest"]
+    config: str | None = Field(
+        None,
+        description="A Mantik compute-backend config (YAML or JSON) read as is: Firecrest (ApiUrl, TokenUrl, "
+        "Machine), Resources, Environment, Exclude. Keys set here override it.",
+    )
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = Field(
+        None, description="The FirecREST API, e.g. https://api.cscs.ch/ml/firecrest/v2."
+    )
+    token_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = Field(
+        None, description="The OIDC token endpoint of the client-credentials flow."
+    )
+    machine: SlurmWord | None = Field(None, description="The system's name in FirecREST (e.g. daint, clariden).")
+    credentials: FirecrestCredentials = Field(default_factory=FirecrestCredentials)
+    workdir: Annotated[str, Field(pattern=r"^/[^\n]*$")] | None = Field(
+        None, description="Absolute directory on the cluster for staged code and run directories."
+    )
+    partition: SlurmWord | None = None
+    account: SlurmWord | None = Field(
+        None, description="Compute budget account; default: the variable MANTIK_COMPUTE_BUDGET_ACCOUNT."
+    )
+    qos: SlurmWord | None = None
+    reservation: SlurmWord | None = None
+    constraint: SlurmWord | None = None
+    resources: SlurmResources = Field(default_factory=SlurmResources)
+    modules: list[Annotated[str, Field(pattern=r"^[^\s;&|`$<>]+$")]] = Field(
+        default_factory=list, description="Environment modules loaded before the run (module load NAME)."
+    )
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before the run starts.")
+    array: bool = Field(True, description="Submit the missing points of an experiment as one job array.")
+    max_array_size: int = Field(1000, ge=1, le=100_000, description="Split larger arrays (the cluster's MaxArraySize).")
+    template: str | None = Field(
+        None, description="A Jinja2 batch-script template in the repository overriding the default."
+    )
+    python: str = Field("python3", description="The Python on the compute nodes that runs the in-job runner.")
+    environment: str | None = Field(None, description="Default environment for runs on this backend.")
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns of committed files not staged (*.ckpt, data/)."
+    )
+    tls_verify: bool | str = Field(
+        True, description="Check the API's TLS certificate (true), skip the check (false), or a CA bundle path."
+    )
+    timeout: str | int | float = Field("60s", description="How long to wait for one answer from FirecREST.")
+    poll_interval: str | int | float = Field("10s", description="Never ask FirecREST for job states more often.")
+
+    @field_validator("timeout", "poll_interval")
+    @classmethod
+    def _valid_interval(cls, value):
+        duration_seconds(value)
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _one_line_each(cls, value):
+        if any("\n" in line for line in value):
+            raise ValueError("each setup item is one shell line")
+        return value
+
+
+Backend = Annotated[LocalBackend | SlurmBackend | UnicoreBackend | FirecrestBackend, Field(discriminator="type")]
 
 GridValue = ScalarValue | list[ScalarValue]
 

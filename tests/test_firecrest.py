@@ -1,0 +1,274 @@
+"""The FirecREST backend, end to end: the real `mantik` command and the real pyfirecrest client against a
+FirecREST v2 double on 127.0.0.1 (tests/fake_firecrest.py) that runs the jobs on the local test Slurm."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Project, git
+from .fake_firecrest import FakeFirecrest
+from .test_slurm import VENV_BIN, slurm  # noqa: F401  (the fixture: CI fails without Slurm, elsewhere skips)
+
+CREDENTIALS = {"MANTIK_FIRECREST_CLIENT_ID": "mantik", "MANTIK_FIRECREST_CLIENT_SECRET": "s3cret"}
+
+
+def firecrest_spec(site: FakeFirecrest, workdir: Path, lrs: str = "[0.1, 0.2, 0.3]", extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""
+        version: 1
+        project: fctest
+        code: {{paths: [train.py]}}
+        entry_points:
+          train:
+            command: python train.py --lr {{lr}} --sleep {{sleep}} --fail {{fail}}
+            parameters:
+              lr: float
+              sleep: {{type: float, default: 0}}
+              fail: {{type: bool, default: false}}
+        backends:
+          alps:
+            type: firecrest
+            url: {site.url}
+            token_url: {site.token_url}
+            machine: {site.system}
+            workdir: {workdir}
+            partition: debug
+            resources: {{ntasks: 1, cpus_per_task: 1, mem: 200M, time: "00:05:00"}}
+            python: {sys.executable}
+            setup: ['export PATH={VENV_BIN}:$PATH']
+            poll_interval: 0.5s
+            timeout: 2s
+        {textwrap.indent(extra, "    ").lstrip()}
+        experiments:
+          sweep:
+            entry_point: train
+            parameters: {{lr: {lrs}}}
+            retries: 0
+        """
+    )
+
+
+@pytest.fixture
+def site():
+    with FakeFirecrest() as fake:
+        yield fake
+
+
+@pytest.fixture
+def on_firecrest(project, site, tmp_path):
+    project.env.update(CREDENTIALS)
+    project.env["PATH"] = f"{VENV_BIN}:{project.env['PATH']}"
+    project.workdir = tmp_path / "cluster"
+    project.workdir.mkdir()
+    project.write("mantik.yaml", firecrest_spec(site, project.workdir))
+    project.commit("run on firecrest")
+    return project
+
+
+def settle(project, timeout: float = 120) -> None:
+    def settled():
+        plan = project.plan_json()
+        if all(entry["symbol"] in ("=", "x") for entry in plan["runs"]):
+            return True
+        if plan["has_changes"]:
+            project.mantik("apply", "--auto-approve")
+        return False
+
+    project.wait_until(settled, timeout=timeout, message="all runs settled")
+
+
+def slow(project, site) -> None:
+    spec = firecrest_spec(site, project.workdir).replace("default: 0}", "default: 60}")
+    project.write("mantik.yaml", spec)
+    project.commit("slow")
+
+
+def test_grid_runs_as_one_array_to_finished_with_code_staged_once(on_firecrest, site):
+    on_firecrest.mantik("apply", "--auto-approve")
+    assert site.count("POST", "submit") == 1  # three points, one job array
+    settle(on_firecrest)
+    runs = on_firecrest.runs()
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    codes = list((on_firecrest.workdir / "code").glob("*.tar.gz"))
+    assert len(codes) == 1
+    # a new grid point with the same code: a second array, no second upload of the code
+    uploads = site.count("POST", "extract")
+    on_firecrest.write("mantik.yaml", firecrest_spec(site, on_firecrest.workdir, lrs="[0.1, 0.2, 0.3, 0.4]"))
+    on_firecrest.commit("one more point")
+    on_firecrest.mantik("apply", "--auto-approve")
+    assert site.count("POST", "extract") == uploads + 1  # the batch's files only
+    assert len(list((on_firecrest.workdir / "code").glob("*.tar.gz"))) == 1
+    settle(on_firecrest)
+    assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}
+    # the OIDC client's secret is nowhere: not in the project's state, MLflow, nor on the cluster
+    for root in (on_firecrest.path, on_firecrest.workdir):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert b"s3cret" not in path.read_bytes(), path
+    # logs: the run's output file, read through the API
+    run = on_firecrest.runs()[0]
+    assert "trained" in on_firecrest.mantik("logs", run.info.run_id).stdout
+
+
+def test_status_lists_jobs_once_per_poll(on_firecrest, site):
+    slow(on_firecrest, site)  # runs still live when status asks
+    on_firecrest.mantik("apply", "--auto-approve")
+    before = site.count("GET", "jobs")
+    on_firecrest.mantik("status")
+    assert site.count("GET", "jobs") - before == 1, str(site.requests)
+
+
+def test_lost_submission_answer_is_adopted_not_resubmitted(on_firecrest, site):
+    site.hang[("POST", "submit")] = 1  # sbatch runs, the answer comes after the client's timeout
+    on_firecrest.mantik("apply", "--auto-approve", check=None)
+    assert len(site.submitted) == 1
+    settle(on_firecrest)
+    assert len(site.submitted) == 1
+    runs = on_firecrest.runs()
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_gateway_error_after_the_job_was_queued_adopts_it(on_firecrest, site):
+    site.fail_after[("POST", "submit")] = [502]  # sbatch ran behind the proxy that answered 502
+    on_firecrest.mantik("apply", "--auto-approve")  # found by its name before anything was recorded
+    assert len(site.submitted) == 1
+    settle(on_firecrest)
+    assert len(site.submitted) == 1
+    assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}
+
+
+def test_server_error_on_submit_then_recovers(on_firecrest, site):
+    site.fail[("POST", "submit")] = [500]
+    result = on_firecrest.mantik("apply", "--auto-approve", check=None)
+    assert result.returncode != 0 and "500" in result.stderr + result.stdout
+    assert site.submitted == []
+    settle(on_firecrest)
+    assert len(site.submitted) == 1
+
+
+def test_expired_token_is_renewed(on_firecrest, site):
+    slow(on_firecrest, site)
+    on_firecrest.mantik("apply", "--auto-approve")
+    site.expire_tokens()
+    tokens = site.count("POST", "token")
+    on_firecrest.mantik("status")
+    assert site.count("POST", "token") == tokens + 1
+
+
+def test_wrong_client_secret_is_one_line(on_firecrest, site):
+    result = on_firecrest.mantik("apply", "--auto-approve", check=None, env={"MANTIK_FIRECREST_CLIENT_SECRET": "x"})
+    assert result.returncode != 0
+    assert "MANTIK_FIRECREST_CLIENT_SECRET" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_cancel_stops_the_array_and_logs_read_the_output_file(on_firecrest, site):
+    slow(on_firecrest, site)
+    on_firecrest.mantik("apply", "--auto-approve")
+    job = site.submitted[0]
+    result = on_firecrest.mantik("cancel", "sweep")
+    assert "Cancelled 3 run(s)" in result.stdout
+    assert site.count("DELETE", "cancel") == 1  # one array, one call
+    on_firecrest.wait_until(
+        lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip(),
+        timeout=60,
+        message="the array cancelled",
+    )
+
+
+def test_cancelling_part_of_an_array_is_refused_and_leaves_it_running(on_firecrest, site):
+    slow(on_firecrest, site)
+    on_firecrest.mantik("apply", "--auto-approve")
+    one = on_firecrest.runs()[0].info.run_id
+    result = on_firecrest.mantik("cancel", one, check=1)
+    assert "FirecREST cancels whole jobs" in result.stderr
+    assert site.count("DELETE", "cancel") == 0
+    assert len(squeue_ids(site.submitted[0])) == 3
+
+
+def squeue_ids(job: str) -> list[str]:
+    listing = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i"], capture_output=True, text=True).stdout
+    return listing.split()
+
+
+def test_job_gone_reads_as_lost(on_firecrest, site):
+    slow(on_firecrest, site)
+    site.hold = True
+    on_firecrest.mantik("apply", "--auto-approve")
+    job = site.submitted[0]
+    subprocess.run(["scancel", job], check=True)
+    site.forget(job)
+    statuses = {entry["state"] for entry in on_firecrest.status_json()}
+    assert statuses and statuses <= {"lost"}, statuses
+
+
+def test_server_errors_on_reads_are_retried(on_firecrest, site):
+    slow(on_firecrest, site)
+    on_firecrest.mantik("apply", "--auto-approve")
+    site.fail[("GET", "jobs")] = [503, 500]
+    on_firecrest.mantik("status")
+    assert site.count("GET", "jobs") >= 3
+
+
+def test_unreachable_api_is_unknown_never_acted_upon(on_firecrest, site):
+    slow(on_firecrest, site)
+    on_firecrest.mantik("apply", "--auto-approve")
+    site.fail[("GET", "jobs")] = [500] * 10
+    result = on_firecrest.mantik("plan", check=None)
+    assert result.returncode == 1
+    assert len(site.submitted) == 1
+
+
+def test_firecrest_example_runs_against_the_double(site, tmp_path, monkeypatch):
+    # the double's jobs inherit its environment: compute nodes whose python3 has mlflow
+    monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
+    example = tmp_path / "example"
+    shutil.copytree(ROOT / "examples" / "firecrest", example)
+    config = example / "compute-backend-config.yaml"
+    text = config.read_text()
+    for real, ours in (
+        ("https://api.cscs.ch/ml/firecrest/v2", site.url),
+        ("https://auth.cscs.ch/auth/realms/firecrest-clients/protocol/openid-connect/token", site.token_url),
+        ("Machine: clariden", f"Machine: {site.system}"),
+        ("Queue: normal", "Queue: debug"),
+    ):
+        assert real in text
+        text = text.replace(real, ours)
+    config.write_text(text)
+    spec = example / "mantik.yaml"
+    spec.write_text(spec.read_text().replace("/capstor/scratch/cscs/YOU/mantik", str(tmp_path / "cluster")))
+    (tmp_path / "cluster").mkdir()
+    git(example, "init", "-q", "-b", "main")
+    project = Project(example)
+    project.env.update(CREDENTIALS)
+    project.env["PATH"] = f"{VENV_BIN}:{project.env['PATH']}"
+    project.commit("the example, pointed at the double")
+    project.mantik("validate")
+    project.mantik("apply", "--auto-approve")
+    assert site.count("POST", "submit") == 1  # four runs, one array
+    settle(project)
+    runs = project.runs()
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
+    assert all("loss" in r.data.metrics for r in runs)  # train.py reported to MLflow from the job
+
+
+def test_large_code_goes_through_the_transfer_mechanism(on_firecrest, site):
+    blob = os.urandom(1536 * 1024)  # incompressible: the archive is over pyfirecrest's 1 MiB direct limit
+    (on_firecrest.path / "blob.bin").write_bytes(blob)
+    spec = firecrest_spec(site, on_firecrest.workdir).replace("paths: [train.py]", "paths: [train.py, blob.bin]")
+    on_firecrest.write("mantik.yaml", spec)
+    on_firecrest.commit("a large file in the code")
+    on_firecrest.mantik("apply", "--auto-approve")
+    assert site.count("POST", "transfer-upload") == 1  # the code archive; the small files went directly
+    assert site.count("PUT", "s3-part") == 2
+    staged = list((on_firecrest.workdir / "code").glob("*/blob.bin"))
+    assert len(staged) == 1 and staged[0].read_bytes() == blob
+    settle(on_firecrest)
+    assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}
