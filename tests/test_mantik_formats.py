@@ -713,6 +713,7 @@ def test_firecrest_config_problems_at_their_own_lines(tmp_path, change, expected
 def test_init_writes_a_firecrest_backend_for_a_firecrest_config(tmp_path):
     from mantik_spec.operations.init import init
 
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # init wants the project in git
     (tmp_path / "compute-backend-config.yaml").write_text(FIRECREST_CONFIG)
     init(tmp_path, backend_config=tmp_path / "compute-backend-config.yaml")
     text = (tmp_path / "mantik.yaml").read_text()
