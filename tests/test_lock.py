@@ -169,3 +169,25 @@ def test_a_holder_is_dead_at_once_only_in_this_pid_namespace_and_by_pid_and_star
     # the same pid in another pid namespace, or after a reboot, proves nothing here
     assert not _provably_dead(LockInfo.from_tags({"process": f"{boot}/pid:[1]/{pid}/{started}"}))
     assert not _provably_dead(LockInfo.from_tags({"process": f"another-boot/{namespace}/{pid}/{started}"}))
+
+
+def test_an_apply_that_lost_its_lock_submits_nothing_more(project):
+    """A holder paused past its lease finds its lock broken (LockHandle.lost): it stops before the scheduler,
+    and the apply that holds the lock now submits each open intent once."""
+    from mantik_spec.operations.apply import execute
+    from mantik_spec.operations.errors import UserError
+    from mantik_spec.operations.project import build_plan, open_project
+    from mantik_spec.state.lock import LockHandle
+
+    opened = open_project(project.path)
+    plan, observation = build_plan(opened)
+    lost = LockHandle("broken-meanwhile")
+    lost.lost = True
+    with pytest.raises(UserError, match="lost the project lock"):
+        execute(opened, plan, observation, lost)
+    intents = project.runs()
+    assert len(intents) == 2 and all("mantik.job_id" not in r.data.tags for r in intents)
+    assert not list((project.path / ".mantik" / "local").glob("*/jobs/*")), "nothing reached the scheduler"
+    project.mantik("apply", "--auto-approve", "--wait")
+    finished = [r for r in project.runs() if r.info.status == "FINISHED"]
+    assert sorted(r.data.params["lr"] for r in finished) == ["0.1", "0.2"]

@@ -26,7 +26,7 @@ from ..reconcile.planner import REFUSED
 from ..spec.load import SPEC_FILE
 from ..spec.model import Environment
 from ..state.git import CodeVersion
-from ..state.lock import project_lock
+from ..state.lock import LockHandle, project_lock
 from ..state.tags import FailureKind, MlflowTag, RunStatus, Tag, failure_tags, identity_tags
 from ..state.versions import UNPINNED
 from .errors import UserError
@@ -62,7 +62,7 @@ def apply(
     throwaway = throwaway_store(project)
     if throwaway:  # before the lock: the lock itself would be created in the throwaway store
         raise UserError(throwaway)
-    with project_lock(project.store, "apply", lock_timeout, on_wait=on_lock_wait):
+    with project_lock(project.store, "apply", lock_timeout, on_wait=on_lock_wait) as lock:
         plan, observation = build_plan(
             project, prune=saved.prune if saved else prune, replace=saved.replace if saved else replace
         )
@@ -74,11 +74,11 @@ def apply(
             return ApplyResult(plan, False, [])
         if saved is None and not confirm(plan):
             return ApplyResult(plan, False, [])
-        started = execute(project, plan, observation)
+        started = execute(project, plan, observation, lock)
     return ApplyResult(plan, True, started)
 
 
-def execute(project: Project, plan: Plan, observation: Observation) -> list[str]:
+def execute(project: Project, plan: Plan, observation: Observation, lock: LockHandle | None = None) -> list[str]:
     store = project.store
     desired = {d.key: d for d in observation.desired}
 
@@ -110,7 +110,7 @@ def execute(project: Project, plan: Plan, observation: Observation) -> list[str]
 
     to_start = [e for e in plan.changes() if e.next_attempt is not None]
     context = Submission(code=observation.code, data_root=project.root)
-    return submit(project, context, [(desired[e.run_key], e) for e in to_start])
+    return submit(project, context, [(desired[e.run_key], e) for e in to_start], lock=lock)
 
 
 def keep_output(project: Project, entry: PlannedRun) -> None:
@@ -264,9 +264,15 @@ def data_variable(name: str) -> str:
 
 
 def submit(
-    project: Project, context: Submission, starts: list[tuple[DesiredRun, PlannedRun]], sources=None
+    project: Project,
+    context: Submission,
+    starts: list[tuple[DesiredRun, PlannedRun]],
+    sources=None,
+    lock: LockHandle | None = None,
 ) -> list[str]:
-    """Intent records first, then one submission per backend, then the job ids."""
+    """Intent records first, then one submission per backend, then the job ids. With ``lock``, nothing more
+    is submitted once another process broke it (this one was paused past its lease): the intent records
+    left open are resubmitted by whichever apply holds the lock."""
     if not starts:
         return []
     store = project.store
@@ -311,6 +317,12 @@ def submit(
         )
     errors = []
     for backend_name, requests in by_backend.items():
+        if lock is not None and lock.lost:
+            errors.append(
+                f"backend {backend_name}: {len(requests)} run(s) not submitted: this apply lost the project lock "
+                "(paused longer than its lease); the apply holding it now submits them"
+            )
+            continue
         refused: list[str] = []
         try:
             job_ids = project.backend(backend_name).submit(requests)
