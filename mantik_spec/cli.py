@@ -282,7 +282,9 @@ def _exit_on_errors(errors: list[str]) -> None:
 @PROJECT_DIR
 @click.argument("planfile", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--auto-approve", is_flag=True, help="Apply without asking.")
-@click.option("--wait", is_flag=True, help="Follow the runs to the end; exit 1 if any failed.")
+@click.option(
+    "--wait", is_flag=True, help="Follow the runs to the end, resubmitting failed ones while retries allow; exit 1 if any failed."
+)
 @click.option("--prune", is_flag=True, help="Cancel live runs the spec no longer declares.")
 @click.option("--replace", multiple=True, metavar="POINT", help=REPLACE_HELP)
 @click.option(
@@ -342,12 +344,44 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
         click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
         if wait and result.started:
             failures = _follow(project, result.started)
+            while failures and saved is None:  # retries: are spent now, as Slurm's requeue would
+                retried = operation.apply(
+                    project,
+                    confirm=lambda plan, failed=failures: _only_retries_of(plan, failed),
+                    show=lambda plan: None,
+                    lock_timeout=timeout,
+                    on_lock_wait=waiting,
+                )
+                if not retried.applied or not retried.started:
+                    break  # no retries left (or the plan holds more than retries: that is the next apply's)
+                click.echo(f"\nRetrying {len(retried.started)} failed run(s): {_retry_reasons(retried.plan)}")
+                failures = _follow(project, retried.started)
             if failures:
                 _report_calls(ctx, project)
                 _print_failures(failures)
                 sys.exit(1)
     _report_calls(ctx, project)
     _exit_on_errors(result.plan.errors)
+
+
+def _only_retries_of(plan, failures) -> bool:
+    """Whether ``plan`` only starts new attempts of points that just failed: `apply --wait` carries those out
+    without asking again; anything else (a new commit meanwhile) waits for the next apply."""
+    from .reconcile.plan import Action
+
+    failed = {f.point_id for f in failures}
+    changes = plan.changes()
+    return bool(changes) and all(
+        e.action in (Action.RETRY, Action.REPAIR) and e.point_id in failed and e.next_attempt for e in changes
+    )
+
+
+def _retry_reasons(plan) -> str:
+    from .reconcile.render import printable
+
+    return "; ".join(printable(f"{e.point_id}: {e.reason}") for e in plan.changes()[:3]) + (
+        f"; and {len(plan.changes()) - 3} more" if len(plan.changes()) > 3 else ""
+    )
 
 
 def _follow(project, run_ids) -> list:

@@ -108,19 +108,40 @@ def test_shell_metacharacters_in_parameters_stay_literal(project, tmp_path):
 
 
 def test_failed_run_is_retried_then_reported(project):
+    """`apply --wait` spends the retries itself, as Slurm's requeue would; then the point is reported failed."""
     spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: 0.1, fail: true}\n    retries: 1")
     project.write("mantik.yaml", spec)
     project.commit("failing")
     first = project.mantik("apply", "--auto-approve", "--wait", check=1)
-    assert "did not finish successfully" in first.stderr
-    plan = project.plan_json()
-    assert [r["action"] for r in plan["runs"]] == ["retry"]
-    assert plan["runs"][0]["attempt"] == 2
-    project.mantik("apply", "--auto-approve", "--wait", check=1)
+    assert "Retrying 1 failed run(s): sweep[" in first.stdout and "attempt 2 of 2" in first.stdout
+    assert "1 run(s) did not finish successfully" in first.stderr
     final = project.mantik("plan", "--detailed-exitcode", check=0)
     assert "Failed, no retries left" in final.stdout
     assert sorted(r.data.tags["mantik.attempt"] for r in project.runs()) == ["1", "2"]
     assert {r.data.tags["mantik.exit_code"] for r in project.runs()} == {"3"}
+
+
+def test_wait_retries_a_flaky_run_until_it_finishes(project):
+    """A run that fails once (a node hiccup) and then succeeds: one `apply --wait`, exit 0."""
+    marker = project.path.parent / "failed-once"
+    project.write(
+        "train.py",
+        f"""
+        import pathlib, sys
+        marker = pathlib.Path({str(marker)!r})
+        if not marker.exists():
+            marker.write_text("x")
+            sys.exit("first attempt: the node went away")
+        print("trained")
+        """,
+    )
+    project.write("mantik.yaml", BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: 0.1}\n    retries: 2"))
+    project.commit("flaky")
+    result = project.mantik("apply", "--auto-approve", "--wait")
+    assert "Retrying 1 failed run(s)" in result.stdout
+    statuses = sorted((r.data.tags["mantik.attempt"], r.info.status) for r in project.runs())
+    assert statuses == [("1", "FAILED"), ("2", "FINISHED")]
+    assert "No changes" in project.mantik("plan").stdout
 
 
 def test_max_parallel_holds_after_the_cli_exits(project):
