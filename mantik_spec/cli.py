@@ -636,7 +636,7 @@ def reproduce(directory, run_id, backend, lock_timeout):
 @click.option(
     "--backend-config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Run on the UNICORE site of an existing Mantik compute-backend config.",
+    help="Run on the site of an existing Mantik compute-backend config (UNICORE, SSH or Firecrest).",
 )
 @click.option(
     "--ci", type=click.Choice(["github", "gitlab"]), help="Also write CI files: plan on review, apply on merge."

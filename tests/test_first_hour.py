@@ -92,6 +92,10 @@ def test_install_line_pins_what_is_installed(tmp_path):
     git(checkout, "update-ref", "refs/remotes/origin/main", commit)
     assert _requirement(editable) == f"mantik-spec @ git+ssh://git@git.example.org/org/mantik-spec.git@{commit}"
 
+    git(checkout, "remote", "set-url", "origin", "https://gitlab-ci-token:s3cr3t@git.example.org/org/mantik-spec.git")
+    written = _requirement(editable)
+    assert written == f"mantik-spec @ git+https://git.example.org/org/mantik-spec.git@{commit}" and "s3cr3t" not in written
+
     assert ci_install_command("mantik-spec==1.2") == "pip install mantik-spec==1.2"
     assert ci_install_command("pip install -r ci/requirements.txt") == "pip install -r ci/requirements.txt"
 

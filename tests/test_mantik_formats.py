@@ -719,3 +719,18 @@ def test_init_writes_a_firecrest_backend_for_a_firecrest_config(tmp_path):
     text = (tmp_path / "mantik.yaml").read_text()
     assert 'hpc: {type: firecrest, config: "compute-backend-config.yaml"}' in text
     assert load_spec(tmp_path).spec.backends["hpc"].machine == "clariden"
+
+
+def test_expanded_variables_cannot_close_their_quotes(tmp_path):
+    """With shell_expansion a variable keeps $ live, but no value can end its quotes and run the rest."""
+    from mantik_spec.operations.apply import in_environment
+    from mantik_spec.spec.model import Environment
+
+    marker = tmp_path / "ran"
+    values = {"A": "ends in \\", "B": f'x\\"; touch {marker}; echo "', "C": "$HOME/data"}
+    environment = Environment(shell_expansion=True, variables=values)
+    command = in_environment('printf "%s|%s|%s" "$A" "$B" "$C"', environment)
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env={"HOME": "/home/u"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f'ends in \\|x\\"; touch {marker}; echo "|/home/u/data'
+    assert not marker.exists()

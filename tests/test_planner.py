@@ -371,4 +371,18 @@ def test_replace_runs_a_finished_point_again_but_never_beside_a_live_run():
     live = observed(want, status="RUNNING")
     jobs = {("local", live.job_id): JobStatus(JobState.RUNNING)}
     kept = only(make_plan([want], [live], jobs, commit="c" * 40, spec_digest="d", replace=[want.point.point_id]))
-    assert kept.action is Action.RUNNING
+    assert kept.action is Action.RUNNING and kept.reason.endswith("not replaced: it is live (cancel it first)")
+
+
+def test_a_prefix_naming_runs_of_several_points_names_none():
+    from mantik_spec.operations.errors import UserError
+    from mantik_spec.operations.runref import matching_runs, refuse_ambiguous
+
+    first, second = desired(point(lr=0.1)), desired(point(lr=0.2))
+    runs = [observed(first, job_id="50120"), observed(second, job_id="50121")]
+    runs[0].job_id, runs[1].job_id = "50120", "50121"
+    found = matching_runs(runs, "5012")
+    assert len(found) == 2
+    with pytest.raises(UserError, match="names runs of 2 points"):
+        refuse_ambiguous(found, "5012", "demo")
+    refuse_ambiguous(matching_runs(runs, "50120"), "50120", "demo")  # a whole job id names its run

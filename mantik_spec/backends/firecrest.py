@@ -289,7 +289,8 @@ class FirecrestBackend:
                 "batch_dir": batch_dir,
                 "output": sbatch_quote(f"--output={batch_dir.replace('%', '%%')}/slurm-%A_%a.out"),
                 "directives": directives(self.config)
-                + ([] if self.config.account or not self._account() else [f"--account={self._account()}"]),
+                # the budget account from the environment is quoted as sbatch reads #SBATCH lines
+                + ([] if self.config.account or not self._account() else [sbatch_quote(f"--account={self._account()}")]),
                 "array": f"0-{len(batch) - 1}" if self.config.array else "",
                 "modules": self.config.modules,
                 "setup": self.config.setup,

@@ -194,7 +194,7 @@ def remote_data(project: Project, context: Submission, starts, sources) -> dict[
         raise UserError(str(exc)) from None
 
 
-BATCH_BACKENDS = ("slurm", "unicore")  # where a job holds an allocation that srun can start tasks in
+BATCH_BACKENDS = ("slurm", "unicore", "firecrest")  # where a job holds an allocation srun can start tasks in
 
 
 def launches_with_srun(environment: Environment | None, backend_type: str) -> bool:
@@ -234,7 +234,9 @@ def in_environment(
     if raw:  # NAME="value", as UNICORE wrote Mantik's Variables into the batch script; the rest stay literal
         for name, value in environment.variables.items():
             if SHELL_SYNTAX.search(value) and VARIABLE_NAME.fullmatch(name):
-                escaped = value.replace('"', '\\"')
+                # $ and backquotes stay live; a backslash before a quote or at the end is doubled so that
+                # no value can close the quotes and run the rest as commands
+                escaped = re.sub(r'\\(?=")|\\$', r"\\\\", value).replace('"', '\\"')
                 steps.append(f'export {name}="{escaped}"')
     if environment.modules:
         steps.append(f"module load {' '.join(shlex.quote(m) for m in environment.modules)}")

@@ -10,7 +10,7 @@ from ..state.lock import project_lock
 from ..state.tags import FailureKind, RunStatus, failure_tags
 from .errors import UserError
 from .project import Project, poll_jobs
-from .runref import find_run, matching_runs
+from .runref import find_run, matching_runs, refuse_ambiguous
 
 
 def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> list[str]:
@@ -21,6 +21,8 @@ def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> l
         unknown = [t for t, found in named.items() if not found]
         if unknown:
             raise UserError(f"no experiment, run, job or point named {', '.join(unknown)}")
+        for target, found in named.items():  # a prefix that names several points cancels nothing
+            refuse_ambiguous(found, target, project.spec.project)
         chosen_ids = {r.run_id for found in named.values() for r in found}
         chosen = [r for r in runs if r.live and (r.run_id in chosen_ids or r.experiment in targets)]
         poll_jobs(project, chosen)  # an intent whose job exists unrecorded gets its job id: cancel that too

@@ -8,6 +8,7 @@ source the CI runner can reach. pip records where a distribution came from in it
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from importlib import metadata
@@ -74,6 +75,9 @@ def _from_checkout(directory: Path) -> str:
         if not colon or "/" in host:  # a path on this machine: no CI runner reaches it
             raise UserError(_no_source(f"the remote of {directory} is the local path {remote}"))
         remote = f"ssh://{host}/{path}"  # scp-like git@host:org/repo, which pip wants as a URL
+    # a CI clone's origin often carries a token (https://gitlab-ci-token:TOKEN@host/...): never write it into
+    # a committed file; ssh's user name (git@) is no secret and ssh needs it
+    remote = re.sub(r"^(https?://)[^/@]*@", r"\1", remote)
     if not git("branch", "-r", "--contains", commit):
         raise UserError(_no_source(f"commit {commit[:7]} of {directory} is not pushed to {remote}"))
     return f"{DISTRIBUTION} @ git+{remote}@{commit}"

@@ -55,3 +55,11 @@ def find_run(runs: list[ObservedRun], reference: str, project: str) -> ObservedR
         shown = ", ".join(f"{r.run_id[:12]} ({r.point_id})" for r in sorted(found, key=lambda r: r.point_id)[:5])
         raise UserError(f"'{reference}' names runs of {len(points)} points: {shown}; give more of the id")
     return latest(found)
+
+
+def refuse_ambiguous(found: list[ObservedRun], reference: str, project: str) -> None:
+    """A prefix that matches runs of several points names none of them (raises :class:`UserError`, naming the
+    candidates); a full run or job id, or a point id, may name several runs (all attempts, an array)."""
+    exact = any(reference in (r.run_id, r.job_id, job_label(r.job_id)) for r in found)
+    if not exact and len({r.point_id for r in found}) > 1:
+        find_run(found, reference, project)

@@ -19,6 +19,7 @@ is for people, and is recorded with the kind when a run is closed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 
@@ -163,7 +164,8 @@ def _plan_point(
 def _replaced(want: DesiredRun, runs: list[ObservedRun], planned: PlannedRun) -> PlannedRun:
     """A point asked to run again: a new attempt of the same key, unless one is still live."""
     if planned.action in (Action.RUNNING, Action.REPAIR) and any(r.live for r in runs):
-        return planned  # replacing what runs would double it: cancel it first
+        # replacing what runs would double it
+        return dataclasses.replace(planned, reason=planned.reason + "; not replaced: it is live (cancel it first)")
     attempt = max((r.attempt for r in runs), default=0) + 1
     return _entry(
         want,
