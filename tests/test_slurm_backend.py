@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mantik_spec.backends.base import CommandTimeout, JobRequest, JobState, SubmissionFailed
+from mantik_spec.backends.base import BackendError, CommandTimeout, JobRequest, JobState, SubmissionFailed
 from mantik_spec.backends.hosts import CommandResult, ConnectionDropped, LocalHost
 from mantik_spec.backends.slurm import (
     NEVER_STARTED,
@@ -313,7 +313,7 @@ def test_validate_refuses_memory_set_twice_and_line_breaks_in_paths(project):
         project.path / "mantik.yaml",
         """\
         workdir: "/scratch/a\\ntouch /tmp/x"
-        python: "python3\\u0000"
+        python: "python3\\nrm -rf x"
         resources: {mem: 1G, mem_per_cpu: 1G}
         sbatch_args: [--mem-per-gpu=2G]
         """,
@@ -321,6 +321,7 @@ def test_validate_refuses_memory_set_twice_and_line_breaks_in_paths(project):
     lines = project.mantik("validate", check=1).stderr.strip().splitlines()
     assert any(line.startswith("mantik.yaml:12:") and "workdir: contains a line break" in line for line in lines)
     assert any(line.startswith("mantik.yaml:13:") and "python: contains a line break or NUL" in line for line in lines)
+    # (a NUL anywhere is refused as the file is read, before these checks: tests/test_spec_hostile.py)
     memory = next(line for line in lines if "memory" in line)
     assert memory.startswith("mantik.yaml:14:")
     assert "resources.mem, resources.mem_per_cpu, sbatch_args --mem-per-gpu=2G" in memory
@@ -347,3 +348,11 @@ def test_connection_lost_during_sbatch_is_resolved_by_looking(tmp_path, failure)
     queued.extend([0, 1])  # the controller had it after all: the next plan adopts it by its name
     slurm._listing = None
     assert slurm.find(["run0", "run1"]) == {"run0": "31_0", "run1": "31_1"}
+
+
+def test_a_scheduler_command_missing_here_is_one_line_naming_it(tmp_path):
+    """sbatch absent: env(1) answers 127; that is a plain refusal naming sbatch, never a job in doubt."""
+    made = backend(tmp_path, {"sbatch": [("", "env: 'sbatch': No such file or directory", 127)]})
+    with pytest.raises(BackendError, match=r"`sbatch` is not on the PATH where mantik runs it"):
+        made.submit(requests(tmp_path, 1))
+    assert [command[0] for command in made.host.commands] == ["sbatch"]  # no queue lookup: nothing was sent

@@ -229,7 +229,16 @@ class SlurmBackend:
 
     def _run(self, argv: list[str], secrets: dict | None = None):
         self.calls[argv[0]] += 1
-        return self.host.run(["env", *self._unset, *argv], secrets=secrets)
+        try:
+            result = self.host.run(["env", *self._unset, *argv], secrets=secrets)
+        except CommandTimeout as exc:  # name the scheduler command, not the env(1) that starts it
+            raise CommandTimeout(str(exc).replace("`env`", f"`{argv[0]}`", 1)) from None
+        if result.returncode == 127:  # env(1)'s exit status when it cannot find the command (POSIX)
+            raise BackendError(
+                f"`{argv[0]}` is not on the PATH where mantik runs it ({result.error_line()}): run mantik where "
+                "the scheduler's commands are, or make the login shell load them"
+            )
+        return result
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.workdir, *parts])
