@@ -443,7 +443,7 @@ class FirecrestBackend:
             for run_id, batch in waiting.items():
                 if batch not in base_of:
                     continue
-                if not any(job_id.startswith(base_of[batch] + "_") for job_id in listing):  # not an array
+                if not self.config.array:  # as submitted (_job_ids): the listing's form cannot tell this
                     found[run_id] = base_of[batch]
                     continue
                 lines = (self._read(self._path("batches", batch, "runs.txt")) or "").splitlines()
