@@ -121,15 +121,15 @@ def trial_spec(base: str, trial: int) -> str:
     return base.replace("[0.1, 0.2]", f"[{values}]").replace("[0.1, 0.2, 0.3]", f"[{values}]")
 
 
-def check_trials(project, spec: str, tracking_uri: str, env: dict | None = None) -> dict:
-    """Run TRIALS rounds of parallel applies; return what the doc reports."""
+def check_trials(project, spec: str, tracking_uri: str, env: dict | None = None, trials: int = TRIALS) -> dict:
+    """Run ``trials`` rounds of parallel applies; return what the doc reports."""
     project.write("mantik.yaml", trial_spec(spec, 1000))  # the baseline: one apply, nobody to wait for
     project.commit("baseline")
     started = time.perf_counter()
     project.mantik("apply", "--auto-approve", env=env)
     single = time.perf_counter() - started
     duplicates, seconds = 0, []
-    for trial in range(TRIALS):
+    for trial in range(trials):
         project.write("mantik.yaml", trial_spec(spec, trial))
         project.commit(f"trial {trial}")
         started = time.perf_counter()
@@ -142,7 +142,7 @@ def check_trials(project, spec: str, tracking_uri: str, env: dict | None = None)
         duplicates += sum(count - 1 for count in counts.values())
     assert duplicates == 0
     figures = {
-        "trials": TRIALS,
+        "trials": trials,
         "duplicates": duplicates,
         "one apply alone (s)": round(single, 2),
         f"{PARALLEL} applies at once (s)": round(sum(seconds) / len(seconds), 2),
