@@ -24,9 +24,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PARALLEL = 8
 # CI runs the count docs/reliability.md quotes; locally a few trials exercise the same path
-# 8 per store under CI=true keep the whole suite well inside CI's time; the figures of docs/reliability.md were
+# 5 per store under CI=true keep the whole suite well inside CI's time; the figures of docs/reliability.md were
 # measured with MANTIK_RELIABILITY_TRIALS=20
-TRIALS = int(os.environ.get("MANTIK_RELIABILITY_TRIALS", "8" if IN_CI else "3"))
+TRIALS = int(os.environ.get("MANTIK_RELIABILITY_TRIALS", "5" if IN_CI else "3"))
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 
