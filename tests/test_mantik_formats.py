@@ -607,12 +607,12 @@ def test_mlproject_types_mlflow_does_not_check_are_strings_and_explained(tmp_pat
 
 
 @pytest.mark.e2e
-def test_srun_starts_one_task_per_slot_of_a_real_slurm_allocation(project):
-    """An environment launching through srun runs the command once per task (ntasks: 2), the runner once."""
+def test_srun_starts_one_task_per_slot_of_a_real_slurm_allocation(project, slurm_cluster):
+    """An environment launching through srun runs the command once per task (ntasks: 2), the runner once,
+    on the test run's own Slurm."""
     from .test_slurm import slurm_is_up, slurm_spec
 
-    if not slurm_is_up():
-        pytest.skip("Slurm is not running here: start it with `bash scripts/slurm-local.sh` (root)")
+    assert slurm_is_up(), slurm_cluster.logs()
     spec = slurm_spec(lrs="[0.1]").replace("resources: {ntasks: 1,", "resources: {ntasks: 2,")
     spec = spec.replace("    poll_interval: 0.5s\n", "    poll_interval: 0.5s\n    environment: tasks\n")
     project.write("mantik.yaml", spec + "environments:\n  tasks: {srun: true}\n")
