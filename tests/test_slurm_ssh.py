@@ -161,8 +161,10 @@ def test_a_staged_commit_is_not_sent_again(over_ssh, sshd):
     subprocess.run(["scancel", job_id.split("_")[0]], check=True)
     over_ssh.wait_until(lambda: squeue_state(job_id) in ("", "CANCELLED"), timeout=60)
     plan = over_ssh.plan_json()
-    assert [e["symbol"] for e in plan["runs"] if e["parameters"]["lr"] == 0.4] == ["!"]
-    third = over_ssh.mantik("-v", "apply", "--auto-approve")  # repaired and resubmitted at the same commit
+    # "!" when the plan sees the job gone while the run is open, "x" when the runner closed the run on the
+    # signal first (no retries are declared): either way no code is staged again for this commit
+    assert [e["symbol"] for e in plan["runs"] if e["parameters"]["lr"] == 0.4] in (["!"], ["x"])
+    third = over_ssh.mantik("-v", "apply", "--auto-approve")  # at the same commit
     assert "0 code tree(s) sent" in ssh_line(third.stderr)
 
 
