@@ -84,8 +84,10 @@ def test_first_command_killed_while_creating_the_store_leaves_none_half_built(pr
 
 
 def half_built_store(database: Path) -> None:
-    """What MLflow leaves when killed during its table creation: some tables, no schema version."""
+    """What MLflow leaves when killed during its table creation: some tables, no schema version (in place of
+    the migrated store the project fixture copies in)."""
     database.parent.mkdir(parents=True, exist_ok=True)
+    database.unlink(missing_ok=True)
     script = (
         "import sqlalchemy, sys\n"
         "from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase\n"
