@@ -218,7 +218,7 @@ def test_watch_replans_on_every_change_and_stops_on_ctrl_c(project):
         wait_for("unknown key 'max_paralel'; did you mean 'max_parallel'?")
         (project.path / "train.py").write_text((project.path / "train.py").read_text() + "\n# edited\n")
         (project.path / "mantik.yaml").write_text(spec)
-        wait_for("Warning: uncommitted changes in code, data or spec files (train.py)")
+        wait_for("Warning: uncommitted changes in code, data or spec files (train.py)", timeout=120)
     finally:
         process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
