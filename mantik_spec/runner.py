@@ -30,6 +30,10 @@ SIGNALLED_KIND = "signalled"  # FailureKind.SIGNALLED: the scheduler knows why (
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"  # RunStatus values
 
 
+class _CancelledBeforeStart(Exception):
+    pass
+
+
 def _warn(message):
     sys.stderr.write(f"mantik runner: {message}\n")
     sys.stderr.flush()
@@ -90,13 +94,24 @@ def _unpack(archive, workdir):
 
 
 def main(job_dir):
+    cancelled = []
+
+    def on_signal(signum, _frame):
+        cancelled.append(signum)  # the child shares our process group and got the signal too
+
+    # First of all: a cancel that arrives while mlflow is still being imported (seconds) must end the
+    # job as cancelled, with its exit code written, not kill the runner before it can say so.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
     with open(os.path.join(job_dir, "job.json")) as handle:
         job = json.load(handle)
     workdir = os.path.join(job_dir, job.get("workdir", "work"))
     if job.get("archive"):
         _unpack(os.path.join(job_dir, job["archive"]), workdir)
     tracking = Tracking(job["tracking_uri"], job["run_id"])
-    tracking.do("update_run", status=RUNNING)
+    if not cancelled:
+        tracking.do("update_run", status=RUNNING)
 
     environment = dict(os.environ)
     environment.update(job.get("environment", {}))
@@ -108,17 +123,11 @@ def main(job_dir):
     if job.get("path_prepend"):
         environment["PATH"] = job["path_prepend"] + os.pathsep + environment.get("PATH", "")
 
-    cancelled = []
-
-    def on_signal(signum, _frame):
-        cancelled.append(signum)  # the child shares our process group and got the signal too
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
     log_path = os.path.join(job_dir, OUTPUT_FILE)
     with open(log_path, "ab", buffering=0) as log:
         try:
+            if cancelled:
+                raise _CancelledBeforeStart
             child = subprocess.Popen(
                 ["/bin/sh", "-c", job["command"]],
                 cwd=workdir,
@@ -127,12 +136,17 @@ def main(job_dir):
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+            if cancelled:  # arrived between the check and the start: the new child missed it
+                child.send_signal(signal.SIGTERM)
             while True:
                 try:
                     code = child.wait()
                     break
                 except InterruptedError:  # pragma: no cover - PEP 475 retries for us
                     continue
+        except _CancelledBeforeStart:
+            log.write(b"mantik runner: cancelled before the command started\n")
+            code = 128 + signal.SIGTERM
         except OSError as exc:
             log.write(f"mantik runner: cannot start the command: {exc}\n".encode())
             code = 127

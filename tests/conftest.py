@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.zygote import Zygote
+
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -63,6 +65,35 @@ def mantik_command() -> list[str]:
     if not found:
         pytest.fail("the `mantik` command is not installed: pip install -e .")
     return [found]
+
+
+_ZYGOTE: Zygote | None = None
+EXEC_EACH = os.environ.get("MANTIK_TEST_EXEC", "") not in ("", "0")
+
+
+def run_mantik(
+    args: list[str], cwd: Path, env: dict[str, str], input: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """``mantik ARGS`` in its own process, as ``subprocess.run(..., capture_output=True, text=True)`` would run
+    the console script; forked from a pre-imported zygote (tests/zygote.py) unless MANTIK_TEST_EXEC=1."""
+    global _ZYGOTE
+    if EXEC_EACH:
+        return subprocess.run(
+            [*mantik_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, input=input
+        )
+    if _ZYGOTE is None:
+        import tempfile
+
+        _ZYGOTE = Zygote(Path(tempfile.mkdtemp(prefix="mantik-zygote-")))
+    return _ZYGOTE.run([*mantik_command(), *args], cwd, env, input, timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_zygote():
+    yield
+    if _ZYGOTE is not None:
+        _ZYGOTE.stop()
+        shutil.rmtree(Path(_ZYGOTE.path).parent, ignore_errors=True)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -140,15 +171,7 @@ class Project:
     def mantik(
         self, *args: str, check: int | None = 0, timeout: float = 180, env: dict | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [*mantik_command(), *args],
-            cwd=self.path,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**self.env, **(env or {})},
-            input=input,
-        )
+        result = run_mantik(list(args), self.path, {**self.env, **(env or {})}, input=input, timeout=timeout)
         if check is not None and result.returncode != check:
             raise AssertionError(
                 f"mantik {' '.join(args)} exited {result.returncode}, expected {check}\n"

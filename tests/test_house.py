@@ -284,6 +284,49 @@ def test_a_run_the_runner_saw_signalled_is_recorded_as_such(store, tmp_path):
     assert tracking.client.get_run(run_id).data.tags["mantik.failure_kind"] == "signalled"  # not read from the text
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_a_job_cancelled_while_its_runner_starts_never_runs_and_says_so(store, tmp_path):
+    """A cancel can come while the runner still imports mlflow (seconds on a busy node): the command never
+    starts, the run is KILLED, and the exit code is written for the backend, as for any cancelled job."""
+    import os
+    import signal
+    import time
+
+    from mantik_spec.state.tags import RunStatus, identity_tags
+
+    tracking = _project_store(store, "early-cancel")
+    experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    tags = identity_tags(
+        project="early-cancel", experiment="sweep", point_id="sweep[]", run_key="e" * 64, attempt=1, commit="c",
+        code="tree", command="touch started", parameters={}, data={}, environment="", backend="local",
+    )  # fmt: skip
+    run_id = tracking.create_run(experiment_id, "sweep[]", tags, {})
+    job_dir = tmp_path / "job"
+    (job_dir / "work").mkdir(parents=True)
+    job = {"run_id": run_id, "command": "touch started", "tracking_uri": tracking.uri, "experiment_id": experiment_id}
+    (job_dir / "job.json").write_text(json.dumps(job))
+    runner = subprocess.Popen(
+        [sys.executable, str(ROOT / "mantik_spec" / "runner.py"), str(job_dir)], start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while not _catches(runner.pid, signal.SIGTERM) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(runner.pid, signal.SIGTERM)  # now: mlflow's import takes far longer than getting here
+    assert runner.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not (job_dir / "work" / "started").exists()
+    assert (job_dir / "exit_code").read_text() == "143\n"
+    assert "cancelled before the command started" in (job_dir / "output.log").read_text()
+    [run] = tracking.observe()
+    assert run.status is RunStatus.KILLED
+
+
 def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
     """Repairs and prunes write the failure kind the plan decided, beside the plan's reason."""
     from types import SimpleNamespace

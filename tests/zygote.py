@@ -1,0 +1,226 @@
+"""``mantik`` commands for the tests without paying mantik's imports each time.
+
+Every ``mantik`` process the tests start spends about three seconds importing mlflow, SQLAlchemy and alembic
+before it does a millisecond of work, and the suite starts over a thousand of them. A zygote (as Android,
+Chromium and ``multiprocessing``'s forkserver do it) imports them once; each command is a fork of it that
+becomes the command: its own process with its own pid, working directory, environment, standard streams and
+exit status, running the same ``mantik_spec.cli:main`` the console script runs, and ending the way the
+interpreter ends (atexit handlers, threads joined, streams flushed). Nothing mantik computes from its
+environment or working directory is computed before the fork: the zygote only imports modules.
+
+``MANTIK_TEST_EXEC=1`` starts the installed console script for every command instead. Tests that need the
+real executable (signals sent to it, a pty, wrappers such as ``unshare``) start it themselves.
+
+Protocol, over a Unix socket: the client sends an 8-byte length with its stdin/stdout/stderr descriptors,
+then a JSON request ``{"argv", "cwd", "env"}``; a monitor forked for the request forks the command, answers
+``{"pid": N}``, waits for it and answers ``{"returncode": N}`` (negative: the signal that ended it, as
+``subprocess`` reports it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+_HEADER = struct.Struct("!Q")
+# Imported before the fork: everything a plan, apply or status imports, and nothing that reads the environment.
+PRELOAD = (
+    "mantik_spec.cli",
+    "mantik_spec.operations.project",
+    "mantik_spec.operations.apply",
+    "mantik_spec.operations.status",
+    "mantik_spec.operations.show",
+    "mantik_spec.operations.control",
+    "mantik_spec.backends.local",
+    "mantik_spec.backends.slurm",
+    "mantik_spec.backends.ssh",
+    "mantik_spec.spec.load",
+    "mantik_spec.state.tracking",
+    "mantik_spec.state.versions",
+    "mlflow.tracking.client",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.tracking.rest_store",
+)
+
+
+# ---- the server side -------------------------------------------------------------------------------------------
+
+
+def _read_exactly(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the client went away")
+        data += chunk
+    return data
+
+
+def serve(path: str) -> dict | None:
+    """Accept requests on ``path`` forever. Returns only in a forked command, with its request."""
+    import importlib
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+    assert threading.active_count() == 1, "a thread before fork would be lost in every command"
+    import gc
+
+    gc.freeze()  # the imported modules live for the whole process: no collection needs to walk them
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    while True:
+        connection, _ = listener.accept()
+        if os.fork() == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            request = _monitor(connection)
+            return request  # only the command itself gets here
+        connection.close()
+
+
+def _monitor(connection: socket.socket) -> dict:
+    header, fds, _flags, _address = socket.recv_fds(connection, _HEADER.size, 3)
+    (size,) = _HEADER.unpack(header + _read_exactly(connection, _HEADER.size - len(header)))
+    request = json.loads(_read_exactly(connection, size))
+    request["fds"] = fds
+    pid = os.fork()
+    if pid == 0:
+        connection.close()
+        return request
+    for fd in fds:
+        os.close(fd)
+    connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    _, status = os.waitpid(pid, 0)
+    connection.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+    os._exit(0)
+
+
+def become(request: dict) -> None:
+    """Turn this forked process into ``mantik ARGS`` as the console script would start it, and run it."""
+    # sys.stdin/stdout/stderr stay the objects Python made at start-up, on descriptors 0-2 and with nothing
+    # buffered (the zygote flushed and never read): after dup2 they are the command's own streams
+    for target, fd in enumerate(request["fds"]):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = list(request["argv"])
+    sys.path[0] = str(Path(request["argv"][0]).parent)  # the console script's directory, as for the script
+    from mantik_spec.cli import main
+
+    sys.exit(main())
+
+
+# ---- the client side -------------------------------------------------------------------------------------------
+
+
+class Zygote:
+    """One per test process, started on first use."""
+
+    def __init__(self, directory: Path):
+        self.path = str(directory / "zygote.sock")
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, self.path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=environment,
+            cwd=directory,
+        )
+        assert self.process.stdout is not None
+        ready = self.process.stdout.readline()
+        if ready != b"ready\n":
+            raise RuntimeError(f"the mantik zygote did not start (exit {self.process.wait()})")
+
+    def run(
+        self, argv: list[str], cwd: Path, env: dict[str, str], input: str | None, timeout: float
+    ) -> subprocess.CompletedProcess:
+        """``subprocess.run(argv, cwd=, env=, input=, capture_output=True, text=True, timeout=)``, forked."""
+        stdin_read, stdin_write = os.pipe()
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(self.path)
+            body = json.dumps({"argv": argv, "cwd": str(cwd), "env": env}).encode()
+            socket.send_fds(connection, [_HEADER.pack(len(body))], [stdin_read, out_write, err_write])
+            connection.sendall(body)
+        finally:
+            for fd in (stdin_read, out_write, err_write):
+                os.close(fd)
+        outputs: dict[int, bytes] = {}
+
+        def drain(fd: int) -> None:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            os.close(fd)
+            outputs[fd] = b"".join(chunks)
+
+        readers = [threading.Thread(target=drain, args=(fd,), daemon=True) for fd in (out_read, err_read)]
+        for reader in readers:
+            reader.start()
+        feeder = threading.Thread(target=_feed, args=(stdin_write, (input or "").encode()), daemon=True)
+        feeder.start()
+        answers = connection.makefile("rb")
+        pid = json.loads(answers.readline())["pid"]
+        connection.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            line = answers.readline()
+        except TimeoutError:
+            line = b""
+        if not line:
+            os.kill(pid, signal.SIGKILL)  # as subprocess.run does on its timeout
+            answers.close()
+            connection.close()
+            raise subprocess.TimeoutExpired(argv, timeout)
+        returncode = json.loads(line)["returncode"]
+        answers.close()
+        connection.close()
+        for reader in readers:  # the command's children may still hold the pipes: wait as subprocess does
+            reader.join(max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(argv, timeout)
+        return subprocess.CompletedProcess(
+            argv, returncode, _text(outputs.get(out_read, b"")), _text(outputs.get(err_read, b""))
+        )
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def _text(data: bytes) -> str:
+    """What ``text=True`` makes of a stream: decoded strictly, universal newlines."""
+    return data.decode().replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _feed(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
+
+
+if __name__ == "__main__":
+    forked = serve(sys.argv[1])
+    if forked is not None:
+        become(forked)
