@@ -241,38 +241,35 @@ def test_records_written_before_the_failure_kind_plan_as_they_did(store):
     assert _plan_rows(current, _write_records(current, LEGACY_RECORDS, NEW_KINDS)) == rows
 
 
+def _start_runner(tracking, project: str, command: str, job_dir: Path) -> tuple[str, subprocess.Popen]:
+    """A run recorded as apply records it, and the in-job runner started on it as a backend starts it."""
+    from mantik_spec.state.tags import identity_tags
+
+    experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    tags = identity_tags(
+        project=project, experiment="sweep", point_id="sweep[]", run_key=project[0] * 64, attempt=1, commit="c",
+        code="tree", command=command, parameters={}, data={}, environment="", backend="local",
+    )  # fmt: skip
+    run_id = tracking.create_run(experiment_id, "sweep[]", tags, {})
+    (job_dir / "work").mkdir(parents=True)
+    job = {"run_id": run_id, "command": command, "tracking_uri": tracking.uri, "experiment_id": experiment_id}
+    (job_dir / "job.json").write_text(json.dumps(job))
+    runner = subprocess.Popen(
+        [sys.executable, str(ROOT / "mantik_spec" / "runner.py"), str(job_dir)], start_new_session=True
+    )
+    return run_id, runner
+
+
 def test_a_run_the_runner_saw_signalled_is_recorded_as_such(store, tmp_path):
     """The runner writes the failure kind beside its message, and observe reads it back typed."""
     import os
     import signal
     import time
 
-    from mantik_spec.state.tags import FailureKind, RunStatus, identity_tags
+    from mantik_spec.state.tags import FailureKind, RunStatus
 
     tracking = _project_store(store, "signalled")
-    experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
-    tags = identity_tags(
-        project="signalled",
-        experiment="sweep",
-        point_id="sweep[]",
-        run_key="s" * 64,
-        attempt=1,
-        commit="c",
-        code="tree",
-        command="sleep 60",
-        parameters={},
-        data={},
-        environment="",
-        backend="local",
-    )
-    run_id = tracking.create_run(experiment_id, "sweep[]", tags, {})
-    job_dir = tmp_path / "job"
-    (job_dir / "work").mkdir(parents=True)
-    job = {"run_id": run_id, "command": "sleep 60", "tracking_uri": tracking.uri, "experiment_id": experiment_id}
-    (job_dir / "job.json").write_text(json.dumps(job))
-    runner = subprocess.Popen(
-        [sys.executable, str(ROOT / "mantik_spec" / "runner.py"), str(job_dir)], start_new_session=True
-    )
+    run_id, runner = _start_runner(tracking, "signalled", "sleep 60", tmp_path / "job")
     deadline = time.monotonic() + 120
     while not _runs_command(runner.pid, b"sleep 60") and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -299,22 +296,11 @@ def test_a_job_cancelled_while_its_runner_starts_never_runs_and_says_so(store, t
     import signal
     import time
 
-    from mantik_spec.state.tags import RunStatus, identity_tags
+    from mantik_spec.state.tags import RunStatus
 
     tracking = _project_store(store, "early-cancel")
-    experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
-    tags = identity_tags(
-        project="early-cancel", experiment="sweep", point_id="sweep[]", run_key="e" * 64, attempt=1, commit="c",
-        code="tree", command="touch started", parameters={}, data={}, environment="", backend="local",
-    )  # fmt: skip
-    run_id = tracking.create_run(experiment_id, "sweep[]", tags, {})
     job_dir = tmp_path / "job"
-    (job_dir / "work").mkdir(parents=True)
-    job = {"run_id": run_id, "command": "touch started", "tracking_uri": tracking.uri, "experiment_id": experiment_id}
-    (job_dir / "job.json").write_text(json.dumps(job))
-    runner = subprocess.Popen(
-        [sys.executable, str(ROOT / "mantik_spec" / "runner.py"), str(job_dir)], start_new_session=True
-    )
+    _, runner = _start_runner(tracking, "early-cancel", "touch started", job_dir)
     deadline = time.monotonic() + 60
     while not _catches(runner.pid, signal.SIGTERM) and time.monotonic() < deadline:
         time.sleep(0.005)
