@@ -45,7 +45,24 @@ Deliberate choices where the real server differs or leaves room (mantik copes wi
 * Only authenticated requests are given a session id: there is nobody to bind one to otherwise.
 * ``restart`` re-runs the whole job, stage-in included, in the same working directory.
 * Tags match exactly (the server matches substrings); end of file is 416 (the server answers 206, empty).
-* Job names are kept (a Slurm TSI renames names with other characters than ``[0-9a-zA-Z.:=~/]``).
+
+What reaches the batch system is what the stock Slurm TSI makes of UNICORE/X's ``#TSI_`` lines, and the job
+sees it as Slurm's variables (``SLURM_JOB_NAME``, ``SLURM_MEM_PER_NODE`` in MiB, ``SLURM_GPUS_PER_NODE``;
+``FakeJob.batch`` holds them):
+
+* Job name: one with a character outside ``[0-9a-zA-Z.:=~/]`` becomes ``UNICORE_job`` (tsi slurm/BSS.py).
+  The REST ``name`` keeps what the client sent, as there.
+* Memory: the byte count is narrowed to a Java ``int`` (``(int)Math.round(d)``, ux ResourceRequest.toInt) and
+  divided into MiB; only a positive result is sent (ux TSIMessages). So 1G arrives as 1024, 64G not at all
+  (the partition's default), 5G as 1024.
+* GPUs: ``#TSI_GPUS_PER_NODE`` is written with the memory value (ux TSIMessages), so ``GPUsPerNode`` reaches
+  Slurm as the memory in MiB when that is positive, and not at all otherwise.
+
+Login-node commands (``login_commands``): ``"login"`` runs ``User precommand``/``postcommand`` as steps of
+their own (the default); ``"batch"`` is a site with ``BSS_NO_USER_INTERACTIVE_APPS``: they are written into
+the job script before and after the executable, exit codes ignored (ux GrounderImpl
+mergeInfo, TSIMessages); ``"forbidden"`` is ``allowUserExecutable=false``: a job with an ``Executable`` or
+user commands fails with the server's words.
 """
 
 from __future__ import annotations
@@ -178,6 +195,7 @@ class FakeJob:
     # Set to cut the QUEUED wait short when the job is aborted.
     wake: threading.Event = field(default_factory=threading.Event)
     termination: datetime | None = None  # when the site destroys the job and its directory
+    batch: dict[str, str] = field(default_factory=dict)  # Slurm's variables for what the TSI asked for
 
     @property
     def ended(self) -> bool:
@@ -247,7 +265,11 @@ class FakeUnicore:
         storages: Iterable[str] = ("HOME",),
         job_lifetime: float = DEFAULT_LIFETIME,
         max_lifetime: float | None = None,
+        login_commands: str = "login",
     ) -> None:
+        if login_commands not in ("login", "batch", "forbidden"):
+            raise ValueError(f"login_commands: {login_commands!r}")
+        self.login_commands = login_commands
         Path(tmp_path).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="fake-unicore-", dir=tmp_path))
         self.queue_seconds = queue_seconds
@@ -719,8 +741,15 @@ class FakeUnicore:
 
         self._advance(job, run, "STAGINGIN")
         self._stage_in(job)
+        self._merge_info(description)
         self._run_login_node_command(job, run, "User precommand")
         runtime = self._incarnate_resources(description.get("Resources") or {})
+        with self._lock:
+            job.batch = _batch_variables(description)
+        if self.login_commands == "batch":  # moved into the job script, as TSIMessages writes them there;
+            # the job's exit code is the executable's (the server writes $? to its exit code file after it)
+            pre, post = _in_batch(description.get("User precommand")), _in_batch(description.get("User postcommand"))
+            command = "\n".join([*([pre] if pre else []), command, "UNICORE_EXIT=$?", post, "exit $UNICORE_EXIT"])
         self._advance(job, run, "QUEUED")
         wake.wait(self.queue_seconds)
         self._advance(job, run, "RUNNING")
@@ -812,9 +841,21 @@ class FakeUnicore:
             raise _JobFailure(f"Cannot import {source!r}: unsupported source (only inline:// and this site's storages)")
         self._log(job, f"Imported {source} to {item.get('To')}")
 
+    def _merge_info(self, description: dict[str, Any]) -> None:
+        """ux GrounderImpl.mergeInfo on a site with allowUserExecutable=false: only applications may run."""
+        if self.login_commands != "forbidden":
+            return
+        if description.get("Executable"):
+            raise _JobFailure(
+                f"Cannot execute <{description['Executable']}>. Only Applications may be executed on this site."
+            )
+        for key, which in (("User precommand", "pre"), ("User postcommand", "post")):
+            if description.get(key):
+                raise _JobFailure(f"Cannot execute user {which}-command - user executables are forbidden on this site.")
+
     def _run_login_node_command(self, job: FakeJob, run: int, key: str) -> None:
         command = job.description.get(key)
-        if not command:
+        if not command or self.login_commands != "login":
             return
         step = key.split()[-1]
         output, errors = job.workdir / f".UNICORE_{step}.out", job.workdir / f".UNICORE_{step}.err"
@@ -837,7 +878,7 @@ class FakeUnicore:
         """Run ``command`` through a script in the working directory; the exit code as a shell reports it,
         None when the step ran past ``limit`` seconds and was killed."""
         script = job.workdir / f".UNICORE_{step}.sh"
-        script.write_text(self._script(job, command))
+        script.write_text(self._script(job, command, step))
         for output in (stdout, stderr):
             output.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HOME": str(self._home_dir(job.owner))}
@@ -870,13 +911,15 @@ class FakeUnicore:
             return None
         return returncode if returncode >= 0 else 128 - returncode
 
-    def _script(self, job: FakeJob, command: str) -> str:
+    def _script(self, job: FakeJob, command: str, step: str) -> str:
         lines = [
             "#!/bin/bash",
             "# Written by the fake UNICORE site, environment lines as UNICORE/X writes them (TSIMessages).",
             f"export UC_WORKING_DIRECTORY={shlex.quote(str(job.workdir))}",
         ]
         lines += [f'{name}="{value}"; export {name}' for name, value in _environment(job.description)]
+        if step == "job":  # what Slurm tells the job about its allocation
+            lines += [f"export {name}={shlex.quote(value)}" for name, value in job.batch.items()]
         lines.append(command)
         return "\n".join(lines) + "\n"
 
@@ -1120,6 +1163,41 @@ def _quantity(resource: str, value: str) -> float | None:
     if match is None or match.group(2) not in units:
         return None
     return float(match.group(1)) * units[match.group(2)]
+
+
+_TSI_ILLEGAL_NAME = re.compile(r"[^0-9a-zA-Z.:=~/]")  # tsi slurm/BSS.py: such a name becomes UNICORE_job
+_MEBIBYTE = 1 << 20
+
+
+def _java_int(value: float) -> int:
+    """``(int)Math.round(d)``: Java narrows the long to an int by keeping its low 32 bits, as a signed number."""
+    low = int(value + 0.5) & 0xFFFFFFFF
+    return low - (1 << 32) if low >= 1 << 31 else low
+
+
+def _batch_variables(description: dict[str, Any]) -> dict[str, str]:
+    """Slurm's variables for the batch options the stock Slurm TSI makes of UNICORE/X's ``#TSI_`` lines."""
+    name = str(description.get("Name") or "UNICORE_job")
+    variables = {"SLURM_JOB_NAME": "UNICORE_job" if _TSI_ILLEGAL_NAME.search(name) else name}
+    requested = {_RESOURCE_ALIASES.get(str(k), str(k)): str(v) for k, v in (description.get("Resources") or {}).items()}
+    memory = -1  # TSIMessages: MiB, sent only when positive
+    if "MemoryPerNode" in requested:
+        size = _quantity("MemoryPerNode", requested["MemoryPerNode"])
+        if size is not None:
+            narrowed = _java_int(size)
+            memory = narrowed // _MEBIBYTE if narrowed >= 0 else -(-narrowed // _MEBIBYTE)  # Java's int division
+    if memory > 0:
+        variables["SLURM_MEM_PER_NODE"] = str(memory)
+    gpus = _quantity("GPUsPerNode", requested["GPUsPerNode"]) if "GPUsPerNode" in requested else None
+    if gpus and gpus > 0 and memory > 0:  # "#TSI_GPUS_PER_NODE %d", memory
+        variables["SLURM_GPUS_PER_NODE"] = str(memory)
+    return variables
+
+
+def _in_batch(command: Any) -> str:
+    """A user pre/post command as TSIMessages writes it into the job script: a line of its own, its exit code
+    ignored (its output goes where the job's does)."""
+    return str(command) if command else ""
 
 
 def _in_range(resource: str, value: str, allowed: Any) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from pyunicore.client import Client, Job, JobStatus, Storage
 from pyunicore.credentials import Anonymous, AuthenticationFailedException, BearerToken, UsernamePassword
 
-from .fake_unicore import FakeUnicore
+from .fake_unicore import STANDARD_RESOURCES, FakeUnicore
 
 
 @pytest.fixture
@@ -421,3 +421,65 @@ def test_a_lost_answer_after_handling_leaves_the_job_created(site: FakeUnicore, 
     with pytest.raises(httpx.HTTPError):
         client.transport.post(url=f"{site.url}/jobs", json={"Executable": "true", "Tags": ["t1"]})
     assert len(site.job_urls()) == 1
+
+
+# ------------------------------------------------------------------------ what reaches the batch system
+
+SLURM_VIEW = 'printf "%s|%s|%s\\n" "$SLURM_JOB_NAME" "${SLURM_MEM_PER_NODE-unset}" "${SLURM_GPUS_PER_NODE-unset}"'
+
+
+@pytest.mark.parametrize(
+    ("name", "resources", "seen"),
+    [
+        ("mantik.sweep", {}, "mantik.sweep|unset|unset"),
+        ("mantik-sweep", {}, "UNICORE_job|unset|unset"),  # '-' is not in the TSI's [0-9a-zA-Z.:=~/]
+        ("a:b=c~d/e.f", {"MemoryPerNode": "1G"}, "a:b=c~d/e.f|1024|unset"),
+        ("m", {"MemoryPerNode": "1536M"}, "m|1536|unset"),
+        ("m", {"MemoryPerNode": "64G"}, "m|unset|unset"),  # 2^36 narrowed to an int is 0: left out
+        ("m", {"MemoryPerNode": "3G"}, "m|unset|unset"),  # negative as an int: left out
+        ("m", {"Memory": "5G"}, "m|1024|unset"),  # 5 GiB narrowed is 1 GiB: the job gets less than asked
+        ("m", {"GPUsPerNode": "4"}, "m|unset|unset"),  # written with the memory value, -1: no GPUs
+        ("m", {"GPUsPerNode": "4", "MemoryPerNode": "1G"}, "m|1024|1024"),  # 1024 GPUs asked for
+    ],
+)
+def test_the_batch_system_gets_what_the_slurm_tsi_makes_of_the_request(tmp_path, name, resources, seen) -> None:
+    with strict_site(tmp_path, partitions={"batch": {**STANDARD_RESOURCES}}) as site:
+        client = Client(UsernamePassword("alice", "secret"), site.url)
+        job = run_to_end(client, {"Name": name, "Executable": SLURM_VIEW, "Resources": resources})
+        assert job.status == JobStatus.SUCCESSFUL, job.properties["statusMessage"]
+        assert job.working_dir.stat("stdout").read().decode().strip() == seen
+        assert job.properties["name"] == name  # UNICORE/X itself keeps the name
+
+
+def test_a_site_without_login_node_commands_runs_them_in_the_job_script(tmp_path: Path) -> None:
+    with strict_site(tmp_path, login_commands="batch") as site:
+        client = Client(UsernamePassword("alice", "secret"), site.url)
+        description = {
+            "Executable": 'echo "main sees ${LOADED-nothing}"; sh -c "exit 3"',
+            "User precommand": "export LOADED=module; false",  # its exit code is ignored there
+            "User postcommand": "echo post after the failure",
+        }
+        job = run_to_end(client, description)
+        assert job.status == JobStatus.FAILED and job.exit_code == 3
+        assert job.working_dir.stat("stdout").read().decode().splitlines() == [
+            "main sees module",  # in the same script: what the precommand sets reaches the job
+            "post after the failure",
+        ]
+
+
+@pytest.mark.parametrize(
+    ("description", "message"),
+    [
+        ({"Executable": "true"}, "Cannot execute <true>. Only Applications may be executed on this site."),
+        (
+            {"ApplicationName": "Date", "User precommand": "mkdir x"},
+            "Cannot execute user pre-command - user executables are forbidden on this site.",
+        ),
+    ],
+)
+def test_a_site_forbidding_user_executables_fails_the_job(tmp_path: Path, description, message) -> None:
+    with strict_site(tmp_path, login_commands="forbidden") as site:
+        client = Client(UsernamePassword("alice", "secret"), site.url)
+        job = run_to_end(client, description)
+        assert job.status == JobStatus.FAILED
+        assert job.properties["statusMessage"] == message

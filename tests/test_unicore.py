@@ -85,6 +85,7 @@ def test_grid_runs_to_finished_and_a_second_apply_submits_nothing(on_unicore, si
         assert job_url.startswith(site.url + "/jobs/")
         assert site.job_by_url(job_url).status == "SUCCESSFUL"
         assert f"mantik-run-{run.info.run_id}" in site.job_by_url(job_url).tags
+        assert site.job_by_url(job_url).batch["SLURM_JOB_NAME"] == "mantik.sweep"  # not renamed UNICORE_job
     on_unicore.mantik("apply", "--auto-approve")
     assert len(submissions(site)) == 2  # nothing new: every run key has its finished run
 
@@ -590,6 +591,53 @@ def test_gpus_are_named_as_the_sites_resource_database_names_them(tmp_path, cred
         job = wait_for_end(site, url)
         assert job.description["Resources"] == {"Queue": "booster", "GPUS": "4"}
         assert job.status == "SUCCESSFUL", job.status_message
+
+
+@pytest.mark.parametrize(("site_runs_them", "outcome"), [("login", "FAILED"), ("batch", "SUCCESSFUL")])
+def test_login_precommands_reach_the_job_only_where_the_site_moves_them_into_it(
+    tmp_path, credentials, site_runs_them, outcome
+):
+    """As docs/unicore.md says: on the login node (the default) nothing a precommand sets reaches the batch job;
+    a site that allows no interactive user commands writes them into the job script, where it does."""
+    with FakeUnicore(tmp_path / "s", users={USER: PASSWORD}, queue_seconds=0.05, login_commands=site_runs_them) as site:
+        backend = unicore_backend(site, tmp_path, login_precommand=["export LOADED=yes"])
+        (url,) = backend.submit([job_request(tmp_path, "0123abcd", command='test "$LOADED" = yes')]).values()
+        assert wait_for_end(site, url).status == outcome
+
+
+def test_a_site_that_runs_no_user_executables_fails_the_run_with_its_words(tmp_path, credentials):
+    from mantik_spec.backends.base import JobState
+
+    with FakeUnicore(tmp_path / "s", users={USER: PASSWORD}, queue_seconds=0.05, login_commands="forbidden") as site:
+        backend = unicore_backend(site, tmp_path)
+        (url,) = backend.submit([job_request(tmp_path, "0123abcd")]).values()
+        wait_for_end(site, url)
+        status = backend.poll({url: "0123abcd"})[url]
+        assert status.state is JobState.FAILED
+        assert "Only Applications may be executed on this site." in status.detail
+
+
+@pytest.mark.parametrize("memory", ["1G", "1536M", "2G", "3G", "5G", "64G"])
+def test_plan_warns_when_the_site_will_not_pass_the_memory_on_as_asked(tmp_path, credentials, memory):
+    """The backend's note says what the batch system gets; the fake site (written from UNICORE/X's source on
+    its own) delivers exactly that to the job."""
+    with FakeUnicore(tmp_path / "mem", users={USER: PASSWORD}, queue_seconds=0.05) as site:
+        backend = unicore_backend(site, tmp_path, resources={"memory": memory})
+        (url,) = backend.submit([job_request(tmp_path, "0123abcd")]).values()
+        job = wait_for_end(site, url)
+        assert job.status == "SUCCESSFUL", job.status_message
+        got = job.batch.get("SLURM_MEM_PER_NODE")
+        notes = backend.notes()
+        if memory in ("1G", "1536M"):
+            assert notes == [] and got == str(int(memory[:-1]) * (1024 if memory.endswith("G") else 1))
+        elif got is None:
+            assert notes == [
+                f"resources.memory {memory}: UNICORE/X passes memory to the batch system as a 32-bit byte count, "
+                "so Slurm gets no memory request (the partition's default); leave memory out, or ask the site how "
+                "to request more than 2 GiB"
+            ]
+        else:
+            assert len(notes) == 1 and f"Slurm gets --mem={got}M;" in notes[0]
 
 
 @pytest.mark.parametrize(

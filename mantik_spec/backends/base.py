@@ -175,6 +175,11 @@ class Backend(Protocol):
         backend cannot tell. Raises :class:`BackendError` when the backend cannot be asked (plan then skips it)."""
         ...
 
+    def notes(self) -> list[str]:
+        """What the backend will make of its config that differs from what the config asks, known without
+        asking it (the server's own source says so): plan warnings, one line each; ``[]`` when nothing."""
+        ...
+
 
 # How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,
 # chosen by ``type:``) and the project's state directory (.mantik/).

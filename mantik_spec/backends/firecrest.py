@@ -481,6 +481,9 @@ class FirecrestBackend:
                 f"FirecREST cancels whole jobs: job {', '.join(kept)} also runs other runs, so it was left running"
             )
 
+    def notes(self) -> list[str]:
+        return []
+
     def preflight(self) -> list[str]:
         return []  # the site's sbatch refuses what its Slurm does not offer, before any job exists
 

@@ -208,6 +208,9 @@ class LocalBackend:
                     except ProcessLookupError:
                         pass
 
+    def notes(self) -> list[str]:
+        return []
+
     def preflight(self) -> list[str]:
         return []  # this machine runs what it is given
 

@@ -522,6 +522,9 @@ class SlurmBackend:
             raise BackendError(f"scancel failed: {_strip_prefix(result.error_line())}")
         self._listing = None
 
+    def notes(self) -> list[str]:
+        return []
+
     def preflight(self) -> list[str]:
         return []  # sbatch itself refuses what the cluster does not offer, in one line, before any job exists
 

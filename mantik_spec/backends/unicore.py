@@ -85,6 +85,16 @@ UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# The stock Slurm TSI replaces a job name holding any other character by "UNICORE_job" (tsi slurm/BSS.py)
+TSI_NAME_CHARACTERS = re.compile(r"[^0-9a-zA-Z.:=~/]")
+
+
+def job_name(group: str | None) -> str:
+    """The job's name, ``mantik.EXPERIMENT``, in the characters a Slurm TSI keeps (others become ``.``), so
+    that squeue on the cluster shows it instead of ``UNICORE_job``."""
+    return "mantik." + TSI_NAME_CHARACTERS.sub(".", group or "run")
+
+
 class UnicoreHTTPError(BackendError):
     """The site answered with an HTTP error; ``status`` is its code (None when the text had none)."""
 
@@ -290,6 +300,23 @@ class UnicoreBackend:
 
     # -- what the site offers ------------------------------------------------------------------
 
+    def notes(self) -> list[str]:
+        """A memory request the server will not pass on as asked: UNICORE/X narrows the byte count to a
+        32-bit int before dividing it into MiB and sends only a positive result (ux ResourceRequest.toInt,
+        TSIMessages; the same from 2.4 to 10.x), so 2 GiB and more arrive wrong or not at all."""
+        memory = self.config.resources.memory
+        size = _quantity("memory", memory) if memory is not None else None
+        if size is None:
+            return []
+        sent = tsi_memory_mib(size)
+        if sent == int(size) // (1 << 20):
+            return []
+        arrives = f"--mem={sent}M" if sent > 0 else "no memory request (the partition's default)"
+        return [
+            f"resources.memory {memory}: UNICORE/X passes memory to the batch system as a 32-bit byte count, so "
+            f"Slurm gets {arrives}; leave memory out, or ask the site how to request more than 2 GiB"
+        ]
+
     def preflight(self) -> list[str]:
         """What in this backend's config the site does not offer: one line each, with the site's own list.
 
@@ -405,7 +432,7 @@ class UnicoreBackend:
         # CPUsPerNode into --ntasks-per-node (tsi slurm/BSS.py), so an srun in the job would ask for the
         # square of it per node
         values = {
-            "name": f"mantik-{request.group or 'run'}",
+            "name": job_name(request.group),
             "executable": self.config.python,
             "arguments": [RUNNER_FILE, "."],
             "environment": environment,
@@ -601,6 +628,16 @@ def _definitely_refused(exc: BackendError) -> bool:
     if status is None:  # nothing reached the site (no connection), or a local problem
         return True
     return 400 <= status < 500
+
+
+def tsi_memory_mib(size: float) -> int:
+    """The ``#TSI_MEMORY`` value (MiB) UNICORE/X writes for ``size`` bytes; not positive: it writes none.
+
+    ``Integer.valueOf((int)Math.round(d)) / MEGABYTE`` (ux ResourceRequest.toInt, TSIMessages): Java keeps
+    the low 32 bits of the rounded long, as a signed int, and divides towards zero."""
+    low = int(size + 0.5) & 0xFFFFFFFF
+    narrowed = low - (1 << 32) if low >= 1 << 31 else low
+    return int(narrowed / (1 << 20))
 
 
 def _seconds(text: str) -> float:

@@ -254,6 +254,9 @@ def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] =
     )
     plan.errors.extend(unreachable(observation))
     plan.errors.extend(_not_offered(project, plan))
+    for name in sorted({e.backend for e in plan.changes() if e.next_attempt is not None}):
+        if name in project.spec.backends:
+            plan.warnings += [f"backend {name}: {note}" for note in project.backend(name).notes()]
     for run in observation.untrusted:
         plan.warnings.append(
             f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash to "
