@@ -76,7 +76,8 @@ def baseline_client(site: Site):
 
 def submit_per_run(site: Site, code_dir: Path, workdir: Path, runs: int) -> tuple[float, int, list[str]]:
     client = baseline_client(site)
-    archive = code_archive(code_dir, [])
+    with code_archive(code_dir, []) as packed:
+        archive = packed.path.read_bytes()
     before = site.request_count()
     started = time.perf_counter()
     job_ids = []

@@ -173,7 +173,8 @@ def test_staged_copies_keep_the_committed_tree(awkward, tmp_path):
     del expected["mantik.yaml"]  # like the run key, staging leaves the spec out
     LocalHost().put_tree(export, str(tmp_path / "staged"))
     assert on_disk(tmp_path / "staged") == expected
-    unpack(code_archive(export, []), tmp_path / "unpacked")
+    with code_archive(export, []) as archive:
+        unpack(archive.path.read_bytes(), tmp_path / "unpacked")
     assert on_disk(tmp_path / "unpacked") == expected
 
 

@@ -772,3 +772,22 @@ def test_committed_files_named_like_the_jobs_own_files_do_not_collide(site, tmp_
     output = (job.workdir / "output.log").read_text()
     for name in ("job.json", "mantik-runner.py", "code.tar.gz", "output.log", "stdout"):
         assert f"the user's {name}" in output
+
+
+def test_a_large_committed_file_reaches_the_site_streamed_not_held_in_memory(on_unicore, site):
+    """The code archive is written to a temporary file and uploaded from it: apply needs about the memory
+    plan needs, whatever the size of the repository."""
+    from .test_shipped_tree import peak_rss_kib
+
+    on_unicore.write("mantik.yaml", unicore_spec(site.url).replace("code: {paths: [train.py]}\n", ""))
+    size = 64 << 20
+    with open(on_unicore.path / "weights.bin", "wb") as handle:  # incompressible, like real weights
+        for _ in range(size >> 20):
+            handle.write(os.urandom(1 << 20))
+    on_unicore.commit("weights")
+    planning = peak_rss_kib(on_unicore, "plan")
+    applying = peak_rss_kib(on_unicore, "apply", "--auto-approve")
+    [archive] = [p for p in site.root.rglob("code-*") if p.is_file()]
+    assert archive.stat().st_size > size  # the whole tree went, once
+    extra = (applying - planning) * 1024
+    assert extra < size // 4, f"apply needed {extra >> 20} MiB more than plan to send a {size >> 20} MiB file"

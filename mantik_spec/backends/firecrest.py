@@ -187,19 +187,18 @@ class FirecrestBackend:
             raise
         return True
 
-    def _upload(self, data: bytes, directory: str, filename: str) -> None:
-        """Small files go straight to FirecREST, larger ones through its transfer job (pyfirecrest chooses)."""
-        self._request(
-            "upload",
-            lambda c: c.upload(
-                self.machine,
-                io.BytesIO(data),
-                directory,
-                filename,
-                account=self._account() or None,
-                file_size=len(data),
-            ),
-        )
+    def _upload(self, data: bytes | Path, directory: str, filename: str) -> None:
+        """Small files go straight to FirecREST, larger ones through its transfer job (pyfirecrest chooses).
+        A file (``Path``) is read as it is sent, afresh on each attempt."""
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+
+        def upload(client):
+            with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as source:
+                return client.upload(
+                    self.machine, source, directory, filename, account=self._account() or None, file_size=size
+                )
+
+        self._request("upload", upload)
 
     def _read(self, path: str) -> str | None:
         try:
@@ -214,7 +213,7 @@ class FirecrestBackend:
 
     # -- staging -------------------------------------------------------------------------------
 
-    def _stage_archive(self, data: bytes, directory: str, name: str) -> str:
+    def _stage_archive(self, data: bytes | Path, directory: str, name: str) -> str:
         """Upload an archive once per content and extract it into ``directory/name/`` at the site."""
         target = self._path(directory, name)
         if target in self._staged:
@@ -230,8 +229,8 @@ class FirecrestBackend:
         return target
 
     def _stage_code(self, code_dir: Path) -> str:
-        archive = code_archive(code_dir, self.config.exclude)
-        return self._stage_archive(archive, "code", hashlib.sha256(archive).hexdigest()[:24])
+        with code_archive(code_dir, self.config.exclude) as archive:
+            return self._stage_archive(archive.path, "code", archive.digest[:24])
 
     def _stage_runner(self) -> str:
         if not self._runner_path:
@@ -290,7 +289,9 @@ class FirecrestBackend:
                 "output": sbatch_quote(f"--output={batch_dir.replace('%', '%%')}/slurm-%A_%a.out"),
                 "directives": directives(self.config)
                 # the budget account from the environment is quoted as sbatch reads #SBATCH lines
-                + ([] if self.config.account or not self._account() else [sbatch_quote(f"--account={self._account()}")]),
+                + (
+                    [] if self.config.account or not self._account() else [sbatch_quote(f"--account={self._account()}")]
+                ),
                 "array": f"0-{len(batch) - 1}" if self.config.array else "",
                 "modules": self.config.modules,
                 "setup": self.config.setup,

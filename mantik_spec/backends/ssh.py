@@ -12,7 +12,7 @@ and lingers a minute for the next one.
 from __future__ import annotations
 
 import atexit
-import hashlib
+import contextlib
 import os
 import shlex
 import shutil
@@ -184,19 +184,22 @@ class SSHHost:
 
     # -- commands --------------------------------------------------------------------------------
 
-    def _exchange(self, argv: list[str], data: bytes | None = None, timeout: float = COMMAND_TIMEOUT):
+    def _exchange(self, argv: list[str], data: bytes | Path | None = None, timeout: float = COMMAND_TIMEOUT):
+        """Run ``argv`` on the host with ``data`` (bytes, or a file read as it is sent) as its stdin."""
         self._connect()
         self.commands_run += 1
-        self.bytes_sent += len(data or b"")
+        self.bytes_sent += data.stat().st_size if isinstance(data, Path) else len(data or b"")
         try:
-            done = subprocess.run(  # stdin carries data only: never a secret on a command line
-                [*self._base, "--", shlex.join(argv)],
-                input=data,
-                capture_output=True,
-                timeout=timeout,
-                env=self._environment,
-                stdin=None if data is not None else subprocess.DEVNULL,
-            )
+            with contextlib.ExitStack() as files:
+                source = files.enter_context(open(data, "rb")) if isinstance(data, Path) else None
+                done = subprocess.run(  # stdin carries data only: never a secret on a command line
+                    [*self._base, "--", shlex.join(argv)],
+                    input=data if isinstance(data, bytes) else None,
+                    capture_output=True,
+                    timeout=timeout,
+                    env=self._environment,
+                    stdin=source if source is not None else None if data is not None else subprocess.DEVNULL,
+                )
         except subprocess.TimeoutExpired:
             raise CommandTimeout(f"`{argv[0]}` on {self.name} did not answer within {timeout:.0f} s") from None
         stderr = done.stderr.decode(errors="replace")
@@ -261,9 +264,10 @@ class SSHHost:
         if code != 0:
             raise BackendError(f"cannot link {link} on {self.name}: {_last_line(stderr)}")
 
-    def _send(self, script: str, data: bytes, *arguments: str):
+    def _send(self, script: str, data: bytes | Path, *arguments: str):
         """Send files: the time allowed grows with the size, and a timeout here submitted nothing."""
-        timeout = COMMAND_TIMEOUT + len(data) / SLOWEST_LINK_BYTES_PER_SECOND
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        timeout = COMMAND_TIMEOUT + size / SLOWEST_LINK_BYTES_PER_SECOND
         try:
             return self._exchange(["sh", "-c", script, "sh", *arguments], data, timeout)
         except CommandTimeout as exc:
@@ -278,14 +282,14 @@ class SSHHost:
         """The committed tree, compressed, unless this commit is staged there already."""
         if self.exists(destination):
             return
-        archive = code_archive(source, list(exclude))
         # unpacked beside its place and moved in whole, so a half-sent tree is never taken for a staged one
         script = (
             'set -e; b="$1.building.$2"; rm -rf "$b"; mkdir -p "$b"; tar xzf - -C "$b"; '
             'if [ -e "$1" ]; then rm -rf "$b"; else mv "$b" "$1"; fi'
         )
-        token = hashlib.sha256(archive).hexdigest()[:8] + str(os.getpid())
-        code, _, stderr = self._send(script, archive, destination, token)
+        with code_archive(source, list(exclude)) as archive:
+            token = archive.digest[:8] + str(os.getpid())
+            code, _, stderr = self._send(script, archive.path, destination, token)
         if code != 0:
             raise BackendError(f"cannot stage code into {destination} on {self.name}: {_last_line(stderr)}")
         self.trees_sent += 1

@@ -1,14 +1,21 @@
 """What a backend sends to a cluster that cannot see this machine: the committed tree (minus the
-user's exclusions) and the files of a batch of runs, as deterministic in-memory archives."""
+user's exclusions) and the files of a batch of runs, as deterministic archives. The tree's archive is
+written to a temporary file while it is hashed (its size is the repository's); a batch's run files are
+small and stay in memory."""
 
 from __future__ import annotations
 
 import fnmatch
 import gzip
+import hashlib
 import io
 import tarfile
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from ..spec.load import SPEC_FILE
 
@@ -41,13 +48,28 @@ def staged_files(code_dir: Path, exclude: list[str]) -> Iterator[tuple[Path, str
         yield path, relative
 
 
-class Archive:
-    """A gzipped tar built in memory whose bytes depend only on the paths, modes and contents put in it,
-    so equal content has one name (and is sent once)."""
+class _Hashing(io.RawIOBase):
+    """A file being written that hashes and counts what passes through."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: BinaryIO) -> None:
+        self.target, self.sha256, self.size = target, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+
+class Archive:
+    """A gzipped tar whose bytes depend only on the paths, modes and contents put in it, so equal content
+    has one name (and is sent once); built in memory, or into ``into`` (a file open for writing)."""
+
+    def __init__(self, into: BinaryIO | None = None) -> None:
         self._buffer = io.BytesIO()
-        self._zipped = gzip.GzipFile(fileobj=self._buffer, mode="wb", mtime=0)
+        self._zipped = gzip.GzipFile(fileobj=into or self._buffer, mode="wb", mtime=0)
         self._tar = tarfile.open(fileobj=self._zipped, mode="w", format=tarfile.PAX_FORMAT)
 
     def _info(self, name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
@@ -75,17 +97,48 @@ class Archive:
         info.linkname = target
         self._tar.addfile(info)
 
-    def bytes(self) -> bytes:
+    def close(self) -> None:
         self._tar.close()
         self._zipped.close()
+
+    def bytes(self) -> bytes:
+        self.close()
         return self._buffer.getvalue()
 
 
-def code_archive(code_dir: Path, exclude: list[str]) -> bytes:
-    archive = Archive()
-    for path, relative in staged_files(code_dir, exclude):
-        archive.add_file(path, relative)
-    return archive.bytes()
+@dataclass(frozen=True)
+class ArchiveFile:
+    """An archive on disk: ``path`` (deleted when the ``code_archive`` block ends), the sha256 of its bytes
+    (hex) and its size in bytes."""
+
+    path: Path
+    digest: str
+    size: int
+
+    def chunks(self) -> Iterator[bytes]:
+        return file_chunks(self.path)
+
+
+def file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """The file's bytes in pieces of ``size``: what an upload streams."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+@contextmanager
+def code_archive(code_dir: Path, exclude: list[str]) -> Iterator[ArchiveFile]:
+    """The tree a job gets (see :func:`staged_files`) as a deterministic .tar.gz in a temporary file, hashed
+    as it is written: memory stays the same whatever the size of the repository. Raises OSError."""
+    with tempfile.TemporaryDirectory(prefix="mantik-archive-") as directory:
+        path = Path(directory) / "code.tar.gz"
+        with open(path, "wb") as handle:
+            hashing = _Hashing(handle)
+            archive = Archive(into=hashing)  # type: ignore[arg-type]
+            for source, relative in staged_files(code_dir, exclude):
+                archive.add_file(source, relative)
+            archive.close()
+        yield ArchiveFile(path, hashing.sha256.hexdigest(), hashing.size)
 
 
 def unpack(data: bytes, destination: Path) -> None:

@@ -24,7 +24,6 @@ upload. Both are refused with the site's own list instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -40,7 +39,7 @@ from ..spec.model import duration_seconds
 from ..state.versions import FileDigests
 from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
-from .staging import code_archive
+from .staging import code_archive, file_chunks
 
 RUNNER_FILE = "mantik-runner.py"
 CODE_ARCHIVE = "code.tar.gz"
@@ -412,8 +411,9 @@ class UnicoreBackend:
     def job_description(self, request: JobRequest, template: str | None = None) -> dict:
         """The UNICORE job description of one run (staging its code and inputs at the site first)."""
         if request.code_dir not in self._code_urls:  # runs of one apply share their code
-            archive = code_archive(request.code_dir, self.config.exclude)
-            self._code_urls[request.code_dir] = self._stage(archive, "code")
+            with code_archive(request.code_dir, self.config.exclude) as archive:
+                name = f"code-{archive.digest[:24]}"
+                self._code_urls[request.code_dir] = self._stage_as(name, archive.size, archive.chunks)
         imports = [
             {"From": self._code_urls[request.code_dir], "To": CODE_ARCHIVE},
             _inline("job.json", json.dumps(request.runner_job(WORKDIR, archive=CODE_ARCHIVE), indent=2)),
@@ -461,16 +461,11 @@ class UnicoreBackend:
     def _storage_url(self) -> str:
         return f"{self.config.url.rstrip('/')}/storages/{self.storage_id()}"
 
-    def _stage(self, content: bytes, kind: str) -> str:
-        """Upload ``content`` under a name made of its hash, unless the site already has it complete."""
-        name = f"{kind}-{hashlib.sha256(content).hexdigest()[:24]}"
-        return self._stage_as(name, len(content), lambda: content)
-
     def _stage_file(self, local: Path) -> str:
         if local not in self._input_urls:  # one image serves every run of the apply: hashed and checked once
             name = f"input-{self._digests.digest(local)[:24]}-{local.name}"
             # streamed from the file: an image of gigabytes is never held in memory
-            self._input_urls[local] = self._stage_as(name, local.stat().st_size, lambda: _chunks(local))
+            self._input_urls[local] = self._stage_as(name, local.stat().st_size, lambda: file_chunks(local))
         return self._input_urls[local]
 
     def _stage_as(self, name: str, size: int, content) -> str:
@@ -671,11 +666,6 @@ def _in_range(key: str, value, allowed) -> bool:
     if not match or quantity is None:
         return True  # "*" or a form we cannot read: the site decides
     return float(match.group(1)) <= quantity <= float(match.group(2))
-
-
-def _chunks(path: Path, size: int = 1 << 20):
-    with open(path, "rb") as handle:
-        yield from iter(lambda: handle.read(size), b"")
 
 
 def _inline(name: str, text: str) -> dict:
