@@ -60,10 +60,31 @@ class Tracking:
     def do(self, what, *args, **kwargs):
         if self.client is None:
             return
+        call = getattr(self.client, what)
         try:
-            getattr(self.client, what)(self.run_id, *args, **kwargs)
+            call(self.run_id, *args, **kwargs)
+            return
         except Exception as exc:  # noqa: BLE001
-            _warn(f"tracking call {what} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            problem = exc
+        if self._deleted():  # MLflow refuses updates to a deleted run: restore it for this one, as apply does
+            try:
+                self.client.restore_run(self.run_id)
+                try:
+                    call(self.run_id, *args, **kwargs)
+                    return
+                finally:
+                    self.client.delete_run(self.run_id)
+            except Exception as exc:  # noqa: BLE001
+                problem = exc
+        _warn(
+            f"tracking call {what} failed: {str(problem).splitlines()[0] if str(problem) else type(problem).__name__}"
+        )
+
+    def _deleted(self):
+        try:
+            return self.client.get_run(self.run_id).info.lifecycle_stage == "deleted"
+        except Exception:  # noqa: BLE001 - unreachable: nothing more to try
+            return False
 
 
 def _write_atomically(path, text):

@@ -289,6 +289,23 @@ def _catches(pid: int, signum: int) -> bool:
     return False
 
 
+def test_a_run_deleted_while_its_job_runs_is_still_closed_by_the_runner_and_stays_deleted(store, tmp_path):
+    """MLflow refuses updates to a deleted run; the runner restores it for its last calls and deletes it again,
+    so the record says how the job ended instead of RUNNING forever."""
+    import time
+
+    tracking = _project_store(store, "deleted-live")
+    run_id, runner = _start_runner(tracking, "deleted-live", "sleep 3", tmp_path / "job")
+    deadline = time.monotonic() + 120
+    while not _runs_command(runner.pid, b"sleep 3") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tracking.client.delete_run(run_id)
+    assert runner.wait(timeout=120) == 0
+    run = tracking.client.get_run(run_id)
+    assert (run.info.lifecycle_stage, run.info.status) == ("deleted", "FINISHED")
+    assert run.data.tags["mantik.exit_code"] == "0"
+
+
 def test_a_job_cancelled_while_its_runner_starts_never_runs_and_says_so(store, tmp_path):
     """A cancel can come while the runner still imports mlflow (seconds on a busy node): the command never
     starts, the run is KILLED, and the exit code is written for the backend, as for any cancelled job."""
