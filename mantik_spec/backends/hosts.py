@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_atomically
 from .base import BackendError, CommandTimeout
 from .staging import staged_files, unpack
 
@@ -81,11 +82,8 @@ class LocalHost:
         return os.path.lexists(path)
 
     def write_text(self, path: str, text: str) -> None:
-        temporary = f"{path}.tmp-{os.getpid()}"
         try:
-            with open(temporary, "w") as handle:
-                handle.write(text)
-            os.replace(temporary, path)
+            write_atomically(path, text)
         except OSError as exc:  # quota, permissions: the commonest trouble on shared filesystems
             raise BackendError(f"cannot write {path}: {exc.strerror}") from None
 

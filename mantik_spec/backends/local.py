@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import runner
+from ..files import write_atomically
 from ..spec.model import LocalBackend as LocalConfig
 from .base import JobRequest, JobState, JobStatus, SubmissionFailed
 from .hosts import read_from
@@ -31,12 +32,6 @@ JOB_FILE = "job.json"
 PID_FILE = "pid"
 SCHEDULER_LOCK = "scheduler.lock"
 SCHEDULER_CONFIG = "scheduler.json"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def process_start_time(pid: int) -> str | None:

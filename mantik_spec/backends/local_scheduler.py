@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .. import runner
+from ..files import write_atomically
 from .local import (
     JOB_FILE,
     PID_FILE,
@@ -24,7 +25,6 @@ from .local import (
     SCHEDULER_LOCK,
     LocalQueue,
     process_start_time,
-    write_atomically,
 )
 
 POLL_SECONDS = 0.2

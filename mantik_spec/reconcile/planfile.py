@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_atomically
 from .plan import PLAN_FORMAT_VERSION, Plan
 
 
@@ -46,9 +47,7 @@ class SavedPlan:
 
 def write_plan(path: Path, plan: Plan, prune: bool, replace: tuple[str, ...] = ()) -> None:
     data = plan.to_json() | {"prune": prune, "replace": list(replace)}
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    temporary.replace(path)
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_plan(path: Path) -> SavedPlan:

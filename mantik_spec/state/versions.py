@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path, PurePosixPath
 
 import yaml
 
+from ..files import write_atomically
 from ..spec.model import DataSource, Environment
 
 DIGEST_CACHE = "digests.json"
@@ -127,9 +127,7 @@ class FileDigests:
 
     def save(self) -> None:
         if self.changed:
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            temporary.write_text(json.dumps(self.cache))
-            os.replace(temporary, self.path)
+            write_atomically(self.path, json.dumps(self.cache))
 
 
 def environment_identity(project_root: Path, name: str, environment: Environment, digests: FileDigests) -> str:
