@@ -259,3 +259,35 @@ def test_validate_imports_no_heavy_module(tmp_path):
     )
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "0 0 []"
+
+
+MULTILINE = '"echo one\\necho two"'  # a YAML double-quoted string holding a line break
+
+
+@pytest.mark.parametrize(
+    ("backend", "field"),
+    [
+        ("{type: slurm, partition: debug, setup: [%s]}", "backends.local.setup[0]"),
+        ("{type: firecrest, url: 'https://f.example', system: s, setup: [%s]}", "backends.local.setup[0]"),
+        (
+            "{type: unicore, url: 'https://u.example/rest/core', login_precommand: [%s]}",
+            "backends.local.login_precommand[0]",
+        ),
+        (
+            "{type: unicore, url: 'https://u.example/rest/core', login_postcommand: [%s]}",
+            "backends.local.login_postcommand[0]",
+        ),
+    ],
+)
+def test_a_shell_line_holding_a_line_break_is_refused_wherever_it_is_written(tmp_path, backend, field):
+    """Every list of shell lines is one kind of value with one rule: a line break would start another command
+    (joined with && on a login node, it would leave the first lines outside the condition)."""
+    text = VALID.replace("local: {type: local, max_parallel: 2}", "local: " + backend % MULTILINE)
+    problems = problems_of(tmp_path, text)
+    assert any("mantik.yaml:10:" in p and field in p and "one shell line each" in p for p in problems), problems
+
+
+def test_environment_lines_holding_a_line_break_are_refused(tmp_path):
+    text = VALID.replace("backends:", f"environments:\n  env: {{pre_run: [{MULTILINE}]}}\nbackends:")
+    problems = problems_of(tmp_path, text)
+    assert any("environments.env.pre_run[0]" in p and "one shell line each" in p for p in problems), problems

@@ -34,6 +34,17 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
 
 
+def one_shell_line(value: str) -> str:
+    """A line a shell runs as written: a line break would end it there and start another command."""
+    if "\n" in value or "\r" in value:
+        raise ValueError("one shell line each: no line breaks (write several items instead)")
+    return value
+
+
+# Shell lines written into a job script, a login-node command or a UNICORE job: each item one line
+ShellLine = Annotated[str, AfterValidator(one_shell_line)]
+
+
 class Strict(BaseModel):
     # strict: YAML already typed the values; "yes" must not quietly become True
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -135,19 +146,12 @@ class Environment(Strict):
     variables: dict[EnvName, str] = Field(
         default_factory=dict, description="Environment variables of the run (names as a shell accepts them)."
     )
-    pre_run: list[str] = Field(
+    pre_run: list[ShellLine] = Field(
         default_factory=list, description="Shell lines run on the compute node before the command."
     )
-    post_run: list[str] = Field(
+    post_run: list[ShellLine] = Field(
         default_factory=list, description="Shell lines run on the compute node after the command succeeded."
     )
-
-    @field_validator("pre_run", "post_run")
-    @classmethod
-    def _one_line_each(cls, value):
-        if any("\n" in line for line in value):
-            raise ValueError("each item is one shell line")
-        return value
 
     @field_validator("apptainer_options")
     @classmethod
@@ -262,7 +266,7 @@ class SlurmBackend(Strict):
     modules: list[Annotated[str, Field(pattern=r"^[^\s;&|`$<>]+$")]] = Field(
         default_factory=list, description="Environment modules loaded before the run (module load NAME)."
     )
-    setup: list[str] = Field(
+    setup: list[ShellLine] = Field(
         default_factory=list, description="Shell lines run before the run starts (e.g. source venv/bin/activate)."
     )
     sbatch_args: list[Annotated[str, Field(pattern=r"^--?[A-Za-z][^\n]*$")]] = Field(
@@ -294,13 +298,6 @@ class SlurmBackend(Strict):
     @classmethod
     def _valid_interval(cls, value):
         duration_seconds(value)
-        return value
-
-    @field_validator("setup")
-    @classmethod
-    def _one_line_each(cls, value):
-        if any("\n" in line for line in value):
-            raise ValueError("each setup item is one shell line")
         return value
 
 
@@ -362,10 +359,10 @@ class UnicoreBackend(Strict):
     )
     resources: UnicoreResources = Field(default_factory=UnicoreResources)
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
-    login_precommand: list[str] = Field(
+    login_precommand: list[ShellLine] = Field(
         default_factory=list, description="Shell lines run on the login node before the job (joined with &&)."
     )
-    login_postcommand: list[str] = Field(
+    login_postcommand: list[ShellLine] = Field(
         default_factory=list, description="Shell lines run on the login node after the job (joined with &&)."
     )
     exclude: list[str] = Field(
@@ -445,7 +442,7 @@ class FirecrestBackend(Strict):
     modules: list[Annotated[str, Field(pattern=r"^[^\s;&|`$<>]+$")]] = Field(
         default_factory=list, description="Environment modules loaded before the run (module load NAME)."
     )
-    setup: list[str] = Field(default_factory=list, description="Shell lines run before the run starts.")
+    setup: list[ShellLine] = Field(default_factory=list, description="Shell lines run before the run starts.")
     array: bool = Field(True, description="Submit the missing points of an experiment as one job array.")
     max_array_size: int = Field(1000, ge=1, le=100_000, description="Split larger arrays (the cluster's MaxArraySize).")
     template: str | None = Field(
@@ -466,13 +463,6 @@ class FirecrestBackend(Strict):
     @classmethod
     def _valid_interval(cls, value):
         duration_seconds(value)
-        return value
-
-    @field_validator("setup")
-    @classmethod
-    def _one_line_each(cls, value):
-        if any("\n" in line for line in value):
-            raise ValueError("each setup item is one shell line")
         return value
 
 
