@@ -33,7 +33,7 @@ from bench.bench_slurm import requests  # noqa: E402
 from bench.bench_unicore import make_tree  # noqa: E402
 from mantik_spec.backends.firecrest import FirecrestBackend  # noqa: E402
 from mantik_spec.backends.staging import code_archive  # noqa: E402
-from mantik_spec.spec.model import FirecrestBackend as FirecrestConfig  # noqa: E402
+from mantik_spec.spec.model import FirecrestConfig  # noqa: E402
 from tests.fake_firecrest import FakeFirecrest  # noqa: E402
 
 CLIENT_ID, SECRET = "bench", "bench-secret"

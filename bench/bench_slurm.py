@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from mantik_spec.backends.base import JobRequest  # noqa: E402
 from mantik_spec.backends.slurm import SlurmBackend  # noqa: E402
-from mantik_spec.spec.model import SlurmBackend as SlurmConfig  # noqa: E402
+from mantik_spec.spec.model import SlurmConfig  # noqa: E402
 
 
 def requests(count: int, code_dir: Path, tag: str) -> list[JobRequest]:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_slurm import requests  # noqa: E402
 from mantik_spec.backends.unicore import UnicoreBackend  # noqa: E402
-from mantik_spec.spec.model import UnicoreBackend as UnicoreConfig  # noqa: E402
+from mantik_spec.spec.model import UnicoreConfig  # noqa: E402
 from tests.fake_unicore import FakeUnicore  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-password"

@@ -26,7 +26,7 @@ from mantik_spec.backends.slurm import (
     sbatch_answer,
     slurm_status,
 )
-from mantik_spec.spec.model import SlurmBackend as SlurmConfig
+from mantik_spec.spec.model import SlurmConfig
 
 # Every word job_state_string() can print, 20.11 to 24.11, and what it must mean for a run.
 EXPECTED = {

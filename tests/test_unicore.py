@@ -519,7 +519,7 @@ def test_escaped_values_read_back_unchanged_from_the_servers_environment_line(va
 
 def unicore_backend(site, tmp_path, **config):
     from mantik_spec.backends.unicore import UnicoreBackend
-    from mantik_spec.spec.model import UnicoreBackend as UnicoreConfig
+    from mantik_spec.spec.model import UnicoreConfig
 
     settings = {"type": "unicore", "url": site.url, "python": OFFLINE_PYTHON, "timeout": "5s", "poll_interval": "0s"}
     state = tmp_path / "project" / ".mantik"

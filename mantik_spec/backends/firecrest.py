@@ -28,8 +28,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .. import runner
-from ..spec.model import FirecrestBackend as FirecrestConfig
-from ..spec.model import duration_seconds
+from ..spec.model import FirecrestConfig, duration_seconds
 from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
 from .slurm import (

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import runner
 from ..files import write_atomically
-from ..spec.model import LocalBackend as LocalConfig
+from ..spec.model import LocalConfig
 from .base import JobRequest, JobState, JobStatus, SubmissionFailed
 from .hosts import read_from
 

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING
 
 from .. import runner
 from ..faults import checkpoint
-from ..spec.model import SlurmBackend as SlurmConfig
-from ..spec.model import duration_seconds
+from ..spec.model import SlurmConfig, duration_seconds
 from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
 from .hosts import ConnectionDropped, LocalHost

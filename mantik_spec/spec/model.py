@@ -171,7 +171,7 @@ class Environment(Strict):
         return bool(self.apptainer) and self.apptainer.startswith("/")
 
 
-class LocalBackend(Strict):
+class LocalConfig(Strict):
     """Detached processes on this machine."""
 
     type: Literal["local"]
@@ -250,7 +250,7 @@ class SSHConnection(Strict):
     connect_timeout: int = Field(15, ge=1, le=600, description="Seconds to wait for the connection.")
 
 
-class SlurmBackend(Strict):
+class SlurmConfig(Strict):
     """Batch jobs on a Slurm cluster, submitted as job arrays from its login node (or over SSH to it)."""
 
     type: Literal["slurm"]
@@ -341,7 +341,7 @@ class UnicoreResources(Strict):
     qos: SlurmWord | None = None
 
 
-class UnicoreBackend(Strict):
+class UnicoreConfig(Strict):
     """Batch jobs at a UNICORE site (e.g. JUWELS, JURECA), submitted over its REST API."""
 
     type: Literal["unicore"]
@@ -411,7 +411,7 @@ class FirecrestCredentials(Strict):
     client_secret_env: EnvName = "MANTIK_FIRECREST_CLIENT_SECRET"
 
 
-class FirecrestBackend(Strict):
+class FirecrestConfig(Strict):
     """Batch jobs on a Slurm cluster behind FirecREST (API v2, e.g. CSCS Alps), submitted as job arrays."""
 
     type: Literal["firecrest"]
@@ -466,7 +466,7 @@ class FirecrestBackend(Strict):
         return value
 
 
-Backend = Annotated[LocalBackend | SlurmBackend | UnicoreBackend | FirecrestBackend, Field(discriminator="type")]
+Backend = Annotated[LocalConfig | SlurmConfig | UnicoreConfig | FirecrestConfig, Field(discriminator="type")]
 
 GridValue = ScalarValue | list[ScalarValue]
 
@@ -520,7 +520,7 @@ class Spec(Strict):
         default_factory=dict, description="Software environments; their identities enter run keys."
     )
     backends: dict[Name, Backend] = Field(
-        default_factory=lambda: {"local": LocalBackend(type="local")},
+        default_factory=lambda: {"local": LocalConfig(type="local")},
         description="Where runs execute, chosen by `type`.",
     )
     experiments: dict[Name, Experiment] = Field(
