@@ -507,7 +507,7 @@ def test_a_remote_image_is_identified_by_the_version_its_config_or_mantik_yaml_g
 
 def test_the_jobs_shell_expands_what_mantiks_batch_script_expanded(tmp_path):
     """$USER in the image path and options, $(...) in Variables: expanded in the job, as under Mantik."""
-    from mantik_spec.operations.apply import in_environment, launches_with_srun
+    from mantik_spec.operations.jobs import in_environment, launches_with_srun
 
     environment = remote_image_project(tmp_path).environments["juwels"]
     assert environment.shell_expansion
@@ -556,7 +556,7 @@ def test_the_jobs_shell_expands_what_mantiks_batch_script_expanded(tmp_path):
     ],
 )
 def test_how_each_backend_launches_a_multi_task_job(backend_type, environment, expected):
-    from mantik_spec.operations.apply import in_environment, launches_with_srun
+    from mantik_spec.operations.jobs import in_environment, launches_with_srun
     from mantik_spec.spec.model import Environment
 
     declared = Environment(**environment)
@@ -723,7 +723,7 @@ def test_init_writes_a_firecrest_backend_for_a_firecrest_config(tmp_path):
 
 def test_expanded_variables_cannot_close_their_quotes(tmp_path):
     """With shell_expansion a variable keeps $ live, but no value can end its quotes and run the rest."""
-    from mantik_spec.operations.apply import in_environment
+    from mantik_spec.operations.jobs import in_environment
     from mantik_spec.spec.model import Environment
 
     marker = tmp_path / "ran"

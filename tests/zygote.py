@@ -36,6 +36,7 @@ PRELOAD = (
     "mantik_spec.cli",
     "mantik_spec.operations.project",
     "mantik_spec.operations.apply",
+    "mantik_spec.operations.jobs",
     "mantik_spec.operations.status",
     "mantik_spec.operations.show",
     "mantik_spec.operations.control",

@@ -17,8 +17,9 @@ from ..state.git import CodeVersion
 from ..state.lock import project_lock
 from ..state.tracking import Tag
 from ..state.versions import VersionError, dvc_md5
-from .apply import Submission, submit
+from .apply import submit
 from .errors import UserError
+from .jobs import Submission
 from .project import Project
 from .runref import find_run
 
