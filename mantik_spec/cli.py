@@ -229,6 +229,11 @@ def schema(fmt):
 @click.option("--prune", is_flag=True, help="Plan to cancel live runs the spec no longer declares.")
 @click.option("--replace", multiple=True, metavar="POINT", help=REPLACE_HELP)
 @click.option(
+    "--refresh",
+    is_flag=True,
+    help="Read every run from MLflow, not only what changed since the last plan (after editing runs by hand).",
+)
+@click.option(
     "-v", "--verbose", "every_run", is_flag=True, help=f"List every run, also in plans of more than {GROUP_ABOVE}."
 )
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
@@ -238,7 +243,7 @@ def schema(fmt):
     help="Exit 3 when a declared point failed with no retries left (unless changes are pending: then 2 or 0).",
 )
 @click.pass_context
-def plan(ctx, directory, out, as_json, fmt, prune, replace, every_run, detailed_exitcode, fail_on_failed):
+def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, detailed_exitcode, fail_on_failed):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
     from .operations.errors import UserError
     from .operations.project import build_plan, open_project
@@ -248,7 +253,7 @@ def plan(ctx, directory, out, as_json, fmt, prune, replace, every_run, detailed_
 
     with user_errors():
         project = open_project(directory)
-        result, _ = build_plan(project, prune=prune, replace=replace)
+        result, _ = build_plan(project, prune=prune, replace=replace, cached=not refresh)
         if out:
             if not out.parent.is_dir():
                 raise UserError(f"cannot save the plan: {out.parent} is not a directory")
@@ -757,7 +762,7 @@ def _plan_once(root: Path, and_apply: bool) -> None:
     try:
         with user_errors():
             project = open_project(root)
-            result, observation = build_plan(project)
+            result, observation = build_plan(project, cached=True)
             click.echo(render_text(result, color=sys.stdout.isatty()))
             if and_apply and result.has_changes and not observation.code.dirty:
                 operation.apply(project, confirm=lambda plan: True, show=lambda plan: None)

@@ -45,6 +45,7 @@ class Tracking:
     def __init__(self, uri, run_id):
         self.run_id = run_id
         self.client = None
+        self.restored = False  # whether this runner restored the run (deleted in MLflow) to update it
         try:
             import logging
 
@@ -66,9 +67,14 @@ class Tracking:
             return
         except Exception as exc:  # noqa: BLE001
             problem = exc
-        if self._deleted():  # MLflow refuses updates to a deleted run: restore it for this one, as apply does
+        # MLflow refuses updates to a deleted run: restore it for this one and delete it again, as apply does;
+        # apply or cancel may do the same at once and delete it between our restore and our call: try again
+        for _ in range(5):
+            if not self._deleted():
+                break
             try:
                 self.client.restore_run(self.run_id)
+                self.restored = True
                 try:
                     call(self.run_id, *args, **kwargs)
                     return
@@ -79,6 +85,22 @@ class Tracking:
         _warn(
             f"tracking call {what} failed: {str(problem).splitlines()[0] if str(problem) else type(problem).__name__}"
         )
+
+    def keep_deleted(self):
+        """A run this runner restored for an update ends deleted, as its user left it: apply or cancel may have
+        restored it at the same moment and deleted it before this runner's own update."""
+        if self.restored and self.client is not None:
+            try:
+                if self.client.get_run(self.run_id).info.lifecycle_stage != "deleted":
+                    self.client.delete_run(self.run_id)
+            except Exception as exc:  # noqa: BLE001
+                _warn(f"could not delete the run again: {exc}")
+
+    def has_tag(self, name):
+        try:
+            return self.client is not None and name in self.client.get_run(self.run_id).data.tags
+        except Exception:  # noqa: BLE001 - unreachable: as if it had none
+            return False
 
     def _deleted(self):
         try:
@@ -184,7 +206,7 @@ def main(job_dir):
     # command (whose shell then exits 128+15); the backend's job state tells them apart.
     if not cancelled and code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
         cancelled.append(code - 128)
-    if cancelled:
+    if cancelled and not tracking.has_tag(FAILURE_KIND_TAG):  # mantik's cancel says why before it signals
         tracking.do("set_tag", FAILURE_KIND_TAG, SIGNALLED_KIND)
         tracking.do("set_tag", FAILURE_TAG, f"{SIGNALLED} ({signal.Signals(cancelled[0]).name})")
     if os.path.exists(os.path.join(job_dir, CANCEL_FILE)):
@@ -193,6 +215,7 @@ def main(job_dir):
     tracking.do("log_artifact", log_path, "mantik")
     tracking.do("set_tag", EXIT_CODE_TAG, str(code))
     tracking.do("set_terminated", status)
+    tracking.keep_deleted()
     _write_atomically(os.path.join(job_dir, EXIT_CODE_FILE), f"{code}\n")
     return code
 

@@ -84,12 +84,13 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
         if entry.action is Action.CANCEL:
             cancels[entry.backend].append(entry)
     for backend_name, entries in cancels.items():
+        for entry in entries:  # before the signal: the runner then sees why it was stopped and keeps that
+            assert entry.run_id is not None  # a cancel is always about an existing run
+            store.set_tags(entry.run_id, failure_tags(FailureKind.CANCELLED, "cancelled: " + entry.reason))
         project.backend(backend_name).cancel([e.job_id for e in entries if e.job_id])
         for entry in entries:
-            assert entry.run_id is not None  # a cancel is always about an existing run
-            store.terminate(
-                entry.run_id, RunStatus.KILLED, failure_tags(FailureKind.CANCELLED, "cancelled: " + entry.reason)
-            )
+            assert entry.run_id is not None
+            store.terminate(entry.run_id, RunStatus.KILLED)
 
     for entry in plan.changes():
         if entry.action is not Action.REPAIR:

@@ -30,11 +30,14 @@ def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> l
         for run in chosen:
             if run.job_id and run.backend in project.spec.backends:
                 by_backend[run.backend].append(run.job_id)
+        cancelled = failure_tags(FailureKind.USER_CANCELLED, "cancelled by `mantik cancel`")
+        for run in chosen:  # before the signal: the runner then sees why it was stopped and keeps that
+            project.store.set_tags(run.run_id, cancelled)
         for backend_name, job_ids in by_backend.items():
             project.backend(backend_name).cancel(job_ids)
         for run in chosen:
-            cancelled = failure_tags(FailureKind.USER_CANCELLED, "cancelled by `mantik cancel`")
-            project.store.terminate(run.run_id, RunStatus.KILLED, cancelled)
+            project.store.terminate(run.run_id, RunStatus.KILLED)
+        project.store.keep_deleted([run.run_id for run in chosen])
     return [run.run_id for run in chosen]
 
 

@@ -20,6 +20,7 @@ from ..spec.experiments import expand, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
+from ..state.runcache import RunCache
 from ..state.tags import FailureKind, RunStatus
 from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
 from .errors import UserError
@@ -104,7 +105,10 @@ class Observation:
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
 
 
-def observe(project: Project) -> Observation:
+def observe(project: Project, cached: bool = False) -> Observation:
+    """The desired runs, the recorded runs and their jobs. ``cached``: read the recorded runs through the run
+    cache (:mod:`..state.runcache`), as plan and watch do; apply and the other verbs read MLflow in full, and
+    that full read renews the cache."""
     spec = project.spec
     from ..state.versions import dvc_tracking_file
 
@@ -122,7 +126,8 @@ def observe(project: Project) -> Observation:
     experiments, _ = resolve_extends(spec)
     data, environments = input_versions(project)
     desired = [identify(point, code.identity, data, environments) for point in expand(spec, experiments)]
-    runs = project.store.observe()
+    cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
+    runs = project.store.observe(cache, incremental=cached)
     jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
     untrusted = _untrusted(runs)
     return Observation(code, desired, runs, jobs, _changed_files(project, code, desired, runs), untrusted)
@@ -233,9 +238,12 @@ def _not_offered(project: Project, plan: Plan) -> list[str]:
     return problems
 
 
-def build_plan(project: Project, prune: bool = False, replace: tuple[str, ...] = ()) -> tuple[Plan, Observation]:
-    """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others)."""
-    observation = observe(project)
+def build_plan(
+    project: Project, prune: bool = False, replace: tuple[str, ...] = (), cached: bool = False
+) -> tuple[Plan, Observation]:
+    """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others);
+    ``cached``: read recorded runs through the run cache (see :func:`observe`)."""
+    observation = observe(project, cached)
     declared = {want.point.point_id for want in observation.desired}
     unknown = [point for point in replace if point not in declared]
     if unknown:

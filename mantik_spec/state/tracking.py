@@ -14,11 +14,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..spec.model import Tracking
+from .runcache import RunCache
 from .tags import LIVE, TERMINAL, MlflowTag, ObservedRun, RunStatus, Tag, decode_run
 
 # the run record's tag schema lives in .tags; its names are re-exported here for callers of the store
 __all__ = ["LIVE", "TERMINAL", "ObservedRun", "RunStatus", "Tag", "TrackingError", "TrackingStore"]
 
+DELETED_RUN_ATTEMPTS = 5  # updates of a run deleted while live, racing its runner (see TrackingStore._update)
+ID_CHUNK = 200  # run ids per `run_id IN (...)` search
 PAGE_SIZE = 1000
 DEFAULT_URI = "sqlite:///.mantik/mlflow.db"
 OUTPUT_ARTIFACT = "mantik/output.log"  # where the in-job runner keeps the run's output
@@ -328,41 +331,73 @@ class TrackingStore:
 
     # runs --------------------------------------------------------------------------------------
 
-    def observe(self) -> list[ObservedRun]:
-        """Every active run of the project, one paged scan; plus deleted runs still live (see ``deleted_live``)."""
+    def observe(self, cache: RunCache | None = None, incremental: bool = True) -> list[ObservedRun]:
+        """Every active run of the project, plus deleted runs still live (see ``deleted_live``).
+
+        Without ``cache``: one paged scan. With it: the cached ended runs plus what can have changed since
+        (see :mod:`.runcache`), or, when it cannot be used or ``incremental`` is false, a full scan that
+        rebuilds it."""
+        experiment_ids = list(self.experiment_ids())
+        if not experiment_ids:
+            self.deleted_live = set()
+            return []
+        if cache is not None and incremental and cache.usable_for(experiment_ids):
+            return self._observe_changes(experiment_ids, cache)
+        runs = self._search(experiment_ids)
+        deleted = self._deleted(experiment_ids)
+        if cache is not None:
+            cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
+        return runs + self._still_live(deleted)
+
+    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun]:
+        fresh: dict[str, ObservedRun] = {}
+        for status in sorted(LIVE):
+            fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.status = '{status}'"))
+        for moment in ("start_time", "end_time"):
+            changed = self._search(experiment_ids, f"attributes.{moment} >= {cache.since_ms}")
+            fresh.update((r.run_id, r) for r in changed)
+        deleted = self._deleted(experiment_ids)
+        deleted_ids = {r.run_id for r in deleted}
+        # live at the last plan and not seen now: ended, whatever the clock that stamped the end says
+        # (or deleted); restored: deleted at the last plan, not now
+        unseen = sorted((cache.live | (cache.deleted - deleted_ids)) - fresh.keys() - deleted_ids)
+        for chunk in range(0, len(unseen), ID_CHUNK):
+            ids = ", ".join(f"'{_quote(run_id)}'" for run_id in unseen[chunk : chunk + ID_CHUNK])
+            fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.run_id IN ({ids})"))
+        runs = {run_id: run for run_id, run in cache.runs.items() if run_id not in deleted_ids}
+        runs.update(fresh)
+        cache.record(experiment_ids, list(fresh.values()), deleted_ids, full_scan=False)
+        return list(runs.values()) + self._still_live(deleted)
+
+    def _search(self, experiment_ids: list[str], filter_string: str = "", deleted: bool = False) -> list[ObservedRun]:
+        """The runs a paged search finds (active, or deleted), decoded; runs without a key are left out."""
         from mlflow.entities import ViewType
 
-        experiment_ids = list(self.experiment_ids())
         runs: list[ObservedRun] = []
         token = None
-        while experiment_ids:
+        while True:
             page = self._call(
                 self.client.search_runs,
                 experiment_ids,
-                run_view_type=ViewType.ACTIVE_ONLY,
+                filter_string=filter_string,
+                run_view_type=ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY,
                 max_results=PAGE_SIZE,
                 page_token=token,
             )
             runs.extend(observed for run in page if (observed := _observed(run)) is not None)
             token = page.token
             if not token:
-                break
-        # A run deleted in MLflow while its job runs still holds its key: without it, apply would submit the
-        # key again beside the live job. Deleted runs are few; the filter keeps this to one small page each.
-        self.deleted_live = set()
-        for status in sorted(LIVE) if experiment_ids else ():
-            for run in self._call(
-                self.client.search_runs,
-                experiment_ids,
-                filter_string=f"attributes.status = '{status}'",
-                run_view_type=ViewType.DELETED_ONLY,
-                max_results=PAGE_SIZE,
-            ):
-                observed = _observed(run)
-                if observed is not None:
-                    runs.append(observed)
-                    self.deleted_live.add(observed.run_id)
-        return runs
+                return runs
+
+    def _deleted(self, experiment_ids: list[str]) -> list[ObservedRun]:
+        return self._search(experiment_ids, deleted=True)
+
+    def _still_live(self, deleted: list[ObservedRun]) -> list[ObservedRun]:
+        """A run deleted in MLflow while its job runs still holds its key: without it, apply would submit the
+        key again beside the live job."""
+        live = [run for run in deleted if run.status.live]
+        self.deleted_live = {run.run_id for run in live}
+        return live
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
         """The intent record: created SCHEDULED, with its key, before anything is submitted."""
@@ -383,20 +418,38 @@ class TrackingStore:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        with self._undeleted(run_id):
-            self._call(self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._update(run_id, self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
-    @contextmanager
-    def _undeleted(self, run_id: str):
-        """MLflow refuses updates to a deleted run: restore it for the update, then delete it again."""
+    def _update(self, run_id: str, function, *args, **kwargs) -> None:
+        """An update of the run. MLflow refuses updates to a deleted run: one deleted while live is restored
+        for the update and deleted again. The job's runner may do the same at the same moment and delete it
+        between our restore and our update: then it is tried again."""
         if run_id not in self.deleted_live:
-            yield
+            self._call(function, *args, **kwargs)
             return
-        self._call(self.client.restore_run, run_id)
-        try:
-            yield
-        finally:
-            self._call(self.client.delete_run, run_id)
+        for attempt in range(DELETED_RUN_ATTEMPTS):
+            self._call(self.client.restore_run, run_id)
+            try:
+                self._call(function, *args, **kwargs)
+                return
+            except TrackingError:
+                if (
+                    attempt == DELETED_RUN_ATTEMPTS - 1
+                    or self._call(self.client.get_run, run_id).info.lifecycle_stage != "deleted"
+                ):
+                    raise
+            finally:
+                self._call(self.client.delete_run, run_id)
+
+    def keep_deleted(self, run_ids: list[str]) -> None:
+        """Runs this process updated while deleted end deleted, as their user left them, even when the job's
+        runner restored one for its own update at the same moment (see ``_update``)."""
+        for run_id in run_ids:
+            if (
+                run_id in self.deleted_live
+                and self._call(self.client.get_run, run_id).info.lifecycle_stage != "deleted"
+            ):
+                self._call(self.client.delete_run, run_id)
 
     def log_output(self, run_id: str, output: bytes) -> None:
         """Keep a job's output as the run's log artifact, where the runner would have put it."""
@@ -405,8 +458,7 @@ class TrackingStore:
     def terminate(self, run_id: str, status: RunStatus, tags: dict[str, str] | None = None) -> None:
         if tags:
             self.set_tags(run_id, tags)
-        with self._undeleted(run_id):
-            self._call(self.client.set_terminated, run_id, RunStatus(status).value)
+        self._update(run_id, self.client.set_terminated, run_id, RunStatus(status).value)
 
     # the project lock uses registered-model names: the one create-if-absent primitive every store has
 
