@@ -8,6 +8,7 @@ its resources: moving an experiment to another cluster does not redo science.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -42,8 +43,9 @@ class Identity:
             ensure_ascii=False,
         )
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        """sha256 hex of :meth:`canonical`; computed once (the planner asks for it several times a run)."""
         return hashlib.sha256(self.canonical().encode()).hexdigest()
 
 

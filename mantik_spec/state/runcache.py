@@ -87,20 +87,26 @@ class RunCache:
         """Keep what was read: the ended runs among ``runs`` (all the project's active runs after a full scan,
         the changed ones otherwise) and the deleted ids; then write the file (failures to write are ignored:
         the next plan scans fully)."""
+        before = (self.experiments, self.newest_ms, self.deleted, self.live, len(self.runs))
         self.experiments = sorted(experiments)
+        changed = full_scan or not self.loaded
         if full_scan:
             self.runs = {}
             self.full_scan_at = time.time()
         for run in runs:
             if run.run_id in deleted or run.status.live:
                 self.runs.pop(run.run_id, None)
-            else:
+            elif self.runs.get(run.run_id) != run:
                 self.runs[run.run_id] = run
+                changed = True
             self.newest_ms = max(self.newest_ms, run.start_time or 0, run.end_time or 0)
         for run_id in deleted:
             self.runs.pop(run_id, None)
         self.deleted = set(deleted)
         self.live = {run.run_id for run in runs if run.status.live and run.run_id not in deleted}
+        self.loaded = True
+        if not changed and before == (self.experiments, self.newest_ms, self.deleted, self.live, len(self.runs)):
+            return  # nothing new: the file on disk says the same
         data = {
             "version": CACHE_VERSION,
             "experiments": self.experiments,
@@ -115,11 +121,13 @@ class RunCache:
             write_atomically(self.path, json.dumps(data))
         except OSError:
             pass
-        self.loaded = True
+
+
+FIELDS = [field.name for field in dataclasses.fields(ObservedRun)]
 
 
 def _as_json(run: ObservedRun) -> dict:
-    data = dataclasses.asdict(run)
+    data = {name: getattr(run, name) for name in FIELDS}  # shallow: its dicts are plain JSON already
     data["status"] = run.status.value
     data["failure_kind"] = run.failure_kind.value if run.failure_kind else None
     return data
