@@ -89,24 +89,28 @@ class Tracking:
     def keep_deleted(self):
         """A run this runner restored for an update ends deleted, as its user left it: apply or cancel may have
         restored it at the same moment and deleted it before this runner's own update."""
-        if self.restored and self.client is not None:
+        if self.restored and not self._deleted():
             try:
-                if self.client.get_run(self.run_id).info.lifecycle_stage != "deleted":
-                    self.client.delete_run(self.run_id)
+                self.client.delete_run(self.run_id)
             except Exception as exc:  # noqa: BLE001
                 _warn(f"could not delete the run again: {exc}")
 
     def has_tag(self, name):
-        try:
-            return self.client is not None and name in self.client.get_run(self.run_id).data.tags
-        except Exception:  # noqa: BLE001 - unreachable: as if it had none
-            return False
+        run = self._run()
+        return run is not None and name in run.data.tags
 
     def _deleted(self):
+        run = self._run()
+        return run is not None and run.info.lifecycle_stage == "deleted"
+
+    def _run(self):
+        """The run as the store has it now; None when there is no store or it cannot be read."""
+        if self.client is None:
+            return None
         try:
-            return self.client.get_run(self.run_id).info.lifecycle_stage == "deleted"
-        except Exception:  # noqa: BLE001 - unreachable: nothing more to try
-            return False
+            return self.client.get_run(self.run_id)
+        except Exception:  # noqa: BLE001 - unreachable: callers treat it as nothing to know
+            return None
 
 
 def _write_atomically(path, text):

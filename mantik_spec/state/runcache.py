@@ -37,9 +37,10 @@ FULL_SCAN_AFTER_S = 24 * 3600  # a cache older than a day is rebuilt from a full
 class RunCache:
     """The ended runs of ``experiments`` as of the last plan.
 
-    ``runs``: run id -> ObservedRun; ``deleted``: ids of the project's deleted runs; ``newest_ms``: the newest
-    start or end time (ms since the epoch) of any run read; ``live``: ids of the runs live at the last read; ``full_scan_at``: when the last full scan was
-    (seconds since the epoch, this machine's clock, only used to decide when to scan fully again)."""
+    ``runs``: run id -> ObservedRun; ``deleted``: ids of the project's deleted runs; ``live``: ids of the runs
+    live at the last read; ``newest_ms``: the newest start or end time (ms since the epoch) of any run read;
+    ``full_scan_at``: when the last full scan was (seconds since the epoch, this machine's clock, only used to
+    decide when to scan fully again)."""
 
     path: Path
     experiments: list[str] = dataclasses.field(default_factory=list)
