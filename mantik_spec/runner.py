@@ -59,12 +59,13 @@ class Tracking:
             _warn(f"tracking unavailable: {exc}")
 
     def do(self, what, *args, **kwargs):
+        """Make one client call about the run; True when it succeeded."""
         if self.client is None:
-            return
+            return False
         call = getattr(self.client, what)
         try:
             call(self.run_id, *args, **kwargs)
-            return
+            return True
         except Exception as exc:  # noqa: BLE001
             problem = exc
         # MLflow refuses updates to a deleted run: restore it for this one and delete it again, as apply does;
@@ -77,7 +78,7 @@ class Tracking:
                 self.restored = True
                 try:
                     call(self.run_id, *args, **kwargs)
-                    return
+                    return True
                 finally:
                     self.client.delete_run(self.run_id)
             except Exception as exc:  # noqa: BLE001
@@ -85,6 +86,7 @@ class Tracking:
         _warn(
             f"tracking call {what} failed: {str(problem).splitlines()[0] if str(problem) else type(problem).__name__}"
         )
+        return False
 
     def keep_deleted(self):
         """A run this runner restored for an update ends deleted, as its user left it: apply or cancel may have
@@ -217,8 +219,10 @@ def main(job_dir):
         cancelled.append("cancel requested")
     status = KILLED if cancelled else (FINISHED if code == 0 else FAILED)
     tracking.do("log_artifact", log_path, "mantik")
-    tracking.do("set_tag", EXIT_CODE_TAG, str(code))
-    tracking.do("set_terminated", status)
+    # An ended status always comes with its exit code: without the tag the run stays open, and the next
+    # apply closes it from the backend's job state, exit code included.
+    if tracking.do("set_tag", EXIT_CODE_TAG, str(code)):
+        tracking.do("set_terminated", status)
     tracking.keep_deleted()
     _write_atomically(os.path.join(job_dir, EXIT_CODE_FILE), f"{code}\n")
     return code

@@ -352,3 +352,25 @@ def test_credentials_from_the_environment_are_written_nowhere(project, tmp_path)
         assert secret.encode() not in path.read_bytes(), f"the credential leaked into {path}"
     for run in project.runs():
         assert secret not in repr(run.data.tags) + repr(run.data.params)
+
+
+def test_apply_wait_follows_a_run_the_command_ended_itself_to_how_its_job_ended(project):
+    """MLflow's fluent API ends the run FINISHED when the command's Python exits or calls end_run; the job
+    may still fail after that. `apply --wait` reports how the job ended, with the runner's exit code."""
+    project.write(
+        "train.py",
+        """
+        import sys, time
+        import mlflow
+        mlflow.log_metric("score", 1.0)
+        mlflow.end_run()  # FINISHED in MLflow, from the command itself
+        time.sleep(2)
+        sys.exit(3)
+        """,
+    )
+    project.commit("a command that ends its run, then fails")
+    result = project.mantik("apply", "--auto-approve", "--wait", check=1)
+    assert "2 run(s) did not finish successfully" in result.stderr
+    for run in project.runs():
+        assert (run.info.status, run.data.tags["mantik.exit_code"]) == ("FAILED", "3")
+        assert "mantik" in [a.path for a in project.client().list_artifacts(run.info.run_id)]

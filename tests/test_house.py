@@ -331,7 +331,8 @@ def test_a_job_cancelled_while_its_runner_starts_never_runs_and_says_so(store, t
 
 
 def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
-    """Repairs and prunes write the failure kind the plan decided, beside the plan's reason."""
+    """Repairs and prunes write the failure kind the plan decided, beside the plan's reason, and the job's
+    exit code where the backend knows it (as the runner would have, had it reached the store)."""
     from types import SimpleNamespace
 
     from mantik_spec.backends.base import JobState, JobStatus
@@ -343,27 +344,44 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
 
     tracking = _project_store(store, "apply-kinds")
     timed_out, intent = desired(point(lr=0.1)), desired(point(lr=0.2, suspended=True))
-    gone = desired(point(lr=0.3))
-    records = [(want.point.values["lr"], "RUNNING", {}, None) for want in (timed_out, intent, gone)]
-    _write_records(tracking, records, live=True)
+    gone, completed, failed = desired(point(lr=0.3)), desired(point(lr=0.4)), desired(point(lr=0.5))
+    wants = (timed_out, intent, gone, completed, failed)
+    _write_records(tracking, [(want.point.values["lr"], "RUNNING", {}, None) for want in wants], live=True)
     runs = {r.point_id: r for r in tracking.observe()}
-    for want, job_id in ((timed_out, "1"), (gone, "3")):
+    for want, job_id in ((timed_out, "1"), (gone, "3"), (completed, "4"), (failed, "5")):
         tracking.set_tags(runs[want.point.point_id].run_id, {"mantik.job_id": job_id})
-    jobs = {("local", "1"): JobStatus(JobState.TIMEOUT), ("local", "3"): JobStatus(JobState.RUNNING)}
-    plan = make_plan([timed_out, intent], tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
+    jobs = {
+        ("local", "1"): JobStatus(JobState.TIMEOUT),
+        ("local", "3"): JobStatus(JobState.RUNNING),
+        ("local", "4"): JobStatus(JobState.COMPLETED, 0),
+        ("local", "5"): JobStatus(JobState.FAILED, 2),
+    }
+    declared = [timed_out, intent, completed, failed]
+    plan = make_plan(declared, tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
 
     cancelled: list[str] = []
     backend = SimpleNamespace(cancel=cancelled.extend, read_log=lambda run_id, job_id: None)
     project = SimpleNamespace(
         store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
     )
-    assert execute(project, plan, SimpleNamespace(desired=[timed_out, intent], code=None)) == []
+    assert execute(project, plan, SimpleNamespace(desired=declared, code=None)) == []
 
     ended = {r.point_id: (r.status, r.failure_kind) for r in tracking.observe()}
     assert ended == {
         timed_out.point.point_id: (RunStatus.FAILED, FailureKind.TIMEOUT),
         intent.point.point_id: (RunStatus.FAILED, FailureKind.INTERRUPTED),
         gone.point.point_id: (RunStatus.KILLED, FailureKind.CANCELLED),
+        completed.point.point_id: (RunStatus.FINISHED, None),
+        failed.point.point_id: (RunStatus.FAILED, FailureKind.JOB_FAILED),
+    }
+    records = tracking.client.search_runs(list(tracking.experiment_ids()))
+    exit_codes = {r.data.tags["mantik.point"]: r.data.tags.get("mantik.exit_code") for r in records}
+    assert exit_codes == {
+        timed_out.point.point_id: None,
+        intent.point.point_id: None,
+        gone.point.point_id: None,
+        completed.point.point_id: "0",
+        failed.point.point_id: "2",
     }
     assert cancelled == ["3"]
 

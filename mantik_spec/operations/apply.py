@@ -99,6 +99,8 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
         tags = {Tag.JOB_ID: entry.job_id} if entry.record_job and entry.job_id else {}
         if entry.mark_status and entry.mark_status is not RunStatus.FINISHED:
             tags.update(failure_tags(entry.failure_kind or FailureKind.LOST, entry.reason))
+        if entry.mark_status and entry.exit_code is not None:  # as the runner records it, when it could not
+            tags[Tag.EXIT_CODE] = str(entry.exit_code)
         if entry.mark_status and entry.job_id:
             keep_output(project, entry)
         if entry.mark_status:
@@ -149,7 +151,9 @@ def submit(
     for want, entry in starts:
         experiment_id = store.ensure_experiment(want.point.experiment, experiment_ids)
         tags = run_tags(project, context.code, want, entry) | context.extra_tags
-        run_id = store.create_run(experiment_id, run_name(want.point.point_id, entry.next_attempt), tags, run_params(want))
+        run_id = store.create_run(
+            experiment_id, run_name(want.point.point_id, entry.next_attempt), tags, run_params(want)
+        )
         checkpoint("after-intent")
         started.append(run_id)
         by_backend[want.point.backend].append(

@@ -81,14 +81,25 @@ def status_rows(project: Project, errors: list[str] | None = None) -> list[Statu
 def follow(
     project: Project, run_ids: list[str], on_update: Callable[[dict[str, str]], None], interval: float = POLL_SECONDS
 ) -> dict[str, str]:
-    """Poll until every run in ``run_ids`` has ended; returns run id -> final state."""
+    """Poll until every run in ``run_ids`` has ended, and with it the job's runner; returns run id -> final
+    state. A command using MLflow's fluent API ends the run FINISHED itself when it exits (mlflow's atexit
+    ``end_run``), before the runner records the exit code, the output and the status it decides: such a run
+    counts as ended once its job has."""
     wanted = set(run_ids)
+    settled: set[str] = set()  # ended in MLflow, and their jobs too: the record is final
     while True:
         runs = [r for r in project.store.observe() if r.run_id in wanted]
-        jobs = poll_jobs(project, runs)
+        closing = [r for r in runs if not r.live and r.job_id and r.run_id not in settled]
+        jobs = poll_jobs(project, runs, explain=closing)
+        closing_ids = {r.run_id for r in closing}
         states = {}
         for run in runs:
             job = jobs.get((run.backend, run.job_id)) if run.job_id else None
+            if run.run_id in closing_ids:
+                if job is not None and job.state.live:
+                    states[run.run_id] = job.state.value  # the runner is still writing the record
+                    continue
+                settled.add(run.run_id)
             states[run.run_id] = run_state(run, job)
         on_update(states)
         if all(state in ENDED for state in states.values()) and len(states) == len(wanted):

@@ -55,6 +55,7 @@ class PlannedRun:
     next_attempt: int | None = None  # a new run with this attempt number is started (submit, retry, repair)
     mark_status: RunStatus | None = None  # the status recorded on the existing run (repair, cancel)
     failure_kind: FailureKind | None = None  # recorded with an unsuccessful mark_status: why the run ended
+    exit_code: int | None = None  # the ended job's exit code, recorded with mark_status when the backend knows it
     record_job: bool = False  # the job was found on the backend but its id never recorded: record it
 
     def to_json(self) -> dict:

@@ -118,7 +118,7 @@ def _closing(status: JobStatus) -> dict:
     """The fields of a repair entry that close a run from its ended job: the status and why."""
     final = _final_status(status)
     kind = None if final is RunStatus.FINISHED else ENDED_KINDS.get(status.state, FailureKind.LOST)
-    return {"mark_status": final, "failure_kind": kind}
+    return {"mark_status": final, "failure_kind": kind, "exit_code": status.exit_code}
 
 
 def counts_as_attempt(run: ObservedRun) -> bool:
@@ -201,9 +201,7 @@ def _plan_live(want: DesiredRun, run: ObservedRun, jobs: JobStates) -> PlannedRu
         return _entry(want, Action.RUNNING, note, **_about(run))
     if _final_status(status) is RunStatus.FINISHED:
         reason = f"job {run.job_id} completed but the run was not closed; recording FINISHED"
-        return _entry(
-            want, Action.REPAIR, reason, **_about(run), mark_status=RunStatus.FINISHED, record_job=run.adopted_job
-        )
+        return _entry(want, Action.REPAIR, reason, **_about(run), **_closing(status), record_job=run.adopted_job)
     retry_allowed = run.attempt <= want.point.retries and not suspended
     if suspended:
         follow = "; not retried: the experiment is suspended"
