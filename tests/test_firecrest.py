@@ -137,8 +137,10 @@ def test_lost_submission_answer_is_adopted_not_resubmitted(on_firecrest, site):
 
 def test_gateway_error_after_the_job_was_queued_adopts_it(on_firecrest, site):
     site.fail_after[("POST", "submit")] = [502]  # sbatch ran behind the proxy that answered 502
-    on_firecrest.mantik("apply", "--auto-approve")  # found by its name before anything was recorded
+    on_firecrest.mantik("apply", "--auto-approve")  # found by its batch directory before anything was recorded
     assert len(site.submitted) == 1
+    names = subprocess.run(["squeue", "-h", "-t", "all", "-j", site.submitted[0], "-o", "%j"], capture_output=True)
+    assert set(names.stdout.decode().split()) == {"mantik-sweep"}  # what the user reads in squeue
     settle(on_firecrest)
     assert len(site.submitted) == 1
     assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}

@@ -225,23 +225,25 @@ def jobs_per_key(project) -> dict[str, set[str]]:
 
 
 def queued_batches(project) -> list[str]:
-    """The mantik jobs Slurm knows for this project's batches (one entry per submitted array)."""
-    batches = {p.name for p in (project.path / ".mantik" / "slurm" / "batches").iterdir()}
-    names = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j|%F"], capture_output=True, text=True).stdout
-    return sorted({line for line in names.split() if line.split("|")[0].removeprefix("mantik-") in batches})
+    """The jobs Slurm knows for this project's batches, found by their batch script: ``NAME|ARRAY_JOB_ID``,
+    one entry per submitted array."""
+    batches = (project.path / ".mantik" / "slurm" / "batches").resolve()
+    listing = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j|%F|%o"], capture_output=True, text=True).stdout
+    rows = [line.rsplit("|", 1) for line in listing.splitlines()]
+    return sorted({job for job, script in rows if Path(script).resolve().parent.parent == batches})
 
 
 def test_sbatch_failing_after_the_controller_queued_the_job_runs_each_key_once(project, tmp_path):
     use(project, slurm_spec())
     shimmed = sbatch_shim(tmp_path / "shim", submit=True)
-    applied = project.mantik("apply", "--auto-approve", env=shimmed)  # found by its job name: accepted
+    applied = project.mantik("apply", "--auto-approve", env=shimmed)  # found by its batch script: accepted
     assert len({r.data.tags.get("mantik.job_id") for r in project.runs()}) == 3
     project.mantik("plan")
     again = project.mantik("-v", "apply", "--auto-approve", "--wait", env=shimmed)
     assert "sbatch" not in again.stderr, applied.stderr + again.stderr
     project.wait_until(lambda: sorted(r.info.status for r in project.runs()) == ["FINISHED"] * 3, message="finish")
     assert [len(jobs) for jobs in jobs_per_key(project).values()] == [1, 1, 1]
-    assert len(project.runs()) == 3 and len(queued_batches(project)) == 1
+    assert len(project.runs()) == 3 and [job.split("|")[0] for job in queued_batches(project)] == ["mantik-sweep"]
 
 
 def test_sbatch_failing_before_anything_was_queued_leaves_the_runs_open(project, tmp_path):

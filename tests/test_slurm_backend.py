@@ -173,8 +173,10 @@ def test_in_doubt_submission_found_in_the_queue_is_accepted(tmp_path):
     def controller_queued_it_anyway(argv, timeout=0, secrets=None):
         if "sbatch" in argv:
             return CommandResult(1, "", TIMED_OUT[1])
-        batch = next((tmp_path / "work" / "batches").iterdir()).name  # the job name carries the batch
-        return CommandResult(0, f"77_0|PENDING|None|mantik-{batch}\n77_1|PENDING|None|mantik-{batch}\n", "")
+        script = next((tmp_path / "work" / "batches").iterdir()) / "script.sh"  # squeue shows it (%o)
+        return CommandResult(
+            0, f"77_0|PENDING|None|mantik-sweep|{script}\n77_1|PENDING|None|mantik-sweep|{script}\n", ""
+        )
 
     slurm.host.run = controller_queued_it_anyway
     assert slurm.submit(requests(tmp_path)) == {"run0": "77_0", "run1": "77_1"}
@@ -301,11 +303,13 @@ def test_validate_refuses_sbatch_options_that_hide_or_break_the_job(project):
     )
     lines = project.mantik("validate", check=1).stderr.strip().splitlines()
     refused = {line.split(":")[1]: line for line in lines if "sbatch_args" in line}
-    assert sorted(int(n) for n in refused) == list(range(13, 23)), lines  # one line each, at its own line
-    assert "--job-name cannot be set here" in refused["13"] and "finds the job after a crash" in refused["13"]
-    assert "--clusters cannot be set here" in refused["16"]
+    assert sorted(int(n) for n in refused) == list(range(15, 22)), lines  # one line each, at its own line
+    assert "--clusters cannot be set here" in refused["15"] and "login node's own cluster" in refused["15"]
+    assert "--array cannot be set here" in refused["17"]
     assert "--export=ALL" in refused["21"]
-    assert not any("constraint" in line or "exclusive" in line or "X=1" in line for line in lines)
+    # a name of the user's own (even abbreviated, as getopt takes it) is theirs: jobs are found by their script
+    accepted = ("--job-name=mine", "-J mine", "--job=x", "--constraint", "--exclusive", "X=1")
+    assert not any(item in line for item in accepted for line in lines)
 
 
 def test_validate_refuses_memory_set_twice_and_line_breaks_in_paths(project):
@@ -328,18 +332,31 @@ def test_validate_refuses_memory_set_twice_and_line_breaks_in_paths(project):
     assert "mutually" not in memory and "keep one" in memory
 
 
+# how squeue lists a batch's job: as this version submits it (its name, its batch script), as versions that
+# named jobs after their batch did (those jobs must still be found, or they would be submitted twice), and
+# renamed by the user; a name alone never makes a job mantik's
+LISTED = {
+    "named after the experiment": "{id}|RUNNING|None|mantik-sweep|{script}\n",
+    "named after the batch": "{id}|RUNNING|None|mantik-{batch}|/home/me/old-work/batches/{batch}/script.sh\n",
+    "a name of the user's own": "{id}|RUNNING|None|my | job|{script}\n",
+}
+
+
+@pytest.mark.parametrize("listed", LISTED)
 @pytest.mark.parametrize(
     "failure", [ConnectionDropped("ssh to login failed: Broken pipe"), CommandTimeout("no answer")]
 )
-def test_connection_lost_during_sbatch_is_resolved_by_looking(tmp_path, failure):
+def test_connection_lost_during_sbatch_is_resolved_by_looking(tmp_path, failure, listed):
     slurm = backend(tmp_path, {})
     queued = []
 
     def dropped(argv, timeout=0, secrets=None):
         if "sbatch" in argv:
             raise failure
-        batch = next((tmp_path / "work" / "batches").iterdir()).name
-        return CommandResult(0, "".join(f"31_{i}|RUNNING|None|mantik-{batch}\n" for i in queued), "")
+        batch = next((tmp_path / "work" / "batches").iterdir())
+        lines = [LISTED[listed].format(id=f"31_{i}", script=batch / "script.sh", batch=batch.name) for i in queued]
+        others = "32|RUNNING|None|mantik-sweep|/home/me/train.sh\n33|PENDING|None|mantik-0123456789abcdef|x.sh\n"
+        return CommandResult(0, others + "".join(lines), "")
 
     slurm.host.run = dropped
     with pytest.raises(SubmissionFailed) as raised:  # not queued (yet): open, for the next plan

@@ -9,9 +9,10 @@ are the Slurm backend's (:mod:`.slurm`); only the way there differs:
   extraction says it is complete, so a crash in between uploads it again;
 * each batch's files (the script, its run index, every run's ``job.json`` and its links to the code)
   are one more small archive, extracted the same way;
-* ``POST /compute/{machine}/jobs`` submits the batch script (a job array); the job is named
-  ``mantik-BATCH``, so a submission whose answer was lost is found by name before anything is
-  recorded, and a crashed apply adopts its jobs instead of submitting them twice;
+* ``POST /compute/{machine}/jobs`` submits the batch script (a job array) from its batch directory;
+  the job is named ``mantik-EXPERIMENT``, and the job list shows each job's working directory, so a
+  submission whose answer was lost is found by its batch before anything is recorded, and a crashed
+  apply adopts its jobs instead of submitting them twice;
 * ``GET /compute/{machine}/jobs`` lists every job of the user: one call per poll for all live jobs;
 * the token comes from the OIDC client-credentials flow (pyfirecrest's ``ClientCredentialsAuth``),
   the client id and secret from the environment variables the spec names: never written anywhere.
@@ -33,11 +34,12 @@ from ..templating import packaged, render
 from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
 from .slurm import (
     GONE_WHILE_RUNNING,
-    JOB_NAME_PREFIX,
     NEVER_STARTED,
     RUN_CWD,
     array_task_ids,
+    batch_of,
     directives,
+    job_name,
     sbatch_quote,
     slurm_status,
 )
@@ -282,7 +284,7 @@ class FirecrestBackend:
         return render(
             self._template(),
             {
-                "job_name": JOB_NAME_PREFIX + batch_id,
+                "job_name": job_name(batch[0].group),
                 "experiment": batch[0].group,
                 "batch_dir": batch_dir,
                 "output": sbatch_quote(f"--output={batch_dir.replace('%', '%%')}/slurm-%A_%a.out"),
@@ -306,7 +308,6 @@ class FirecrestBackend:
 
     def _submit_batch(self, batch: list[JobRequest]) -> dict[str, str]:
         batch_id = hashlib.sha256("\n".join(r.run_id for r in batch).encode()).hexdigest()[:16]
-        job_name = JOB_NAME_PREFIX + batch_id
         runner_path = self._stage_runner()
         script = self.batch_script(batch, batch_id, runner_path)
         files = Archive()
@@ -347,30 +348,30 @@ class FirecrestBackend:
         else:
             self._listing = None  # the next poll must see the new job
             return self._job_ids(batch, job_id)
-        # Before anything is recorded, look: the job name carries the batch, so a job queued despite the
-        # lost or failed answer is kept instead of being submitted a second time.
+        # Before anything is recorded, look: the job list shows each job's batch directory, so a job queued
+        # despite the lost or failed answer is kept instead of being submitted a second time.
         try:
-            queued = self._queued_as(job_name)
+            queued = self._queued_as(batch_id)
         except BackendError as exc:
             raise SubmissionInDoubt(f"{failure}; the job list could not be read to check ({exc})") from None
         if queued is not None:
             return self._job_ids(batch, queued)
         if isinstance(failure, CommandTimeout):  # the API may still be submitting it
-            raise SubmissionInDoubt(f"{failure}; {job_name} is not listed yet, so it may still appear")
+            raise SubmissionInDoubt(f"{failure}; batch {batch_id} is not listed yet, so it may still appear")
         raise failure
 
     def _job_ids(self, batch: list[JobRequest], base: str) -> dict[str, str]:
         return {r.run_id: (f"{base}_{i}" if self.config.array else base) for i, r in enumerate(batch)}
 
-    def _queued_as(self, job_name: str) -> str | None:
+    def _queued_as(self, batch_id: str) -> str | None:
         self._listing = None
-        return _bases(self._jobs()).get(job_name)
+        return _bases(self._jobs()).get(batch_id)
 
     # -- observe -------------------------------------------------------------------------------
 
     def _jobs(self) -> dict[str, tuple[JobStatus, str]]:
         """Every job of the user FirecREST lists (live ones, and ended ones of the time window): job id ->
-        (status, name). One call, cached for the poll interval."""
+        (status, batch id; empty when not mantik's). One call, cached for the poll interval."""
         now = time.monotonic()
         if self._listing is not None and now - self._listing[0] < self.min_poll_interval:
             return self._listing[1]
@@ -387,7 +388,7 @@ class FirecrestBackend:
                 found = JobStatus(found.state, code, found.detail)
             # a pending array is one record, 123_[0-9] (squeue and sacct both group it)
             for job_id in array_task_ids(str(job.get("jobId", ""))):
-                listing[job_id] = (found, str(job.get("name") or ""))
+                listing[job_id] = (found, batch_of(str(job.get("workingDirectory") or "")))
         self._listing = (now, listing)
         return listing
 
@@ -398,11 +399,11 @@ class FirecrestBackend:
             return {job_id: JobStatus(JobState.UNKNOWN, detail=str(exc)) for job_id in jobs}
         found = {job_id: listing[job_id][0] for job_id in jobs if job_id in listing}
         # A FirecREST on Slurm's REST client lists each array task under its own number, not as 123_4:
-        # a task missing while jobs of its name are live is not taken for gone
-        name_of = {job_id.split("_")[0]: name for job_id, (_, name) in listing.items()}
-        live_names = {name for status, name in listing.values() if status.state.live}
+        # a task missing while jobs of its batch are live is not taken for gone
+        batch_of_base = {job_id.split("_")[0]: batch for job_id, (_, batch) in listing.items() if batch}
+        live_batches = {batch for status, batch in listing.values() if batch and status.state.live}
         for job_id in jobs:
-            if job_id not in found and name_of.get(job_id.split("_")[0]) in live_names:
+            if job_id not in found and batch_of_base.get(job_id.split("_")[0]) in live_batches:
                 found[job_id] = JobStatus(JobState.UNKNOWN, detail="its array is listed, this task not by its id")
             elif job_id not in found:
                 try:
@@ -435,11 +436,7 @@ class FirecrestBackend:
         if waiting:
             self._listing = None
             listing = self._jobs()  # if FirecREST cannot answer, neither can we: never guess "no job"
-            base_of = {
-                name[len(JOB_NAME_PREFIX) :]: base
-                for name, base in _bases(listing).items()
-                if name.startswith(JOB_NAME_PREFIX)
-            }
+            base_of = _bases(listing)
             for run_id, batch in waiting.items():
                 if batch not in base_of:
                     continue
@@ -493,11 +490,12 @@ class FirecrestBackend:
 
 
 def _bases(listing: dict[str, tuple[JobStatus, str]]) -> dict[str, str]:
-    """Job name -> the job's id (an array's base id). FirecREST merges sacct's records (array tasks as
+    """Batch id -> its job's id (an array's base id). FirecREST merges sacct's records (array tasks as
     ``123_4``) with squeue's (each task under its own number): the array form names the base, so it wins."""
     bases: dict[str, str] = {}
-    for job_id, (_, name) in sorted(listing.items(), key=lambda item: "_" not in item[0]):
-        bases.setdefault(name, job_id.split("_")[0])
+    for job_id, (_, batch) in sorted(listing.items(), key=lambda item: "_" not in item[0]):
+        if batch:
+            bases.setdefault(batch, job_id.split("_")[0])
     return bases
 
 

@@ -9,10 +9,11 @@ Layout under ``workdir`` on the cluster's shared filesystem::
                               files, so a committed file named job.json is the user's and stays so
     batches/BATCH/            one per sbatch: script.sh, runs.txt (array index -> run dir), slurm-*.out
 
-The job name ``mantik-BATCH`` and each run's ``batch`` file tie a submitted
-job back to its runs, and the job writes its own id into its run directory
-as it starts, so a crashed apply adopts its jobs instead of submitting them
-twice, in the queue or after they left it.
+The job is named ``mantik-EXPERIMENT`` for the people reading squeue. Its
+batch script's path (``batches/BATCH/script.sh``, squeue's command) and each
+run's ``batch`` file tie a submitted job back to its runs, and the job writes
+its own id into its run directory as it starts, so a crashed apply adopts its
+jobs instead of submitting them twice, in the queue or after they left it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
     from .ssh import SSHHost
 
 JOB_NAME_PREFIX = "mantik-"
+JOB_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]")
+JOB_NAME_LENGTH = 64  # characters of the experiment kept in the name: enough to tell experiments apart
+# Where a listed job says which batch it is, whatever its name: its batch script (squeue's command, %o, made
+# absolute by sbatch: src/sbatch/opt.c) or its working directory (FirecREST submits from the batch directory).
+# Jobs of versions that named them mantik-BATCH were submitted the same way: they are found alike.
+BATCH_PATH = re.compile(r"/batches/([0-9a-f]{16})(?:/script\.sh)?/?$")
 RUN_CWD = "work"  # the run's working directory inside its run directory
 NEVER_STARTED = (
     "left the queue before it started, so the run's code never ran (cancelled while pending, outside mantik?); "
@@ -88,6 +95,19 @@ STATES: dict[str, tuple[JobState, str]] = {
 def slurm_state(text: str) -> JobState:
     """``CANCELLED by 0`` and ``CANCELLED+`` are CANCELLED; a word Slurm may add later is UNKNOWN."""
     return slurm_status(text).state
+
+
+def job_name(experiment: str | None) -> str:
+    """The job's name, ``mantik-EXPERIMENT``, as squeue and sacct show it. Characters other than letters,
+    digits, ``_``, ``.`` and ``-`` become ``-``: the name stands unquoted on the ``#SBATCH`` line."""
+    return JOB_NAME_PREFIX + JOB_NAME_CHARACTERS.sub("-", experiment or "run")[:JOB_NAME_LENGTH]
+
+
+def batch_of(path: str) -> str:
+    """The batch id of a listed job, read from ``path`` (its batch script or working directory); empty for
+    anyone else's job."""
+    found = BATCH_PATH.search(path)
+    return found.group(1) if found else ""
 
 
 def slurm_status(text: str, reason: str = "") -> JobStatus:
@@ -215,7 +235,7 @@ class SlurmBackend:
         self.project_root = project_root
         self.min_poll_interval = duration_seconds(config.poll_interval)
         self.calls: Counter = Counter()  # scheduler commands run, for -v and the bench
-        self._listing: tuple[float, dict[str, tuple[JobStatus, str, str]]] | None = None
+        self._listing: tuple[float, dict[str, tuple[JobStatus, str]]] | None = None
         self._staged_code: set[Path] = set()
         self._top_level: dict[Path, list[str]] = {}  # the entries a run directory links to, per commit
         self._accounting: bool | None = None
@@ -310,7 +330,7 @@ class SlurmBackend:
         script = render(
             template,
             {
-                "job_name": JOB_NAME_PREFIX + batch_id,
+                "job_name": job_name(batch[0].group),
                 "experiment": batch[0].group,
                 "batch_dir": batch_dir,
                 # sbatch reads #SBATCH lines with its own quoting (src/sbatch/opt.c get_argument) and expands
@@ -338,7 +358,6 @@ class SlurmBackend:
         self.host.extract(files.bytes(), self.workdir)
         # sbatch passes its environment to the job; over SSH the login shell lacks the tracking credentials
         secrets = None if self.shares_files else tracking_secrets()
-        job_name = JOB_NAME_PREFIX + batch_id
         try:
             result = self._run(["sbatch", "--parsable", f"{batch_dir}/script.sh"], secrets=secrets)
         except (CommandTimeout, ConnectionDropped) as exc:  # the script may have reached the controller
@@ -362,26 +381,26 @@ class SlurmBackend:
                 answer = sbatch_answer(result.returncode, result.stderr)
                 said = "refused the job" if answer is Answer.REFUSED else f"failed (exit {result.returncode})"
                 why = f"sbatch {said}: {_strip_prefix(result.error_line())}"
-        # Before anything is recorded, look: the job name carries the batch, so a job the controller
+        # Before anything is recorded, look: the queue shows each job's batch script, so a job the controller
         # queued despite the failed answer is found and kept instead of being submitted a second time.
         try:
-            queued = self._queued_as(job_name)
+            queued = self._queued_as(batch_id)
         except BackendError as exc:
             raise SubmissionInDoubt(f"{why}; the queue could not be read to check ({exc})") from None
         if queued is not None:
             return self._job_ids(batch, queued)
         if answer is Answer.IN_DOUBT:
-            raise SubmissionInDoubt(f"{why}; {job_name} is not in the queue yet, so it may still appear")
+            raise SubmissionInDoubt(f"{why}; batch {batch_id} is not in the queue yet, so it may still appear")
         raise BackendError(why)
 
     def _job_ids(self, batch: list[JobRequest], base: str) -> dict[str, str]:
         return {r.run_id: (f"{base}_{i}" if self.config.array else base) for i, r in enumerate(batch)}
 
-    def _queued_as(self, job_name: str) -> str | None:
-        """The base id of the job named ``job_name`` in the queue, None when there is none."""
+    def _queued_as(self, batch_id: str) -> str | None:
+        """The base id of batch ``batch_id``'s job in the queue, None when there is none."""
         self._listing = None
-        for job_id, (_, _, name) in self._queue().items():
-            if name == job_name:
+        for job_id, (_, batch) in self._queue().items():
+            if batch == batch_id:
                 return job_id.split("_")[0]
         return None
 
@@ -403,19 +422,21 @@ class SlurmBackend:
 
     # -- observe -------------------------------------------------------------------------------
 
-    def _queue(self) -> dict[str, tuple[JobStatus, str, str]]:
-        """Every job of ours Slurm still knows: job id -> (status, reason, name). Cached for the poll interval."""
+    def _queue(self) -> dict[str, tuple[JobStatus, str]]:
+        """Every job of the user's Slurm still knows: job id -> (status, batch id; empty when not mantik's).
+        Cached for the poll interval."""
         now = time.monotonic()
         if self._listing is not None and now - self._listing[0] < self.min_poll_interval:
             return self._listing[1]
-        result = self._run(["squeue", "--me", "--states=all", "--array", "--noheader", "--format=%i|%T|%r|%j"])
+        result = self._run(["squeue", "--me", "--states=all", "--array", "--noheader", "--format=%i|%T|%r|%j|%o"])
         if result.returncode != 0:
             raise BackendError(f"squeue failed: {_strip_prefix(result.error_line())}")
         listing = {}
         for line in result.stdout.splitlines():
+            # names and commands are free text and may hold "|": the command is read from the line's end
             parts = line.strip().split("|")
-            if len(parts) == 4:
-                listing[parts[0]] = (slurm_status(parts[1], parts[2]), parts[2], parts[3])
+            if len(parts) >= 5:
+                listing[parts[0]] = (slurm_status(parts[1], parts[2]), batch_of(line.strip()))
         self._listing = (now, listing)
         return listing
 
@@ -494,11 +515,7 @@ class SlurmBackend:
                 waiting[run_id] = batch.strip()
         if waiting:
             listing = self._queue()  # if Slurm cannot answer, neither can we: never guess "no job" and resubmit
-            base_of = {
-                name[len(JOB_NAME_PREFIX) :]: job_id.split("_")[0]
-                for job_id, (_, _, name) in listing.items()
-                if name.startswith(JOB_NAME_PREFIX)
-            }
+            base_of = {batch: job_id.split("_")[0] for job_id, (_, batch) in listing.items() if batch}
             for run_id, batch in waiting.items():
                 if batch not in base_of:
                     continue

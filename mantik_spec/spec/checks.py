@@ -119,7 +119,6 @@ def _run_count(spec: Spec, experiments: dict) -> Iterator[Finding]:
 # sbatch options mantik sets itself, or that would hide the job from it (src/sbatch/opt.c names them):
 # long name -> (short letter, why it cannot be an sbatch_args item)
 SBATCH_OWNED = {
-    "job-name": ("J", "mantik names the job mantik-BATCH, which is how it finds the job after a crash"),
     "array": ("a", "mantik builds the array from the experiment's points (array, max_array_size)"),
     "output": ("o", "mantik writes the job's output under workdir/batches/ and each run's into its run directory"),
     "clusters": ("M", "mantik follows jobs on the login node's own cluster only (see docs/slurm.md)"),
