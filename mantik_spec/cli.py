@@ -32,25 +32,15 @@ PROJECT_DIR = click.option(
 
 @contextmanager
 def user_errors():
-    """Turn every error a user can cause or fix into one line on stderr and exit 1."""
-    # none of these modules imports mlflow or git at import time
-    from .backends.base import BackendError
-    from .operations.errors import UserError
-    from .reconcile.planfile import StalePlanError
-    from .spec.yamlload import SpecError
-    from .state.git import GitError
-    from .state.lock import LockError
-    from .state.tracking import TrackingError
+    """Turn every error a user can cause or fix (a MantikError: mantik_spec/errors.py) into its lines on
+    stderr and exit 1; anything else is a bug and keeps its traceback."""
+    from .errors import MantikError  # imports nothing heavy
 
-    expected = (BackendError, StalePlanError, UserError, GitError, LockError, TrackingError)
     try:
         yield
-    except SpecError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        sys.exit(1)
-    except expected as exc:
-        click.echo(f"Error: {exc}", err=True)
+    except MantikError as exc:
+        for line in exc.lines():
+            click.echo(line, err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -245,7 +235,7 @@ def schema(fmt):
 @click.pass_context
 def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, detailed_exitcode, fail_on_failed):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
-    from .operations.errors import UserError
+    from .errors import UserError
     from .operations.project import build_plan, open_project
     from .reconcile import render
     from .reconcile.plan import Action

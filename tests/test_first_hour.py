@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mantik_spec.operations.errors import UserError
+from mantik_spec.errors import UserError
 from mantik_spec.operations.install_source import _requirement, ci_install_command
 
 from .conftest import ROOT, Project, git

@@ -74,6 +74,56 @@ def test_backend_errors_carry_the_answer_status_as_data():
     assert (failed.status, failed.submitted, failed.refused, failed.unknown) == (None, {"run": "job"}, ["other"], [])
 
 
+# exceptions that never reach a user: each is caught where it is raised and turned into something else
+INTERNAL_EXCEPTIONS = {
+    "mantik_spec.runner._CancelledBeforeStart",  # the runner's own control flow
+    "mantik_spec.spec.experiments.QuotingError",  # becomes a validate finding naming file:line
+}
+
+
+def test_every_error_of_the_package_is_a_mantik_error():
+    """One hierarchy, one handler: the CLI prints a MantikError as one line and exit 1; an error type outside it
+    would reach the user as a traceback."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import mantik_spec
+    from mantik_spec.errors import MantikError
+
+    found = {}
+    for module_info in pkgutil.walk_packages(mantik_spec.__path__, "mantik_spec."):
+        if module_info.name == "mantik_spec.__main__":  # runs the CLI when imported
+            continue
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == module.__name__:
+                found[f"{module.__name__}.{name}"] = value
+    assert len(found) >= 10  # the walk found the package's errors
+    outside = {name for name, error in found.items() if not issubclass(error, MantikError)}
+    assert outside == INTERNAL_EXCEPTIONS
+
+
+def test_a_version_error_reaches_the_user_as_one_line(tmp_path):
+    """An error type the CLI did not list by hand used to escape as a traceback; every MantikError prints alike."""
+    import click
+    from click.testing import CliRunner
+
+    from mantik_spec.cli import user_errors
+    from mantik_spec.state.versions import VersionError
+
+    @click.command()
+    def broken():
+        with user_errors():
+            raise VersionError("data/train.csv: no version (not tracked by DVC, no url pin)")
+
+    result = CliRunner().invoke(broken)
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: data/train.csv: no version (not tracked by DVC, no url pin)\n",
+    )
+
+
 def test_choosing_a_backend_imports_only_its_module():
     """`validate` and `--help` import no backend; a project with Slurm backends never imports pyunicore."""
     code = (

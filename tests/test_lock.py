@@ -176,8 +176,8 @@ def test_a_holder_is_dead_at_once_only_in_this_pid_namespace_and_by_pid_and_star
 def test_an_apply_that_lost_its_lock_submits_nothing_more(project):
     """A holder paused past its lease finds its lock broken (LockHandle.lost): it stops before the scheduler,
     and the apply that holds the lock now submits each open intent once."""
+    from mantik_spec.errors import UserError
     from mantik_spec.operations.apply import execute
-    from mantik_spec.operations.errors import UserError
     from mantik_spec.operations.project import build_plan, open_project
     from mantik_spec.state.lock import LockHandle
 

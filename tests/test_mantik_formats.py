@@ -585,7 +585,7 @@ def test_init_writes_the_backend_type_of_the_config_it_reads(tmp_path, config, e
 
 
 def test_init_refuses_a_config_that_names_no_single_connection(tmp_path):
-    from mantik_spec.operations.errors import UserError
+    from mantik_spec.errors import UserError
     from mantik_spec.operations.init import init
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)

@@ -375,7 +375,7 @@ def test_replace_runs_a_finished_point_again_but_never_beside_a_live_run():
 
 
 def test_a_prefix_naming_runs_of_several_points_names_none():
-    from mantik_spec.operations.errors import UserError
+    from mantik_spec.errors import UserError
     from mantik_spec.operations.runref import matching_runs, refuse_ambiguous
 
     first, second = desired(point(lr=0.1)), desired(point(lr=0.2))

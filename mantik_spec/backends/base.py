@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..errors import MantikError
+
 
 class JobState(enum.Enum):
     PENDING = "pending"
@@ -84,7 +86,7 @@ def tracking_secrets() -> dict[str, str]:
     return {name: os.environ[name] for name in TRACKING_SECRETS if os.environ.get(name)}
 
 
-class BackendError(Exception):
+class BackendError(MantikError):
     """The backend refused or could not be reached; the message is for the user.
 
     ``status`` is the HTTP status code of the answer that caused it, for backends that speak HTTP

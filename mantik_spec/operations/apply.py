@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..backends.base import BackendError, JobRequest, SubmissionFailed
+from ..errors import UserError
 from ..faults import checkpoint
 from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
@@ -25,7 +26,6 @@ from ..state.git import CodeVersion
 from ..state.lock import LockHandle, project_lock
 from ..state.tags import FailureKind, MlflowTag, RunStatus, Tag, failure_tags, identity_tags
 from ..state.versions import UNPINNED
-from .errors import UserError
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data
 from .project import Observation, Project, build_plan, throwaway_store
 

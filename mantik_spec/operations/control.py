@@ -6,9 +6,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
+from ..errors import UserError
 from ..state.lock import project_lock
 from ..state.tags import FailureKind, RunStatus, failure_tags
-from .errors import UserError
 from .project import Project, poll_jobs
 from .runref import find_run, matching_runs, refuse_ambiguous
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ..errors import UserError
 from ..reconcile.identity import recorded_identity
-from .errors import UserError
 from .project import Project, observe
 from .runref import find_run, matching_runs
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
 from ..spec.experiments import join_lines
 from ..spec.load import SPEC_FILE, validate_document
 from ..spec.schema import SCHEMA_ID
 from ..spec.yamlload import SpecError, load_marked
 from ..templating import packaged, render
-from .errors import UserError
 
 CI_FILES = {"github": ".github/workflows/mantik.yml", "gitlab": ".gitlab-ci.yml"}
 SAMPLE_VALUES = {"float": 0.01, "int": 1, "bool": False, "string": "TODO", "path": "TODO", "uri": "TODO"}

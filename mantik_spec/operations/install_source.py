@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import UserError
+from ..errors import UserError
 
 DISTRIBUTION = "mantik-spec"
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends.base import Backend, JobRequest
+from ..errors import UserError
 from ..reconcile.identity import DesiredRun
 from ..spec.model import Environment
 from ..state.git import CodeVersion
-from .errors import UserError
 from .project import Project
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..backends import make_backend
 from ..backends.base import Backend, BackendError, JobState, JobStatus
+from ..errors import UserError
 from ..reconcile.identity import DesiredRun, identify, recorded_identity
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
@@ -23,7 +24,6 @@ from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tags import FailureKind, RunStatus
 from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
-from .errors import UserError
 
 
 @dataclass

@@ -8,6 +8,7 @@ versions, submitted as a new run with the same key and linked to the original.
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..reconcile.identity import DesiredRun, recorded_identity
 from ..reconcile.plan import Action, PlannedRun
 from ..spec.experiments import RunPoint
@@ -18,7 +19,6 @@ from ..state.lock import project_lock
 from ..state.tracking import Tag
 from ..state.versions import VersionError, dvc_md5
 from .apply import submit
-from .errors import UserError
 from .jobs import Submission
 from .project import Project
 from .runref import find_run

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..spec.experiments import format_value
-from .errors import UserError
 from .project import Project
 from .status import status_rows
 

@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import MantikError
 from ..files import write_atomically
 from .plan import PLAN_FORMAT_VERSION, Plan
 
 
-class StalePlanError(Exception):
-    pass
+class StalePlanError(MantikError):
+    """A saved plan no longer matches the commit, the spec or the runs it was made from; or is no plan."""
 
 
 @dataclass

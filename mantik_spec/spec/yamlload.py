@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from ..errors import MantikError
+
 try:  # libyaml is ~10x faster and still reports marks
     from yaml._yaml import CParser as _Parser
 except ImportError:  # pragma: no cover - depends on the PyYAML build
@@ -157,12 +159,15 @@ class Problem:
         return text if len(text) <= MAX_PROBLEM_CHARACTERS else text[: MAX_PROBLEM_CHARACTERS - 3] + "..."
 
 
-class SpecError(Exception):
-    """Raised with every problem found, so the user can fix them in one go."""
+class SpecError(MantikError):
+    """Raised with every problem found, so the user can fix them in one go: one ``file:line`` line each."""
 
     def __init__(self, problems: list[Problem]):
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+
+    def lines(self) -> list[str]:
+        return [str(problem) for problem in self.problems]
 
 
 @dataclass

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import MantikError
 from ..spec.load import SPEC_FILE
 from ..spec.yamlload import Problem, SpecError
 
@@ -30,7 +31,7 @@ LINK_MODE, SUBMODULE_MODE = b"120000", b"160000"
 CHUNK = 1 << 20  # bytes copied at a time: the tree is streamed, never held in memory
 
 
-class GitError(Exception):
+class GitError(MantikError):
     """A repository problem the user must fix (no commit, not a repository, git refusing it...)."""
 
 

@@ -41,6 +41,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import MantikError
 from .tracking import TrackingError, TrackingStore
 
 POLL_SECONDS = 0.5
@@ -48,8 +49,8 @@ DEFAULT_LEASE_SECONDS = 60.0
 RENEWALS_PER_LEASE = 5
 
 
-class LockError(Exception):
-    pass
+class LockError(MantikError):
+    """The project lock is held by another apply (or could not be taken): the message names the holder."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..errors import MantikError
 from ..spec.model import Tracking
 from .runcache import RunCache
 from .tags import LIVE, TERMINAL, MlflowTag, ObservedRun, RunStatus, Tag, decode_run
@@ -34,7 +35,7 @@ HTTP_RETRY_DEFAULTS = {
 }
 
 
-class TrackingError(Exception):
+class TrackingError(MantikError):
     """The tracking store could not be reached or refused a request."""
 
 

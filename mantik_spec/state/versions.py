@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from ..errors import MantikError
 from ..files import write_atomically
 from ..spec.model import DataSource, Environment
 
@@ -22,7 +23,7 @@ DIGEST_CACHE = "digests.json"
 UNPINNED = "unpinned"
 
 
-class VersionError(Exception):
+class VersionError(MantikError):
     """A declared input whose version cannot be determined; the message names it."""
 
 
