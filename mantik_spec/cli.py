@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .reconcile.render import GROUP_ABOVE
+from . import views
 
 REPLACE_HELP = (
     "Run this declared point (e.g. 'sweep[lr=0.1]') again though a run of it finished, failed or was cancelled; "
@@ -224,7 +224,11 @@ def schema(fmt):
     help="Read every run from MLflow, not only what changed since the last plan (after editing runs by hand).",
 )
 @click.option(
-    "-v", "--verbose", "every_run", is_flag=True, help=f"List every run, also in plans of more than {GROUP_ABOVE}."
+    "-v",
+    "--verbose",
+    "every_run",
+    is_flag=True,
+    help=f"List every run, also in plans of more than {views.GROUP_ABOVE}.",
 )
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @click.option(
@@ -237,7 +241,6 @@ def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, 
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
     from .errors import UserError
     from .operations.project import build_plan, open_project
-    from .reconcile import render
     from .reconcile.plan import Action
     from .reconcile.planfile import write_plan
 
@@ -250,11 +253,11 @@ def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, 
             write_plan(out, result, prune, replace)
     fmt = "json" if as_json else fmt
     if fmt == "json":
-        click.echo(render.render_json(result))
+        click.echo(views.render_json(result))
     elif fmt == "markdown":
-        click.echo(render.render_markdown(result), nl=False)
+        click.echo(views.render_markdown(result), nl=False)
     else:
-        click.echo(render.render_text(result, color=sys.stdout.isatty(), every_run=every_run))
+        click.echo(views.render_text(result, color=sys.stdout.isatty(), every_run=every_run))
         if out:
             click.echo(f"\nSaved the plan to {out}. To carry it out exactly: mantik apply {out}")
     _report_calls(ctx, project)
@@ -278,7 +281,9 @@ def _exit_on_errors(errors: list[str]) -> None:
 @click.argument("planfile", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--auto-approve", is_flag=True, help="Apply without asking.")
 @click.option(
-    "--wait", is_flag=True, help="Follow the runs to the end, resubmitting failed ones while retries allow; exit 1 if any failed."
+    "--wait",
+    is_flag=True,
+    help="Follow the runs to the end, resubmitting failed ones while retries allow; exit 1 if any failed.",
 )
 @click.option("--prune", is_flag=True, help="Cancel live runs the spec no longer declares.")
 @click.option("--replace", multiple=True, metavar="POINT", help=REPLACE_HELP)
@@ -291,13 +296,12 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
     from .operations import apply as operation
     from .operations.project import open_project
     from .reconcile.planfile import read_plan
-    from .reconcile.render import render_text
 
     timeout = parse_duration(lock_timeout)
     interactive = sys.stdin.isatty()
 
     def show(result):
-        click.echo(render_text(result, color=sys.stdout.isatty()))
+        click.echo(views.render_text(result, color=sys.stdout.isatty()))
 
     def confirm(result) -> bool:
         if auto_approve:
@@ -349,11 +353,12 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
                 )
                 if not retried.applied or not retried.started:
                     break  # no retries left (or the plan holds more than retries: that is the next apply's)
-                click.echo(f"\nRetrying {len(retried.started)} failed run(s): {_retry_reasons(retried.plan)}")
+                click.echo(f"\nRetrying {len(retried.started)} failed run(s): {views.retry_reasons(retried.plan)}")
                 failures = _follow(project, retried.started)
             if failures:
                 _report_calls(ctx, project)
-                _print_failures(failures)
+                for line in views.failure_lines(failures):
+                    click.echo(line, err=True)
                 sys.exit(1)
     _report_calls(ctx, project)
     _exit_on_errors(result.plan.errors)
@@ -368,14 +373,6 @@ def _only_retries_of(plan, failures) -> bool:
     changes = plan.changes()
     return bool(changes) and all(
         e.action in (Action.RETRY, Action.REPAIR) and e.point_id in failed and e.next_attempt for e in changes
-    )
-
-
-def _retry_reasons(plan) -> str:
-    from .reconcile.render import printable
-
-    return "; ".join(printable(f"{e.point_id}: {e.reason}") for e in plan.changes()[:3]) + (
-        f"; and {len(plan.changes()) - 3} more" if len(plan.changes()) > 3 else ""
     )
 
 
@@ -404,18 +401,11 @@ class _LogLines:
         self.last_text = None
 
     def __call__(self, states: dict[str, str]) -> None:
-        text = _state_counts(states)
+        text = views.state_counts(states)
         now = self.clock()
         if text != self.last_text or now - self.last_time >= self.QUIET_SECONDS:
-            click.echo(f"[{_age(now - self.started)}] runs: {text}")
+            click.echo(f"[{views.age(now - self.started)}] runs: {text}")
             self.last_text, self.last_time = text, now
-
-
-def _state_counts(states: dict[str, str]) -> str:
-    counts: dict[str, int] = {}
-    for state in states.values():
-        counts[state] = counts.get(state, 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
 def _follow_with_bar(project, run_ids) -> dict[str, str]:
@@ -435,19 +425,9 @@ def _follow_with_bar(project, run_ids) -> dict[str, str]:
 
         def update(states):
             done = sum(1 for state in states.values() if state in ENDED)
-            progress.update(task, completed=done, description=_state_counts(states))
+            progress.update(task, completed=done, description=views.state_counts(states))
 
         return follow(project, run_ids, update)
-
-
-def _print_failures(failures) -> None:
-    """Each run that did not finish: its point, how it ended, the last line of its error, where to read more."""
-    from .reconcile.render import printable
-
-    click.echo(f"\n{len(failures)} run(s) did not finish successfully:", err=True)
-    for failure in failures:
-        click.echo(f"  x {printable(failure.point_id)}  {failure.state}: {printable(failure.last_line)}", err=True)
-    click.echo(f"Read a run's output with: mantik logs {failures[0].run_id[:12]}", err=True)
 
 
 @main.command()
@@ -490,72 +470,15 @@ def _watch_status(project, interval: float) -> None:
     with Live(console=console, auto_refresh=False) as live:
         while True:
             rows = status_rows(project)
-            live.update(_status_table(rows), refresh=True)
+            live.update(views.status_table(rows), refresh=True)
             if all(row.state in ENDED or row.state in ("not submitted", "suspended") for row in rows):
                 break
             time.sleep(project.poll_pause(interval))
     click.echo("Every declared run has ended (or was never submitted).")
 
 
-def _table_console():
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:  # piped or captured: never cut a run's name to fit 80 columns
-        console = Console(width=1000)
-    return console
-
-
 def _print_status_table(rows) -> None:
-    _table_console().print(_status_table(rows))
-
-
-def _status_table(rows):
-    """One column per parameter whose value differs between the rows (what tells the points apart), so
-    that at 80 columns it is the metrics that get squeezed, never the point's identity."""
-    import time
-
-    from rich.markup import escape as markup_escape
-    from rich.table import Table
-
-    from .operations.runref import job_label
-    from .reconcile.render import printable
-    from .spec.experiments import format_value
-
-    def escape(value) -> str:  # neither rich markup nor a control character in a value draws anything
-        return markup_escape(printable(value))
-
-    names = list(dict.fromkeys(name for row in rows for name in row.parameters))
-    varying = [n for n in names if len({format_value(row.parameters.get(n, "")) for row in rows}) > 1]
-    metric_names = sorted({name for row in rows for name in row.metrics})[:6]
-    table = Table(box=None, pad_edge=False)
-    show_experiment = len({row.experiment for row in rows}) > 1 or not varying
-    if show_experiment:
-        table.add_column("experiment", no_wrap=True)
-    for column in varying or ["point"]:
-        table.add_column(escape(column), no_wrap=True)
-    for column in ("state", "attempt", "job", "age"):
-        table.add_column(column, no_wrap=True)
-    for column in metric_names:
-        table.add_column(escape(column), overflow="ellipsis", no_wrap=True)
-    now_ms = time.time() * 1000
-    for row in rows:
-        age = _age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
-        metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
-        shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
-        cells = [row.experiment, *shown] if show_experiment else shown
-        table.add_row(
-            *map(escape, cells), escape(row.state), str(row.attempt or ""), escape(job_label(row.job_id)[:12]), age,
-            *metrics,
-        )
-    return table
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(max(seconds, 0))}s"
+    views.table_console().print(views.status_table(rows))
 
 
 @main.command()
@@ -674,9 +597,6 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
 @click.option("--against", help="The parameter on the plot's x axis (default: the first that varies).")
 def show(directory, experiment, metric, goal, plot_file, against):
     """An experiment's grid: parameters against final metrics, the best point marked."""
-    from rich.markup import escape
-    from rich.table import Table
-
     from .operations.project import open_project
     from .operations.show import grid, plot
 
@@ -685,15 +605,7 @@ def show(directory, experiment, metric, goal, plot_file, against):
         metric = ranking.metric
         parameters = sorted({name for row in rows for name in row.parameters})
         metrics = sorted({name for row in rows for name in row.metrics})
-        table = Table(box=None, pad_edge=False)
-        for column in ("", *parameters, "state", *metrics):
-            table.add_column(column)
-        for row in rows:
-            values = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metrics]
-            table.add_row(
-                "*" if row.best else "", *(escape(row.parameters.get(p, "")) for p in parameters), row.state, *values
-            )
-        _table_console().print(table)
+        views.table_console().print(views.grid_table(rows))
         if metric:
             click.echo(f"* best by {metric} ({ranking.goal}; from {ranking.source})")
         elif metrics:
@@ -747,13 +659,12 @@ def _plan_once(root: Path, and_apply: bool) -> None:
     """One plan (and apply, when asked and the tree is clean), every error reported, none fatal."""
     from .operations import apply as operation
     from .operations.project import build_plan, open_project
-    from .reconcile.render import render_text
 
     try:
         with user_errors():
             project = open_project(root)
             result, observation = build_plan(project, cached=True)
-            click.echo(render_text(result, color=sys.stdout.isatty()))
+            click.echo(views.render_text(result, color=sys.stdout.isatty()))
             if and_apply and result.has_changes and not observation.code.dirty:
                 operation.apply(project, confirm=lambda plan: True, show=lambda plan: None)
                 click.echo("Applied.")

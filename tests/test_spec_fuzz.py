@@ -166,9 +166,9 @@ hostile_text = st.text(st.characters(blacklist_categories=["Cs"], max_codepoint=
 @settings(max_examples=EXAMPLES // 6, deadline=None)
 @given(names, hostile_text, hostile_text)
 def test_variable_names_and_values_the_os_cannot_take_are_refused(name, value, parameter):
-    from mantik_spec.reconcile.render import printable
     from mantik_spec.spec.experiments import expand, resolve_extends
     from mantik_spec.spec.model import ENV_NAME
+    from mantik_spec.views import printable
 
     spec = {
         "project": "p",

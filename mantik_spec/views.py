@@ -1,4 +1,7 @@
-"""Drawing a plan for people (text, Markdown for pull requests) and programs (JSON).
+"""What the CLI draws: plans for people (text, Markdown for pull requests) and programs (JSON), the status
+table, progress lines and failure lists. Plain functions of the data the operations return; the CLI only
+echoes them. Each action's symbol is the Action itself and its word ``Action.label``: no table here repeats
+them.
 
 Point ids, reasons and warnings carry values from the spec and from the tracking
 store (parameter values, paths, messages). A plan is what a reviewer approves, so
@@ -14,10 +17,10 @@ from __future__ import annotations
 import json
 import re
 
-from .plan import Action, Plan
+from .reconcile.plan import Action, Plan
 
-LISTED = (Action.SUBMIT, Action.RETRY, Action.REPAIR, Action.CANCEL)
-ACTION_WORDS = {Action.SUBMIT: "submit", Action.RETRY: "retry", Action.REPAIR: "repair", Action.CANCEL: "cancel"}
+# how a terminal colours each change (the one per-action table of the views)
+COLORS = {Action.SUBMIT: "green", Action.RETRY: "yellow", Action.REPAIR: "magenta", Action.CANCEL: "red"}
 
 
 # C0 and C1 controls, DEL, zero-width and bidi formatting characters, line and paragraph separators, BOM
@@ -46,13 +49,11 @@ REASONS_SHOWN = 3
 def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str:
     import click
 
-    colors = {Action.SUBMIT: "green", Action.RETRY: "yellow", Action.REPAIR: "magenta", Action.CANCEL: "red"}
-
     def symbol(action: Action) -> str:
-        return click.style(action.value, fg=colors[action], bold=True) if color else action.value
+        return click.style(action.value, fg=COLORS[action], bold=True) if color else action.value
 
     lines = [f"Warning: {printable(w)}" for w in plan.warnings]
-    changes = [e for e in plan.entries if e.action in LISTED]
+    changes = plan.changes()
     if changes:
         if lines:
             lines.append("")
@@ -65,7 +66,10 @@ def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str
                 )
                 lines.append(f"      {printable(entry.reason)}")
         else:
-            lines += [f"mantik will perform the following actions ({len(changes)} runs; `mantik plan -v` lists each):", ""]
+            lines += [
+                f"mantik will perform the following actions ({len(changes)} runs; `mantik plan -v` lists each):",
+                "",
+            ]
             lines += _grouped(changes, symbol)
     failed = [e for e in plan.entries if e.action is Action.FAILED]
     if failed:
@@ -99,8 +103,7 @@ def _grouped(changes, symbol) -> list[str]:
     for (experiment, action), entries in groups.items():
         backends = ", ".join(sorted({e.backend for e in entries}))
         lines.append(
-            f"  {symbol(action)} {printable(experiment)}: {len(entries)} to {ACTION_WORDS[action]}  "
-            f"[{printable(backends)}]"
+            f"  {symbol(action)} {printable(experiment)}: {len(entries)} to {action.label}  [{printable(backends)}]"
         )
         reasons = Counter(e.reason for e in entries).most_common()
         for reason, count in reasons[:REASONS_SHOWN]:
@@ -114,12 +117,12 @@ def _grouped(changes, symbol) -> list[str]:
 def render_markdown(plan: Plan) -> str:
     lines = ["### mantik plan", "", f"Commit `{plan.commit[:7]}`: **{plan.summary()}**", ""]
     lines += [f"> :warning: {_prose(w)}" for w in plan.warnings]
-    changes = [e for e in plan.entries if e.action in LISTED]
+    changes = plan.changes()
     if changes:
         lines += ["| | action | run point | backend | reason |", "|---|---|---|---|---|"]
         for e in changes:
             lines.append(
-                f"| `{e.action.value}` | {ACTION_WORDS[e.action]} | {_code(e.point_id, in_table=True)} "
+                f"| `{e.action.value}` | {e.action.label} | {_code(e.point_id, in_table=True)} "
                 f"| {_prose(e.backend)} | {_prose(e.reason)} |"
             )
     failed = [e for e in plan.entries if e.action is Action.FAILED]
@@ -149,3 +152,111 @@ def _code(text: str, in_table: bool = False) -> str:
 def render_json(plan: Plan) -> str:
     return json.dumps(plan.to_json(), indent=2, ensure_ascii=False)
 
+
+# runs: progress, failures, the status table ------------------------------------------------------
+
+
+def state_counts(states: dict[str, str]) -> str:
+    """How many runs are in each state: ``2 completed, 1 running``."""
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def retry_reasons(plan) -> str:
+    """The first few retries of ``plan`` and why, on one line."""
+    return "; ".join(printable(f"{e.point_id}: {e.reason}") for e in plan.changes()[:3]) + (
+        f"; and {len(plan.changes()) - 3} more" if len(plan.changes()) > 3 else ""
+    )
+
+
+def failure_lines(failures) -> list[str]:
+    """Each run that did not finish: its point, how it ended, the last line of its error, where to read more."""
+    lines = ["", f"{len(failures)} run(s) did not finish successfully:"]
+    lines += [
+        f"  x {printable(failure.point_id)}  {failure.state}: {printable(failure.last_line)}" for failure in failures
+    ]
+    return [*lines, f"Read a run's output with: mantik logs {failures[0].run_id[:12]}"]
+
+
+def age(seconds: float) -> str:
+    """A duration as its largest whole unit: ``3d``, ``5h``, ``12m``, ``40s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
+def table_console():
+    """A rich console that never cuts a table to 80 columns when the output is not a terminal."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # piped or captured: never cut a run's name to fit 80 columns
+        console = Console(width=1000)
+    return console
+
+
+def status_table(rows):
+    """One column per parameter whose value differs between the rows (what tells the points apart), so
+    that at 80 columns it is the metrics that get squeezed, never the point's identity."""
+    import time
+
+    from rich.markup import escape as markup_escape
+    from rich.table import Table
+
+    from .operations.runref import job_label
+    from .spec.experiments import format_value
+
+    def escape(value) -> str:  # neither rich markup nor a control character in a value draws anything
+        return markup_escape(printable(value))
+
+    names = list(dict.fromkeys(name for row in rows for name in row.parameters))
+    varying = [n for n in names if len({format_value(row.parameters.get(n, "")) for row in rows}) > 1]
+    metric_names = sorted({name for row in rows for name in row.metrics})[:6]
+    table = Table(box=None, pad_edge=False)
+    show_experiment = len({row.experiment for row in rows}) > 1 or not varying
+    if show_experiment:
+        table.add_column("experiment", no_wrap=True)
+    for column in varying or ["point"]:
+        table.add_column(escape(column), no_wrap=True)
+    for column in ("state", "attempt", "job", "age"):
+        table.add_column(column, no_wrap=True)
+    for column in metric_names:
+        table.add_column(escape(column), overflow="ellipsis", no_wrap=True)
+    now_ms = time.time() * 1000
+    for row in rows:
+        since = age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
+        metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
+        shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
+        cells = [row.experiment, *shown] if show_experiment else shown
+        table.add_row(
+            *map(escape, cells),
+            escape(row.state),
+            str(row.attempt or ""),
+            escape(job_label(row.job_id)[:12]),
+            since,
+            *metrics,
+        )
+    return table
+
+
+def grid_table(rows):
+    """``mantik show``: one row per point, its parameters against its final metrics, ``*`` on the best."""
+    from rich.markup import escape as markup_escape
+    from rich.table import Table
+
+    def escape(value) -> str:
+        return markup_escape(printable(value))
+
+    parameters = sorted({name for row in rows for name in row.parameters})
+    metrics = sorted({name for row in rows for name in row.metrics})
+    table = Table(box=None, pad_edge=False)
+    for column in ("", *parameters, "state", *metrics):
+        table.add_column(escape(column))
+    for row in rows:
+        values = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metrics]
+        cells = (escape(row.parameters.get(p, "")) for p in parameters)
+        table.add_row("*" if row.best else "", *cells, escape(row.state), *values)
+    return table
