@@ -102,6 +102,11 @@ class CommandTimeout(BackendError):
     """The backend did not answer in time: what the command did is unknown."""
 
 
+class SubmissionInDoubt(BackendError):
+    """A submission's answer was lost or unclear (a timeout, a dropped connection, a gateway error) and
+    looking did not find the job: it may have been queued, and may still appear."""
+
+
 class SubmissionFailed(BackendError):
     """A submission stopped part-way. What was accepted is kept; runs the backend refused (or that were
     never sent) are named ``refused``; runs whose fate is unknown (a timeout) are named ``unknown`` and stay

@@ -30,18 +30,20 @@ from pathlib import Path
 
 from .. import runner
 from ..spec.model import FirecrestConfig, duration_seconds
-from ..templating import packaged, render
-from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
+from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionInDoubt, tracking_secrets
 from .slurm import (
     GONE_WHILE_RUNNING,
     NEVER_STARTED,
     RUN_CWD,
     array_task_ids,
+    batch_id_of,
     batch_of,
-    directives,
-    job_name,
+    batch_script,
+    batch_template,
     sbatch_quote,
     slurm_status,
+    split_batches,
+    submit_batches,
 )
 from .staging import Archive, code_archive, staged_files
 
@@ -52,10 +54,6 @@ STAGED_MARK = ".complete"
 # how far back the job listing looks for ended jobs (FirecREST's JobsTimeWindow, the longest it offers);
 # jobs ended before that are read from the run directory, where the in-job runner wrote the exit code
 TIME_WINDOW = "7d"
-
-
-class SubmissionInDoubt(BackendError):
-    """The submission's answer was lost and the job is not listed (yet): it may still appear."""
 
 
 def _auth_class():
@@ -249,65 +247,24 @@ class FirecrestBackend:
     def submit(self, requests: list[JobRequest]) -> dict[str, str]:
         if not requests:
             return {}
-        submitted: dict[str, str] = {}
-        batches = self._batches(requests)
-        for position, batch in enumerate(batches):
-            try:
-                submitted.update(self._submit_batch(batch))
-            except BackendError as exc:
-                unsent = [r.run_id for later in batches[position + 1 :] for r in later]
-                this = [r.run_id for r in batch]
-                unknown, refused = (this, unsent) if isinstance(exc, SubmissionInDoubt) else ([], this + unsent)
-                raise SubmissionFailed(
-                    f"experiment {batch[0].group or '?'}: {exc}", submitted, refused, unknown
-                ) from None
-        return submitted
-
-    def _batches(self, requests: list[JobRequest]) -> list[list[JobRequest]]:
-        size = self.config.max_array_size if self.config.array else 1
-        groups: dict[str, list[JobRequest]] = defaultdict(list)
-        for request in requests:
-            groups[request.group].append(request)
-        return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
-
-    def _template(self) -> str:
-        if not self.config.template:
-            return packaged("slurm-batch.sh.j2")
-        try:
-            return (self.project_root / self.config.template).read_text()
-        except OSError as exc:
-            raise BackendError(f"cannot read the batch template {self.config.template}: {exc.strerror}") from None
+        return submit_batches(split_batches(requests, self.config), self._submit_batch)
 
     def batch_script(self, batch: list[JobRequest], batch_id: str, runner_path: str) -> str:
-        """The Slurm backend's batch script for one batch, with this backend's options."""
-        batch_dir = self._path("batches", batch_id)
-        return render(
-            self._template(),
-            {
-                "job_name": job_name(batch[0].group),
-                "experiment": batch[0].group,
-                "batch_dir": batch_dir,
-                "output": sbatch_quote(f"--output={batch_dir.replace('%', '%%')}/slurm-%A_%a.out"),
-                "directives": directives(self.config)
-                # the budget account from the environment is quoted as sbatch reads #SBATCH lines
-                + (
-                    [] if self.config.account or not self._account() else [sbatch_quote(f"--account={self._account()}")]
-                ),
-                "array": f"0-{len(batch) - 1}" if self.config.array else "",
-                "modules": self.config.modules,
-                "setup": self.config.setup,
-                "runs_file": f"{batch_dir}/runs.txt",
-                "runs": [
-                    {"run_id": r.run_id, "run_key": r.run_key, "point": r.point_id, "dir": self._path("runs", r.run_id)}
-                    for r in batch
-                ],
-                "python": self.config.python,
-                "runner": runner_path,
-            },
+        """The Slurm backend's batch script for one batch, with this backend's options: the budget account
+        from the environment is quoted as sbatch reads #SBATCH lines."""
+        budget = [] if self.config.account or not self._account() else [sbatch_quote(f"--account={self._account()}")]
+        return batch_script(
+            batch_template(self.config, self.project_root),
+            self.config,
+            batch,
+            self._path("batches", batch_id),
+            [self._path("runs", r.run_id) for r in batch],
+            runner_path,
+            budget,
         )
 
     def _submit_batch(self, batch: list[JobRequest]) -> dict[str, str]:
-        batch_id = hashlib.sha256("\n".join(r.run_id for r in batch).encode()).hexdigest()[:16]
+        batch_id = batch_id_of(batch)
         runner_path = self._stage_runner()
         script = self.batch_script(batch, batch_id, runner_path)
         files = Archive()

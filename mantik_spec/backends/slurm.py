@@ -26,6 +26,7 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,16 @@ from .. import runner
 from ..faults import checkpoint
 from ..spec.model import SlurmConfig, duration_seconds
 from ..templating import packaged, render
-from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
+from .base import (
+    BackendError,
+    CommandTimeout,
+    JobRequest,
+    JobState,
+    JobStatus,
+    SubmissionFailed,
+    SubmissionInDoubt,
+    tracking_secrets,
+)
 from .hosts import ConnectionDropped, LocalHost
 from .staging import Archive, staged_files
 
@@ -197,8 +207,85 @@ def sbatch_answer(returncode: int, stderr: str) -> Answer:
     return Answer.REFUSED
 
 
-class SubmissionInDoubt(BackendError):
-    """sbatch failed in a way that may have queued the job, and looking did not settle it."""
+# -- what the Slurm and FirecREST backends share: batches, their ids, scripts and submission ---------------
+
+
+def batch_id_of(batch: Sequence[JobRequest]) -> str:
+    """The batch's id, from its runs: the name of its directory ``batches/BATCH`` and how its job is found."""
+    return hashlib.sha256("\n".join(r.run_id for r in batch).encode()).hexdigest()[:16]
+
+
+def split_batches(requests: Sequence[JobRequest], config) -> list[list[JobRequest]]:
+    """One batch per experiment, split at ``max_array_size``; one run each when arrays are off."""
+    size = config.max_array_size if config.array else 1
+    groups: dict[str | None, list[JobRequest]] = defaultdict(list)
+    for request in requests:
+        groups[request.group].append(request)
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def submit_batches(
+    batches: list[list[JobRequest]], submit_batch: Callable[[list[JobRequest]], dict[str, str]]
+) -> dict[str, str]:
+    """Submit each batch in turn: run id -> job id. The first failure raises SubmissionFailed with what was
+    accepted; the failed batch's runs are unknown when it may have been queued (SubmissionInDoubt, found or
+    resubmitted by the next plan), else refused with every later batch's."""
+    submitted: dict[str, str] = {}
+    for position, batch in enumerate(batches):
+        if position:
+            checkpoint("between-batches")  # a crash here leaves part of an experiment's array queued
+        try:
+            submitted.update(submit_batch(batch))
+        except BackendError as exc:
+            unsent = [r.run_id for later in batches[position + 1 :] for r in later]
+            this = [r.run_id for r in batch]
+            unknown, refused = (this, unsent) if isinstance(exc, SubmissionInDoubt) else ([], this + unsent)
+            raise SubmissionFailed(f"experiment {batch[0].group or '?'}: {exc}", submitted, refused, unknown) from None
+    return submitted
+
+
+def batch_template(config, project_root: Path) -> str:
+    """The batch script template: the project's own (``template:``) or the packaged one."""
+    if not config.template:
+        return packaged("slurm-batch.sh.j2")
+    try:
+        return (project_root / config.template).read_text()
+    except OSError as exc:
+        raise BackendError(f"cannot read the batch template {config.template}: {exc.strerror}") from None
+
+
+def batch_script(
+    template: str,
+    config,
+    batch: Sequence[JobRequest],
+    batch_dir: str,
+    run_dirs: Sequence[str],
+    runner_path: str,
+    extra_directives: Sequence[str] = (),
+) -> str:
+    """One batch's script, rendered from ``template`` with the variables docs/slurm.md lists."""
+    return render(
+        template,
+        {
+            "job_name": job_name(batch[0].group),
+            "experiment": batch[0].group,
+            "batch_dir": batch_dir,
+            # sbatch reads #SBATCH lines with its own quoting (src/sbatch/opt.c get_argument) and expands
+            # %-patterns in file names (%% is a literal %): a path with spaces, quotes or % arrives intact
+            "output": sbatch_quote(f"--output={batch_dir.replace('%', '%%')}/slurm-%A_%a.out"),
+            "directives": [*directives(config), *extra_directives],
+            "array": f"0-{len(batch) - 1}" if config.array else "",
+            "modules": config.modules,
+            "setup": config.setup,
+            "runs_file": f"{batch_dir}/runs.txt",
+            "runs": [
+                {"run_id": r.run_id, "run_key": r.run_key, "point": r.point_id, "dir": d}
+                for r, d in zip(batch, run_dirs, strict=True)
+            ],
+            "python": config.python,
+            "runner": runner_path,
+        },
+    )
 
 
 def directives(config) -> list[str]:
@@ -271,30 +358,10 @@ class SlurmBackend:
         if not self.workdir.startswith("/"):  # over SSH: the job script needs paths that hold from any cwd
             self.workdir = self.host.absolute(self.workdir)
         runner_path = self._stage_runner()
-        template = self._template()
-        submitted: dict[str, str] = {}
-        batches = self._batches(requests)
-        for position, batch in enumerate(batches):
-            if position:
-                checkpoint("between-batches")  # a crash here leaves part of an experiment's array queued
-            try:
-                submitted.update(self._submit_batch(batch, runner_path, template))
-            except BackendError as exc:
-                unsent = [r.run_id for later in batches[position + 1 :] for r in later]
-                this = [r.run_id for r in batch]
-                # a batch that may be queued stays open: the next plan adopts it by its job name, or resubmits
-                unknown, refused = (this, unsent) if isinstance(exc, SubmissionInDoubt) else ([], this + unsent)
-                raise SubmissionFailed(
-                    f"experiment {batch[0].group or '?'}: {exc}", submitted, refused, unknown
-                ) from None
-        return submitted
-
-    def _batches(self, requests: list[JobRequest]) -> list[list[JobRequest]]:
-        size = self.config.max_array_size if self.config.array else 1
-        groups: dict[str, list[JobRequest]] = defaultdict(list)
-        for request in requests:
-            groups[request.group].append(request)
-        return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+        template = batch_template(self.config, self.project_root)
+        return submit_batches(
+            split_batches(requests, self.config), lambda batch: self._submit_batch(batch, runner_path, template)
+        )
 
     def _stage_runner(self) -> str:
         source = Path(runner.__file__).read_bytes()
@@ -303,15 +370,6 @@ class SlurmBackend:
             self.host.makedirs(self._path("bin"))
             self.host.write_text(path, source.decode())
         return path
-
-    def _template(self) -> str:
-        if not self.config.template:
-            return packaged("slurm-batch.sh.j2")
-        path = self.project_root / self.config.template
-        try:
-            return path.read_text()
-        except OSError as exc:
-            raise BackendError(f"cannot read the batch template {self.config.template}: {exc.strerror}") from None
 
     def _stage_code(self, code_dir: Path) -> str:
         """The committed tree, once per commit (the export is named after it)."""
@@ -322,33 +380,10 @@ class SlurmBackend:
         return f"code/{code_dir.name}"
 
     def _submit_batch(self, batch: list[JobRequest], runner_path: str, template: str) -> dict[str, str]:
-        batch_id = hashlib.sha256("\n".join(r.run_id for r in batch).encode()).hexdigest()[:16]
+        batch_id = batch_id_of(batch)
         batch_dir = self._path("batches", batch_id)
         run_dirs = [self._path("runs", request.run_id) for request in batch]
-        runs_file = f"{batch_dir}/runs.txt"
-        use_array = self.config.array
-        script = render(
-            template,
-            {
-                "job_name": job_name(batch[0].group),
-                "experiment": batch[0].group,
-                "batch_dir": batch_dir,
-                # sbatch reads #SBATCH lines with its own quoting (src/sbatch/opt.c get_argument) and expands
-                # %-patterns in file names (%% is a literal %): a path with spaces, quotes or % arrives intact
-                "output": sbatch_quote(f"--output={batch_dir.replace('%', '%%')}/slurm-%A_%a.out"),
-                "directives": directives(self.config),
-                "array": f"0-{len(batch) - 1}" if use_array else "",
-                "modules": self.config.modules,
-                "setup": self.config.setup,
-                "runs_file": runs_file,
-                "runs": [
-                    {"run_id": r.run_id, "run_key": r.run_key, "point": r.point_id, "dir": d}
-                    for r, d in zip(batch, run_dirs, strict=True)
-                ],
-                "python": self.config.python,
-                "runner": runner_path,
-            },
-        )
+        script = batch_script(template, self.config, batch, batch_dir, run_dirs, runner_path)
         # every file of the batch in one archive: over SSH, one exchange instead of a few per run
         files = Archive()
         files.add_text(f"batches/{batch_id}/runs.txt", "".join(f"{d}\n" for d in run_dirs))
