@@ -213,6 +213,16 @@ SlurmTime = Annotated[
 ]
 SlurmSize = Annotated[str | int, AfterValidator(slurm_size), Field(json_schema_extra={"examples": ["64G", "4000M"]})]
 SlurmWord = Annotated[str, Field(pattern=SLURM_WORD, max_length=256)]
+ModuleName = Annotated[str, Field(pattern=r"^[^\s;&|`$<>]+$")]  # one word for `module load`: no shell syntax
+
+
+def _duration(value: str | int | float) -> str | int | float:
+    duration_seconds(value)  # raises the one message for every duration field
+    return value
+
+
+# seconds, or a number with s, m or h: timeouts and poll intervals (duration_seconds reads them)
+Duration = Annotated[str | int | float, AfterValidator(_duration), Field(json_schema_extra={"examples": ["30s", "5m"]})]
 
 
 class SlurmResources(Strict):
@@ -263,7 +273,7 @@ class SlurmConfig(Strict):
     account: SlurmWord | None = None
     qos: SlurmWord | None = None
     resources: SlurmResources = Field(default_factory=SlurmResources)
-    modules: list[Annotated[str, Field(pattern=r"^[^\s;&|`$<>]+$")]] = Field(
+    modules: list[ModuleName] = Field(
         default_factory=list, description="Environment modules loaded before the run (module load NAME)."
     )
     setup: list[ShellLine] = Field(
@@ -285,7 +295,7 @@ class SlurmConfig(Strict):
     python: str = Field(
         "python3", description="The Python on the compute nodes that runs the in-job runner (needs mlflow)."
     )
-    poll_interval: str | int | float = Field("5s", description="Never ask Slurm for job states more often than this.")
+    poll_interval: Duration = Field("5s", description="Never ask Slurm for job states more often than this.")
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
     ssh: SSHConnection | None = Field(
         None, description="Reach the login node over SSH (from a laptop or a CI runner) instead of running there."
@@ -293,12 +303,6 @@ class SlurmConfig(Strict):
     exclude: list[str] = Field(
         default_factory=list, description="Glob patterns of committed files not staged (*.ckpt, data/)."
     )
-
-    @field_validator("poll_interval")
-    @classmethod
-    def _valid_interval(cls, value):
-        duration_seconds(value)
-        return value
 
 
 UNICORE_RUNTIME = re.compile(r"^\d+[smhd]?$")
@@ -381,19 +385,13 @@ class UnicoreConfig(Strict):
     tls_verify: bool | str = Field(
         True, description="Check the site's TLS certificate (true), skip the check (false), or a CA bundle path."
     )
-    timeout: str | int | float = Field("60s", description="How long to wait for one answer from the site.")
-    poll_interval: str | int | float = Field("10s", description="Never ask the site for job states more often.")
+    timeout: Duration = Field("60s", description="How long to wait for one answer from the site.")
+    poll_interval: Duration = Field("10s", description="Never ask the site for job states more often.")
     job_lifetime: UnicoreRuntime = Field(
         "14d",
         description="How long the site keeps each job and its files (default there: one day), so that runs "
         "that cannot report are closed with their output; the site may cap it.",
     )
-
-    @field_validator("timeout", "poll_interval")
-    @classmethod
-    def _valid_interval(cls, value):
-        duration_seconds(value)
-        return value
 
     @field_validator("tls_verify")
     @classmethod
@@ -439,7 +437,7 @@ class FirecrestConfig(Strict):
     reservation: SlurmWord | None = None
     constraint: SlurmWord | None = None
     resources: SlurmResources = Field(default_factory=SlurmResources)
-    modules: list[Annotated[str, Field(pattern=r"^[^\s;&|`$<>]+$")]] = Field(
+    modules: list[ModuleName] = Field(
         default_factory=list, description="Environment modules loaded before the run (module load NAME)."
     )
     setup: list[ShellLine] = Field(default_factory=list, description="Shell lines run before the run starts.")
@@ -456,14 +454,8 @@ class FirecrestConfig(Strict):
     tls_verify: bool | str = Field(
         True, description="Check the API's TLS certificate (true), skip the check (false), or a CA bundle path."
     )
-    timeout: str | int | float = Field("60s", description="How long to wait for one answer from FirecREST.")
-    poll_interval: str | int | float = Field("10s", description="Never ask FirecREST for job states more often.")
-
-    @field_validator("timeout", "poll_interval")
-    @classmethod
-    def _valid_interval(cls, value):
-        duration_seconds(value)
-        return value
+    timeout: Duration = Field("60s", description="How long to wait for one answer from FirecREST.")
+    poll_interval: Duration = Field("10s", description="Never ask FirecREST for job states more often.")
 
 
 Backend = Annotated[LocalConfig | SlurmConfig | UnicoreConfig | FirecrestConfig, Field(discriminator="type")]
