@@ -291,3 +291,30 @@ def test_environment_lines_holding_a_line_break_are_refused(tmp_path):
     text = VALID.replace("backends:", f"environments:\n  env: {{pre_run: [{MULTILINE}]}}\nbackends:")
     problems = problems_of(tmp_path, text)
     assert any("environments.env.pre_run[0]" in p and "one shell line each" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("backend", "field"),
+    [
+        ("{type: local, max_parallel: 2, poll_interval: %s}", None),
+        ("{type: slurm, partition: debug, poll_interval: %s}", "backends.local.poll_interval"),
+        (
+            "{type: firecrest, url: 'https://f.example', token_url: 'https://t.example', machine: m, "
+            "workdir: /scratch/me, timeout: %s}",
+            "backends.local.timeout",
+        ),
+        ("{type: unicore, url: 'https://u.example/rest/core', poll_interval: %s}", "backends.local.poll_interval"),
+        ("{type: unicore, url: 'https://u.example/rest/core', timeout: %s}", "backends.local.timeout"),
+    ],
+)
+def test_a_duration_is_read_alike_wherever_it_is_written(tmp_path, backend, field):
+    """Every timeout and poll interval is one kind of value: seconds, or a number with s, m or h."""
+    if field is None:  # the local backend polls files: it has no interval to set
+        problems = problems_of(tmp_path, VALID.replace("{type: local, max_parallel: 2}", backend % "5s"))
+        assert any("poll_interval" in p for p in problems), problems
+        return
+    text = VALID.replace("{type: local, max_parallel: 2}", backend % "'5 minutes'")
+    problems = problems_of(tmp_path, text)
+    assert any("mantik.yaml:10:" in p and field in p and "is not a duration" in p for p in problems), problems
+    (tmp_path / "mantik.yaml").write_text(VALID.replace("{type: local, max_parallel: 2}", backend % "5m"))
+    assert load_spec(tmp_path).spec.backends["local"].type in backend
