@@ -446,3 +446,38 @@ def _runs_command(pid: int, command: bytes) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
+    """Why a run is cancelled is written before the signal (so its runner keeps it); when the backend cannot
+    cancel, that record is taken back: the run is not reported cancelled while its job runs on."""
+    from types import SimpleNamespace
+
+    from mantik_spec.backends.base import BackendError, JobState, JobStatus
+    from mantik_spec.operations.apply import execute
+    from mantik_spec.reconcile.planner import make_plan
+    from mantik_spec.state.tags import RunStatus
+
+    from .test_planner import desired, point
+
+    tracking = _project_store(store, "refused-cancel")
+    kept, gone = desired(point(lr=0.1)), desired(point(lr=0.3))
+    _write_records(tracking, [(want.point.values["lr"], "RUNNING", {}, None) for want in (kept, gone)], live=True)
+    runs = {r.point_id: r for r in tracking.observe()}
+    for want, job_id in ((kept, "1"), (gone, "3")):
+        tracking.set_tags(runs[want.point.point_id].run_id, {"mantik.job_id": job_id})
+    jobs = {("local", "1"): JobStatus(JobState.RUNNING), ("local", "3"): JobStatus(JobState.RUNNING)}
+    plan = make_plan([kept], tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
+
+    def refuse(job_ids):
+        raise BackendError(f"scancel: error: Kill job error on job id {job_ids[0]}: Access/permission denied")
+
+    backend = SimpleNamespace(cancel=refuse, read_log=lambda run_id, job_id: None)
+    project = SimpleNamespace(
+        store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
+    )
+    with pytest.raises(BackendError, match="permission denied"):
+        execute(project, plan, SimpleNamespace(desired=[kept], code=None))
+    after = tracking.client.get_run(runs[gone.point.point_id].run_id)
+    assert after.info.status == RunStatus.RUNNING.value
+    assert not {"mantik.failure", "mantik.failure_kind"} & set(after.data.tags)

@@ -26,6 +26,7 @@ from ..state.git import CodeVersion
 from ..state.lock import LockHandle, project_lock
 from ..state.tags import FailureKind, MlflowTag, RunStatus, Tag, failure_tags, identity_tags
 from ..state.versions import UNPINNED
+from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data
 from .project import Observation, Project, build_plan, throwaway_store
 
@@ -84,13 +85,14 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
         if entry.action is Action.CANCEL:
             cancels[entry.backend].append(entry)
     for backend_name, entries in cancels.items():
-        for entry in entries:  # before the signal: the runner then sees why it was stopped and keeps that
-            assert entry.run_id is not None  # a cancel is always about an existing run
-            store.set_tags(entry.run_id, failure_tags(FailureKind.CANCELLED, "cancelled: " + entry.reason))
-        project.backend(backend_name).cancel([e.job_id for e in entries if e.job_id])
+        why = {e.run_id: failure_tags(FailureKind.CANCELLED, "cancelled: " + e.reason) for e in entries if e.run_id}
+        # a backend that cannot cancel raises: its runs stay as they were, and the next plan shows them again
+        cancel_jobs(
+            project, backend_name, [(e.run_id, e.job_id, why[e.run_id]) for e in entries if e.run_id and e.job_id]
+        )
         for entry in entries:
-            assert entry.run_id is not None
-            store.terminate(entry.run_id, RunStatus.KILLED)
+            assert entry.run_id is not None  # a cancel is always about an existing run
+            store.terminate(entry.run_id, RunStatus.KILLED, None if entry.job_id else why[entry.run_id])
 
     for entry in plan.changes():
         if entry.action is not Action.REPAIR:

@@ -6,6 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
+from ..backends.base import BackendError
 from ..errors import UserError
 from ..state.lock import project_lock
 from ..state.tags import FailureKind, RunStatus, failure_tags
@@ -26,19 +27,42 @@ def cancel(project: Project, targets: list[str], lock_timeout: float = 0.0) -> l
         chosen_ids = {r.run_id for found in named.values() for r in found}
         chosen = [r for r in runs if r.live and (r.run_id in chosen_ids or r.experiment in targets)]
         poll_jobs(project, chosen)  # an intent whose job exists unrecorded gets its job id: cancel that too
-        by_backend = defaultdict(list)
+        cancelled = failure_tags(FailureKind.USER_CANCELLED, "cancelled by `mantik cancel`")
+        by_backend: dict[str, list[tuple[str, str, dict[str, str]]]] = defaultdict(list)
         for run in chosen:
             if run.job_id and run.backend in project.spec.backends:
-                by_backend[run.backend].append(run.job_id)
-        cancelled = failure_tags(FailureKind.USER_CANCELLED, "cancelled by `mantik cancel`")
-        for run in chosen:  # before the signal: the runner then sees why it was stopped and keeps that
-            project.store.set_tags(run.run_id, cancelled)
-        for backend_name, job_ids in by_backend.items():
-            project.backend(backend_name).cancel(job_ids)
-        for run in chosen:
-            project.store.terminate(run.run_id, RunStatus.KILLED)
+                by_backend[run.backend].append((run.run_id, run.job_id, cancelled))
+        with_jobs = {run_id for jobs in by_backend.values() for run_id, _, _ in jobs}
+        not_stopped: set[str] = set()
+        errors = []
+        for backend_name, jobs in by_backend.items():
+            try:
+                cancel_jobs(project, backend_name, jobs)
+            except BackendError as exc:
+                not_stopped.update(run_id for run_id, _, _ in jobs)
+                errors.append(f"backend {backend_name}: {exc}")
+        for run in chosen:  # runs without a job to stop (intents, backends no longer declared) are only closed
+            if run.run_id not in not_stopped:
+                why = None if run.run_id in with_jobs else cancelled  # the others have it from cancel_jobs
+                project.store.terminate(run.run_id, RunStatus.KILLED, why)
         project.store.keep_deleted([run.run_id for run in chosen])
+        if errors:
+            raise BackendError(f"{'; '.join(errors)}; those runs are left running as they were")
     return [run.run_id for run in chosen]
+
+
+def cancel_jobs(project: Project, backend_name: str, jobs: list[tuple[str, str, dict[str, str]]]) -> None:
+    """Stop ``jobs`` (run id, job id, why: its failure tags) on one backend, in one call. Why is recorded
+    first, so the runner that sees its job stopped keeps that reason; when the backend cannot cancel, those
+    tags are removed again and the runs are left as they were. Raises the backend's BackendError."""
+    for run_id, _, why in jobs:
+        project.store.set_tags(run_id, why)
+    try:
+        project.backend(backend_name).cancel([job_id for _, job_id, _ in jobs])
+    except BackendError:
+        for run_id, _, why in jobs:
+            project.store.delete_tags(run_id, list(why))
+        raise
 
 
 def follow_log(

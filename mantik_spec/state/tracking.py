@@ -421,6 +421,11 @@ class TrackingStore:
 
         self._update(run_id, self.client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def delete_tags(self, run_id: str, keys: list[str]) -> None:
+        """Remove tags this process wrote that turned out not to hold (one call per tag: MLflow has no batch)."""
+        for key in keys:
+            self._update(run_id, self.client.delete_tag, run_id, key)
+
     def _update(self, run_id: str, function, *args, **kwargs) -> None:
         """An update of the run. MLflow refuses updates to a deleted run: one deleted while live is restored
         for the update and deleted again. The job's runner may do the same at the same moment and delete it
