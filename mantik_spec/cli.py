@@ -125,7 +125,11 @@ def main(ctx, verbose):
 def _report_calls(ctx, project) -> None:
     if not ctx.obj.get("verbose"):
         return
-    click.echo(f"tracking store calls: {project.store.calls}", err=True)
+    store = project.store
+    click.echo(f"tracking store calls: {store.calls}", err=True)
+    if store.recorded_runs:
+        per_run = store.recording_calls / store.recorded_runs
+        click.echo(f"recording {store.recorded_runs} started run(s): {per_run:.1f} calls per run", err=True)
     from .backends.ssh import SSHHost
 
     for name, backend in project.backends.items():

@@ -19,8 +19,10 @@ def finished_statuses(project) -> list[str]:
 
 
 def test_apply_runs_the_grid_then_second_apply_submits_nothing(project):
-    result = project.mantik("apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})
+    result = project.mantik("-v", "apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})
     assert "Plan: 2 to submit" in result.stdout
+    # the intent record (create with tags, params, SCHEDULED) and the job id: MLflow's minimum for a run
+    assert "recording 2 started run(s): 4.0 calls per run" in result.stderr
     assert finished_statuses(project) == ["FINISHED", "FINISHED"]
 
     runs = project.runs()

@@ -153,9 +153,12 @@ def submit(
     for want, entry in starts:
         experiment_id = store.ensure_experiment(want.point.experiment, experiment_ids)
         tags = run_tags(project, context.code, want, entry) | context.extra_tags
+        before = store.calls
         run_id = store.create_run(
             experiment_id, run_name(want.point.point_id, entry.next_attempt), tags, run_params(want)
         )
+        store.recording_calls += store.calls - before
+        store.recorded_runs += 1
         checkpoint("after-intent")
         started.append(run_id)
         by_backend[want.point.backend].append(
@@ -186,7 +189,9 @@ def submit(
             errors.append(message)
         checkpoint("after-submit")
         for run_id, job_id in job_ids.items():
+            before = store.calls
             store.set_tags(run_id, {Tag.JOB_ID: job_id})
+            store.recording_calls += store.calls - before
             checkpoint("after-job-recorded")
         for run_id in refused:  # never ran: closed now, resubmitted by the next apply without spending a retry
             store.terminate(run_id, RunStatus.FAILED, failure_tags(FailureKind.REFUSED, f"{REFUSED}: {message}"))

@@ -256,6 +256,9 @@ class TrackingStore:
                 raise TrackingError(f"the tracking store {uri[len('sqlite:///') :]}: {exc}") from None
         self.client = MlflowClient(tracking_uri=uri)
         self.calls = 0  # requests made, printed with -v and by the bench
+        # of those, the ones that recorded started runs (intent records and job ids), and how many runs
+        self.recording_calls = 0
+        self.recorded_runs = 0
         self.deleted_live: set[str] = set()  # ids of runs deleted in MLflow whose jobs were live when observed
 
     def _call(self, function, *args, **kwargs):
