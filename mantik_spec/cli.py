@@ -7,6 +7,7 @@ that need them, so ``--help`` and ``validate`` stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ REPLACE_HELP = (
     "Run this declared point (e.g. 'sweep[lr=0.1]') again though a run of it finished, failed or was cancelled; "
     "repeatable."
 )
+
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C, as shells report SIGINT (128 + 2)
 
 PROJECT_DIR = click.option(
     "-C",
@@ -44,7 +47,7 @@ def user_errors():
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except BrokenPipeError as exc:
         if _stdout_closed():
             raise  # `mantik plan | head`: click ends quietly, as a pipeline expects
@@ -640,22 +643,26 @@ def watch(directory, and_apply):
     console = Console()
     root = Path(directory).resolve()
 
-    def refresh(reason: str) -> list[str] | None:
+    def refresh(reason: str) -> None:
         console.clear()
         console.print(f"[dim]mantik watch: {reason}; Ctrl-C stops[/dim]")
         try:
-            code_paths = load_spec(root).spec.code.paths
+            load_spec(root)
         except SpecError as exc:
             for problem in exc.problems:
                 click.echo(str(problem))
-            return None
+            return
         _plan_once(root, and_apply)
-        return code_paths
 
-    code_paths = refresh("watching")
-    for changed in changes(root, code_paths):
-        names = ", ".join(sorted(Path(p).name for p in changed)[:3])
-        code_paths = refresh(f"changed: {names}") or code_paths
+    try:  # which code paths to watch; an invalid spec is reported by the first refresh
+        code_paths = load_spec(root).spec.code.paths
+    except SpecError:
+        code_paths = None
+    # the first batch comes once the watcher is in place: a change made during the first plan is seen
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while a plan is made stops watching too
+        for changed in changes(root, code_paths):
+            names = ", ".join(sorted(Path(p).name for p in changed)[:3])
+            refresh(f"changed: {names}" if changed else "watching")
     click.echo("Stopped watching.")
 
 
@@ -672,8 +679,13 @@ def _plan_once(root: Path, and_apply: bool) -> None:
             if and_apply and result.has_changes and not observation.code.dirty:
                 operation.apply(project, confirm=lambda plan: True, show=lambda plan: None)
                 click.echo("Applied.")
-    except SystemExit:
-        pass  # the error was printed; keep watching
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:
+            raise KeyboardInterrupt from None  # Ctrl-C: stop watching
+        # any other error was printed: keep watching
+    from .faults import checkpoint
+
+    checkpoint("after-watch-plan")  # tests: a change made while a plan is still being made and shown
 
 
 @main.command()

@@ -191,7 +191,7 @@ def test_watch_replans_on_every_change_and_stops_on_ctrl_c(project):
     process = subprocess.Popen(
         [*mantik_command(), "watch"],
         cwd=project.path,
-        env=project.env,
+        env={**project.env, "MANTIK_TEST_PAUSE_AT": "after-watch-plan:1.5"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -212,6 +212,7 @@ def test_watch_replans_on_every_change_and_stops_on_ctrl_c(project):
     try:
         wait_for("Plan: 2 to submit")
         spec = (project.path / "mantik.yaml").read_text()
+        # while the first plan is still being shown (paused there): the watcher is already in place
         (project.path / "mantik.yaml").write_text(spec.replace("[0.1, 0.2]", "[0.1, 0.2, 0.3]"))
         wait_for("Plan: 3 to submit")
         (project.path / "mantik.yaml").write_text(spec.replace("max_parallel", "max_paralel"))

@@ -10,6 +10,7 @@ from ..state.git import STATE_DIR
 
 IGNORED_PARTS = {".git", STATE_DIR, "__pycache__", ".dvc", ".pytest_cache"}
 DEBOUNCE_MS = 400
+READY_MS = 200  # how soon after it starts the watcher reports itself in place
 
 
 def _relevant(project_root: Path, code_paths: list[str] | None) -> Callable[[object, str], bool]:
@@ -32,14 +33,24 @@ def _relevant(project_root: Path, code_paths: list[str] | None) -> Callable[[obj
 
 
 def changes(project_root: Path, code_paths: list[str] | None, stop_event=None) -> Iterator[set[str]]:
-    """Debounced batches of changed paths, until ``stop_event`` is set or Ctrl-C."""
+    """Debounced batches of changed paths, until ``stop_event`` is set or Ctrl-C. The first batch comes as
+    soon as the watcher is in place, empty unless something changed already: a plan made on it misses no
+    change made while it runs (a plan made before the watcher starts would miss those)."""
+    import logging
+
     from watchfiles import watch
 
+    logging.getLogger("watchfiles").setLevel(logging.ERROR)  # "stopping watch" on Ctrl-C: mantik says so itself
+    ready = False
     for batch in watch(
         project_root,
         watch_filter=_relevant(project_root, code_paths),
         debounce=DEBOUNCE_MS,
         stop_event=stop_event,
         raise_interrupt=False,
+        yield_on_timeout=True,  # an empty batch after each quiet READY_MS: the first one says "watching"
+        rust_timeout=READY_MS,
     ):
-        yield {path for _, path in batch}
+        if batch or not ready:
+            ready = True
+            yield {path for _, path in batch}
