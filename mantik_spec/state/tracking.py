@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -256,6 +257,7 @@ class TrackingStore:
                 raise TrackingError(f"the tracking store {uri[len('sqlite:///') :]}: {exc}") from None
         self.client = MlflowClient(tracking_uri=uri)
         self.calls = 0  # requests made, printed with -v and by the bench
+        self._counting = threading.Lock()
         # of those, the ones that recorded started runs (intent records and job ids), and how many runs
         self.recording_calls = 0
         self.recorded_runs = 0
@@ -264,7 +266,8 @@ class TrackingStore:
     def _call(self, function, *args, **kwargs):
         from mlflow.exceptions import MlflowException
 
-        self.calls += 1
+        with self._counting:  # apply records runs from several threads
+            self.calls += 1
         try:
             return function(*args, **kwargs)
         except MlflowException as exc:
