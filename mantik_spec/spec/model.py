@@ -213,6 +213,7 @@ SlurmTime = Annotated[
 ]
 SlurmSize = Annotated[str | int, AfterValidator(slurm_size), Field(json_schema_extra={"examples": ["64G", "4000M"]})]
 SlurmWord = Annotated[str, Field(pattern=SLURM_WORD, max_length=256)]
+WebUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]  # an http(s) endpoint: a REST API, a token URL
 ModuleName = Annotated[str, Field(pattern=r"^[^\s;&|`$<>]+$")]  # one word for `module load`: no shell syntax
 
 
@@ -354,7 +355,7 @@ class UnicoreConfig(Strict):
         description="A Mantik compute-backend config (YAML or JSON) read as is: UnicoreApiUrl, Resources, "
         "Environment, Exclude. Keys set here override it.",
     )
-    url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = Field(
+    url: WebUrl | None = Field(
         None, description="The site's REST endpoint, e.g. https://host:9112/JUWELS/rest/core."
     )
     credentials: UnicoreCredentials = Field(default_factory=UnicoreCredentials)
@@ -418,10 +419,10 @@ class FirecrestConfig(Strict):
         description="A Mantik compute-backend config (YAML or JSON) read as is: Firecrest (ApiUrl, TokenUrl, "
         "Machine), Resources, Environment, Exclude. Keys set here override it.",
     )
-    url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = Field(
+    url: WebUrl | None = Field(
         None, description="The FirecREST API, e.g. https://api.cscs.ch/ml/firecrest/v2."
     )
-    token_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = Field(
+    token_url: WebUrl | None = Field(
         None, description="The OIDC token endpoint of the client-credentials flow."
     )
     machine: SlurmWord | None = Field(None, description="The system's name in FirecREST (e.g. daint, clariden).")
