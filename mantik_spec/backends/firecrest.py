@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import time
 from collections import Counter, defaultdict
@@ -34,7 +33,7 @@ from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus,
 from .slurm import (
     GONE_WHILE_RUNNING,
     NEVER_STARTED,
-    RUN_CWD,
+    add_run,
     array_task_ids,
     batch_id_of,
     batch_of,
@@ -45,7 +44,7 @@ from .slurm import (
     split_batches,
     submit_batches,
 )
-from .staging import Archive, code_archive, staged_files
+from .staging import Archive, code_archive
 
 ATTEMPTS = 3  # for idempotent calls: a timeout, a dropped connection or a 5xx is retried this many times in all
 GATEWAY_STATUS = (502, 503, 504)  # a proxy's answer: the API behind it may have acted
@@ -247,40 +246,23 @@ class FirecrestBackend:
     def submit(self, requests: list[JobRequest]) -> dict[str, str]:
         if not requests:
             return {}
-        return submit_batches(split_batches(requests, self.config), self._submit_batch)
+        template = batch_template(self.config, self.project_root)  # once per apply, as the Slurm backend reads it
+        return submit_batches(split_batches(requests, self.config), lambda batch: self._submit_batch(batch, template))
 
-    def batch_script(self, batch: list[JobRequest], batch_id: str, runner_path: str) -> str:
-        """The Slurm backend's batch script for one batch, with this backend's options: the budget account
-        from the environment is quoted as sbatch reads #SBATCH lines."""
-        budget = [] if self.config.account or not self._account() else [sbatch_quote(f"--account={self._account()}")]
-        return batch_script(
-            batch_template(self.config, self.project_root),
-            self.config,
-            batch,
-            self._path("batches", batch_id),
-            [self._path("runs", r.run_id) for r in batch],
-            runner_path,
-            budget,
-        )
-
-    def _submit_batch(self, batch: list[JobRequest]) -> dict[str, str]:
+    def _submit_batch(self, batch: list[JobRequest], template: str) -> dict[str, str]:
         batch_id = batch_id_of(batch)
-        runner_path = self._stage_runner()
-        script = self.batch_script(batch, batch_id, runner_path)
+        run_dirs = [self._path("runs", r.run_id) for r in batch]
+        # the Slurm backend's batch script, plus the budget account from the environment, quoted as sbatch
+        # reads #SBATCH lines
+        budget = [] if self.config.account or not self._account() else [sbatch_quote(f"--account={self._account()}")]
+        batch_dir = self._path("batches", batch_id)
+        script = batch_script(template, self.config, batch, batch_dir, run_dirs, self._stage_runner(), budget)
         files = Archive()
-        files.add_text(f"batches/{batch_id}/runs.txt", "".join(f"{self._path('runs', r.run_id)}\n" for r in batch))
+        files.add_text(f"batches/{batch_id}/runs.txt", "".join(f"{d}\n" for d in run_dirs))
         files.add_text(f"batches/{batch_id}/script.sh", script)
         for request in batch:
-            code = self._stage_code(request.code_dir)
-            if request.code_dir not in self._top_level:
-                staged = staged_files(request.code_dir, self.config.exclude)
-                self._top_level[request.code_dir] = sorted({relative.split("/")[0] for _, relative in staged})
-            run_dir = f"runs/{request.run_id}"
-            relative_code = code[len(self.workdir) + 1 :]
-            for entry in self._top_level[request.code_dir]:
-                files.add_link(f"{run_dir}/{RUN_CWD}/{entry}", f"../../../{relative_code}/{entry}")
-            files.add_text(f"{run_dir}/batch", batch_id + "\n")
-            files.add_text(f"{run_dir}/job.json", json.dumps(request.runner_job(RUN_CWD), indent=2))
+            code = self._stage_code(request.code_dir)[len(self.workdir) + 1 :]  # relative to the work directory
+            add_run(files, request, batch_id, code, self._top_level, self.config.exclude)
         data = files.bytes()
         # the batch archive is extracted over the work directory itself: its members carry their own paths
         archive = f"batch-{batch_id}.tar.gz"

@@ -244,6 +244,22 @@ def submit_batches(
     return submitted
 
 
+def add_run(
+    files: Archive, request: JobRequest, batch_id: str, code: str, top_level: dict[Path, list[str]], exclude
+) -> None:
+    """A run's directory in a batch's archive (paths relative to the work directory): job.json, its batch,
+    and links to the staged code ``code`` (``code/NAME``), its working directory. ``top_level`` keeps, per
+    exported tree, the entries a run directory links to."""
+    if request.code_dir not in top_level:
+        staged = staged_files(request.code_dir, exclude)
+        top_level[request.code_dir] = sorted({relative.split("/")[0] for _, relative in staged})
+    run_dir = f"runs/{request.run_id}"
+    for entry in top_level[request.code_dir]:
+        files.add_link(f"{run_dir}/{RUN_CWD}/{entry}", f"../../../{code}/{entry}")
+    files.add_text(f"{run_dir}/batch", batch_id + "\n")
+    files.add_text(f"{run_dir}/job.json", json.dumps(request.runner_job(RUN_CWD), indent=2))
+
+
 def batch_template(config, project_root: Path) -> str:
     """The batch script template: the project's own (``template:``) or the packaged one."""
     if not config.template:
@@ -389,7 +405,7 @@ class SlurmBackend:
         files.add_text(f"batches/{batch_id}/runs.txt", "".join(f"{d}\n" for d in run_dirs))
         files.add_text(f"batches/{batch_id}/script.sh", script)
         for request in batch:
-            self._add_run(files, request, batch_id)
+            add_run(files, request, batch_id, self._stage_code(request.code_dir), self._top_level, self.config.exclude)
         self.host.extract(files.bytes(), self.workdir)
         # sbatch passes its environment to the job; over SSH the login shell lacks the tracking credentials
         secrets = None if self.shares_files else tracking_secrets()
@@ -442,18 +458,6 @@ class SlurmBackend:
     def _cancel_elsewhere(self, job_id: str, cluster: str) -> None:
         if re.fullmatch(r"[A-Za-z0-9_.-]+", cluster):
             self._run(["scancel", f"--clusters={cluster}", job_id])
-
-    def _add_run(self, files: Archive, request: JobRequest, batch_id: str) -> None:
-        """A run's directory: job.json, its batch, and links to the staged code (its working directory)."""
-        code = self._stage_code(request.code_dir)
-        run_dir = f"runs/{request.run_id}"
-        if request.code_dir not in self._top_level:
-            staged = staged_files(request.code_dir, self.config.exclude)
-            self._top_level[request.code_dir] = sorted({relative.split("/")[0] for _, relative in staged})
-        for entry in self._top_level[request.code_dir]:
-            files.add_link(f"{run_dir}/{RUN_CWD}/{entry}", f"../../../{code}/{entry}")
-        files.add_text(f"{run_dir}/batch", batch_id + "\n")
-        files.add_text(f"{run_dir}/job.json", json.dumps(request.runner_job(RUN_CWD), indent=2))
 
     # -- observe -------------------------------------------------------------------------------
 

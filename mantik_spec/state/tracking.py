@@ -266,7 +266,7 @@ class TrackingStore:
     def _call(self, function, *args, **kwargs):
         from mlflow.exceptions import MlflowException
 
-        with self._counting:  # apply records runs from several threads
+        with self._counting:  # the project lock's renewal thread calls the store beside the command
             self.calls += 1
         try:
             return function(*args, **kwargs)
