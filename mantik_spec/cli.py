@@ -649,8 +649,8 @@ def watch(directory, and_apply):
         try:
             load_spec(root)
         except SpecError as exc:
-            for problem in exc.problems:
-                click.echo(str(problem))
+            for line in exc.lines():  # on stdout, where watch shows its plans
+                click.echo(line)
             return
         _plan_once(root, and_apply)
 
