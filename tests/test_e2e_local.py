@@ -376,3 +376,28 @@ def test_apply_wait_follows_a_run_the_command_ended_itself_to_how_its_job_ended(
     for run in project.runs():
         assert (run.info.status, run.data.tags["mantik.exit_code"]) == ("FAILED", "3")
         assert "mantik" in [a.path for a in project.client().list_artifacts(run.info.run_id)]
+
+
+def test_mantik_cancel_the_backend_refuses_leaves_the_runs_running(project):
+    """`mantik cancel` writes why before it signals; when the backend cannot cancel, that is taken back and
+    the runs stay as they were (the same for apply --prune: tests/test_house.py)."""
+    from mantik_spec.backends.base import BackendError
+    from mantik_spec.operations.control import cancel
+    from mantik_spec.operations.project import open_project
+
+    project.write("mantik.yaml", BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2], sleep: 60}"))
+    project.commit("slow")
+    project.mantik("apply", "--auto-approve")
+    opened = open_project(project.path)
+
+    def refuse(job_ids):
+        raise BackendError("could not signal the jobs: Operation not permitted")
+
+    opened.backend("local").cancel = refuse
+    with pytest.raises(BackendError, match="left running as they were"):
+        cancel(opened, ["sweep"])
+    for run in project.runs():
+        assert run.info.status in ("SCHEDULED", "RUNNING")
+        assert not {"mantik.failure", "mantik.failure_kind"} & set(run.data.tags)
+    project.mantik("cancel", "sweep")  # the real cancel still works, and stops the jobs
+    assert {r.info.status for r in project.runs()} == {"KILLED"}
