@@ -76,16 +76,34 @@ def run_mantik(
 ) -> subprocess.CompletedProcess:
     """``mantik ARGS`` in its own process, as ``subprocess.run(..., capture_output=True, text=True)`` would run
     the console script; forked from a pre-imported zygote (tests/zygote.py) unless MANTIK_TEST_EXEC=1."""
-    global _ZYGOTE
     if EXEC_EACH:
         return subprocess.run(
             [*mantik_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, input=input
         )
+    return _zygote().run([*mantik_command(), *args], cwd, env, input, timeout)
+
+
+def _zygote() -> Zygote:
+    global _ZYGOTE
     if _ZYGOTE is None:
         import tempfile
 
         _ZYGOTE = Zygote(Path(tempfile.mkdtemp(prefix="mantik-zygote-")))
-    return _ZYGOTE.run([*mantik_command(), *args], cwd, env, input, timeout)
+    return _ZYGOTE
+
+
+def run_mantik_together(
+    commands: list[list[str]], cwd: Path, env: dict[str, str], timeout: float = 900
+) -> list[subprocess.CompletedProcess]:
+    """Several ``mantik`` commands started at once, each its own process (forked from the zygote, so that none
+    waits seconds for its imports while the others race ahead), as CI jobs on one workspace start them;
+    returns when all have ended, in the order given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not EXEC_EACH:
+        _zygote()  # started once, before the threads that use it
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run_mantik(args, cwd, env, timeout=timeout), commands))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 
 import pytest
 
-from .conftest import BASIC_SPEC, git, mantik_command, run_example
+from .conftest import BASIC_SPEC, git, run_example, run_mantik_together
 
 pytestmark = pytest.mark.e2e
 
@@ -245,26 +244,9 @@ def test_parallel_applies_submit_each_run_key_once(project):
     project.write("mantik.yaml", spec)
     project.commit("four points")
     project.mantik("plan")  # creates the store up front, as an earlier apply would have
-    env = {**project.env}
-    processes = [
-        subprocess.Popen(
-            [
-                *mantik_command(),
-                "apply",
-                "--auto-approve",
-                "--lock-timeout",
-                "120s",
-            ],
-            cwd=project.path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    outputs = [p.communicate(timeout=180) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    results = run_mantik_together([["apply", "--auto-approve", "--lock-timeout", "120s"]] * 4, project.path, project.env)
+    outputs = [(r.stdout, r.stderr) for r in results]
+    assert [r.returncode for r in results] == [0, 0, 0, 0], outputs
     keys = [r.data.tags["mantik.run_key"] for r in project.runs()]
     assert len(keys) == 4 and len(set(keys)) == 4
     started = sum("Apply complete: 4 run(s) started." in out for out, _ in outputs)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BASIC_SPEC, IN_CI, mantik_command, missing, place_store
+from .conftest import BASIC_SPEC, IN_CI, mantik_command, missing, place_store, run_mantik_together
 from .test_slurm import slurm_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -89,18 +89,8 @@ def mlflow_server(tmp_path, store_template):
 
 def parallel_applies(project, env: dict | None = None) -> list[subprocess.CompletedProcess]:
     """PARALLEL applies of one spec started together, as merges queued by no CI would run them."""
-    processes = [
-        subprocess.Popen(
-            [*mantik_command(), "apply", "--auto-approve", "--lock-timeout", "600s"],
-            cwd=project.path,
-            env={**project.env, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(PARALLEL)
-    ]
-    return [subprocess.CompletedProcess(p.args, p.wait(timeout=900), *p.communicate()) for p in processes]
+    apply = ["apply", "--auto-approve", "--lock-timeout", "600s"]
+    return run_mantik_together([apply] * PARALLEL, project.path, {**project.env, **(env or {})})
 
 
 def runs_by_key(tracking_uri: str, status: str | None = None) -> Counter:

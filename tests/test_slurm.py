@@ -114,6 +114,7 @@ def test_job_cancelled_outside_the_tool_is_repaired_and_retried(project):
     job_id = project.runs()[0].data.tags["mantik.job_id"]
     project.wait_until(lambda: squeue_state(job_id) == "RUNNING", message="the job to run")
     subprocess.run(["scancel", job_id], check=True)
+    project.wait_until(lambda: squeue_state(job_id) in ("CANCELLED", ""), message="the cancel")
     project.wait_until(lambda: "ended CANCELLED" in project.mantik("plan").stdout, message="the plan to see the cancel")
     plan = project.plan_json()
     # "repair" when the plan sees the job gone while the run is open, "retry" when the runner closed the run on
@@ -136,8 +137,11 @@ def test_job_cancelled_outside_the_tool_is_repaired_and_retried(project):
 def test_time_limit_is_reported_as_timeout(project):
     use(project, slurm_spec(lrs="0.1", extra=", sleep: 300", time="0:05"))
     project.mantik("apply", "--auto-approve")
-    # Slurm rounds the limit up to a minute and sends SIGTERM: the runner closes the run, Slurm says why
-    project.wait_until(lambda: "ended TIMEOUT" in project.mantik("plan").stdout, timeout=150, message="TIMEOUT")
+    # Slurm rounds the limit up to a minute and sends SIGTERM: the runner closes the run, Slurm says why.
+    # Waited for in squeue (a plan a moment costs a CPU the other tests need), then in the plan
+    job_id = project.runs()[0].data.tags["mantik.job_id"]
+    project.wait_until(lambda: squeue_state(job_id) in ("TIMEOUT", ""), timeout=150, message="the time limit")
+    project.wait_until(lambda: "ended TIMEOUT" in project.mantik("plan").stdout, timeout=60, message="TIMEOUT")
     plan = project.plan_json()
     assert plan["runs"][0]["action"] == "failed"
     assert "ended TIMEOUT" in plan["runs"][0]["reason"]

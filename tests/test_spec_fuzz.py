@@ -107,7 +107,7 @@ def check(text: str) -> None:
 @settings(max_examples=examples(EXAMPLES), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_specs())
 def test_mutated_specs_give_problems_never_exceptions(spec):
-    check(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    check(yaml.dump(spec, Dumper=yaml.CSafeDumper, allow_unicode=True, sort_keys=False))
 
 
 @settings(max_examples=examples(EXAMPLES // 3), deadline=None, suppress_health_check=[HealthCheck.too_slow])
