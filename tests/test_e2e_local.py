@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +163,39 @@ def test_max_parallel_holds_after_the_cli_exits(project):
     project.wait_until(lambda: finished_statuses(project) == ["FINISHED"] * 5, message="runs closed in MLflow")
 
 
+def test_a_run_still_running_leaves_the_queue_to_the_next_scheduler(project):
+    """Runs are forked from the scheduler: one still running after its scheduler left must hold none of the
+    scheduler's state (its lock above all), or the next apply's runs would wait forever."""
+    project.write("mantik.yaml", BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1], sleep: 60}"))
+    project.commit("one long run")
+    project.mantik("apply", "--auto-approve")
+    project.wait_until(lambda: project.events(), message="the long run to start")
+    state = project.path / ".mantik" / "local" / "local"
+    project.wait_until(lambda: not state_lock_held(state), message="its scheduler to leave")
+    runner = int(next(state.glob("jobs/*/pid")).read_text().split()[0])
+    assert os.getsid(runner) == runner  # a session of its own, as a started process would have
+    # none of the scheduler's files: a scheduler killed while holding its lock would leave it held by the run
+    held = {os.path.realpath(f"/proc/{runner}/fd/{fd}") for fd in os.listdir(f"/proc/{runner}/fd")}
+    assert not {str(state / "scheduler.lock"), str(state / "scheduler.log")} & held, held
+    project.write("mantik.yaml", BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2], sleep: 60}"))
+    project.commit("a second point")
+    project.mantik("apply", "--auto-approve")
+    project.wait_until(lambda: len(project.events()) == 2, timeout=60, message="the second run to start")
+    assert project.mantik("cancel", "sweep").returncode == 0
+
+
+def state_lock_held(state: Path) -> bool:
+    import fcntl
+
+    with open(state / "scheduler.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def test_killed_process_is_repaired_and_resubmitted(project):
     spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: 0.1, sleep: 60}\n    retries: 1")
     project.write("mantik.yaml", spec)
@@ -244,7 +278,9 @@ def test_parallel_applies_submit_each_run_key_once(project):
     project.write("mantik.yaml", spec)
     project.commit("four points")
     project.mantik("plan")  # creates the store up front, as an earlier apply would have
-    results = run_mantik_together([["apply", "--auto-approve", "--lock-timeout", "120s"]] * 4, project.path, project.env)
+    results = run_mantik_together(
+        [["apply", "--auto-approve", "--lock-timeout", "120s"]] * 4, project.path, project.env
+    )
     outputs = [(r.stdout, r.stderr) for r in results]
     assert [r.returncode for r in results] == [0, 0, 0, 0], outputs
     keys = [r.data.tags["mantik.run_key"] for r in project.runs()]

@@ -47,7 +47,12 @@ def test_generated_install_step_installs_the_tool(repo, tmp_path):
     # the runner's index would provide the dependencies; this machine's test environment stands in for it
     site = next((venv / "lib").glob("python*/site-packages"))
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    env["PIP_COMPILE"] = "0"  # no bytecode: CPU the other tests need (pip reads it as --compile's value)
     env.pop("PYTHONPATH", None)
     result = subprocess.run(["bash", "-ec", install], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -69,9 +74,12 @@ def test_generated_install_step_installs_the_tool(repo, tmp_path):
 
 def test_install_line_pins_what_is_installed(tmp_path):
     """The default install line names a source a runner reaches, pinned to a commit; or refuses in one line."""
-    assert _requirement(
-        {"url": "https://git.example.org/org/mantik-spec", "vcs_info": {"vcs": "git", "commit_id": "abc123"}}
-    ) == "mantik-spec @ git+https://git.example.org/org/mantik-spec@abc123"
+    assert (
+        _requirement(
+            {"url": "https://git.example.org/org/mantik-spec", "vcs_info": {"vcs": "git", "commit_id": "abc123"}}
+        )
+        == "mantik-spec @ git+https://git.example.org/org/mantik-spec@abc123"
+    )
 
     bare, _ = _bare_clone(tmp_path)
     checkout = tmp_path / "checkout"
@@ -94,7 +102,9 @@ def test_install_line_pins_what_is_installed(tmp_path):
 
     git(checkout, "remote", "set-url", "origin", "https://gitlab-ci-token:s3cr3t@git.example.org/org/mantik-spec.git")
     written = _requirement(editable)
-    assert written == f"mantik-spec @ git+https://git.example.org/org/mantik-spec.git@{commit}" and "s3cr3t" not in written
+    assert (
+        written == f"mantik-spec @ git+https://git.example.org/org/mantik-spec.git@{commit}" and "s3cr3t" not in written
+    )
 
     assert ci_install_command("mantik-spec==1.2") == "pip install mantik-spec==1.2"
     assert ci_install_command("pip install -r ci/requirements.txt") == "pip install -r ci/requirements.txt"
@@ -169,5 +179,8 @@ def test_init_outside_git_says_so_before_writing_anything(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     result = Project(plain).mantik("init", check=1)
-    assert result.stderr == f"Error: {plain} is not inside a git repository: run `git init` first (only committed code runs)\n"
+    assert (
+        result.stderr
+        == f"Error: {plain} is not inside a git repository: run `git init` first (only committed code runs)\n"
+    )
     assert list(plain.iterdir()) == []

@@ -4,6 +4,12 @@ One per backend state directory, guarded by an flock. It exits when the queue
 is empty; the runs it started go on without it. To never strand a run queued
 while it was exiting, it re-reads the queue after releasing its lock.
 
+A run whose interpreter is the scheduler's own is forked from the scheduler,
+which imported mlflow once (as ``multiprocessing``'s forkserver does it): the
+job's ``runner.py`` then runs as ``python runner.py JOB_DIR`` would, in its own
+session, without paying seconds of imports per run. Any other interpreter is
+started as a new process.
+
 Usage: python -m mantik_spec.backends.local_scheduler STATE_DIR
 """
 
@@ -11,9 +17,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import runpy
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from .. import runner
@@ -34,6 +43,8 @@ class Scheduler:
     def __init__(self, state_dir: Path):
         self.queue = LocalQueue(state_dir)
         self.children: list[subprocess.Popen] = []
+        self.forked: set[int] = set()  # pids of runners forked from this process, reaped in ``running``
+        self.preloaded = False
 
     def max_parallel(self) -> int:
         try:
@@ -55,6 +66,12 @@ class Scheduler:
     def running(self) -> int:
         """Active jobs still alive; markers of ended ones are removed."""
         self.children = [child for child in self.children if child.poll() is None]  # reap our own
+        for child_pid in list(self.forked):
+            try:
+                if os.waitpid(child_pid, os.WNOHANG)[0]:
+                    self.forked.discard(child_pid)
+            except ChildProcessError:
+                self.forked.discard(child_pid)
         count = 0
         for marker in self.queue.active.iterdir():
             pid_file = self.queue.job_dir(marker.name) / PID_FILE
@@ -76,6 +93,11 @@ class Scheduler:
             (self.queue.active / job_id).unlink(missing_ok=True)
             return
         python = json.loads((job_dir / JOB_FILE).read_text()).get("python") or sys.executable
+        if python == sys.executable:
+            pid = self.fork_runner(job_dir)
+            self.forked.add(pid)
+            write_atomically(job_dir / PID_FILE, f"{pid} {process_start_time(pid)}\n")
+            return
         with open(job_dir / "runner.err", "ab") as errors:
             child = subprocess.Popen(
                 [python, str(job_dir / "runner.py"), str(job_dir)],
@@ -88,6 +110,54 @@ class Scheduler:
             )
         self.children.append(child)
         write_atomically(job_dir / PID_FILE, f"{child.pid} {process_start_time(child.pid)}\n")
+
+    def fork_runner(self, job_dir: Path) -> int:
+        """Run ``python JOB_DIR/runner.py JOB_DIR`` in a child forked from this process; its pid.
+
+        The child gets what ``subprocess.Popen(..., start_new_session=True, close_fds=True)`` would give it: its
+        own session, the job directory as working directory, stdin from /dev/null, stdout and stderr appended
+        to ``runner.err``, and no other descriptor (the scheduler's flock above all: a runner holding it would
+        make every later scheduler think the queue is served)."""
+        if not self.preloaded:
+            self.preloaded = True
+            try:  # what every runner imports; one that cannot import it says so in its own runner.err
+                import mlflow.tracking  # noqa: F401
+            except Exception:  # noqa: BLE001, S110 - the runner reports it
+                pass
+        errors = os.open(job_dir / "runner.err", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        nothing = os.open(os.devnull, os.O_RDONLY)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            os.close(errors)
+            os.close(nothing)
+            return pid
+        code = 1
+        try:
+            os.setsid()
+            os.chdir(job_dir)
+            os.dup2(nothing, 0)
+            os.dup2(errors, 1)
+            os.dup2(errors, 2)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            sys.argv = [str(job_dir / "runner.py"), str(job_dir)]
+            try:
+                runpy.run_path(sys.argv[0], run_name="__main__")
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except BaseException:  # noqa: BLE001 - the child must never return into the scheduler's loop
+            traceback.print_exc()
+        finally:
+            try:  # as the interpreter ends: exit handlers, then the buffered streams
+                import atexit
+
+                atexit._run_exitfuncs()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
 
     def drain(self) -> None:
         while True:
