@@ -159,6 +159,8 @@ def main(job_dir):
     # job as cancelled, with its exit code written, not kill the runner before it can say so.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if os.path.exists(os.path.join(job_dir, CANCEL_FILE)):  # a cancel that came before there was a pid to signal
+        cancelled.append("cancel requested")
 
     with open(os.path.join(job_dir, "job.json")) as handle:
         job = json.load(handle)
@@ -214,7 +216,8 @@ def main(job_dir):
         cancelled.append(code - 128)
     if cancelled and not tracking.has_tag(FAILURE_KIND_TAG):  # mantik's cancel says why before it signals
         tracking.do("set_tag", FAILURE_KIND_TAG, SIGNALLED_KIND)
-        tracking.do("set_tag", FAILURE_TAG, f"{SIGNALLED} ({signal.Signals(cancelled[0]).name})")
+        why = signal.Signals(cancelled[0]).name if isinstance(cancelled[0], int) else cancelled[0]
+        tracking.do("set_tag", FAILURE_TAG, f"{SIGNALLED} ({why})")
     if os.path.exists(os.path.join(job_dir, CANCEL_FILE)):
         cancelled.append("cancel requested")
     status = KILLED if cancelled else (FINISHED if code == 0 else FAILED)

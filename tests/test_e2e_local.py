@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
+
+from mantik_spec.backends.local import LocalQueue
 
 from .conftest import BASIC_SPEC, git, run_example, run_mantik_together
 
@@ -171,7 +172,7 @@ def test_a_run_still_running_leaves_the_queue_to_the_next_scheduler(project):
     project.mantik("apply", "--auto-approve")
     project.wait_until(lambda: project.events(), message="the long run to start")
     state = project.path / ".mantik" / "local" / "local"
-    project.wait_until(lambda: not state_lock_held(state), message="its scheduler to leave")
+    project.wait_until(lambda: not LocalQueue(state).scheduler_alive(), message="its scheduler to leave")
     runner = int(next(state.glob("jobs/*/pid")).read_text().split()[0])
     assert os.getsid(runner) == runner  # a session of its own, as a started process would have
     # none of the scheduler's files: a scheduler killed while holding its lock would leave it held by the run
@@ -182,18 +183,6 @@ def test_a_run_still_running_leaves_the_queue_to_the_next_scheduler(project):
     project.mantik("apply", "--auto-approve")
     project.wait_until(lambda: len(project.events()) == 2, timeout=60, message="the second run to start")
     assert project.mantik("cancel", "sweep").returncode == 0
-
-
-def state_lock_held(state: Path) -> bool:
-    import fcntl
-
-    with open(state / "scheduler.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 def test_killed_process_is_repaired_and_resubmitted(project):

@@ -84,6 +84,7 @@ class Scheduler:
         return count
 
     def start(self, job_id: str) -> None:
+        self.preload()  # before the cancel check below: seconds between that check and the start would let a cancel slip
         try:
             (self.queue.queue / job_id).rename(self.queue.active / job_id)
         except FileNotFoundError:
@@ -94,9 +95,11 @@ class Scheduler:
             return
         python = json.loads((job_dir / JOB_FILE).read_text()).get("python") or sys.executable
         if python == sys.executable:
-            pid = self.fork_runner(job_dir)
+            pid, go = self.fork_runner(job_dir)
             self.forked.add(pid)
             write_atomically(job_dir / PID_FILE, f"{pid} {process_start_time(pid)}\n")
+            os.write(go, b"g")  # the runner starts once its pid file is there (see fork_runner)
+            os.close(go)
             return
         with open(job_dir / "runner.err", "ab") as errors:
             child = subprocess.Popen(
@@ -111,31 +114,43 @@ class Scheduler:
         self.children.append(child)
         write_atomically(job_dir / PID_FILE, f"{child.pid} {process_start_time(child.pid)}\n")
 
-    def fork_runner(self, job_dir: Path) -> int:
-        """Run ``python JOB_DIR/runner.py JOB_DIR`` in a child forked from this process; its pid.
+    def preload(self) -> None:
+        """Import what every runner imports, once; a runner that cannot import it says so in its runner.err."""
+        if not self.preloaded:
+            self.preloaded = True
+            try:
+                import mlflow.tracking  # noqa: F401
+            except Exception:  # noqa: BLE001, S110 - the runner reports it
+                pass
+
+    def fork_runner(self, job_dir: Path) -> tuple[int, int]:
+        """Fork a child that will run ``python JOB_DIR/runner.py JOB_DIR``; its pid, and the descriptor to write
+        one byte to (then close) once its pid file is written: the runner starts only then.
 
         The child gets what ``subprocess.Popen(..., start_new_session=True, close_fds=True)`` would give it: its
         own session, the job directory as working directory, stdin from /dev/null, stdout and stderr appended
         to ``runner.err``, and no other descriptor (the scheduler's flock above all: a runner holding it would
-        make every later scheduler think the queue is served)."""
-        if not self.preloaded:
-            self.preloaded = True
-            try:  # what every runner imports; one that cannot import it says so in its own runner.err
-                import mlflow.tracking  # noqa: F401
-            except Exception:  # noqa: BLE001, S110 - the runner reports it
-                pass
+        make every later scheduler think the queue is served). Ordering, so that a cancel never slips between:
+        the child leads its own process group before this returns (a cancel that reads the pid file signals
+        the group), and the runner, which reads the cancel file first, starts after the pid file exists."""
         errors = os.open(job_dir / "runner.err", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         nothing = os.open(os.devnull, os.O_RDONLY)
+        in_session, told = os.pipe()
+        wait_for_go, go = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid:
-            os.close(errors)
-            os.close(nothing)
-            return pid
+            for fd in (errors, nothing, told, wait_for_go):
+                os.close(fd)
+            os.read(in_session, 1)
+            os.close(in_session)
+            return pid, go
         code = 1
         try:
             os.setsid()
+            os.write(told, b"s")
+            os.read(wait_for_go, 1)  # b"" too when the scheduler died: the runner then starts as it would have
             os.chdir(job_dir)
             os.dup2(nothing, 0)
             os.dup2(errors, 1)
