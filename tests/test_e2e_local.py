@@ -185,6 +185,15 @@ def test_a_run_still_running_leaves_the_queue_to_the_next_scheduler(project):
     assert project.mantik("cancel", "sweep").returncode == 0
 
 
+def test_a_run_forked_by_a_scheduler_that_dies_at_once_still_runs(project):
+    """The scheduler killed after forking a run and writing its pid file, before telling it to start: the run
+    starts all the same (nothing of the scheduler's may keep it waiting) and ends FINISHED."""
+    project.write("mantik.yaml", BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1]}"))
+    project.commit("one run")
+    project.mantik("apply", "--auto-approve", env={"MANTIK_TEST_CRASH_AT": "scheduler-before-go"})
+    project.wait_until(lambda: finished_statuses(project) == ["FINISHED"], timeout=60, message="the run to finish")
+
+
 def test_killed_process_is_repaired_and_resubmitted(project):
     spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: 0.1, sleep: 60}\n    retries: 1")
     project.write("mantik.yaml", spec)

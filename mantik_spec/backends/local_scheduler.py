@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 
 from .. import runner
+from ..faults import checkpoint
 from ..files import write_atomically
 from .local import (
     JOB_FILE,
@@ -98,6 +99,7 @@ class Scheduler:
             pid, go = self.fork_runner(job_dir)
             self.forked.add(pid)
             write_atomically(job_dir / PID_FILE, f"{pid} {process_start_time(pid)}\n")
+            checkpoint("scheduler-before-go")
             os.write(go, b"g")  # the runner starts once its pid file is there (see fork_runner)
             os.close(go)
             return
@@ -148,6 +150,8 @@ class Scheduler:
             return pid, go
         code = 1
         try:
+            for fd in (in_session, go):  # the scheduler's ends: with ours of ``go`` open, its death would block us
+                os.close(fd)
             os.setsid()
             os.write(told, b"s")
             os.read(wait_for_go, 1)  # b"" too when the scheduler died: the runner then starts as it would have
