@@ -193,7 +193,8 @@ def test_watch_replans_on_every_change_and_stops_on_ctrl_c(project):
     process = subprocess.Popen(
         [*mantik_command(), "watch"],
         cwd=project.path,
-        env={**project.env, "MANTIK_TEST_PAUSE_AT": "after-watch-plan:1.5"},
+        # PYTHONFAULTHANDLER: a watch that does not stop is made to print where it hangs (SIGABRT below)
+        env={**project.env, "MANTIK_TEST_PAUSE_AT": "after-watch-plan:1.5", "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -224,7 +225,14 @@ def test_watch_replans_on_every_change_and_stops_on_ctrl_c(project):
         wait_for("Warning: uncommitted changes in code, data or spec files (train.py)", timeout=120)
     finally:
         process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0
+    try:
+        code = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        process.wait(timeout=30)
+        reader.join(timeout=5)
+        raise AssertionError("watch did not stop on Ctrl-C:\n" + "".join(output)[-6000:]) from None
+    assert code == 0
     reader.join(timeout=5)
     assert "Stopped watching." in "".join(output)
     assert "Traceback" not in "".join(output)
