@@ -198,6 +198,9 @@ def test_watch_replans_on_every_change_and_stops_on_ctrl_c(project):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C as a terminal delivers it: a process started with SIGINT ignored keeps ignoring it (the ignore
+        # survives exec), and a library run earlier in this test process may have left it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(iter(process.stdout.readline, "")), daemon=True)
