@@ -194,6 +194,21 @@ def test_a_run_forked_by_a_scheduler_that_dies_at_once_still_runs(project):
     project.wait_until(lambda: finished_statuses(project) == ["FINISHED"], timeout=60, message="the run to finish")
 
 
+@pytest.mark.parametrize("pause_at", ["scheduler-before-pid-file", "scheduler-before-go"])
+def test_a_cancel_while_a_run_is_being_started_stops_it_before_its_command(project, pause_at):
+    """The cancel comes after the scheduler forked the run, before (nothing to signal yet: the runner reads the
+    cancel file first) or after its pid file is written (the run's group is signalled): the command never runs
+    and the run ends KILLED."""
+    project.write("mantik.yaml", BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1]}"))
+    project.commit("one run")
+    project.mantik("apply", "--auto-approve", env={"MANTIK_TEST_PAUSE_AT": f"{pause_at}:5"})
+    active = project.path / ".mantik" / "local" / "local" / "active"
+    project.wait_until(lambda: list(active.iterdir()), message="the scheduler to take the run")
+    project.mantik("cancel", "sweep")
+    project.wait_until(lambda: finished_statuses(project) == ["KILLED"], timeout=60, message="the run to be killed")
+    assert not project.events()  # the command never started
+
+
 def test_killed_process_is_repaired_and_resubmitted(project):
     spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: 0.1, sleep: 60}\n    retries: 1")
     project.write("mantik.yaml", spec)

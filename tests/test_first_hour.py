@@ -51,8 +51,8 @@ def test_generated_install_step_installs_the_tool(repo, tmp_path):
         **os.environ,
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_COMPILE": "0",  # no bytecode: CPU the other tests need (pip reads it as --compile's value)
     }
-    env["PIP_COMPILE"] = "0"  # no bytecode: CPU the other tests need (pip reads it as --compile's value)
     env.pop("PYTHONPATH", None)
     result = subprocess.run(["bash", "-ec", install], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -45,7 +45,6 @@ class Scheduler:
         self.queue = LocalQueue(state_dir)
         self.children: list[subprocess.Popen] = []
         self.forked: set[int] = set()  # pids of runners forked from this process, reaped in ``running``
-        self.preloaded = False
 
     def max_parallel(self) -> int:
         try:
@@ -85,7 +84,6 @@ class Scheduler:
         return count
 
     def start(self, job_id: str) -> None:
-        self.preload()  # before the cancel check below: seconds between that check and the start would let a cancel slip
         try:
             (self.queue.queue / job_id).rename(self.queue.active / job_id)
         except FileNotFoundError:
@@ -98,6 +96,7 @@ class Scheduler:
         if python == sys.executable:
             pid, go = self.fork_runner(job_dir)
             self.forked.add(pid)
+            checkpoint("scheduler-before-pid-file")
             write_atomically(job_dir / PID_FILE, f"{pid} {process_start_time(pid)}\n")
             checkpoint("scheduler-before-go")
             os.write(go, b"g")  # the runner starts once its pid file is there (see fork_runner)
@@ -115,15 +114,6 @@ class Scheduler:
             )
         self.children.append(child)
         write_atomically(job_dir / PID_FILE, f"{child.pid} {process_start_time(child.pid)}\n")
-
-    def preload(self) -> None:
-        """Import what every runner imports, once; a runner that cannot import it says so in its runner.err."""
-        if not self.preloaded:
-            self.preloaded = True
-            try:
-                import mlflow.tracking  # noqa: F401
-            except Exception:  # noqa: BLE001, S110 - the runner reports it
-                pass
 
     def fork_runner(self, job_dir: Path) -> tuple[int, int]:
         """Fork a child that will run ``python JOB_DIR/runner.py JOB_DIR``; its pid, and the descriptor to write
@@ -189,6 +179,16 @@ class Scheduler:
             time.sleep(POLL_SECONDS)
 
 
+def preload() -> None:
+    """Import what every forked runner imports (a no-op once imported). Done before the first start, never between
+    a start's look at the cancel file and the fork: seconds there would let a cancel slip. A runner that cannot
+    import it says so in its own runner.err."""
+    try:
+        import mlflow.tracking  # noqa: F401
+    except Exception:  # noqa: BLE001, S110 - the runner reports it
+        pass
+
+
 def main(state_dir: str) -> int:
     scheduler = Scheduler(Path(state_dir))
     lock_path = Path(state_dir) / SCHEDULER_LOCK
@@ -198,6 +198,7 @@ def main(state_dir: str) -> int:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return 0  # another scheduler holds the queue; it re-reads it before leaving
+            preload()  # with the lock only (a scheduler that finds it held leaves at once), before any start
             scheduler.drain()
             fcntl.flock(lock, fcntl.LOCK_UN)
             if not scheduler.queued():
