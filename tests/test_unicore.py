@@ -83,7 +83,8 @@ def test_grid_runs_to_finished_and_a_second_apply_submits_nothing(on_unicore, si
     for run in runs:
         job_url = run.data.tags["mantik.job_id"]
         assert job_url.startswith(site.url + "/jobs/")
-        assert site.job_by_url(job_url).status == "SUCCESSFUL"
+        # the runner records the run's end before its process exits: the job ends a moment later
+        assert wait_for_end(site, job_url).status == "SUCCESSFUL"
         assert f"mantik-run-{run.info.run_id}" in site.job_by_url(job_url).tags
         assert site.job_by_url(job_url).batch["SLURM_JOB_NAME"] == "mantik.sweep"  # not renamed UNICORE_job
     on_unicore.mantik("apply", "--auto-approve")
