@@ -218,11 +218,15 @@ class Project:
         return client.search_runs([e.experiment_id for e in experiments], max_results=50000) if experiments else []
 
     def wait_until(self, predicate, timeout: float = 90, message: str = "condition") -> None:
+        """Poll ``predicate`` until it is true. A predicate that runs a ``mantik`` command costs a core for a
+        fraction of a second: the pause after each look is twice what the look took (at least 0.3 s), so that
+        waiting never takes more than a third of a core from the runs being waited for."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            looked = time.monotonic()
             if predicate():
                 return
-            time.sleep(0.3)
+            time.sleep(max(0.3, 2 * (time.monotonic() - looked)))
         raise AssertionError(f"timed out waiting for {message}")
 
 

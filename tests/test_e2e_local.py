@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -192,6 +194,44 @@ def test_a_run_forked_by_a_scheduler_that_dies_at_once_still_runs(project):
     project.commit("one run")
     project.mantik("apply", "--auto-approve", env={"MANTIK_TEST_CRASH_AT": "scheduler-before-go"})
     project.wait_until(lambda: finished_statuses(project) == ["FINISHED"], timeout=60, message="the run to finish")
+
+
+def test_a_scheduler_that_finds_the_queue_served_leaves_without_importing_mlflow(tmp_path):
+    """Every submitting apply starts a scheduler; one that gets the lock after the previous one started every
+    queued run has nothing to do and must not spend seconds importing mlflow first."""
+    queue = LocalQueue(tmp_path / "state")
+    queue.create()
+    code = (
+        "import sys\nfrom mantik_spec.backends import local_scheduler\n"
+        "print(local_scheduler.main(sys.argv[1]), 'mlflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(queue.state_dir)], capture_output=True, text=True)
+    assert done.stdout.split() == ["0", "False"], done.stderr
+
+
+@pytest.mark.parametrize(
+    ("tracking_uri", "python", "imported"),
+    [
+        ("sqlite:////nowhere/mlflow.db", None, True),
+        ("http://127.0.0.1:9", None, False),
+        ("sqlite:///x.db", "py", False),
+    ],
+)
+def test_the_scheduler_imports_the_store_its_forked_runners_record_to(tmp_path, tracking_uri, python, imported):
+    """SQLAlchemy's store (≈1.2 CPU-seconds of imports) once in the scheduler, not in every forked runner; not
+    at all for runs that record to a server or run on another interpreter (they are not forked)."""
+    queue = LocalQueue(tmp_path / "state")
+    queue.create()
+    queue.job_dir("r1").mkdir(parents=True)
+    job = {"tracking_uri": tracking_uri, "python": python}
+    (queue.job_dir("r1") / "job.json").write_text(json.dumps(job))
+    code = (
+        "import sys\nfrom mantik_spec.backends import local_scheduler as s\n"
+        "s.preload(s.Scheduler(s.Path(sys.argv[1])).forked_tracking_uris(['r1']))\n"
+        "print('mlflow.store.tracking.sqlalchemy_store' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(queue.state_dir)], capture_output=True, text=True)
+    assert done.stdout.split() == [str(imported)], done.stderr
 
 
 @pytest.mark.parametrize("pause_at", ["scheduler-before-pid-file", "scheduler-before-go"])

@@ -11,12 +11,15 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from .conftest import mantik_command, run_mantik_together
+from .conftest import EXEC_EACH, mantik_command, run_mantik_together
+from .zygote import Zygote
 
 pytestmark = pytest.mark.e2e
 
@@ -140,11 +143,11 @@ def state_files(project) -> dict[str, str]:
     }
 
 
-def every_verb_stops(project, run_id: str, *expected: str, prefix: list[str] = ()) -> None:
+def every_verb_stops(project, run_id: str, *expected: str) -> None:
     before = state_files(project)
     result = project.mantik("validate")  # needs no store
     for verb, args in verbs(run_id).items():
-        result = finish(start(project, *args, prefix=prefix)) if prefix else project.mantik(*args, check=None)
+        result = project.mantik(*args, check=None)
         line = assert_one_line(result, *expected)
         assert "Traceback" not in result.stdout, (verb, result.stdout)
         assert state_files(project) == before, (verb, line)
@@ -179,25 +182,38 @@ def test_a_store_of_a_newer_mlflow_is_refused(project):
     every_verb_stops(project, run_id, "newer MLflow", "f00dfeedbeef")
 
 
-def in_mount_namespace(script: str) -> list[str]:
-    """A command prefix running the command after ``script`` in a private mount namespace (root only)."""
+@contextmanager
+def in_mount_namespace(script: str):
+    """``mantik(project, *args) -> CompletedProcess``, running each command in one private mount namespace set
+    up by ``script`` (root only): commands forked from a zygote started in it, or with ``MANTIK_TEST_EXEC=1``
+    the console script, each in a namespace of its own."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare to mount a read-only or full filesystem privately")
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", f'{script}\nexec "$@"', "sh"]
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-ec", f'{script}\nexec "$@"', "sh"]
+    if EXEC_EACH:
+        yield lambda project, *args: finish(start(project, *args, prefix=prefix))
+        return
+    directory = Path(tempfile.mkdtemp(prefix="mantik-zygote-"))
+    zygote = Zygote(directory, prefix=tuple(prefix))
+    try:
+        yield lambda project, *args: zygote.run([*mantik_command(), *args], project.path, project.env, None, 300)
+    finally:
+        zygote.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_a_read_only_store_reads_and_refuses_writes_in_one_line(project):
     run_id = applied_project(project)
     state = project.path / ".mantik"
-    prefix = in_mount_namespace(f"mount --bind '{state}' '{state}'; mount -o remount,bind,ro '{state}'")
     before = state_files(project)
-    for verb, args in verbs(run_id).items():
-        result = finish(start(project, *args, prefix=prefix))
-        if verb in ("apply", "cancel"):
-            assert_one_line(result, "read-only")
-        else:
-            assert result.returncode == 0 and not result.stderr.strip(), (verb, result.stderr)
-        assert state_files(project) == before, verb
+    with in_mount_namespace(f"mount --bind '{state}' '{state}'; mount -o remount,bind,ro '{state}'") as mantik:
+        for verb, args in verbs(run_id).items():
+            result = mantik(project, *args)
+            if verb in ("apply", "cancel"):
+                assert_one_line(result, "read-only")
+            else:
+                assert result.returncode == 0 and not result.stderr.strip(), (verb, result.stderr)
+            assert state_files(project) == before, verb
 
 
 def test_a_full_disk_refuses_writes_in_one_line(project):
@@ -207,17 +223,18 @@ def test_a_full_disk_refuses_writes_in_one_line(project):
     project.commit("a third point")
     state = project.path / ".mantik"
     size_kb = sum(p.stat().st_size for p in state.rglob("*") if p.is_file()) // 1024 + 512
-    prefix = in_mount_namespace(
+    full_copy = (
         f"tar -C '{state}' -cf /tmp/mantik-state-$$.tar .; mount -t tmpfs -o size={size_kb}k tmpfs '{state}'; "
         f"tar -C '{state}' -xf /tmp/mantik-state-$$.tar; rm /tmp/mantik-state-$$.tar; "
         f"dd if=/dev/zero of='{state}/filler' bs=4k 2>/dev/null || true"
     )
-    result = finish(start(project, "apply", "--auto-approve", prefix=prefix))
-    assert_one_line(result, "full")
-    assert len(project.runs()) == 2  # the real store (under the tmpfs) is untouched; nothing was submitted
-    for verb in ("plan", "status", "show"):
-        result = finish(start(project, *verbs(run_id)[verb], prefix=prefix))
-        assert result.returncode == 0 and "Traceback" not in result.stderr, (verb, result.stderr)
+    with in_mount_namespace(full_copy) as mantik:
+        result = mantik(project, "apply", "--auto-approve")
+        assert_one_line(result, "full")
+        assert len(project.runs()) == 2  # the real store (under the tmpfs) is untouched; nothing was submitted
+        for verb in ("plan", "status", "show"):  # on the same full disk, after the apply that failed on it
+            result = mantik(project, *verbs(run_id)[verb])
+            assert result.returncode == 0 and "Traceback" not in result.stderr, (verb, result.stderr)
 
 
 # what observation must see -----------------------------------------------------------------------

@@ -5,16 +5,18 @@ before it does a millisecond of work, and the suite starts over a thousand of th
 Chromium and ``multiprocessing``'s forkserver do it) imports them once; each command is a fork of it that
 becomes the command: its own process with its own pid, working directory, environment, standard streams and
 exit status, running the same ``mantik_spec.cli:main`` the console script runs, and ending the way the
-interpreter ends (atexit handlers, threads joined, streams flushed). Nothing mantik computes from its
-environment or working directory is computed before the fork: the zygote only imports modules.
+interpreter ends (threads joined, atexit handlers, streams flushed), less the teardown of every module (see
+``_end``). Nothing mantik computes from its environment or working directory is computed before the fork: the
+zygote imports modules and reads the installed MLflow's migration list, nothing else.
 
 ``MANTIK_TEST_EXEC=1`` starts the installed console script for every command instead. Tests that need the
-real executable (signals sent to it, a pty, wrappers such as ``unshare``) start it themselves.
+real executable (signals sent to it, a pty) start it themselves; commands that must run under a wrapper
+(``unshare`` with private mounts) come from a zygote started under it.
 
 Protocol, over a Unix socket: the client sends an 8-byte length with its stdin/stdout/stderr descriptors,
 then a JSON request ``{"argv", "cwd", "env"}``; a monitor forked for the request forks the command, answers
-``{"pid": N}``, waits for it and answers ``{"returncode": N}`` (negative: the signal that ended it, as
-``subprocess`` reports it).
+``{"pid": N}``, waits for it and answers ``{"returncode": N, "cpu": S}`` (negative: the signal that ended it,
+as ``subprocess`` reports it; S: the command's user and system CPU seconds, summed in ``CPU_SECONDS``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 _HEADER = struct.Struct("!Q")
+CPU_SECONDS = 0.0  # spent by this process's commands: where the suite's time goes (docs/performance.md)
 # Imported before the fork: everything a plan, apply or status imports, and nothing that reads the environment.
 PRELOAD = (
     "mantik_spec.cli",
@@ -49,6 +52,8 @@ PRELOAD = (
     "mlflow.tracking.client",
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.tracking.rest_store",
+    "mlflow.store.tracking.sqlalchemy_workspace_store",
+    "sqlalchemy.dialects.sqlite",  # imported by SQLAlchemy only when the first engine is made
 )
 
 
@@ -71,6 +76,9 @@ def serve(path: str) -> dict | None:
 
     for module in PRELOAD:
         importlib.import_module(module)
+    # A property of the installed MLflow, like an import (alembic executes its ~130 migration scripts to list
+    # them): 0.2 s that every command touching a local store would pay again.
+    importlib.import_module("mantik_spec.state.tracking").schema_revisions()
     assert threading.active_count() == 1, "a thread before fork would be lost in every command"
     import gc
 
@@ -103,8 +111,9 @@ def _monitor(connection: socket.socket) -> dict:
     for fd in fds:
         os.close(fd)
     connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-    _, status = os.waitpid(pid, 0)
-    connection.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+    _, status, usage = os.wait4(pid, 0)
+    cpu = usage.ru_utime + usage.ru_stime
+    connection.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status), "cpu": cpu}).encode() + b"\n")
     os._exit(0)
 
 
@@ -122,7 +131,41 @@ def become(request: dict) -> None:
     sys.path[0] = str(Path(request["argv"][0]).parent)  # the console script's directory, as for the script
     from mantik_spec.cli import main
 
-    sys.exit(main())
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:  # as the interpreter reads it: None is 0, a number is the status, else printed
+        if exit_.code is None or isinstance(exit_.code, int):
+            code = exit_.code or 0
+        else:
+            print(exit_.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:  # the interpreter's way: ended by the signal itself
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
+    except BaseException:  # noqa: BLE001 - reported as the interpreter would, then the same exit status
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    _end(code)
+
+
+def _end(code: int) -> None:
+    """End as the interpreter ends a script, less the teardown of every module: non-daemon threads joined,
+    atexit handlers run, streams flushed, then ``_exit``. Tearing down mlflow's and SQLAlchemy's objects would
+    write to nearly every page this process shares with the zygote, copying them: 0.1 s of CPU per command
+    spent on memory that is about to be freed anyway."""
+    import atexit
+
+    try:
+        threading._shutdown()  # what Py_FinalizeEx does first: join the non-daemon threads
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 # ---- the client side -------------------------------------------------------------------------------------------
@@ -131,11 +174,13 @@ def become(request: dict) -> None:
 class Zygote:
     """One per test process, started on first use."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, prefix: tuple[str, ...] = ()):
+        """``prefix``: a command the zygote is started under, which its commands then share (``unshare`` with
+        its mounts, for instance)."""
         self.path = str(directory / "zygote.sock")
         environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         self.process = subprocess.Popen(
-            [sys.executable, __file__, self.path],
+            [*prefix, sys.executable, __file__, self.path],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             env=environment,
@@ -189,7 +234,10 @@ class Zygote:
             answers.close()
             connection.close()
             raise subprocess.TimeoutExpired(argv, timeout)
-        returncode = json.loads(line)["returncode"]
+        answer = json.loads(line)
+        returncode = answer["returncode"]
+        global CPU_SECONDS
+        CPU_SECONDS += answer.get("cpu", 0.0)
         answers.close()
         connection.close()
         for reader in readers:  # the command's children may still hold the pipes: wait as subprocess does

@@ -84,7 +84,11 @@ def _silence_mlflow_logging() -> None:
 _SCHEMA: tuple[str, frozenset[str]] | None = None  # (head revision, every revision) of the installed MLflow
 
 
-def _schema_revisions() -> tuple[str, frozenset[str]]:
+def schema_revisions() -> tuple[str, frozenset[str]]:
+    """(head revision, every revision) of the installed MLflow's alembic migrations (mlflow/store/db_migrations).
+
+    Read once per process: alembic executes each of its ~130 revision scripts to build the map (about 0.2 s).
+    """
     global _SCHEMA
     if _SCHEMA is None:
         from alembic.script import ScriptDirectory
@@ -129,7 +133,7 @@ def prepare_local_store(database: Path) -> None:
     or incomplete store by itself). Raises TrackingError with one line saying what is wrong and what to do.
     """
     database.parent.mkdir(parents=True, exist_ok=True)  # the lock file lives there: every process must find it
-    _schema_revisions()  # read MLflow's migration scripts before taking the lock, not while others wait
+    schema_revisions()  # read MLflow's migration scripts before taking the lock, not while others wait
     with _store_file_lock(database):
         for leftover in database.parent.glob(f".{database.name}.building-*"):
             leftover.unlink(missing_ok=True)  # a builder killed mid-way: builders hold the file lock
@@ -183,7 +187,7 @@ def _check_store(database: Path) -> str:
         connection.close()
     if not tables:
         return "empty"
-    head, known = _schema_revisions()
+    head, known = schema_revisions()
     if revision == head:
         return "ok"
     if revision is None or not {"experiments", "runs", "registered_models"} <= tables:
