@@ -58,6 +58,9 @@ class MlflowServer:
             stdout=open(self.directory / "server.log", "ab"),  # noqa: SIM115 - the server keeps it open
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # MLflow 3's job execution (GenAI scorers, trace roll-ups) runs a huey consumer beside the server that
+            # polls for work all its life; no tracking call mantik makes reaches it
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:

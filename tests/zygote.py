@@ -76,8 +76,8 @@ def serve(path: str) -> dict | None:
 
     for module in PRELOAD:
         importlib.import_module(module)
-    # A property of the installed MLflow, like an import (alembic executes its ~130 migration scripts to list
-    # them): 0.2 s that every command touching a local store would pay again.
+    # A property of the installed MLflow, like an import (alembic executes its migration scripts to list them):
+    # 0.015 to 0.045 CPU-seconds less for each command that opens a local store.
     importlib.import_module("mantik_spec.state.tracking").schema_revisions()
     assert threading.active_count() == 1, "a thread before fork would be lost in every command"
     import gc
