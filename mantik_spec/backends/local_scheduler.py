@@ -5,10 +5,10 @@ is empty; the runs it started go on without it. To never strand a run queued
 while it was exiting, it re-reads the queue after releasing its lock.
 
 A run whose interpreter is the scheduler's own is forked from the scheduler,
-which imported mlflow and the queued runs' tracking store once (as ``multiprocessing``'s forkserver does it): the
-job's ``runner.py`` then runs as ``python runner.py JOB_DIR`` would, in its own
-session, without paying seconds of imports per run. Any other interpreter is
-started as a new process.
+which imported mlflow and the queued runs' tracking store once (as
+``multiprocessing``'s forkserver does it): the job's ``runner.py`` then runs as
+``python runner.py JOB_DIR`` would, in its own session, without paying seconds
+of imports per run. Any other interpreter is started as a new process.
 
 Usage: python -m mantik_spec.backends.local_scheduler STATE_DIR
 """
