@@ -40,6 +40,11 @@ from .local import (
 POLL_SECONDS = 0.2
 
 
+def _forked(job: dict) -> bool:
+    """Whether a job's runner is forked from the scheduler: it runs on the scheduler's own interpreter."""
+    return (job.get("python") or sys.executable) == sys.executable
+
+
 class Scheduler:
     def __init__(self, state_dir: Path):
         self.queue = LocalQueue(state_dir)
@@ -71,7 +76,7 @@ class Scheduler:
                 job = json.loads((self.queue.job_dir(job_id) / JOB_FILE).read_text())
             except (OSError, ValueError):
                 continue  # started or cancelled meanwhile
-            if (job.get("python") or sys.executable) == sys.executable and job.get("tracking_uri"):
+            if _forked(job) and job.get("tracking_uri"):
                 uris.add(str(job["tracking_uri"]))
         return uris
 
@@ -104,8 +109,8 @@ class Scheduler:
         if (job_dir / runner.CANCEL_FILE).exists():
             (self.queue.active / job_id).unlink(missing_ok=True)
             return
-        python = json.loads((job_dir / JOB_FILE).read_text()).get("python") or sys.executable
-        if python == sys.executable:
+        job = json.loads((job_dir / JOB_FILE).read_text())
+        if _forked(job):
             pid, go = self.fork_runner(job_dir)
             self.forked.add(pid)
             checkpoint("scheduler-before-pid-file")
@@ -116,7 +121,7 @@ class Scheduler:
             return
         with open(job_dir / "runner.err", "ab") as errors:
             child = subprocess.Popen(
-                [python, str(job_dir / "runner.py"), str(job_dir)],
+                [job["python"], str(job_dir / "runner.py"), str(job_dir)],
                 cwd=job_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=errors,
