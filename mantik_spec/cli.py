@@ -133,8 +133,6 @@ def _report_calls(ctx, project) -> None:
     if store.recorded_runs:
         per_run = store.recording_calls / store.recorded_runs
         click.echo(f"recording {store.recorded_runs} started run(s): {per_run:.1f} calls per run", err=True)
-    from .backends.ssh import SSHHost
-
     for name, backend in project.backends.items():
         if backend.calls:
             click.echo(
@@ -142,13 +140,8 @@ def _report_calls(ctx, project) -> None:
                 + ", ".join(f"{count} {command}" for command, count in sorted(backend.calls.items())),
                 err=True,
             )
-        host = backend.host
-        if isinstance(host, SSHHost):
-            click.echo(
-                f"backend {name} ssh: {host.connections_opened} connection(s) opened, {host.commands_run} commands, "
-                f"{host.trees_sent} code tree(s) sent ({host.bytes_sent} bytes in all)",
-                err=True,
-            )
+        if stats := backend.stats():
+            click.echo(f"backend {name}: " + ", ".join(f"{count} {what}" for what, count in stats.items()), err=True)
 
 
 @main.command()

@@ -47,7 +47,7 @@ def test_every_backend_type_is_registered_and_type_checked():
     from typing import get_args
 
     from mantik_spec.backends import BACKENDS, backend_class
-    from mantik_spec.spec.model import Backend as BackendConfig
+    from mantik_spec.spec.model import BackendConfig
 
     declared = {get_args(config.model_fields["type"].annotation)[0] for config in get_args(get_args(BackendConfig)[0])}
     assert set(BACKENDS) == declared
@@ -63,6 +63,42 @@ def test_every_backend_type_is_registered_and_type_checked():
     assert pairs == {kind: name for kind, (_, name) in BACKENDS.items()}
     for kind, (_, name) in BACKENDS.items():
         assert backend_class(kind).__name__ == name
+
+
+def test_only_the_registry_decides_by_backend_type():
+    """A new backend is its config, its module and a registry line: no other module branches on a backend's
+    ``type`` or on its concrete class (capabilities are data on the protocol: ``launches_in_allocation``,
+    ``shares_files``, ``stats()``; per-type checks are each config's ``problems()``)."""
+    from mantik_spec.backends import BACKENDS
+
+    concrete = {name for _, name in BACKENDS.values()} | {"LocalHost", "SSHHost"}
+    concrete |= {f"{kind.capitalize()}Config" for kind in BACKENDS}
+    registry = ROOT / "mantik_spec" / "backends" / "__init__.py"
+    found = []
+    for path in sorted((ROOT / "mantik_spec").rglob("*.py")):
+        if path == registry:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                by_type = any(
+                    (isinstance(side, ast.Attribute) and side.attr == "type")
+                    or (isinstance(side, ast.Name) and side.id == "backend_type")
+                    for side in sides
+                )
+                if by_type and any(
+                    isinstance(side, ast.Constant) and side.value in BACKENDS for side in ast.walk(node)
+                ):
+                    found.append(f"{where}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) == "isinstance" and len(node.args) == 2:
+                named = {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node.args[1])
+                         if isinstance(n, (ast.Name, ast.Attribute))}  # fmt: skip
+                if named & concrete:
+                    found.append(f"{where}: {ast.unparse(node)}")
+    assert not found, "decide through the Backend protocol or the config's problems(), not by type:\n" + "\n".join(
+        found
+    )
 
 
 def test_backend_errors_carry_the_answer_status_as_data():

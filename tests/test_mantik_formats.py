@@ -511,7 +511,9 @@ def test_the_jobs_shell_expands_what_mantiks_batch_script_expanded(tmp_path):
 
     environment = remote_image_project(tmp_path).environments["juwels"]
     assert environment.shell_expansion
-    srun = launches_with_srun(environment, "unicore")
+    from mantik_spec.backends import backend_class
+
+    srun = launches_with_srun(environment, backend_class("unicore").launches_in_allocation)
     command = in_environment("python train.py --lr 0.1", environment, None, srun)
     # stand-ins for srun and apptainer that print what they were given
     shell = (
@@ -556,14 +558,16 @@ def test_the_jobs_shell_expands_what_mantiks_batch_script_expanded(tmp_path):
     ],
 )
 def test_how_each_backend_launches_a_multi_task_job(backend_type, environment, expected):
+    from mantik_spec.backends import backend_class
     from mantik_spec.operations.jobs import in_environment, launches_with_srun
     from mantik_spec.spec.model import Environment
 
     declared = Environment(**environment)
-    assert launches_with_srun(declared, backend_type) is expected
-    command = in_environment("python t.py", declared, None, launches_with_srun(declared, backend_type))
+    in_allocation = backend_class(backend_type).launches_in_allocation
+    assert launches_with_srun(declared, in_allocation) is expected
+    command = in_environment("python t.py", declared, None, launches_with_srun(declared, in_allocation))
     assert ("srun " in command) is expected
-    assert launches_with_srun(None, backend_type) is False
+    assert launches_with_srun(None, in_allocation) is False
 
 
 @pytest.mark.parametrize(

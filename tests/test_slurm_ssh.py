@@ -130,13 +130,13 @@ def over_ssh(project, sshd, tmp_path):
 
 
 def ssh_line(stderr: str) -> str:
-    return next(line for line in stderr.splitlines() if " ssh: " in line)
+    return next(line for line in stderr.splitlines() if "ssh connection(s) opened" in line)
 
 
 def test_grid_runs_as_an_array_over_one_connection(over_ssh, sshd):
     before = sshd.logins()
     result = over_ssh.mantik("-v", "apply", "--auto-approve")
-    assert "1 connection(s) opened" in ssh_line(result.stderr)
+    assert "1 ssh connection(s) opened" in ssh_line(result.stderr)
     assert sshd.logins() - before == 1  # every command of the apply went through one connection
     assert "1 sbatch" in result.stderr
     over_ssh.wait_until(

@@ -2,7 +2,8 @@
 
 A new backend is a pydantic config in :mod:`mantik_spec.spec.model`, a module with a
 class implementing :class:`.base.Backend`, and one line in :data:`BACKENDS` (see
-CONTRIBUTING.md). Backend modules are imported only when a project uses their type,
+CONTRIBUTING.md). This is the only module that knows backend types by name: everything
+else asks the protocol (a test holds it so). Backend modules are imported only when a project uses their type,
 so ``mantik validate`` and ``--help`` never import pyunicore.
 """
 
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from .base import Backend, BackendClass
+
+if TYPE_CHECKING:
+    from ..spec.model import BackendConfig
 
 # type: in mantik.yaml -> the module (in this package) and the class implementing it
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -44,6 +48,6 @@ def backend_class(backend_type: str) -> BackendClass:
     return cast(BackendClass, getattr(import_module(f".{module}", __name__), name))
 
 
-def make_backend(name: str, config, state_root: Path) -> Backend:
+def make_backend(name: str, config: BackendConfig, state_root: Path) -> Backend:
     """The backend named ``name`` in mantik.yaml, built from its config (chosen by its ``type:``)."""
     return backend_class(config.type)(name, config, state_root)

@@ -138,6 +138,9 @@ class Backend(Protocol):
 
     name: str  # the backend's name in mantik.yaml
     shares_files: bool  # whether jobs see this machine's files (else code and data are sent or fetched)
+    # whether a job holds a batch allocation that `srun` can start the run's tasks in (Slurm, UNICORE and
+    # FirecREST jobs do; a local run is a plain process): Apptainer runs start through srun where it does
+    launches_in_allocation: bool
     sends_inputs: bool  # whether local files a job needs (a local image: JobRequest.inputs) are sent with it
     min_poll_interval: float  # seconds: never ask the backend for job states more often than this
 
@@ -186,6 +189,27 @@ class Backend(Protocol):
         """What the backend will make of its config that differs from what the config asks, known without
         asking it (the server's own source says so): plan warnings, one line each; ``[]`` when nothing."""
         ...
+
+    def stats(self) -> dict[str, int]:
+        """What this process did on the backend besides scheduler calls (connections opened, code trees
+        sent), as counts by a phrase naming them, printed with -v; ``{}`` when there is nothing to count."""
+        ...
+
+
+class BackendBase:
+    """The protocol's members most backends answer the same way; a backend inherits this and overrides
+    what it knows better (as pre-commit's languages take ``lang_base``'s ``basic_*`` defaults)."""
+
+    launches_in_allocation = False
+
+    def notes(self) -> list[str]:
+        return []
+
+    def preflight(self) -> list[str]:
+        return []  # nothing to ask: the backend's own submission refuses what it does not offer
+
+    def stats(self) -> dict[str, int]:
+        return {}
 
 
 # How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,

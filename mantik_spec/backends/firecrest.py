@@ -29,7 +29,16 @@ from pathlib import Path
 
 from .. import runner
 from ..spec.model import FirecrestConfig, duration_seconds
-from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionInDoubt, tracking_secrets
+from .base import (
+    BackendBase,
+    BackendError,
+    CommandTimeout,
+    JobRequest,
+    JobState,
+    JobStatus,
+    SubmissionInDoubt,
+    tracking_secrets,
+)
 from .slurm import (
     GONE_WHILE_RUNNING,
     NEVER_STARTED,
@@ -69,7 +78,8 @@ def _auth_class():
     return Auth
 
 
-class FirecrestBackend:
+class FirecrestBackend(BackendBase):
+    launches_in_allocation = True
     shares_files = False  # the cluster sees none of this machine's files: code is sent
     sends_inputs = False  # a local image is not uploaded for every run: put it on the cluster
     host = None  # every exchange is an HTTP request to FirecREST
@@ -416,12 +426,6 @@ class FirecrestBackend:
             raise BackendError(
                 f"FirecREST cancels whole jobs: job {', '.join(kept)} also runs other runs, so it was left running"
             )
-
-    def notes(self) -> list[str]:
-        return []
-
-    def preflight(self) -> list[str]:
-        return []  # the site's sbatch refuses what its Slurm does not offer, before any job exists
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         text = self._read(self._path("runs", run_id, runner.OUTPUT_FILE))

@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import runner
 from ..files import write_atomically
 from ..spec.model import LocalConfig
-from .base import JobRequest, JobState, JobStatus, SubmissionFailed
+from .base import BackendBase, JobRequest, JobState, JobStatus, SubmissionFailed
 from .hosts import read_from
 
 JOB_FILE = "job.json"
@@ -111,7 +111,7 @@ class LocalQueue:
         return JobStatus(JobState.CANCELLED if cancelled else JobState.FAILED, code)
 
 
-class LocalBackend:
+class LocalBackend(BackendBase):
     min_poll_interval = 0.0  # polling reads a few files: no load to spare anyone
     shares_files = True  # jobs see this machine's files: nothing uncommitted needs sending
     sends_inputs = False  # nothing to send: see shares_files
@@ -202,12 +202,6 @@ class LocalBackend:
                         os.killpg(int(pid), signal.SIGTERM)  # the runner leads its group: the command gets it too
                     except ProcessLookupError:
                         pass
-
-    def notes(self) -> list[str]:
-        return []
-
-    def preflight(self) -> list[str]:
-        return []  # this machine runs what it is given
 
     def read_log(self, run_id: str, job_id: str | None = None, offset: int = 0) -> bytes | None:
         return read_from(str(self.queue.job_dir(run_id) / runner.OUTPUT_FILE), offset)

@@ -35,6 +35,7 @@ from ..faults import checkpoint
 from ..spec.model import SlurmConfig, duration_seconds
 from ..templating import packaged, render
 from .base import (
+    BackendBase,
     BackendError,
     CommandTimeout,
     JobRequest,
@@ -316,7 +317,8 @@ def directives(config) -> list[str]:
     return options + list(getattr(config, "sbatch_args", ()))
 
 
-class SlurmBackend:
+class SlurmBackend(BackendBase):
+    launches_in_allocation = True
     sends_inputs = False  # a local image is not copied to the cluster: it must be put there
 
     def __init__(self, name: str, config: SlurmConfig, state_root: Path):
@@ -577,11 +579,8 @@ class SlurmBackend:
             raise BackendError(f"scancel failed: {_strip_prefix(result.error_line())}")
         self._listing = None
 
-    def notes(self) -> list[str]:
-        return []
-
-    def preflight(self) -> list[str]:
-        return []  # sbatch itself refuses what the cluster does not offer, in one line, before any job exists
+    def stats(self) -> dict[str, int]:
+        return self.host.stats()
 
     def read_log(self, run_id: str, job_id: str | None = None, offset: int = 0) -> bytes | None:
         """The runner's log of the run; while the runner has written nothing (it never started: a missing

@@ -55,6 +55,15 @@ class SSHHost:
         self._base = self._arguments()
         self._master = self._arguments(master="yes")
 
+    def stats(self) -> dict[str, int]:
+        """What this process did over SSH, for -v and bench/ (the Backend protocol's ``stats``)."""
+        return {
+            "ssh connection(s) opened": self.connections_opened,
+            "ssh commands": self.commands_run,
+            "code tree(s) sent": self.trees_sent,
+            "bytes sent": self.bytes_sent,
+        }
+
     # -- the connection --------------------------------------------------------------------------
 
     def _arguments(self, master: str = "auto") -> list[str]:

@@ -37,7 +37,16 @@ from .. import runner
 from ..spec.model import UnicoreConfig, duration_seconds
 from ..state.versions import FileDigests
 from ..templating import packaged, render
-from .base import BackendError, CommandTimeout, JobRequest, JobState, JobStatus, SubmissionFailed, tracking_secrets
+from .base import (
+    BackendBase,
+    BackendError,
+    CommandTimeout,
+    JobRequest,
+    JobState,
+    JobStatus,
+    SubmissionFailed,
+    tracking_secrets,
+)
 from .staging import code_archive, file_chunks
 
 RUNNER_FILE = "mantik-runner.py"
@@ -119,7 +128,8 @@ def shell_double_quoted(value: str) -> str:
     return re.sub(r'([\\"$`])', r"\\\1", value)
 
 
-class UnicoreBackend:
+class UnicoreBackend(BackendBase):
+    launches_in_allocation = True
     shares_files = False  # the site sees none of this machine's files: code and images are sent
     sends_inputs = True
     host = None  # every exchange is an HTTP request to the site

@@ -89,13 +89,11 @@ def remote_data(project: Project, context: Submission, starts, sources) -> dict[
         raise UserError(str(exc)) from None
 
 
-BATCH_BACKENDS = ("slurm", "unicore", "firecrest")  # where a job holds an allocation srun can start tasks in
-
-
-def launches_with_srun(environment: Environment | None, backend_type: str) -> bool:
+def launches_with_srun(environment: Environment | None, in_allocation: bool) -> bool:
     """Whether the command starts through ``srun``: as Mantik did (``srun apptainer run``) for Apptainer
-    environments on batch backends, unless the environment says otherwise; never on the local backend."""
-    if environment is None or backend_type not in BATCH_BACKENDS:
+    environments on backends whose jobs hold an allocation (``Backend.launches_in_allocation``), unless the
+    environment says otherwise; never on the local backend."""
+    if environment is None or not in_allocation:
         return False
     return environment.srun if environment.srun is not None else bool(environment.apptainer)
 
@@ -178,7 +176,7 @@ def job_request(
     if want.point.seed is not None:
         environment["MANTIK_SEED"] = str(want.point.seed)
     image, inputs = image_for(project, declared, backend)
-    srun = launches_with_srun(declared, project.spec.backends[want.point.backend].type)
+    srun = launches_with_srun(declared, backend.launches_in_allocation)
     return JobRequest(
         run_id=run_id,
         run_key=want.key,

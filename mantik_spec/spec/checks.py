@@ -21,9 +21,7 @@ from .experiments import (
     type_error,
 )
 from .hints import suggest, unknown_name
-from .model import Spec
-
-Finding = tuple[tuple, str]
+from .model import Finding, Spec
 
 CREDENTIAL_KEY = re.compile(r"(password|passwd|secret|token|api_?key|private_?key|access_?key)$", re.IGNORECASE)
 URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
@@ -78,16 +76,10 @@ def semantic(spec: Spec) -> Iterator[Finding]:
     yield from _entry_points(spec)
     yield from _paths(spec)
     for name, backend in spec.backends.items():
-        if backend.type == "unicore" and not backend.url and not backend.config:
-            yield ("backends", name), "url is required (or config: a Mantik compute-backend config with UnicoreApiUrl)"
-        if backend.type == "firecrest":
-            for key, hint in (("url", "ApiUrl"), ("token_url", "TokenUrl"), ("machine", "Machine")):
-                if not getattr(backend, key) and not backend.config:
-                    yield ("backends", name), f"{key} is required (or config: a Mantik config with Firecrest.{hint})"
+        for where, message in backend.problems():
+            yield ("backends", name, *where), message
         if backend.environment and backend.environment not in spec.environments:
             yield ("backends", name, "environment"), unknown_name("environment", backend.environment, spec.environments)
-        if backend.type == "slurm":
-            yield from slurm_options(("backends", name), backend)
     experiments, extends_problems = resolve_extends(spec)
     yield from extends_problems
     for name, experiment in experiments.items():

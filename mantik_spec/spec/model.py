@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +28,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 ScalarValue = bool | int | float | str
 ParameterType = Literal["float", "int", "string", "bool", "path", "uri"]
+Finding = tuple[tuple, str]  # (a path into the spec, a message): a problem the loader ties to its line
 
 
 # What POSIX shells and execve accept as a variable name (no '=', no NUL, not empty, no leading digit)
@@ -178,6 +180,11 @@ class LocalConfig(Strict):
     max_parallel: int = Field(1, ge=1, le=1024, description="Runs executing at once; the rest wait in a queue.")
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
 
+    def problems(self) -> Iterator[Finding]:
+        """What this config holds that the backend cannot use, as (path below the backend, message); the
+        loader's whole-spec pass reports them at their line (:func:`mantik_spec.spec.checks.semantic`)."""
+        return iter(())  # the fields' own types say everything
+
 
 SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d+(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE)$")
 SLURM_SIZE = re.compile(r"^\d+[KMGT]?$")
@@ -305,6 +312,13 @@ class SlurmConfig(Strict):
         default_factory=list, description="Glob patterns of committed files not staged (*.ckpt, data/)."
     )
 
+    def problems(self) -> Iterator[Finding]:
+        """sbatch options and values that would break the batch script or that sbatch refuses (see
+        :meth:`LocalConfig.problems`)."""
+        from .checks import slurm_options  # checks reads this model: imported when asked, not at load
+
+        return slurm_options((), self)
+
 
 UNICORE_RUNTIME = re.compile(r"^\d+[smhd]?$")
 
@@ -402,6 +416,11 @@ class UnicoreConfig(Strict):
             raise ValueError(f"{value!r} is not a boolean: write true or false (or ./{value} for a CA bundle file)")
         return value
 
+    def problems(self) -> Iterator[Finding]:
+        """The site's URL, unless a Mantik config gives it (see :meth:`LocalConfig.problems`)."""
+        if not self.url and not self.config:
+            yield (), "url is required (or config: a Mantik compute-backend config with UnicoreApiUrl)"
+
 
 class FirecrestCredentials(Strict):
     """Environment variables holding the OIDC client's credentials (never the credentials themselves)."""
@@ -458,8 +477,15 @@ class FirecrestConfig(Strict):
     timeout: Duration = Field("60s", description="How long to wait for one answer from FirecREST.")
     poll_interval: Duration = Field("10s", description="Never ask FirecREST for job states more often.")
 
+    def problems(self) -> Iterator[Finding]:
+        """The API, token URL and machine, unless a Mantik config gives them (see :meth:`LocalConfig.problems`)."""
+        for key, hint in (("url", "ApiUrl"), ("token_url", "TokenUrl"), ("machine", "Machine")):
+            if not getattr(self, key) and not self.config:
+                yield (), f"{key} is required (or config: a Mantik config with Firecrest.{hint})"
 
-Backend = Annotated[LocalConfig | SlurmConfig | UnicoreConfig | FirecrestConfig, Field(discriminator="type")]
+
+# every backend config, chosen by `type:` (the registry in mantik_spec/backends/__init__.py maps each to its class)
+BackendConfig = Annotated[LocalConfig | SlurmConfig | UnicoreConfig | FirecrestConfig, Field(discriminator="type")]
 
 GridValue = ScalarValue | list[ScalarValue]
 
@@ -512,7 +538,7 @@ class Spec(Strict):
     environments: dict[Name, Environment] = Field(
         default_factory=dict, description="Software environments; their identities enter run keys."
     )
-    backends: dict[Name, Backend] = Field(
+    backends: dict[Name, BackendConfig] = Field(
         default_factory=lambda: {"local": LocalConfig(type="local")},
         description="Where runs execute, chosen by `type`.",
     )
