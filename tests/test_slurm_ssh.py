@@ -125,8 +125,11 @@ def over_ssh(project, sshd, tmp_path):
     project.write("mantik.yaml", ssh_spec(sshd, project.workdir))
     project.commit("slurm over ssh")
     yield project
-    for socket_path in Path(control_directory()).glob("cm-*"):  # each test connects afresh
-        subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "x"], capture_output=True)
+    # each test connects afresh: close the shared connection to this sshd only (ssh names its socket by
+    # host, port and user, %C); another xdist worker's sshd, on its own port, keeps its connection
+    control = os.path.join(control_directory(), "cm-%C")
+    destination = ["-p", str(sshd.port), "-l", "root", "127.0.0.1"]
+    subprocess.run(["ssh", "-o", f"ControlPath={control}", "-O", "exit", *destination], capture_output=True)
 
 
 def ssh_line(stderr: str) -> str:
