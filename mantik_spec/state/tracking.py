@@ -27,13 +27,17 @@ ID_CHUNK = 200  # run ids per `run_id IN (...)` search
 PAGE_SIZE = 1000
 DEFAULT_URI = "sqlite:///.mantik/mlflow.db"
 OUTPUT_ARTIFACT = "mantik/output.log"  # where the in-job runner keeps the run's output
-# MLflow's HTTP client retries an unreachable server for minutes by default; a CI job should fail
-# within seconds with one line, and the next apply repairs. Users' own settings win.
+# MLflow's HTTP client retries an unreachable server for minutes by default (7 retries, backoff factor 2,
+# 120 s a request: mlflow/environment_variables.py); a CI job should fail within seconds with one line,
+# and the next apply repairs. Users' own settings win.
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
+# How long a command waits for a tracking server to answer at all before it stops (seconds)
+TIMEOUT_VARIABLE = "MANTIK_TRACKING_TIMEOUT"
+DEFAULT_TIMEOUT = 15.0
 
 
 class TrackingError(MantikError):
@@ -242,10 +246,69 @@ def _sqlite_hint(exc: BaseException | None) -> str | None:
     return None
 
 
+def server_timeout() -> float:
+    """Seconds to wait for a tracking server: ``MANTIK_TRACKING_TIMEOUT``, else 15; TrackingError when the
+    variable is no positive number."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise TrackingError(f"{TIMEOUT_VARIABLE}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def wait_for_server(uri: str, timeout: float) -> None:
+    """Return once the MLflow server at ``uri`` answers HTTP; TrackingError naming the URI after ``timeout`` s.
+
+    Asks ``GET {uri}/health`` (MLflow's server answers it without credentials; a proxy's 401 or 404 is an
+    answer too) with backoff, so a server that is restarting gets its few seconds. Refused connections,
+    unreachable hosts, 5xx answers (a proxy in front of a stopped server) and silence count as no answer.
+    TLS is checked as MLflow checks it (``MLFLOW_TRACKING_INSECURE_TLS``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``).
+    """
+    import ssl
+    import time
+    import urllib.error
+    import urllib.request
+
+    context = None
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl._create_unverified_context()
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        context = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    url = uri.rstrip("/") + "/health"
+    deadline = time.monotonic() + timeout
+    pause = 0.25
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with urllib.request.urlopen(url, timeout=max(0.05, min(5.0, remaining)), context=context):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+            reason = f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, TLS, timed out
+            cause = getattr(exc, "reason", exc)
+            reason = "no answer" if isinstance(cause, TimeoutError) else str(cause)
+        if time.monotonic() + pause >= deadline:
+            raise TrackingError(
+                f"MLflow at {_safe_uri(uri)} unreachable: {reason} (waited {timeout:g} s; "
+                f"{TIMEOUT_VARIABLE} sets how long)"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
+
+
 class TrackingStore:
     """The project's view of one MLflow tracking server or database."""
 
     def __init__(self, uri: str, project: str):
+        if urlparse(uri).scheme.lower() in ("http", "https"):
+            wait_for_server(uri, server_timeout())  # before importing mlflow: a server that is down costs no import
         from mlflow.tracking import MlflowClient
 
         _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
