@@ -186,8 +186,10 @@ def main(job_dir):
         try:
             if cancelled:
                 raise _CancelledBeforeStart
+            # bash, as `mlflow run` runs an entry point (mlflow/projects/backend/local.py): `source`, `[[`
+            # and arrays work on every backend, where /bin/sh may be dash (Debian, Ubuntu)
             child = subprocess.Popen(
-                ["/bin/sh", "-c", job["command"]],
+                ["bash", "-c", job["command"]],
                 cwd=workdir,
                 env=environment,
                 stdin=subprocess.DEVNULL,

@@ -472,3 +472,26 @@ def test_mantik_cancel_the_backend_refuses_leaves_the_runs_running(project):
         assert not {"mantik.failure", "mantik.failure_kind"} & set(run.data.tags)
     project.mantik("cancel", "sweep")  # the real cancel still works, and stops the jobs
     assert {r.info.status for r in project.runs()} == {"KILLED"}
+
+
+def test_the_command_and_pre_run_lines_run_under_bash_as_mlflow_run_runs_them(project):
+    """`source`, `[[ ]]` and arrays (bash, not POSIX sh, which is dash on Debian and Ubuntu): MLflow runs an
+    entry point with `bash -c`, and MLprojects written for it rely on that."""
+    project.write("env.sh", "export FROM_ENV_SH=yes\n")
+    project.write(
+        "mantik.yaml",
+        BASIC_SPEC.replace("code: {paths: [train.py]}", "code: {paths: [train.py, env.sh]}")
+        .replace(
+            "command: python train.py",
+            'command: source env.sh && [[ "$FROM_ENV_SH" == yes ]] && words=(a b) && [[ $words == a ]] '
+            "&& python train.py",
+        )
+        .replace(
+            "backends:",
+            "environments:\n  bashy:\n    pre_run: ['[[ -n \"$BASH_VERSION\" ]] || exit 7']\nbackends:",
+        )
+        .replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1]}\n    environment: bashy"),
+    )
+    project.commit("bash in the command and a pre-run line")
+    project.mantik("apply", "--auto-approve", "--wait")
+    assert finished_statuses(project) == ["FINISHED"]
