@@ -140,7 +140,7 @@ def init(
         from .install_source import ci_install_command
 
         files[CI_FILES[ci]] = render(
-            packaged(f"ci-{ci}.yml.j2"), {"install": ci_install_command(install), "default_branch": default_branch}
+            packaged(f"ci-{ci}.yml.j2"), {"install": ci_install_command(install), **branch_filters(default_branch)}
         )
     _check(files, directory)
     existing = [name for name in files if (directory / name).exists()]
@@ -175,6 +175,30 @@ def _require_git(directory: Path) -> None:
         raise UserError(f"{where} is not inside a git repository: run `git init` first (only committed code runs)")
     message = (found.stderr.strip().splitlines() or ["no answer"])[-1]  # e.g. git's dubious-ownership refusal
     raise UserError(f"git cannot use {where}: {message}")
+
+
+# Characters GitHub's branch filters read as a pattern; a backslash makes each literal ("Filter pattern cheat
+# sheet", Workflow syntax for GitHub Actions)
+GITHUB_PATTERN_CHARACTERS = re.compile(r"([\\*?+\[\]!])")
+
+
+def branch_filters(branch: str) -> dict[str, str]:
+    """How each CI service's file names ``branch`` exactly: a GitHub branch filter matching it alone, and a
+    GitLab rule expression comparing ``$CI_COMMIT_BRANCH`` with it. UserError for a name git refuses
+    (``git check-ref-format --branch``) or one GitLab's expressions cannot hold (a string literal there is
+    quoted with " or ' and has no escapes: lib/gitlab/ci/pipeline/expression/lexeme/string.rb)."""
+    import subprocess
+
+    checked = subprocess.run(["git", "check-ref-format", "--branch", branch], capture_output=True, text=True)
+    if checked.returncode != 0 or branch.startswith("-"):
+        raise UserError(f"--default-branch {branch!r} is not a branch name git accepts")
+    quote = next((q for q in '"\'' if q not in branch), None)
+    if quote is None:
+        raise UserError(f"--default-branch {branch!r}: a GitLab rule cannot name a branch holding both ' and \"")
+    return {
+        "github_branch": GITHUB_PATTERN_CHARACTERS.sub(r"\\\1", branch),
+        "gitlab_rule": f"$CI_COMMIT_BRANCH == {quote}{branch}{quote}",
+    }
 
 
 def _check(files: dict[str, str], directory: Path) -> None:
