@@ -160,6 +160,20 @@ def test_show_ranks_by_the_declared_metric_and_never_guesses(project):
     assert "* best by score (max; from experiments.sweep.metric)" in ranked
 
 
+def test_show_never_stars_a_nan_or_infinite_metric(project):
+    """A diverged run's NaN loss (or an infinite one) is no result: the best finite value is starred, for
+    either goal and whichever order the runs come in."""
+    project.mantik("apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})  # score = lr * 10
+    client = project.client()
+    [diverged] = [run for run in project.runs() if run.data.params["lr"] == "0.1"]
+    for value in (float("nan"), float("-inf"), float("inf")):
+        client.log_metric(diverged.info.run_id, "score", value, step=1)  # the last value is the final one
+        for goal in ("min", "max"):
+            shown = project.mantik("show", "sweep", "--metric", "score", "--goal", goal).stdout
+            best = [line for line in shown.splitlines() if line.startswith("*") and "finished" in line]
+            assert len(best) == 1 and " 0.2 " in best[0], (value, goal, shown)
+
+
 def test_cancelled_is_its_own_outcome_and_replace_runs_the_point_again(project):
     spec = BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1], sleep: [60]}\n    retries: 2")
     project.write("mantik.yaml", spec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +47,19 @@ def grid(
     names = sorted({name for row in rows for name in row.metrics})
     if ranking.metric is not None and names and ranking.metric not in names:
         raise UserError(f"no run of {experiment} logged a metric '{ranking.metric}'; logged: {', '.join(names)}")
-    scored = [row for row in rows if ranking.metric in row.metrics]
+    scored = [row for row in rows if ranking.metric in row.metrics and is_result(row.metrics[ranking.metric])]
     if scored:
         pick = min if ranking.goal == "min" else max
         pick(scored, key=lambda row: row.metrics[ranking.metric]).best = True
     return rows, ranking
+
+
+def is_result(value: float) -> bool:
+    """Whether a metric's value can rank a run: NaN (a diverged loss) compares false with everything, so
+    min/max would pick it by its place in the list, and an infinite value is no result either. MLflow's
+    stores keep an infinite value as the largest float of its sign (``sanitize_metric_value`` in
+    mlflow/store/tracking/sqlalchemy_store.py), so that reads back as infinite too."""
+    return math.isfinite(value) and abs(value) < sys.float_info.max
 
 
 def _ranking(project: Project, experiment: str, metric: str | None, goal: str | None) -> Ranking:
