@@ -171,25 +171,46 @@ def _project_store(store, project):
 
 
 def test_a_run_record_reads_back_as_written(store):
-    from mantik_spec.state.tags import FailureKind, RunStatus, Tag, failure_tags, identity_tags
+    """Every field of the record round-trips through MLflow, and every input of its key has a tag of its own:
+    an :class:`Identity` field without one (or without a reason for a plan to give) fails here."""
+    from dataclasses import fields
+
+    from mantik_spec.reconcile.identity import INPUTS, Identity, recorded_identity
+    from mantik_spec.state.tags import (
+        IDENTITY_TAGS,
+        FailureKind,
+        ObservedRun,
+        RunStatus,
+        Tag,
+        failure_tags,
+        identity_tags,
+    )
+
+    names = [each.name for each in fields(Identity)]
+    assert list(IDENTITY_TAGS) == names
+    assert [each.name for each in INPUTS] == names
+    assert set(names) <= {each.name for each in fields(ObservedRun)}  # what recorded_identity reads
+    assert len({kept.tag for kept in IDENTITY_TAGS.values()}) == len(names)
 
     tracking = _project_store(store, "roundtrip")
     experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    identity = Identity(
+        command="python train.py --lr {lr}",
+        parameters={"lr": 0.1, "name": "a b"},
+        seed=2,
+        code="tree:abc",
+        data={"era5": "md5:0123"},
+        environment="torch:sha256:ff",
+    )
+    assert all(value not in (None, "", {}) for value in identity.inputs().values())  # none reads back by default
     written = {
         "experiment": "sweep",
         "point_id": "sweep[lr=0.1,seed=2]",
-        "run_key": "k" * 64,
         "attempt": 2,
         "commit": "c" * 40,
-        "code": "tree:abc",
-        "command": "python train.py --lr {lr}",
-        "parameters": {"lr": 0.1, "name": "a b"},
-        "data": {"era5": "md5:0123"},
-        "environment": "torch:sha256:ff",
         "backend": "cluster",
-        "seed": 2,
     }
-    tags = identity_tags(project="roundtrip", **written) | {"mlflow.project.entryPoint": "train"}
+    tags = identity_tags(identity, project="roundtrip", **written) | {"mlflow.project.entryPoint": "train"}
     run_id = tracking.create_run(experiment_id, written["point_id"], tags, {"lr": "0.1"})
     tracking.set_tags(run_id, {Tag.JOB_ID: "4242"})
     tracking.terminate(run_id, RunStatus.FAILED, failure_tags(FailureKind.TIMEOUT, "job 4242 ended TIMEOUT"))
@@ -197,6 +218,7 @@ def test_a_run_record_reads_back_as_written(store):
     [run] = tracking.observe()
     assert (run.run_id, run.experiment_id, run.status) == (run_id, experiment_id, RunStatus.FAILED)
     assert {name: getattr(run, name) for name in written} == written
+    assert (recorded_identity(run), run.run_key) == (identity, identity.key)
     assert (run.job_id, run.entry_point, run.live) == ("4242", "train", False)
     assert (run.failure_kind, run.failure) == (FailureKind.TIMEOUT, "job 4242 ended TIMEOUT")
 
@@ -293,13 +315,14 @@ def test_records_written_before_the_failure_kind_plan_as_they_did(store):
 
 def _start_runner(tracking, project: str, command: str, job_dir: Path) -> tuple[str, subprocess.Popen]:
     """A run recorded as apply records it, and the in-job runner started on it as a backend starts it."""
+    from mantik_spec.reconcile.identity import Identity
     from mantik_spec.state.tags import identity_tags
 
     experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    identity = Identity(command=command, parameters={}, seed=None, code="tree", data={}, environment="")
     tags = identity_tags(
-        project=project, experiment="sweep", point_id="sweep[]", run_key=project[0] * 64, attempt=1, commit="c",
-        code="tree", command=command, parameters={}, data={}, environment="", backend="local",
-    )  # fmt: skip
+        identity, project=project, experiment="sweep", point_id="sweep[]", attempt=1, commit="c", backend="local"
+    )
     run_id = tracking.create_run(experiment_id, "sweep[]", tags, {})
     (job_dir / "work").mkdir(parents=True)
     job = {"run_id": run_id, "command": command, "tracking_uri": tracking.uri, "experiment_id": experiment_id}

@@ -4,6 +4,11 @@ The key covers the entry point's command template, the resolved parameters
 and seed, the code identity (committed tree of ``code.paths``), data versions
 and environment identity. It leaves out the experiment's name, the backend and
 its resources: moving an experiment to another cluster does not redo science.
+
+The inputs are written once, as the fields of :class:`Identity`: the key hashes them by name, :data:`INPUTS`
+says how a plan names a change of each, and :mod:`mantik_spec.state.tags` keeps each in its tag (a test holds
+both tables to the fields). A new input is a field, a row of :data:`INPUTS`, a tag, and its source in
+:func:`identify`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ..spec.experiments import RunPoint
 
@@ -24,29 +29,44 @@ class Identity:
     parameters: dict = field(hash=False)
     seed: int | None
     code: str
-    data: dict = field(default_factory=dict, hash=False)  # name -> version
-    environment: str = ""
+    data: dict = field(hash=False)  # name -> version
+    environment: str
+
+    def inputs(self) -> dict:
+        """Each field's value by its name: what the key hashes."""
+        return {each.name: getattr(self, each.name) for each in fields(self)}
 
     def canonical(self) -> str:
         return json.dumps(
-            {
-                "format": KEY_FORMAT,
-                "command": self.command,
-                "parameters": self.parameters,
-                "seed": self.seed,
-                "code": self.code,
-                "data": self.data,
-                "environment": self.environment,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
+            {"format": KEY_FORMAT, **self.inputs()}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
 
     @functools.cached_property
     def key(self) -> str:
         """sha256 hex of :meth:`canonical`; computed once (the planner asks for it several times a run)."""
         return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Input:
+    """An :class:`Identity` field and the reason a plan gives when it differs from the point's last run.
+
+    ``{old}`` and ``{new}`` are the two values, shortened; a mapping differs entry by entry, each named by
+    ``{name}``; the code's reason names the changed files and the commits (``{files}``, ``{was}``, ``{now}``),
+    not the trees. None: never named."""
+
+    name: str
+    changed: str | None
+
+
+INPUTS = (  # in the order a plan names them
+    Input("command", "entry point command changed"),
+    Input("parameters", "parameter {name} changed ({old} → {new})"),
+    Input("seed", None),  # the point id names the seed: the last run of a point had the same
+    Input("code", "code changed ({files}{was}..{now})"),
+    Input("data", "data.{name} changed ({old} → {new})"),
+    Input("environment", "environment changed ({old} → {new})"),
+)
 
 
 @dataclass(frozen=True)
@@ -62,15 +82,8 @@ class DesiredRun:
 
 
 def recorded_identity(run) -> Identity:
-    """The identity inputs an observed run recorded (its key should be their hash)."""
-    return Identity(
-        command=run.command,
-        parameters=run.parameters,
-        seed=run.seed,
-        code=run.code,
-        data=run.data,
-        environment=run.environment,
-    )
+    """The identity inputs an observed run recorded (its key should be their hash): its fields of the same names."""
+    return Identity(**{each.name: getattr(run, each.name) for each in fields(Identity)})
 
 
 def identify(point: RunPoint, code: str, data: dict[str, str], environments: dict[str, str]) -> DesiredRun:
