@@ -110,7 +110,7 @@ def test_a_version_error_reaches_the_user_as_one_line(tmp_path):
     from click.testing import CliRunner
 
     from mantik_spec.cli import user_errors
-    from mantik_spec.state.versions import VersionError
+    from mantik_spec.dvcfiles import VersionError
 
     @click.command()
     def broken():
@@ -142,7 +142,8 @@ def test_choosing_a_backend_imports_only_its_module():
 def test_the_runner_writes_the_tag_schema():
     """The runner cannot import the package, so it keeps copies of the names it writes: they must not drift."""
     from mantik_spec import runner
-    from mantik_spec.state.tags import RUNNER_TAGS, FailureKind, RunStatus, Tag
+    from mantik_spec.state.tags import RUNNER_TAGS, Tag
+    from mantik_spec.vocab import FailureKind, RunStatus
 
     assert (runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG) == RUNNER_TAGS
     assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND) == RUNNER_TAGS
@@ -152,6 +153,21 @@ def test_the_runner_writes_the_tag_schema():
     tree = ast.parse((ROOT / "mantik_spec" / "runner.py").read_text())
     strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert {text for text in strings if text.startswith("mantik.")} == set(RUNNER_TAGS)
+
+
+def test_a_status_row_has_a_word_for_every_job_state_and_run_status():
+    """`mantik status` shows MLflow's status of an ended run and the job's state of a live one: a state added
+    to either has a row state, and a row is final exactly when the status or state it shows is."""
+    from mantik_spec.vocab import JobState, RowState, RunStatus
+
+    for state in JobState:
+        assert RowState.of_job(state).value == state.value
+        assert RowState.of_job(state).ended is state.ended
+    for status in RunStatus:
+        if status.ended:
+            assert RowState.of_run(status).ended
+    assert {row for row in RowState if row.succeeded} == {RowState.FINISHED, RowState.COMPLETED}
+    assert not {RowState.NOT_SUBMITTED, RowState.SUSPENDED, RowState.SUBMITTING} & {r for r in RowState if r.ended}
 
 
 # -- the tag schema against a real MLflow store ------------------------------------------------------
@@ -175,16 +191,9 @@ def test_a_run_record_reads_back_as_written(store):
     an :class:`Identity` field without one (or without a reason for a plan to give) fails here."""
     from dataclasses import fields
 
-    from mantik_spec.reconcile.identity import INPUTS, Identity, recorded_identity
-    from mantik_spec.state.tags import (
-        IDENTITY_TAGS,
-        FailureKind,
-        ObservedRun,
-        RunStatus,
-        Tag,
-        failure_tags,
-        identity_tags,
-    )
+    from mantik_spec.reconcile.identity import INPUTS, Identity, ObservedRun, recorded_identity
+    from mantik_spec.state.tags import IDENTITY_TAGS, Tag, failure_tags, identity_tags
+    from mantik_spec.vocab import FailureKind, RunStatus
 
     names = [each.name for each in fields(Identity)]
     assert list(IDENTITY_TAGS) == names
@@ -339,7 +348,7 @@ def test_a_run_the_runner_saw_signalled_is_recorded_as_such(store, tmp_path):
     import signal
     import time
 
-    from mantik_spec.state.tags import FailureKind, RunStatus
+    from mantik_spec.vocab import FailureKind, RunStatus
 
     tracking = _project_store(store, "signalled")
     run_id, runner = _start_runner(tracking, "signalled", "sleep 60", tmp_path / "job")
@@ -386,7 +395,7 @@ def test_a_job_cancelled_while_its_runner_starts_never_runs_and_says_so(store, t
     import signal
     import time
 
-    from mantik_spec.state.tags import RunStatus
+    from mantik_spec.vocab import RunStatus
 
     tracking = _project_store(store, "early-cancel")
     job_dir = tmp_path / "job"
@@ -408,10 +417,9 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
     exit code where the backend knows it (as the runner would have, had it reached the store)."""
     from types import SimpleNamespace
 
-    from mantik_spec.backends.base import JobState, JobStatus
     from mantik_spec.operations.apply import execute
     from mantik_spec.reconcile.planner import make_plan
-    from mantik_spec.state.tags import FailureKind, RunStatus
+    from mantik_spec.vocab import FailureKind, JobState, JobStatus, RunStatus
 
     from .test_planner import desired, point
 
@@ -476,10 +484,10 @@ def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
     cancel, that record is taken back: the run is not reported cancelled while its job runs on."""
     from types import SimpleNamespace
 
-    from mantik_spec.backends.base import BackendError, JobState, JobStatus
+    from mantik_spec.backends.base import BackendError
     from mantik_spec.operations.apply import execute
     from mantik_spec.reconcile.planner import make_plan
-    from mantik_spec.state.tags import RunStatus
+    from mantik_spec.vocab import JobState, JobStatus, RunStatus
 
     from .test_planner import desired, point
 

@@ -8,12 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mantik_spec.backends.base import JobState, JobStatus
-from mantik_spec.reconcile.identity import identify
+from mantik_spec.reconcile.identity import ObservedRun, identify
 from mantik_spec.reconcile.plan import Action
 from mantik_spec.reconcile.planner import INTERRUPTED, REFUSED, make_plan
 from mantik_spec.spec.experiments import RunPoint
-from mantik_spec.state.tags import FailureKind, ObservedRun, RunStatus
+from mantik_spec.vocab import FailureKind, JobState, JobStatus, RunStatus
 
 from .conftest import examples
 
@@ -372,7 +371,7 @@ def test_a_suspended_experiment_starts_nothing_new():
 
 
 def test_a_run_cancelled_with_mantik_cancel_is_its_own_outcome_until_replaced():
-    from mantik_spec.state.tags import FailureKind
+    from mantik_spec.vocab import FailureKind
 
     want = desired(point(retries=2))
     run = observed(want, status="KILLED", failure_kind=FailureKind.USER_CANCELLED)

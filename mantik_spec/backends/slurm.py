@@ -34,12 +34,11 @@ from .. import runner
 from ..faults import checkpoint
 from ..spec.model import SlurmConfig, duration_seconds
 from ..templating import packaged, render
+from ..vocab import JobState, JobStatus
 from .base import (
     BackendError,
     CommandTimeout,
     JobRequest,
-    JobState,
-    JobStatus,
     SubmissionFailed,
     SubmissionInDoubt,
     tracking_secrets,

@@ -21,7 +21,8 @@ from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
 from ..state.lock import LockHandle, project_lock
-from ..state.tags import FailureKind, RunStatus, Tag, failure_tags
+from ..state.tags import Tag, failure_tags
+from ..vocab import FailureKind, RunStatus
 from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
 from .project import Observation, Project, build_plan, throwaway_store

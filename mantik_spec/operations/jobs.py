@@ -78,8 +78,8 @@ def remote_data(project: Project, context: Submission, starts, sources) -> dict[
                 names_of[path][name] = want.identity.data.get(name, "")
     if not names_of:
         return {}
+    from ..dvcfiles import VersionError
     from ..state.dvcdata import remote_urls, unpushed
-    from ..state.versions import VersionError
 
     try:
         missing, remote = unpushed(context.data_root, sorted(names_of))

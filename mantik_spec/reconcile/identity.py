@@ -1,4 +1,4 @@
-"""Run identity: what determines a run's result, and the key that hashes it.
+"""Run identity: what determines a run's result, the key that hashes it, and the two runs a plan compares.
 
 The key covers the entry point's command template, the resolved parameters
 and seed, the code identity (committed tree of ``code.paths``), data versions
@@ -9,6 +9,9 @@ The inputs are written once, as the fields of :class:`Identity`: the key hashes 
 says how a plan names a change of each, and :mod:`mantik_spec.state.tags` keeps each in its tag (a test holds
 both tables to the fields). A new input is a field, a row of :data:`INPUTS`, a tag, and its source in
 :func:`identify`.
+
+A :class:`DesiredRun` is a declared point with its identity; an :class:`ObservedRun` is a run record as
+read back from its tags, and :func:`recorded_identity` the identity it recorded.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 from ..spec.experiments import RunPoint
+from ..vocab import FailureKind, RunStatus
 
 KEY_FORMAT = 1
 
@@ -81,7 +85,45 @@ class DesiredRun:
         return self.identity.key
 
 
-def recorded_identity(run) -> Identity:
+@dataclass
+class ObservedRun:
+    """A run record as observed: MLflow's own fields plus the decoded ``mantik.*`` tags."""
+
+    run_id: str
+    experiment_id: str
+    status: RunStatus
+    run_key: str
+    point_id: str
+    attempt: int
+    backend: str
+    job_id: str | None
+    commit: str
+    code: str
+    command: str
+    parameters: dict
+    data: dict
+    environment: str
+    start_time: int | None  # ms since the epoch, as MLflow keeps it
+    end_time: int | None
+    failure: str | None = None  # the failure text, for people
+    seed: int | None = None
+    experiment: str = ""
+    entry_point: str = ""
+    metrics: dict = field(default_factory=dict)
+    adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
+    failure_kind: FailureKind | None = None  # None: not failed, or failed for a reason nobody recorded
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
+        if self.failure_kind is not None:
+            self.failure_kind = FailureKind(self.failure_kind)
+
+    @property
+    def live(self) -> bool:
+        return RunStatus(self.status).live
+
+
+def recorded_identity(run: ObservedRun) -> Identity:
     """The identity inputs an observed run recorded (its key should be their hash): its fields of the same names."""
     return Identity(**{each.name: getattr(run, each.name) for each in fields(Identity)})
 

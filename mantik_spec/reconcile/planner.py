@@ -23,9 +23,8 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 
-from ..backends.base import JobState, JobStatus
-from ..state.tags import FailureKind, ObservedRun, RunStatus
-from .identity import INPUTS, DesiredRun, recorded_identity
+from ..vocab import FailureKind, JobState, JobStatus, RunStatus
+from .identity import INPUTS, DesiredRun, ObservedRun, recorded_identity
 from .plan import Action, Plan, PlannedRun
 
 JobStates = dict[tuple[str, str], JobStatus]  # (backend name, job id) -> status

@@ -1,8 +1,9 @@
 """The MLflow tag schema of a run record: what apply writes, what observe reads, what the in-job runner writes.
 
 A run record is an MLflow run whose ``mantik.*`` tags carry its key, grid point,
-identity inputs (one tag each: :data:`IDENTITY_TAGS`) and, once it ended, how.
-Decisions read typed values decoded here (:class:`RunStatus`, :class:`FailureKind`);
+identity inputs (one tag each: :data:`IDENTITY_TAGS`) and, once it ended, how; it
+reads back as an :class:`~mantik_spec.reconcile.identity.ObservedRun`. Decisions read
+typed values decoded here (``RunStatus``, ``FailureKind``: :mod:`mantik_spec.vocab`);
 the ``mantik.failure`` text is for people only. The runner (:mod:`mantik_spec.runner`)
 keeps literal copies of the names it writes, because it may import nothing but the
 standard library and mlflow; a test holds the copies equal to these.
@@ -10,66 +11,16 @@ standard library and mlflow; a test holds the copies equal to these.
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..reconcile.identity import Identity
-
-
-class RunStatus(enum.StrEnum):
-    """MLflow's run statuses (``mlflow.entities.RunStatus``), as the store reports them."""
-
-    SCHEDULED = "SCHEDULED"  # an intent record: created before its job was submitted
-    RUNNING = "RUNNING"
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    KILLED = "KILLED"
-
-    @property
-    def live(self) -> bool:
-        return self in (RunStatus.SCHEDULED, RunStatus.RUNNING)
-
-    @property
-    def ended(self) -> bool:
-        return not self.live
-
-    @property
-    def unsuccessful(self) -> bool:
-        return self in (RunStatus.FAILED, RunStatus.KILLED)
-
+from ..reconcile.identity import Identity, ObservedRun
+from ..vocab import FailureKind, RunStatus
 
 LIVE = frozenset(s for s in RunStatus if s.live)
 TERMINAL = frozenset(s for s in RunStatus if s.ended)
-
-
-class FailureKind(enum.StrEnum):
-    """Why a run record was closed unsuccessfully: the value of the ``mantik.failure_kind`` tag."""
-
-    INTERRUPTED = "interrupted"  # an apply stopped between the intent record and recording a job
-    REFUSED = "refused"  # the backend refused the submission (or it was never sent)
-    SIGNALLED = "signalled"  # the runner saw its command stopped by a signal: the scheduler knows why
-    CANCELLED = "cancelled"  # by `apply --prune`, or outside the tool (scancel, an admin): retried if allowed
-    USER_CANCELLED = "user_cancelled"  # by `mantik cancel`: the user's choice, never resubmitted on its own
-    JOB_FAILED = "job_failed"  # the job ended with a failure exit code
-    TIMEOUT = "timeout"
-    OUT_OF_MEMORY = "out_of_memory"
-    NODE_FAIL = "node_fail"
-    PREEMPTED = "preempted"
-    LOST = "lost"  # the job is gone and left no exit status behind
-
-    @property
-    def ran(self) -> bool:
-        """Whether the run got to run: only runs that did spend a retry."""
-        return self not in (FailureKind.INTERRUPTED, FailureKind.REFUSED)
-
-    @property
-    def spends_retry(self) -> bool:
-        """Whether this outcome uses up one of the point's retries: not when it never ran, nor when the
-        user stopped it on purpose."""
-        return self.ran and self is not FailureKind.USER_CANCELLED
 
 
 # Records written before the kind tag existed carried only the failure text; these are the beginnings
@@ -171,44 +122,6 @@ IDENTITY_TAGS = {  # Identity field -> its tag: the one writer (identity_tags) a
     "data": IdentityTag(Tag.DATA, _json, _json_object),
     "environment": IdentityTag(Tag.ENVIRONMENT, str, _text),
 }
-
-
-@dataclass
-class ObservedRun:
-    """A run record as observed: MLflow's own fields plus the decoded ``mantik.*`` tags."""
-
-    run_id: str
-    experiment_id: str
-    status: RunStatus
-    run_key: str
-    point_id: str
-    attempt: int
-    backend: str
-    job_id: str | None
-    commit: str
-    code: str
-    command: str
-    parameters: dict
-    data: dict
-    environment: str
-    start_time: int | None  # ms since the epoch, as MLflow keeps it
-    end_time: int | None
-    failure: str | None = None  # the failure text, for people
-    seed: int | None = None
-    experiment: str = ""
-    entry_point: str = ""
-    metrics: dict = field(default_factory=dict)
-    adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
-    failure_kind: FailureKind | None = None  # None: not failed, or failed for a reason nobody recorded
-
-    def __post_init__(self) -> None:
-        self.status = RunStatus(self.status)
-        if self.failure_kind is not None:
-            self.failure_kind = FailureKind(self.failure_kind)
-
-    @property
-    def live(self) -> bool:
-        return RunStatus(self.status).live
 
 
 def identity_tags(
