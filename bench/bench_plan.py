@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import median_time  # noqa: E402
 
-from mantik_spec.operations.apply import run_tags  # noqa: E402
+from mantik_spec.operations.jobs import run_tags  # noqa: E402
 from mantik_spec.operations.project import build_plan, observe, open_project  # noqa: E402
 from mantik_spec.reconcile.plan import Action, Plan, PlannedRun  # noqa: E402
 from mantik_spec.state.tracking import PAGE_SIZE  # noqa: E402

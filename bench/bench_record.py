@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mantik_spec.reconcile.identity import Identity  # noqa: E402
 from mantik_spec.state.tags import Tag, identity_tags  # noqa: E402
 from mantik_spec.state.tracking import TrackingStore  # noqa: E402
 
@@ -47,10 +48,13 @@ def intents(runs: int) -> list[tuple[dict[str, str], dict[str, str]]]:
     made = []
     for index in range(runs):
         lr = f"{0.0001 * (index + 1):.6f}"
+        identity = Identity(
+            command=f"python train.py --lr {lr}", parameters={"lr": lr}, seed=None, code="0" * 64, data={},
+            environment="",
+        )  # fmt: skip
         tags = identity_tags(
-            project="bench", experiment="grid", point_id=f"grid[lr={lr}]", run_key=f"{index:064x}", attempt=1,
-            commit="c0ffee" * 6 + "c0ff", code="0" * 64, command=f"python train.py --lr {lr}",
-            parameters={"lr": lr}, data={}, environment="", backend="cluster",
+            identity, project="bench", experiment="grid", point_id=f"grid[lr={lr}]", attempt=1,
+            commit="c0ffee" * 6 + "c0ff", backend="cluster",
         )  # fmt: skip
         made.append((tags, {"lr": lr}))
     return made

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from . import views
+from .vocab import RowState
 
 REPLACE_HELP = (
     "Run this declared point (e.g. 'sweep[lr=0.1]') again though a run of it finished, failed or was cancelled; "
@@ -400,7 +401,7 @@ class _LogLines:
         self.started = self.last_time = self.clock()
         self.last_text = None
 
-    def __call__(self, states: dict[str, str]) -> None:
+    def __call__(self, states: dict[str, RowState]) -> None:
         text = views.state_counts(states)
         now = self.clock()
         if text != self.last_text or now - self.last_time >= self.QUIET_SECONDS:
@@ -408,10 +409,10 @@ class _LogLines:
             self.last_text, self.last_time = text, now
 
 
-def _follow_with_bar(project, run_ids) -> dict[str, str]:
+def _follow_with_bar(project, run_ids) -> dict[str, RowState]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .operations.status import ENDED, follow
+    from .operations.status import follow
 
     with Progress(
         TextColumn("[bold]runs"),
@@ -424,7 +425,7 @@ def _follow_with_bar(project, run_ids) -> dict[str, str]:
         task = progress.add_task("", total=len(run_ids))
 
         def update(states):
-            done = sum(1 for state in states.values() if state in ENDED)
+            done = sum(1 for state in states.values() if state.ended)
             progress.update(task, completed=done, description=views.state_counts(states))
 
         return follow(project, run_ids, update)
@@ -464,21 +465,24 @@ def _watch_status(project, interval: float) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    from .operations.status import ENDED, status_rows
+    from .operations.runref import job_label
+    from .operations.status import status_rows
 
     console = Console()
     with Live(console=console, auto_refresh=False) as live:
         while True:
             rows = status_rows(project)
-            live.update(views.status_table(rows), refresh=True)
-            if all(row.state in ENDED or row.state in ("not submitted", "suspended") for row in rows):
+            live.update(views.status_table(rows, job_label), refresh=True)
+            if all(row.state.ended or row.state in (RowState.NOT_SUBMITTED, RowState.SUSPENDED) for row in rows):
                 break
             time.sleep(project.poll_pause(interval))
     click.echo("Every declared run has ended (or was never submitted).")
 
 
 def _print_status_table(rows) -> None:
-    views.table_console().print(views.status_table(rows))
+    from .operations.runref import job_label
+
+    views.table_console().print(views.status_table(rows, job_label))
 
 
 @main.command()

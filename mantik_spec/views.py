@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from .reconcile.plan import Action, Plan
+from .vocab import RowState
 
 # how a terminal colours each change (the one per-action table of the views)
 COLORS = {Action.SUBMIT: "green", Action.RETRY: "yellow", Action.REPAIR: "magenta", Action.CANCEL: "red"}
@@ -156,7 +158,7 @@ def render_json(plan: Plan) -> str:
 # runs: progress, failures, the status table ------------------------------------------------------
 
 
-def state_counts(states: dict[str, str]) -> str:
+def state_counts(states: dict[str, RowState]) -> str:
     """How many runs are in each state: ``2 completed, 1 running``."""
     counts: dict[str, int] = {}
     for state in states.values():
@@ -198,15 +200,15 @@ def table_console():
     return console
 
 
-def status_table(rows):
+def status_table(rows, job_label: Callable[[str | None], str]):
     """One column per parameter whose value differs between the rows (what tells the points apart), so
-    that at 80 columns it is the metrics that get squeezed, never the point's identity."""
+    that at 80 columns it is the metrics that get squeezed, never the point's identity. ``job_label``: a
+    job id as a run is named by it (``operations.runref.job_label``)."""
     import time
 
     from rich.markup import escape as markup_escape
     from rich.table import Table
 
-    from .operations.runref import job_label
     from .spec.experiments import format_value
 
     def escape(value) -> str:  # neither rich markup nor a control character in a value draws anything

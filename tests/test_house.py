@@ -146,7 +146,7 @@ def test_a_version_error_reaches_the_user_as_one_line(tmp_path):
     from click.testing import CliRunner
 
     from mantik_spec.cli import user_errors
-    from mantik_spec.state.versions import VersionError
+    from mantik_spec.dvcfiles import VersionError
 
     @click.command()
     def broken():
@@ -178,7 +178,8 @@ def test_choosing_a_backend_imports_only_its_module():
 def test_the_runner_writes_the_tag_schema():
     """The runner cannot import the package, so it keeps copies of the names it writes: they must not drift."""
     from mantik_spec import runner
-    from mantik_spec.state.tags import RUNNER_TAGS, FailureKind, RunStatus, Tag
+    from mantik_spec.state.tags import RUNNER_TAGS, Tag
+    from mantik_spec.vocab import FailureKind, RunStatus
 
     assert (runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG) == RUNNER_TAGS
     assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND) == RUNNER_TAGS
@@ -188,6 +189,21 @@ def test_the_runner_writes_the_tag_schema():
     tree = ast.parse((ROOT / "mantik_spec" / "runner.py").read_text())
     strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert {text for text in strings if text.startswith("mantik.")} == set(RUNNER_TAGS)
+
+
+def test_a_status_row_has_a_word_for_every_job_state_and_run_status():
+    """`mantik status` shows MLflow's status of an ended run and the job's state of a live one: a state added
+    to either has a row state, and a row is final exactly when the status or state it shows is."""
+    from mantik_spec.vocab import JobState, RowState, RunStatus
+
+    for state in JobState:
+        assert RowState.of_job(state).value == state.value
+        assert RowState.of_job(state).ended is state.ended
+    for status in RunStatus:
+        if status.ended:
+            assert RowState.of_run(status).ended
+    assert {row for row in RowState if row.succeeded} == {RowState.FINISHED, RowState.COMPLETED}
+    assert not {RowState.NOT_SUBMITTED, RowState.SUSPENDED, RowState.SUBMITTING} & {r for r in RowState if r.ended}
 
 
 # -- the tag schema against a real MLflow store ------------------------------------------------------
@@ -207,25 +223,39 @@ def _project_store(store, project):
 
 
 def test_a_run_record_reads_back_as_written(store):
-    from mantik_spec.state.tags import FailureKind, RunStatus, Tag, failure_tags, identity_tags
+    """Every field of the record round-trips through MLflow, and every input of its key has a tag of its own:
+    an :class:`Identity` field without one (or without a reason for a plan to give) fails here."""
+    from dataclasses import fields
+
+    from mantik_spec.reconcile.identity import INPUTS, Identity, ObservedRun, recorded_identity
+    from mantik_spec.state.tags import IDENTITY_TAGS, Tag, failure_tags, identity_tags
+    from mantik_spec.vocab import FailureKind, RunStatus
+
+    names = [each.name for each in fields(Identity)]
+    assert list(IDENTITY_TAGS) == names
+    assert [each.name for each in INPUTS] == names
+    assert set(names) <= {each.name for each in fields(ObservedRun)}  # what recorded_identity reads
+    assert len({kept.tag for kept in IDENTITY_TAGS.values()}) == len(names)
 
     tracking = _project_store(store, "roundtrip")
     experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    identity = Identity(
+        command="python train.py --lr {lr}",
+        parameters={"lr": 0.1, "name": "a b"},
+        seed=2,
+        code="tree:abc",
+        data={"era5": "md5:0123"},
+        environment="torch:sha256:ff",
+    )
+    assert all(value not in (None, "", {}) for value in identity.inputs().values())  # none reads back by default
     written = {
         "experiment": "sweep",
         "point_id": "sweep[lr=0.1,seed=2]",
-        "run_key": "k" * 64,
         "attempt": 2,
         "commit": "c" * 40,
-        "code": "tree:abc",
-        "command": "python train.py --lr {lr}",
-        "parameters": {"lr": 0.1, "name": "a b"},
-        "data": {"era5": "md5:0123"},
-        "environment": "torch:sha256:ff",
         "backend": "cluster",
-        "seed": 2,
     }
-    tags = identity_tags(project="roundtrip", **written) | {"mlflow.project.entryPoint": "train"}
+    tags = identity_tags(identity, project="roundtrip", **written) | {"mlflow.project.entryPoint": "train"}
     run_id = tracking.create_run(experiment_id, written["point_id"], tags, {"lr": "0.1"})
     tracking.set_tags(run_id, {Tag.JOB_ID: "4242"})
     tracking.terminate(run_id, RunStatus.FAILED, failure_tags(FailureKind.TIMEOUT, "job 4242 ended TIMEOUT"))
@@ -233,6 +263,7 @@ def test_a_run_record_reads_back_as_written(store):
     [run] = tracking.observe()
     assert (run.run_id, run.experiment_id, run.status) == (run_id, experiment_id, RunStatus.FAILED)
     assert {name: getattr(run, name) for name in written} == written
+    assert (recorded_identity(run), run.run_key) == (identity, identity.key)
     assert (run.job_id, run.entry_point, run.live) == ("4242", "train", False)
     assert (run.failure_kind, run.failure) == (FailureKind.TIMEOUT, "job 4242 ended TIMEOUT")
 
@@ -329,13 +360,14 @@ def test_records_written_before_the_failure_kind_plan_as_they_did(store):
 
 def _start_runner(tracking, project: str, command: str, job_dir: Path) -> tuple[str, subprocess.Popen]:
     """A run recorded as apply records it, and the in-job runner started on it as a backend starts it."""
+    from mantik_spec.reconcile.identity import Identity
     from mantik_spec.state.tags import identity_tags
 
     experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
+    identity = Identity(command=command, parameters={}, seed=None, code="tree", data={}, environment="")
     tags = identity_tags(
-        project=project, experiment="sweep", point_id="sweep[]", run_key=project[0] * 64, attempt=1, commit="c",
-        code="tree", command=command, parameters={}, data={}, environment="", backend="local",
-    )  # fmt: skip
+        identity, project=project, experiment="sweep", point_id="sweep[]", attempt=1, commit="c", backend="local"
+    )
     run_id = tracking.create_run(experiment_id, "sweep[]", tags, {})
     (job_dir / "work").mkdir(parents=True)
     job = {"run_id": run_id, "command": command, "tracking_uri": tracking.uri, "experiment_id": experiment_id}
@@ -352,7 +384,7 @@ def test_a_run_the_runner_saw_signalled_is_recorded_as_such(store, tmp_path):
     import signal
     import time
 
-    from mantik_spec.state.tags import FailureKind, RunStatus
+    from mantik_spec.vocab import FailureKind, RunStatus
 
     tracking = _project_store(store, "signalled")
     run_id, runner = _start_runner(tracking, "signalled", "sleep 60", tmp_path / "job")
@@ -399,7 +431,7 @@ def test_a_job_cancelled_while_its_runner_starts_never_runs_and_says_so(store, t
     import signal
     import time
 
-    from mantik_spec.state.tags import RunStatus
+    from mantik_spec.vocab import RunStatus
 
     tracking = _project_store(store, "early-cancel")
     job_dir = tmp_path / "job"
@@ -421,10 +453,9 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
     exit code where the backend knows it (as the runner would have, had it reached the store)."""
     from types import SimpleNamespace
 
-    from mantik_spec.backends.base import JobState, JobStatus
     from mantik_spec.operations.apply import execute
     from mantik_spec.reconcile.planner import make_plan
-    from mantik_spec.state.tags import FailureKind, RunStatus
+    from mantik_spec.vocab import FailureKind, JobState, JobStatus, RunStatus
 
     from .test_planner import desired, point
 
@@ -489,10 +520,10 @@ def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
     cancel, that record is taken back: the run is not reported cancelled while its job runs on."""
     from types import SimpleNamespace
 
-    from mantik_spec.backends.base import BackendError, JobState, JobStatus
+    from mantik_spec.backends.base import BackendError
     from mantik_spec.operations.apply import execute
     from mantik_spec.reconcile.planner import make_plan
-    from mantik_spec.state.tags import RunStatus
+    from mantik_spec.vocab import JobState, JobStatus, RunStatus
 
     from .test_planner import desired, point
 

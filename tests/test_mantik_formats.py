@@ -480,7 +480,8 @@ def remote_image_project(tmp_path, config: str = REMOTE_IMAGE_CONFIG, extra: str
 
 
 def test_a_remote_image_is_identified_by_the_version_its_config_or_mantik_yaml_gives(tmp_path):
-    from mantik_spec.state.versions import FileDigests, VersionError, environment_identity
+    from mantik_spec.dvcfiles import VersionError
+    from mantik_spec.state.versions import FileDigests, environment_identity
 
     digests = FileDigests(tmp_path / ".mantik")
     spec = remote_image_project(tmp_path)

@@ -8,12 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mantik_spec.backends.base import JobState, JobStatus
-from mantik_spec.reconcile.identity import identify
+from mantik_spec.reconcile.identity import ObservedRun, identify
 from mantik_spec.reconcile.plan import Action
 from mantik_spec.reconcile.planner import INTERRUPTED, REFUSED, make_plan
 from mantik_spec.spec.experiments import RunPoint
-from mantik_spec.state.tags import FailureKind, ObservedRun, RunStatus
+from mantik_spec.vocab import FailureKind, JobState, JobStatus, RunStatus
 
 from .conftest import examples
 
@@ -216,6 +215,29 @@ def test_reason_names_the_changed_parameter_code_and_command():
     assert "entry point command changed" in only(plan_of([changed_command], [observed(old)])).reason
 
 
+def test_a_key_is_the_hash_it_always_was():
+    """Existing MLflow records keep matching: the canonical form and key of a fixed identity, as computed
+    before the identity's fields were written once (a change here must bump KEY_FORMAT)."""
+    from mantik_spec.reconcile.identity import Identity
+
+    identity = Identity(
+        command="python train.py --lr {lr} --data {data.era5}",
+        parameters={"lr": 0.1, "name": "a b", "layers": [1, 2], "é": True},
+        seed=3,
+        code="tree:4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        data={"era5": "md5:0123abcd"},
+        environment="apptainer:sha256:ff;requirements:sha256:ee",
+    )
+    assert identity.canonical() == (
+        '{"code":"tree:4b825dc642cb6eb9a060e54bf8d69288fbee4904","command":"python train.py --lr {lr} --data '
+        '{data.era5}","data":{"era5":"md5:0123abcd"},"environment":"apptainer:sha256:ff;requirements:sha256:ee",'
+        '"format":1,"parameters":{"layers":[1,2],"lr":0.1,"name":"a b","é":true},"seed":3}'
+    )
+    assert identity.key == "cfe78e461eba9eee8badc55fd338cabe37d5031a6f571dce408ac66a71d7fdb0"
+    bare = Identity(command="python train.py", parameters={}, seed=None, code="c", data={}, environment="")
+    assert bare.key == "501d97ff7a2d9229430712d1eded85f28103bcb5d67b7ee844d190e46f59aaf1"
+
+
 def test_key_leaves_out_experiment_name_and_backend():
     a = desired(point(experiment="a"))
     b = desired(RunPoint(**{**point(experiment="b").__dict__, "backend": "cluster"}))
@@ -349,7 +371,7 @@ def test_a_suspended_experiment_starts_nothing_new():
 
 
 def test_a_run_cancelled_with_mantik_cancel_is_its_own_outcome_until_replaced():
-    from mantik_spec.state.tags import FailureKind
+    from mantik_spec.vocab import FailureKind
 
     want = desired(point(retries=2))
     run = observed(want, status="KILLED", failure_kind=FailureKind.USER_CANCELLED)

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from mantik_spec.reconcile.planner import make_plan
 from mantik_spec.state.runcache import MARGIN_MS, RunCache
-from mantik_spec.state.tags import RunStatus
 from mantik_spec.state.tracking import TrackingStore
+from mantik_spec.vocab import RunStatus
 
 from .conftest import examples
 from .test_planner import desired, point

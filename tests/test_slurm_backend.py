@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mantik_spec.backends.base import BackendError, CommandTimeout, JobRequest, JobState, SubmissionFailed
+from mantik_spec.backends.base import BackendError, CommandTimeout, JobRequest, SubmissionFailed
 from mantik_spec.backends.hosts import CommandResult, ConnectionDropped, LocalHost
 from mantik_spec.backends.slurm import (
     NEVER_STARTED,
@@ -27,6 +27,7 @@ from mantik_spec.backends.slurm import (
     slurm_status,
 )
 from mantik_spec.spec.model import SlurmConfig
+from mantik_spec.vocab import JobState
 
 # Every word job_state_string() can print, 20.11 to 24.11, and what it must mean for a run.
 EXPECTED = {

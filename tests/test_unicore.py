@@ -607,7 +607,7 @@ def test_login_precommands_reach_the_job_only_where_the_site_moves_them_into_it(
 
 
 def test_a_site_that_runs_no_user_executables_fails_the_run_with_its_words(tmp_path, credentials):
-    from mantik_spec.backends.base import JobState
+    from mantik_spec.vocab import JobState
 
     with FakeUnicore(tmp_path / "s", users={USER: PASSWORD}, queue_seconds=0.05, login_commands="forbidden") as site:
         backend = unicore_backend(site, tmp_path)
@@ -708,7 +708,7 @@ def test_the_staging_storage_is_one_the_site_has(tmp_path, credentials, storages
 def test_jobs_are_kept_for_their_lifetime_and_an_expired_job_says_why(site, tmp_path, credentials):
     from datetime import UTC, datetime, timedelta
 
-    from mantik_spec.backends.base import JobState
+    from mantik_spec.vocab import JobState
 
     backend = unicore_backend(site, tmp_path)
     (url,) = backend.submit([job_request(tmp_path, "0123abcd")]).values()

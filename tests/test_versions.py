@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mantik_spec.state.versions import dvc_md5
+from mantik_spec.dvcfiles import dvc_md5
 
 pytestmark = pytest.mark.e2e
 

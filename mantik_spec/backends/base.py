@@ -1,12 +1,11 @@
-"""The one small protocol every compute backend implements, and the job states it reports.
+"""The one small protocol every compute backend implements.
 
-Job state (is the job healthy?) is deliberately a separate vocabulary from plan
-actions (does the world match the spec?): the planner maps one onto the other.
+The job states it reports are words of :mod:`mantik_spec.vocab`, kept apart from
+plan actions: the planner maps one onto the other.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,35 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import MantikError
-
-
-class JobState(enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    OUT_OF_MEMORY = "out_of_memory"
-    NODE_FAIL = "node_fail"
-    PREEMPTED = "preempted"
-    LOST = "lost"  # the job is gone and left no exit status behind
-    UNKNOWN = "unknown"  # the backend could not say (unreachable): never acted upon
-
-    @property
-    def live(self) -> bool:
-        return self in (JobState.PENDING, JobState.RUNNING)
-
-    @property
-    def ended(self) -> bool:
-        return not self.live and self is not JobState.UNKNOWN
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    state: JobState
-    exit_code: int | None = None
-    detail: str = ""
+from ..vocab import JobStatus
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,8 @@ from pathlib import Path
 
 from .. import runner
 from ..spec.model import FirecrestConfig, duration_seconds
-from .base import (
-    BackendBase,
-    BackendError,
-    CommandTimeout,
-    JobRequest,
-    JobState,
-    JobStatus,
-    SubmissionInDoubt,
-    tracking_secrets,
-)
+from ..vocab import JobState, JobStatus
+from .base import BackendBase, BackendError, CommandTimeout, JobRequest, SubmissionInDoubt, tracking_secrets
 from .slurm import (
     GONE_WHILE_RUNNING,
     NEVER_STARTED,

@@ -25,7 +25,8 @@ from pathlib import Path
 from .. import runner
 from ..files import write_atomically
 from ..spec.model import LocalConfig
-from .base import BackendBase, JobRequest, JobState, JobStatus, SubmissionFailed
+from ..vocab import JobState, JobStatus
+from .base import BackendBase, JobRequest, SubmissionFailed
 from .hosts import read_from
 
 JOB_FILE = "job.json"

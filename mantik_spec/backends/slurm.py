@@ -34,13 +34,12 @@ from .. import runner
 from ..faults import checkpoint
 from ..spec.model import SlurmConfig, duration_seconds
 from ..templating import packaged, render
+from ..vocab import JobState, JobStatus
 from .base import (
     BackendBase,
     BackendError,
     CommandTimeout,
     JobRequest,
-    JobState,
-    JobStatus,
     SubmissionFailed,
     SubmissionInDoubt,
     tracking_secrets,

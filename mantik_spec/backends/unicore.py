@@ -37,16 +37,8 @@ from .. import runner
 from ..spec.model import UnicoreConfig, duration_seconds
 from ..state.versions import FileDigests
 from ..templating import packaged, render
-from .base import (
-    BackendBase,
-    BackendError,
-    CommandTimeout,
-    JobRequest,
-    JobState,
-    JobStatus,
-    SubmissionFailed,
-    tracking_secrets,
-)
+from ..vocab import JobState, JobStatus
+from .base import BackendBase, BackendError, CommandTimeout, JobRequest, SubmissionFailed, tracking_secrets
 from .staging import code_archive, file_chunks
 
 RUNNER_FILE = "mantik-runner.py"

@@ -9,7 +9,6 @@ job) or resubmits (no job exists), always under the lock.
 
 from __future__ import annotations
 
-import getpass
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +20,11 @@ from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
-from ..spec.load import SPEC_FILE
-from ..state.git import CodeVersion
 from ..state.lock import LockHandle, project_lock
-from ..state.tags import FailureKind, MlflowTag, RunStatus, Tag, failure_tags, identity_tags
-from ..state.versions import UNPINNED
+from ..state.tags import Tag, failure_tags
+from ..vocab import FailureKind, RunStatus
 from .control import cancel_jobs
-from .jobs import Submission, job_request, refuse_unsendable_images, remote_data
+from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
 from .project import Observation, Project, build_plan, throwaway_store
 
 
@@ -207,41 +204,3 @@ def run_name(point_id: str, attempt: int | None) -> str:
 
 def run_params(want: DesiredRun) -> dict[str, str]:
     return want.point.arguments  # as MLflow logs them: the values the command got
-
-
-def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:
-    identity = want.identity
-    tags = identity_tags(
-        project=project.spec.project,
-        experiment=want.point.experiment,
-        point_id=want.point.point_id,
-        run_key=want.key,
-        attempt=entry.next_attempt or 1,
-        commit=code.commit,
-        code=identity.code,
-        command=identity.command,
-        parameters=identity.parameters,
-        data=identity.data,
-        environment=identity.environment,
-        backend=want.point.backend,
-        seed=want.point.seed,
-    )
-    tags |= {
-        MlflowTag.GIT_COMMIT: code.commit,
-        MlflowTag.SOURCE_NAME: code.repo_url or str(project.repo.root),
-        MlflowTag.SOURCE_TYPE: "PROJECT",
-        MlflowTag.ENTRY_POINT: want.point.entry_point,
-        MlflowTag.PROJECT_BACKEND: project.spec.backends[want.point.backend].type,
-        MlflowTag.USER: getpass.getuser(),
-    }
-    tags[Tag.SPEC] = project.repo.prefix + SPEC_FILE  # apply refuses an uncommitted spec: COMMIT holds this one
-    unpinned = sorted(name for name, version in identity.data.items() if version == UNPINNED)
-    if unpinned:  # the data may change under the same key: say so where the run is looked at
-        tags[Tag.NOT_REPRODUCIBLE] = "unpinned data: " + ", ".join(unpinned)
-    if code.repo_url:
-        tags[MlflowTag.GIT_REPO_URL] = code.repo_url
-    if code.branch:
-        tags[MlflowTag.GIT_BRANCH] = code.branch
-    if entry.run_id and entry.action is not Action.SUBMIT:
-        tags[Tag.PREVIOUS_RUN] = entry.run_id
-    return tags

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from ..backends.base import BackendError
 from ..errors import UserError
 from ..state.lock import project_lock
-from ..state.tags import FailureKind, RunStatus, failure_tags
+from ..state.tags import failure_tags
+from ..vocab import FailureKind, RunStatus
 from .project import Project, poll_jobs
 from .runref import find_run, matching_runs, refuse_ambiguous
 

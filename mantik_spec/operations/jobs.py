@@ -1,12 +1,14 @@
-"""Job construction: a desired run becomes the backend's :class:`JobRequest`.
+"""Job construction: a desired run becomes the backend's :class:`JobRequest`, and the tags of its run record.
 
 The command in its declared environment (modules, venv, pre/post lines, Apptainer, ``srun``), where the job
-finds its image and its data, and the variables it gets. ``apply`` and ``reproduce`` orchestrate (lock, plan,
-intent records, submission); this module only builds what they submit.
+finds its image and its data, and the variables it gets; beside it, what the new run's MLflow record carries
+(:func:`run_tags`). ``apply`` and ``reproduce`` orchestrate (lock, plan, intent records, submission); this
+module only builds what they record and submit.
 """
 
 from __future__ import annotations
 
+import getpass
 import re
 import shlex
 from collections import defaultdict
@@ -16,8 +18,12 @@ from pathlib import Path
 from ..backends.base import Backend, JobRequest
 from ..errors import UserError
 from ..reconcile.identity import DesiredRun
+from ..reconcile.plan import Action, PlannedRun
+from ..spec.load import SPEC_FILE
 from ..spec.model import Environment
 from ..state.git import CodeVersion
+from ..state.tags import MlflowTag, Tag, identity_tags
+from ..state.versions import UNPINNED
 from .project import Project
 
 
@@ -72,8 +78,8 @@ def remote_data(project: Project, context: Submission, starts, sources) -> dict[
                 names_of[path][name] = want.identity.data.get(name, "")
     if not names_of:
         return {}
+    from ..dvcfiles import VersionError
     from ..state.dvcdata import remote_urls, unpushed
-    from ..state.versions import VersionError
 
     try:
         missing, remote = unpushed(context.data_root, sorted(names_of))
@@ -154,6 +160,40 @@ def image_for(
 
 def data_variable(name: str) -> str:
     return "MANTIK_DATA_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
+def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: PlannedRun) -> dict[str, str]:
+    """What the record of a new run of ``want`` carries: its identity, where it came from, and MLflow's own
+    tags so its UI shows the source (the intent record, written before :func:`job_request` is submitted)."""
+    identity = want.identity
+    tags = identity_tags(
+        identity,
+        project=project.spec.project,
+        experiment=want.point.experiment,
+        point_id=want.point.point_id,
+        attempt=entry.next_attempt or 1,
+        commit=code.commit,
+        backend=want.point.backend,
+    )
+    tags |= {
+        MlflowTag.GIT_COMMIT: code.commit,
+        MlflowTag.SOURCE_NAME: code.repo_url or str(project.repo.root),
+        MlflowTag.SOURCE_TYPE: "PROJECT",
+        MlflowTag.ENTRY_POINT: want.point.entry_point,
+        MlflowTag.PROJECT_BACKEND: project.spec.backends[want.point.backend].type,
+        MlflowTag.USER: getpass.getuser(),
+    }
+    tags[Tag.SPEC] = project.repo.prefix + SPEC_FILE  # apply refuses an uncommitted spec: COMMIT holds this one
+    unpinned = sorted(name for name, version in identity.data.items() if version == UNPINNED)
+    if unpinned:  # the data may change under the same key: say so where the run is looked at
+        tags[Tag.NOT_REPRODUCIBLE] = "unpinned data: " + ", ".join(unpinned)
+    if code.repo_url:
+        tags[MlflowTag.GIT_REPO_URL] = code.repo_url
+    if code.branch:
+        tags[MlflowTag.GIT_BRANCH] = code.branch
+    if entry.run_id and entry.action is not Action.SUBMIT:
+        tags[Tag.PREVIOUS_RUN] = entry.run_id
+    return tags
 
 
 def job_request(

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import make_backend
-from ..backends.base import Backend, BackendError, JobState, JobStatus
+from ..backends.base import Backend, BackendError
 from ..errors import UserError
-from ..reconcile.identity import DesiredRun, identify, recorded_identity
+from ..reconcile.identity import DesiredRun, ObservedRun, identify, recorded_identity
 from ..reconcile.plan import Plan
 from ..reconcile.planner import JobStates, make_plan
 from ..spec.experiments import expand, resolve_extends
@@ -22,8 +22,8 @@ from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
-from ..state.tags import FailureKind, RunStatus
-from ..state.tracking import ObservedRun, TrackingStore, resolve_tracking_uri, tracking_credentials
+from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
+from ..vocab import FailureKind, JobState, JobStatus, RunStatus
 
 
 @dataclass
@@ -80,7 +80,8 @@ def open_project(directory: Path | str) -> Project:
 
 def input_versions(project: Project) -> tuple[dict[str, str], dict[str, str]]:
     """The versions of every data source and environment: the key's inputs besides code and parameters."""
-    from ..state.versions import FileDigests, VersionError, data_version, environment_identity
+    from ..dvcfiles import VersionError
+    from ..state.versions import FileDigests, data_version, environment_identity
 
     try:
         data = {name: data_version(project.root, name, source) for name, source in project.spec.data.items()}
@@ -110,7 +111,7 @@ def observe(project: Project, cached: bool = False) -> Observation:
     cache (:mod:`..state.runcache`), as plan and watch do; apply and the other verbs read MLflow in full, and
     that full read renews the cache."""
     spec = project.spec
-    from ..state.versions import dvc_tracking_file
+    from ..dvcfiles import dvc_tracking_file
 
     # the files that pin each data version (a path inside a tracked directory: that directory's .dvc file)
     dvc_files = [

@@ -8,6 +8,7 @@ versions, submitted as a new run with the same key and linked to the original.
 
 from __future__ import annotations
 
+from ..dvcfiles import VersionError, dvc_md5
 from ..errors import UserError
 from ..reconcile.identity import DesiredRun, recorded_identity
 from ..reconcile.plan import Action, PlannedRun
@@ -17,7 +18,6 @@ from ..spec.yamlload import SpecError
 from ..state.git import CodeVersion
 from ..state.lock import project_lock
 from ..state.tracking import Tag
-from ..state.versions import VersionError, dvc_md5
 from .apply import submit
 from .jobs import Submission
 from .project import Project

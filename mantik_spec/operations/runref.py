@@ -8,7 +8,7 @@ UNICORE job URL); or a unique prefix, at least :data:`MIN_PREFIX` characters, of
 from __future__ import annotations
 
 from ..errors import UserError
-from ..state.tags import ObservedRun
+from ..reconcile.identity import ObservedRun
 
 MIN_PREFIX = 4
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..spec.experiments import format_value
+from ..vocab import RowState
 from .project import Project
 from .status import status_rows
 
@@ -17,7 +18,7 @@ from .status import status_rows
 class GridRow:
     point: str
     parameters: dict
-    state: str
+    state: RowState
     metrics: dict
     best: bool = False
 

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..backends.base import JobState, JobStatus
-from ..state.tags import FailureKind, ObservedRun, RunStatus
+from ..reconcile.identity import ObservedRun
+from ..vocab import FailureKind, JobState, JobStatus, RowState
 from .project import Project, observe, poll_jobs, unreachable
 
 POLL_SECONDS = 2.0
@@ -17,7 +17,7 @@ POLL_SECONDS = 2.0
 class StatusRow:
     experiment: str
     point_id: str
-    state: str
+    state: RowState
     attempt: int | None = None
     run_id: str | None = None
     job_id: str | None = None
@@ -29,16 +29,16 @@ class StatusRow:
         return self.__dict__.copy()
 
 
-def run_state(run: ObservedRun, job: JobStatus | None) -> str:
+def run_state(run: ObservedRun, job: JobStatus | None) -> RowState:
     """MLflow's status for ended runs (a KILLED run says whether it was cancelled); the backend's word for
     live ones (it wins when they disagree)."""
     if not run.live:
         if run.failure_kind in (FailureKind.CANCELLED, FailureKind.USER_CANCELLED):
-            return JobState.CANCELLED.value  # the word plan and the scheduler use for it
-        return run.status.value.lower()
+            return RowState.CANCELLED  # the word plan and the scheduler use for it
+        return RowState.of_run(run.status)
     if run.job_id is None:
-        return "submitting"
-    return (job or JobStatus(JobState.UNKNOWN)).state.value
+        return RowState.SUBMITTING
+    return RowState.of_job((job or JobStatus(JobState.UNKNOWN)).state)
 
 
 def status_rows(project: Project, errors: list[str] | None = None) -> list[StatusRow]:
@@ -58,7 +58,7 @@ def status_rows(project: Project, errors: list[str] | None = None) -> list[Statu
         last = latest.get(want.key)
         parameters = want.point.values
         if last is None:
-            state = "suspended" if want.point.suspended else "not submitted"
+            state = RowState.SUSPENDED if want.point.suspended else RowState.NOT_SUBMITTED
             rows.append(StatusRow(want.point.experiment, want.point.point_id, state, parameters=parameters))
             continue
         job = observation.jobs.get((last.backend, last.job_id)) if last.job_id else None
@@ -79,8 +79,11 @@ def status_rows(project: Project, errors: list[str] | None = None) -> list[Statu
 
 
 def follow(
-    project: Project, run_ids: list[str], on_update: Callable[[dict[str, str]], None], interval: float = POLL_SECONDS
-) -> dict[str, str]:
+    project: Project,
+    run_ids: list[str],
+    on_update: Callable[[dict[str, RowState]], None],
+    interval: float = POLL_SECONDS,
+) -> dict[str, RowState]:
     """Poll until every run in ``run_ids`` has ended, and with it the job's runner; returns run id -> final
     state. A command using MLflow's fluent API ends the run FINISHED itself when it exits (mlflow's atexit
     ``end_run``), before the runner records the exit code, the output and the status it decides: such a run
@@ -97,33 +100,27 @@ def follow(
             job = jobs.get((run.backend, run.job_id)) if run.job_id else None
             if run.run_id in closing_ids:
                 if job is not None and job.state.live:
-                    states[run.run_id] = job.state.value  # the runner is still writing the record
+                    states[run.run_id] = RowState.of_job(job.state)  # the runner is still writing the record
                     continue
                 settled.add(run.run_id)
             states[run.run_id] = run_state(run, job)
         on_update(states)
-        if all(state in ENDED for state in states.values()) and len(states) == len(wanted):
+        if all(state.ended for state in states.values()) and len(states) == len(wanted):
             return states
         time.sleep(project.poll_pause(interval))
-
-
-# the states of a status row (MLflow's status for ended runs, the job's for live ones) that are final,
-# and of those the ones that mean success
-ENDED = {s.value.lower() for s in RunStatus if s.ended} | {s.value for s in JobState if s.ended}
-SUCCEEDED = {RunStatus.FINISHED.value.lower(), JobState.COMPLETED.value}
 
 
 @dataclass(frozen=True)
 class Unsuccessful:
     run_id: str
     point_id: str
-    state: str
+    state: RowState
     last_line: str  # the last line of the recorded failure, else of the run's output
 
 
-def unsuccessful(project: Project, final: dict[str, str]) -> list[Unsuccessful]:
+def unsuccessful(project: Project, final: dict[str, RowState]) -> list[Unsuccessful]:
     """The runs of ``final`` (run id -> state, from :func:`follow`) that did not finish, and why in one line."""
-    failed = {run_id for run_id, state in final.items() if state not in SUCCEEDED}
+    failed = {run_id for run_id, state in final.items() if not state.succeeded}
     result = []
     for run in project.store.observe():
         if run.run_id not in failed:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from ..state.tags import FailureKind, RunStatus
+from ..vocab import FailureKind, RunStatus
 
 PLAN_FORMAT_VERSION = 1
 

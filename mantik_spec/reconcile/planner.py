@@ -23,9 +23,8 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 
-from ..backends.base import JobState, JobStatus
-from ..state.tags import FailureKind, ObservedRun, RunStatus
-from .identity import DesiredRun
+from ..vocab import FailureKind, JobState, JobStatus, RunStatus
+from .identity import INPUTS, DesiredRun, ObservedRun, recorded_identity
 from .plan import Action, Plan, PlannedRun
 
 JobStates = dict[tuple[str, str], JobStatus]  # (backend name, job id) -> status
@@ -256,23 +255,21 @@ def _why_new(want: DesiredRun, history: list[ObservedRun], changed_files: dict[s
     if not history:
         return "new run point"
     previous = history[-1]
-    identity = want.identity
+    was, now = recorded_identity(previous), want.identity
+    files = changed_files.get(previous.commit) or []
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    code = {"files": shown + ", " if shown else "", "was": previous.commit[:7], "now": commit[:7]}
     changes = []
-    if previous.command != identity.command:
-        changes.append("entry point command changed")
-    old_params, new_params = previous.parameters, identity.parameters
-    for name in sorted(set(old_params) | set(new_params)):
-        if old_params.get(name) != new_params.get(name):
-            changes.append(f"parameter {name} changed ({_show(old_params.get(name))} → {_show(new_params.get(name))})")
-    if previous.code != identity.code:
-        files = changed_files.get(previous.commit) or []
-        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-        changes.append(f"code changed ({shown + ', ' if shown else ''}{previous.commit[:7]}..{commit[:7]})")
-    for name in sorted(set(previous.data) | set(identity.data)):
-        if previous.data.get(name) != identity.data.get(name):
-            changes.append(f"data.{name} changed ({_show(previous.data.get(name))} → {_show(identity.data.get(name))})")
-    if previous.environment != identity.environment:
-        changes.append(f"environment changed ({_show(previous.environment)} → {_show(identity.environment)})")
+    for part in INPUTS:
+        old, new = getattr(was, part.name), getattr(now, part.name)
+        if part.changed is None or old == new:
+            continue
+        if isinstance(new, dict):
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    changes.append(part.changed.format(name=name, old=_show(old.get(name)), new=_show(new.get(name))))
+        else:
+            changes.append(part.changed.format(old=_show(old), new=_show(new), **code))
     return "; ".join(changes) or "inputs changed"
 
 

@@ -49,7 +49,7 @@ def inline_credentials(data, path: tuple = ()) -> Iterator[Finding]:
 
 def on_disk(spec: Spec, project_root) -> Iterator[Finding]:
     """What the spec says about files in the project: DVC-tracked data must be tracked."""
-    from ..state.versions import VersionError, dvc_md5  # reads .dvc files and dvc.lock; imports no dvc
+    from ..dvcfiles import VersionError, dvc_md5  # reads .dvc files and dvc.lock; imports no dvc
 
     for name, source in spec.data.items():
         if source.path is None or relative_path_problem(source.path):

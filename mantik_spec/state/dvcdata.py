@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .versions import VersionError
+from ..dvcfiles import VersionError
 
 
 def _repo(root: Path):

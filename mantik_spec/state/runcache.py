@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from ..files import write_atomically
-from .tags import ObservedRun
+from ..reconcile.identity import ObservedRun
 
 CACHE_VERSION = 1
 MARGIN_MS = 10 * 60 * 1000  # re-read runs whose times fall within ten minutes before the newest seen

@@ -1,72 +1,26 @@
 """The MLflow tag schema of a run record: what apply writes, what observe reads, what the in-job runner writes.
 
 A run record is an MLflow run whose ``mantik.*`` tags carry its key, grid point,
-identity inputs and, once it ended, how. Decisions read typed values decoded
-here (:class:`RunStatus`, :class:`FailureKind`); the ``mantik.failure`` text is
-for people only. The runner (:mod:`mantik_spec.runner`) keeps literal copies of
-the names it writes, because it may import nothing but the standard library and
-mlflow; a test holds the copies equal to these.
+identity inputs (one tag each: :data:`IDENTITY_TAGS`) and, once it ended, how; it
+reads back as an :class:`~mantik_spec.reconcile.identity.ObservedRun`. Decisions read
+typed values decoded here (``RunStatus``, ``FailureKind``: :mod:`mantik_spec.vocab`);
+the ``mantik.failure`` text is for people only. The runner (:mod:`mantik_spec.runner`)
+keeps literal copies of the names it writes, because it may import nothing but the
+standard library and mlflow; a test holds the copies equal to these.
 """
 
 from __future__ import annotations
 
-import enum
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-
-class RunStatus(enum.StrEnum):
-    """MLflow's run statuses (``mlflow.entities.RunStatus``), as the store reports them."""
-
-    SCHEDULED = "SCHEDULED"  # an intent record: created before its job was submitted
-    RUNNING = "RUNNING"
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    KILLED = "KILLED"
-
-    @property
-    def live(self) -> bool:
-        return self in (RunStatus.SCHEDULED, RunStatus.RUNNING)
-
-    @property
-    def ended(self) -> bool:
-        return not self.live
-
-    @property
-    def unsuccessful(self) -> bool:
-        return self in (RunStatus.FAILED, RunStatus.KILLED)
-
+from ..reconcile.identity import Identity, ObservedRun
+from ..vocab import FailureKind, RunStatus
 
 LIVE = frozenset(s for s in RunStatus if s.live)
 TERMINAL = frozenset(s for s in RunStatus if s.ended)
-
-
-class FailureKind(enum.StrEnum):
-    """Why a run record was closed unsuccessfully: the value of the ``mantik.failure_kind`` tag."""
-
-    INTERRUPTED = "interrupted"  # an apply stopped between the intent record and recording a job
-    REFUSED = "refused"  # the backend refused the submission (or it was never sent)
-    SIGNALLED = "signalled"  # the runner saw its command stopped by a signal: the scheduler knows why
-    CANCELLED = "cancelled"  # by `apply --prune`, or outside the tool (scancel, an admin): retried if allowed
-    USER_CANCELLED = "user_cancelled"  # by `mantik cancel`: the user's choice, never resubmitted on its own
-    JOB_FAILED = "job_failed"  # the job ended with a failure exit code
-    TIMEOUT = "timeout"
-    OUT_OF_MEMORY = "out_of_memory"
-    NODE_FAIL = "node_fail"
-    PREEMPTED = "preempted"
-    LOST = "lost"  # the job is gone and left no exit status behind
-
-    @property
-    def ran(self) -> bool:
-        """Whether the run got to run: only runs that did spend a retry."""
-        return self not in (FailureKind.INTERRUPTED, FailureKind.REFUSED)
-
-    @property
-    def spends_retry(self) -> bool:
-        """Whether this outcome uses up one of the point's retries: not when it never ran, nor when the
-        user stopped it on purpose."""
-        return self.ran and self is not FailureKind.USER_CANCELLED
 
 
 # Records written before the kind tag existed carried only the failure text; these are the beginnings
@@ -123,77 +77,77 @@ class MlflowTag:
 RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND)
 
 
-@dataclass
-class ObservedRun:
-    """A run record as observed: MLflow's own fields plus the decoded ``mantik.*`` tags."""
+# -- the run key's inputs: one tag each ------------------------------------------------------------------
 
-    run_id: str
-    experiment_id: str
-    status: RunStatus
-    run_key: str
-    point_id: str
-    attempt: int
-    backend: str
-    job_id: str | None
-    commit: str
-    code: str
-    command: str
-    parameters: dict
-    data: dict
-    environment: str
-    start_time: int | None  # ms since the epoch, as MLflow keeps it
-    end_time: int | None
-    failure: str | None = None  # the failure text, for people
-    seed: int | None = None
-    experiment: str = ""
-    entry_point: str = ""
-    metrics: dict = field(default_factory=dict)
-    adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
-    failure_kind: FailureKind | None = None  # None: not failed, or failed for a reason nobody recorded
 
-    def __post_init__(self) -> None:
-        self.status = RunStatus(self.status)
-        if self.failure_kind is not None:
-            self.failure_kind = FailureKind(self.failure_kind)
+@dataclass(frozen=True)
+class IdentityTag:
+    """How an :class:`Identity` field is kept in its tag: ``write`` gives the tag's value (None: no tag), ``read``
+    the field's value from the tag's (None when the record has no such tag)."""
 
-    @property
-    def live(self) -> bool:
-        return RunStatus(self.status).live
+    tag: str
+    write: Callable[[Any], str | None]
+    read: Callable[[str | None], Any]
+
+
+def _text(value: str | None) -> str:
+    return value or ""
+
+
+def _json(value: Mapping) -> str:
+    return json.dumps(dict(value), sort_keys=True)
+
+
+def _json_object(text: str | None) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _optional_int(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text and text.lstrip("-").isdigit() else None
+
+
+IDENTITY_TAGS = {  # Identity field -> its tag: the one writer (identity_tags) and reader (decode_run) of each
+    "command": IdentityTag(Tag.COMMAND, str, _text),
+    "parameters": IdentityTag(Tag.PARAMETERS, _json, _json_object),
+    "seed": IdentityTag(Tag.SEED, _optional_int, _int_or_none),
+    "code": IdentityTag(Tag.CODE, str, _text),
+    "data": IdentityTag(Tag.DATA, _json, _json_object),
+    "environment": IdentityTag(Tag.ENVIRONMENT, str, _text),
+}
 
 
 def identity_tags(
+    identity: Identity,
     *,
     project: str,
     experiment: str,
     point_id: str,
-    run_key: str,
     attempt: int,
     commit: str,
-    code: str,
-    command: str,
-    parameters: Mapping,
-    data: Mapping,
-    environment: str,
     backend: str,
-    seed: int | None = None,
 ) -> dict[str, str]:
-    """The tags of a new run record (its intent record): what identifies the run and where it runs."""
+    """The tags of a new run record (its intent record): its key and what it hashes, and where it runs."""
     tags = {
         Tag.PROJECT: project,
         Tag.EXPERIMENT: experiment,
         Tag.POINT: point_id,
-        Tag.RUN_KEY: run_key,
+        Tag.RUN_KEY: identity.key,
         Tag.ATTEMPT: str(attempt),
         Tag.COMMIT: commit,
-        Tag.CODE: code,
-        Tag.COMMAND: command,
-        Tag.PARAMETERS: json.dumps(dict(parameters), sort_keys=True),
-        Tag.DATA: json.dumps(dict(data), sort_keys=True),
-        Tag.ENVIRONMENT: environment,
         Tag.BACKEND: backend,
     }
-    if seed is not None:
-        tags[Tag.SEED] = str(seed)
+    for name, kept in IDENTITY_TAGS.items():
+        value = kept.write(getattr(identity, name))
+        if value is not None:
+            tags[kept.tag] = value
     return tags
 
 
@@ -212,14 +166,6 @@ def read_failure_kind(tags: Mapping[str, str]) -> FailureKind | None:
             return FailureKind.JOB_FAILED
     text = tags.get(Tag.FAILURE) or ""
     return next((kind for prefix, kind in LEGACY_FAILURE_TEXT if text.startswith(prefix)), None)
-
-
-def _json_tag(tags: Mapping[str, str], name: str) -> dict:
-    try:
-        value = json.loads(tags.get(name) or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def decode_run(
@@ -254,17 +200,12 @@ def decode_run(
         backend=tags.get(Tag.BACKEND, ""),
         job_id=tags.get(Tag.JOB_ID) or None,
         commit=tags.get(Tag.COMMIT, ""),
-        code=tags.get(Tag.CODE, ""),
-        command=tags.get(Tag.COMMAND, ""),
-        parameters=_json_tag(tags, Tag.PARAMETERS),
-        data=_json_tag(tags, Tag.DATA),
-        environment=tags.get(Tag.ENVIRONMENT, ""),
         start_time=start_time,
         end_time=end_time,
         failure=tags.get(Tag.FAILURE),
         failure_kind=read_failure_kind(tags) if run_status.unsuccessful else None,
         experiment=tags.get(Tag.EXPERIMENT, ""),
         entry_point=tags.get(MlflowTag.ENTRY_POINT, ""),
-        seed=int(tags[Tag.SEED]) if tags.get(Tag.SEED, "").lstrip("-").isdigit() else None,
         metrics=dict(metrics or {}),
+        **{name: kept.read(tags.get(kept.tag)) for name, kept in IDENTITY_TAGS.items()},
     )

@@ -15,12 +15,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import MantikError
+from ..reconcile.identity import ObservedRun
 from ..spec.model import Tracking
+from ..vocab import RunStatus
 from .runcache import RunCache
-from .tags import LIVE, TERMINAL, MlflowTag, ObservedRun, RunStatus, Tag, decode_run
+from .tags import LIVE, TERMINAL, MlflowTag, Tag, decode_run
 
 # the run record's tag schema lives in .tags; its names are re-exported here for callers of the store
-__all__ = ["LIVE", "TERMINAL", "ObservedRun", "RunStatus", "Tag", "TrackingError", "TrackingStore"]
+__all__ = ["LIVE", "TERMINAL", "Tag", "TrackingError", "TrackingStore"]
 
 DELETED_RUN_ATTEMPTS = 5  # updates of a run deleted while live, racing its runner (see TrackingStore._update)
 ID_CHUNK = 200  # run ids per `run_id IN (...)` search
