@@ -16,16 +16,9 @@ from pathlib import Path
 import pytest
 
 from mantik_spec.backends.base import BackendError, CommandTimeout, JobRequest, SubmissionFailed
+from mantik_spec.backends.batch import NEVER_STARTED, STATES, array_task_ids, slurm_status
 from mantik_spec.backends.hosts import CommandResult, ConnectionDropped, LocalHost
-from mantik_spec.backends.slurm import (
-    NEVER_STARTED,
-    STATES,
-    Answer,
-    SlurmBackend,
-    array_task_ids,
-    sbatch_answer,
-    slurm_status,
-)
+from mantik_spec.backends.slurm import Answer, SlurmBackend, sbatch_answer
 from mantik_spec.spec.model import SlurmConfig
 from mantik_spec.vocab import JobState
 

@@ -93,10 +93,41 @@ class SubmissionFailed(BackendError):
 
 
 class Host(Protocol):
-    """Where a backend runs its commands (see :mod:`.hosts`); callers outside the backend only count them."""
+    """Where a backend's commands run and its files on the cluster live: this machine, a login node over SSH
+    (:mod:`.hosts`, :mod:`.ssh`), or a site's file API. Callers outside the backend only count its commands.
+    Paths are the cluster's; failures raise :class:`BackendError`."""
 
     name: str  # for messages: "this machine", or the login node's name
     commands_run: int
+
+    def read_text(self, path: str) -> str | None:
+        """The file's text (undecodable bytes replaced); None when there is no such file (yet)."""
+        ...
+
+    def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
+        """The file's bytes from ``offset`` on; None when there is no such file (yet)."""
+        ...
+
+    def write_text(self, path: str, text: str) -> None:
+        """Write the file whole (by a rename where the host can, so no reader sees half of it)."""
+        ...
+
+    def extract(self, archive: bytes, destination: str) -> None:
+        """Unpack a .tar.gz (:class:`.staging.Archive`) into the directory ``destination``: many small files
+        in one exchange."""
+        ...
+
+    def makedirs(self, path: str) -> None:
+        """Make the directory and its parents; one that exists is no error."""
+        ...
+
+    def exists(self, path: str) -> bool:
+        """Whether anything (a dangling link too) is at ``path``."""
+        ...
+
+    def list_dir(self, path: str) -> list[str]:
+        """The names in the directory, sorted; ``[]`` when there is no such directory."""
+        ...
 
 
 class Backend(Protocol):

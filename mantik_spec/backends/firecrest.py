@@ -1,7 +1,8 @@
 """The FirecREST backend: Slurm job arrays on a cluster behind FirecREST's REST API (v2), through pyfirecrest.
 
-The layout under ``workdir`` on the cluster, the batch script and the reading of Slurm's state words
-are the Slurm backend's (:mod:`.slurm`); only the way there differs:
+The layout under ``workdir`` on the cluster, the batch script, the reading of Slurm's state words and
+the adoption of jobs are :class:`.batch.BatchBackend`'s, as for the Slurm backend; only the way there
+differs (the files through :class:`SiteFiles`):
 
 * the committed tree is one archive named after its content (``code/HASH.tar.gz``), uploaded once
   (FirecREST takes small files directly, larger ones through its transfer mechanism: pyfirecrest's
@@ -24,28 +25,25 @@ import hashlib
 import io
 import os
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import runner
 from ..spec.model import FirecrestConfig, duration_seconds
 from ..vocab import JobState, JobStatus
-from .base import BackendBase, BackendError, CommandTimeout, JobRequest, SubmissionInDoubt, tracking_secrets
-from .slurm import (
-    GONE_WHILE_RUNNING,
-    NEVER_STARTED,
-    add_run,
+from .base import BackendError, CommandTimeout, SubmissionInDoubt, tracking_secrets
+from .batch import (
+    BatchBackend,
+    Listing,
+    SubmissionRefused,
     array_task_ids,
-    batch_id_of,
     batch_of,
-    batch_script,
-    batch_template,
+    directives,
     sbatch_quote,
     slurm_status,
-    split_batches,
-    submit_batches,
 )
-from .staging import Archive, code_archive
+from .staging import code_archive
 
 ATTEMPTS = 3  # for idempotent calls: a timeout, a dropped connection or a 5xx is retried this many times in all
 GATEWAY_STATUS = (502, 503, 504)  # a proxy's answer: the API behind it may have acted
@@ -70,27 +68,100 @@ def _auth_class():
     return Auth
 
 
-class FirecrestBackend(BackendBase):
-    launches_in_allocation = True
+class SiteFiles:
+    """The cluster's files through FirecREST's filesystem API: a :class:`~.base.Host` beside the local and SSH
+    hosts (:mod:`.hosts`, :mod:`.ssh`), one request a call. An archive is uploaded into ``uploads``, named
+    after its content, and extracted at the site."""
+
+    def __init__(self, request: Callable, machine: str, account: str, uploads: str):
+        self.name = machine
+        self.commands_run = 0
+        self._request = request  # FirecrestBackend._request: retries, errors as BackendError
+        self._account = account or None
+        self._uploads = uploads
+
+    def _call(self, kind: str, call: Callable):
+        self.commands_run += 1
+        return self._request(kind, call)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self._call("stat", lambda c: c.stat(self.name, path))
+        except BackendError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            return self._call("view", lambda c: c.view(self.name, path))
+        except BackendError as exc:
+            if exc.status in (404, 400):  # no such file (yet)
+                return None
+            raise
+
+    def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
+        text = self.read_text(path)
+        return None if text is None else text.encode()[offset:]
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            entries = self._call("ls", lambda c: c.list_files(self.name, path, show_hidden=True))
+        except BackendError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return sorted(entry["name"] for entry in entries)
+
+    def makedirs(self, path: str) -> None:
+        self._call("mkdir", lambda c: c.mkdir(self.name, path, create_parents=True))
+
+    def write_text(self, path: str, text: str) -> None:
+        directory, _, name = path.rpartition("/")
+        self.upload(text.encode(), directory, name)
+
+    def upload(self, data: bytes | Path, directory: str, filename: str) -> None:
+        """Small files go straight to FirecREST, larger ones through its transfer job (pyfirecrest chooses).
+        A file (``Path``) is read as it is sent, afresh on each attempt."""
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+
+        def upload(client):
+            with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as source:
+                return client.upload(self.name, source, directory, filename, account=self._account, file_size=size)
+
+        self._call("upload", upload)
+
+    def unpack(self, archive: str, destination: str) -> None:
+        """Extract the archive ``archive`` at the site into ``destination``."""
+        self._call("extract", lambda c: c.extract(self.name, archive, destination))
+
+    def extract(self, archive: bytes, destination: str) -> None:
+        # members carry their own paths: the batch archive is extracted over the work directory itself
+        name = f"{hashlib.sha256(archive).hexdigest()[:16]}.tar.gz"
+        self.makedirs(self._uploads)
+        self.upload(archive, self._uploads, name)
+        self.unpack(f"{self._uploads}/{name}", destination)
+
+
+class FirecrestBackend(BatchBackend):
     shares_files = False  # the cluster sees none of this machine's files: code is sent
     sends_inputs = False  # a local image is not uploaded for every run: put it on the cluster
     host = None  # every exchange is an HTTP request to FirecREST
+    config: FirecrestConfig
 
     def __init__(self, name: str, config: FirecrestConfig, state_root: Path):
-        self.name = name
-        self.config = config
-        self.project_root = state_root.parent
+        super().__init__(name, config, state_root)
         self.timeout = duration_seconds(config.timeout)
-        self.min_poll_interval = duration_seconds(config.poll_interval)
-        self.calls: Counter = Counter()  # REST calls by kind, for -v and the bench
         self.workdir = (config.workdir or "").rstrip("/")
         self.machine = config.machine or ""
         self._client = None
         self._auth = None
-        self._staged: set[str] = set()  # staged archives known to be complete at the site
-        self._runner_path = ""
-        self._top_level: dict[Path, list[str]] = {}
-        self._listing: tuple[float, dict[str, tuple[JobStatus, str]]] | None = None
+        self._files = SiteFiles(self._request, self.machine, self._account(), self._path("batches"))
+
+    @property
+    def files(self) -> SiteFiles:
+        return self._files
 
     # -- talking to FirecREST ------------------------------------------------------------------
 
@@ -175,149 +246,51 @@ class FirecrestBackend(BackendBase):
                 raise failure
             time.sleep(min(0.5 * 2 ** (attempt - 1), self.timeout))
 
-    def _path(self, *parts: str) -> str:
-        return "/".join([self.workdir, *parts])
-
-    def _exists(self, path: str) -> bool:
-        try:
-            self._request("stat", lambda c: c.stat(self.machine, path))
-        except BackendError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    def _upload(self, data: bytes | Path, directory: str, filename: str) -> None:
-        """Small files go straight to FirecREST, larger ones through its transfer job (pyfirecrest chooses).
-        A file (``Path``) is read as it is sent, afresh on each attempt."""
-        size = data.stat().st_size if isinstance(data, Path) else len(data)
-
-        def upload(client):
-            with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as source:
-                return client.upload(
-                    self.machine, source, directory, filename, account=self._account() or None, file_size=size
-                )
-
-        self._request("upload", upload)
-
-    def _read(self, path: str) -> str | None:
-        try:
-            return self._request("view", lambda c: c.view(self.machine, path))
-        except BackendError as exc:
-            if exc.status in (404, 400):  # no such file (yet)
-                return None
-            raise
-
     def _account(self) -> str:
         return self.config.account or os.environ.get(BUDGET_VARIABLE, "")
 
-    # -- staging -------------------------------------------------------------------------------
-
-    def _stage_archive(self, data: bytes | Path, directory: str, name: str) -> str:
-        """Upload an archive once per content and extract it into ``directory/name/`` at the site."""
-        target = self._path(directory, name)
-        if target in self._staged:
-            return target
-        mark = f"{target}/{STAGED_MARK}"
-        if not self._exists(mark):
-            self._request("mkdir", lambda c: c.mkdir(self.machine, target, create_parents=True))
-            archive = f"{name}.tar.gz"
-            self._upload(data, self._path(directory), archive)
-            self._request("extract", lambda c: c.extract(self.machine, self._path(directory, archive), target))
-            self._upload(b"", target, STAGED_MARK)  # last: an interrupted staging is done again
-        self._staged.add(target)
-        return target
-
-    def _stage_code(self, code_dir: Path) -> str:
-        with code_archive(code_dir, self.config.exclude) as archive:
-            return self._stage_archive(archive.path, "code", archive.digest[:24])
-
-    def _stage_runner(self) -> str:
-        if not self._runner_path:
-            source = Path(runner.__file__).read_bytes()
-            name = f"runner-{hashlib.sha256(source).hexdigest()[:12]}.py"
-            path = self._path("bin", name)
-            if not self._exists(path):
-                self._request("mkdir", lambda c: c.mkdir(self.machine, self._path("bin"), create_parents=True))
-                self._upload(source, self._path("bin"), name)
-            self._runner_path = path
-        return self._runner_path
-
     # -- submit --------------------------------------------------------------------------------
 
-    def submit(self, requests: list[JobRequest]) -> dict[str, str]:
-        if not requests:
-            return {}
-        template = batch_template(self.config, self.project_root)  # once per apply, as the Slurm backend reads it
-        return submit_batches(split_batches(requests, self.config), lambda batch: self._submit_batch(batch, template))
+    def stage_code(self, code_dir: Path) -> str:
+        """The committed tree as one archive named after its content, uploaded and extracted once; a mark
+        written after the extraction says it is complete."""
+        with code_archive(code_dir, self.config.exclude) as archive:
+            name = archive.digest[:24]
+            target = self._path("code", name)
+            mark = f"{target}/{STAGED_MARK}"
+            if not self.files.exists(mark):
+                self.files.makedirs(target)
+                self.files.upload(archive.path, self._path("code"), f"{name}.tar.gz")
+                self.files.unpack(self._path("code", f"{name}.tar.gz"), target)
+                self.files.write_text(mark, "")  # last: an interrupted staging is done again
+        return f"code/{name}"
 
-    def _submit_batch(self, batch: list[JobRequest], template: str) -> dict[str, str]:
-        batch_id = batch_id_of(batch)
-        run_dirs = [self._path("runs", r.run_id) for r in batch]
-        # the Slurm backend's batch script, plus the budget account from the environment, quoted as sbatch
-        # reads #SBATCH lines
+    def _directives(self) -> list[str]:
+        # the budget account from the environment, quoted as sbatch reads #SBATCH lines
         budget = [] if self.config.account or not self._account() else [sbatch_quote(f"--account={self._account()}")]
-        batch_dir = self._path("batches", batch_id)
-        script = batch_script(template, self.config, batch, batch_dir, run_dirs, self._stage_runner(), budget)
-        files = Archive()
-        files.add_text(f"batches/{batch_id}/runs.txt", "".join(f"{d}\n" for d in run_dirs))
-        files.add_text(f"batches/{batch_id}/script.sh", script)
-        for request in batch:
-            code = self._stage_code(request.code_dir)[len(self.workdir) + 1 :]  # relative to the work directory
-            add_run(files, request, batch_id, code, self._top_level, self.config.exclude)
-        data = files.bytes()
-        # the batch archive is extracted over the work directory itself: its members carry their own paths
-        archive = f"batch-{batch_id}.tar.gz"
-        self._request("mkdir", lambda c: c.mkdir(self.machine, self._path("batches"), create_parents=True))
-        self._upload(data, self._path("batches"), archive)
-        self._request("extract", lambda c: c.extract(self.machine, self._path("batches", archive), self.workdir))
+        placement = {"reservation": self.config.reservation, "constraint": self.config.constraint}
+        return [*directives(self.config, placement), *budget]
+
+    def submit_script(self, batch_dir: str, script: str) -> str:
         secrets = tracking_secrets()  # in the request only: the job's environment, never a file
         try:
             answer = self._request(
                 "submit",
-                lambda c: c.submit(
-                    self.machine,
-                    working_dir=self._path("batches", batch_id),
-                    script_str=script,
-                    env_vars=secrets or None,
-                ),
+                lambda c: c.submit(self.machine, working_dir=batch_dir, script_str=script, env_vars=secrets or None),
                 retry=False,
             )
-            job_id = str(answer["jobId"])
+        except CommandTimeout as exc:  # no answer, or a gateway's: the API may still be submitting it
+            raise SubmissionInDoubt(str(exc), status=exc.status) from None
         except BackendError as exc:
-            failure = exc
-        else:
-            self._listing = None  # the next poll must see the new job
-            return self._job_ids(batch, job_id)
-        # Before anything is recorded, look: the job list shows each job's batch directory, so a job queued
-        # despite the lost or failed answer is kept instead of being submitted a second time.
-        try:
-            queued = self._queued_as(batch_id)
-        except BackendError as exc:
-            raise SubmissionInDoubt(f"{failure}; the job list could not be read to check ({exc})") from None
-        if queued is not None:
-            return self._job_ids(batch, queued)
-        if isinstance(failure, CommandTimeout):  # the API may still be submitting it
-            raise SubmissionInDoubt(f"{failure}; batch {batch_id} is not listed yet, so it may still appear")
-        raise failure
-
-    def _job_ids(self, batch: list[JobRequest], base: str) -> dict[str, str]:
-        return {r.run_id: (f"{base}_{i}" if self.config.array else base) for i, r in enumerate(batch)}
-
-    def _queued_as(self, batch_id: str) -> str | None:
-        self._listing = None
-        return _bases(self._jobs()).get(batch_id)
+            raise SubmissionRefused(str(exc), status=exc.status) from None
+        return str(answer["jobId"])
 
     # -- observe -------------------------------------------------------------------------------
 
-    def _jobs(self) -> dict[str, tuple[JobStatus, str]]:
-        """Every job of the user FirecREST lists (live ones, and ended ones of the time window): job id ->
-        (status, batch id; empty when not mantik's). One call, cached for the poll interval."""
-        now = time.monotonic()
-        if self._listing is not None and now - self._listing[0] < self.min_poll_interval:
-            return self._listing[1]
+    def list_jobs(self) -> Listing:
+        """Live jobs, and ended ones of the time window, in one call."""
         jobs = self._request("jobs", lambda c: c.job_info(self.machine, time_window=TIME_WINDOW))
-        listing: dict[str, tuple[JobStatus, str]] = {}
+        listing: Listing = {}
         for job in jobs:
             status = job.get("status") or {}
             state = status.get("state") or ""
@@ -330,64 +303,15 @@ class FirecrestBackend(BackendBase):
             # a pending array is one record, 123_[0-9] (squeue and sacct both group it)
             for job_id in array_task_ids(str(job.get("jobId", ""))):
                 listing[job_id] = (found, batch_of(str(job.get("workingDirectory") or "")))
-        self._listing = (now, listing)
         return listing
 
-    def poll(self, jobs: dict[str, str]) -> dict[str, JobStatus]:
-        try:
-            listing = self._jobs()
-        except BackendError as exc:
-            return {job_id: JobStatus(JobState.UNKNOWN, detail=str(exc)) for job_id in jobs}
-        found = {job_id: listing[job_id][0] for job_id in jobs if job_id in listing}
+    def _unlisted(self, job_ids: list[str], listing: Listing) -> dict[str, JobStatus]:
         # A FirecREST on Slurm's REST client lists each array task under its own number, not as 123_4:
         # a task missing while jobs of its batch are live is not taken for gone
         batch_of_base = {job_id.split("_")[0]: batch for job_id, (_, batch) in listing.items() if batch}
         live_batches = {batch for status, batch in listing.values() if batch and status.state.live}
-        for job_id in jobs:
-            if job_id not in found and batch_of_base.get(job_id.split("_")[0]) in live_batches:
-                found[job_id] = JobStatus(JobState.UNKNOWN, detail="its array is listed, this task not by its id")
-            elif job_id not in found:
-                try:
-                    found[job_id] = self._from_run_dir(jobs[job_id])
-                except BackendError as exc:
-                    found[job_id] = JobStatus(JobState.UNKNOWN, detail=str(exc))
-        return found
-
-    def _from_run_dir(self, run_id: str) -> JobStatus:
-        """What the runner wrote, for jobs FirecREST no longer lists."""
-        text = self._read(self._path("runs", run_id, runner.EXIT_CODE_FILE))
-        if text is None or not text.strip().lstrip("-").isdigit():
-            if not (self._read(self._path("runs", run_id, "job_id")) or "").strip():
-                return JobStatus(JobState.LOST, detail=NEVER_STARTED)
-            return JobStatus(JobState.LOST, detail=GONE_WHILE_RUNNING)
-        code = int(text)
-        return JobStatus(JobState.COMPLETED if code == 0 else JobState.FAILED, code)
-
-    def find(self, run_ids: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        waiting: dict[str, str] = {}
-        for run_id in run_ids:
-            recorded = (self._read(self._path("runs", run_id, "job_id")) or "").strip()
-            if recorded:
-                found[run_id] = recorded
-                continue
-            batch = (self._read(self._path("runs", run_id, "batch")) or "").strip()
-            if batch:
-                waiting[run_id] = batch
-        if waiting:
-            self._listing = None
-            listing = self._jobs()  # if FirecREST cannot answer, neither can we: never guess "no job"
-            base_of = _bases(listing)
-            for run_id, batch in waiting.items():
-                if batch not in base_of:
-                    continue
-                if not self.config.array:  # as submitted (_job_ids): the listing's form cannot tell this
-                    found[run_id] = base_of[batch]
-                    continue
-                lines = (self._read(self._path("batches", batch, "runs.txt")) or "").splitlines()
-                index = next((i for i, line in enumerate(lines) if line.rstrip("/").endswith("/" + run_id)), 0)
-                found[run_id] = f"{base_of[batch]}_{index}"
-        return found
+        unknown = JobStatus(JobState.UNKNOWN, detail="its array is listed, this task not by its id")
+        return {job_id: unknown for job_id in job_ids if batch_of_base.get(job_id.split("_")[0]) in live_batches}
 
     # -- act -----------------------------------------------------------------------------------
 
@@ -420,18 +344,7 @@ class FirecrestBackend(BackendBase):
             )
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
-        text = self._read(self._path("runs", run_id, runner.OUTPUT_FILE))
-        return None if text is None else text.encode()[offset:]
-
-
-def _bases(listing: dict[str, tuple[JobStatus, str]]) -> dict[str, str]:
-    """Batch id -> its job's id (an array's base id). FirecREST merges sacct's records (array tasks as
-    ``123_4``) with squeue's (each task under its own number): the array form names the base, so it wins."""
-    bases: dict[str, str] = {}
-    for job_id, (_, batch) in sorted(listing.items(), key=lambda item: "_" not in item[0]):
-        if batch:
-            bases.setdefault(batch, job_id.split("_")[0])
-    return bases
+        return self.files.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)
 
 
 def _status(exc) -> int | None:

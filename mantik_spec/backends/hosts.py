@@ -2,10 +2,12 @@
 
 A backend talks to its cluster only through a host, so the same backend code
 drives a scheduler it runs next to and one it reaches over a connection. A host
-offers: ``run``, ``makedirs``, ``exists``, ``write_text``, ``read_bytes``,
-``read_text``, ``list_dir``, ``symlink``, ``put_tree`` (a committed tree, staged
-whole or not at all) and ``extract`` (one archive of many small files: over a
-connection, one exchange instead of one per file).
+offers the files of :class:`.base.Host` (``makedirs``, ``exists``, ``write_text``,
+``read_bytes``, ``read_text``, ``list_dir`` and ``extract``: one archive of many
+small files, over a connection one exchange instead of one per file), as
+FirecREST's file API does too (:class:`.firecrest.SiteFiles`), plus ``run``,
+``symlink``, ``absolute`` and ``put_tree`` (a committed tree, staged whole or not
+at all).
 """
 
 from __future__ import annotations

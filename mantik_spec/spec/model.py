@@ -268,15 +268,13 @@ class SSHConnection(Strict):
     connect_timeout: int = Field(15, ge=1, le=600, description="Seconds to wait for the connection.")
 
 
-class SlurmConfig(Strict):
-    """Batch jobs on a Slurm cluster, submitted as job arrays from its login node (or over SSH to it)."""
+class BatchConfig(Strict):
+    """What the Slurm and FirecREST backends share: Slurm batch scripts, job arrays, where jobs go and what
+    they get (:mod:`mantik_spec.backends.batch`)."""
 
-    type: Literal["slurm"]
-    config: str | None = Field(
-        None,
-        description="A Mantik compute-backend config with SSH (YAML or JSON) read as is: SSH, Resources, "
-        "Environment, Exclude. Keys set here override it.",
-    )
+    # declared by each backend; named here first so that they lead in the schema and the reference
+    type: str
+    config: str | None = None
     partition: SlurmWord | None = None
     account: SlurmWord | None = None
     qos: SlurmWord | None = None
@@ -287,14 +285,6 @@ class SlurmConfig(Strict):
     setup: list[ShellLine] = Field(
         default_factory=list, description="Shell lines run before the run starts (e.g. source venv/bin/activate)."
     )
-    sbatch_args: list[Annotated[str, Field(pattern=r"^--?[A-Za-z][^\n]*$")]] = Field(
-        default_factory=list, description="Further sbatch options, one per item (e.g. --constraint=gpu)."
-    )
-    workdir: str = Field(
-        ".mantik/slurm",
-        description="Directory on the cluster's shared filesystem for staged code and run directories "
-        "(relative paths are taken from the project root; over SSH, from the remote home).",
-    )
     array: bool = Field(True, description="Submit the missing points of an experiment as one job array.")
     max_array_size: int = Field(1000, ge=1, le=100_000, description="Split larger arrays (the cluster's MaxArraySize).")
     template: str | None = Field(
@@ -303,11 +293,8 @@ class SlurmConfig(Strict):
     python: str = Field(
         "python3", description="The Python on the compute nodes that runs the in-job runner (needs mlflow)."
     )
-    poll_interval: Duration = Field("5s", description="Never ask Slurm for job states more often than this.")
+    poll_interval: Duration  # each backend's default and words
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
-    ssh: SSHConnection | None = Field(
-        None, description="Reach the login node over SSH (from a laptop or a CI runner) instead of running there."
-    )
     exclude: list[str] = Field(
         default_factory=list, description="Glob patterns of committed files not staged (*.ckpt, data/)."
     )
@@ -318,6 +305,29 @@ class SlurmConfig(Strict):
         from .checks import slurm_options  # checks reads this model: imported when asked, not at load
 
         return slurm_options((), self)
+
+
+class SlurmConfig(BatchConfig):
+    """Batch jobs on a Slurm cluster, submitted as job arrays from its login node (or over SSH to it)."""
+
+    type: Literal["slurm"]
+    config: str | None = Field(
+        None,
+        description="A Mantik compute-backend config with SSH (YAML or JSON) read as is: SSH, Resources, "
+        "Environment, Exclude. Keys set here override it.",
+    )
+    sbatch_args: list[Annotated[str, Field(pattern=r"^--?[A-Za-z][^\n]*$")]] = Field(
+        default_factory=list, description="Further sbatch options, one per item (e.g. --constraint=gpu)."
+    )
+    workdir: str = Field(
+        ".mantik/slurm",
+        description="Directory on the cluster's shared filesystem for staged code and run directories "
+        "(relative paths are taken from the project root; over SSH, from the remote home).",
+    )
+    poll_interval: Duration = Field("5s", description="Never ask Slurm for job states more often than this.")
+    ssh: SSHConnection | None = Field(
+        None, description="Reach the login node over SSH (from a laptop or a CI runner) instead of running there."
+    )
 
 
 UNICORE_RUNTIME = re.compile(r"^\d+[smhd]?$")
@@ -429,7 +439,7 @@ class FirecrestCredentials(Strict):
     client_secret_env: EnvName = "MANTIK_FIRECREST_CLIENT_SECRET"
 
 
-class FirecrestConfig(Strict):
+class FirecrestConfig(BatchConfig):
     """Batch jobs on a Slurm cluster behind FirecREST (API v2, e.g. CSCS Alps), submitted as job arrays."""
 
     type: Literal["firecrest"]
@@ -449,28 +459,13 @@ class FirecrestConfig(Strict):
     workdir: Annotated[str, Field(pattern=r"^/[^\n]*$")] | None = Field(
         None, description="Absolute directory on the cluster for staged code and run directories."
     )
-    partition: SlurmWord | None = None
     account: SlurmWord | None = Field(
         None, description="Compute budget account; default: the variable MANTIK_COMPUTE_BUDGET_ACCOUNT."
     )
-    qos: SlurmWord | None = None
     reservation: SlurmWord | None = None
     constraint: SlurmWord | None = None
-    resources: SlurmResources = Field(default_factory=SlurmResources)
-    modules: list[ModuleName] = Field(
-        default_factory=list, description="Environment modules loaded before the run (module load NAME)."
-    )
     setup: list[ShellLine] = Field(default_factory=list, description="Shell lines run before the run starts.")
-    array: bool = Field(True, description="Submit the missing points of an experiment as one job array.")
-    max_array_size: int = Field(1000, ge=1, le=100_000, description="Split larger arrays (the cluster's MaxArraySize).")
-    template: str | None = Field(
-        None, description="A Jinja2 batch-script template in the repository overriding the default."
-    )
     python: str = Field("python3", description="The Python on the compute nodes that runs the in-job runner.")
-    environment: str | None = Field(None, description="Default environment for runs on this backend.")
-    exclude: list[str] = Field(
-        default_factory=list, description="Glob patterns of committed files not staged (*.ckpt, data/)."
-    )
     tls_verify: bool | str = Field(
         True, description="Check the API's TLS certificate (true), skip the check (false), or a CA bundle path."
     )
