@@ -73,20 +73,16 @@ def remote_data(project: Project, context: Submission, starts, sources) -> dict[
     if not names_of:
         return {}
     from ..state.dvcdata import remote_urls, unpushed
-    from ..state.versions import VersionError
 
-    try:
-        missing, remote = unpushed(context.data_root, sorted(names_of))
-        if missing:
-            problems = [
-                f"data.{name}: version {version.removeprefix('md5:')[:8]}… is not in remote '{remote}'"
-                for path in missing
-                for name, version in sorted(names_of[path].items())
-            ]
-            raise UserError("; ".join(problems) + "; run dvc push")
-        return remote_urls(context.data_root, sorted(names_of))
-    except VersionError as exc:
-        raise UserError(str(exc)) from None
+    missing, remote = unpushed(context.data_root, sorted(names_of))
+    if missing:
+        problems = [
+            f"data.{name}: version {version.removeprefix('md5:')[:8]}… is not in remote '{remote}'"
+            for path in missing
+            for name, version in sorted(names_of[path].items())
+        ]
+        raise UserError("; ".join(problems) + "; run dvc push")
+    return remote_urls(context.data_root, sorted(names_of))
 
 
 BATCH_BACKENDS = ("slurm", "unicore", "firecrest")  # where a job holds an allocation srun can start tasks in
