@@ -80,15 +80,9 @@ def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str
         lines += ["", "Cancelled with `mantik cancel` (apply --replace POINT runs one again):"]
         lines += [f"  / {printable(e.point_id)}" for e in cancelled]
     lines += ["", plan.summary()]
-    notes = []
-    if plan.count(Action.SUSPENDED):
-        notes.append(f"{plan.count(Action.SUSPENDED)} suspended")
-    if failed:
-        notes.append(f"{len(failed)} failed")
-    if cancelled:
-        notes.append(f"{len(cancelled)} cancelled")
+    notes = plan.notes()
     if notes:
-        lines.append(f"({', '.join(notes)})")
+        lines.append(f"({notes})")
     return "\n".join(lines).lstrip("\n")
 
 
