@@ -1,8 +1,10 @@
 """The ``mantik`` command: argument parsing and printing only.
 
 Each verb's work is a function in :mod:`mantik_spec.operations` that tests call
-without click. Heavy modules (mlflow, gitpython) are imported inside the verbs
-that need them, so ``--help`` and ``validate`` stay fast.
+without click, and what it draws is a function in :mod:`mantik_spec.views`. Each
+verb returns its exit status; :func:`exit_status` alone turns errors into one.
+Heavy modules (mlflow, gitpython) are imported inside the verbs that need them,
+so ``--help`` and ``validate`` stay fast.
 """
 
 from __future__ import annotations
@@ -262,15 +264,7 @@ def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, 
         if not out.parent.is_dir():
             raise UserError(f"cannot save the plan: {out.parent} is not a directory")
         write_plan(out, result, prune, replace)
-    fmt = "json" if as_json else fmt
-    if fmt == "json":
-        click.echo(views.render_json(result))
-    elif fmt == "markdown":
-        click.echo(views.render_markdown(result), nl=False)
-    else:
-        click.echo(views.render_text(result, color=sys.stdout.isatty(), every_run=every_run))
-        if out:
-            click.echo(f"\nSaved the plan to {out}. To carry it out exactly: mantik apply {out}")
+    views.show_plan(views.Output.of_process(), result, "json" if as_json else fmt, every_run, saved_to=out)
     _report_calls(ctx, project)
     if result.errors:
         return _errors(result.errors)
@@ -307,13 +301,12 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
     """Submit what the plan says is missing (and repair what drifted)."""
     from .operations import apply as operation
     from .operations.project import open_project
+    from .operations.status import ENDED
     from .reconcile.planfile import read_plan
 
     timeout = parse_duration(lock_timeout)
     interactive = sys.stdin.isatty()
-
-    def show(result):
-        click.echo(views.render_text(result, color=sys.stdout.isatty()))
+    output = views.Output.of_process()
 
     def confirm(result) -> bool:
         if auto_approve:
@@ -338,7 +331,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
     result = operation.apply(
         project,
         confirm=confirm,
-        show=show,
+        show=partial(views.show_plan, output),
         saved=saved,
         prune=prune,
         replace=replace,
@@ -352,92 +345,21 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
         return _errors(result.plan.errors)
     click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
     if wait and result.started:
-        failures = _follow(project, result.started)
-        while failures and saved is None:  # retries: are spent now, as Slurm's requeue would
-            retried = operation.apply(
-                project,
-                confirm=lambda plan, failed=failures: _only_retries_of(plan, failed),
-                show=lambda plan: None,
-                lock_timeout=timeout,
-                on_lock_wait=waiting,
-            )
-            if not retried.applied or not retried.started:
-                break  # no retries left (or the plan holds more than retries: that is the next apply's)
-            click.echo(f"\nRetrying {len(retried.started)} failed run(s): {views.retry_reasons(retried.plan)}")
-            failures = _follow(project, retried.started)
+        failures = operation.follow_and_retry(
+            project,
+            result.started,
+            on_progress=partial(views.run_progress, output, ENDED),
+            on_retry=partial(views.show_retry, output),
+            retry=saved is None,  # a saved plan is carried out exactly: no more than it says
+            lock_timeout=timeout,
+            on_lock_wait=waiting,
+        )
         if failures:
             _report_calls(ctx, project)
-            for line in views.failure_lines(failures):
-                click.echo(line, err=True)
+            views.show_failures(output, failures)
             return 1
     _report_calls(ctx, project)
     return _errors(result.plan.errors)
-
-
-def _only_retries_of(plan, failures) -> bool:
-    """Whether ``plan`` only starts new attempts of points that just failed: `apply --wait` carries those out
-    without asking again; anything else (a new commit meanwhile) waits for the next apply."""
-    from .reconcile.plan import Action
-
-    failed = {f.point_id for f in failures}
-    changes = plan.changes()
-    return bool(changes) and all(
-        e.action in (Action.RETRY, Action.REPAIR) and e.point_id in failed and e.next_attempt for e in changes
-    )
-
-
-def _follow(project, run_ids) -> list:
-    """Follow the runs to their end: a progress bar on a terminal, a line per change (and at least every
-    few minutes) in a CI log. Returns the runs that did not finish successfully."""
-    from .operations.status import follow, unsuccessful
-
-    if sys.stdout.isatty():
-        final = _follow_with_bar(project, run_ids)
-    else:
-        final = follow(project, run_ids, _LogLines())
-    return unsuccessful(project, final)
-
-
-class _LogLines:
-    """Progress for a log that nobody watches live: one line when the counts change, else every few minutes."""
-
-    QUIET_SECONDS = 300
-
-    def __init__(self):
-        import time
-
-        self.clock = time.monotonic
-        self.started = self.last_time = self.clock()
-        self.last_text = None
-
-    def __call__(self, states: dict[str, str]) -> None:
-        text = views.state_counts(states)
-        now = self.clock()
-        if text != self.last_text or now - self.last_time >= self.QUIET_SECONDS:
-            click.echo(f"[{views.age(now - self.started)}] runs: {text}")
-            self.last_text, self.last_time = text, now
-
-
-def _follow_with_bar(project, run_ids) -> dict[str, str]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .operations.status import ENDED, follow
-
-    with Progress(
-        TextColumn("[bold]runs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as progress:
-        task = progress.add_task("", total=len(run_ids))
-
-        def update(states):
-            done = sum(1 for state in states.values() if state in ENDED)
-            progress.update(task, completed=done, description=views.state_counts(states))
-
-        return follow(project, run_ids, update)
 
 
 @main.command()
@@ -451,43 +373,20 @@ def status(ctx, directory, as_json, watch, interval):
     import json
 
     from .operations.project import open_project
-    from .operations.status import status_rows
+    from .operations.runref import job_label
+    from .operations.status import status_rows, watch_rows
 
+    output = views.Output.of_process()
     project = open_project(directory)
     errors: list[str] = []
     if watch:
-        _watch_status(project, parse_duration(interval))
+        views.watch_status(output, watch_rows(project, parse_duration(interval)), job_label)
+    elif as_json:
+        click.echo(json.dumps([row.to_json() for row in status_rows(project, errors)], indent=2))
     else:
-        rows = status_rows(project, errors)
-        if as_json:
-            click.echo(json.dumps([row.to_json() for row in rows], indent=2))
-        else:
-            _print_status_table(rows)
+        views.show_status(output, status_rows(project, errors), job_label)
     _report_calls(ctx, project)
     return _errors(errors)
-
-
-def _watch_status(project, interval: float) -> None:
-    import time
-
-    from rich.console import Console
-    from rich.live import Live
-
-    from .operations.status import ENDED, status_rows
-
-    console = Console()
-    with Live(console=console, auto_refresh=False) as live:
-        while True:
-            rows = status_rows(project)
-            live.update(views.status_table(rows), refresh=True)
-            if all(row.state in ENDED or row.state in ("not submitted", "suspended") for row in rows):
-                break
-            time.sleep(project.poll_pause(interval))
-    click.echo("Every declared run has ended (or was never submitted).")
-
-
-def _print_status_table(rows) -> None:
-    views.table_console().print(views.status_table(rows))
 
 
 @main.command()
@@ -602,26 +501,15 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
 def show(directory, experiment, metric, goal, plot_file, against):
     """An experiment's grid: parameters against final metrics, the best point marked."""
     from .operations.project import open_project
-    from .operations.show import grid, plot
+    from .operations.show import grid, plot, plot_axis
 
     rows, ranking = grid(open_project(directory), experiment, metric, goal)
-    metric = ranking.metric
-    parameters = sorted({name for row in rows for name in row.parameters})
-    metrics = sorted({name for row in rows for name in row.metrics})
-    views.table_console().print(views.grid_table(rows))
-    if metric:
-        click.echo(f"* best by {metric} ({ranking.goal}; from {ranking.source})")
-    elif metrics:
-        click.echo(
-            f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
-            f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
-        )
+    views.show_grid(views.Output.of_process(), rows, ranking, experiment)
     if plot_file:
-        varying = [p for p in parameters if len({row.parameters.get(p) for row in rows}) > 1]
-        axis = against or (varying[0] if varying else (parameters[0] if parameters else None))
-        if axis is None or metric is None:
+        axis = plot_axis(rows, against)
+        if axis is None or ranking.metric is None:
             raise click.UsageError("nothing to plot yet: no parameters or no metrics")
-        plot(rows, metric, axis, plot_file)
+        plot(rows, ranking.metric, axis, plot_file)
         click.echo(f"wrote {plot_file}")
 
 
@@ -630,25 +518,22 @@ def show(directory, experiment, metric, goal, plot_file, against):
 @click.option("--apply", "and_apply", is_flag=True, help="Also apply after each change (only when the tree is clean).")
 def watch(directory, and_apply):
     """Re-validate and re-plan whenever mantik.yaml, the code or the data pins change; Ctrl-C stops."""
-    from rich.console import Console
-
     from .operations.watch import changes
     from .spec.load import load_spec
     from .spec.yamlload import SpecError
 
-    console = Console()
+    output = views.Output.of_process()
     root = Path(directory).resolve()
 
-    def refresh(reason: str) -> None:
-        console.clear()
-        console.print(f"[dim]mantik watch: {reason}; Ctrl-C stops[/dim]")
+    def refresh(changed: set[str]) -> None:
+        views.watch_heading(output, changed)
         try:
             load_spec(root)
         except SpecError as exc:
             for line in exc.lines():  # on stdout, where watch shows its plans
                 click.echo(line)
             return
-        _plan_once(root, and_apply)
+        _plan_once(output, root, and_apply)
 
     try:  # which code paths to watch; an invalid spec is reported by the first refresh
         code_paths = load_spec(root).spec.code.paths
@@ -657,28 +542,21 @@ def watch(directory, and_apply):
     # the first batch comes once the watcher is in place: a change made during the first plan is seen
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while a plan is made stops watching too
         for changed in changes(root, code_paths):
-            names = ", ".join(sorted(Path(p).name for p in changed)[:3])
-            refresh(f"changed: {names}" if changed else "watching")
+            refresh(changed)
     click.echo("Stopped watching.")
 
 
-def _plan_once(root: Path, and_apply: bool) -> None:
+def _plan_once(output: views.Output, root: Path, and_apply: bool) -> None:
     """One plan (and apply, when asked and the tree is clean), every error reported, none fatal."""
-    from .operations import apply as operation
-    from .operations.project import build_plan, open_project
+    from .faults import checkpoint
+    from .operations.watch import plan_once
 
-    def plan_and_apply() -> None:
-        project = open_project(root)
-        result, observation = build_plan(project, cached=True)
-        click.echo(views.render_text(result, color=sys.stdout.isatty()))
-        if and_apply and result.has_changes and not observation.code.dirty:
-            operation.apply(project, confirm=lambda plan: True, show=lambda plan: None)
+    def once() -> None:
+        if plan_once(root, and_apply, partial(views.show_plan, output)):
             click.echo("Applied.")
 
-    if exit_status(plan_and_apply) == INTERRUPTED:
+    if exit_status(once) == INTERRUPTED:
         raise KeyboardInterrupt  # Ctrl-C: stop watching; any other error was printed: keep watching
-    from .faults import checkpoint
-
     checkpoint("after-watch-plan")  # tests: a change made while a plan is still being made and shown
 
 

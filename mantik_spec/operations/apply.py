@@ -12,7 +12,9 @@ from __future__ import annotations
 import getpass
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 
 from ..backends.base import BackendError, JobRequest, SubmissionFailed
 from ..errors import UserError
@@ -29,6 +31,7 @@ from ..state.versions import UNPINNED
 from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data
 from .project import Observation, Project, build_plan, throwaway_store
+from .status import Unsuccessful, follow, unsuccessful
 
 
 @dataclass
@@ -245,3 +248,49 @@ def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: Plann
     if entry.run_id and entry.action is not Action.SUBMIT:
         tags[Tag.PREVIOUS_RUN] = entry.run_id
     return tags
+
+
+def follow_and_retry(
+    project: Project,
+    started: list[str],
+    *,
+    on_progress: Callable[[int], AbstractContextManager[Callable[[dict[str, str]], None]]],
+    on_retry: Callable[[ApplyResult], None],
+    retry: bool = True,
+    lock_timeout: float = 0.0,
+    on_lock_wait=None,
+) -> list[Unsuccessful]:
+    """``apply --wait``: follow the ``started`` runs to their end and, with ``retry``, start new attempts of those
+    that failed while their retries allow (spent now, as Slurm's requeue would). ``on_progress(n)`` is entered
+    while n runs are followed and told each poll's states (run id -> state); ``on_retry`` is told of each
+    retry's apply. Returns the runs that did not finish successfully."""
+
+    def follow_all(run_ids: list[str]) -> list[Unsuccessful]:
+        with on_progress(len(run_ids)) as update:
+            final = follow(project, run_ids, update)
+        return unsuccessful(project, final)
+
+    failures = follow_all(started)
+    while failures and retry:
+        retried = apply(
+            project,
+            confirm=partial(_only_retries_of, failures=failures),
+            show=lambda plan: None,
+            lock_timeout=lock_timeout,
+            on_lock_wait=on_lock_wait,
+        )
+        if not retried.applied or not retried.started:
+            break  # no retries left (or the plan holds more than retries: that is the next apply's)
+        on_retry(retried)
+        failures = follow_all(retried.started)
+    return failures
+
+
+def _only_retries_of(plan: Plan, failures: list[Unsuccessful]) -> bool:
+    """Whether ``plan`` only starts new attempts of points that just failed: `apply --wait` carries those out
+    without asking again; anything else (a new commit meanwhile) waits for the next apply."""
+    failed = {f.point_id for f in failures}
+    changes = plan.changes()
+    return bool(changes) and all(
+        e.action in (Action.RETRY, Action.REPAIR) and e.point_id in failed and e.next_attempt for e in changes
+    )

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from ..reconcile.plan import Action, Plan
-from .output import printable
+from .output import Output, printable
 
 # how a terminal colours each change (the one per-action table of the views)
 COLORS = {Action.SUBMIT: "green", Action.RETRY: "yellow", Action.REPAIR: "magenta", Action.CANCEL: "red"}
@@ -120,3 +121,24 @@ def _code(text: str, in_table: bool = False) -> str:
 
 def render_json(plan: Plan) -> str:
     return json.dumps(plan.to_json(), indent=2, ensure_ascii=False)
+
+
+def show_plan(output: Output, plan: Plan, fmt: str = "text", every_run: bool = False, saved_to=None) -> None:
+    """``plan`` on stdout as ``fmt`` (text, json or markdown); in text, where it was saved (``saved_to``)."""
+    if fmt == "json":
+        output.echo(render_json(plan))
+    elif fmt == "markdown":
+        output.echo(render_markdown(plan), nl=False)
+    else:
+        output.echo(render_text(plan, color=output.color, every_run=every_run))
+        if saved_to:
+            output.echo(f"\nSaved the plan to {saved_to}. To carry it out exactly: mantik apply {saved_to}")
+
+
+def watch_heading(output: Output, changed: set[str]) -> None:
+    """``mantik watch`` plans again: a cleared terminal, then which files changed (none: it just started)."""
+    names = ", ".join(sorted(Path(p).name for p in changed)[:3])
+    reason = f"changed: {names}" if changed else "watching"
+    console = output.console()
+    console.clear()
+    console.print(f"[dim]mantik watch: {reason}; Ctrl-C stops[/dim]")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from .output import printable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+
+from .output import Output, printable
+from .runs import age
 
 
 def state_counts(states: dict[str, str]) -> str:
@@ -13,17 +17,67 @@ def state_counts(states: dict[str, str]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
-def retry_reasons(plan) -> str:
-    """The first few retries of ``plan`` and why, on one line."""
-    return "; ".join(printable(f"{e.point_id}: {e.reason}") for e in plan.changes()[:3]) + (
-        f"; and {len(plan.changes()) - 3} more" if len(plan.changes()) > 3 else ""
+class LogLines:
+    """Progress for a log that nobody watches live: one line when the counts change, else every few minutes."""
+
+    QUIET_SECONDS = 300
+
+    def __init__(self, output: Output):
+        import time
+
+        self.output = output
+        self.clock = time.monotonic
+        self.started = self.last_time = self.clock()
+        self.last_text: str | None = None
+
+    def __call__(self, states: dict[str, str]) -> None:
+        text = state_counts(states)
+        now = self.clock()
+        if text != self.last_text or now - self.last_time >= self.QUIET_SECONDS:
+            self.output.echo(f"[{age(now - self.started)}] runs: {text}")
+            self.last_text, self.last_time = text, now
+
+
+@contextmanager
+def run_progress(output: Output, ended: Collection[str], total: int) -> Iterator[Callable[[dict[str, str]], None]]:
+    """While ``total`` runs are followed to their end, each poll's states (run id -> state) drawn: a bar on a
+    terminal (``ended``: the states that count as done), a line per change in automation."""
+    if output.in_automation:
+        yield LogLines(output)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]runs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=output.console(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("", total=total)
+
+        def update(states):
+            done = sum(1 for state in states.values() if state in ended)
+            progress.update(task, completed=done, description=state_counts(states))
+
+        yield update
+
+
+def show_retry(output: Output, retried) -> None:
+    """``apply --wait`` started new attempts of failed runs (``retried``: that apply's result): how many, why."""
+    changes = retried.plan.changes()
+    reasons = "; ".join(printable(f"{e.point_id}: {e.reason}") for e in changes[:3]) + (
+        f"; and {len(changes) - 3} more" if len(changes) > 3 else ""
     )
+    output.echo(f"\nRetrying {len(retried.started)} failed run(s): {reasons}")
 
 
-def failure_lines(failures) -> list[str]:
+def show_failures(output: Output, failures) -> None:
     """Each run that did not finish: its point, how it ended, the last line of its error, where to read more."""
-    lines = ["", f"{len(failures)} run(s) did not finish successfully:"]
-    lines += [
-        f"  x {printable(failure.point_id)}  {failure.state}: {printable(failure.last_line)}" for failure in failures
-    ]
-    return [*lines, f"Read a run's output with: mantik logs {failures[0].run_id[:12]}"]
+    output.error("")
+    output.error(f"{len(failures)} run(s) did not finish successfully:")
+    for failure in failures:
+        output.error(f"  x {printable(failure.point_id)}  {failure.state}: {printable(failure.last_line)}")
+    output.error(f"Read a run's output with: mantik logs {failures[0].run_id[:12]}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .output import printable
+from collections.abc import Callable, Iterable
+
+from .output import Output, printable
 
 
 def age(seconds: float) -> str:
@@ -13,25 +15,29 @@ def age(seconds: float) -> str:
     return f"{int(max(seconds, 0))}s"
 
 
-def table_console():
-    """A rich console that never cuts a table to 80 columns when the output is not a terminal."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:  # piped or captured: never cut a run's name to fit 80 columns
-        console = Console(width=1000)
-    return console
+def show_status(output: Output, rows, job_label: Callable[[str | None], str]) -> None:
+    output.console(wide=True).print(status_table(rows, job_label))
 
 
-def status_table(rows):
+def watch_status(output: Output, snapshots: Iterable[list], job_label: Callable[[str | None], str]) -> None:
+    """``status --watch``: each list of rows drawn in place of the last, until the operation has none left."""
+    from rich.live import Live
+
+    with Live(console=output.console(), auto_refresh=False) as live:
+        for rows in snapshots:
+            live.update(status_table(rows, job_label), refresh=True)
+    output.echo("Every declared run has ended (or was never submitted).")
+
+
+def status_table(rows, job_label: Callable[[str | None], str]):
     """One column per parameter whose value differs between the rows (what tells the points apart), so
-    that at 80 columns it is the metrics that get squeezed, never the point's identity."""
+    that at 80 columns it is the metrics that get squeezed, never the point's identity. ``job_label``: a
+    job id as the table shows it."""
     import time
 
     from rich.markup import escape as markup_escape
     from rich.table import Table
 
-    from ..operations.runref import job_label
     from ..spec.experiments import format_value
 
     def escape(value) -> str:  # neither rich markup nor a control character in a value draws anything
@@ -85,3 +91,16 @@ def grid_table(rows):
         cells = (escape(row.parameters.get(p, "")) for p in parameters)
         table.add_row("*" if row.best else "", *cells, escape(row.state), *values)
     return table
+
+
+def show_grid(output: Output, rows, ranking, experiment: str) -> None:
+    """``mantik show``: the grid, then by which metric the best point was marked, or how to name one."""
+    output.console(wide=True).print(grid_table(rows))
+    metrics = sorted({name for row in rows for name in row.metrics})
+    if ranking.metric:
+        output.echo(f"* best by {ranking.metric} ({ranking.goal}; from {ranking.source})")
+    elif metrics:
+        output.echo(
+            f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
+            f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
+        )
