@@ -116,6 +116,15 @@ def test_a_version_error_reaches_the_user_as_one_line(capsys):
     assert capsys.readouterr().err == "Error: data/train.csv: no version (not tracked by DVC, no url pin)\n"
 
 
+def test_every_verb_has_its_place_and_line_in_help():
+    """`mantik --help` lists the verbs in WorkflowGroup.ORDER, each with its SUMMARY line: a new verb needs both."""
+    from mantik_spec.cli import WorkflowGroup, main
+
+    verbs = set(main.commands)
+    assert sorted(WorkflowGroup.ORDER) == sorted(verbs)  # each verb once
+    assert set(WorkflowGroup.SUMMARY) == verbs
+
+
 def test_choosing_a_backend_imports_only_its_module():
     """`validate` and `--help` import no backend; a project with Slurm backends never imports pyunicore."""
     code = (
