@@ -1,27 +1,32 @@
 """The ``mantik`` command: argument parsing and printing only.
 
 Each verb's work is a function in :mod:`mantik_spec.operations` that tests call
-without click. Heavy modules (mlflow, gitpython) are imported inside the verbs
-that need them, so ``--help`` and ``validate`` stay fast.
+without click, and what it draws is a function in :mod:`mantik_spec.views`. Each
+verb returns its exit status; :func:`exit_status` alone turns errors into one.
+Heavy modules (mlflow, gitpython) are imported inside the verbs that need them,
+so ``--help`` and ``validate`` stay fast.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from contextlib import contextmanager
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import click
 
 from . import views
-from .vocab import RowState
 
 REPLACE_HELP = (
     "Run this declared point (e.g. 'sweep[lr=0.1]') again though a run of it finished, failed or was cancelled; "
     "repeatable."
 )
 
+# exit statuses besides 0 and 1 (an error)
+CHANGES = 2  # plan --detailed-exitcode: the plan has changes
+FAILED = 3  # plan --fail-on-failed: a declared point failed with no retries left
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C, as shells report SIGINT (128 + 2)
 
 PROJECT_DIR = click.option(
@@ -34,27 +39,27 @@ PROJECT_DIR = click.option(
 )
 
 
-@contextmanager
-def user_errors():
-    """Turn every error a user can cause or fix (a MantikError: mantik_spec/errors.py) into its lines on
-    stderr and exit 1; anything else is a bug and keeps its traceback."""
+def exit_status(run: Callable[[], int | None]) -> int:
+    """The exit status of a verb (as DVC's ``main`` reads ``cmd.do_run()``): what it returned (None is 0); 1 for
+    an error a user can cause or fix (a MantikError: mantik_spec/errors.py), printed as its lines on stderr; 130
+    for Ctrl-C. Anything else is a bug and keeps its traceback."""
     from .errors import MantikError  # imports nothing heavy
 
     try:
-        yield
+        return run() or 0
     except MantikError as exc:
         for line in exc.lines():
             click.echo(line, err=True)
-        sys.exit(1)
+        return 1
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        sys.exit(INTERRUPTED)
+        return INTERRUPTED
     except BrokenPipeError as exc:
         if _stdout_closed():
             raise  # `mantik plan | head`: click ends quietly, as a pipeline expects
         # a helper process (git, ssh, a scheduler command) ended while we wrote to it: never exit in silence
         click.echo(f"Error: a helper process ended before taking its input ({exc.strerror or exc})", err=True)
-        sys.exit(1)
+        return 1
 
 
 def _stdout_closed() -> bool:
@@ -103,6 +108,10 @@ class WorkflowGroup(click.Group):
         "schema": "The JSON Schema of mantik.yaml (or its Markdown reference)",
         "completion": "Shell completion for bash, zsh or fish",
     }
+
+    def invoke(self, ctx):
+        """Runs the verb and exits with its status: :func:`exit_status`."""
+        ctx.exit(exit_status(partial(super().invoke, ctx)))
 
     def list_commands(self, ctx):
         known = [name for name in self.ORDER if name in self.commands]
@@ -158,29 +167,26 @@ def validate(directory, files):
     from .spec.load import load_spec
 
     if not files:
-        with user_errors():
-            _print_notes(load_spec(directory))
+        _print_notes(load_spec(directory))
         click.echo("mantik.yaml is valid.")
-        return
+        return 0
     import dataclasses
 
     from .spec.load import SPEC_FILE, specs_for_files
     from .spec.yamlload import SpecError
 
-    with user_errors():
-        projects, problems = specs_for_files(directory, files)
-        for project in projects:
-            try:
-                loaded = load_spec(directory / project)
-            except SpecError as exc:  # each file named from where the command runs, as pre-commit shows it
-                problems += [dataclasses.replace(p, file=str(project / p.file)) for p in exc.problems]
-                continue
-            _print_notes(loaded)
-            click.echo(f"{project / SPEC_FILE} is valid.")
+    projects, problems = specs_for_files(directory, files)
+    for project in projects:
+        try:
+            loaded = load_spec(directory / project)
+        except SpecError as exc:  # each file named from where the command runs, as pre-commit shows it
+            problems += [dataclasses.replace(p, file=str(project / p.file)) for p in exc.problems]
+            continue
+        _print_notes(loaded)
+        click.echo(f"{project / SPEC_FILE} is valid.")
     for problem in problems:
         click.echo(str(problem), err=True)
-    if problems:
-        sys.exit(1)
+    return 1 if problems else 0
 
 
 def _print_notes(loaded) -> None:
@@ -245,36 +251,28 @@ def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, 
     from .reconcile.plan import Action
     from .reconcile.planfile import write_plan
 
-    with user_errors():
-        project = open_project(directory)
-        result, _ = build_plan(project, prune=prune, replace=replace, cached=not refresh)
-        if out:
-            if not out.parent.is_dir():
-                raise UserError(f"cannot save the plan: {out.parent} is not a directory")
-            write_plan(out, result, prune, replace)
-    fmt = "json" if as_json else fmt
-    if fmt == "json":
-        click.echo(views.render_json(result))
-    elif fmt == "markdown":
-        click.echo(views.render_markdown(result), nl=False)
-    else:
-        click.echo(views.render_text(result, color=sys.stdout.isatty(), every_run=every_run))
-        if out:
-            click.echo(f"\nSaved the plan to {out}. To carry it out exactly: mantik apply {out}")
+    project = open_project(directory)
+    result, _ = build_plan(project, prune=prune, replace=replace, cached=not refresh)
+    if out:
+        if not out.parent.is_dir():
+            raise UserError(f"cannot save the plan: {out.parent} is not a directory")
+        write_plan(out, result, prune, replace)
+    views.show_plan(views.Output.of_process(), result, "json" if as_json else fmt, every_run, saved_to=out)
     _report_calls(ctx, project)
-    _exit_on_errors(result.errors)
+    if result.errors:
+        return _errors(result.errors)
     if detailed_exitcode and result.has_changes:
-        sys.exit(2)
+        return CHANGES
     if fail_on_failed and not result.has_changes and result.count(Action.FAILED):
-        sys.exit(3)
+        return FAILED
+    return 0
 
 
-def _exit_on_errors(errors: list[str]) -> None:
+def _errors(errors: list[str]) -> int:
     """A backend that could not be asked is an error (exit 1) once everything else was shown and done."""
     for error in errors:
         click.echo(f"Error: {error}", err=True)
-    if errors:
-        sys.exit(1)
+    return 1 if errors else 0
 
 
 @main.command()
@@ -300,9 +298,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
 
     timeout = parse_duration(lock_timeout)
     interactive = sys.stdin.isatty()
-
-    def show(result):
-        click.echo(views.render_text(result, color=sys.stdout.isatty()))
+    output = views.Output.of_process()
 
     def confirm(result) -> bool:
         if auto_approve:
@@ -322,113 +318,40 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
     def waiting(holder):
         click.echo(f"Waiting for the project lock ({holder.describe()})...", err=True)
 
-    with user_errors():
-        saved = read_plan(planfile) if planfile else None
-        project = open_project(directory)
-        result = operation.apply(
+    saved = read_plan(planfile) if planfile else None
+    project = open_project(directory)
+    result = operation.apply(
+        project,
+        confirm=confirm,
+        show=partial(views.show_plan, output),
+        saved=saved,
+        prune=prune,
+        replace=replace,
+        lock_timeout=timeout,
+        on_lock_wait=waiting,
+    )
+    if not result.applied:
+        if result.plan.has_changes:
+            click.echo("Apply cancelled.")
+        _report_calls(ctx, project)
+        return _errors(result.plan.errors)
+    click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
+    if wait and result.started:
+        failures = operation.follow_and_retry(
             project,
-            confirm=confirm,
-            show=show,
-            saved=saved,
-            prune=prune,
-            replace=replace,
+            result.started,
+            on_progress=partial(views.run_progress, output),
+            on_retry=partial(views.show_retry, output),
+            retry=saved is None,  # a saved plan is carried out exactly: no more than it says
             lock_timeout=timeout,
             on_lock_wait=waiting,
         )
-        if not result.applied:
-            if result.plan.has_changes:
-                click.echo("Apply cancelled.")
+        if failures:
             _report_calls(ctx, project)
-            _exit_on_errors(result.plan.errors)
-            return
-        click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
-        if wait and result.started:
-            failures = _follow(project, result.started)
-            while failures and saved is None:  # retries: are spent now, as Slurm's requeue would
-                retried = operation.apply(
-                    project,
-                    confirm=lambda plan, failed=failures: _only_retries_of(plan, failed),
-                    show=lambda plan: None,
-                    lock_timeout=timeout,
-                    on_lock_wait=waiting,
-                )
-                if not retried.applied or not retried.started:
-                    break  # no retries left (or the plan holds more than retries: that is the next apply's)
-                click.echo(f"\nRetrying {len(retried.started)} failed run(s): {views.retry_reasons(retried.plan)}")
-                failures = _follow(project, retried.started)
-            if failures:
-                _report_calls(ctx, project)
-                for line in views.failure_lines(failures):
-                    click.echo(line, err=True)
-                sys.exit(1)
+            views.show_failures(output, failures)
+            return 1
     _report_calls(ctx, project)
-    _exit_on_errors(result.plan.errors)
-
-
-def _only_retries_of(plan, failures) -> bool:
-    """Whether ``plan`` only starts new attempts of points that just failed: `apply --wait` carries those out
-    without asking again; anything else (a new commit meanwhile) waits for the next apply."""
-    from .reconcile.plan import Action
-
-    failed = {f.point_id for f in failures}
-    changes = plan.changes()
-    return bool(changes) and all(
-        e.action in (Action.RETRY, Action.REPAIR) and e.point_id in failed and e.next_attempt for e in changes
-    )
-
-
-def _follow(project, run_ids) -> list:
-    """Follow the runs to their end: a progress bar on a terminal, a line per change (and at least every
-    few minutes) in a CI log. Returns the runs that did not finish successfully."""
-    from .operations.status import follow, unsuccessful
-
-    if sys.stdout.isatty():
-        final = _follow_with_bar(project, run_ids)
-    else:
-        final = follow(project, run_ids, _LogLines())
-    return unsuccessful(project, final)
-
-
-class _LogLines:
-    """Progress for a log that nobody watches live: one line when the counts change, else every few minutes."""
-
-    QUIET_SECONDS = 300
-
-    def __init__(self):
-        import time
-
-        self.clock = time.monotonic
-        self.started = self.last_time = self.clock()
-        self.last_text = None
-
-    def __call__(self, states: dict[str, RowState]) -> None:
-        text = views.state_counts(states)
-        now = self.clock()
-        if text != self.last_text or now - self.last_time >= self.QUIET_SECONDS:
-            click.echo(f"[{views.age(now - self.started)}] runs: {text}")
-            self.last_text, self.last_time = text, now
-
-
-def _follow_with_bar(project, run_ids) -> dict[str, RowState]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .operations.status import follow
-
-    with Progress(
-        TextColumn("[bold]runs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as progress:
-        task = progress.add_task("", total=len(run_ids))
-
-        def update(states):
-            done = sum(1 for state in states.values() if state.ended)
-            progress.update(task, completed=done, description=views.state_counts(states))
-
-        return follow(project, run_ids, update)
+    return _errors(result.plan.errors)
 
 
 @main.command()
@@ -442,47 +365,20 @@ def status(ctx, directory, as_json, watch, interval):
     import json
 
     from .operations.project import open_project
-    from .operations.status import status_rows
+    from .operations.runref import job_label
+    from .operations.status import status_rows, watch_rows
 
-    with user_errors():
-        project = open_project(directory)
-        errors: list[str] = []
-        if watch:
-            _watch_status(project, parse_duration(interval))
-        else:
-            rows = status_rows(project, errors)
-            if as_json:
-                click.echo(json.dumps([row.to_json() for row in rows], indent=2))
-            else:
-                _print_status_table(rows)
+    output = views.Output.of_process()
+    project = open_project(directory)
+    errors: list[str] = []
+    if watch:
+        views.watch_status(output, watch_rows(project, parse_duration(interval)), job_label)
+    elif as_json:
+        click.echo(json.dumps([row.to_json() for row in status_rows(project, errors)], indent=2))
+    else:
+        views.show_status(output, status_rows(project, errors), job_label)
     _report_calls(ctx, project)
-    _exit_on_errors(errors)
-
-
-def _watch_status(project, interval: float) -> None:
-    import time
-
-    from rich.console import Console
-    from rich.live import Live
-
-    from .operations.runref import job_label
-    from .operations.status import status_rows
-
-    console = Console()
-    with Live(console=console, auto_refresh=False) as live:
-        while True:
-            rows = status_rows(project)
-            live.update(views.status_table(rows, job_label), refresh=True)
-            if all(row.state.ended or row.state in (RowState.NOT_SUBMITTED, RowState.SUSPENDED) for row in rows):
-                break
-            time.sleep(project.poll_pause(interval))
-    click.echo("Every declared run has ended (or was never submitted).")
-
-
-def _print_status_table(rows) -> None:
-    from .operations.runref import job_label
-
-    views.table_console().print(views.status_table(rows, job_label))
+    return _errors(errors)
 
 
 @main.command()
@@ -495,9 +391,8 @@ def cancel(ctx, directory, targets, lock_timeout):
     from .operations.control import cancel as cancel_runs
     from .operations.project import open_project
 
-    with user_errors():
-        project = open_project(directory)
-        cancelled = cancel_runs(project, list(targets), parse_duration(lock_timeout))
+    project = open_project(directory)
+    cancelled = cancel_runs(project, list(targets), parse_duration(lock_timeout))
     click.echo(f"Cancelled {len(cancelled)} run(s)." if cancelled else "Nothing to cancel: no live run matches.")
     _report_calls(ctx, project)
 
@@ -511,11 +406,10 @@ def logs(directory, run_id, follow):
     from .operations.control import follow_log
     from .operations.project import open_project
 
-    with user_errors():
-        project = open_project(directory)
-        for chunk in follow_log(project, run_id, follow):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+    project = open_project(directory)
+    for chunk in follow_log(project, run_id, follow):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
 
 
 @main.command()
@@ -528,8 +422,7 @@ def explain(directory, target):
     from .operations.explain import explain as explain_target
     from .operations.project import open_project
 
-    with user_errors():
-        click.echo(json.dumps(explain_target(open_project(directory), target), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(explain_target(open_project(directory), target), indent=2, ensure_ascii=False))
 
 
 @main.command()
@@ -542,8 +435,7 @@ def reproduce(directory, run_id, backend, lock_timeout):
     from .operations.project import open_project
     from .operations.reproduce import reproduce as reproduce_run
 
-    with user_errors():
-        new_run, original = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
+    new_run, original = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
     click.echo(f"Submitted run {new_run}, reproducing {original}.")
 
 
@@ -575,16 +467,15 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
     """Write a commented mantik.yaml (and CI files), and keep .mantik/ out of git."""
     from .operations.init import init as write_files
 
-    with user_errors():
-        written = write_files(
-            directory,
-            mlproject=mlproject,
-            backend_config=backend_config,
-            ci=ci,
-            install=install,
-            force=force,
-            default_branch=default_branch,
-        )
+    written = write_files(
+        directory,
+        mlproject=mlproject,
+        backend_config=backend_config,
+        ci=ci,
+        install=install,
+        force=force,
+        default_branch=default_branch,
+    )
     for path in written:
         click.echo(f"wrote {path}")
     click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")
@@ -602,28 +493,16 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
 def show(directory, experiment, metric, goal, plot_file, against):
     """An experiment's grid: parameters against final metrics, the best point marked."""
     from .operations.project import open_project
-    from .operations.show import grid, plot
+    from .operations.show import grid, plot, plot_axis
 
-    with user_errors():
-        rows, ranking = grid(open_project(directory), experiment, metric, goal)
-        metric = ranking.metric
-        parameters = sorted({name for row in rows for name in row.parameters})
-        metrics = sorted({name for row in rows for name in row.metrics})
-        views.table_console().print(views.grid_table(rows))
-        if metric:
-            click.echo(f"* best by {metric} ({ranking.goal}; from {ranking.source})")
-        elif metrics:
-            click.echo(
-                f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
-                f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
-            )
-        if plot_file:
-            varying = [p for p in parameters if len({row.parameters.get(p) for row in rows}) > 1]
-            axis = against or (varying[0] if varying else (parameters[0] if parameters else None))
-            if axis is None or metric is None:
-                raise click.UsageError("nothing to plot yet: no parameters or no metrics")
-            plot(rows, metric, axis, plot_file)
-            click.echo(f"wrote {plot_file}")
+    rows, ranking = grid(open_project(directory), experiment, metric, goal)
+    views.show_grid(views.Output.of_process(), rows, ranking, experiment)
+    if plot_file:
+        axis = plot_axis(rows, against)
+        if axis is None or ranking.metric is None:
+            raise click.UsageError("nothing to plot yet: no parameters or no metrics")
+        plot(rows, ranking.metric, axis, plot_file)
+        click.echo(f"wrote {plot_file}")
 
 
 @main.command()
@@ -631,25 +510,22 @@ def show(directory, experiment, metric, goal, plot_file, against):
 @click.option("--apply", "and_apply", is_flag=True, help="Also apply after each change (only when the tree is clean).")
 def watch(directory, and_apply):
     """Re-validate and re-plan whenever mantik.yaml, the code or the data pins change; Ctrl-C stops."""
-    from rich.console import Console
-
     from .operations.watch import changes
     from .spec.load import load_spec
     from .spec.yamlload import SpecError
 
-    console = Console()
+    output = views.Output.of_process()
     root = Path(directory).resolve()
 
-    def refresh(reason: str) -> None:
-        console.clear()
-        console.print(f"[dim]mantik watch: {reason}; Ctrl-C stops[/dim]")
+    def refresh(changed: set[str]) -> None:
+        views.watch_heading(output, changed)
         try:
             load_spec(root)
         except SpecError as exc:
             for line in exc.lines():  # on stdout, where watch shows its plans
                 click.echo(line)
             return
-        _plan_once(root, and_apply)
+        _plan_once(output, root, and_apply)
 
     try:  # which code paths to watch; an invalid spec is reported by the first refresh
         code_paths = load_spec(root).spec.code.paths
@@ -658,30 +534,21 @@ def watch(directory, and_apply):
     # the first batch comes once the watcher is in place: a change made during the first plan is seen
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while a plan is made stops watching too
         for changed in changes(root, code_paths):
-            names = ", ".join(sorted(Path(p).name for p in changed)[:3])
-            refresh(f"changed: {names}" if changed else "watching")
+            refresh(changed)
     click.echo("Stopped watching.")
 
 
-def _plan_once(root: Path, and_apply: bool) -> None:
+def _plan_once(output: views.Output, root: Path, and_apply: bool) -> None:
     """One plan (and apply, when asked and the tree is clean), every error reported, none fatal."""
-    from .operations import apply as operation
-    from .operations.project import build_plan, open_project
-
-    try:
-        with user_errors():
-            project = open_project(root)
-            result, observation = build_plan(project, cached=True)
-            click.echo(views.render_text(result, color=sys.stdout.isatty()))
-            if and_apply and result.has_changes and not observation.code.dirty:
-                operation.apply(project, confirm=lambda plan: True, show=lambda plan: None)
-                click.echo("Applied.")
-    except SystemExit as exc:
-        if exc.code == INTERRUPTED:
-            raise KeyboardInterrupt from None  # Ctrl-C: stop watching
-        # any other error was printed: keep watching
     from .faults import checkpoint
+    from .operations.watch import plan_once
 
+    def once() -> None:
+        if plan_once(root, and_apply, partial(views.show_plan, output)):
+            click.echo("Applied.")
+
+    if exit_status(once) == INTERRUPTED:
+        raise KeyboardInterrupt  # Ctrl-C: stop watching; any other error was printed: keep watching
     checkpoint("after-watch-plan")  # tests: a change made while a plan is still being made and shown
 
 
@@ -703,8 +570,7 @@ def force_unlock(directory, lock_id):
     from .operations.project import open_project
     from .state.lock import force_unlock as release
 
-    with user_errors():
-        holder = release(open_project(directory).store, lock_id)
+    holder = release(open_project(directory).store, lock_id)
     click.echo(f"Released the project lock {holder.lock_id} held by {holder.who}@{holder.host}.")
 
 

@@ -69,11 +69,12 @@ def test_non_ascii_paths_read_as_written_in_plan_reasons_and_warnings(project):
 
 
 def test_a_broken_pipe_to_a_helper_is_one_line_not_silence(capsys):
-    from mantik_spec.cli import user_errors
+    from mantik_spec.cli import exit_status
 
-    with pytest.raises(SystemExit) as ended, user_errors():
+    def broken():
         raise BrokenPipeError(32, "Broken pipe")
-    assert ended.value.code == 1
+
+    assert exit_status(broken) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "Error: a helper process ended before taking its input (Broken pipe)"
     ]

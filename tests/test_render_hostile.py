@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import textwrap
 
-from mantik_spec.views import _code, _prose, printable
+from mantik_spec.views import printable
+from mantik_spec.views.plan import _code, _prose
 
 HOSTILE = [
     # a newline that would draw a second, fake entry with its own key

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 
 from ..backends.base import BackendError, JobRequest, SubmissionFailed
 from ..errors import UserError
@@ -22,10 +24,11 @@ from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
 from ..state.lock import LockHandle, project_lock
 from ..state.tags import Tag, failure_tags
-from ..vocab import FailureKind, RunStatus
+from ..vocab import FailureKind, RowState, RunStatus
 from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
 from .project import Observation, Project, build_plan, throwaway_store
+from .status import Unsuccessful, follow, unsuccessful
 
 
 @dataclass
@@ -204,3 +207,49 @@ def run_name(point_id: str, attempt: int | None) -> str:
 
 def run_params(want: DesiredRun) -> dict[str, str]:
     return want.point.arguments  # as MLflow logs them: the values the command got
+
+
+def follow_and_retry(
+    project: Project,
+    started: list[str],
+    *,
+    on_progress: Callable[[int], AbstractContextManager[Callable[[dict[str, RowState]], None]]],
+    on_retry: Callable[[ApplyResult], None],
+    retry: bool = True,
+    lock_timeout: float = 0.0,
+    on_lock_wait=None,
+) -> list[Unsuccessful]:
+    """``apply --wait``: follow the ``started`` runs to their end and, with ``retry``, start new attempts of those
+    that failed while their retries allow (spent now, as Slurm's requeue would). ``on_progress(n)`` is entered
+    while n runs are followed and told each poll's states (run id -> state); ``on_retry`` is told of each
+    retry's apply. Returns the runs that did not finish successfully."""
+
+    def follow_all(run_ids: list[str]) -> list[Unsuccessful]:
+        with on_progress(len(run_ids)) as update:
+            final = follow(project, run_ids, update)
+        return unsuccessful(project, final)
+
+    failures = follow_all(started)
+    while failures and retry:
+        retried = apply(
+            project,
+            confirm=partial(_only_retries_of, failures=failures),
+            show=lambda plan: None,
+            lock_timeout=lock_timeout,
+            on_lock_wait=on_lock_wait,
+        )
+        if not retried.applied or not retried.started:
+            break  # no retries left (or the plan holds more than retries: that is the next apply's)
+        on_retry(retried)
+        failures = follow_all(retried.started)
+    return failures
+
+
+def _only_retries_of(plan: Plan, failures: list[Unsuccessful]) -> bool:
+    """Whether ``plan`` only starts new attempts of points that just failed: `apply --wait` carries those out
+    without asking again; anything else (a new commit meanwhile) waits for the next apply."""
+    failed = {f.point_id for f in failures}
+    changes = plan.changes()
+    return bool(changes) and all(
+        e.action in (Action.RETRY, Action.REPAIR) and e.point_id in failed and e.next_attempt for e in changes
+    )

@@ -78,21 +78,17 @@ def remote_data(project: Project, context: Submission, starts, sources) -> dict[
                 names_of[path][name] = want.identity.data.get(name, "")
     if not names_of:
         return {}
-    from ..dvcfiles import VersionError
     from ..state.dvcdata import remote_urls, unpushed
 
-    try:
-        missing, remote = unpushed(context.data_root, sorted(names_of))
-        if missing:
-            problems = [
-                f"data.{name}: version {version.removeprefix('md5:')[:8]}… is not in remote '{remote}'"
-                for path in missing
-                for name, version in sorted(names_of[path].items())
-            ]
-            raise UserError("; ".join(problems) + "; run dvc push")
-        return remote_urls(context.data_root, sorted(names_of))
-    except VersionError as exc:
-        raise UserError(str(exc)) from None
+    missing, remote = unpushed(context.data_root, sorted(names_of))
+    if missing:
+        problems = [
+            f"data.{name}: version {version.removeprefix('md5:')[:8]}… is not in remote '{remote}'"
+            for path in missing
+            for name, version in sorted(names_of[path].items())
+        ]
+        raise UserError("; ".join(problems) + "; run dvc push")
+    return remote_urls(context.data_root, sorted(names_of))
 
 
 def launches_with_srun(environment: Environment | None, in_allocation: bool) -> bool:

@@ -80,19 +80,15 @@ def open_project(directory: Path | str) -> Project:
 
 def input_versions(project: Project) -> tuple[dict[str, str], dict[str, str]]:
     """The versions of every data source and environment: the key's inputs besides code and parameters."""
-    from ..dvcfiles import VersionError
     from ..state.versions import FileDigests, data_version, environment_identity
 
-    try:
-        data = {name: data_version(project.root, name, source) for name, source in project.spec.data.items()}
-        digests = FileDigests(project.state_dir)
-        environments = {
-            name: environment_identity(project.root, name, environment, digests)
-            for name, environment in project.spec.environments.items()
-        }
-        digests.save()
-    except VersionError as exc:
-        raise UserError(str(exc)) from None
+    data = {name: data_version(project.root, name, source) for name, source in project.spec.data.items()}
+    digests = FileDigests(project.state_dir)
+    environments = {
+        name: environment_identity(project.root, name, environment, digests)
+        for name, environment in project.spec.environments.items()
+    }
+    digests.save()
     return data, environments
 
 

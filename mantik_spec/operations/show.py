@@ -82,6 +82,13 @@ def _ranking(project: Project, experiment: str, metric: str | None, goal: str | 
     return Ranking(None, None, "")
 
 
+def plot_axis(rows: list[GridRow], against: str | None) -> str | None:
+    """The parameter on the plot's x axis: ``against`` when named, else the first that varies, else the first."""
+    parameters = sorted({name for row in rows for name in row.parameters})
+    varying = [p for p in parameters if len({row.parameters.get(p) for row in rows}) > 1]
+    return against or (varying[0] if varying else (parameters[0] if parameters else None))
+
+
 def plot(rows: list[GridRow], metric: str, parameter: str, path: Path) -> None:
     """The metric against one parameter, one line per combination of the others."""
     try:

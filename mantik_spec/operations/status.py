@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..reconcile.identity import ObservedRun
@@ -76,6 +76,17 @@ def status_rows(project: Project, errors: list[str] | None = None) -> list[Statu
             )
         )
     return rows
+
+
+def watch_rows(project: Project, interval: float) -> Iterator[list[StatusRow]]:
+    """The rows of ``status --watch``, read again every ``interval`` seconds until every run has ended (or was
+    never submitted)."""
+    while True:
+        rows = status_rows(project)
+        yield rows
+        if all(row.state.ended or row.state in (RowState.NOT_SUBMITTED, RowState.SUSPENDED) for row in rows):
+            return
+        time.sleep(project.poll_pause(interval))
 
 
 def follow(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..spec.load import SPEC_FILE
 from ..state.git import STATE_DIR
+
+if TYPE_CHECKING:
+    from ..reconcile.plan import Plan
 
 IGNORED_PARTS = {".git", STATE_DIR, "__pycache__", ".dvc", ".pytest_cache"}
 DEBOUNCE_MS = 400
@@ -54,3 +58,18 @@ def changes(project_root: Path, code_paths: list[str] | None, stop_event=None) -
         if batch or not ready:
             ready = True
             yield {path for _, path in batch}
+
+
+def plan_once(root: Path, and_apply: bool, show: Callable[[Plan], None]) -> bool:
+    """One plan of the project at ``root``, given to ``show``; with ``and_apply``, applied without asking when it
+    has changes and the tree is clean (only committed code runs). Returns whether it was applied."""
+    from .apply import apply
+    from .project import build_plan, open_project
+
+    project = open_project(root)
+    result, observation = build_plan(project, cached=True)
+    show(result)
+    if and_apply and result.has_changes and not observation.code.dirty:
+        apply(project, confirm=lambda plan: True, show=lambda plan: None)
+        return True
+    return False

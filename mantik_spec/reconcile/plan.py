@@ -36,8 +36,15 @@ class Action(enum.Enum):
     def label(self) -> str:
         return self.name.lower()
 
+    @property
+    def counted(self) -> str:
+        """How a plan's summary counts it: ``2 to submit``, ``3 up to date``, ``1 failed``."""
+        return f"to {self.label}" if self.is_change else self.label.replace("_", " ")
+
 
 CHANGES = (Action.SUBMIT, Action.RETRY, Action.REPAIR, Action.CANCEL)
+# the points a person must act on: counted under the summary line (Plan.notes) when there are any, in this order
+NOTED = (Action.SUSPENDED, Action.FAILED, Action.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class Plan:
         return [e for e in self.entries if e.action.is_change]
 
     def summary(self) -> str:
+        """One line: every action counted, but the noted ones (:meth:`notes`)."""
         if not self.has_changes:
             failed = self.count(Action.FAILED)
             if failed:
@@ -102,11 +110,11 @@ class Plan:
                     "to code, data, parameters or retries."
                 )
             return "No changes. Runs match the spec."
-        return (
-            f"Plan: {self.count(Action.SUBMIT)} to submit, {self.count(Action.RETRY)} to retry, "
-            f"{self.count(Action.REPAIR)} to repair, {self.count(Action.CANCEL)} to cancel, "
-            f"{self.count(Action.UP_TO_DATE)} up to date, {self.count(Action.RUNNING)} running."
-        )
+        return "Plan: " + ", ".join(f"{self.count(a)} {a.counted}" for a in Action if a not in NOTED) + "."
+
+    def notes(self) -> str:
+        """The points a person must act on, counted where there are any: ``1 suspended, 2 failed``."""
+        return ", ".join(f"{self.count(a)} {a.counted}" for a in NOTED if self.count(a))
 
     def fingerprint(self) -> str:
         """What a saved plan must still match to be applied: the commit, the spec and every change."""

@@ -1,0 +1,144 @@
+"""Plans, drawn for people (text; Markdown for pull requests) and programs (JSON). Each action's symbol is
+the Action itself and its word ``Action.label``: no table here repeats them. Every value from the spec or the
+tracking store is shown with :func:`~.output.printable`, and in Markdown kept out of the markup."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..reconcile.plan import Action, Plan
+from .output import Output, printable
+
+# how a terminal colours each change (the one per-action table of the views)
+COLORS = {Action.SUBMIT: "green", Action.RETRY: "yellow", Action.REPAIR: "magenta", Action.CANCEL: "red"}
+
+
+MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark may be backslash-escaped
+
+
+GROUP_ABOVE = 20  # more changes than this are shown grouped, unless every run is asked for
+REASONS_SHOWN = 3
+
+
+def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str:
+    import click
+
+    def symbol(action: Action) -> str:
+        return click.style(action.value, fg=COLORS[action], bold=True) if color else action.value
+
+    lines = [f"Warning: {printable(w)}" for w in plan.warnings]
+    changes = plan.changes()
+    if changes:
+        if lines:
+            lines.append("")
+        if every_run or len(changes) <= GROUP_ABOVE:
+            lines += ["mantik will perform the following actions:", ""]
+            for entry in changes:
+                lines.append(
+                    f"  {symbol(entry.action)} {printable(entry.point_id)}  "
+                    f"[{printable(entry.backend)}, key {entry.run_key[:12]}]"
+                )
+                lines.append(f"      {printable(entry.reason)}")
+        else:
+            lines += [
+                f"mantik will perform the following actions ({len(changes)} runs; `mantik plan -v` lists each):",
+                "",
+            ]
+            lines += _grouped(changes, symbol)
+    failed = [e for e in plan.entries if e.action is Action.FAILED]
+    if failed:
+        lines += ["", "Failed, no retries left (change the code, data or parameters, or raise retries):"]
+        lines += [f"  x {printable(e.point_id)}: {printable(e.reason)}" for e in failed]
+    cancelled = [e for e in plan.entries if e.action is Action.CANCELLED]
+    if cancelled:
+        lines += ["", "Cancelled with `mantik cancel` (apply --replace POINT runs one again):"]
+        lines += [f"  / {printable(e.point_id)}" for e in cancelled]
+    lines += ["", plan.summary()]
+    notes = plan.notes()
+    if notes:
+        lines.append(f"({notes})")
+    return "\n".join(lines).lstrip("\n")
+
+
+def _grouped(changes, symbol) -> list[str]:
+    """One block per experiment and action, its reasons counted: a 500-point plan in a screenful."""
+    from collections import Counter
+
+    groups: dict[tuple[str, Action], list] = {}
+    for entry in changes:
+        groups.setdefault((entry.experiment, entry.action), []).append(entry)
+    lines = []
+    for (experiment, action), entries in groups.items():
+        backends = ", ".join(sorted({e.backend for e in entries}))
+        lines.append(
+            f"  {symbol(action)} {printable(experiment)}: {len(entries)} to {action.label}  [{printable(backends)}]"
+        )
+        reasons = Counter(e.reason for e in entries).most_common()
+        for reason, count in reasons[:REASONS_SHOWN]:
+            lines.append(f"      {count} × {printable(reason)}" if count > 1 else f"      {printable(reason)}")
+        if len(reasons) > REASONS_SHOWN:
+            rest = sum(count for _, count in reasons[REASONS_SHOWN:])
+            lines.append(f"      and {rest} more with {len(reasons) - REASONS_SHOWN} other reason(s)")
+    return lines
+
+
+def render_markdown(plan: Plan) -> str:
+    lines = ["### mantik plan", "", f"Commit `{plan.commit[:7]}`: **{plan.summary()}**", ""]
+    lines += [f"> :warning: {_prose(w)}" for w in plan.warnings]
+    changes = plan.changes()
+    if changes:
+        lines += ["| | action | run point | backend | reason |", "|---|---|---|---|---|"]
+        for e in changes:
+            lines.append(
+                f"| `{e.action.value}` | {e.action.label} | {_code(e.point_id, in_table=True)} "
+                f"| {_prose(e.backend)} | {_prose(e.reason)} |"
+            )
+    failed = [e for e in plan.entries if e.action is Action.FAILED]
+    if failed:
+        lines += ["", "<details><summary>Failed, no retries left</summary>", ""]
+        lines += [f"- {_code(e.point_id)}: {_prose(e.reason)}" for e in failed]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _prose(text: str) -> str:
+    """Text shown as written: no emphasis, link, mention, HTML or table cell boundary can come from it."""
+    return MARKDOWN_PUNCTUATION.sub(r"\\\1", printable(text))
+
+
+def _code(text: str, in_table: bool = False) -> str:
+    """A code span that no backtick inside ``text`` can close early."""
+    text = printable(text)
+    if in_table:  # GitHub splits table cells at every unescaped |, code spans included
+        text = text.replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    padding = " " if longest else ""  # one space each side is dropped again by the renderer
+    return f"{fence}{padding}{text}{padding}{fence}"
+
+
+def render_json(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), indent=2, ensure_ascii=False)
+
+
+def show_plan(output: Output, plan: Plan, fmt: str = "text", every_run: bool = False, saved_to=None) -> None:
+    """``plan`` on stdout as ``fmt`` (text, json or markdown); in text, where it was saved (``saved_to``)."""
+    if fmt == "json":
+        output.echo(render_json(plan))
+    elif fmt == "markdown":
+        output.echo(render_markdown(plan), nl=False)
+    else:
+        output.echo(render_text(plan, color=output.color, every_run=every_run))
+        if saved_to:
+            output.echo(f"\nSaved the plan to {saved_to}. To carry it out exactly: mantik apply {saved_to}")
+
+
+def watch_heading(output: Output, changed: set[str]) -> None:
+    """``mantik watch`` plans again: a cleared terminal, then which files changed (none: it just started)."""
+    names = ", ".join(sorted(Path(p).name for p in changed)[:3])
+    reason = f"changed: {names}" if changed else "watching"
+    console = output.console()
+    console.clear()
+    console.print(f"[dim]mantik watch: {reason}; Ctrl-C stops[/dim]")
