@@ -136,22 +136,8 @@ def main(ctx, verbose):
 
 
 def _report_calls(ctx, project) -> None:
-    if not ctx.obj.get("verbose"):
-        return
-    store = project.store
-    click.echo(f"tracking store calls: {store.calls}", err=True)
-    if store.recorded_runs:
-        per_run = store.recording_calls / store.recorded_runs
-        click.echo(f"recording {store.recorded_runs} started run(s): {per_run:.1f} calls per run", err=True)
-    for name, backend in project.backends.items():
-        if backend.calls:
-            click.echo(
-                f"backend {name} scheduler calls: "
-                + ", ".join(f"{count} {command}" for command, count in sorted(backend.calls.items())),
-                err=True,
-            )
-        if stats := backend.stats():
-            click.echo(f"backend {name}: " + ", ".join(f"{count} {what}" for what, count in stats.items()), err=True)
+    if ctx.obj.get("verbose"):
+        views.show_calls(views.Output.of_process(), project.store, project.backends)
 
 
 @main.command()

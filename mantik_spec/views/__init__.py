@@ -1,9 +1,11 @@
 """What the CLI draws: plans for people (text, Markdown for pull requests) and programs (JSON) in ``plan.py``,
-the status and grid tables in ``runs.py``, runs followed to their end in ``progress.py``. Plain functions of
+the status and grid tables in ``runs.py``, runs followed to their end in ``progress.py``, what a command
+asked of the store and the backends in ``calls.py``. Plain functions of
 the data the operations return, each drawing on the one :class:`Output` it is given (``output.py``: its
 streams, colour, and whether anyone watches live), every value as visible characters only. Views import
 nothing of the operations: what they need (a job id's label, the states that are final) is passed in."""
 
+from .calls import show_calls
 from .output import Output, printable
 from .plan import GROUP_ABOVE, show_plan, watch_heading
 from .progress import run_progress, show_failures, show_retry
@@ -14,6 +16,7 @@ __all__ = [
     "Output",
     "printable",
     "run_progress",
+    "show_calls",
     "show_failures",
     "show_grid",
     "show_plan",
