@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -549,3 +550,18 @@ def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
     after = tracking.client.get_run(runs[gone.point.point_id].run_id)
     assert after.info.status == RunStatus.RUNNING.value
     assert not {"mantik.failure", "mantik.failure_kind"} & set(after.data.tags)
+
+
+def test_every_plan_action_is_drawn_and_documented():
+    """A new plan action is its member of Action (reconcile/plan.py), its rule in the planner, its step in
+    operations/apply.py when it is a change, and these: a colour for a change, and its word in the JSON
+    format's documentation (the summary and the list of actions)."""
+    from mantik_spec.reconcile.plan import CHANGES, Action
+    from mantik_spec.views.plan import COLORS
+
+    assert set(COLORS) == set(CHANGES)
+    documented = (ROOT / "docs" / "plan-json.md").read_text()
+    listed = re.search(r'"action": "submit",\s*// (.*)', documented)
+    assert listed and listed.group(1).split(" | ") == [action.label for action in Action]
+    summary = re.search(r'"summary": (\{.*?\})', documented, re.S)
+    assert summary and list(json.loads(summary.group(1))) == [action.label for action in Action]
