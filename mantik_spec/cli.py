@@ -48,8 +48,8 @@ def exit_status(run: Callable[[], int | None]) -> int:
     try:
         return run() or 0
     except MantikError as exc:
-        for line in exc.lines():
-            click.echo(line, err=True)
+        for line in exc.lines():  # they carry text from the store and the backends: shown inert
+            click.echo(views.printable(line), err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -257,7 +257,7 @@ def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, 
 def _errors(errors: list[str]) -> int:
     """A backend that could not be asked is an error (exit 1) once everything else was shown and done."""
     for error in errors:
-        click.echo(f"Error: {error}", err=True)
+        click.echo(f"Error: {views.printable(error)}", err=True)
     return 1 if errors else 0
 
 
@@ -302,7 +302,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
         )
 
     def waiting(holder):
-        click.echo(f"Waiting for the project lock ({holder.describe()})...", err=True)
+        click.echo(f"Waiting for the project lock ({views.printable(holder.describe())})...", err=True)
 
     saved = read_plan(planfile) if planfile else None
     project = open_project(directory)
@@ -509,7 +509,7 @@ def watch(directory, and_apply):
             load_spec(root)
         except SpecError as exc:
             for line in exc.lines():  # on stdout, where watch shows its plans
-                click.echo(line)
+                click.echo(views.printable(line))
             return
         _plan_once(output, root, and_apply)
 
@@ -557,7 +557,7 @@ def force_unlock(directory, lock_id):
     from .state.lock import force_unlock as release
 
     holder = release(open_project(directory).store, lock_id)
-    click.echo(f"Released the project lock {holder.lock_id} held by {holder.who}@{holder.host}.")
+    click.echo(views.printable(f"Released the project lock {holder.lock_id} held by {holder.who}@{holder.host}."))
 
 
 if __name__ == "__main__":  # pragma: no cover

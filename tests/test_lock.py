@@ -144,6 +144,20 @@ def test_a_leftover_breaker_record_neither_blocks_nor_spins_past_the_timeout(pro
     assert [m.name for m in client.search_registered_models()] == []  # the lock and both breaker records gone
 
 
+def test_a_lock_record_written_by_someone_else_is_shown_inert(project):
+    """Anyone who can write to the tracking store can write a lock record: its fields never move the cursor,
+    clear the screen or print a line of their own (a fake "Apply complete"), in any message that names them."""
+    project.mantik("plan")
+    forged = "ci\x1b[2J\r\nApply complete: 99 run(s) started.\x9b1A"
+    plant_lock(project, who=forged, host="h\x07ost", lock_id="L\x1b]0;x\x07")
+    waited = project.mantik("apply", "--auto-approve", "--lock-timeout", "1s", check=1)
+    released = project.mantik("force-unlock", "L\x1b]0;x\x07")
+    for stream in (waited.stderr, released.stdout):
+        assert not set(stream) & {"\x1b", "\r", "\x07", "\x9b"}, repr(stream)
+        assert "Apply complete" not in stream.splitlines()[0:1] and "\nApply complete" not in stream
+        assert "ci\\x1b[2J\\r\\nApply complete: 99 run(s) started.\\x9b1A" in stream
+
+
 def test_a_lock_that_is_never_renewed_needs_force_unlock(project):
     """Records without a counter (an older mantik-spec) are never broken by a guess."""
     project.mantik("plan")
