@@ -55,7 +55,7 @@ def _recorded_md5(project_root: Path, target: PurePosixPath) -> str | None:
 def _dvc_file_md5(project_root: Path, target: PurePosixPath) -> str | None:
     dvc_file = project_root / f"{target}.dvc"
     if dvc_file.is_file():
-        for out in _yaml(dvc_file).get("outs") or []:
+        for out in _outs(dvc_file, _yaml(dvc_file), ("outs",)):
             if PurePosixPath(str(out.get("path", ""))) == PurePosixPath(target.name) and out.get("md5"):
                 return str(out["md5"])
     return None
@@ -64,11 +64,46 @@ def _dvc_file_md5(project_root: Path, target: PurePosixPath) -> str | None:
 def _lock_md5(project_root: Path, target: PurePosixPath) -> str | None:
     lock = project_root / "dvc.lock"
     if lock.is_file():
-        for stage in (_yaml(lock).get("stages") or {}).values():
-            for out in (stage or {}).get("outs") or []:
+        data = _yaml(lock)
+        stages = data.get("stages") or {}
+        if not isinstance(stages, dict):
+            raise _shape_error(lock, ("stages",), "stages must be a mapping of stage names")
+        for name, stage in stages.items():
+            if not isinstance(stage, dict | None):
+                raise _shape_error(lock, ("stages", name), f"stage {name} must be a mapping")
+            for out in _outs(lock, stage or {}, ("stages", name, "outs")):
                 if PurePosixPath(str(out.get("path", ""))) == target and out.get("md5"):
                     return str(out["md5"])
     return None
+
+
+def _outs(path: Path, holder: dict, keys: tuple) -> list[dict]:
+    """The ``outs`` list at ``keys`` (its last key read from ``holder``), checked to be what DVC writes: a
+    list of mappings. VersionError naming the file and line of anything else (a hand edit, a merge gone wrong,
+    a file someone else wrote)."""
+    outs = holder.get(keys[-1]) or []
+    if not isinstance(outs, list):
+        raise _shape_error(path, keys, f"{keys[-1]} must be a list of outputs (path, md5), as DVC writes it")
+    for index, out in enumerate(outs):
+        if not isinstance(out, dict):
+            raise _shape_error(path, (*keys, index), f"{keys[-1]}[{index}] must be a mapping (path, md5)")
+    return outs
+
+
+def _shape_error(path: Path, keys: tuple, message: str) -> VersionError:
+    """``FILE:LINE: message`` for the value at ``keys`` (mapping keys and list indexes) of the YAML file."""
+    line = ""
+    try:
+        node = yaml.compose(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        for key in keys:
+            if isinstance(node, yaml.MappingNode):
+                node = next(value for name, value in node.value if name.value == str(key))
+            elif isinstance(node, yaml.SequenceNode):
+                node = node.value[key]
+        line = f":{node.start_mark.line + 1}"
+    except (OSError, yaml.YAMLError, StopIteration, IndexError, TypeError, AttributeError):
+        pass  # the message without a line is still one line
+    return VersionError(f"{path.name}{line}: {message}")
 
 
 def _yaml(path: Path) -> dict:
