@@ -223,6 +223,11 @@ def schema(fmt):
     is_flag=True,
     help=f"List every run, also in plans of more than {views.GROUP_ABOVE}.",
 )
+@click.option(
+    "--no-backends",
+    is_flag=True,
+    help="Plan from MLflow alone: log in to no backend and send no credential anywhere (for pull requests).",
+)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @click.option(
     "--fail-on-failed",
@@ -230,7 +235,20 @@ def schema(fmt):
     help="Exit 3 when a declared point failed with no retries left (unless changes are pending: then 2 or 0).",
 )
 @click.pass_context
-def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, detailed_exitcode, fail_on_failed):
+def plan(
+    ctx,
+    directory,
+    out,
+    as_json,
+    fmt,
+    prune,
+    replace,
+    refresh,
+    every_run,
+    no_backends,
+    detailed_exitcode,
+    fail_on_failed,
+):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
     from .errors import UserError
     from .operations.project import build_plan, open_project
@@ -238,8 +256,10 @@ def plan(ctx, directory, out, as_json, fmt, prune, replace, refresh, every_run, 
     from .reconcile.planfile import write_plan
 
     project = open_project(directory)
-    result, _ = build_plan(project, prune=prune, replace=replace, cached=not refresh)
+    result, _ = build_plan(project, prune=prune, replace=replace, cached=not refresh, ask_backends=not no_backends)
     if out:
+        if no_backends:  # its runs' jobs are unknown: applied as is, it would decide nothing about them
+            raise UserError("--out with --no-backends: a plan that asked no backend cannot be applied; plan without it")
         if not out.parent.is_dir():
             raise UserError(f"cannot save the plan: {out.parent} is not a directory")
         write_plan(out, result, prune, replace)

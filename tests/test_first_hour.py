@@ -41,7 +41,10 @@ def test_generated_install_step_installs_the_tool(repo, tmp_path):
     bare, commit = _bare_clone(tmp_path)
     repo.mantik("init", "--ci", "github", "--install", f"git+file://{bare}@{commit}")
     workflow = yaml.safe_load((repo.path / ".github" / "workflows" / "mantik.yml").read_text())
-    install = next(step["run"] for step in workflow["jobs"]["mantik"]["steps"] if step.get("name") == "install")
+    installs = {
+        step["run"] for job in workflow["jobs"].values() for step in job["steps"] if step.get("name") == "install"
+    }
+    [install] = installs  # the pull request's job and the merge's install alike
     venv = tmp_path / "runner-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # the runner's index would provide the dependencies; this machine's test environment stands in for it

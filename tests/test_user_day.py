@@ -89,7 +89,9 @@ def test_gitlab_ci_file_parses_and_queues_applies(repo):
     pipeline = yaml.safe_load((repo.path / ".gitlab-ci.yml").read_text())
     assert pipeline["apply"]["resource_group"] == "mantik-apply"
     assert pipeline["apply"]["rules"] == [{"if": '$CI_COMMIT_BRANCH == "main"'}]
-    assert any("mantik plan --format markdown --detailed-exitcode" in line for line in pipeline["plan"]["script"])
+    assert any(
+        "mantik plan --no-backends --format markdown --detailed-exitcode" in line for line in pipeline["plan"]["script"]
+    )
 
 
 def test_github_workflow_steps_run_locally(repo, tmp_path):
@@ -101,7 +103,15 @@ def test_github_workflow_steps_run_locally(repo, tmp_path):
     repo.commit("set up mantik")
     workflow = yaml.safe_load((repo.path / ".github" / "workflows" / "mantik.yml").read_text())
     assert workflow["concurrency"] == {"group": "mantik-apply-${{ github.ref }}", "cancel-in-progress": False}
-    steps = {step["name"]: step for step in workflow["jobs"]["mantik"]["steps"] if "name" in step}
+    jobs = workflow["jobs"]
+    assert (
+        jobs["plan"]["if"] == "github.event_name == 'pull_request'"
+        and jobs["apply"]["if"] == "github.event_name == 'push'"
+    )
+    # the pull request's job holds the tracking server's secrets only: no backend credential to redirect
+    assert set(jobs["plan"]["env"]) == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"}
+    assert {"MANTIK_SSH_PRIVATE_KEY", "MANTIK_UNICORE_PASSWORD"} <= set(jobs["apply"]["env"])
+    steps = {step["name"]: step for job in ("plan", "apply") for step in jobs[job]["steps"] if "name" in step}
     summary = tmp_path / "summary.md"
     env = {
         **repo.env,

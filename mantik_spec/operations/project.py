@@ -100,12 +100,14 @@ class Observation:
     jobs: JobStates
     changed_files: dict[str, list[str]]
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
+    asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
 
 
-def observe(project: Project, cached: bool = False) -> Observation:
+def observe(project: Project, cached: bool = False, ask_backends: bool = True) -> Observation:
     """The desired runs, the recorded runs and their jobs. ``cached``: read the recorded runs through the run
     cache (:mod:`..state.runcache`), as plan and watch do; apply and the other verbs read MLflow in full, and
-    that full read renews the cache."""
+    that full read renews the cache. ``ask_backends=False``: contact no backend (no login, no credential sent
+    anywhere); every live run's job is unknown, so nothing is decided about it."""
     spec = project.spec
     from ..dvcfiles import dvc_tracking_file
 
@@ -125,9 +127,14 @@ def observe(project: Project, cached: bool = False) -> Observation:
     desired = [identify(point, code.identity, data, environments) for point in expand(spec, experiments)]
     cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
     runs = project.store.observe(cache, incremental=cached)
-    jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
+    if ask_backends:
+        jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
+    else:
+        not_asked = JobStatus(JobState.UNKNOWN, detail="not asked: --no-backends")
+        jobs = {(run.backend, run.job_id): not_asked for run in runs if run.live and run.job_id}
     untrusted = _untrusted(runs)
-    return Observation(code, desired, runs, jobs, _changed_files(project, code, desired, runs), untrusted)
+    changed = _changed_files(project, code, desired, runs)
+    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends)
 
 
 def _untrusted(runs: list[ObservedRun]) -> list[ObservedRun]:
@@ -191,6 +198,8 @@ def _changed_files(project, code: CodeVersion, desired, runs) -> dict[str, list[
 
 def unreachable(observation: Observation) -> list[str]:
     """One line per backend that could not report on its jobs (they count as unknown: never acted upon)."""
+    if not observation.asked_backends:
+        return []  # not asked on purpose: said once, as a warning (build_plan)
     reasons: dict[str, str] = {}
     for (backend, _), status in sorted(observation.jobs.items()):
         if status.state is JobState.UNKNOWN and backend not in reasons:
@@ -236,11 +245,16 @@ def _not_offered(project: Project, plan: Plan) -> list[str]:
 
 
 def build_plan(
-    project: Project, prune: bool = False, replace: tuple[str, ...] = (), cached: bool = False
+    project: Project,
+    prune: bool = False,
+    replace: tuple[str, ...] = (),
+    cached: bool = False,
+    ask_backends: bool = True,
 ) -> tuple[Plan, Observation]:
     """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others);
-    ``cached``: read recorded runs through the run cache (see :func:`observe`)."""
-    observation = observe(project, cached)
+    ``cached``: read recorded runs through the run cache; ``ask_backends=False``: from MLflow alone, contacting
+    no backend (see :func:`observe`)."""
+    observation = observe(project, cached, ask_backends)
     declared = {want.point.point_id for want in observation.desired}
     unknown = [point for point in replace if point not in declared]
     if unknown:
@@ -258,7 +272,13 @@ def build_plan(
         replace=replace,
     )
     plan.errors.extend(unreachable(observation))
-    plan.errors.extend(_not_offered(project, plan))
+    if ask_backends:
+        plan.errors.extend(_not_offered(project, plan))
+    else:
+        plan.warnings.append(
+            "no backend was asked (--no-backends): live runs are shown as MLflow last recorded them, and what the "
+            "sites offer is not checked; apply asks them"
+        )
     for name in sorted({e.backend for e in plan.changes() if e.next_attempt is not None}):
         if name in project.spec.backends:
             plan.warnings += [f"backend {name}: {note}" for note in project.backend(name).notes()]
