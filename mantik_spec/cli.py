@@ -300,6 +300,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
     """Submit what the plan says is missing (and repair what drifted)."""
     from .operations import apply as operation
     from .operations.project import open_project
+    from .reconcile.plan import Action
     from .reconcile.planfile import read_plan
 
     timeout = parse_duration(lock_timeout)
@@ -336,16 +337,21 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
         lock_timeout=timeout,
         on_lock_wait=waiting,
     )
-    if not result.applied:
+    # runs an earlier apply started and that still run (its --wait was stopped with Ctrl-C): --wait follows them
+    live = [e.run_id for e in result.plan.entries if e.action is Action.RUNNING and e.run_id]
+    if not result.applied and (result.plan.has_changes or not (wait and live)):
         if result.plan.has_changes:
             click.echo("Apply cancelled.")
         _report_calls(ctx, project)
         return _errors(result.plan.errors)
-    click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
-    if wait and result.started:
+    if result.applied:
+        click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
+    if wait and live:
+        click.echo(f"Following {len(live)} run(s) started earlier and still running.")
+    if wait and (result.started or live):
         failures = operation.follow_and_retry(
             project,
-            result.started,
+            [*result.started, *live],
             on_progress=partial(views.run_progress, output),
             on_retry=partial(views.show_retry, output),
             retry=saved is None,  # a saved plan is carried out exactly: no more than it says

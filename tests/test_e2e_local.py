@@ -495,3 +495,19 @@ def test_the_command_and_pre_run_lines_run_under_bash_as_mlflow_run_runs_them(pr
     project.commit("bash in the command and a pre-run line")
     project.mantik("apply", "--auto-approve", "--wait")
     assert finished_statuses(project) == ["FINISHED"]
+
+
+def test_apply_wait_after_ctrl_c_follows_the_runs_still_going(project):
+    """`apply --wait` stopped with Ctrl-C leaves its runs running; `apply --wait` again has nothing to submit
+    and follows them to their end instead of leaving at once."""
+    project.write(
+        "mantik.yaml", BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1, 0.2], sleep: [4]}")
+    )
+    project.commit("runs that take a while")
+    project.mantik("apply", "--auto-approve")  # as if --wait had been interrupted right after the start
+    again = project.mantik("apply", "--auto-approve", "--wait")
+    assert "No changes" in again.stdout and "Following 2 run(s) started earlier and still running." in again.stdout
+    assert finished_statuses(project) == ["FINISHED", "FINISHED"]  # followed to their end, not left at once
+    assert (
+        "Following" not in project.mantik("apply", "--auto-approve", "--wait").stdout
+    )  # nothing live: nothing to follow
