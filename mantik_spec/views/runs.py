@@ -16,23 +16,29 @@ def age(seconds: float) -> str:
 
 
 def show_status(output: Output, rows, job_label: Callable[[str | None], str]) -> None:
-    output.console(wide=True).print(status_table(rows, job_label))
+    console = output.console(wide=True)
+    console.print(status_table(rows, job_label, width=console.width))
 
 
 def watch_status(output: Output, snapshots: Iterable[list], job_label: Callable[[str | None], str]) -> None:
     """``status --watch``: each list of rows drawn in place of the last, until the operation has none left."""
     from rich.live import Live
 
-    with Live(console=output.console(), auto_refresh=False) as live:
+    console = output.console()
+    with Live(console=console, auto_refresh=False) as live:
         for rows in snapshots:
-            live.update(status_table(rows, job_label), refresh=True)
+            live.update(status_table(rows, job_label, width=console.width), refresh=True)
     output.echo("Every declared run has ended (or was never submitted).")
 
 
-def status_table(rows, job_label: Callable[[str | None], str]):
-    """One column per parameter whose value differs between the rows (what tells the points apart), so
-    that at 80 columns it is the metrics that get squeezed, never the point's identity. ``job_label``: a
-    job id as the table shows it."""
+GAP = 2  # columns between two cells of a table drawn with box=None, padding (0, 1) and no edge padding
+
+
+def status_table(rows, job_label: Callable[[str | None], str], width: int | None = None):
+    """One column per parameter whose value differs between the rows (what tells the points apart), drawn
+    whole at any ``width`` (columns of the terminal; None: no limit): to fit, the metrics are dropped from the
+    right (a caption names them), never a parameter value cut, so ``C=10.0`` and ``C=100.0`` stay apart.
+    ``job_label``: a job id as the table shows it."""
     import time
 
     from rich.markup import escape as markup_escape
@@ -45,31 +51,39 @@ def status_table(rows, job_label: Callable[[str | None], str]):
 
     names = list(dict.fromkeys(name for row in rows for name in row.parameters))
     varying = [n for n in names if len({format_value(row.parameters.get(n, "")) for row in rows}) > 1]
-    metric_names = sorted({name for row in rows for name in row.metrics})[:6]
-    table = Table(box=None, pad_edge=False)
     show_experiment = len({row.experiment for row in rows}) > 1 or not varying
-    if show_experiment:
-        table.add_column("experiment", no_wrap=True)
-    for column in varying or ["point"]:
-        table.add_column(escape(column), no_wrap=True)
-    for column in ("state", "attempt", "job", "age"):
-        table.add_column(column, no_wrap=True)
-    for column in metric_names:
-        table.add_column(escape(column), overflow="ellipsis", no_wrap=True)
     now_ms = time.time() * 1000
+    # every cell as shown, so the columns' widths are known before any is dropped
+    heads = (["experiment"] if show_experiment else []) + [*(varying or ["point"]), "state", "attempt", "job", "age"]
+    lines = []
     for row in rows:
-        since = age((now_ms - row.started_ms) / 1000) if row.started_ms else ""
-        metrics = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metric_names]
         shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
-        cells = [row.experiment, *shown] if show_experiment else shown
-        table.add_row(
-            *map(escape, cells),
-            escape(row.state),
-            str(row.attempt or ""),
-            escape(job_label(row.job_id)[:12]),
-            since,
-            *metrics,
+        lines.append(
+            [printable(cell) for cell in ([row.experiment] if show_experiment else []) + shown]
+            + [printable(row.state), str(row.attempt or ""), printable(job_label(row.job_id)[:12])]
+            + [age((now_ms - row.started_ms) / 1000) if row.started_ms else ""]
         )
+    widths = [max([len(printable(head)), *(len(line[i]) for line in lines)]) for i, head in enumerate(heads)]
+    metric_names = sorted({name for row in rows for name in row.metrics})
+    values = {m: [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for row in rows] for m in metric_names}
+    used = sum(widths) + GAP * (len(widths) - 1)
+    kept: list[str] = []
+    for metric in metric_names:
+        metric_width = max([len(printable(metric)), *(len(v) for v in values[metric])])
+        if width is not None and used + GAP + metric_width > width:
+            break
+        kept.append(metric)
+        used += GAP + metric_width
+    dropped = metric_names[len(kept) :]
+    table = Table(box=None, pad_edge=False, caption_justify="left")
+    for head, column_width in zip(heads, widths, strict=True):
+        table.add_column(escape(head), no_wrap=True, min_width=column_width)
+    for metric in kept:
+        table.add_column(escape(metric), no_wrap=True)
+    for index, line in enumerate(lines):
+        table.add_row(*(markup_escape(cell) for cell in line), *(values[m][index] for m in kept))
+    if dropped:
+        table.caption = escape(f"not shown at this width: {', '.join(dropped)} (status --json has them)")
     return table
 
 

@@ -1,0 +1,53 @@
+"""The status table at a terminal's width: every parameter value whole, metrics dropped (and named) first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from rich.console import Console
+
+from mantik_spec.views.runs import status_table
+from mantik_spec.vocab import RowState
+
+
+@dataclass
+class Row:  # the fields of operations.status.StatusRow the table reads
+    experiment: str
+    point_id: str
+    parameters: dict
+    state: RowState = RowState.FINISHED
+    attempt: int = 1
+    job_id: str | None = "4711"
+    started_ms: int | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+METRICS = {"accuracy": 0.912345, "f1_macro": 0.8, "precision": 0.7, "recall_weighted": 0.6, "val_loss": 0.1}
+
+
+def drawn(rows, width: int) -> list[str]:
+    console = Console(width=width, record=True, color_system=None)
+    console.print(status_table(rows, lambda job: job or "", width=width))
+    return console.export_text().splitlines()
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_parameter_values_stay_whole_and_distinguishable_at_any_width(width):
+    rows = [
+        Row("grid", f"grid[C={c},kernel={k}]", {"C": c, "kernel": k}, metrics=METRICS)
+        for c in (0.1, 10.0, 100.0)
+        for k in ("rbf", "linear")
+    ]
+    lines = drawn(rows, width)
+    assert all(len(line) <= width for line in lines)
+    body = [line.split() for line in lines[1 : 1 + len(rows)]]
+    assert [(cells[0], cells[1]) for cells in body] == [(str(r.parameters["C"]), r.parameters["kernel"]) for r in rows]
+    shown = lines[0].split()
+    missing = [m for m in METRICS if m not in shown]
+    if missing:  # dropped from the right, and named
+        assert missing == list(METRICS)[len(METRICS) - len(missing) :]
+        words = " ".join(" ".join(lines).split())  # the caption wraps at the width
+        assert "not shown at this width: " + ", ".join(missing) in words
+    if width >= 120:
+        assert not missing
