@@ -64,6 +64,13 @@ entry_points:
 """
 
 
+def write_mlproject(path, text: str = MLPROJECT) -> None:
+    """The MLproject and the files it names (MLflow refuses a missing python_env file or path value)."""
+    (path / "MLproject").write_text(text)
+    (path / "python_env.yaml").write_text("python: '3.11'\n")
+    (path / "data.csv").write_text("x\n1\n")
+
+
 def write_project(path, spec: str, **files: str):
     (path / "mantik.yaml").write_text(textwrap.dedent(spec))
     for name, text in files.items():
@@ -93,7 +100,7 @@ UNICORE_SPEC = """
 def mantik_project(path, config: str = FULL_MANTIK_CONFIG, mlproject: str = MLPROJECT):
     """A project with a Mantik compute-backend config and an MLproject, read by UNICORE_SPEC."""
     (path / "compute-backend-config.yaml").write_text(config)
-    (path / "MLproject").write_text(mlproject)
+    write_mlproject(path, mlproject)
     write_project(path, UNICORE_SPEC)
 
 
@@ -142,7 +149,7 @@ def test_mlproject_entry_points_are_read(tmp_path):
 
 def test_mantik_yaml_overrides_the_config(tmp_path):
     (tmp_path / "compute-backend-config.yaml").write_text(FULL_MANTIK_CONFIG)
-    (tmp_path / "MLproject").write_text(MLPROJECT)
+    write_mlproject(tmp_path)
     spec = UNICORE_SPEC.replace(
         "config: compute-backend-config.yaml",
         "config: compute-backend-config.yaml\n        resources: {queue: develbooster}\n        project: deepacf",
@@ -209,7 +216,7 @@ def test_json_config_and_python_path_form(tmp_path):
         "Environment": {"Python": {"Path": "/p/project/venv"}, "Variables": {"A": 1}},
     }
     (tmp_path / "backend.json").write_text(json.dumps(config, indent=2))
-    (tmp_path / "MLproject").write_text(MLPROJECT)
+    write_mlproject(tmp_path)
     write_project(tmp_path, UNICORE_SPEC.replace("compute-backend-config.yaml", "backend.json"))
     spec = load_spec(tmp_path).spec
     assert spec.environments["juwels"].venv == "/p/project/venv"
@@ -235,7 +242,7 @@ def test_json_config_and_python_path_form(tmp_path):
 )
 def test_config_for_another_backend_type_is_refused(tmp_path, connection, expected):
     (tmp_path / "c.yaml").write_text(f"{connection}\nResources: {{Queue: batch}}\n")
-    (tmp_path / "MLproject").write_text(MLPROJECT)
+    write_mlproject(tmp_path)
     write_project(tmp_path, UNICORE_SPEC.replace("compute-backend-config.yaml", "c.yaml"))
     assert any(p.startswith("c.yaml:1:") and expected in p for p in problems_of(tmp_path))
 
@@ -257,7 +264,7 @@ def test_mlproject_problems_point_into_the_mlproject(tmp_path):
 
 
 def test_entry_point_defined_twice_and_missing_files(tmp_path):
-    (tmp_path / "MLproject").write_text(MLPROJECT)
+    write_mlproject(tmp_path)
     write_project(
         tmp_path,
         """
@@ -329,7 +336,7 @@ def test_mantik_ssh_config_problems_point_into_it(tmp_path):
 def test_an_include_through_a_symlinked_directory_is_refused(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "MLproject").write_text(MLPROJECT)
+    write_mlproject(outside)
     project = tmp_path / "project"
     project.mkdir()
     (project / "configs").symlink_to(outside)
@@ -450,6 +457,154 @@ def test_values_reach_command_and_params_as_mlflow_formats_them(tmp_path):
     assert sorted(p.arguments["flag"] for p in points) == ["False", "False", "True", "True"]
     # 1 and 1.0, 1e-3 and 0.001 are one run each (the typed value names it); the command gets what was written
     assert {p.values["lr"] for p in points} == {1.0, 0.001}
+
+
+def test_a_bool_given_as_0_or_1_runs_as_mlflow_passes_it(tmp_path):
+    experiments = 'sweep: {entry_point: main, parameters: {flag: [0, "1", true]}}\n'
+    points = grid_points(tmp_path, SEEDED, experiments)
+    assert sorted(p.arguments["flag"] for p in points) == ["0", "1", "True"]
+    # 1 and "1" are one run; "maybe" and YAML 1.1's yes are no bool
+    experiments = 'sweep: {entry_point: main, parameters: {flag: [1, "1"]}}\n'
+    with pytest.raises(SpecError, match="grid axis lists a value twice"):
+        grid_points(tmp_path, SEEDED, experiments)
+    for value, hint in (("maybe", "'maybe' is not a valid bool"), ("yes", "write true or false")):
+        with pytest.raises(SpecError, match=hint):
+            grid_points(tmp_path, SEEDED, f"sweep: {{entry_point: main, parameters: {{flag: {value}}}}}\n")
+
+
+def test_parameters_the_mlproject_does_not_declare_are_appended_in_the_order_given(tmp_path):
+    experiments = "sweep: {entry_point: main, parameters: {zeta: [1, 2], lr: 0.5, alpha: '1.10'}}\n"
+    points = grid_points(tmp_path, SEEDED, experiments)
+    assert [shlex.split(p.command({}))[8:] for p in points] == [
+        ["--zeta", zeta, "--alpha", "1.10"] for zeta in ("1", "2")
+    ]
+    assert points[0].arguments == {"alpha": "1.10", "flag": "False", "lr": "0.5", "seed": "42", "zeta": "1"}
+    assert points[0].point_id == "sweep[alpha=1.10,flag=False,lr=0.5,seed=42,zeta=1]"
+    # the order is part of the command, so of the run key; a point without them keeps the MLproject's command
+    assert points[0].command_template.endswith(" --zeta {zeta} --alpha {alpha}")
+    [plain] = grid_points(tmp_path, SEEDED, "sweep: {entry_point: main}\n")
+    assert plain.command_template == "python train.py --seed {seed} --flag {flag} --lr {lr}"
+
+
+def test_a_misspelt_undeclared_parameter_is_noted_at_its_line(tmp_path):
+    from mantik_spec.spec.includes import mlproject_notes
+
+    grid_points(tmp_path, SEEDED, "sweep: {entry_point: main, parameters: {flags: true, excitement: 3}}\n")
+    notes = mlproject_notes(load_spec(tmp_path).spec, tmp_path)
+    assert notes == [
+        "mantik.yaml:4:43: experiments.sweep.parameters.flags: entry point 'main' does not declare it: passed as "
+        "--flags VALUE after the command, as mlflow run does; did you mean 'flag'?"
+    ]
+
+
+def test_a_native_entry_point_still_refuses_an_undeclared_parameter(tmp_path):
+    write_project(
+        tmp_path,
+        "project: demo\nentry_points: {t: {command: 'python t.py {lr}', parameters: {lr: float}}}\n"
+        "experiments: {a: {entry_point: t, parameters: {lr: 0.1, lrr: 2}}}\n",
+    )
+    assert problems_of(tmp_path) == [
+        "mantik.yaml:3:62: experiments.a.parameters.lrr: entry point 't' has no parameter 'lrr'; did you mean 'lr'?"
+    ]
+
+
+SCRIPT_SPEC = """\
+project: demo
+experiments:
+  py: {entry_point: train.py, parameters: {alpha: [0.5, 1], name: two words}}
+  sh: {entry_point: scripts/run.sh}
+  r: {entry_point: fit.R, parameters: {n: 3}}
+"""
+
+
+def test_a_script_file_runs_as_mlflow_run_e_runs_it(tmp_path, monkeypatch):
+    from mlflow.projects._project_spec import load_project
+
+    monkeypatch.setenv("SHELL", "bash")
+    write_project(tmp_path, SCRIPT_SPEC)
+    assert problems_of(tmp_path) == [
+        "mantik.yaml:3:21: experiments.py.entry_point: train.py: no such script in the project",
+        "mantik.yaml:4:21: experiments.sh.entry_point: scripts/run.sh: no such script in the project",
+        "mantik.yaml:5:20: experiments.r.entry_point: fit.R: no such script in the project",
+    ]
+    (tmp_path / "scripts").mkdir()
+    for script in ("train.py", "scripts/run.sh", "fit.R"):
+        (tmp_path / script).write_text("")
+    spec = load_spec(tmp_path).spec
+    points = expand(spec, resolve_extends(spec)[0])
+    mlflow = load_project(str(tmp_path))  # no MLproject: MLflow runs script files only
+    for point in points:
+        given = {k: v for k, v in point.arguments.items()}
+        theirs = mlflow.get_entry_point(point.entry_point).compute_command(given, None)
+        ours = subprocess.run(
+            ["bash", "-c", 'printf "%s\\0" ' + point.command({}).replace("${SHELL:-bash}", "$SHELL")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\0")[:-1]
+        assert ours == shlex.split(theirs), point.point_id
+    assert {p.command({}) for p in points if p.experiment == "sh"} == {"${SHELL:-bash} scripts/run.sh"}
+
+
+def test_a_name_that_is_no_script_mlflow_runs_is_an_unknown_entry_point(tmp_path):
+    (tmp_path / "train.scala").write_text("")
+    write_project(tmp_path, "project: demo\nexperiments: {a: {entry_point: train.scala}}\n")
+    assert problems_of(tmp_path) == [
+        "mantik.yaml:2:32: experiments.a.entry_point: unknown entry point 'train.scala'; declared: none"
+    ]
+
+
+PATHS_AND_URIS = """\
+name: paths
+entry_points:
+  main:
+    parameters:
+      data: {type: path, default: data/train.csv}
+      model: {type: uri, default: "s3://bucket/model"}
+    command: python load.py {data} {model}
+"""
+
+
+@pytest.mark.parametrize(
+    "parameters, expected",
+    [
+        ("{}", "MLproject:5:35: entry_points.main.parameters.data.default: data/train.csv: no such file or directory"),
+        ("{data: missing.csv}", "mantik.yaml:4:45: experiments.a.parameters.data: missing.csv: no such file"),
+        ("{data: ../outside.csv}", "mantik.yaml:4:45: experiments.a.parameters.data: ../outside.csv leads outside"),
+        ("{data: [train.csv, ignored.csv]}", "mantik.yaml:4:57: experiments.a.parameters.data[1]: ignored.csv is ignored"),
+        ("{data: train.csv, model: TODO}", "mantik.yaml:4:63: experiments.a.parameters.model: 'TODO' is not a URI"),
+        ("{data: train.csv, model: /data/m}", "experiments.a.parameters.model: '/data/m' is not a URI"),
+    ],
+)
+def test_path_and_uri_values_mlflow_refuses_are_refused_at_their_line(tmp_path, parameters, expected):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("ignored.csv\n")
+    (tmp_path / "train.csv").write_text("x\n")
+    (tmp_path / "ignored.csv").write_text("x\n")
+    (tmp_path / "MLproject").write_text(PATHS_AND_URIS)
+    experiments = f"experiments:\n  a: {{entry_point: main, parameters: {parameters}}}\n"
+    write_project(tmp_path, "project: demo\nmlproject: MLproject\n" + experiments)
+    problems = problems_of(tmp_path)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_absolute_paths_and_uris_of_a_path_parameter_are_passed_as_given(tmp_path):
+    (tmp_path / "MLproject").write_text(PATHS_AND_URIS)
+    experiments = 'a: {entry_point: main, parameters: {data: [/p/scratch/train.csv, "~/x.csv", "s3://b/x.csv"]}}\n'
+    points = grid_points(tmp_path, PATHS_AND_URIS, experiments)
+    assert sorted(p.arguments["data"] for p in points) == ["/p/scratch/train.csv", "s3://b/x.csv", "~/x.csv"]
+
+
+def test_init_writes_samples_that_validate_for_a_path_and_a_uri(tmp_path):
+    from mantik_spec.operations.init import init
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "MLproject").write_text(PATHS_AND_URIS.replace(", default: data/train.csv", "").replace(
+        ', default: "s3://bucket/model"', ""
+    ))
+    init(tmp_path, mlproject=tmp_path / "MLproject")
+    spec = load_spec(tmp_path).spec
+    assert spec.experiments["main"].parameters == {"data": ["."], "model": ["https://example.org/TODO"]}
 
 
 # -- Mantik configs: remote images, the batch shell's expansions, srun, init --------------------------------
@@ -581,7 +736,7 @@ def test_init_writes_the_backend_type_of_the_config_it_reads(tmp_path, config, e
     from mantik_spec.operations.init import init
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # init wants the project in git
-    (tmp_path / "MLproject").write_text(MLPROJECT.replace("python_env: python_env.yaml\n", ""))
+    write_mlproject(tmp_path, MLPROJECT.replace("python_env: python_env.yaml\n", ""))
     (tmp_path / "backend.yaml").write_text(config.replace("Path: image.sif", "Path: /p/image.sif\n    Version: v1"))
     init(tmp_path, mlproject=tmp_path / "MLproject", backend_config=tmp_path / "backend.yaml")
     spec = yaml.safe_load((tmp_path / "mantik.yaml").read_text())
@@ -668,7 +823,7 @@ FIRECREST_SPEC = UNICORE_SPEC.replace("type: unicore", "type: firecrest\n       
 
 def test_firecrest_config_is_read_unchanged(tmp_path):
     (tmp_path / "compute-backend-config.yaml").write_text(FIRECREST_CONFIG)
-    (tmp_path / "MLproject").write_text(MLPROJECT)
+    write_mlproject(tmp_path)
     write_project(tmp_path, FIRECREST_SPEC)
     spec = load_spec(tmp_path).spec
     backend = spec.backends["juwels"]
@@ -709,7 +864,7 @@ def test_firecrest_config_is_read_unchanged(tmp_path):
 )
 def test_firecrest_config_problems_at_their_own_lines(tmp_path, change, expected):
     (tmp_path / "compute-backend-config.yaml").write_text(FIRECREST_CONFIG.replace(*change))
-    (tmp_path / "MLproject").write_text(MLPROJECT)
+    write_mlproject(tmp_path)
     write_project(tmp_path, FIRECREST_SPEC)
     problems = problems_of(tmp_path)
     assert any(p.startswith(expected) for p in problems), problems

@@ -14,6 +14,12 @@ Oracle conventions (what "the argv MLflow builds" means where MLflow's command i
   make it a lone ``\\n`` argument).
 - ``path`` parameters: MLflow makes them absolute on the submitting machine; the job gets them relative to
   its checkout. Arguments are compared after removing the project directory prefix from MLflow's.
+- Whether a parameter set runs at all is MLflow's answer too: ``cases.yaml`` may hold sets MLflow refuses
+  (a missing value, a uri without a scheme, a path that does not exist); mantik must refuse each at a line.
+- ``$SHELL`` (which MLflow writes into the command of a ``.sh`` script) is ``bash`` while the test runs.
+
+MLflow's own fixture ``tests/resources/example_project`` is one of the corpus projects, and the cases of its
+``tests/projects/test_project_spec.py`` are in ``tests/corpus/mlproject-loader.yaml``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -32,11 +39,13 @@ import yaml
 from mantik_spec.spec.experiments import expand, resolve_extends
 from mantik_spec.spec.includes import mlproject_notes
 from mantik_spec.spec.load import load_spec
+from mantik_spec.spec.yamlload import SpecError
 
 from .conftest import Project, git
 
 CORPUS = Path(__file__).parent / "corpus" / "mlproject"
 PROJECTS = sorted(p.name for p in CORPUS.iterdir() if (p / "MLproject").is_file())
+LOADER_CASES = yaml.safe_load((CORPUS.parent / "mlproject-loader.yaml").read_text())
 DUMP = textwrap.dedent(
     """
     import json, os, sys
@@ -44,9 +53,17 @@ DUMP = textwrap.dedent(
         json.dump(sys.argv, f)
     """
 )
+DUMP_SH = 'exec python -c "$(cat <<\'EOF\'\n' + DUMP.replace("sys.argv", "sys.argv[1:]") + 'EOF\n)" "$0" "$@"\n'
+INTERPRETERS = ("python", "bash")  # what runs a script of the corpus (bash: $SHELL while the test runs)
+SHELL_OPERATORS = set("|&;<>()")
 
 
-def cases(name: str) -> list[tuple[str, str, dict]]:
+@pytest.fixture(autouse=True)
+def _shell(monkeypatch):
+    monkeypatch.setenv("SHELL", "bash")  # MLflow writes $SHELL into the command of a .sh script
+
+
+def all_cases(name: str) -> list[tuple[str, str, dict]]:
     """(experiment name, entry point, parameters) for each parameter set of a corpus project."""
     declared = yaml.safe_load((CORPUS / name / "cases.yaml").read_text())
     return [
@@ -54,6 +71,29 @@ def cases(name: str) -> list[tuple[str, str, dict]]:
         for entry, sets in declared.items()
         for index, parameters in enumerate(sets)
     ]
+
+
+def mlflow_refusal(directory: Path, entry: str, parameters: dict) -> str | None:
+    """MLflow's message when `mlflow run -e ENTRY -P ...` refuses the parameter set, else None."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as storage:  # where MLflow would download a path given as a URI (none is)
+        try:
+            mlflow_command(directory, entry, parameters, Path(storage))
+        except MlflowException as exc:
+            return str(exc)
+    return None
+
+
+def cases(name: str) -> list[tuple[str, str, dict]]:
+    """The parameter sets of a corpus project MLflow runs."""
+    return [case for case in all_cases(name) if mlflow_refusal(CORPUS / name, case[1], case[2]) is None]
+
+
+def refused_cases(name: str) -> list[tuple[str, str, dict, str]]:
+    """The parameter sets of a corpus project MLflow refuses, with MLflow's message."""
+    found = [(*case, mlflow_refusal(CORPUS / name, case[1], case[2])) for case in all_cases(name)]
+    return [case for case in found if case[3] is not None]
 
 
 def as_typed_on_the_command_line(parameters: dict) -> dict:
@@ -83,48 +123,51 @@ def mlflow_argv(directory: Path, entry: str, parameters: dict, storage: Path) ->
 
 
 def mlflow_params(directory: Path, entry: str, parameters: dict) -> dict[str, str]:
-    """The params ``mlflow run`` logs (``compute_parameters`` without a storage dir), before MLflow's shell
-    quoting of them: mantik logs values, not shell words."""
+    """The params ``mlflow run`` logs (``compute_parameters`` without a storage dir, the declared ones and
+    the ones appended), without MLflow's shell quoting of them: mantik logs values, not shell words."""
     from mlflow.projects._project_spec import load_project
 
     point = load_project(str(directory)).get_entry_point(entry)
-    parameters = as_typed_on_the_command_line(parameters)
-    final = {}
-    for name, parameter in point.parameters.items():
-        value = parameters.get(name, parameter.default)
-        final[name] = str(parameter.compute_value(value, None, 0))
-    return final
+    final, extra = point.compute_parameters(as_typed_on_the_command_line(parameters), None)
+    return {_unquoted(name): _unquoted(value) for name, value in {**final, **extra}.items()}
+
+
+def _unquoted(word: str) -> str:
+    [value] = shlex.split(word)
+    return value
 
 
 def script_argv(argv: list[str]) -> list[str]:
-    """What a Python script sees as sys.argv of ``python [options] script args``."""
-    assert argv[0] == "python", argv
+    """What a script sees as its argv of ``python [options] script args`` or ``bash script args``."""
+    assert argv[0] in INTERPRETERS, argv
     rest = argv[1:]
     while rest and rest[0].startswith("-"):  # the interpreter's own options (-u)
         rest = rest[1:]
     return rest
 
 
-def write_corpus_project(name: str, target: Path, dump_dir: Path) -> None:
+def write_corpus_project(name: str, target: Path, dump_dir: Path, experiments: list | None = None) -> None:
+    """The corpus project ``name`` in ``target`` with a mantik.yaml of ``experiments`` (default: every
+    parameter set MLflow runs) and, for each script a command starts, one that records its argv."""
     shutil.copytree(CORPUS / name, target, dirs_exist_ok=True)
     (target / "cases.yaml").unlink()
-    experiments = {
-        experiment: {"entry_point": entry, **({"parameters": parameters} if parameters else {})}
-        for experiment, entry, parameters in cases(name)
-    }
+    (target / "README.md").unlink(missing_ok=True)
+    chosen = cases(name) if experiments is None else experiments
     spec = {
         "project": name,
         "mlproject": "MLproject",
         "backends": {"local": {"type": "local", "max_parallel": 4}},
-        "experiments": experiments,
+        "experiments": {
+            experiment: {"entry_point": entry, **({"parameters": parameters} if parameters else {})}
+            for experiment, entry, parameters in chosen
+        },
     }
     (target / "mantik.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    scripts = set()
     for _, entry, parameters in cases(name):
         argv = mlflow_argv(target, entry, parameters, target)
-        scripts.add(script_argv(argv)[0])
-    for script in scripts:
-        (target / script).write_text(DUMP.format(directory=str(dump_dir)))
+        if argv[0] in INTERPRETERS:
+            dump = DUMP if argv[0] == "python" else DUMP_SH
+            (target / script_argv(argv)[0]).write_text(dump.format(directory=str(dump_dir)))
 
 
 @pytest.mark.parametrize("name", PROJECTS)
@@ -136,16 +179,63 @@ def test_command_builder_matches_mlflow(name, tmp_path):
     experiments, _ = resolve_extends(loaded.spec)
     points = {point.experiment: point for point in expand(loaded.spec, experiments)}
     for experiment, entry, parameters in cases(name):
-        ours = shlex.split(points[experiment].command({}))
-        assert ours == mlflow_argv(project, entry, parameters, tmp_path), (name, experiment)
-        # and bash reads mantik's command as shlex does (it is what the runner's shell gets)
-        printed = subprocess.run(
-            ["bash", "-c", "python() { printf '%s\\0' python \"$@\"; }; " + points[experiment].command({})],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert printed.split("\0")[:-1] == ours
+        command = points[experiment].command({})
+        theirs = mlflow_argv(project, entry, parameters, tmp_path)
+        if "$" not in command:
+            assert shlex.split(command) == theirs, (name, experiment)
+        words = list(shlex.shlex(command, posix=True, punctuation_chars=True))
+        if not any(set(word) <= SHELL_OPERATORS for word in words):
+            # and bash runs the argv MLflow builds (mantik's command is what the runner's shell gets)
+            program = theirs[0]
+            printed = subprocess.run(
+                ["bash", "-c", f"{program}() {{ printf '%s\\0' {program} \"$@\"; }}; {command}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert printed.split("\0")[:-1] == theirs, (name, experiment)
+
+
+@pytest.mark.parametrize("name", [name for name in PROJECTS if refused_cases(name)])
+def test_what_mlflow_refuses_is_refused_at_a_line(name, tmp_path):
+    """A parameter set `mlflow run` refuses (a missing value, a uri without a scheme, a path or an entry
+    point that does not exist) is refused by validate, with a line in mantik.yaml."""
+    for experiment, entry, parameters, theirs in refused_cases(name):
+        project = tmp_path / experiment
+        write_corpus_project(name, project, tmp_path, [(experiment, entry, parameters)])
+        with pytest.raises(SpecError) as caught:
+            load_spec(project)
+        found = [str(problem) for problem in caught.value.problems]
+        assert any(
+            p.startswith("mantik.yaml:") and f"experiments.{experiment}" in p and "\n" not in p for p in found
+        ), (experiment, theirs, found)
+
+
+@pytest.mark.parametrize("case", LOADER_CASES, ids=lambda case: case["name"])
+def test_the_mlproject_is_read_or_refused_as_mlflows_loader_does(case, tmp_path):
+    """MLflow's load_project reads or refuses each MLproject; mantik does the same, at the line."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.projects._project_spec import load_project
+
+    for file, text in case["files"].items():
+        (tmp_path / file).write_text(text)
+    mlproject = next((file for file in case["files"] if file.lower() == "mlproject"), None)
+    (tmp_path / "mantik.yaml").write_text("project: p\n" + (f"mlproject: {mlproject}\n" if mlproject else ""))
+    try:
+        load_project(str(tmp_path))
+        theirs = None
+    except MlflowException as exc:
+        theirs = str(exc)
+    try:
+        load_spec(tmp_path)
+        ours: list[str] = []
+    except SpecError as exc:
+        ours = [str(problem) for problem in exc.problems]
+    if "deliberate" in case:
+        assert theirs is None, theirs
+    else:
+        assert (theirs is None) == (not ours), (theirs, ours)
+    assert ours == [] if "at" not in case else any(p.startswith(case["at"]) for p in ours), (theirs, ours)
 
 
 @pytest.mark.e2e
@@ -173,13 +263,16 @@ def test_the_job_receives_mlflows_argv(name, tmp_path):
     assert sorted(r.info.run_name.split("[")[0] for r in runs) == sorted(expected)
     for run in runs:
         entry, parameters = expected[run.info.run_name.split("[")[0]]
-        received = json.loads((dumps / f"{run.info.run_id}.json").read_text())
-        oracle = script_argv(mlflow_argv(path, entry, parameters, tmp_path))
-        assert received == oracle, (name, run.info.run_name)
+        assert run.info.status == "FINISHED", (name, run.info.run_name)
+        oracle = mlflow_argv(path, entry, parameters, tmp_path)
+        if oracle[0] in INTERPRETERS:  # a script of the project, which recorded its argv (echo and cat did not)
+            received = json.loads((dumps / f"{run.info.run_id}.json").read_text())
+            assert received == script_argv(oracle), (name, run.info.run_name)
         assert run.data.params == mlflow_params(path, entry, parameters), (name, run.info.run_name)
         # the declared types, as written, are visible in explain
         explained = json.loads(project.mantik("explain", run.info.run_name).stdout)
-        declared = yaml.safe_load((path / "MLproject").read_text())["entry_points"][entry].get("parameters") or {}
+        entries = yaml.safe_load((path / "MLproject").read_text())["entry_points"]
+        declared = entries.get(entry, {}).get("parameters") or {}  # a script declares none
         written = {k: v if isinstance(v, str) else v.get("type", "string") for k, v in declared.items()}
         assert explained["parameter_types"] == dict(sorted(written.items()))
 

@@ -22,7 +22,16 @@ from ..spec.yamlload import SpecError, load_marked
 from ..templating import packaged, render
 
 CI_FILES = {"github": ".github/workflows/mantik.yml", "gitlab": ".gitlab-ci.yml"}
-SAMPLE_VALUES = {"float": 0.01, "int": 1, "bool": False, "string": "TODO", "path": "TODO", "uri": "TODO"}
+# A value of each type that validates, for a parameter without a default: a path must exist in the project
+# and a uri name a scheme (MLflow refuses "TODO" for either), so they get the project and a URI to replace
+SAMPLE_VALUES = {
+    "float": 0.01,
+    "int": 1,
+    "bool": False,
+    "string": "TODO",
+    "path": ".",
+    "uri": "https://example.org/TODO",
+}
 MLFLOW_TYPES = {
     "float": "float",
     "int": "int",

@@ -5,9 +5,12 @@ Each check yields ``(path, message)``; the loader turns paths into lines.
 
 from __future__ import annotations
 
+import posixpath
 import re
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from .experiments import (
     DATA_PREFIX,
@@ -19,6 +22,7 @@ from .experiments import (
     resolve_extends,
     seeds_of,
     type_error,
+    undeclared,
 )
 from .hints import suggest, unknown_name
 from .model import Finding, Spec
@@ -284,23 +288,27 @@ def _seeds(name: str, experiment, entry) -> Iterator[Finding]:
 def _grid(name: str, experiment, entry) -> Iterator[Finding]:
     where = ("experiments", name, "parameters")
     given = experiment.parameters or {}
+    extra = undeclared(entry, given)
     for parameter, value in given.items():
-        if parameter not in entry.parameters:
+        if parameter not in entry.parameters and parameter not in extra:
             yield (
                 (*where, parameter),
                 f"entry point '{experiment.entry_point}' has no parameter '{parameter}'{suggest(parameter, entry.parameters)}",
             )
             continue
+        if parameter in extra and parameter.startswith(DATA_PREFIX):
+            yield (*where, parameter), f"'{parameter}' names a data source placeholder ({{{parameter}}}): rename it"
         if parameter == SEED_PARAMETER and experiment.seeds is not None:
             yield (*where, parameter), "set either 'seeds' or a 'seed' parameter, not both"
         values = value if isinstance(value, list) else [value]
         if not values:
             yield (*where, parameter), "empty grid axis: give at least one value"
-        declared_type = entry.parameters[parameter].type
+        # a parameter the MLproject does not declare is text, as `mlflow run -P` passes it
+        declared_type = entry.parameters[parameter].type if parameter in entry.parameters else "string"
         if len({repr(coerce(v, declared_type)) for v in values}) != len(values):  # 1 and 1.0 are one float
             yield (*where, parameter), "grid axis lists a value twice"
         for index, item in enumerate(values):
-            if problem := _type_problem(item, entry.parameters[parameter].type):
+            if problem := _type_problem(item, declared_type):
                 yield ((*where, parameter, index) if isinstance(value, list) else (*where, parameter)), problem
     for parameter, declared in entry.parameters.items():
         seeded = parameter == SEED_PARAMETER and experiment.seeds is not None
@@ -311,3 +319,81 @@ def _grid(name: str, experiment, entry) -> Iterator[Finding]:
             )
     if isinstance(experiment.seeds, list) and len(set(experiment.seeds)) != len(experiment.seeds):
         yield ("experiments", name, "seeds"), "a seed is listed twice"
+
+
+def committed_files(spec: Spec, project_root) -> Iterator[Finding]:
+    """The files runs name by a relative path: ``path`` parameter values and script entry points.
+
+    MLflow refuses a ``path`` value missing on disk, and a missing script fails at once. A job runs from
+    its checkout of the committed tree, elsewhere, so a relative path must be in the project and not
+    ignored by git. Absolute paths and URIs are passed on as given: they name places where the job runs.
+    """
+    named: dict[tuple, tuple[str, str]] = {}  # where it is written -> (what, the value)
+    experiments, _ = resolve_extends(spec)
+    for name, experiment in experiments.items():
+        entry = spec.entry_points.get(experiment.entry_point or "")
+        if entry is None:
+            continue
+        if entry.script:
+            named.setdefault(("experiments", name, "entry_point"), ("script", experiment.entry_point))
+        given = experiment.parameters or {}
+        for parameter, declared in entry.parameters.items():
+            if declared.type != "path":
+                continue
+            if parameter in given:
+                where = ("experiments", name, "parameters", parameter)
+                value = given[parameter]
+                values = enumerate(value) if isinstance(value, list) else [(None, value)]
+                for index, item in values:
+                    named.setdefault(where if index is None else (*where, index), ("path", str(item)))
+            elif declared.default is not None:
+                where = ("entry_points", experiment.entry_point, "parameters", parameter, "default")
+                named.setdefault(where, ("path", str(declared.default)))
+    root = Path(project_root)
+    present: dict[tuple, str] = {}
+    for where, (what, value) in named.items():
+        local = _local_path(value)
+        if local is None:
+            continue
+        if posixpath.normpath(local).split("/")[0] == "..":
+            yield where, f"{value} leads outside the project, which the job's checkout does not hold: give an absolute path"
+        elif not local or not (root / local).exists():
+            yield where, f"{value}: no such {'script' if what == 'script' else 'file or directory'} in the project" + (
+                "" if what == "script" else " (MLflow refuses a path that does not exist)"
+            )
+        else:
+            present[where] = local
+    ignored = _ignored_by_git(root, sorted(set(present.values())))
+    for where, local in present.items():
+        if local in ignored:
+            yield where, (
+                f"{local} is ignored by git, so the job's checkout of the committed tree does not hold it "
+                "(DVC-tracked data reaches a job through data: and {data.NAME})"
+            )
+
+
+def _local_path(value: str) -> str | None:
+    """The file a ``path`` value names in the project, or None for an absolute path or a URI (as
+    MLflow's ``get_local_path_or_none`` tells them apart: no scheme, or ``file:`` without a host)."""
+    try:
+        parsed = urllib.parse.urlparse(value)
+    except ValueError:
+        return value
+    if parsed.scheme == "file" and not parsed.netloc:
+        value = urllib.request.url2pathname(parsed.path)
+    elif parsed.scheme:
+        return None
+    return None if value.startswith(("/", "~")) else value
+
+
+def _ignored_by_git(root: Path, paths: list[str]) -> set[str]:
+    """Which of ``paths`` (relative to ``root``) git ignores; none outside a git repository."""
+    if not paths:
+        return set()
+    from ..state.git import GitError, run_git  # imported when needed: most specs name no path
+
+    try:
+        listed = run_git(root, "check-ignore", "-z", "--stdin", input=b"\0".join(p.encode() for p in paths) + b"\0")
+    except GitError:  # exit 1: none is ignored; or no repository here (only the disk is asked)
+        return set()
+    return {path.decode() for path in listed.split(b"\0") if path}

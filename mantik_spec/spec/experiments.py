@@ -8,8 +8,10 @@ known; everything here is pure.
 from __future__ import annotations
 
 import itertools
+import posixpath
 import re
 import shlex
+import urllib.parse
 from dataclasses import dataclass
 
 from .hints import unknown_name
@@ -160,9 +162,11 @@ def join_lines(command: str) -> str:
 
 def coerce(value, declared_type: str):
     """Bring a value to its declared type so that ``1``, ``1.0`` and ``1e0`` name the same run (the command
-    still gets the value as written: :attr:`RunPoint.written`)."""
+    still gets the value as written: :attr:`RunPoint.written`), and ``1`` and ``"1"`` the same ``bool``."""
     if declared_type == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if declared_type == "bool" and value in ("0", "1"):
+        return int(value)
     if declared_type in ("float", "int") and _number_text(value, NUMBER_TYPES[declared_type]):
         return NUMBER_TYPES[declared_type](value.strip())
     return value
@@ -183,13 +187,63 @@ def _number_text(value, kind: type) -> bool:
     return value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity")
 
 
+# A bool as programs are given one: true/false, or 0/1 (MLflow checks no bool; its own tests pass "0" and "1")
+BOOL_TEXTS = ("true", "false", "0", "1")
+
+
 def type_error(value, declared_type: str) -> str | None:
+    if declared_type == "uri" and not isinstance(value, bool) and not is_uri(value):
+        return f"{value!r} is not a URI: MLflow refuses a uri value without a scheme (s3://, https://, file://...)"
     ok = {
         "float": (isinstance(value, (int, float)) and not isinstance(value, bool)) or _number_text(value, float),
         "int": (isinstance(value, int) and not isinstance(value, bool)) or _number_text(value, int),
-        "bool": isinstance(value, bool),
+        "bool": (isinstance(value, int) and value in (0, 1)) or (isinstance(value, str) and value.lower() in BOOL_TEXTS),
     }.get(declared_type, isinstance(value, (str, int, float)) and not isinstance(value, bool))
     return None if ok else f"{value!r} is not a valid {declared_type}"
+
+
+def is_uri(value) -> bool:
+    """MLflow's test of a ``uri`` parameter's value (``mlflow.utils.data_utils.is_uri``): it names a scheme."""
+    try:
+        return bool(urllib.parse.urlparse(str(value)).scheme)
+    except ValueError:  # http://[::1 : MLflow's urlparse raises too
+        return False
+
+
+# How `mlflow run -e NAME` runs a NAME no entry point declares, by its extension (MLflow's
+# Project.get_entry_point): the script, then the parameters it is given as --key value. MLflow writes the
+# submitting shell's $SHELL (bash without one) into the command; here the shell where the job runs expands it.
+SCRIPT_COMMANDS = {
+    ".py": "python {script}",
+    ".sh": "${{{{SHELL:-bash}}}} {script}",  # ${SHELL:-bash}, its braces doubled in the command template
+    ".R": "Rscript -e \"mlflow::mlflow_source('{script}')\" --args",
+}
+
+
+def script_entry_point(name: str) -> EntryPoint | None:
+    """The entry point ``mlflow run -e NAME`` runs for a script file NAME (``train.py``, ``run.sh``), or None."""
+    template = SCRIPT_COMMANDS.get(posixpath.splitext(name)[1])
+    if template is None:
+        return None
+    # the script's name is a literal of the command: braces doubled so that none reads as a placeholder
+    script = shlex.quote(name).replace("{", "{{").replace("}", "}}")
+    return EntryPoint(command=template.format(script=script), from_mlproject=True, script=True)
+
+
+def undeclared(entry: EntryPoint, given: dict) -> list[str]:
+    """The parameters an experiment gives that an MLproject entry point (or a script) does not declare, in the
+    order given: ``mlflow run`` appends each to the command as ``--name value``."""
+    return [name for name in given if name not in entry.parameters] if entry.from_mlproject else []
+
+
+def add_script_entry_points(spec: Spec) -> None:
+    """Declare the script files experiments name as entry points (``entry_point: train.py``), as
+    ``mlflow run -e train.py`` runs them; a declared entry point of that name comes first, as in MLflow."""
+    experiments, _ = resolve_extends(spec)
+    for experiment in experiments.values():
+        name = experiment.entry_point
+        if name is not None and name not in spec.entry_points and (entry := script_entry_point(name)) is not None:
+            spec.entry_points[name] = entry
 
 
 MAX_EXTENDS_DEPTH = 32
@@ -322,6 +376,10 @@ def expand(spec: Spec, experiments: dict[str, Experiment]) -> list[RunPoint]:
             value = given.get(param_name, declared.default)
             values = value if isinstance(value, list) else [value]
             axes.append((param_name, [(coerce(v, declared.type), v) for v in values]))
+        extra = undeclared(entry, given)
+        for param_name in extra:
+            value = given[param_name]
+            axes.append((param_name, [(v, v) for v in (value if isinstance(value, list) else [value])]))
         names = [n for n, _ in axes]
         for combination in itertools.product(*(values for _, values in axes)):
             written = {
@@ -340,7 +398,7 @@ def expand(spec: Spec, experiments: dict[str, Experiment]) -> list[RunPoint]:
                         parameters=tuple(sorted(parameters.items())),
                         seed=seed,
                         data=tuple(experiment.data or ()),
-                        command_template=entry.command,
+                        command_template=entry.command + "".join(f" --{n} {{{n}}}" for n in extra),
                         retries=experiment.retries or 0,
                         suspended=bool(experiment.suspend),
                         written=tuple(sorted(written.items())),

@@ -15,12 +15,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .checks import relative_path_problem
 from .experiments import join_lines
 from .hints import suggest
 from .yamlload import MarkedDocument, Problem, SpecError, load_marked, read_regular_file
 from .yamlload import Path as DataPath
 
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the rules of MLflow's yaml.safe_load, in C
 MAX_INCLUDED_BYTES = 1024 * 1024
 MLPROJECT_ENVIRONMENTS = ("conda_env", "python_env", "docker_env")
 MLPROJECT_KEYS = ("name", "entry_points", *MLPROJECT_ENVIRONMENTS)
@@ -85,6 +88,10 @@ def compose(document: MarkedDocument, project_root: Path) -> tuple[ComposedDocum
 
 def read_included(project_root: Path, relative: str, main: MarkedDocument, at: DataPath) -> MarkedDocument:
     """Parse an included YAML or JSON file, or raise :class:`SpecError` located at ``at`` in ``main``."""
+    return load_marked(_included_text(project_root, relative, main, at), relative)
+
+
+def _included_text(project_root: Path, relative: str, main: MarkedDocument, at: DataPath) -> str:
     if problem := relative_path_problem(relative):
         raise SpecError([main.problem(at, problem)])
     path = project_root / relative
@@ -104,7 +111,7 @@ def read_included(project_root: Path, relative: str, main: MarkedDocument, at: D
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError([main.problem(at, f"{relative} is not valid UTF-8")]) from None
-    return load_marked(text, relative)
+    return text
 
 
 # -- MLproject --------------------------------------------------------------------------------------------
@@ -112,16 +119,23 @@ def read_included(project_root: Path, relative: str, main: MarkedDocument, at: D
 
 def _include_mlproject(composed: ComposedDocument, project_root: Path, relative: str) -> list[Problem]:
     try:
-        included = read_included(project_root, relative, composed.main, ("mlproject",))
+        text = _included_text(project_root, relative, composed.main, ("mlproject",))
+        included = load_marked(text, relative)
     except SpecError as exc:
         return exc.problems
     if not isinstance(included.data, dict):
         return [included.problem((), "an MLproject file is a mapping (name:, entry_points:, ...)")]
+    try:  # MLflow reads the file with PyYAML's YAML 1.1 rules: 1. is 1.0, yes is True, 010 is 8
+        theirs = yaml.load(text, Loader=SafeLoader)
+    except (yaml.YAMLError, ValueError) as exc:  # a date that is none (2024-13-01)
+        return [included.problem((), f"MLflow's YAML reader refuses it: {str(exc).splitlines()[0]}")]
+    theirs = theirs if isinstance(theirs, dict) else {}
     problems = [
         included.problem((key,), f"unknown MLproject key '{key}'{suggest(key, MLPROJECT_KEYS)}", at_key=True)
         for key in included.data
         if key not in MLPROJECT_KEYS
     ]
+    problems += _mlflow_refusals(included, theirs, (project_root / relative).parent)
     entry_points = included.data.get("entry_points", {})
     if not isinstance(entry_points, dict):
         return [*problems, included.problem(("entry_points",), "expected a mapping of entry points")]
@@ -137,19 +151,21 @@ def _include_mlproject(composed: ComposedDocument, project_root: Path, relative:
                 )
             )
             continue
-        merged[name] = _as_mlflow_reads(entry)
+        merged[name] = _as_mlflow_reads(entry, _get(theirs, "entry_points", name))
         paths[("entry_points", name)] = ("entry_points", name)
     composed.origins.append(Origin(included, paths))
     return problems
 
 
-def _as_mlflow_reads(entry):
+def _as_mlflow_reads(entry, theirs):
     """An MLproject entry point as MLflow runs it, in mantik's terms (see :func:`mlproject_notes`).
 
     MLflow checks no parameter type but ``path`` and ``uri``: any other (``str``, ``list[int]``, a typo)
     passes values on as text, so it becomes ``string`` with the written type kept in ``declared_type``.
-    The command's line breaks (a folded ``>`` block with deeper-indented lines) are joined as MLflow
-    and Mantik read them. Parameters the command does not use are allowed, as in MLflow.
+    A default is the value MLflow's YAML reader gives (``theirs``: ``1.`` is 1.0, ``yes`` True), which
+    MLflow writes into the command as ``str(value)``. The command's line breaks (a folded ``>`` block with
+    deeper-indented lines) are joined as MLflow and Mantik read them. Parameters the command does not use
+    are allowed, as in MLflow.
     """
     if not isinstance(entry, dict):
         return entry
@@ -158,21 +174,74 @@ def _as_mlflow_reads(entry):
         entry["command"] = join_lines(entry["command"])
     parameters = entry.get("parameters")
     if isinstance(parameters, dict):
-        entry["parameters"] = {name: _parameter(declared) for name, declared in parameters.items()}
+        entry["parameters"] = {
+            name: _parameter(declared, _get(theirs, "parameters", name)) for name, declared in parameters.items()
+        }
     elif parameters is None and "parameters" in entry:
         entry["parameters"] = {}
     return entry
 
 
-def _parameter(declared):
+def _parameter(declared, theirs):
     if isinstance(declared, str):
         declared = {"type": declared}
     if not isinstance(declared, dict) or not isinstance(declared.get("type", "string"), str):
         return declared  # refused by the model, at its line
     written = declared.get("type", "string")
-    if written in CHECKED_TYPES:
-        return declared
-    return {**declared, "type": TYPE_ALIASES.get(written, "string"), "declared_type": written}
+    if written not in CHECKED_TYPES:
+        declared = {**declared, "type": TYPE_ALIASES.get(written, "string"), "declared_type": written}
+    if isinstance(theirs, dict) and "default" in theirs and "default" in declared:
+        default = theirs["default"]
+        # MLflow writes str(value): a date, or a boolean (no: False) of a parameter that takes text
+        if isinstance(default, bool) and declared.get("type", "string") in ("string", "path", "uri"):
+            default = str(default)
+        elif default is not None and not isinstance(default, (bool, int, float, str, list, dict)):
+            default = str(default)
+        if not isinstance(default, (list, dict)):  # refused by the model, as mantik read it
+            declared = {**declared, "default": default}
+    return declared
+
+
+def _get(data, *keys):
+    """``data[k1][k2]...``, or None where a level is missing or no mapping."""
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _mlflow_refusals(included: MarkedDocument, theirs: dict, directory: Path) -> list[Problem]:
+    """What MLflow's ``load_project`` refuses in an MLproject, at its line: more than one environment, a
+    ``docker_env`` without an image (or with volumes or an environment of another shape), a ``python_env``
+    or ``conda_env`` file that is missing (MLflow looks for it beside the MLproject)."""
+    problems = []
+    environments = [key for key in included.data if key in MLPROJECT_ENVIRONMENTS]
+    for key in environments[1:]:
+        message = f"MLflow refuses an MLproject with more than one environment ({', '.join(environments)}): keep one"
+        problems.append(included.problem((key,), message, at_key=True))
+    docker = theirs.get("docker_env")
+    if docker and not isinstance(docker, dict):
+        problems.append(included.problem(("docker_env",), "a mapping with an image: (MLflow refuses anything else)"))
+    elif docker:
+        if not docker.get("image"):
+            message = "MLflow refuses a docker_env without an image"
+            problems.append(included.problem(("docker_env",), message, at_key=True))
+        volumes = docker.get("volumes")
+        if volumes and not (isinstance(volumes, list) and all(isinstance(v, str) for v in volumes)):
+            message = "MLflow refuses volumes other than a list of strings (/host/path:/container/path)"
+            problems.append(included.problem(("docker_env", "volumes"), message))
+        variables = docker.get("environment")
+        if variables and not (isinstance(variables, list) and all(isinstance(v, (list, str)) for v in variables)):
+            message = "MLflow refuses an environment other than a list of names and [NAME, value] pairs"
+            problems.append(included.problem(("docker_env", "environment"), message))
+    for key in ("python_env", "conda_env"):
+        file = theirs.get(key)
+        if not file or key not in environments[:1]:  # MLflow reads the first it finds, python_env before conda_env
+            continue
+        if not isinstance(file, str):
+            problems.append(included.problem((key,), "a file name (MLflow refuses anything else)"))
+        elif not (directory / file).exists():
+            problems.append(included.problem((key,), f"{file} not found beside the MLproject (MLflow refuses it)"))
+    return problems
 
 
 def mlproject_notes(spec, project_root: Path) -> list[str]:
@@ -202,6 +271,33 @@ def mlproject_notes(spec, project_root: Path) -> list[str]:
                     "as MLflow does (mantik treats it as string)"
                 )
                 notes.append(str(document.problem(("entry_points", name, "parameters", parameter, "type"), message)))
+    return notes + _misspelt_parameters(spec, project_root)
+
+
+def _misspelt_parameters(spec, project_root: Path) -> list[str]:
+    """A parameter an MLproject entry point does not declare is appended as ``--name value``, as
+    ``mlflow run`` does; one close to a declared name is noted at its line in mantik.yaml."""
+    from .experiments import resolve_extends
+    from .load import SPEC_FILE  # the loader imports this module
+
+    try:
+        main = load_marked((project_root / SPEC_FILE).read_text(), SPEC_FILE)
+    except (OSError, UnicodeDecodeError, SpecError):
+        return []
+    resolved, _ = resolve_extends(spec)
+    notes = []
+    for name, experiment in spec.experiments.items():
+        entry = spec.entry_points.get(resolved[name].entry_point or "") if name in resolved else None
+        if entry is None or not entry.from_mlproject:
+            continue
+        for parameter in experiment.parameters or {}:
+            if parameter not in entry.parameters and (hint := suggest(parameter, entry.parameters)):
+                message = (
+                    f"entry point '{resolved[name].entry_point}' does not declare it: passed as --{parameter} VALUE "
+                    f"after the command, as mlflow run does{hint}"
+                )
+                where = ("experiments", name, "parameters", parameter)
+                notes.append(str(main.problem(where, message, at_key=True)))
     return notes
 
 

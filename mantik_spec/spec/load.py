@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from .checks import YAML11_BOOLEANS, inline_credentials, on_disk, semantic
-from .experiments import format_value, resolve_extends
+from .checks import YAML11_BOOLEANS, committed_files, inline_credentials, on_disk, semantic
+from .experiments import add_script_entry_points, format_value, resolve_extends
 from .hints import suggest
 from .includes import compose
 from .model import ENV_NAME, Spec
@@ -140,10 +140,12 @@ def validate_document(document: MarkedDocument, project_root: Path | None = None
         reported = {dotted(path) for path, _ in credentials}
         problems.extend(p for p in _pydantic_problems(exc, document) if p.path not in reported)
         raise SpecError(_sorted(problems)) from None
+    add_script_entry_points(spec)
     problems.extend(_plain_scalars(spec, document))
     problems.extend(document.problem(path, message) for path, message in semantic(spec))
     if project_root is not None:
         problems.extend(document.problem(path, message) for path, message in on_disk(spec, project_root))
+        problems.extend(document.problem(path, message) for path, message in committed_files(spec, project_root))
     if problems:
         raise SpecError(_sorted(problems))
     return spec
@@ -187,17 +189,23 @@ def _plain_scalars(spec: Spec, document) -> list[Problem]:
 
     for name, entry in spec.entry_points.items():
         for parameter, declared in entry.parameters.items():
+            where = ("entry_points", name, "parameters", parameter, "default")
+            if entry.from_mlproject:  # read as MLflow reads it (see includes._as_mlflow_reads): unambiguous
+                source, theirs = document.locate(where)
+                kept_as_text.add((id(source), theirs))
+                continue
             holder = declared.__dict__  # the model is not revalidated: values are set in place
-            as_text(holder, "default", ("entry_points", name, "parameters", parameter, "default"), declared.type)
+            as_text(holder, "default", where, declared.type)
     experiments, _ = resolve_extends(spec)
     for name, experiment in spec.experiments.items():
         entry = spec.entry_points.get(experiments[name].entry_point) if name in experiments else None
         if entry is None or not experiment.parameters:
             continue
         for parameter, value in experiment.parameters.items():
-            if parameter not in entry.parameters:
+            if parameter not in entry.parameters and not entry.from_mlproject:
                 continue
-            declared_type = entry.parameters[parameter].type
+            # one the MLproject does not declare reaches the command as text, as `mlflow run -P name=...` passes it
+            declared_type = entry.parameters[parameter].type if parameter in entry.parameters else "string"
             where = ("experiments", name, "parameters", parameter)
             if isinstance(value, list):
                 for index in range(len(value)):

@@ -26,6 +26,8 @@ os.environ[_PLUGIN_SWITCH] = "__all__"
 SPEC_VERSION = 1
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
+# an entry point's name, or a script's path in the project (scripts/train.py)
+EntryPointName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$", max_length=1024)]
 ScalarValue = bool | int | float | str
 ParameterType = Literal["float", "int", "string", "bool", "path", "uri"]
 Finding = tuple[tuple, str]  # (a path into the spec, a message): a problem the loader ties to its line
@@ -95,8 +97,11 @@ class EntryPoint(Strict):
         default_factory=dict, description="Declared parameters; `lr: float` is short for `lr: {type: float}`."
     )
 
-    # True for entry points read from an MLproject: MLflow allows parameters the command does not use
+    # True for entry points read from an MLproject: MLflow allows parameters the command does not use, and
+    # appends the ones it does not declare as --key value
     from_mlproject: SkipJsonSchema[bool] = False
+    # True for a script file an experiment names as its entry point (train.py), run as `mlflow run -e` runs it
+    script: SkipJsonSchema[bool] = False
 
     @field_validator("parameters", mode="before", json_schema_input_type=dict[Name, Parameter | ParameterType])
     @classmethod
@@ -492,7 +497,11 @@ class Metric(Strict):
 
 class Experiment(Strict):
     extends: Name | None = Field(None, description="Inherit every field not set here from another experiment.")
-    entry_point: Name | None = None
+    entry_point: EntryPointName | None = Field(
+        None,
+        description="A declared entry point, or a script file of the project (train.py, scripts/run.sh, fit.R) run "
+        "as `mlflow run -e` runs it: python, $SHELL or Rscript, with the parameters as --name value.",
+    )
     backend: Name | None = None
     environment: Name | None = None
     data: list[Name] | None = None
