@@ -224,7 +224,7 @@ NEW_KINDS = ["refused", "interrupted", "interrupted", "job_failed", None, "signa
 def _write_records(tracking, records, kinds=None, live=False):
     from mlflow.tracking import MlflowClient
 
-    from .test_planner import desired, point
+    from .support.planning import desired, point
 
     client = MlflowClient(tracking.uri)
     experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
@@ -390,7 +390,7 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
     from mantik_spec.reconcile.planner import make_plan
     from mantik_spec.state.tags import FailureKind, RunStatus
 
-    from .test_planner import desired, point
+    from .support.planning import desired, point
 
     tracking = _project_store(store, "apply-kinds")
     timed_out, intent = desired(point(lr=0.1)), desired(point(lr=0.2, suspended=True))
@@ -458,7 +458,7 @@ def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
     from mantik_spec.reconcile.planner import make_plan
     from mantik_spec.state.tags import RunStatus
 
-    from .test_planner import desired, point
+    from .support.planning import desired, point
 
     tracking = _project_store(store, "refused-cancel")
     kept, gone = desired(point(lr=0.1)), desired(point(lr=0.3))
@@ -481,3 +481,20 @@ def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
     after = tracking.client.get_run(runs[gone.point.point_id].run_id)
     assert after.info.status == RunStatus.RUNNING.value
     assert not {"mantik.failure", "mantik.failure_kind"} & set(after.data.tags)
+
+
+def test_no_test_module_imports_another():
+    """What two test modules share lives in tests/support/ (fixtures for all of them in conftest.py): no test
+    module depends on another's helpers, imports or module-level setup."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):  # `from .test_x import y`, or `from . import test_x`
+                modules = [node.module or "", *(a.name for a in node.names if (path.parent / f"{a.name}.py").exists())]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(part.startswith("test_") for module in modules for part in module.split(".")):
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == []
