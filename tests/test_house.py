@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
+from .support.fake_backend import FakeBackend
 
 
 def test_ruff_finds_nothing():
@@ -409,8 +410,7 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
     declared = [timed_out, intent, completed, failed]
     plan = make_plan(declared, tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
 
-    cancelled: list[str] = []
-    backend = SimpleNamespace(cancel=cancelled.extend, read_log=lambda run_id, job_id: None)
+    backend = FakeBackend()
     project = SimpleNamespace(
         store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
     )
@@ -433,7 +433,7 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
         completed.point.point_id: "0",
         failed.point.point_id: "2",
     }
-    assert cancelled == ["3"]
+    assert backend.cancelled == ["3"]
 
 
 def _runs_command(pid: int, command: bytes) -> bool:
@@ -469,10 +469,8 @@ def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
     jobs = {("local", "1"): JobStatus(JobState.RUNNING), ("local", "3"): JobStatus(JobState.RUNNING)}
     plan = make_plan([kept], tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
 
-    def refuse(job_ids):
-        raise BackendError(f"scancel: error: Kill job error on job id {job_ids[0]}: Access/permission denied")
-
-    backend = SimpleNamespace(cancel=refuse, read_log=lambda run_id, job_id: None)
+    backend = FakeBackend()
+    backend.cancel_refusal = "scancel: error: Kill job error on job id 3: Access/permission denied"
     project = SimpleNamespace(
         store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
     )

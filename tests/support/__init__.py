@@ -6,6 +6,7 @@
 - ``project``: steps on a ``conftest.Project`` (``settle``, ``dvc``, ``peak_rss_kib``);
 - ``mlflow_server``: a real ``mlflow server`` (``MlflowServer``); ``trials``: parallel applies (``check_trials``);
 - ``planning``: the planner's inputs as plain data (``point``, ``desired``);
+- ``fake_backend``: an in-memory ``Backend`` (``FakeBackend``), for apply's rules without processes.
 
 Fixtures every module may use live in tests/conftest.py; a module takes a fixture from here by importing it.
 """
