@@ -23,6 +23,9 @@ from hypothesis import settings
 
 from tests.zygote import Zygote
 
+# the shared helpers' asserts explain themselves as a test's do (before anything imports them)
+pytest.register_assert_rewrite("tests.support")
+
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

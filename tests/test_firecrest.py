@@ -6,53 +6,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
 from .conftest import ROOT, Project, git
 from .fake_firecrest import FakeFirecrest
-from .test_slurm import VENV_BIN, slurm  # noqa: F401  (the fixture: CI fails without Slurm, elsewhere skips)
+from .support.project import settle
+from .support.slurm import slurm  # noqa: F401  (the autouse fixture: CI fails without Slurm, elsewhere skips)
+from .support.specs import VENV_BIN, firecrest_spec
 
 CREDENTIALS = {"MANTIK_FIRECREST_CLIENT_ID": "mantik", "MANTIK_FIRECREST_CLIENT_SECRET": "s3cret"}
-
-
-def firecrest_spec(site: FakeFirecrest, workdir: Path, lrs: str = "[0.1, 0.2, 0.3]", extra: str = "") -> str:
-    return textwrap.dedent(
-        f"""
-        version: 1
-        project: fctest
-        code: {{paths: [train.py]}}
-        entry_points:
-          train:
-            command: python train.py --lr {{lr}} --sleep {{sleep}} --fail {{fail}}
-            parameters:
-              lr: float
-              sleep: {{type: float, default: 0}}
-              fail: {{type: bool, default: false}}
-        backends:
-          alps:
-            type: firecrest
-            url: {site.url}
-            token_url: {site.token_url}
-            machine: {site.system}
-            workdir: {workdir}
-            partition: debug
-            resources: {{ntasks: 1, cpus_per_task: 1, mem: 200M, time: "00:05:00"}}
-            python: {sys.executable}
-            setup: ['export PATH={VENV_BIN}:$PATH']
-            poll_interval: 0.5s
-            timeout: 2s
-        {textwrap.indent(extra, "    ").lstrip()}
-        experiments:
-          sweep:
-            entry_point: train
-            parameters: {{lr: {lrs}}}
-            retries: 0
-        """
-    )
 
 
 @pytest.fixture
@@ -70,18 +33,6 @@ def on_firecrest(project, site, tmp_path):
     project.write("mantik.yaml", firecrest_spec(site, project.workdir))
     project.commit("run on firecrest")
     return project
-
-
-def settle(project, timeout: float = 120) -> None:
-    def settled():
-        plan = project.plan_json()
-        if all(entry["symbol"] in ("=", "x") for entry in plan["runs"]):
-            return True
-        if plan["has_changes"]:
-            project.mantik("apply", "--auto-approve")
-        return False
-
-    project.wait_until(settled, timeout=timeout, message="all runs settled")
 
 
 def slow(project, site) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
+from .support.fake_backend import FakeBackend
 
 
 def test_ruff_finds_nothing():
@@ -293,7 +294,7 @@ NEW_KINDS = ["refused", "interrupted", "interrupted", "job_failed", None, "signa
 def _write_records(tracking, records, kinds=None, live=False):
     from mlflow.tracking import MlflowClient
 
-    from .test_planner import desired, point
+    from .support.planning import desired, point
 
     client = MlflowClient(tracking.uri)
     experiment_id = tracking.ensure_experiment("sweep", tracking.experiment_ids())
@@ -459,7 +460,7 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
     from mantik_spec.reconcile.planner import make_plan
     from mantik_spec.vocab import FailureKind, JobState, JobStatus, RunStatus
 
-    from .test_planner import desired, point
+    from .support.planning import desired, point
 
     tracking = _project_store(store, "apply-kinds")
     timed_out, intent = desired(point(lr=0.1)), desired(point(lr=0.2, suspended=True))
@@ -478,8 +479,7 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
     declared = [timed_out, intent, completed, failed]
     plan = make_plan(declared, tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
 
-    cancelled: list[str] = []
-    backend = SimpleNamespace(cancel=cancelled.extend, read_log=lambda run_id, job_id: None)
+    backend = FakeBackend()
     project = SimpleNamespace(
         store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
     )
@@ -502,7 +502,7 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
         completed.point.point_id: "0",
         failed.point.point_id: "2",
     }
-    assert cancelled == ["3"]
+    assert backend.cancelled == ["3"]
 
 
 def _runs_command(pid: int, command: bytes) -> bool:
@@ -527,7 +527,7 @@ def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
     from mantik_spec.reconcile.planner import make_plan
     from mantik_spec.vocab import JobState, JobStatus, RunStatus
 
-    from .test_planner import desired, point
+    from .support.planning import desired, point
 
     tracking = _project_store(store, "refused-cancel")
     kept, gone = desired(point(lr=0.1)), desired(point(lr=0.3))
@@ -538,10 +538,8 @@ def test_a_cancel_the_backend_refuses_leaves_the_run_as_it_was(store, tmp_path):
     jobs = {("local", "1"): JobStatus(JobState.RUNNING), ("local", "3"): JobStatus(JobState.RUNNING)}
     plan = make_plan([kept], tracking.observe(), jobs, commit="c0ffee0", spec_digest="d", prune=True)
 
-    def refuse(job_ids):
-        raise BackendError(f"scancel: error: Kill job error on job id {job_ids[0]}: Access/permission denied")
-
-    backend = SimpleNamespace(cancel=refuse, read_log=lambda run_id, job_id: None)
+    backend = FakeBackend()
+    backend.cancel_refusal = "scancel: error: Kill job error on job id 3: Access/permission denied"
     project = SimpleNamespace(
         store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
     )
@@ -565,3 +563,83 @@ def test_every_plan_action_is_drawn_and_documented():
     assert listed and listed.group(1).split(" | ") == [action.label for action in Action]
     summary = re.search(r'"summary": (\{.*?\})', documented, re.S)
     assert summary and list(json.loads(summary.group(1))) == [action.label for action in Action]
+
+
+# -- layering: each floor imports only the floors below it ------------------------------------------------
+#
+# The package reads in the order data flows (mantik_spec/__init__.py). The ground modules (errors, files, faults,
+# templating, the runner, and any new top-level module until it is placed) import none of the floors; the
+# planner (reconcile) is pure: it sees the spec, never git, MLflow or a backend.
+FLOORS = {"spec", "state", "reconcile", "backends", "operations", "views", "cli"}
+MAY_IMPORT = {
+    "ground": {"ground"},
+    "spec": {"ground", "spec"},
+    "state": {"ground", "spec", "reconcile", "state"},  # the record types it reads and writes (pure data)
+    "reconcile": {"ground", "spec", "reconcile"},
+    "backends": {"ground", "spec", "state", "backends"},
+    "operations": {"ground", "spec", "state", "reconcile", "backends", "operations"},
+    "views": {"ground", "spec", "state", "reconcile", "backends", "views"},
+    "cli": {"ground", "spec", "state", "reconcile", "backends", "operations", "views", "cli"},
+}
+# (importer, imported) pairs that break the floors; none today, and never add one
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
+
+
+def _floor(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "ground"  # the package itself
+    if parts[1] == "__main__":
+        return "cli"
+    return parts[1] if parts[1] in FLOORS else "ground"
+
+
+def _package_imports() -> set[tuple[str, str]]:
+    """Every (importer, imported) pair of modules of the package, function-level and TYPE_CHECKING imports too."""
+    package = ROOT / "mantik_spec"
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if is_package else parts)
+        modules[name] = (path, name if is_package else name.rsplit(".", 1)[0])
+    pairs = set()
+    for name, (path, home) in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*home.split(".")[: len(home.split(".")) - node.level + 1], *filter(None, [base])])
+                # `from .operations import apply`: the submodule, when it is one
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            pairs |= {(name, target) for target in targets if target.split(".")[0] == "mantik_spec"}
+    return pairs
+
+
+def test_no_floor_imports_from_a_floor_above_it():
+    imports = _package_imports()
+    assert ("mantik_spec.cli", "mantik_spec.operations.apply") in imports  # the scan sees function-level imports
+    upward = {(a, b) for a, b in imports if _floor(b) not in MAY_IMPORT[_floor(a)]}
+    assert upward - KNOWN_VIOLATIONS == set(), "imports from a floor above (see MAY_IMPORT)"
+    assert KNOWN_VIOLATIONS - upward == set(), "gone: take these off KNOWN_VIOLATIONS"
+
+
+def test_no_test_module_imports_another():
+    """What two test modules share lives in tests/support/ (fixtures for all of them in conftest.py): no test
+    module depends on another's helpers, imports or module-level setup."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):  # `from .test_x import y`, or `from . import test_x`
+                modules = [node.module or "", *(a.name for a in node.names if (path.parent / f"{a.name}.py").exists())]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            if any(part.startswith("test_") for module in modules for part in module.split(".")):
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == []

@@ -17,33 +17,8 @@ import pytest
 from mantik_spec.spec.load import load_spec
 from mantik_spec.spec.yamlload import SpecError
 
-JUWELS = "https://zam2125.zam.kfa-juelich.de:9112/JUWELS/rest/core"
-FULL_MANTIK_CONFIG = """\
-UnicoreApiUrl: https://zam2125.zam.kfa-juelich.de:9112/JUWELS/rest/core
-Resources:
-  Queue: booster
-  Runtime: 12h
-  Nodes: 2
-  TotalCPUs: 96
-  CPUsPerNode: 48
-  GPUsPerNode: 4
-  MemoryPerNode: 64G
-  Reservation: r1
-  NodeConstraints: gpu
-  QoS: normal
-Environment:
-  Apptainer:
-    Path: image.sif
-    Type: local
-    Options: ["--nv", "-B /data:/data"]
-  Variables: {OMP_NUM_THREADS: 8, MODE: fast}
-  Modules: [Stages/2023, CUDA]
-  PreRunCommandOnLoginNode: ["echo pre login", "echo again"]
-  PreRunCommandOnComputeNode: ["echo pre compute"]
-  PostRunCommandOnComputeNode: ["echo post compute"]
-  PostRunCommandOnLoginNode: "echo post login"
-Exclude: ["*.ckpt", "data/"]
-"""
+from .support.slurm import slurm_is_up
+from .support.specs import FULL_MANTIK_CONFIG, JUWELS, slurm_spec
 
 MLPROJECT = """\
 name: demo
@@ -770,8 +745,6 @@ def test_mlproject_types_mlflow_does_not_check_are_strings_and_explained(tmp_pat
 def test_srun_starts_one_task_per_slot_of_a_real_slurm_allocation(project, slurm_cluster):
     """An environment launching through srun runs the command once per task (ntasks: 2), the runner once,
     on the test run's own Slurm."""
-    from .test_slurm import slurm_is_up, slurm_spec
-
     assert slurm_is_up(), slurm_cluster.logs()
     spec = slurm_spec(lrs="[0.1]").replace("resources: {ntasks: 1,", "resources: {ntasks: 2,")
     spec = spec.replace("    poll_interval: 0.5s\n", "    poll_interval: 0.5s\n    environment: tasks\n")

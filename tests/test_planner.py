@@ -15,27 +15,9 @@ from mantik_spec.spec.experiments import RunPoint
 from mantik_spec.vocab import FailureKind, JobState, JobStatus, RunStatus
 
 from .conftest import examples
+from .support.planning import desired, point
 
 _ids = itertools.count()
-
-
-def point(lr=0.1, experiment="sweep", retries=0, suspended=False, seed=None) -> RunPoint:
-    return RunPoint(
-        experiment=experiment,
-        entry_point="train",
-        backend="local",
-        environment=None,
-        parameters=(("lr", lr),),
-        seed=seed,
-        data=(),
-        command_template="python train.py --lr {lr}",
-        retries=retries,
-        suspended=suspended,
-    )
-
-
-def desired(p: RunPoint, code="code-v1"):
-    return identify(p, code, {}, {})
 
 
 def observed(

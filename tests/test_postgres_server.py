@@ -7,15 +7,15 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from .conftest import BASIC_SPEC, IN_CI
-from .test_reliability import MlflowServer, check_trials
+from .conftest import BASIC_SPEC, IN_CI, free_port, missing
+from .support.mlflow_server import MlflowServer
+from .support.trials import check_trials
 
 pytestmark = pytest.mark.e2e
 
@@ -30,18 +30,6 @@ def postgres_bin() -> Path | None:
         return Path(os.path.realpath(found)).parent
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(candidates[-1]).parent if candidates else None
-
-
-def missing(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PostgresCluster:

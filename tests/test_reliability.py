@@ -4,80 +4,19 @@ apply repairs. Figures and the list of guarantees: docs/reliability.md."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from .conftest import BASIC_SPEC, IN_CI, mantik_command, missing, place_store, run_mantik_together
-from .test_slurm import slurm_spec
+from .conftest import BASIC_SPEC, mantik_command, missing
+from .support.mlflow_server import MLFLOW, MlflowServer
+from .support.specs import slurm_spec
+from .support.trials import check_trials, runs_by_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-PARALLEL = 8
-# CI runs the count docs/reliability.md quotes; locally a few trials exercise the same path
-# 5 per store under CI=true keep the whole suite well inside CI's time; the figures of docs/reliability.md were
-# measured with MANTIK_RELIABILITY_TRIALS=20
-TRIALS = int(os.environ.get("MANTIK_RELIABILITY_TRIALS", "5" if IN_CI else "3"))
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
-
-
-class MlflowServer:
-    """A real `mlflow server` on a free port of 127.0.0.1, with the gunicorn options that keep its per-call
-    latency in milliseconds; its runs in ``backend_uri`` (default: a sqlite file in ``directory``, copied from
-    the migrated ``template`` when given)."""
-
-    def __init__(self, directory: Path, template: Path | None = None, backend_uri: str | None = None):
-        self.directory = directory
-        self.backend_uri = backend_uri or f"sqlite:///{directory / 'mlflow.db'}"
-        if template is not None:  # migrated already: the server starts without running migrations
-            place_store(template, directory / "mlflow.db")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                MLFLOW, "server", "--backend-store-uri", self.backend_uri,
-                "--artifacts-destination", str(self.directory / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2",
-                "--gunicorn-opts", "--log-level warning",
-            ],  # fmt: skip
-            stdout=open(self.directory / "server.log", "ab"),  # noqa: SIM115 - the server keeps it open
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # MLflow 3's job execution (GenAI scorers, trace roll-ups) runs a huey consumer beside the server that
-            # polls for work all its life; no tracking call mantik makes reaches it
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise AssertionError(f"mlflow server did not start: {(self.directory / 'server.log').read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            self.process = None
 
 
 @pytest.fixture
@@ -88,64 +27,6 @@ def mlflow_server(tmp_path, store_template):
     server.start()
     yield server
     server.stop()
-
-
-def parallel_applies(project, env: dict | None = None) -> list[subprocess.CompletedProcess]:
-    """PARALLEL applies of one spec started together, as merges queued by no CI would run them."""
-    apply = ["apply", "--auto-approve", "--lock-timeout", "600s"]
-    return run_mantik_together([apply] * PARALLEL, project.path, {**project.env, **(env or {})})
-
-
-def runs_by_key(tracking_uri: str, status: str | None = None) -> Counter:
-    """How many MLflow runs each run key has (with ``status``: only runs in that status)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, max_results=50000) if experiments else []
-    return Counter(
-        r.data.tags["mantik.run_key"]
-        for r in runs
-        if "mantik.run_key" in r.data.tags and (status is None or r.info.status == status)
-    )
-
-
-def trial_spec(base: str, trial: int) -> str:
-    """Three new grid points per trial, so every trial submits fresh run keys."""
-    values = ", ".join(f"{trial + point / 10:.1f}" for point in (1, 2, 3))
-    return base.replace("[0.1, 0.2]", f"[{values}]").replace("[0.1, 0.2, 0.3]", f"[{values}]")
-
-
-def check_trials(project, spec: str, tracking_uri: str, env: dict | None = None, trials: int = TRIALS) -> dict:
-    """Run ``trials`` rounds of parallel applies; return what the doc reports."""
-    project.write("mantik.yaml", trial_spec(spec, 1000))  # the baseline: one apply, nobody to wait for
-    project.commit("baseline")
-    started = time.perf_counter()
-    project.mantik("apply", "--auto-approve", env=env)
-    single = time.perf_counter() - started
-    duplicates, seconds = 0, []
-    for trial in range(trials):
-        project.write("mantik.yaml", trial_spec(spec, trial))
-        project.commit(f"trial {trial}")
-        started = time.perf_counter()
-        results = parallel_applies(project, env)
-        seconds.append(time.perf_counter() - started)
-        assert [r.returncode for r in results] == [0] * PARALLEL, [r.stderr for r in results if r.returncode]
-        submitters = [r for r in results if "Apply complete: 3 run(s) started." in r.stdout]
-        assert len(submitters) == 1, [r.stdout for r in results]  # the others found nothing left to do
-        counts = runs_by_key(tracking_uri)
-        duplicates += sum(count - 1 for count in counts.values())
-    assert duplicates == 0
-    figures = {
-        "trials": trials,
-        "duplicates": duplicates,
-        "one apply alone (s)": round(single, 2),
-        f"{PARALLEL} applies at once (s)": round(sum(seconds) / len(seconds), 2),
-    }
-    if os.environ.get("MANTIK_RELIABILITY_REPORT"):  # the figures of docs/reliability.md
-        with open(os.environ["MANTIK_RELIABILITY_REPORT"], "a") as report:
-            report.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}: {figures}\n")
-    return figures
 
 
 def test_parallel_applies_sqlite_local(project):

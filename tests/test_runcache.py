@@ -22,7 +22,7 @@ from mantik_spec.state.tracking import TrackingStore
 from mantik_spec.vocab import RunStatus
 
 from .conftest import examples
-from .test_planner import desired, point
+from .support.planning import desired, point
 
 PROJECT = "cached"
 WANTS = [desired(point(lr=lr, experiment=experiment)) for experiment in ("sweep", "other") for lr in (0.1, 0.2, 0.3)]

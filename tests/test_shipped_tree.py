@@ -19,6 +19,8 @@ from mantik_spec.backends.staging import code_archive, unpack
 from mantik_spec.state.git import ProjectRepo
 
 from .conftest import BASIC_SPEC, TRAIN_SCRIPT, Project, git
+from .support.project import peak_rss_kib
+from .support.slurm import slurm_is_up
 
 # the job's own view of its working directory, written where the test can read it
 LIST_TREE = textwrap.dedent(
@@ -208,26 +210,6 @@ def test_an_uninitialised_submodule_is_refused_at_plan(tmp_path):
     Project(clone).mantik("plan", check=0)
 
 
-def peak_rss_kib(proj: Project, *args: str) -> int:
-    """Peak resident memory of one `mantik` command (KiB), read by a parent that waits for it."""
-    from .conftest import mantik_command
-
-    script = (
-        "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, *mantik_command(), *args],
-        cwd=proj.path,
-        capture_output=True,
-        text=True,
-        env=proj.env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return int(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_a_large_committed_file_is_streamed_not_held_in_memory(tmp_path):
     """`mantik apply` ships a large committed file with about the memory `plan` needs: it is streamed."""
@@ -277,8 +259,6 @@ def test_a_file_name_that_is_not_utf8_is_shipped_as_committed(project, tmp_path)
 def test_slurm_job_reads_the_committed_tree(awkward, tmp_path, slurm_cluster):
     """On the real Slurm (the test run's own): the staged copy is the committed tree, and the job reads it
     through its run directory."""
-    from .test_slurm import slurm_is_up
-
     assert slurm_is_up(), slurm_cluster.logs()
     workdir = tmp_path / "cluster"
     awkward.write(

@@ -7,73 +7,23 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from .conftest import TRAIN_SCRIPT, Project, git, run_example
+from .support.slurm import (
+    slurm,  # noqa: F401  (the autouse fixture: CI fails without Slurm, elsewhere skips)
+    squeue_state,
+)
+from .support.specs import slurm_spec
 
 pytestmark = pytest.mark.e2e
-
-VENV_BIN = str(Path(sys.executable).parent)
-
-
-def slurm_is_up() -> bool:
-    """The Slurm that SLURM_CONF names (the test run's own, conftest.SlurmCluster) has a node that takes jobs."""
-    if not shutil.which("sbatch"):
-        return False
-    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
-    # a node finishing the previous test's job reads "completing" for a moment: it is up
-    return any(state.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for state in states)
-
-
-@pytest.fixture(autouse=True)
-def slurm(slurm_cluster):
-    """Every test here runs on the test run's own Slurm (conftest: skipped without one, a failure under CI)."""
-    assert slurm_is_up(), slurm_cluster.logs()
-
-
-def slurm_spec(**overrides) -> str:
-    values = {"lrs": "[0.1, 0.2, 0.3]", "extra": "", "time": "00:05:00", "partition": "debug", "retries": 0}
-    values.update(overrides)
-    return textwrap.dedent(
-        f"""
-        version: 1
-        project: slurmtest
-        code: {{paths: [train.py]}}
-        entry_points:
-          train:
-            command: python train.py --lr {{lr}} --sleep {{sleep}} --fail {{fail}}
-            parameters:
-              lr: float
-              sleep: {{type: float, default: 0}}
-              fail: {{type: bool, default: false}}
-        backends:
-          cluster:
-            type: slurm
-            partition: {values["partition"]}
-            resources: {{ntasks: 1, cpus_per_task: 1, mem: 200M, time: "{values["time"]}"}}
-            python: {sys.executable}
-            setup: ['export PATH={VENV_BIN}:$PATH']
-            poll_interval: 0.5s
-        experiments:
-          sweep:
-            entry_point: train
-            parameters: {{lr: {values["lrs"]}{values["extra"]}}}
-            retries: {values["retries"]}
-        """
-    )
 
 
 def use(project, spec: str) -> None:
     project.write("mantik.yaml", spec)
     project.commit("slurm spec")
-
-
-def squeue_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-r", "-o", "%i|%T"], capture_output=True, text=True).stdout
-    return dict(line.split("|") for line in out.split())[job_id] if job_id in out else ""
 
 
 def test_grid_runs_as_one_job_array_to_finished(project):

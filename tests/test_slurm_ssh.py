@@ -17,7 +17,8 @@ import pytest
 from mantik_spec.backends.ssh import control_directory
 
 from .conftest import IN_CI
-from .test_slurm import slurm_is_up, slurm_spec, squeue_state
+from .support.slurm import slurm_is_up, squeue_state
+from .support.specs import slurm_spec
 
 pytestmark = pytest.mark.e2e
 

@@ -16,28 +16,15 @@ import threading
 
 import pytest
 
-from .conftest import BASIC_SPEC, ROOT, Project, git
+from .conftest import ROOT, Project, git
 from .fake_unicore import FakeUnicore
-from .test_mantik_formats import FULL_MANTIK_CONFIG, JUWELS
+from .support.project import dvc, peak_rss_kib, settle
+from .support.specs import FULL_MANTIK_CONFIG, JUWELS, unicore_spec
 
 USER, PASSWORD = "alice", "wonderland"
 CREDENTIALS = {"MANTIK_UNICORE_USERNAME": USER, "MANTIK_UNICORE_PASSWORD": PASSWORD}
 # the runner's Python without site-packages: a compute node that has no mlflow, as if it were offline
 OFFLINE_PYTHON = f"{sys.executable} -S"
-
-
-def unicore_spec(url: str, python: str = sys.executable, extra: str = "") -> str:
-    """The shared test spec (conftest.BASIC_SPEC) on one UNICORE backend; ``extra``: more backend keys."""
-    backend = f"""  site:
-    type: unicore
-    url: {url}
-    python: {python!r}
-    timeout: 5s
-    poll_interval: 0s
-{extra}"""
-    local = "  local: {type: local, max_parallel: 4}\n"
-    assert local in BASIC_SPEC
-    return BASIC_SPEC.replace(local, backend.rstrip("\n") + "\n")
 
 
 @pytest.fixture
@@ -58,20 +45,6 @@ def on_unicore(project, site):
 
 def submissions(site) -> list:
     return [r for r in site.requests if r[0] == "POST" and r[1].endswith("/jobs")]
-
-
-def settle(project, timeout: float = 90) -> None:
-    """Apply until every run has ended (an apply also closes runs whose runner could not)."""
-
-    def settled():
-        plan = project.plan_json()
-        if all(entry["symbol"] in ("=", "x") for entry in plan["runs"]):
-            return True
-        if plan["has_changes"]:
-            project.mantik("apply", "--auto-approve")
-        return False
-
-    project.wait_until(settled, timeout=timeout, message="all runs settled")
 
 
 def test_grid_runs_to_finished_and_a_second_apply_submits_nothing(on_unicore, site):
@@ -263,8 +236,6 @@ def test_code_is_staged_once_per_content(on_unicore, site):
 
 
 def test_data_must_be_pushed_and_the_job_reads_it_from_the_remote(on_unicore, site, tmp_path):
-    from .test_versions import dvc
-
     dvc(on_unicore, "init", "-q")
     on_unicore.write("data/era5.csv", "t,value\n0,1.0\n")
     dvc(on_unicore, "add", "data/era5.csv")
@@ -778,8 +749,6 @@ def test_committed_files_named_like_the_jobs_own_files_do_not_collide(site, tmp_
 def test_a_large_committed_file_reaches_the_site_streamed_not_held_in_memory(on_unicore, site):
     """The code archive is written to a temporary file and uploaded from it: apply needs about the memory
     plan needs, whatever the size of the repository."""
-    from .test_shipped_tree import peak_rss_kib
-
     on_unicore.write("mantik.yaml", unicore_spec(site.url).replace("code: {paths: [train.py]}\n", ""))
     size = 64 << 20
     with open(on_unicore.path / "weights.bin", "wb") as handle:  # incompressible, like real weights

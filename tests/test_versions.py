@@ -11,9 +11,9 @@ import pytest
 
 from mantik_spec.dvcfiles import dvc_md5
 
-pytestmark = pytest.mark.e2e
+from .support.project import dvc
 
-DVC = [str(Path(sys.executable).parent / "dvc")]
+pytestmark = pytest.mark.e2e
 
 DATA_SPEC = textwrap.dedent(
     """
@@ -44,10 +44,6 @@ DATA_SPEC = textwrap.dedent(
         parameters: {lr: [0.1, 0.2]}
     """
 )
-
-
-def dvc(project, *args: str) -> None:
-    subprocess.run([*DVC, *args], cwd=project.path, check=True, capture_output=True, text=True)
 
 
 @pytest.fixture

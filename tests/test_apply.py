@@ -1,0 +1,160 @@
+"""apply's rules against an in-memory backend (tests/support/fake_backend.py): a real git repository and a real
+MLflow sqlite store, no scheduler and no process. Each apply opens the project afresh, as each `mantik apply`
+does; the fake backend outlives them, as a cluster does."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mantik_spec.errors import UserError
+from mantik_spec.operations.apply import ApplyResult, apply
+from mantik_spec.operations.project import open_project
+from mantik_spec.reconcile.identity import ObservedRun
+from mantik_spec.state.tracking import OUTPUT_ARTIFACT, prepare_local_store
+from mantik_spec.vocab import FailureKind, JobState, RunStatus
+
+from .conftest import BASIC_SPEC, TRAIN_SCRIPT, git
+from .support.fake_backend import FakeBackend
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with every migration applied, built once by mantik itself; each test copies it."""
+    database = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    prepare_local_store(database)
+    return database
+
+
+@pytest.fixture
+def repo(tmp_path, migrated, monkeypatch) -> Path:
+    """A committed project (conftest.BASIC_SPEC: two points on backend ``local``) with its default store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("CI", raising=False)  # CI would make apply refuse the local store
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "train.py").write_text(TRAIN_SCRIPT)
+    (path / "mantik.yaml").write_text(BASIC_SPEC)
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "initial")
+    (path / ".mantik").mkdir()
+    shutil.copyfile(migrated, path / ".mantik" / "mlflow.db")
+    (path / ".git" / "info" / "exclude").write_text("/.mantik/\n")
+    return path
+
+
+def declare(repo: Path, lrs: str, retries: int = 0) -> None:
+    spec = BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", f"parameters: {{lr: {lrs}}}\n    retries: {retries}")
+    (repo / "mantik.yaml").write_text(spec)
+    git(repo, "commit", "-qam", "the grid")
+
+
+def apply_now(repo: Path, backend: FakeBackend) -> ApplyResult:
+    """`mantik apply --auto-approve` with ``backend`` as the project's backend ``local``."""
+    project = open_project(repo)
+    project.backends[backend.name] = backend
+    return apply(project, confirm=lambda plan: True, show=lambda plan: None)
+
+
+def records(repo: Path) -> dict[str, ObservedRun]:
+    """The project's MLflow runs, by run id."""
+    return {run.run_id: run for run in open_project(repo).store.observe()}
+
+
+def jobs_per_point(backend: FakeBackend) -> Counter:
+    return Counter(job.request.point_id for job in backend.jobs.values())
+
+
+def test_every_run_is_recorded_before_its_job_is_asked_for_and_then_names_its_job(repo):
+    fake = FakeBackend()
+    at_submission: dict[str, ObservedRun] = {}
+    fake.before_submit = lambda requests: at_submission.update(records(repo))
+
+    result = apply_now(repo, fake)
+
+    # when the backend was asked, each run existed as an intent: scheduled, carrying its key, with no job yet
+    [requests] = fake.submissions  # both runs in one call
+    assert {r.run_id: r.run_key for r in requests} == {r.run_id: r.run_key for r in at_submission.values()}
+    assert {(r.status, r.job_id) for r in at_submission.values()} == {(RunStatus.SCHEDULED, None)}
+    assert sorted(result.started) == sorted(at_submission)
+    # then each run names the job started for it
+    assert {run_id: run.job_id for run_id, run in records(repo).items()} == {
+        run_id: fake.job_of(run_id) for run_id in at_submission
+    }
+    # while the jobs are queued, the next apply has nothing to do
+    assert not apply_now(repo, fake).applied
+    assert fake.calls["submit"] == 1
+
+
+def test_a_submission_stopped_part_way_keeps_what_was_accepted_and_the_next_apply_sends_the_rest(repo):
+    declare(repo, "[0.1, 0.2, 0.3]")
+    fake = FakeBackend()
+    fake.stop_next_submit(after=1, message="sbatch: error: QOSMaxSubmitJobPerUserLimit")
+
+    with pytest.raises(UserError, match="backend local: sbatch: error: QOSMaxSubmitJobPerUserLimit"):
+        apply_now(repo, fake)
+
+    [requests] = fake.submissions
+    accepted, *refused = (r.run_id for r in requests)
+    runs = records(repo)
+    assert (runs[accepted].status, runs[accepted].job_id) == (RunStatus.SCHEDULED, fake.job_of(accepted))
+    for run_id in refused:  # closed, saying the backend refused them: they never ran
+        assert (runs[run_id].status, runs[run_id].failure_kind, runs[run_id].job_id) == (
+            RunStatus.FAILED,
+            FailureKind.REFUSED,
+            None,
+        )
+
+    # with no retries declared, the refused points are sent again (a refusal spends none), the accepted one not
+    assert len(apply_now(repo, fake).started) == 2
+    assert [r.point_id for r in fake.submissions[1]] == [runs[run_id].point_id for run_id in refused]
+    assert set(jobs_per_point(fake).values()) == {1} and len(jobs_per_point(fake)) == 3
+
+
+@pytest.mark.parametrize("queued", [True, False], ids=["queued", "never-queued"])
+def test_a_run_whose_submission_answer_was_lost_is_adopted_or_resubmitted_never_doubled(repo, queued):
+    fake = FakeBackend()
+    fake.stop_next_submit(after=0, message="sbatch: Socket timed out", lost_answer=True, queued=queued)
+
+    with pytest.raises(UserError, match="1 run.s. may have been submitted: the next plan adopts or resubmits them"):
+        apply_now(repo, fake)
+
+    [(in_doubt, never_sent)] = [[r.run_id for r in requests] for requests in fake.submissions]
+    runs = records(repo)
+    assert (runs[in_doubt].status, runs[in_doubt].job_id) == (RunStatus.SCHEDULED, None)  # left open
+    assert (runs[never_sent].status, runs[never_sent].failure_kind) == (RunStatus.FAILED, FailureKind.REFUSED)
+
+    apply_now(repo, fake)
+
+    runs = records(repo)
+    if queued:  # the job is found by its run id and recorded: the run goes on with it
+        assert (runs[in_doubt].status, runs[in_doubt].job_id) == (RunStatus.SCHEDULED, fake.job_of(in_doubt))
+    else:  # no job: the intent is closed as interrupted and its point submitted again
+        assert (runs[in_doubt].status, runs[in_doubt].failure_kind) == (RunStatus.FAILED, FailureKind.INTERRUPTED)
+    assert jobs_per_point(fake) == {runs[in_doubt].point_id: 1, runs[never_sent].point_id: 1}
+
+
+def test_a_failed_job_is_closed_with_its_exit_code_and_output_and_retried_as_declared(repo):
+    declare(repo, "[0.1]", retries=1)
+    fake = FakeBackend()
+    [first] = apply_now(repo, fake).started
+    fake.end(fake.job_of(first), JobState.FAILED, exit_code=3, output=b"Traceback: out of patience\n")
+
+    [second] = apply_now(repo, fake).started
+
+    runs = records(repo)
+    assert (runs[first].status, runs[first].failure_kind) == (RunStatus.FAILED, FailureKind.JOB_FAILED)
+    assert (runs[second].status, runs[second].attempt) == (RunStatus.SCHEDULED, 2)
+    client = open_project(repo).store.client
+    assert client.get_run(first).data.tags["mantik.exit_code"] == "3"
+    kept = Path(client.download_artifacts(first, OUTPUT_ARTIFACT, str(repo.parent)))
+    assert kept.read_text() == "Traceback: out of patience\n"  # what the job wrote, though its runner never said
+
+    fake.end(fake.job_of(second), JobState.TIMEOUT)
+    assert apply_now(repo, fake).started == []  # no retries left
+    assert records(repo)[second].failure_kind is FailureKind.TIMEOUT
+    assert fake.calls["submit"] == 2
