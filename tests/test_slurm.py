@@ -274,3 +274,44 @@ def test_logs_show_slurms_output_when_the_runner_never_started(project):
     shown = project.mantik("logs", point).stdout
     assert shown.startswith("[the run's own log is empty; Slurm's output of job "), shown
     assert "/nonexistent/bin/python3" in shown, shown
+
+
+def test_a_run_record_naming_someone_elses_job_never_cancels_it(project):
+    """Anyone who can write to the tracking store can write a run record naming any job id: neither
+    `apply --prune` nor `mantik cancel` stops a job the queue does not show running one of this project's
+    batches (here the same user's own job, submitted by hand)."""
+    use(project, slurm_spec(lrs="[0.1, 0.2]"))
+    project.mantik("apply", "--auto-approve", "--wait")
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--job-name=mantik-sweep", "--wrap", "sleep 300"],
+        cwd=project.path.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    other = submitted.stdout.strip().split(";")[0]
+    try:
+        assert wait_for_state(other, "RUNNING")
+        client = project.client()
+        forged = next(r for r in project.runs() if r.data.params["lr"] == "0.2")
+        client.update_run(forged.info.run_id, status="RUNNING")
+        client.set_tag(forged.info.run_id, "mantik.job_id", other)
+        use(project, slurm_spec(lrs="[0.1]"))  # the forged run's point is no longer declared: prune would cancel it
+        pruned = project.mantik("apply", "--auto-approve", "--prune", check=1)
+        cancelled = project.mantik("cancel", "sweep", check=1)
+        for result in (pruned, cancelled):
+            assert f"job {other} is not a batch of this project" in result.stderr, result.stderr
+        assert squeue_state(other) == "RUNNING"
+    finally:
+        subprocess.run(["scancel", other], check=False)  # our own job, started above
+
+
+def wait_for_state(job_id: str, state: str, seconds: float = 60) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if squeue_state(job_id) == state:
+            return True
+        time.sleep(0.3)
+    return False

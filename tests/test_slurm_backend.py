@@ -367,3 +367,28 @@ def test_a_scheduler_command_missing_here_is_one_line_naming_it(tmp_path):
     with pytest.raises(BackendError, match=r"`sbatch` is not on the PATH where mantik runs it"):
         made.submit(requests(tmp_path, 1))
     assert [command[0] for command in made.host.commands] == ["sbatch"]  # no queue lookup: nothing was sent
+
+
+def test_cancel_reaches_only_this_projects_batches(tmp_path):
+    """A job id comes from a run record, which anyone who can write to the tracking store can write: scancel
+    is asked only for jobs the queue shows running one of this backend's batches, and never given an option."""
+    ours = tmp_path / "work" / "batches" / "0123456789abcdef"
+    ours.mkdir(parents=True)
+    other_project = tmp_path / "elsewhere" / "batches" / "fedcba9876543210"  # the same user's other project
+    listing = (
+        f"41_0|RUNNING|None|mantik-sweep|{ours}/script.sh\n"
+        f"41_1|PENDING|None|mantik-sweep|{ours}/script.sh\n"
+        f"52|RUNNING|None|mantik-sweep|{other_project}/script.sh\n"
+        "63|RUNNING|None|interactive|/bin/bash\n"
+    )
+    for forged in (["52"], ["63"], ["41_0", "63"], ["--user=alice"], ["-u", "alice"], ["41_0 63"]):
+        slurm = backend(tmp_path / forged[0].replace("/", "_").replace(" ", "_"), {"squeue": [(listing, "", 0)]})
+        slurm.workdir = str(tmp_path / "work")
+        with pytest.raises(BackendError) as refused:
+            slurm.cancel(forged)
+        assert "is not a batch of this project" in str(refused.value) and "left alone" in str(refused.value)
+        assert [command[0] for command in slurm.host.commands] == ["squeue"]  # nothing was cancelled
+    slurm = backend(tmp_path / "own", {"squeue": [(listing, "", 0)], "scancel": [("", "", 0)]})
+    slurm.workdir = str(tmp_path / "work")
+    slurm.cancel(["41_0", "41_1", "40_3"])  # 40_3 is no longer listed: it ended, nothing to cancel
+    assert slurm.host.commands[-1] == ["scancel", "41_0", "41_1"]

@@ -47,6 +47,7 @@ JOB_NAME_LENGTH = 64  # characters of the experiment kept in the name: enough to
 # Where a listed job says which batch it is, whatever its name: its batch script (squeue's command, %o, made
 # absolute by sbatch: src/sbatch/opt.c) or its working directory (FirecREST submits from the batch directory).
 # Jobs of versions that named them mantik-BATCH were submitted the same way: they are found alike.
+SLURM_JOB_ID = re.compile(r"^\d+(_\d+)?$")  # a job, or an array's task: what a recorded job id must be
 BATCH_PATH = re.compile(r"/batches/([0-9a-f]{16})(?:/script\.sh)?/?$")
 RUN_CWD = "work"  # the run's working directory inside its run directory
 NEVER_STARTED = (
@@ -325,8 +326,9 @@ class BatchBackend(BackendBase, abc.ABC):
         :func:`batch_of`; empty when not mantik's). Raises :class:`BackendError`."""
 
     @abc.abstractmethod
-    def cancel(self, job_ids: list[str]) -> None:
-        """Cancel many jobs in one call (jobs already ended are no error). Raises :class:`BackendError`."""
+    def cancel_jobs(self, job_ids: list[str]) -> None:
+        """Cancel many jobs of this project in one call (jobs already ended are no error). Raises
+        :class:`BackendError`."""
 
     @abc.abstractmethod
     def stage_code(self, code_dir: Path) -> str:
@@ -425,6 +427,32 @@ class BatchBackend(BackendBase, abc.ABC):
         listing = self.list_jobs()
         self._listing = (now, listing)
         return listing
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """Cancel the jobs, once the site's listing shows each is one of this project's batches (its batch
+        script or working directory under this backend's work directory, which holds that batch): a job id
+        comes from a run record, which anyone who can write to the tracking store can write, so a record is
+        never enough to cancel a job. Jobs no longer listed have ended: nothing to cancel. Raises
+        :class:`BackendError` naming the others, before anything is cancelled."""
+        if not job_ids:
+            return
+        self._listing = None
+        listing = self._jobs()
+        foreign = [j for j in job_ids if not SLURM_JOB_ID.match(j) or (j in listing and not self._ours(listing[j][1]))]
+        if foreign:
+            raise BackendError(
+                f"job {', '.join(foreign)} is not a batch of this project in {self.workdir}: left alone "
+                "(its run record names it, and records are not proof)"
+            )
+        listed = [j for j in job_ids if j in listing]
+        if listed:
+            self.cancel_jobs(listed)
+        self._listing = None
+
+    def _ours(self, batch: str) -> bool:
+        """Whether ``batch`` (a listed job's batch id, :func:`batch_of`; empty for anyone else's job) is a batch
+        this backend wrote into its work directory."""
+        return bool(batch) and self.files.exists(self._path("batches", batch))
 
     def poll(self, jobs: dict[str, str]) -> dict[str, JobStatus]:
         try:

@@ -315,7 +315,7 @@ class FirecrestBackend(BatchBackend):
 
     # -- act -----------------------------------------------------------------------------------
 
-    def cancel(self, job_ids: list[str]) -> None:
+    def cancel_jobs(self, job_ids: list[str]) -> None:
         """FirecREST cancels by job id, and its job id path takes no array task (``123_4``): an array is
         cancelled whole, and only when every task of it still queued or running is asked for."""
         if not job_ids:

@@ -255,7 +255,7 @@ class SlurmBackend(BatchBackend):
 
     # -- act -----------------------------------------------------------------------------------
 
-    def cancel(self, job_ids: list[str]) -> None:
+    def cancel_jobs(self, job_ids: list[str]) -> None:
         if not job_ids:
             return
         result = self._run(["scancel", *job_ids])
