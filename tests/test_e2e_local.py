@@ -511,3 +511,28 @@ def test_apply_wait_after_ctrl_c_follows_the_runs_still_going(project):
     assert (
         "Following" not in project.mantik("apply", "--auto-approve", "--wait").stdout
     )  # nothing live: nothing to follow
+
+
+def test_a_run_record_naming_a_path_as_its_job_never_signals_what_the_path_holds(project, tmp_path):
+    """Another user of this machine can plant a directory holding a pid file, and anyone who can write to the
+    tracking store can name it as a run's job: `mantik cancel` stops only runs of this project's own queue."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        planted = tmp_path / "planted"
+        planted.mkdir()
+        start = open(f"/proc/{bystander.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        (planted / "pid").write_text(f"{bystander.pid} {start}\n")
+        project.write(
+            "mantik.yaml", BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1], sleep: [60]}")
+        )
+        project.commit("a long run")
+        project.mantik("apply", "--auto-approve")
+        [run] = project.runs()
+        jobs = project.path / ".mantik" / "local" / "local" / "jobs"
+        project.client().set_tag(run.info.run_id, "mantik.job_id", os.path.relpath(planted, jobs))
+        refused = project.mantik("cancel", "sweep", check=1)
+        assert "is not a run of this queue: left alone" in refused.stderr
+        assert bystander.poll() is None  # still running
+    finally:
+        bystander.kill()
+        bystander.wait()

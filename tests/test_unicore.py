@@ -18,6 +18,7 @@ import pytest
 
 from .conftest import ROOT, Project, git
 from .fake_unicore import FakeUnicore
+from .support.listener import Listener
 from .support.project import dvc, peak_rss_kib, settle
 from .support.specs import FULL_MANTIK_CONFIG, JUWELS, unicore_spec
 
@@ -761,3 +762,31 @@ def test_a_large_committed_file_reaches_the_site_streamed_not_held_in_memory(on_
     assert archive.stat().st_size > size  # the whole tree went, once
     extra = (applying - planning) * 1024
     assert extra < size // 4, f"apply needed {extra >> 20} MiB more than plan to send a {size >> 20} MiB file"
+
+
+def test_a_run_record_naming_a_job_elsewhere_is_never_sent_the_sites_credentials(on_unicore, site):
+    """A job URL comes from a run record, which anyone who can write to the tracking store can write: plan,
+    logs and cancel ask only URLs of this site's job list, so the password never reaches another server, and
+    no job elsewhere is aborted."""
+    site.queue_seconds = 60
+    on_unicore.mantik("apply", "--auto-approve")
+    listener = Listener()
+    try:
+        client = on_unicore.client()
+        runs = on_unicore.runs()
+        jobs_url = site.job_urls()[0].rsplit("/", 1)[0]
+        forged = {
+            runs[0].info.run_id: f"http://127.0.0.1:{listener.port}/SITE/rest/core/jobs/x",
+            runs[1].info.run_id: f"{jobs_url}/../../../../{listener.port}",
+        }
+        for run_id, url in forged.items():
+            client.set_tag(run_id, "mantik.job_id", url)
+        planned = on_unicore.mantik("plan", check=1)
+        assert planned.stderr.count("not asked") >= 1, planned.stderr
+        on_unicore.mantik("logs", runs[0].info.run_id, check=1)
+        cancelled = on_unicore.mantik("cancel", "sweep", check=1)
+        assert "is not a mantik job of" in cancelled.stderr and "left alone" in cancelled.stderr
+        assert listener.received == []
+        assert not [r for r in site.requests if r[1].endswith("/actions/abort")]
+    finally:
+        listener.close()

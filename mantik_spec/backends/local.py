@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,10 +27,11 @@ from .. import runner
 from ..files import write_atomically
 from ..spec.model import LocalConfig
 from ..vocab import JobState, JobStatus
-from .base import BackendBase, JobRequest, SubmissionFailed
+from .base import BackendBase, BackendError, JobRequest, SubmissionFailed
 from .hosts import read_from
 
 JOB_FILE = "job.json"
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a run id (MLflow's are 32 hex digits): one name inside the queue
 PID_FILE = "pid"
 SCHEDULER_LOCK = "scheduler.lock"
 SCHEDULER_CONFIG = "scheduler.json"
@@ -180,7 +182,14 @@ class LocalBackend(BackendBase):
                 alive.append(self.queue.scheduler_alive())
             return alive[0]
 
-        states = {job_id: self.queue.status(job_id, scheduler_alive) for job_id in jobs}
+        # a job is its run (job id = run id, a directory of this project's queue); a record naming anything
+        # else names no job of ours, whoever wrote it
+        states = {
+            job_id: self.queue.status(job_id, scheduler_alive)
+            if job_id == run_id and JOB_ID.match(job_id)
+            else JobStatus(JobState.UNKNOWN, detail=f"job {job_id!r} is not run {run_id}'s: not asked")
+            for job_id, run_id in jobs.items()
+        }
         if any(s.state is JobState.PENDING for s in states.values()) and not scheduler_alive():
             self._ensure_scheduler()  # it died (killed, logged out): queued runs must not wait forever
         return states
@@ -189,6 +198,9 @@ class LocalBackend(BackendBase):
         return {run_id: run_id for run_id in run_ids if (self.queue.job_dir(run_id) / JOB_FILE).exists()}
 
     def cancel(self, job_ids: list[str]) -> None:
+        foreign = [job_id for job_id in job_ids if not JOB_ID.match(job_id)]
+        if foreign:  # a path, not a run id: it would reach outside this project's queue
+            raise BackendError(f"job {', '.join(map(repr, foreign))} is not a run of this queue: left alone")
         for job_id in job_ids:
             job_dir = self.queue.job_dir(job_id)
             if not job_dir.exists():

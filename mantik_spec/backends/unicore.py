@@ -42,6 +42,7 @@ from .base import BackendBase, BackendError, CommandTimeout, JobRequest, Submiss
 from .staging import code_archive, file_chunks
 
 RUNNER_FILE = "mantik-runner.py"
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")  # the last segment of a job's URL: one name, no path
 CODE_ARCHIVE = "code.tar.gz"
 WORKDIR = "work"  # the run's cwd inside the job directory: the code, plus uploaded inputs
 RUN_TAG = "mantik-run-"
@@ -506,6 +507,9 @@ class UnicoreBackend(BackendBase):
             self._site()
         except BackendError as exc:
             return {url: JobStatus(JobState.UNKNOWN, detail=str(exc)) for url in jobs} | fresh
+        for url in [url for url in wanted if not self._of_site(url)]:  # never sent this site's credentials
+            wanted.remove(url)
+            fresh[url] = JobStatus(JobState.UNKNOWN, detail=f"{url} is not a job of {self.config.url}: not asked")
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(wanted)))) as pool:
             for url, status in zip(wanted, pool.map(self._job_status, wanted), strict=True):
                 fresh[url] = status
@@ -557,16 +561,46 @@ class UnicoreBackend(BackendBase):
     # -- act -----------------------------------------------------------------------------------
 
     def cancel(self, job_ids: list[str]) -> None:
-        """UNICORE aborts one job per call."""
-        site = self._site() if job_ids else None
+        """UNICORE aborts one job per call, and only a job of this site's job list tagged as mantik's: a job
+        URL comes from a run record, which anyone who can write to the tracking store can write. Raises
+        :class:`BackendError` naming the others before anything is aborted."""
+        if not job_ids:
+            return
+        site = self._site()
+        foreign = [url for url in job_ids if not self._of_site(url)]
+        listed: list[str] = []
         for url in job_ids:
+            if url in foreign:
+                continue
+            try:
+                tags = self._get("job", url).get("tags") or []
+            except BackendError as exc:
+                if _status(exc) == 404:
+                    continue  # gone already: nothing to abort
+                raise
+            (listed if "mantik" in tags else foreign).append(url)
+        if foreign:
+            raise BackendError(
+                f"job {', '.join(foreign)} is not a mantik job of {self.config.url}: left alone "
+                "(its run record names it, and records are not proof)"
+            )
+        for url in listed:
             self._request("abort", lambda u=url: site.transport.post(url=f"{u}/actions/abort", json={}))
             self._polled.pop(url, None)
+
+    def _of_site(self, url: str) -> bool:
+        """Whether ``url`` names one job of this site's job list (``{jobs}/ID``): only such a URL is asked
+        anything, with this site's credentials (call after :meth:`_site`)."""
+        prefix = self._jobs_url.rstrip("/") + "/"
+        return bool(self._jobs_url) and url.startswith(prefix) and bool(JOB_ID.match(url[len(prefix) :]))
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         """The runner's output file in the job's working directory (the job's stdout before it started)."""
         if not job_id:
             return None
+        self._site()
+        if not self._of_site(job_id):
+            raise BackendError(f"{job_id} is not a job of {self.config.url}: not asked")
         try:
             properties = self._get("job", job_id)
         except BackendError as exc:
