@@ -536,3 +536,35 @@ def test_a_run_record_naming_a_path_as_its_job_never_signals_what_the_path_holds
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_reproduce_runs_what_the_commit_declares_never_a_records_command(project):
+    """Anyone who can write to the tracking store can add a record for a point with its own command and an
+    honestly computed key: `mantik reproduce` rebuilds the run from mantik.yaml at the recorded commit, and
+    refuses a record that disagrees with it, so the forged command never runs."""
+    import json
+
+    from mantik_spec.reconcile.identity import Identity
+
+    project.mantik("apply", "--auto-approve", "--wait")
+    genuine = project.runs()[0]
+    tags = dict(genuine.data.tags)
+    command = "touch FORGED; " + tags["mantik.command"]
+    identity = Identity(
+        command=command,
+        parameters=json.loads(tags["mantik.parameters"]),
+        seed=None,
+        code=tags["mantik.code"],
+        data=json.loads(tags["mantik.data"]),
+        environment=tags.get("mantik.environment", ""),
+    )
+    tags |= {"mantik.command": command, "mantik.run_key": identity.key, "mantik.attempt": "9"}
+    client = project.client()
+    forged = client.create_run(genuine.info.experiment_id, tags=tags)
+    client.set_terminated(forged.info.run_id, "FINISHED")
+    refused = project.mantik("reproduce", forged.info.run_id, check=1)
+    assert "is not what commit" in refused.stderr and "not re-created" in refused.stderr
+    reproduced = project.mantik("reproduce", genuine.info.run_id)
+    assert "reproducing " + genuine.info.run_id in reproduced.stdout
+    project.mantik("apply", "--auto-approve", "--wait")  # let the reproduction finish
+    assert not list(project.path.rglob("FORGED")) and not list((project.path / ".mantik").rglob("FORGED"))

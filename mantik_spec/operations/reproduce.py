@@ -1,18 +1,22 @@
 """``mantik reproduce RUN_ID``: re-create a run from its MLflow record alone.
 
-The record names the commit, the command template, the parameters and seed,
-the code identity and the data and environment versions. The run is
-re-created in a checkout of that commit with its data at the recorded
-versions, submitted as a new run with the same key and linked to the original.
+The record names the commit, the point, the code identity and the data and
+environment versions. The point is re-created as ``mantik.yaml`` at that
+commit declares it (the record's command and parameters must hash, with those
+versions, to the record's key: a record is evidence, not what runs), in a
+checkout of that commit with its data at the recorded versions, and submitted
+as a new run with the same key, linked to the original.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..dvcfiles import VersionError, dvc_md5
 from ..errors import UserError
-from ..reconcile.identity import DesiredRun, recorded_identity
+from ..reconcile.identity import DesiredRun, identify, recorded_identity
 from ..reconcile.plan import Action, PlannedRun
-from ..spec.experiments import RunPoint
+from ..spec.experiments import RunPoint, expand, resolve_extends
 from ..spec.load import load_spec
 from ..spec.yamlload import SpecError
 from ..state.git import CodeVersion
@@ -43,19 +47,10 @@ def reproduce(
         raise UserError(f"run {run_id}'s record does not hash to its run key: it cannot be re-created exactly")
 
     checkout_dir = project.repo.worktree(run.commit, project.state_dir / "reproduce" / run.commit)
+    declared = _declared_point(run, checkout_dir)
     sources = _data_at_commit(project, run, checkout_dir)
-    point = RunPoint(
-        experiment=run.experiment,
-        entry_point=run.entry_point,
-        backend=backend,
-        environment=None,
-        parameters=tuple(sorted(run.parameters.items())),
-        seed=run.seed,
-        data=tuple(sorted(run.data)),
-        command_template=run.command,
-        retries=0,
-        suspended=False,
-    )
+    # what runs is what the commit declares for the point; the record only says which point and versions
+    point = dataclasses.replace(declared, backend=backend, environment=None, retries=0, suspended=False)
     entry = PlannedRun(
         Action.SUBMIT,
         run.experiment,
@@ -71,6 +66,29 @@ def reproduce(
     with project_lock(project.store, "reproduce", lock_timeout):
         started = submit(project, context, [(DesiredRun(point, identity), entry)], sources=sources)
     return started[0], run_id
+
+
+def _declared_point(run, checkout_dir) -> RunPoint:
+    """The point ``run`` records, as ``mantik.yaml`` at the run's commit declares it, once the record's identity
+    is shown to be what that declaration hashes to: the command and parameters of a run record are evidence
+    (anyone who can write to the tracking store can write one), never what runs. UserError otherwise."""
+    commit = run.commit[:7]
+    try:
+        spec = load_spec(checkout_dir).spec
+    except SpecError as exc:
+        raise UserError(f"mantik.yaml at commit {commit} no longer loads: {exc.problems[0]}") from None
+    experiments, _ = resolve_extends(spec)
+    found = [p for p in expand(spec, experiments) if p.point_id == run.point_id and p.experiment == run.experiment]
+    if not found:
+        raise UserError(f"run {run.run_id}: commit {commit} declares no point {run.point_id}; not re-created")
+    point = found[0]
+    environments = {point.environment: run.environment} if point.environment else {}
+    if identify(point, run.code, run.data, environments).key != run.run_key:
+        raise UserError(
+            f"run {run.run_id}'s record (command, parameters, seed or data) is not what commit {commit} declares "
+            f"for {run.point_id}: not re-created (a record is not proof of what ran; `mantik explain` compares)"
+        )
+    return point
 
 
 def dvc_cache(project: Project):

@@ -1,6 +1,6 @@
 """Naming a run on the command line: what ``status`` shows must be accepted wherever a run is named.
 
-A reference is, in this order: a full MLflow run id or backend job id; a declared point id
+A reference is, in this order: a full MLflow run id; a backend job id; a declared point id
 (``sweep[lr=0.1]``: its latest run); the job id as ``status`` shows it (the last part of a
 UNICORE job URL); or a unique prefix, at least :data:`MIN_PREFIX` characters, of any of these.
 """
@@ -23,8 +23,12 @@ def latest(runs: list[ObservedRun]) -> ObservedRun:
 
 
 def matching_runs(runs: list[ObservedRun], reference: str) -> list[ObservedRun]:
-    """Every run the reference can mean: one run, all runs of one point, or several (ambiguous)."""
-    exact = [r for r in runs if reference in (r.run_id, r.job_id, job_label(r.job_id))]
+    """Every run the reference can mean: one run, all runs of one point, or several (ambiguous). A run id
+    names its run alone, whatever job id other records carry (a record may name any job)."""
+    by_id = [r for r in runs if r.run_id == reference]
+    if by_id:
+        return by_id
+    exact = [r for r in runs if reference in (r.job_id, job_label(r.job_id))]
     if exact:
         return exact
     of_point = [r for r in runs if r.point_id == reference]
