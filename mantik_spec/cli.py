@@ -20,7 +20,8 @@ import click
 from . import views
 
 REPLACE_HELP = (
-    "Run this declared point (e.g. 'sweep[lr=0.1]') again though a run of it finished, failed or was cancelled; "
+    "Run this declared point again though a run of it finished, failed or was cancelled: its id, or a unique "
+    "subset of its values (e.g. 'sweep[lr=0.1]'); an EXPERIMENT runs its failed and cancelled points again; "
     "repeatable."
 )
 

@@ -192,3 +192,19 @@ def test_cancelled_is_its_own_outcome_and_replace_runs_the_point_again(project):
     names = sorted(run.data.tags["mlflow.runName"] for run in project.runs())
     assert names == [point, f"{point} (attempt 2)"]
     project.mantik("cancel", point)
+
+
+def test_points_are_named_by_a_unique_subset_and_replace_experiment_reruns_its_failed_points(project):
+    spec = BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1], fail: [false, true]}")
+    project.write("mantik.yaml", spec)
+    project.commit("one point fails")
+    project.mantik("apply", "--auto-approve", "--wait", check=1)
+    for reference in ("sweep", "sweep[fail=True]", "sweep[fail=true,lr=.1]"):
+        plan = project.plan_json("--replace", reference)
+        submits = [(r["point"], r["reason"]) for r in plan["runs"] if r["action"] == "submit"]
+        assert submits == [("sweep[fail=True,lr=0.1,sleep=0.0]", submits[0][1])], (reference, plan["runs"])
+        assert "replaced on request" in submits[0][1]
+    several = project.mantik("plan", "--replace", "sweep[lr=0.1]", check=1)
+    assert several.stderr.startswith("Error: --replace sweep[lr=0.1] names 2 points (")
+    assert "give more values" in several.stderr
+    assert "trained" in project.mantik("logs", "sweep[fail=False]").stdout

@@ -15,9 +15,9 @@ from ..backends import make_backend
 from ..backends.base import Backend, BackendError
 from ..errors import UserError
 from ..reconcile.identity import DesiredRun, ObservedRun, identify, recorded_identity
-from ..reconcile.plan import Plan
+from ..reconcile.plan import Action, Plan
 from ..reconcile.planner import JobStates, make_plan
-from ..spec.experiments import expand, resolve_extends
+from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
 from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
@@ -244,6 +244,28 @@ def _not_offered(project: Project, plan: Plan) -> list[str]:
     return problems
 
 
+def replaced_points(project: Project, observation: Observation, replace: tuple[str, ...]) -> list[str]:
+    """The declared point ids that ``--replace`` references name: a point id, or a unique subset of its values
+    (``sweep[lr=0.1]``); an experiment's name is resolved by the caller. UserError naming the candidates when a
+    reference names none, or several."""
+    points = [want.point for want in observation.desired]
+    named = []
+    for reference in replace:
+        if reference in project.spec.experiments:
+            continue
+        found = points_named(points, reference)
+        if not found:
+            examples = ", ".join(sorted(p.point_id for p in points)[:3]) or "none"
+            raise UserError(f"--replace {reference}: no such declared point (points look like: {examples})")
+        if len(found) > 1:
+            shown = ", ".join(sorted(p.point_id for p in found)[:4])
+            raise UserError(
+                f"--replace {reference} names {len(found)} points ({shown}{', ...' if len(found) > 4 else ''}); give more values"
+            )
+        named.append(found[0].point_id)
+    return named
+
+
 def build_plan(
     project: Project,
     prune: bool = False,
@@ -255,22 +277,26 @@ def build_plan(
     ``cached``: read recorded runs through the run cache; ``ask_backends=False``: from MLflow alone, contacting
     no backend (see :func:`observe`)."""
     observation = observe(project, cached, ask_backends)
-    declared = {want.point.point_id for want in observation.desired}
-    unknown = [point for point in replace if point not in declared]
-    if unknown:
-        examples = ", ".join(sorted(declared)[:3]) or "none"
-        raise UserError(f"--replace {unknown[0]}: no such declared point (points look like: {examples})")
     untrusted = {r.run_id for r in observation.untrusted}
-    plan = make_plan(
-        observation.desired,
-        [r for r in observation.runs if r.run_id not in untrusted],
-        observation.jobs,
-        commit=observation.code.commit,
-        spec_digest=project.loaded.digest,
-        prune=prune,
-        changed_files=observation.changed_files,
-        replace=replace,
-    )
+
+    def plan_with(replaced: tuple[str, ...]) -> Plan:
+        return make_plan(
+            observation.desired,
+            [r for r in observation.runs if r.run_id not in untrusted],
+            observation.jobs,
+            commit=observation.code.commit,
+            spec_digest=project.loaded.digest,
+            prune=prune,
+            changed_files=observation.changed_files,
+            replace=replaced,
+        )
+
+    named = replaced_points(project, observation, replace)
+    if any(reference in project.spec.experiments for reference in replace):  # its failed and cancelled points
+        experiments = {reference for reference in replace if reference in project.spec.experiments}
+        ended = (Action.FAILED, Action.CANCELLED)
+        named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
+    plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))

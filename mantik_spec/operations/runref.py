@@ -1,14 +1,16 @@
 """Naming a run on the command line: what ``status`` shows must be accepted wherever a run is named.
 
 A reference is, in this order: a full MLflow run id; a backend job id; a declared point id
-(``sweep[lr=0.1]``: its latest run); the job id as ``status`` shows it (the last part of a
-UNICORE job URL); or a unique prefix, at least :data:`MIN_PREFIX` characters, of any of these.
+(``sweep[lr=0.1,seed=0]``: its latest run), or a unique subset of its values (``sweep[lr=0.1]``); the
+job id as ``status`` shows it (the last part of a UNICORE job URL); or a unique prefix, at least
+:data:`MIN_PREFIX` characters, of any of these.
 """
 
 from __future__ import annotations
 
 from ..errors import UserError
 from ..reconcile.identity import ObservedRun
+from ..spec.experiments import SEED_PARAMETER, point_reference, values_match
 
 MIN_PREFIX = 4
 
@@ -34,6 +36,12 @@ def matching_runs(runs: list[ObservedRun], reference: str) -> list[ObservedRun]:
     of_point = [r for r in runs if r.point_id == reference]
     if of_point:
         return of_point
+    read = point_reference(reference)
+    if read is not None:  # a unique subset of a point's values: `sweep[lr=0.1]` with defaults left out
+        experiment, wanted = read
+        subset = [r for r in runs if r.experiment == experiment and values_match(_values(r), wanted)]
+        if subset:
+            return subset
     if len(reference) < MIN_PREFIX:
         return []
     return [
@@ -41,6 +49,10 @@ def matching_runs(runs: list[ObservedRun], reference: str) -> list[ObservedRun]:
         for r in runs
         if r.run_id.startswith(reference) or (r.job_id and job_label(r.job_id).startswith(reference))
     ]
+
+
+def _values(run: ObservedRun) -> dict:
+    return run.parameters | ({SEED_PARAMETER: run.seed} if run.seed is not None else {})
 
 
 def find_run(runs: list[ObservedRun], reference: str, project: str) -> ObservedRun:

@@ -405,3 +405,53 @@ def expand(spec: Spec, experiments: dict[str, Experiment]) -> list[RunPoint]:
                     )
                 )
     return points
+
+
+POINT_REFERENCE = re.compile(r"^(?P<experiment>[^\[\]]+)\[(?P<cells>.*)\]$")
+
+
+def point_reference(reference: str) -> tuple[str, dict[str, str]] | None:
+    """``EXPERIMENT[name=value,...]`` read as (experiment, {name: value as written}); None for anything else."""
+    found = POINT_REFERENCE.match(reference.strip())
+    if not found:
+        return None
+    wanted: dict[str, str] = {}
+    for cell in filter(None, (c.strip() for c in found["cells"].split(","))):
+        name, equals, value = cell.partition("=")
+        if not equals:
+            return None
+        wanted[name.strip()] = value.strip()
+    return found["experiment"], wanted
+
+
+def values_match(values: dict, wanted: dict[str, str]) -> bool:
+    """Whether ``values`` (a point's, its seed included) hold every ``name=value`` of ``wanted``: compared as
+    the point id writes them, numbers also by value (``lr=.1`` is ``lr=0.1``), booleans in any case."""
+    return all(name in values and _same_value(values[name], text) for name, text in wanted.items())
+
+
+def points_named(points: list[RunPoint], reference: str) -> list[RunPoint]:
+    """The declared points ``reference`` names: a whole point id (``sweep[lr=0.1,seed=0]``), or the points of
+    an experiment whose values include the cells given (``sweep[lr=0.1]``, defaults left out). Empty when none
+    matches; several when the cells name more than one (the caller says which)."""
+    exact = [p for p in points if p.point_id == reference]
+    if exact:
+        return exact
+    read = point_reference(reference)
+    if read is None:
+        return []
+    experiment, wanted = read
+    return [p for p in points if p.experiment == experiment and values_match(p.values, wanted)]
+
+
+def _same_value(value, text: str) -> bool:
+    if format_value(value) == text:
+        return True
+    if isinstance(value, bool):
+        return text.lower() == str(value).lower()  # as YAML writes it too: true, false
+    if not isinstance(value, int | float):
+        return False
+    try:
+        return float(text) == float(value)
+    except ValueError:
+        return False
