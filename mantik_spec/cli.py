@@ -369,12 +369,13 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
 
 @main.command()
 @PROJECT_DIR
+@click.argument("experiments", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh in place until every run has ended.")
 @click.option("--interval", default="2s", show_default=True, help="How often --watch refreshes.")
 @click.pass_context
-def status(ctx, directory, as_json, watch, interval):
-    """A table of the declared runs: state, attempt, job, age and last metrics."""
+def status(ctx, directory, experiments, as_json, watch, interval):
+    """A table of the declared runs (of the EXPERIMENTS named, or all): state, attempt, job, age, last metrics."""
     import json
 
     from .operations.project import open_project
@@ -385,11 +386,11 @@ def status(ctx, directory, as_json, watch, interval):
     project = open_project(directory)
     errors: list[str] = []
     if watch:
-        views.watch_status(output, watch_rows(project, parse_duration(interval)), job_label)
+        views.watch_status(output, watch_rows(project, parse_duration(interval), experiments), job_label)
     elif as_json:
-        click.echo(json.dumps([row.to_json() for row in status_rows(project, errors)], indent=2))
+        click.echo(json.dumps([row.to_json() for row in status_rows(project, errors, experiments)], indent=2))
     else:
-        views.show_status(output, status_rows(project, errors), job_label)
+        views.show_status(output, status_rows(project, errors, experiments), job_label)
     _report_calls(ctx, project)
     return _errors(errors)
 

@@ -568,3 +568,13 @@ def test_reproduce_runs_what_the_commit_declares_never_a_records_command(project
     assert "reproducing " + genuine.info.run_id in reproduced.stdout
     project.mantik("apply", "--auto-approve", "--wait")  # let the reproduction finish
     assert not list(project.path.rglob("FORGED")) and not list((project.path / ".mantik").rglob("FORGED"))
+
+
+def test_status_of_one_experiment_shows_its_rows_only(project):
+    project.write("mantik.yaml", BASIC_SPEC + "  other:\n    extends: sweep\n    parameters: {lr: [0.5]}\n")
+    project.commit("two experiments")
+    rows = json.loads(project.mantik("status", "other", "--json").stdout)
+    assert [row["point_id"] for row in rows] == ["other[fail=False,lr=0.5,sleep=0.0]"]
+    assert len(project.status_json()) == 3
+    unknown = project.mantik("status", "nope", check=1)
+    assert unknown.stderr == "Error: no experiment 'nope' in mantik.yaml (declared: other, sweep)\n"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
+from ..errors import UserError
 from ..reconcile.identity import ObservedRun
 from ..vocab import FailureKind, JobState, JobStatus, RowState
 from .project import Project, observe, poll_jobs, unreachable
@@ -41,8 +42,15 @@ def run_state(run: ObservedRun, job: JobStatus | None) -> RowState:
     return RowState.of_job((job or JobStatus(JobState.UNKNOWN)).state)
 
 
-def status_rows(project: Project, errors: list[str] | None = None) -> list[StatusRow]:
-    """The rows of `mantik status`; backends that could not report are added to ``errors``."""
+def status_rows(
+    project: Project, errors: list[str] | None = None, experiments: Collection[str] = ()
+) -> list[StatusRow]:
+    """The rows of `mantik status` (of ``experiments`` only, when named: UserError for one mantik.yaml does
+    not declare); backends that could not report are added to ``errors``."""
+    unknown = [name for name in experiments if name not in project.spec.experiments]
+    if unknown:
+        declared = ", ".join(sorted(project.spec.experiments)) or "none"
+        raise UserError(f"no experiment {unknown[0]!r} in mantik.yaml (declared: {declared})")
     observation = observe(project)
     if errors is not None:
         errors.extend(unreachable(observation))
@@ -55,6 +63,8 @@ def status_rows(project: Project, errors: list[str] | None = None) -> list[Statu
             latest[run.run_key] = run
     rows = []
     for want in observation.desired:
+        if experiments and want.point.experiment not in experiments:
+            continue
         last = latest.get(want.key)
         parameters = want.point.values
         if last is None:
@@ -78,11 +88,11 @@ def status_rows(project: Project, errors: list[str] | None = None) -> list[Statu
     return rows
 
 
-def watch_rows(project: Project, interval: float) -> Iterator[list[StatusRow]]:
+def watch_rows(project: Project, interval: float, experiments: Collection[str] = ()) -> Iterator[list[StatusRow]]:
     """The rows of ``status --watch``, read again every ``interval`` seconds until every run has ended (or was
     never submitted)."""
     while True:
-        rows = status_rows(project)
+        rows = status_rows(project, experiments=experiments)
         yield rows
         if all(row.state.ended or row.state in (RowState.NOT_SUBMITTED, RowState.SUSPENDED) for row in rows):
             return
