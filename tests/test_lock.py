@@ -60,9 +60,18 @@ def start_holder(project, release: Path, burn_pids: int = 400) -> tuple[subproce
     script.write_text(HOLDER)
     process = subprocess.Popen(
         [
-            "unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
-            f'i=0; while [ $i -lt {burn_pids} ]; do /bin/true; i=$((i+1)); done; "$@"', "sh",
-            sys.executable, str(script), store_uri(project), str(release),
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            f'i=0; while [ $i -lt {burn_pids} ]; do /bin/true; i=$((i+1)); done; "$@"',
+            "sh",
+            sys.executable,
+            str(script),
+            store_uri(project),
+            str(release),
         ],  # fmt: skip
         env={**project.env, "MANTIK_LOCK_LEASE": LEASE, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         stdout=subprocess.PIPE,
@@ -207,3 +216,64 @@ def test_an_apply_that_lost_its_lock_submits_nothing_more(project):
     project.mantik("apply", "--auto-approve", "--wait")
     finished = [r for r in project.runs() if r.info.status == "FINISHED"]
     assert sorted(r.data.params["lr"] for r in finished) == ["0.1", "0.2"]
+
+
+def test_an_apply_paused_past_its_lease_submits_nothing_once_it_resumes(project):
+    """SIGSTOP (a laptop lid, a GC pause, a hung NFS) between the intent records and the scheduler call, past the
+    lease: another apply breaks the lock and runs every point. The paused apply, resumed, asks for the lock right
+    before its scheduler call (fencing) and submits nothing, before its renewer could notice: each key runs once."""
+    from .conftest import mantik_command
+
+    project.mantik("plan")
+    env = {**project.env, "MANTIK_LOCK_LEASE": LEASE, "MANTIK_TEST_PAUSE_AT": "before-submit:3"}
+    paused = subprocess.Popen(
+        [*mantik_command(), "apply", "--auto-approve"],
+        cwd=project.path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(project.runs()) < 2 and time.monotonic() < deadline:  # both intent records written
+            time.sleep(0.1)
+        assert len(project.runs()) == 2
+        os.kill(paused.pid, signal.SIGSTOP)  # inside its 3 s pause, renewer and all
+        other = project.mantik(
+            "apply", "--auto-approve", "--wait", "--lock-timeout", "60s", env={"MANTIK_LOCK_LEASE": LEASE}
+        )
+        assert "Apply complete: 2 run(s) started." in other.stdout
+        os.kill(paused.pid, signal.SIGCONT)
+        out, err = paused.communicate(timeout=120)
+    finally:
+        if paused.poll() is None:
+            os.kill(paused.pid, signal.SIGCONT)
+            paused.kill()
+    assert paused.returncode == 1, out + err
+    assert "lost the project lock" in err
+    finished = [r for r in project.runs() if r.info.status == "FINISHED"]
+    assert sorted(r.data.params["lr"] for r in finished) == ["0.1", "0.2"]  # each point once
+    assert len(list((project.path / ".mantik" / "local").glob("*/jobs/*"))) == 2  # two jobs in all, not four
+
+
+def test_the_lock_is_asked_for_right_before_the_scheduler_call(project, monkeypatch):
+    """Fencing without the renewer: the lock record was replaced by another apply's (it broke this one after a
+    pause) and the renewer has not looked yet; the submission asks the store itself and submits nothing."""
+    from mantik_spec.errors import UserError
+    from mantik_spec.operations.apply import execute
+    from mantik_spec.operations.project import build_plan, open_project
+    from mantik_spec.state.lock import project_lock
+
+    monkeypatch.setenv("MANTIK_LOCK_LEASE", "3600")  # the renewer sleeps for the whole test
+    opened = open_project(project.path)
+    plan, observation = build_plan(opened)
+    store = opened.store
+    with project_lock(store, "apply", 0) as handle:
+        store.delete_lock_record(lock_name("demo"))  # another apply broke it and took the lock
+        assert store.create_lock_record(lock_name("demo"), {"lock_id": "theirs", "who": "ci", "beat": "0"})
+        assert not handle.lost  # the renewer has not noticed
+        with pytest.raises(UserError, match="lost the project lock"):
+            execute(opened, plan, observation, handle)
+    assert not list((project.path / ".mantik" / "local").glob("*/jobs/*")), "nothing reached the scheduler"
+    assert all("mantik.job_id" not in r.data.tags for r in project.runs())

@@ -166,7 +166,10 @@ def submit(
         )
     errors = []
     for backend_name, requests in by_backend.items():
-        if lock is not None and lock.lost:
+        checkpoint("before-submit")
+        # fencing: the lock is asked for right before the scheduler call, after the intents exist, so an apply
+        # that was paused past its lease (and broken) submits nothing the apply now holding it also submits
+        if lock is not None and not lock.still_held(store):
             errors.append(
                 f"backend {backend_name}: {len(requests)} run(s) not submitted: this apply lost the project lock "
                 "(paused longer than its lease); the apply holding it now submits them"

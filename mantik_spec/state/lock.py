@@ -147,6 +147,14 @@ class LockHandle(str):
 
     lost: bool = False
 
+    def still_held(self, store: TrackingStore) -> bool:
+        """Whether the lock record is still this one, asked of the store now (a fencing check: a process paused
+        past its lease resumes before its renewer notices that another apply broke the lock). Sets ``lost``."""
+        if not self.lost:
+            current = store.read_lock_record(lock_name(store.project))
+            self.lost = current is None or current.get("lock_id") != str(self)
+        return not self.lost
+
 
 class _Renewer(threading.Thread):
     """Increments the lock record's counter every ``period`` seconds while the lock is ours."""
