@@ -339,7 +339,9 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
         on_lock_wait=waiting,
     )
     # runs an earlier apply started and that still run (its --wait was stopped with Ctrl-C): --wait follows them
+    # (not when a backend could not report: its runs' end would never be seen; the error is shown instead)
     live = [e.run_id for e in result.plan.entries if e.action is Action.RUNNING and e.run_id]
+    live = live if not result.plan.errors else []
     if not result.applied and (result.plan.has_changes or not (wait and live)):
         if result.plan.has_changes:
             click.echo("Apply cancelled.")

@@ -578,3 +578,18 @@ def test_status_of_one_experiment_shows_its_rows_only(project):
     assert len(project.status_json()) == 3
     unknown = project.mantik("status", "nope", check=1)
     assert unknown.stderr == "Error: no experiment 'nope' in mantik.yaml (declared: other, sweep)\n"
+
+
+def test_reproduce_refuses_a_commit_outside_the_checked_out_history(project):
+    """A record may name any commit in the repository, a fetched pull request's too: only commits of the
+    checked-out branch's history are reproduced."""
+    git(project.path, "checkout", "-q", "-b", "their-branch")
+    project.write("train.py", project.path.joinpath("train.py").read_text() + "\n# theirs\n")
+    project.commit("a change on another branch")
+    project.mantik("apply", "--auto-approve", "--wait")
+    theirs = project.runs()[0].info.run_id
+    git(project.path, "checkout", "-q", "main")
+    refused = project.mantik("reproduce", theirs, check=1)
+    assert "not in the history of the checked-out branch" in refused.stderr
+    git(project.path, "merge", "-q", "--ff-only", "their-branch")
+    assert "reproducing " + theirs in project.mantik("reproduce", theirs).stdout

@@ -174,7 +174,9 @@ class Backend(Protocol):
         ...
 
     def cancel(self, job_ids: list[str]) -> None:
-        """Cancel many jobs in one call (jobs already ended are no error)."""
+        """Cancel many jobs in one call (jobs already ended are no error), but only jobs the backend itself shows
+        are this project's: a job id comes from a run record, which anyone who can write to the tracking store
+        can write (docs/security.md). Raises :class:`BackendError` naming the others, before cancelling any."""
         ...
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:

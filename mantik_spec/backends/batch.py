@@ -18,8 +18,9 @@ jobs instead of submitting them twice, in the queue or after they left it.
 
 :class:`BatchBackend` owns that logic; a backend built on it says only how it reaches the site, in the
 hooks submitit's executors have (``submitit/core/core.py``): :attr:`~BatchBackend.files`,
-:meth:`~BatchBackend.submit_script`, :meth:`~BatchBackend.list_jobs` and :meth:`~BatchBackend.cancel`,
-plus :meth:`~BatchBackend.stage_code`.
+:meth:`~BatchBackend.submit_script`, :meth:`~BatchBackend.list_jobs` and :meth:`~BatchBackend.cancel_jobs`,
+plus :meth:`~BatchBackend.stage_code`; the protocol's ``cancel`` stays here, where it first checks that each
+job is this project's.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ JOB_NAME_LENGTH = 64  # characters of the experiment kept in the name: enough to
 # Where a listed job says which batch it is, whatever its name: its batch script (squeue's command, %o, made
 # absolute by sbatch: src/sbatch/opt.c) or its working directory (FirecREST submits from the batch directory).
 # Jobs of versions that named them mantik-BATCH were submitted the same way: they are found alike.
-SLURM_JOB_ID = re.compile(r"^\d+(_\d+)?$")  # a job, or an array's task: what a recorded job id must be
+SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")  # matched whole (fullmatch)  # a job, or an array's task: what a recorded job id must be
 BATCH_PATH = re.compile(r"/batches/([0-9a-f]{16})(?:/script\.sh)?/?$")
 RUN_CWD = "work"  # the run's working directory inside its run directory
 NEVER_STARTED = (
@@ -102,10 +103,6 @@ class SubmissionRefused(BackendError):
     job is looked for all the same before that stands: one queued despite the answer is kept, not submitted
     a second time."""
 
-
-def slurm_state(text: str) -> JobState:
-    """``CANCELLED by 0`` and ``CANCELLED+`` are CANCELLED; a word Slurm may add later is UNKNOWN."""
-    return slurm_status(text).state
 
 
 def slurm_status(text: str, reason: str = "") -> JobStatus:
@@ -285,7 +282,7 @@ class BatchBackend(BackendBase, abc.ABC):
     reaches the site.
 
     Hooks: :attr:`files` (the work directory's files, a :class:`~.base.Host`), :meth:`submit_script`,
-    :meth:`list_jobs`, :meth:`cancel` and :meth:`stage_code`; a subclass may refine :meth:`_directives`,
+    :meth:`list_jobs`, :meth:`cancel_jobs` and :meth:`stage_code`; a subclass may refine :meth:`_directives`,
     :meth:`_unlisted` and :meth:`_is_array`. It sets ``workdir`` (absolute by the first submission).
     """
 
@@ -438,7 +435,12 @@ class BatchBackend(BackendBase, abc.ABC):
             return
         self._listing = None
         listing = self._jobs()
-        foreign = [j for j in job_ids if not SLURM_JOB_ID.match(j) or (j in listing and not self._ours(listing[j][1]))]
+        ours: dict[str, bool] = {}  # batch id -> whether its directory is in this work directory: asked once each
+        foreign = [
+            j
+            for j in job_ids
+            if not SLURM_JOB_ID.fullmatch(j) or (j in listing and not self._ours(listing[j][1], ours))
+        ]
         if foreign:
             raise BackendError(
                 f"job {', '.join(foreign)} is not a batch of this project in {self.workdir}: left alone "
@@ -449,10 +451,14 @@ class BatchBackend(BackendBase, abc.ABC):
             self.cancel_jobs(listed)
         self._listing = None
 
-    def _ours(self, batch: str) -> bool:
+    def _ours(self, batch: str, known: dict[str, bool]) -> bool:
         """Whether ``batch`` (a listed job's batch id, :func:`batch_of`; empty for anyone else's job) is a batch
-        this backend wrote into its work directory."""
-        return bool(batch) and self.files.exists(self._path("batches", batch))
+        this backend wrote into its work directory; ``known`` keeps the answers, one look per batch."""
+        if not batch:
+            return False
+        if batch not in known:
+            known[batch] = self.files.exists(self._path("batches", batch))
+        return known[batch]
 
     def poll(self, jobs: dict[str, str]) -> dict[str, JobStatus]:
         try:

@@ -31,7 +31,7 @@ from .base import BackendBase, BackendError, JobRequest, SubmissionFailed
 from .hosts import read_from
 
 JOB_FILE = "job.json"
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a run id (MLflow's are 32 hex digits): one name inside the queue
+JOB_ID = re.compile(r"[A-Za-z0-9_-]+")  # a run id (MLflow's are 32 hex digits), matched whole: one name in the queue
 PID_FILE = "pid"
 SCHEDULER_LOCK = "scheduler.lock"
 SCHEDULER_CONFIG = "scheduler.json"
@@ -186,7 +186,7 @@ class LocalBackend(BackendBase):
         # else names no job of ours, whoever wrote it
         states = {
             job_id: self.queue.status(job_id, scheduler_alive)
-            if job_id == run_id and JOB_ID.match(job_id)
+            if job_id == run_id and JOB_ID.fullmatch(job_id)
             else JobStatus(JobState.UNKNOWN, detail=f"job {job_id!r} is not run {run_id}'s: not asked")
             for job_id, run_id in jobs.items()
         }
@@ -198,7 +198,7 @@ class LocalBackend(BackendBase):
         return {run_id: run_id for run_id in run_ids if (self.queue.job_dir(run_id) / JOB_FILE).exists()}
 
     def cancel(self, job_ids: list[str]) -> None:
-        foreign = [job_id for job_id in job_ids if not JOB_ID.match(job_id)]
+        foreign = [job_id for job_id in job_ids if not JOB_ID.fullmatch(job_id)]
         if foreign:  # a path, not a run id: it would reach outside this project's queue
             raise BackendError(f"job {', '.join(map(repr, foreign))} is not a run of this queue: left alone")
         for job_id in job_ids:

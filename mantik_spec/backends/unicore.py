@@ -42,7 +42,7 @@ from .base import BackendBase, BackendError, CommandTimeout, JobRequest, Submiss
 from .staging import code_archive, file_chunks
 
 RUNNER_FILE = "mantik-runner.py"
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")  # the last segment of a job's URL: one name, no path
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]*")  # the last segment of a job's URL, matched whole: one name
 CODE_ARCHIVE = "code.tar.gz"
 WORKDIR = "work"  # the run's cwd inside the job directory: the code, plus uploaded inputs
 RUN_TAG = "mantik-run-"
@@ -592,7 +592,7 @@ class UnicoreBackend(BackendBase):
         """Whether ``url`` names one job of this site's job list (``{jobs}/ID``): only such a URL is asked
         anything, with this site's credentials (call after :meth:`_site`)."""
         prefix = self._jobs_url.rstrip("/") + "/"
-        return bool(self._jobs_url) and url.startswith(prefix) and bool(JOB_ID.match(url[len(prefix) :]))
+        return bool(self._jobs_url) and url.startswith(prefix) and bool(JOB_ID.fullmatch(url[len(prefix) :]))
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         """The runner's output file in the job's working directory (the job's stdout before it started)."""

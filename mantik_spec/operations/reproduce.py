@@ -41,6 +41,11 @@ def reproduce(
         raise UserError(
             f"run {run_id} was made at commit {run.commit[:7]}, which is not in this repository: fetch it first"
         )
+    if not project.repo.in_history(run.commit):  # a record may name any commit, a fetched pull request's too
+        raise UserError(
+            f"run {run_id} was made at commit {run.commit[:7]}, which is not in the history of the checked-out "
+            "branch: check out a branch that contains it to reproduce it"
+        )
 
     identity = recorded_identity(run)
     if identity.key != run.run_key:
@@ -63,8 +68,8 @@ def reproduce(
     )
     code = CodeVersion(commit=run.commit, identity=run.code, branch=None, repo_url=None, dirty=())
     context = Submission(code=code, data_root=checkout_dir, extra_tags={Tag.REPRODUCES: run_id})
-    with project_lock(project.store, "reproduce", lock_timeout):
-        started = submit(project, context, [(DesiredRun(point, identity), entry)], sources=sources)
+    with project_lock(project.store, "reproduce", lock_timeout) as lock:
+        started = submit(project, context, [(DesiredRun(point, identity), entry)], sources=sources, lock=lock)
     return started[0], run_id
 
 

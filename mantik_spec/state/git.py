@@ -296,6 +296,15 @@ class ProjectRepo:
             return False
         return True
 
+    def in_history(self, commit: str) -> bool:
+        """Whether ``commit`` is HEAD or one of its ancestors (``git merge-base --is-ancestor``): part of what
+        was checked out, not merely an object in the repository (a fetched pull request's commit is not)."""
+        try:
+            run_git(self.root, "merge-base", "--is-ancestor", commit, "HEAD")
+        except GitFailed:
+            return False
+        return True
+
     def worktree(self, commit: str, destination: Path) -> Path:
         """A detached checkout of ``commit`` (for DVC data at that commit); the project directory inside it."""
         if not destination.exists():

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import socket
 import threading
 import time
@@ -75,7 +76,7 @@ class LockInfo:
             lock_id=tags.get("lock_id", "?"),
             who=tags.get("who", "?"),
             host=tags.get("host", "?"),
-            pid=int(tags.get("pid", "0") or 0) if str(tags.get("pid", "0")).isdigit() else 0,
+            pid=int(pid) if re.fullmatch(r"[0-9]+", pid := str(tags.get("pid", "0"))) else 0,
             operation=tags.get("operation", "?"),
             created=tags.get("created", "?"),
             beat=tags.get("beat"),
@@ -111,7 +112,7 @@ def _process_identity(pid: int) -> str | None:
 def _provably_dead(holder: LockInfo) -> bool:
     """True only if the holder ran in this pid namespace of this boot and its process is gone."""
     parts = holder.process.split("/")
-    if len(parts) != 4 or not parts[2].isdigit():
+    if len(parts) != 4 or not re.fullmatch(r"[0-9]+", parts[2]):
         return False
     mine = _process_identity(os.getpid())
     if mine is None or mine.split("/")[:2] != parts[:2]:

@@ -12,6 +12,7 @@ standard library and mlflow; a test holds the copies equal to these.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +112,11 @@ def _optional_int(value: int | None) -> str | None:
 
 
 def _int_or_none(text: str | None) -> int | None:
-    return int(text) if text and text.lstrip("-").isdigit() else None
+    """An integer tag's value; None for anything else a hand (or another tool) wrote there."""
+    try:
+        return int(text) if text and re.fullmatch(r"-?[0-9]+", text) else None
+    except ValueError:
+        return None
 
 
 IDENTITY_TAGS = {  # Identity field -> its tag: the one writer (identity_tags) and reader (decode_run) of each

@@ -27,7 +27,6 @@ __all__ = ["LIVE", "TERMINAL", "Tag", "TrackingError", "TrackingStore"]
 DELETED_RUN_ATTEMPTS = 5  # updates of a run deleted while live, racing its runner (see TrackingStore._update)
 ID_CHUNK = 200  # run ids per `run_id IN (...)` search
 PAGE_SIZE = 1000
-DEFAULT_URI = "sqlite:///.mantik/mlflow.db"
 OUTPUT_ARTIFACT = "mantik/output.log"  # where the in-job runner keeps the run's output
 # MLflow's HTTP client retries an unreachable server for minutes by default (7 retries, backoff factor 2,
 # 120 s a request: mlflow/environment_variables.py); a CI job should fail within seconds with one line,
@@ -35,7 +34,7 @@ OUTPUT_ARTIFACT = "mantik/output.log"  # where the in-job runner keeps the run's
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",  # a page of 1,000 runs from a busy server may take a while
 }
 # How long a command waits for a tracking server to answer at all before it stops (seconds)
 TIMEOUT_VARIABLE = "MANTIK_TRACKING_TIMEOUT"
@@ -268,19 +267,17 @@ def wait_for_server(uri: str, timeout: float) -> None:
 
     Asks ``GET {uri}/health`` (MLflow's server answers it without credentials; a proxy's 401 or 404 is an
     answer too) with backoff, so a server that is restarting gets its few seconds. Refused connections,
-    unreachable hosts, 5xx answers (a proxy in front of a stopped server) and silence count as no answer.
-    TLS is checked as MLflow checks it (``MLFLOW_TRACKING_INSECURE_TLS``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``).
+    unreachable hosts, 5xx answers (a proxy in front of a stopped server) and silence count as no answer. The
+    question carries no credential, so its TLS certificate is not checked here, and a TLS handshake the server
+    refuses (a client certificate it wants) is an answer: MLflow's own requests check both, as configured
+    (``MLFLOW_TRACKING_INSECURE_TLS``, ``..._SERVER_CERT_PATH``, ``REQUESTS_CA_BUNDLE``), and report them.
     """
     import ssl
     import time
     import urllib.error
     import urllib.request
 
-    context = None
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        context = ssl._create_unverified_context()
-    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-        context = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    context = ssl._create_unverified_context()  # reachability only: nothing secret is sent or trusted
     url = uri.rstrip("/") + "/health"
     deadline = time.monotonic() + timeout
     pause = 0.25
@@ -293,8 +290,10 @@ def wait_for_server(uri: str, timeout: float) -> None:
             if exc.code < 500:
                 return
             reason = f"HTTP {exc.code} {exc.reason}"
-        except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, TLS, timed out
+        except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timed out
             cause = getattr(exc, "reason", exc)
+            if isinstance(cause, ssl.SSLError):
+                return  # the server spoke TLS: it is there; MLflow's requests say what it wants
             reason = "no answer" if isinstance(cause, TimeoutError) else str(cause)
         if time.monotonic() + pause >= deadline:
             raise TrackingError(

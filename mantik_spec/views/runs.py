@@ -75,9 +75,12 @@ def status_table(rows, job_label: Callable[[str | None], str], width: int | None
         kept.append(metric)
         used += GAP + metric_width
     dropped = metric_names[len(kept) :]
+    # whole values need the identity columns and the state to fit; on a terminal narrower than that, every
+    # column shares the squeeze rather than the state and job disappearing behind long values
+    whole = width is None or used <= width
     table = Table(box=None, pad_edge=False, caption_justify="left")
     for head, column_width in zip(heads, widths, strict=True):
-        table.add_column(escape(head), no_wrap=True, min_width=column_width)
+        table.add_column(escape(head), no_wrap=True, min_width=column_width if whole else None)
     for metric in kept:
         table.add_column(escape(metric), no_wrap=True)
     for index, line in enumerate(lines):
