@@ -506,12 +506,16 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
     "--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the metric to this PNG."
 )
 @click.option("--against", help="The parameter on the plot's x axis (default: the first that varies).")
-def show(directory, experiment, metric, goal, plot_file, against):
-    """An experiment's grid: parameters against final metrics, the best point marked."""
+@click.option(
+    "--per-seed", is_flag=True, help="With seeds: every run on its own row (default: the mean over seeds per row)."
+)
+def show(directory, experiment, metric, goal, plot_file, against, per_seed):
+    """An experiment's grid: parameters against final metrics, the best point marked; with seeds, the mean
+    ± sd over the seeds of each parameter set, the best mean marked."""
     from .operations.project import open_project
     from .operations.show import grid, plot, plot_axis
 
-    rows, ranking = grid(open_project(directory), experiment, metric, goal)
+    rows, ranking = grid(open_project(directory), experiment, metric, goal, per_seed)
     views.show_grid(views.Output.of_process(), rows, ranking, experiment)
     if plot_file:
         axis = plot_axis(rows, against)

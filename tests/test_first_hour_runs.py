@@ -208,3 +208,30 @@ def test_points_are_named_by_a_unique_subset_and_replace_experiment_reruns_its_f
     assert several.stderr.startswith("Error: --replace sweep[lr=0.1] names 2 points (")
     assert "give more values" in several.stderr
     assert "trained" in project.mantik("logs", "sweep[fail=False]").stdout
+
+
+def test_show_over_seeds_ranks_parameter_sets_by_their_mean(project):
+    """Three seeds per learning rate: the single best run (a lucky seed of lr=0.1) does not win; the better
+    mean (lr=0.2) does, a NaN seed left out of its set's mean and n, and --per-seed stars the lucky run."""
+    seeded = "parameters: {lr: [0.1, 0.2]}\n    seeds: 3\n    seed_from_env: true"
+    spec = BASIC_SPEC.replace("parameters: {lr: [0.1, 0.2]}", seeded)
+    project.write("mantik.yaml", spec)
+    project.commit("three seeds per point")
+    project.mantik("apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})  # score = lr * 10
+    client = project.client()
+    scores = {("0.1", 0): 1.0, ("0.1", 1): float("nan"), ("0.1", 2): 2.9}  # the best run, the worse mean
+    scores |= {("0.2", 0): 2.0, ("0.2", 1): 2.0, ("0.2", 2): 2.5}
+    for row in project.status_json():
+        value = scores[(str(row["parameters"]["lr"]), row["parameters"]["seed"])]
+        client.log_metric(row["run_id"], "score", value, step=1)  # the last value is the final one
+    shown = project.mantik("show", "sweep", "--metric", "score", "--goal", "max", "--plot", "seeds.png").stdout
+    lines = shown.splitlines()
+    assert lines[0].split() == ["fail", "lr", "sleep", "state", "score", "n"], shown
+    assert lines[1].split() == ["False", "0.1", "0.0", "3", "finished", "1.95", "±", "1.344", "2"], shown
+    assert lines[2].split() == ["*", "False", "0.2", "0.0", "3", "finished", "2.167", "±", "0.2887", "3"], shown
+    assert "* best mean of score over seeds (max; from --metric)" in shown
+    assert (project.path / "seeds.png").read_bytes().startswith(b"\x89PNG")
+    per_seed = project.mantik("show", "sweep", "--metric", "score", "--goal", "max", "--per-seed").stdout
+    best = [line for line in per_seed.splitlines() if line.startswith("*") and "finished" in line]
+    assert len(best) == 1 and best[0].split()[1:3] == ["False", "0.1"] and best[0].split()[-1] == "2.9", per_seed
+    assert "* best by score (max; from --metric)" in per_seed

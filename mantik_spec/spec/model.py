@@ -520,7 +520,9 @@ class Experiment(Strict):
     retries: int | None = Field(None, ge=0, le=100, description="Resubmissions allowed after a failed attempt.")
     suspend: bool | None = Field(None, description="Submit nothing new for this experiment.")
     metric: Metric | None = Field(
-        None, description="The metric that ranks the points in `mantik show` (not part of any run key)."
+        None,
+        description="The metric that ranks the points in `mantik show`, by the mean over their seeds when "
+        "`seeds` is set (not part of any run key).",
     )
 
 

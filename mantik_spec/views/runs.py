@@ -90,14 +90,17 @@ def status_table(rows, job_label: Callable[[str | None], str], width: int | None
     return table
 
 
-def grid_table(rows):
-    """``mantik show``: one row per point, its parameters against its final metrics, ``*`` on the best."""
+def grid_table(rows, over_seeds: bool = False):
+    """``mantik show``: one row per point, its parameters against its final metrics, ``*`` on the best; with
+    ``over_seeds``, one row per parameter set, each metric as ``mean ± sd`` and the ``n`` finite values."""
     from rich.markup import escape as markup_escape
     from rich.table import Table
 
     def escape(value) -> str:
         return markup_escape(printable(value))
 
+    if over_seeds:
+        return _seed_table(rows, escape)
     parameters = sorted({name for row in rows for name in row.parameters})
     metrics = sorted({name for row in rows for name in row.metrics})
     table = Table(box=None, pad_edge=False)
@@ -110,11 +113,39 @@ def grid_table(rows):
     return table
 
 
+def _seed_table(rows, escape: Callable[[object], str]):
+    from rich.table import Table
+
+    parameters = sorted({name for row in rows for name in row.parameters})
+    metrics = sorted({name for row in rows for name in row.metrics})
+    table = Table(box=None, pad_edge=False)
+    for column in ("", *parameters, "state"):
+        table.add_column(escape(column))
+    for metric in metrics:
+        table.add_column(escape(metric), justify="right")
+        table.add_column("n", justify="right")
+    for row in rows:
+        cells = [escape(row.parameters.get(p, "")) for p in parameters]
+        states = ", ".join(f"{count} {state}" for state, count in row.states.items())
+        values = []
+        for metric in metrics:
+            found = row.metrics.get(metric)
+            mean = "" if found is None or found.mean is None else f"{found.mean:.4g}"
+            sd = "" if found is None or found.sd is None else f" ± {found.sd:.4g}"
+            values += [mean + sd, str(found.n) if found is not None else ""]
+        table.add_row("*" if row.best else "", *cells, escape(states), *values)
+    return table
+
+
 def show_grid(output: Output, rows, ranking, experiment: str) -> None:
     """``mantik show``: the grid, then by which metric the best point was marked, or how to name one."""
-    output.console(wide=True).print(grid_table(rows))
+    output.console(wide=True).print(grid_table(rows, ranking.over_seeds))
     metrics = sorted({name for row in rows for name in row.metrics})
-    if ranking.metric:
+    if ranking.over_seeds and metrics:
+        output.echo("mean ± sd over the n finished seeds (NaN, inf left out); --per-seed: each run")
+    if ranking.metric and ranking.over_seeds:
+        output.echo(f"* best mean of {ranking.metric} over seeds ({ranking.goal}; from {ranking.source})")
+    elif ranking.metric:
         output.echo(f"* best by {ranking.metric} ({ranking.goal}; from {ranking.source})")
     elif metrics:
         output.echo(
