@@ -415,9 +415,11 @@ def test_validate_refuses_every_sbatch_option_that_places_the_jobs_files(project
     ]
     accepted_items = ["--input=in.txt", "--input in.txt", "-i in.txt", "--open-mode=append", "--open-mode append"]
     items = "".join(f"  - {item!r}\n" for item in [*refused_items, *accepted_items])
-    write_spec(project.path / "mantik.yaml", "sbatch_args:\n" + items)
+    # copied from a batch script into setup, an #SBATCH line would still reach sbatch as an option
+    setup = "setup: ['#SBATCH --error=run-err.%j', 'echo ready']\n"
+    write_spec(project.path / "mantik.yaml", "sbatch_args:\n" + items + setup)
     lines = project.mantik("validate", check=1).stderr.strip().splitlines()
-    refused = {int(line.split(":")[1]): line for line in lines if "sbatch_args" in line}
+    refused = {int(line.split(":")[1]): line for line in lines if ".sbatch_args[" in line}
     first = 13  # the line of the first item
     assert sorted(refused) == list(range(first, first + len(refused_items))), lines  # one line each, at its own
     for number, item in enumerate(refused_items, first):
@@ -425,3 +427,6 @@ def test_validate_refuses_every_sbatch_option_that_places_the_jobs_files(project
         assert f"--{'error' if name == 'err' else name} cannot be set here" in refused[number], refused[number]
     assert "where mantik logs reads" in refused[first] and "drop it" in refused[first]
     assert "set workdir" in refused[first + 9]
+    (setup_line,) = [line for line in lines if ".setup[" in line]
+    assert setup_line.startswith(f"mantik.yaml:{first + len(refused_items) + len(accepted_items)}:")
+    assert "setup[0]" in setup_line and "write it in sbatch_args" in setup_line

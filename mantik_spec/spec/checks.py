@@ -156,6 +156,14 @@ def slurm_options(where: tuple, backend) -> Iterator[Finding]:
         value = getattr(backend, key) or ""
         if "\n" in value or "\r" in value or "\0" in value:
             yield (*where, key), "contains a line break or NUL byte: it would end a line of the batch script"
+    for index, line in enumerate(backend.setup):
+        # sbatch reads #SBATCH lines up to the script's first command (sbatch.1), and with no modules a setup
+        # line is that far up: it would set an option past these checks
+        if line.lstrip().upper().startswith("#SBATCH"):
+            yield (
+                (*where, "setup", index),
+                f"{line!r}: sbatch reads it as an option when no command comes before it; write it in sbatch_args",
+            )
     memory = [
         f"resources.{name.replace('-', '_')}"
         for name in MEMORY_OPTIONS
