@@ -18,7 +18,7 @@ from mantik_spec.spec.load import load_spec
 from mantik_spec.spec.yamlload import SpecError
 
 from .support.slurm import slurm_is_up
-from .support.specs import FULL_MANTIK_CONFIG, JUWELS, slurm_spec
+from .support.specs import FULL_MANTIK_CONFIG, JUWELS, MAELSTROM_CONFIG, slurm_spec
 
 MLPROJECT = """\
 name: demo
@@ -867,3 +867,70 @@ def test_expanded_variables_cannot_close_their_quotes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == f'ends in \\|x\\"; touch {marker}; echo "|/home/u/data'
     assert not marker.exists()
+
+
+def test_multi_line_pre_run_commands_run_line_by_line_as_mantiks_job_ran_them(tmp_path):
+    """A literal block's lines run in turn (blank and comment lines are nothing to run, a trailing backslash
+    joins two lines as the shell does); a folded one-liner's final line break is no second command."""
+    from mantik_spec.operations.jobs import in_environment
+
+    mantik_project(tmp_path, MAELSTROM_CONFIG)
+    spec = load_spec(tmp_path).spec
+    assert spec.backends["juwels"].login_precommand == ["mkdir -p $SCRATCH/maelstrom && cp -r data $SCRATCH/maelstrom"]
+    environment = spec.environments["juwels"]
+    assert environment.pre_run == [
+        "module load Stages/2023",
+        "module load CUDA",
+        "export DATA=$SCRATCH/maelstrom   MODE=train",
+        'echo "pre: $MODE"',
+    ]
+    assert environment.post_run == ["echo post one", "echo post two"]
+    # as the job script runs them, with a parameter value holding a line break in the command: it stays data
+    command = render_command("printf 'cmd [%s] %s\\n' \"$DATA\" {msg}", {"msg": "x\necho INJECTED"})
+    result = subprocess.run(
+        ["bash", "-c", 'module() { echo "module $*"; }; ' + in_environment(command, environment)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"], "SCRATCH": "/s"},
+    )
+    assert result.stdout.splitlines() == [
+        "module load Stages/2023",
+        "module load CUDA",
+        "pre: train",
+        "cmd [/s/maelstrom] x",
+        "echo INJECTED",  # printed by printf, as the one argument it was given; never run
+        "post one",
+        "post two",
+    ]
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "if [ -d data ]; then\n  echo yes\nfi\n",
+        "for f in a b; do\n  echo $f\ndone\n",
+        "cat > env.sh <<EOF\nexport A=1\nEOF\n",
+        'echo "one\ntwo"\n',
+        "ls |\n  wc -l\n",
+    ],
+)
+def test_a_pre_run_command_spanning_lines_is_refused_at_its_key(tmp_path, script):
+    """Each line runs on its own: a command that continues on the next line would break there."""
+    config = MAELSTROM_CONFIG.replace(
+        '    echo "pre: $MODE"\n', textwrap.indent(script, "    ") + "    echo last\n"
+    )
+    mantik_project(tmp_path, config)
+    problems = problems_of(tmp_path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("compute-backend-config.yaml:8:") and "continues on the next line" in problems[0]
+    assert "PreRunCommandOnComputeNode" in problems[0] and "write it on one line with ';'" in problems[0]
+
+
+def test_a_line_break_in_a_shell_line_written_elsewhere_is_still_refused(tmp_path):
+    """Only a Mantik config's commands are read as scripts: mantik.yaml's lines stay one line each."""
+    mantik_project(tmp_path, MAELSTROM_CONFIG)
+    spec = (tmp_path / "mantik.yaml").read_text()
+    (tmp_path / "mantik.yaml").write_text(spec + 'environments:\n  juwels: {post_run: ["echo a\\necho b"]}\n')
+    problems = problems_of(tmp_path)
+    assert any("environments.juwels.post_run[0]" in p and "one shell line each" in p for p in problems), problems

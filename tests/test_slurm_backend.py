@@ -392,3 +392,41 @@ def test_cancel_reaches_only_this_projects_batches(tmp_path):
     slurm.workdir = str(tmp_path / "work")
     slurm.cancel(["41_0", "41_1", "40_3"])  # 40_3 is no longer listed: it ended, nothing to cancel
     assert slurm.host.commands[-1] == ["scancel", "41_0", "41_1"]
+
+
+def test_validate_refuses_every_sbatch_option_that_places_the_jobs_files(project):
+    """--output and --error name files sbatch writes where it ran (the repository, for a cluster here), which
+    the next apply finds as uncommitted changes, and stderr would leave the file mantik logs reads; --chdir
+    moves where the script starts. Refused in each form getopt takes; --input and --open-mode are passed on."""
+    refused_items = [
+        "--error=run-err.%j",
+        "--error run-err.%j",
+        "-e run-err.%j",
+        "-erun-err.%j",
+        "--err=x",
+        "--output=run-out.%j",
+        "--output run-out.%j",
+        "-o run-out.%j",
+        "-orun-out.%j",
+        "--chdir=/tmp",
+        "--chdir /tmp",
+        "-D /tmp",
+        "-D/tmp",
+    ]
+    accepted_items = ["--input=in.txt", "--input in.txt", "-i in.txt", "--open-mode=append", "--open-mode append"]
+    items = "".join(f"  - {item!r}\n" for item in [*refused_items, *accepted_items])
+    # copied from a batch script into setup, an #SBATCH line would still reach sbatch as an option
+    setup = "setup: ['#SBATCH --error=run-err.%j', 'echo ready']\n"
+    write_spec(project.path / "mantik.yaml", "sbatch_args:\n" + items + setup)
+    lines = project.mantik("validate", check=1).stderr.strip().splitlines()
+    refused = {int(line.split(":")[1]): line for line in lines if ".sbatch_args[" in line}
+    first = 13  # the line of the first item
+    assert sorted(refused) == list(range(first, first + len(refused_items))), lines  # one line each, at its own
+    for number, item in enumerate(refused_items, first):
+        name = {"e": "error", "o": "output", "D": "chdir"}.get(item[1], item[2:].split("=")[0].split()[0])
+        assert f"--{'error' if name == 'err' else name} cannot be set here" in refused[number], refused[number]
+    assert "where mantik logs reads" in refused[first] and "drop it" in refused[first]
+    assert "set workdir" in refused[first + 9]
+    (setup_line,) = [line for line in lines if ".setup[" in line]
+    assert setup_line.startswith(f"mantik.yaml:{first + len(refused_items) + len(accepted_items)}:")
+    assert "setup[0]" in setup_line and "write it in sbatch_args" in setup_line

@@ -20,7 +20,7 @@ from .conftest import ROOT, Project, git
 from .fake_unicore import FakeUnicore
 from .support.listener import Listener
 from .support.project import dvc, peak_rss_kib, settle
-from .support.specs import FULL_MANTIK_CONFIG, JUWELS, unicore_spec
+from .support.specs import FULL_MANTIK_CONFIG, JUWELS, MAELSTROM_CONFIG, unicore_spec
 
 USER, PASSWORD = "alice", "wonderland"
 CREDENTIALS = {"MANTIK_UNICORE_USERNAME": USER, "MANTIK_UNICORE_PASSWORD": PASSWORD}
@@ -790,3 +790,20 @@ def test_a_run_record_naming_a_job_elsewhere_is_never_sent_the_sites_credentials
         assert not [r for r in site.requests if r[1].endswith("/actions/abort")]
     finally:
         listener.close()
+
+
+def test_a_mantik_configs_multi_line_login_command_reaches_the_job_description(site, tmp_path, credentials):
+    """A folded PreRunCommandOnLoginNode is one command (its final line break none), as Mantik sent it."""
+    from mantik_spec.spec.load import load_spec
+
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "compute-backend-config.yaml").write_text(MAELSTROM_CONFIG.replace("Queue: booster", "Queue: batch"))
+    (project / "mantik.yaml").write_text(
+        "project: demo\nbackends:\n  juwels: {type: unicore, config: compute-backend-config.yaml}\n"
+    )
+    config = load_spec(project).spec.backends["juwels"]
+    backend = unicore_backend(site, tmp_path, login_precommand=config.login_precommand)
+    description = backend.job_description(job_request(tmp_path, "0123abcd"))
+    assert description["User precommand"] == "mkdir -p $SCRATCH/maelstrom && cp -r data $SCRATCH/maelstrom"
+    assert description["RunUserPrecommandOnLoginNode"] in (True, "true")

@@ -50,8 +50,9 @@ IN_DOUBT = frozenset(
 SUBMISSION_FAILED = "Batch job submission failed: "  # sbatch's prefix for the controller's answer (sbatch.c)
 # sbatch takes options from SBATCH_* variables over #SBATCH lines (sbatch.1, INPUT ENVIRONMENT VARIABLES), so
 # a variable left in the login shell would rename the job (adoption finds it by name), replace its array or
-# output, hold sbatch until the job ends, drop mantik's environment, or send the job to another cluster than
-# the one squeue, sacct and scancel ask (their *_CLUSTERS variables likewise). Unset for every Slurm command.
+# output (or split its errors off), hold sbatch until the job ends, drop mantik's environment, or send the job
+# to another cluster than the one squeue, sacct and scancel ask (their *_CLUSTERS variables likewise). Unset for
+# every Slurm command.
 OWNED_VARIABLES = (
     "SLURM_CLUSTERS",
     "SBATCH_CLUSTERS",
@@ -60,6 +61,7 @@ OWNED_VARIABLES = (
     "SBATCH_JOB_NAME",
     "SBATCH_ARRAY_INX",
     "SBATCH_OUTPUT",
+    "SBATCH_ERROR",
     "SBATCH_WAIT",
     "SBATCH_EXPORT",
 )

@@ -117,6 +117,16 @@ def _run_count(spec: Spec, experiments: dict) -> Iterator[Finding]:
 SBATCH_OWNED = {
     "array": ("a", "mantik builds the array from the experiment's points (array, max_array_size)"),
     "output": ("o", "mantik writes the job's output under workdir/batches/ and each run's into its run directory"),
+    # sbatch's other options that place files (sbatch.1): stderr joins stdout in mantik's file unless --error
+    # splits it off, relative to where sbatch ran (the repository, for a local cluster); --chdir moves the
+    # directory the script's relative paths and files start from. --input only reads and --open-mode only
+    # says how mantik's own file is opened: both are passed on
+    "error": (
+        "e",
+        "mantik keeps the job's standard error with its output under workdir/batches/, where mantik logs reads "
+        "it (a file named here would be written where sbatch ran); drop it",
+    ),
+    "chdir": ("D", "each run starts in its own run directory under workdir; set workdir to move them"),
     "clusters": ("M", "mantik follows jobs on the login node's own cluster only (see docs/slurm.md)"),
     "parsable": ("", "mantik passes it on the command line to read the job id"),
     "wait": ("W", "sbatch would block until the job ends; mantik polls instead"),
@@ -146,6 +156,14 @@ def slurm_options(where: tuple, backend) -> Iterator[Finding]:
         value = getattr(backend, key) or ""
         if "\n" in value or "\r" in value or "\0" in value:
             yield (*where, key), "contains a line break or NUL byte: it would end a line of the batch script"
+    for index, line in enumerate(backend.setup):
+        # sbatch reads #SBATCH lines up to the script's first command (sbatch.1), and with no modules a setup
+        # line is that far up: it would set an option past these checks
+        if line.lstrip().upper().startswith("#SBATCH"):
+            yield (
+                (*where, "setup", index),
+                f"{line!r}: sbatch reads it as an option when no command comes before it; write it in sbatch_args",
+            )
     memory = [
         f"resources.{name.replace('-', '_')}"
         for name in MEMORY_OPTIONS

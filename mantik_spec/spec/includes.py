@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -525,8 +526,37 @@ class _Translation:
                 # Mantik took one string or a list of commands
                 commands = [value] if isinstance(value, str) else value
                 if isinstance(commands, list):
-                    commands = [_text(c) for c in commands]
+                    commands = [line for c in commands for line in self.script_lines(_text(c), (*where, key))]
                 self.put(target, ours, commands, (*where, key))
+
+    def script_lines(self, value, where: DataPath) -> list:
+        """A command Mantik handed to UNICORE's job as a script (a ``|`` block of several lines, or a ``>``
+        folded line ending in a line break), as the lines a shell runs in turn: each one line, blank and
+        comment lines left out, a line ending in ``\\`` joined to the next as the shell joins it. A command
+        spanning lines (``if``/``for`` over several lines, a here-document, an open quote or pipe) cannot run
+        line by line and is refused at its key."""
+        if not isinstance(value, str) or not re.search(r"[\r\n]", value):
+            return [value]  # one line, or not text: the model checks it at its line
+        lines: list[str] = []
+        pending = ""
+        for raw in re.split(r"\r\n|\r|\n", value):
+            line = pending + raw
+            pending = ""
+            if re.search(r"(?<!\\)(\\\\)*\\$", line):
+                pending = line[:-1]
+                continue
+            if line.strip() and not line.strip().startswith("#"):
+                lines.append(line.strip())
+        if pending.strip():
+            lines.append(pending.strip())
+        spanning = next((line for line in lines if spans_lines(line)), None)
+        if spanning is not None:
+            self.fail(
+                where,
+                f"{spanning!r} continues on the next line (if/for/while/case over several lines, a here-document, "
+                "an open quote or pipe): write it on one line with ';', as each line runs on its own",
+            )
+        return lines
 
     def apptainer(self, apptainer: dict) -> None:
         where = ("Environment", "Apptainer")
@@ -567,6 +597,36 @@ class _Translation:
             self.put("environment", "venv", value["Path"], (*where, "Path"))
         else:
             self.put("environment", "venv", value, where)
+
+
+# a compound command and what ends it, in command position (bash(1), SHELL GRAMMAR)
+COMPOUND_ENDS = {"if": "fi", "case": "esac", "for": "done", "while": "done", "until": "done", "select": "done", "{": "}"}
+COMMAND_START = {";", ";;", "|&", "&&", "||", "|", "&", "(", ")", "{", "!", "then", "do", "else", "elif", "in"}
+
+
+def spans_lines(line: str) -> bool:
+    """Whether a shell line leaves a command open for the next one: a quote, a pipe or ``&&``, a
+    here-document, or a compound command (``if``, ``for``, ``{``...) not closed on it."""
+    if re.search(r"(\|\||&&|\|)\s*$", line):
+        return True
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.commenters = ""
+    lexer.whitespace_split = False
+    try:
+        tokens = list(lexer)
+    except ValueError:  # "No closing quotation"
+        return True
+    if any(token.startswith("<<") for token in tokens):
+        return True
+    open_: list[str] = []
+    for index, token in enumerate(tokens):
+        if index and tokens[index - 1] not in COMMAND_START:
+            continue
+        if token in COMPOUND_ENDS:
+            open_.append(COMPOUND_ENDS[token])
+        elif open_ and token == open_[-1]:
+            open_.pop()
+    return bool(open_)
 
 
 def _text(value) -> object:

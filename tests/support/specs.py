@@ -87,3 +87,28 @@ Environment:
   PostRunCommandOnLoginNode: "echo post login"
 Exclude: ["*.ckpt", "data/"]
 """
+
+
+# as MAELSTROM's configs write their pre-run commands: a folded one-liner (ending in a line break) for the login
+# node, a literal block of several lines for the compute node
+MAELSTROM_CONFIG = f"""\
+UnicoreApiUrl: {JUWELS}
+Resources:
+  Queue: booster
+Environment:
+  PreRunCommandOnLoginNode: >
+    mkdir -p $SCRATCH/maelstrom &&
+    cp -r data $SCRATCH/maelstrom
+  PreRunCommandOnComputeNode: |
+    module load Stages/2023
+    # the GPU stack
+    module load CUDA
+
+    export DATA=$SCRATCH/maelstrom \\
+      MODE=train
+    echo "pre: $MODE"
+  PostRunCommandOnComputeNode: |
+    echo post one
+    echo post two
+"""
+
