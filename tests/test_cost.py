@@ -146,3 +146,10 @@ def test_local_plan_json_carries_the_cost_and_runs_record_theirs(project):
     project.mantik("apply", "--auto-approve")
     assert [r.data.tags["mantik.cost.node_hours"] for r in project.runs()] == ["0.0", "0.0"]
     assert "Cost:" not in project.mantik("plan").stdout  # nothing to start, nothing to pay
+
+
+def test_sbatch_args_that_set_the_time_or_nodes_make_the_cost_unknown():
+    config = SlurmConfig(type="slurm", resources={"time": "60"}, sbatch_args=["--time=10:00:00"])
+    assert config.run_cost().node_hours is None
+    assert config.run_cost().unknown == "sbatch_args set --time or --nodes"
+    assert SlurmConfig(type="slurm", resources={"time": "60"}, sbatch_args=["--time-min=30"]).run_cost().hours == 1

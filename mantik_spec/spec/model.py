@@ -211,6 +211,7 @@ class LocalConfig(Strict):
 SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d+(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE)$")
 SLURM_SIZE = re.compile(r"^\d+[KMGT]?$")
 SLURM_WORD = r"^[A-Za-z0-9_.,:=+-]+$"  # partition, account, qos, gres: nothing a shell or #SBATCH line could misread
+SBATCH_SHAPE = re.compile(r"^(--time|--nodes)(=|\s|$)|^-[tN]")  # what overrides resources.time and nodes
 DURATION = re.compile(r"^(\d+(\.\d+)?)(s|m|h)?$")
 
 
@@ -367,6 +368,14 @@ class SlurmConfig(BatchConfig):
     ssh: SSHConnection | None = Field(
         None, description="Reach the login node over SSH (from a laptop or a CI runner) instead of running there."
     )
+
+    def run_cost(self) -> RunCost:
+        """As :meth:`BatchConfig.run_cost`; unknown when ``sbatch_args`` set the time limit or the nodes, which
+        then override ``resources``."""
+        cost = super().run_cost()
+        if any(SBATCH_SHAPE.match(item) for item in self.sbatch_args):
+            return RunCost(cost.nodes, None, cost.cores, cost.gpus, unknown="sbatch_args set --time or --nodes")
+        return cost
 
 
 UNICORE_RUNTIME = re.compile(r"^\d+[smhd]?$")
