@@ -153,3 +153,13 @@ def test_sbatch_args_that_set_the_time_or_nodes_make_the_cost_unknown():
     assert config.run_cost().node_hours is None
     assert config.run_cost().unknown == "sbatch_args set --time or --nodes"
     assert SlurmConfig(type="slurm", resources={"time": "60"}, sbatch_args=["--time-min=30"]).run_cost().hours == 1
+
+
+def test_the_plan_shows_each_budget_its_runs_count_against():
+    config = SlurmConfig(type="slurm", resources={"nodes": 2, "time": "60"}, budget={"node_hours": 100})
+    plan = plan_starting({"cluster": (6, config)}, used=3.25, budget=500)
+    lines = render_text(plan).splitlines()
+    assert lines[-1] == (
+        "Budget: backend cluster: 0 node-hours used (at most) + 12 planned of 100; "
+        "the project: 3.25 node-hours used (at most) + 12 planned of 500"
+    )
