@@ -315,3 +315,38 @@ def wait_for_state(job_id: str, state: str, seconds: float = 60) -> bool:
             return True
         time.sleep(0.3)
     return False
+
+
+def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
+    """6 points x 1 node x 2h = 12 node-hours (the test Slurm has one node): a budget of 10 is refused before
+    anything is written, 20 submits, and the runs' recorded node-hours count against the next plan."""
+    six = "[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]"
+    use(project, slurm_spec(lrs=six, time="2:00:00") + "budget: {node_hours: 10}\n")
+    over = "budget of the project: 0 node-hours used (at most) + 12 planned > 10"
+    planned = project.mantik("plan").stdout
+    assert f"Warning: {over}: apply will refuse" in planned
+    assert "Cost: 12 node-hours (cluster: 6 runs x 1 node x 2h; core-hours 12)" in planned
+    refused = project.mantik("apply", "--auto-approve", check=1)
+    assert refused.stderr.strip().splitlines() == [f"Error: {over}"]
+    assert project.runs() == [] and queued_batches(project) == []
+    assert not (project.path / ".mantik" / "slurm" / "batches").exists()
+
+    use(project, slurm_spec(lrs=six, time="2:00:00") + "budget: {node_hours: 20}\n")
+    project.mantik("apply", "--auto-approve", "--wait")
+    runs = project.runs()
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 6
+    assert {r.data.tags["mantik.cost.node_hours"] for r in runs} == {"2.0"}
+
+    seven = six.replace("]", ", 0.7]")
+    use(
+        project,
+        slurm_spec(lrs=seven, time="2:00:00").replace(
+            "    poll_interval", "    budget: {node_hours: 13}\n    poll_interval"
+        ),
+    )
+    assert project.plan_json()["cost"]["by_backend"]["cluster"]["used_node_hours_at_most"] == 12
+    refused = project.mantik("apply", "--auto-approve", check=1)
+    assert refused.stderr.strip().splitlines() == [
+        "Error: budget of backend cluster: 12 node-hours used (at most) + 2 planned > 13"
+    ]
+    assert len(project.runs()) == 6

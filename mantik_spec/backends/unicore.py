@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .. import runner
+from ..spec.cost import unicore_seconds
 from ..spec.model import UnicoreConfig, duration_seconds
 from ..state.versions import FileDigests
 from ..templating import packaged, render
@@ -82,7 +83,6 @@ RESOURCE_NAMES = {
 UNCHECKED_RESOURCES = {"Queue", "Reservation", "Project", "NodeConstraints", "QoS", "Exclusive"}
 WILDCARD_PARTITION = "*"  # a partition that accepts any queue and resource (GrounderImpl)
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 # The stock Slurm TSI replaces a job name holding any other character by "UNICORE_job" (tsi slurm/BSS.py)
@@ -136,7 +136,7 @@ class UnicoreBackend(BackendBase):
         self.calls: Counter = Counter()  # REST calls by kind, for -v and the bench
         self._client = None
         self._jobs_url = ""
-        self.lifetime = _seconds(str(config.job_lifetime))
+        self.lifetime = unicore_seconds(config.job_lifetime)
         self._digests = FileDigests(state_root)  # local images: hashed once per content, not once per run
         self._staged: set[str] = set()  # staged file names known to be complete at the site
         self._code_urls: dict[Path, str] = {}  # exported tree -> its staged archive
@@ -670,20 +670,12 @@ def tsi_memory_mib(size: float) -> int:
     return int(narrowed / (1 << 20))
 
 
-def _seconds(text: str) -> float:
-    """A UNICORE duration (``90``, ``30s``, ``90m``, ``12h``, ``14d``) in seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
-    if not match:
-        raise ValueError(f"{text!r} is not a duration")
-    return float(match.group(1)) * SECONDS[match.group(2)]
-
-
 def _quantity(key: str, value) -> float | None:
     """A resource value as the site's ranges count it: seconds for the runtime, bytes for memory."""
     text = str(value).strip().lower()
     try:
         if key == "runtime":
-            return _seconds(text)
+            return unicore_seconds(text)
         if key == "memory":
             match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgt]?)b?", text)
             return float(match.group(1)) * UNITS[match.group(2)] if match else None

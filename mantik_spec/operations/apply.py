@@ -46,6 +46,13 @@ def refuse_dirty(observation: Observation) -> None:
         )
 
 
+def refuse_over_budget(plan: Plan) -> None:
+    """Before anything is written: a plan that would spend more than a budget of the spec allows."""
+    over = plan.cost.over_budget() if plan.cost else []
+    if over:
+        raise UserError("; ".join(over))
+
+
 def apply(
     project: Project,
     *,
@@ -67,6 +74,7 @@ def apply(
         if saved is not None:  # first: "the plan is stale" says more than what made it so
             saved.check_current(plan)
         refuse_dirty(observation)
+        refuse_over_budget(plan)
         show(plan)
         if not plan.has_changes:
             return ApplyResult(plan, False, [])

@@ -179,6 +179,9 @@ def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: Plann
         MlflowTag.PROJECT_BACKEND: project.spec.backends[want.point.backend].type,
         MlflowTag.USER: getpass.getuser(),
     }
+    node_hours = project.spec.backends[want.point.backend].run_cost().node_hours
+    if node_hours is not None:  # what the run may use at most, summed against budgets (operations.project.plan_cost)
+        tags[Tag.COST_NODE_HOURS] = repr(node_hours)
     tags[Tag.SPEC] = project.repo.prefix + SPEC_FILE  # apply refuses an uncommitted spec: COMMIT holds this one
     unpinned = sorted(name for name, version in identity.data.items() if version == UNPINNED)
     if unpinned:  # the data may change under the same key: say so where the run is looked at

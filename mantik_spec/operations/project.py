@@ -15,7 +15,7 @@ from ..backends import make_backend
 from ..backends.base import Backend, BackendError
 from ..errors import UserError
 from ..reconcile.identity import DesiredRun, ObservedRun, identify, recorded_identity
-from ..reconcile.plan import Action, Plan
+from ..reconcile.plan import Action, BackendCost, Plan, PlanCost
 from ..reconcile.planner import JobStates, make_plan
 from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
@@ -266,6 +266,29 @@ def replaced_points(project: Project, observation: Observation, replace: tuple[s
     return named
 
 
+def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost:
+    """The node-hours of the runs ``plan`` starts, per backend (each config says what one run costs), beside
+    what this spec's recorded runs may have used: the node-hours recorded at submission of every run that got a
+    job (a run refused before any job existed used nothing), an upper bound."""
+    used: dict[str, float] = defaultdict(float)
+    for run in runs:
+        if run.job_id and run.cost_node_hours:
+            used[run.backend] += run.cost_node_hours
+    starting: dict[str, int] = defaultdict(int)
+    for entry in plan.changes():
+        if entry.next_attempt is not None:
+            starting[entry.backend] += 1
+    by_backend = {}
+    for name, config in project.spec.backends.items():
+        if starting[name] or used[name]:
+            budget = getattr(config, "budget", None)
+            by_backend[name] = BackendCost(
+                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None
+            )
+    budget = project.spec.budget
+    return PlanCost(by_backend, sum(used.values()), budget.node_hours if budget else None)
+
+
 def build_plan(
     project: Project,
     prune: bool = False,
@@ -298,6 +321,8 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
+    plan.cost = plan_cost(project, plan, observation.runs)
+    plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))
     else:

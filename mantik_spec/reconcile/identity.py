@@ -112,6 +112,7 @@ class ObservedRun:
     metrics: dict = field(default_factory=dict)
     adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
     failure_kind: FailureKind | None = None  # None: not failed, or failed for a reason nobody recorded
+    cost_node_hours: float | None = None  # the node-hours recorded at submission: nodes x time limit, at most
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..spec.cost import RunCost
 from ..vocab import FailureKind, RunStatus
 
 PLAN_FORMAT_VERSION = 1
@@ -81,6 +82,116 @@ class PlannedRun:
         }
 
 
+@dataclass(frozen=True)
+class BackendCost:
+    """What the runs a plan starts on one backend cost, and what this spec's recorded runs there may have used
+    (``used``: at their time limits, an upper bound); ``budget``: the backend's own limit, if any."""
+
+    runs: int
+    run: RunCost
+    used: float = 0.0
+    budget: float | None = None
+
+    @property
+    def node_hours(self) -> float | None:
+        hours = self.run.node_hours
+        return None if hours is None else self.runs * hours
+
+    @property
+    def core_hours(self) -> float | None:
+        hours = self.run.core_hours
+        return None if hours is None else self.runs * hours
+
+    @property
+    def gpu_hours(self) -> float | None:
+        hours = self.run.gpu_hours
+        return None if hours is None else self.runs * hours
+
+    def to_json(self) -> dict:
+        return {
+            "runs": self.runs,
+            "node_hours": self.node_hours,
+            "core_hours": self.core_hours,
+            "gpu_hours": self.gpu_hours,
+            "free": self.run.free,
+            "unknown": self.run.unknown or None,
+            "used_node_hours_at_most": self.used,
+            "budget_node_hours": self.budget,
+        }
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """The node-hours of the runs a plan starts (submit, retry, repair), per backend; ``used``: what this spec's
+    recorded runs may have used in all (an upper bound); ``budget``: the spec's own limit, if any."""
+
+    by_backend: dict[str, BackendCost]
+    used: float = 0.0
+    budget: float | None = None
+
+    @property
+    def node_hours(self) -> float:
+        """The known part: :attr:`unknown` names the backends whose runs declare no time limit."""
+        return sum(cost.node_hours or 0.0 for cost in self.by_backend.values())
+
+    @property
+    def unknown(self) -> list[str]:
+        return [name for name, cost in self.by_backend.items() if cost.runs and cost.node_hours is None]
+
+    @property
+    def starts_runs(self) -> bool:
+        return any(cost.runs for cost in self.by_backend.values())
+
+    def budgets(self) -> list[tuple[str, float, float | None, float, list[str]]]:
+        """Each budget that runs of this plan count against: (which, node-hours used at most, node-hours
+        planned (None: unknown), the budget, the backends whose runs have no time limit with why)."""
+        limits = [
+            (f"budget of backend {name}", {name: cost}, cost.used, cost.budget)
+            for name, cost in self.by_backend.items()
+        ]
+        limits.append(("budget of the project", self.by_backend, self.used, self.budget))
+        found = []
+        for label, scope, used, budget in limits:
+            starting = {name: cost for name, cost in scope.items() if cost.runs and not cost.run.free}
+            if budget is None or not starting:
+                continue
+            unknown = [f"{name}: {cost.run.unknown}" for name, cost in starting.items() if cost.node_hours is None]
+            planned = None if unknown else sum(cost.node_hours or 0.0 for cost in starting.values())
+            found.append((label, used, planned, budget, unknown))
+        return found
+
+    def over_budget(self) -> list[str]:
+        """One line per budget this plan would exceed (or cannot be checked against: a run without a time
+        limit); none when every budget holds."""
+        problems = []
+        for label, used, planned, budget, unknown in self.budgets():
+            if planned is None:
+                problems.append(
+                    f"{label} ({hours(budget)} node-hours): the cost of its runs is unknown ({'; '.join(unknown)}); "
+                    "set the time limit"
+                )
+            elif used + planned > budget:
+                problems.append(
+                    f"{label}: {hours(used)} node-hours used (at most) + {hours(planned)} planned > {hours(budget)}"
+                )
+        return problems
+
+    def to_json(self) -> dict:
+        return {
+            "node_hours": self.node_hours,
+            "unknown": self.unknown,
+            "by_backend": {name: cost.to_json() for name, cost in self.by_backend.items()},
+            "used_node_hours_at_most": self.used,
+            "budget_node_hours": self.budget,
+        }
+
+
+def hours(value: float) -> str:
+    """A number of hours as people read it: 12, 0.5, 1.25 (at most two decimals)."""
+    text = f"{value:,.2f}".rstrip("0").rstrip(".")
+    return text.replace(",", "")
+
+
 @dataclass
 class Plan:
     entries: list[PlannedRun]
@@ -89,6 +200,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     # backends that could not say what their jobs are doing: their runs are left as they were
     errors: list[str] = field(default_factory=list)
+    cost: PlanCost | None = None  # what the runs it starts cost (build_plan computes it from the spec)
 
     def count(self, action: Action) -> int:
         return sum(1 for e in self.entries if e.action is action)
@@ -135,4 +247,5 @@ class Plan:
             "warnings": self.warnings,
             "errors": self.errors,
             "runs": [e.to_json() for e in self.entries],
+            **({"cost": self.cost.to_json()} if self.cost else {}),
         }

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from .cost import FREE, RunCost, gres_gpus, slurm_minutes, unicore_seconds
+
 # pydantic scans every installed distribution's entry points for plugins as each model
 # is built (~20 ms); mantik uses none, and `validate` runs on every commit. The switch is
 # scoped to the models defined here and restored at the end of this module.
@@ -178,6 +180,17 @@ class Environment(Strict):
         return bool(self.apptainer) and self.apptainer.startswith("/")
 
 
+class Budget(Strict):
+    """A limit on what this spec's runs may spend, checked by `plan` (a warning) and `apply` (a refusal)."""
+
+    node_hours: float = Field(
+        ...,
+        gt=0,
+        description="Node-hours (nodes x time limit per run) that the recorded runs and the plan together may "
+        "reach; the recorded runs count at their time limit, an upper bound.",
+    )
+
+
 class LocalConfig(Strict):
     """Detached processes on this machine."""
 
@@ -190,10 +203,15 @@ class LocalConfig(Strict):
         loader's whole-spec pass reports them at their line (:func:`mantik_spec.spec.checks.semantic`)."""
         return iter(())  # the fields' own types say everything
 
+    def run_cost(self) -> RunCost:
+        """One run's cost against an allocation: nothing, on this machine."""
+        return FREE
+
 
 SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d+(:\d{1,2}(:\d{1,2})?)?|UNLIMITED|INFINITE)$")
 SLURM_SIZE = re.compile(r"^\d+[KMGT]?$")
 SLURM_WORD = r"^[A-Za-z0-9_.,:=+-]+$"  # partition, account, qos, gres: nothing a shell or #SBATCH line could misread
+SBATCH_SHAPE = re.compile(r"^(--time|--nodes)(=|\s|$)|^-[tN]")  # what overrides resources.time and nodes
 DURATION = re.compile(r"^(\d+(\.\d+)?)(s|m|h)?$")
 
 
@@ -304,6 +322,23 @@ class BatchConfig(Strict):
         default_factory=list, description="Glob patterns of committed files not staged (*.ckpt, data/)."
     )
 
+    budget: Budget | None = Field(None, description="Node-hours the runs on this backend may spend.")
+
+    def run_cost(self) -> RunCost:
+        """One run's cost at its time limit (``resources.time``): nodes x time; cores where ``ntasks`` or
+        ``cpus_per_task`` say, GPUs where ``gpus`` or a gpu ``gres`` (per node) say."""
+        res = self.resources
+        nodes = res.nodes or 1
+        tasks = res.ntasks or (res.ntasks_per_node * nodes if res.ntasks_per_node else None)
+        cores = None if tasks is None and res.cpus_per_task is None else (tasks or 1) * (res.cpus_per_task or 1)
+        per_node = gres_gpus(res.gres)
+        gpus = res.gpus if res.gpus is not None else (per_node * nodes if per_node is not None else None)
+        minutes = slurm_minutes(res.time) if res.time is not None else None
+        if minutes is None:
+            why = "no time limit (resources.time)" if res.time is None else f"time limit {res.time}"
+            return RunCost(nodes, None, cores, gpus, unknown=why)
+        return RunCost(nodes, minutes / 60, cores, gpus)
+
     def problems(self) -> Iterator[Finding]:
         """sbatch options and values that would break the batch script or that sbatch refuses (see
         :meth:`LocalConfig.problems`)."""
@@ -333,6 +368,14 @@ class SlurmConfig(BatchConfig):
     ssh: SSHConnection | None = Field(
         None, description="Reach the login node over SSH (from a laptop or a CI runner) instead of running there."
     )
+
+    def run_cost(self) -> RunCost:
+        """As :meth:`BatchConfig.run_cost`; unknown when ``sbatch_args`` set the time limit or the nodes, which
+        then override ``resources``."""
+        cost = super().run_cost()
+        if any(SBATCH_SHAPE.match(item) for item in self.sbatch_args):
+            return RunCost(cost.nodes, None, cost.cores, cost.gpus, unknown="sbatch_args set --time or --nodes")
+        return cost
 
 
 UNICORE_RUNTIME = re.compile(r"^\d+[smhd]?$")
@@ -423,6 +466,8 @@ class UnicoreConfig(Strict):
         "that cannot report are closed with their output; the site may cap it.",
     )
 
+    budget: Budget | None = Field(None, description="Node-hours the runs on this backend may spend.")
+
     @field_validator("tls_verify")
     @classmethod
     def _not_a_yaml11_boolean(cls, value):
@@ -430,6 +475,17 @@ class UnicoreConfig(Strict):
         if isinstance(value, str) and value.lower() in ("y", "yes", "n", "no", "on", "off"):
             raise ValueError(f"{value!r} is not a boolean: write true or false (or ./{value} for a CA bundle file)")
         return value
+
+    def run_cost(self) -> RunCost:
+        """One run's cost at its time limit (``resources.runtime``): nodes (default 1) x runtime; cores from
+        ``total_cpus`` or ``cpus_per_node`` x nodes, GPUs from ``gpus_per_node`` x nodes."""
+        res = self.resources
+        nodes = res.nodes or 1
+        cores = res.total_cpus or (res.cpus_per_node * nodes if res.cpus_per_node else None)
+        gpus = res.gpus_per_node * nodes if res.gpus_per_node is not None else None
+        if res.runtime is None:
+            return RunCost(nodes, None, cores, gpus, unknown="no time limit (resources.runtime)")
+        return RunCost(nodes, unicore_seconds(res.runtime) / 3600, cores, gpus)
 
     def problems(self) -> Iterator[Finding]:
         """The site's URL, unless a Mantik config gives it (see :meth:`LocalConfig.problems`)."""
@@ -557,6 +613,11 @@ class Spec(Strict):
         le=10_000_000,
         description="The most run points all experiments together may declare; a larger grid is refused "
         "(counted before it is expanded) until this is raised.",
+    )
+    budget: Budget | None = Field(
+        None,
+        description="Node-hours all runs of this spec may spend together; a backend's own `budget` limits its runs "
+        "further. `apply` refuses a plan that would exceed one (docs/cost.md).",
     )
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..files import write_atomically
 from ..reconcile.identity import ObservedRun
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: runs carry cost_node_hours
 MARGIN_MS = 10 * 60 * 1000  # re-read runs whose times fall within ten minutes before the newest seen
 FULL_SCAN_AFTER_S = 24 * 3600  # a cache older than a day is rebuilt from a full scan
 

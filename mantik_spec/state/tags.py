@@ -12,6 +12,7 @@ standard library and mlflow; a test holds the copies equal to these.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class Tag:
     REPRODUCES = "mantik.reproduces"
     NOT_REPRODUCIBLE = "mantik.not_reproducible"
     SPEC = "mantik.spec"  # the spec that declared the run: its path in the repository, committed at COMMIT
+    COST_NODE_HOURS = "mantik.cost.node_hours"  # nodes x time limit at submission: what the run may use, at most
 
 
 class MlflowTag:
@@ -173,6 +175,15 @@ def read_failure_kind(tags: Mapping[str, str]) -> FailureKind | None:
     return next((kind for prefix, kind in LEGACY_FAILURE_TEXT if text.startswith(prefix)), None)
 
 
+def read_hours(text: str | None) -> float | None:
+    """A recorded number of hours; None for none, or for a value no writer of this tag gives."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
 def decode_run(
     *,
     run_id: str,
@@ -212,5 +223,6 @@ def decode_run(
         experiment=tags.get(Tag.EXPERIMENT, ""),
         entry_point=tags.get(MlflowTag.ENTRY_POINT, ""),
         metrics=dict(metrics or {}),
+        cost_node_hours=read_hours(tags.get(Tag.COST_NODE_HOURS)),
         **{name: kept.read(tags.get(kept.tag)) for name, kept in IDENTITY_TAGS.items()},
     )

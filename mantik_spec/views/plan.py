@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-from ..reconcile.plan import Action, Plan
+from ..reconcile.plan import Action, Plan, PlanCost, hours
 from .output import Output, printable
 
 # how a terminal colours each change (the one per-action table of the views)
@@ -59,7 +60,52 @@ def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str
     notes = plan.notes()
     if notes:
         lines.append(f"({notes})")
+    lines += cost_lines(plan.cost) if plan.cost else []
     return "\n".join(lines).lstrip("\n")
+
+
+def cost_lines(cost: PlanCost, name: Callable[[str], str] = printable) -> list[str]:
+    """``Cost:`` (what the runs the plan starts cost, per backend) and ``Budget:`` (what each budget they count
+    against holds); none for a plan that starts no run. ``name`` shows a backend's name (the rest is mantik's)."""
+    if not cost.starts_runs:
+        return []
+    parts, free = [], []
+    for backend, each in cost.by_backend.items():
+        if not each.runs:
+            continue
+        if each.run.free:
+            free.append(f"{name(backend)} runs free")
+            continue
+        runs = f"{each.runs} run{'s' if each.runs > 1 else ''}"
+        if each.run.hours is None:
+            parts.append(f"{name(backend)}: {runs}, unknown: {each.run.unknown}")
+            continue
+        part = f"{name(backend)}: {runs} x {each.run.nodes} node{'s' if each.run.nodes > 1 else ''} x "
+        part += _duration(each.run.hours)
+        if each.core_hours is not None:
+            part += f"; core-hours {hours(each.core_hours)}"
+        if each.gpu_hours is not None:
+            part += f"; GPU-hours {hours(each.gpu_hours)}"
+        parts.append(part)
+    total = f"{hours(cost.node_hours)} node-hours"
+    if cost.unknown:
+        total = f"at least {total}" if cost.node_hours else "unknown"
+    line = f"Cost: {total}" + (f" ({', '.join(parts)})" if parts else "") + "".join(f", {f}" for f in free)
+    budgets = [
+        f"{label.removeprefix('budget of ')}: {hours(used)} node-hours used (at most) + "
+        f"{'unknown' if planned is None else hours(planned)} planned of {hours(budget)}"
+        for label, used, planned, budget, _ in cost.budgets()
+    ]
+    return [line] + (["Budget: " + "; ".join(budgets)] if budgets else [])
+
+
+def _duration(value: float) -> str:
+    """A time limit in hours as people read it: 2h, 30m, 1h30m, 1d2h (to the minute)."""
+    minutes = round(value * 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours_, minutes = divmod(rest, 60)
+    text = (f"{days}d" if days else "") + (f"{hours_}h" if hours_ else "") + (f"{minutes}m" if minutes else "")
+    return text or "0m"
 
 
 def _grouped(changes, symbol) -> list[str]:
@@ -86,6 +132,8 @@ def _grouped(changes, symbol) -> list[str]:
 
 def render_markdown(plan: Plan) -> str:
     lines = ["### mantik plan", "", f"Commit `{plan.commit[:7]}`: **{plan.summary()}**", ""]
+    cost = cost_lines(plan.cost, name=_prose) if plan.cost else []
+    lines += [*(f"{line}  " for line in cost), ""] if cost else []
     lines += [f"> :warning: {_prose(w)}" for w in plan.warnings]
     changes = plan.changes()
     if changes:
