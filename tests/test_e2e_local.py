@@ -593,3 +593,23 @@ def test_reproduce_refuses_a_commit_outside_the_checked_out_history(project):
     assert "not in the history of the checked-out branch" in refused.stderr
     git(project.path, "merge", "-q", "--ff-only", "their-branch")
     assert "reproducing " + theirs in project.mantik("reproduce", theirs).stdout
+
+
+def test_fixing_a_failing_pre_run_line_runs_the_failed_point_again(project):
+    """The environment's definition is not part of the run key (the result does not depend on how a module is
+    loaded), but a failed point tries again once it changed: no `--replace` needed after fixing a setup line."""
+    broken = BASIC_SPEC.replace("backends:", "environments:\n  env:\n    pre_run: ['exit 3']\nbackends:").replace(
+        "parameters: {lr: [0.1, 0.2]}", "parameters: {lr: [0.1]}\n    environment: env"
+    )
+    project.write("mantik.yaml", broken)
+    project.commit("a pre-run line that fails")
+    project.mantik("apply", "--auto-approve", "--wait", check=1)
+    assert "no retries left" in project.mantik("plan").stdout
+    project.write("mantik.yaml", broken.replace("pre_run: ['exit 3']", "pre_run: ['true']"))
+    project.commit("the pre-run line fixed")
+    plan = project.plan_json()
+    [entry] = plan["runs"]
+    assert entry["action"] == "retry" and entry["reason"].startswith("environment or backend setup changed")
+    project.mantik("apply", "--auto-approve", "--wait")
+    assert sorted(r.info.status for r in project.runs()) == ["FAILED", "FINISHED"]
+    assert "No changes" in project.mantik("plan").stdout

@@ -130,6 +130,22 @@ def test_failed_run_is_retried_until_retries_are_spent():
     assert not plan_of([want], [first, second]).has_changes
 
 
+def test_a_failed_point_tries_again_once_its_environment_or_setup_changed():
+    """The fix for a failing pre_run, module or setup line is in the environment, not in the code: a point whose
+    attempts failed tries once more when what prepares its run changed since the last one, never otherwise."""
+    import dataclasses
+
+    want = dataclasses.replace(desired(point()), setup="after-fix")
+    failed = dataclasses.replace(observed(want, status="FAILED", attempt=1), setup="before-fix")
+    entry = only(plan_of([want], [failed]))
+    assert (entry.action, entry.next_attempt) == (Action.RETRY, 2)
+    assert entry.reason.startswith("environment or backend setup changed since attempt 1 failed")
+    again = dataclasses.replace(observed(want, status="FAILED", attempt=2), setup="after-fix")
+    assert only(plan_of([want], [failed, again])).action is Action.FAILED  # failed with the fix too: stop
+    unrecorded = observed(want, status="FAILED", attempt=1)  # a record from before the setup was recorded
+    assert only(plan_of([want], [unrecorded])).action is Action.FAILED
+
+
 @pytest.mark.parametrize(
     "kind, failure",
     [(FailureKind.INTERRUPTED, INTERRUPTED), (FailureKind.REFUSED, REFUSED + ": invalid partition name specified")],

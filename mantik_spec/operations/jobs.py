@@ -179,6 +179,8 @@ def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: Plann
         MlflowTag.PROJECT_BACKEND: project.spec.backends[want.point.backend].type,
         MlflowTag.USER: getpass.getuser(),
     }
+    if want.setup:
+        tags[Tag.SETUP] = want.setup
     node_hours = project.spec.backends[want.point.backend].run_cost().node_hours
     if node_hours is not None:  # what the run may use at most, summed against budgets (operations.project.plan_cost)
         tags[Tag.COST_NODE_HOURS] = repr(node_hours)

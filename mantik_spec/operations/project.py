@@ -124,7 +124,10 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
         code = dataclasses.replace(code, dirty=tuple(sorted({*code.dirty, *spec_files})))
     experiments, _ = resolve_extends(spec)
     data, environments = input_versions(project)
-    desired = [identify(point, code.identity, data, environments) for point in expand(spec, experiments)]
+    desired = [
+        identify(point, code.identity, data, environments, setup_digest(project, point.environment, point.backend))
+        for point in expand(spec, experiments)
+    ]
     cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
     runs = project.store.observe(cache, incremental=cached)
     if ask_backends:
@@ -135,6 +138,22 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
     untrusted = _untrusted(runs)
     changed = _changed_files(project, code, desired, runs)
     return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends)
+
+
+def setup_digest(project: Project, environment: str | None, backend: str) -> str:
+    """What prepares a run without entering its key, as a digest: the environment's definition (modules,
+    pre- and post-run lines, variables, image options) and the backend's setup fields (``SETUP_FIELDS`` of its
+    config: modules, setup lines, resources...). A point whose runs failed is tried again when it changes."""
+    import hashlib
+    import json
+
+    declared = project.spec.environments.get(environment) if environment else None
+    config = project.spec.backends.get(backend)
+    prepared = {
+        "environment": declared.model_dump(mode="json") if declared is not None else None,
+        "backend": config.model_dump(mode="json", include=set(config.SETUP_FIELDS)) if config is not None else None,
+    }
+    return hashlib.sha256(json.dumps(prepared, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _untrusted(runs: list[ObservedRun]) -> list[ObservedRun]:

@@ -79,6 +79,9 @@ class DesiredRun:
 
     point: RunPoint
     identity: Identity
+    # a digest of what prepares the run without entering its key (its environment's definition, its backend's
+    # modules, setup lines and resources): a changed one lets a point whose runs failed try again
+    setup: str = ""
 
     @property
     def key(self) -> str:
@@ -113,6 +116,7 @@ class ObservedRun:
     adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
     failure_kind: FailureKind | None = None  # None: not failed, or failed for a reason nobody recorded
     cost_node_hours: float | None = None  # the node-hours recorded at submission: nodes x time limit, at most
+    setup: str = ""  # DesiredRun.setup when it was submitted; "" on records older than that tag
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)
@@ -129,7 +133,9 @@ def recorded_identity(run: ObservedRun) -> Identity:
     return Identity(**{each.name: getattr(run, each.name) for each in fields(Identity)})
 
 
-def identify(point: RunPoint, code: str, data: dict[str, str], environments: dict[str, str]) -> DesiredRun:
+def identify(
+    point: RunPoint, code: str, data: dict[str, str], environments: dict[str, str], setup: str = ""
+) -> DesiredRun:
     identity = Identity(
         command=point.command_template,
         parameters=dict(point.parameters),
@@ -138,4 +144,4 @@ def identify(point: RunPoint, code: str, data: dict[str, str], environments: dic
         data={name: data.get(name, "") for name in point.data},
         environment=environments.get(point.environment, "") if point.environment else "",
     )
-    return DesiredRun(point, identity)
+    return DesiredRun(point, identity, setup)

@@ -8,7 +8,8 @@ per declared run point, in order:
 * a live run has its key but its job ended or is gone -> ``!`` repair (record the
   job's outcome; resubmit when it failed and retries are left)
 * only failed attempts, retries left                 -> ``~`` retry
-* only failed attempts, none left                    -> ``x`` failed
+* only failed attempts, none left                    -> ``x`` failed (unless the environment
+  or the backend's setup changed since the last attempt: ``~`` one more)
 * no run has its key                                 -> ``+`` submit, saying which
   input changed against the latest run of the same point
 
@@ -151,6 +152,9 @@ def _plan_point(
             why = last.failure or f"run {last.run_id} {last.status.value}"
         if failed_attempts <= want.point.retries:
             reason = f"attempt {failed_attempts + 1} of {want.point.retries + 1}: {why}"
+            return _entry(want, Action.RETRY, reason, **_about(last), next_attempt=failed_attempts + 1)
+        if last.setup and want.setup and last.setup != want.setup:  # the fix is in the environment, not the code
+            reason = f"environment or backend setup changed since attempt {last.attempt} failed: {why}"
             return _entry(want, Action.RETRY, reason, **_about(last), next_attempt=failed_attempts + 1)
         reason = f"{failed_attempts} attempt(s) failed, no retries left: {why}"
         return _entry(want, Action.FAILED, reason, **_about(last))

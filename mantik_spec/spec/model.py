@@ -11,7 +11,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -194,6 +194,10 @@ class Budget(Strict):
 class LocalConfig(Strict):
     """Detached processes on this machine."""
 
+    # the fields that prepare a run without entering its key: when one changes, a point whose runs failed
+    # (a module list, a setup line, too little time or memory) is tried again (mantik_spec.reconcile.planner)
+    SETUP_FIELDS: ClassVar[tuple[str, ...]] = ()
+
     type: Literal["local"]
     max_parallel: int = Field(1, ge=1, le=1024, description="Runs executing at once; the rest wait in a queue.")
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
@@ -294,6 +298,8 @@ class SSHConnection(Strict):
 class BatchConfig(Strict):
     """What the Slurm and FirecREST backends share: Slurm batch scripts, job arrays, where jobs go and what
     they get (:mod:`mantik_spec.backends.batch`)."""
+
+    SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("partition", "qos", "resources", "modules", "setup", "python", "template")
 
     # declared by each backend; named here first so that they lead in the schema and the reference
     type: str
@@ -420,6 +426,8 @@ class UnicoreResources(Strict):
 
 class UnicoreConfig(Strict):
     """Batch jobs at a UNICORE site (e.g. JUWELS, JURECA), submitted over its REST API."""
+
+    SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("resources", "login_precommand", "login_postcommand", "python", "template")
 
     type: Literal["unicore"]
     config: str | None = Field(

@@ -59,6 +59,7 @@ class Tag:
     REPRODUCES = "mantik.reproduces"
     NOT_REPRODUCIBLE = "mantik.not_reproducible"
     SPEC = "mantik.spec"  # the spec that declared the run: its path in the repository, committed at COMMIT
+    SETUP = "mantik.setup"  # digest of the environment and backend setup it was submitted with (not in its key)
     COST_NODE_HOURS = "mantik.cost.node_hours"  # nodes x time limit at submission: what the run may use, at most
 
 
@@ -224,5 +225,6 @@ def decode_run(
         entry_point=tags.get(MlflowTag.ENTRY_POINT, ""),
         metrics=dict(metrics or {}),
         cost_node_hours=read_hours(tags.get(Tag.COST_NODE_HOURS)),
+        setup=tags.get(Tag.SETUP, ""),
         **{name: kept.read(tags.get(kept.tag)) for name, kept in IDENTITY_TAGS.items()},
     )
