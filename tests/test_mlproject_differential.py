@@ -299,7 +299,14 @@ def test_corpus_covers_every_kind():
     "name, expected",
     [
         ("conda-multistep", ["MLproject:3:1: conda_env: not used"]),
-        ("docker-env", ["MLproject:3:1: docker_env: not used"]),
+        (
+            "docker-env",
+            [
+                "MLproject:3:1: docker_env: not used",
+                "MLproject:5:3: docker_env.volumes: not mounted on any backend",
+                "MLproject:6:3: docker_env.environment: not set on any backend",
+            ],
+        ),
         ("wine-elasticnet", ["MLproject:3:1: python_env: not used"]),
         (
             "loose-types",

@@ -245,6 +245,21 @@ def _mlflow_refusals(included: MarkedDocument, theirs: dict, directory: Path) ->
     return problems
 
 
+# What becomes of each docker_env key on every backend: mantik starts no Docker container (local, Slurm,
+# UNICORE and FirecREST alike), so each says where its intent goes in mantik.yaml instead
+DOCKER_ENV_KEYS = {
+    "volumes": (
+        "not mounted on any backend (no Docker container is started): bind what the run needs with an "
+        "Apptainer environment's apptainer_options (-B SRC:DEST), or declare it as data"
+    ),
+    "environment": (
+        "not set on any backend: give the variables in environments.NAME.variables (values there are not "
+        "copied from this machine, as a bare name in docker_env would be)"
+    ),
+    "run_params": "not used on any backend: `docker run` options have no place where no container is started",
+}
+
+
 def mlproject_notes(spec, project_root: Path) -> list[str]:
     """What mantik does differently from ``mlflow run`` with the spec's MLproject, one line each with the
     MLproject's file:line: environments it names (mantik runs in the environments of ``mantik.yaml``) and
@@ -264,6 +279,11 @@ def mlproject_notes(spec, project_root: Path) -> list[str]:
                 "environment), as `mlflow run --env-manager local` would; declare one that provides what it lists"
             )
             notes.append(str(document.problem((key,), message, at_key=True)))
+    docker = data.get("docker_env")
+    if isinstance(docker, dict):  # each key says what mlflow run would have done with it: none of it happens
+        for key, message in DOCKER_ENV_KEYS.items():
+            if key in docker:
+                notes.append(str(document.problem(("docker_env", key), message, at_key=True)))
     for name, entry in spec.entry_points.items():
         for parameter, declared in entry.parameters.items():
             if entry.from_mlproject and declared.declared_type and declared.declared_type not in TYPE_ALIASES:
