@@ -433,12 +433,11 @@ def logs(directory, run_id, follow):
 @click.argument("target")
 def explain(directory, target):
     """Print the identity inputs of a point (EXPERIMENT[POINT]) or a RUN (run or job id) and the key they hash to."""
-    import json
 
     from .operations.explain import explain as explain_target
     from .operations.project import open_project
 
-    click.echo(json.dumps(explain_target(open_project(directory), target), indent=2, ensure_ascii=False))
+    click.echo(views.json_text(explain_target(open_project(directory), target)))
 
 
 @main.command()

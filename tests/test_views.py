@@ -51,3 +51,17 @@ def test_parameter_values_stay_whole_and_distinguishable_at_any_width(width):
         assert "not shown at this width: " + ", ".join(missing) in words
     if width >= 120:
         assert not missing
+
+
+def test_json_for_a_terminal_reads_back_the_same_and_draws_nothing():
+    """`plan --json` and `explain` keep letters readable but escape what a terminal acts on (ESC, the C1 CSI,
+    bidi overrides, DEL), which json.dumps(ensure_ascii=False) passes through as is."""
+    import json
+
+    from mantik_spec.views import json_text
+
+    value = {"reason": "param x changed (ä → \x9b2J\u202e\x1b[31m\x7f)", "point": "sweep[tag=é]"}
+    text = json_text(value)
+    assert json.loads(text) == value
+    assert not set(text) & {"\x9b", "\u202e", "\x1b", "\x7f"}
+    assert "é" in text and "ä" in text

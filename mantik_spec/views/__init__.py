@@ -6,7 +6,7 @@ streams, colour, and whether anyone watches live), every value as visible charac
 nothing of the operations: what they need (a job id's label, the states that are final) is passed in."""
 
 from .calls import show_calls
-from .output import Output, printable
+from .output import Output, json_text, printable
 from .plan import GROUP_ABOVE, show_plan, watch_heading
 from .progress import run_progress, show_failures, show_retry
 from .runs import show_grid, show_status, watch_status
@@ -14,6 +14,7 @@ from .runs import show_grid, show_status, watch_status
 __all__ = [
     "GROUP_ABOVE",
     "Output",
+    "json_text",
     "printable",
     "run_progress",
     "show_calls",

@@ -61,6 +61,19 @@ def printable(value) -> str:
     return UNPRINTABLE.sub(_escaped, str(value))
 
 
+# what json.dumps(ensure_ascii=False) leaves as is but a terminal acts on: DEL, the C1 controls (0x9b starts
+# an escape sequence like ESC [), and the invisible formatting characters of UNPRINTABLE
+JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def json_text(data) -> str:
+    """``data`` as indented JSON, readable (non-ASCII letters as they are) and inert on a terminal: every
+    character a terminal would act on is a ``\\uXXXX`` escape, which any JSON reader reads back the same."""
+    import json
+
+    return JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, indent=2, ensure_ascii=False))
+
+
 def _escaped(match: re.Match) -> str:
     character = match.group()
     named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(character)

@@ -4,13 +4,12 @@ tracking store is shown with :func:`~.output.printable`, and in Markdown kept ou
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from ..reconcile.plan import Action, Plan, PlanCost, hours
-from .output import Output, printable
+from .output import Output, json_text, printable
 
 # how a terminal colours each change (the one per-action table of the views)
 COLORS = {Action.SUBMIT: "green", Action.RETRY: "yellow", Action.REPAIR: "magenta", Action.CANCEL: "red"}
@@ -168,7 +167,7 @@ def _code(text: str, in_table: bool = False) -> str:
 
 
 def render_json(plan: Plan) -> str:
-    return json.dumps(plan.to_json(), indent=2, ensure_ascii=False)
+    return json_text(plan.to_json())
 
 
 def show_plan(output: Output, plan: Plan, fmt: str = "text", every_run: bool = False, saved_to=None) -> None:
