@@ -123,6 +123,9 @@ def test_scratch_runs_the_working_tree_as_a_snapshot_and_committing_it_later_cou
     job_dirs = list((project.path / ".mantik" / "local" / "local" / "jobs").iterdir())
     assert all("scratch edit" in (job / "output.log").read_text() for job in job_dirs)
     assert all((job / "work" / "helper.py").exists() for job in job_dirs)
+    # a kept snapshot on the checked-out history can be reproduced
+    project.mantik("reproduce", project.runs()[0].info.run_id)
+    assert len(project.runs()) == 3
 
     project.commit("the change tried as a scratch run")
     plan = project.mantik("plan", "--detailed-exitcode", check=0)

@@ -335,7 +335,14 @@ class ProjectRepo:
 
     def in_history(self, commit: str) -> bool:
         """Whether ``commit`` is HEAD or one of its ancestors (``git merge-base --is-ancestor``): part of what
-        was checked out, not merely an object in the repository (a fetched pull request's commit is not)."""
+        was checked out, not merely an object in the repository (a fetched pull request's commit is not). A
+        scratch snapshot this repository keeps (``refs/mantik/scratch/<commit>``) counts when its parent does."""
+        try:
+            kept = run_git(self.root, "rev-parse", "--verify", "--quiet", SCRATCH_REFS + commit).decode().strip()
+        except GitFailed:
+            kept = ""
+        if kept == commit:
+            return self.in_history(f"{commit}^")
         try:
             run_git(self.root, "merge-base", "--is-ancestor", commit, self.head_commit())
         except GitFailed:
