@@ -24,6 +24,12 @@ REPLACE_HELP = (
     "subset of its values (e.g. 'sweep[lr=0.1]'); an EXPERIMENT runs its failed and cancelled points again; "
     "repeatable."
 )
+SCRATCH = click.option(
+    "--scratch",
+    is_flag=True,
+    help="Run the working tree as it stands (uncommitted and untracked files, minus what git ignores), "
+    "snapshotted as a commit kept under refs/mantik/scratch/; the branch, index, working tree and stash are untouched.",
+)
 
 # exit statuses besides 0 and 1 (an error)
 CHANGES = 2  # plan --detailed-exitcode: the plan has changes
@@ -230,6 +236,7 @@ def schema(fmt):
     help="Plan from MLflow alone: log in to no backend and send no credential anywhere (for pull requests).",
 )
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@SCRATCH
 @click.option(
     "--fail-on-failed",
     is_flag=True,
@@ -249,6 +256,7 @@ def plan(
     no_backends,
     detailed_exitcode,
     fail_on_failed,
+    scratch,
 ):
     """Show which declared runs exist, run, failed or are missing, and what apply would do."""
     from .errors import UserError
@@ -256,7 +264,7 @@ def plan(
     from .reconcile.plan import Action
     from .reconcile.planfile import write_plan
 
-    project = open_project(directory)
+    project = open_project(directory, scratch=scratch)
     result, _ = build_plan(project, prune=prune, replace=replace, cached=not refresh, ask_backends=not no_backends)
     if out:
         if no_backends:  # its runs' jobs are unknown: applied as is, it would decide nothing about them
@@ -296,8 +304,9 @@ def _errors(errors: list[str]) -> int:
 @click.option(
     "--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock (30s, 5m)."
 )
+@SCRATCH
 @click.pass_context
-def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_timeout):
+def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_timeout, scratch):
     """Submit what the plan says is missing (and repair what drifted)."""
     from .operations import apply as operation
     from .operations.project import open_project
@@ -327,7 +336,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
         click.echo(f"Waiting for the project lock ({views.printable(holder.describe())})...", err=True)
 
     saved = read_plan(planfile) if planfile else None
-    project = open_project(directory)
+    project = open_project(directory, scratch=scratch)
     result = operation.apply(
         project,
         confirm=confirm,

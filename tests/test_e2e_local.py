@@ -89,6 +89,50 @@ def test_uncommitted_code_is_refused_by_apply_and_warned_by_plan(project):
     assert project.runs() == []
 
 
+def test_scratch_runs_the_working_tree_as_a_snapshot_and_committing_it_later_counts(project):
+    (project.path / "README.md").write_text("stashed\n")
+    git(project.path, "stash", "push", "-u", "-q")
+    edited = (project.path / "train.py").read_text() + "\nprint('scratch edit')\n"
+    project.write("train.py", edited)
+    project.write("helper.py", "# untracked, inside code.paths\n")
+    git(project.path, "add", "helper.py")
+    project.write("helper.py", "# untracked, inside code.paths\n# and changed again\n")
+
+    def repository_state():
+        return [git(project.path, *args) for args in (["status", "--porcelain"], ["rev-parse", "HEAD"], ["stash", "list"])]
+
+    before = repository_state()
+    refused = project.mantik("apply", "--auto-approve", check=1)
+    assert "--scratch" in refused.stderr and "Traceback" not in refused.stderr
+    assert "--scratch" in project.mantik("plan").stdout
+    planned = project.mantik("plan", "--scratch")
+    assert "Plan: 2 to submit" in planned.stdout and "scratch" in planned.stdout
+    project.mantik("apply", "--scratch", "--auto-approve", "--wait")
+    assert repository_state() == before
+    assert finished_statuses(project) == ["FINISHED", "FINISHED"]
+
+    snapshot = project.runs()[0].data.tags["mantik.commit"]
+    assert git(project.path, "for-each-ref", "--format=%(refname)", "refs/mantik/scratch").split() == [
+        f"refs/mantik/scratch/{snapshot}"
+    ]
+    assert git(project.path, "rev-parse", f"{snapshot}^").strip() == before[1].strip()
+    assert git(project.path, "show", f"{snapshot}:helper.py").endswith("changed again\n")
+    for run in project.runs():
+        assert run.data.tags["mantik.scratch"] == f"refs/mantik/scratch/{snapshot}"
+        assert run.data.tags["mlflow.source.git.commit"] == snapshot
+    job_dirs = list((project.path / ".mantik" / "local" / "local" / "jobs").iterdir())
+    assert all("scratch edit" in (job / "output.log").read_text() for job in job_dirs)
+    assert all((job / "work" / "helper.py").exists() for job in job_dirs)
+    # a kept snapshot on the checked-out history can be reproduced
+    project.mantik("reproduce", project.runs()[0].info.run_id)
+    assert len(project.runs()) == 3
+
+    project.commit("the change tried as a scratch run")
+    plan = project.mantik("plan", "--detailed-exitcode", check=0)
+    assert "No changes" in plan.stdout and "scratch snapshot" in plan.stdout
+    assert git(project.path, "stash", "list") == before[2]
+
+
 def test_the_committed_tree_runs_not_the_working_directory(project):
     project.write("train.py", "import sys\nprint('committed')\n")
     project.write("mantik.yaml", BASIC_SPEC.replace("[0.1, 0.2]", "0.1"))

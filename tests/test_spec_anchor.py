@@ -17,7 +17,8 @@ def test_an_uncommitted_grid_is_warned_about_and_never_applied(project):
     refused = project.mantik("apply", "--auto-approve", check=1)
     assert refused.stderr == (
         "Error: uncommitted changes in code, data or spec files: mantik.yaml; "
-        "commit or stash them (only committed code runs)\n"
+        "commit or stash them (only committed code runs), or run the working tree as a snapshot commit "
+        "with `mantik apply --scratch`\n"
     )
     assert project.runs() == []
     commit = project.commit("three points")

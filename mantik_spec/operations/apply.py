@@ -42,7 +42,8 @@ def refuse_dirty(observation: Observation) -> None:
     if observation.code.dirty:
         raise UserError(
             f"uncommitted changes in code, data or spec files: {observation.code.dirty_summary()}; "
-            "commit or stash them (only committed code runs)"
+            "commit or stash them (only committed code runs), or run the working tree as a snapshot commit "
+            "with `mantik apply --scratch`"
         )
 
 
@@ -80,6 +81,7 @@ def apply(
             return ApplyResult(plan, False, [])
         if saved is None and not confirm(plan):
             return ApplyResult(plan, False, [])
+        project.repo.keep_snapshot()  # before any run records the snapshot's commit
         started = execute(project, plan, observation, lock)
     return ApplyResult(plan, True, started)
 

@@ -21,7 +21,7 @@ from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, PlannedRun
 from ..spec.load import SPEC_FILE
 from ..spec.model import Environment
-from ..state.git import CodeVersion
+from ..state.git import SCRATCH_REFS, CodeVersion
 from ..state.tags import MlflowTag, Tag, identity_tags
 from ..state.versions import UNPINNED
 from .project import Project
@@ -185,6 +185,8 @@ def run_tags(project: Project, code: CodeVersion, want: DesiredRun, entry: Plann
     if node_hours is not None:  # what the run may use at most, summed against budgets (operations.project.plan_cost)
         tags[Tag.COST_NODE_HOURS] = repr(node_hours)
     tags[Tag.SPEC] = project.repo.prefix + SPEC_FILE  # apply refuses an uncommitted spec: COMMIT holds this one
+    if code.scratch:
+        tags[Tag.SCRATCH] = SCRATCH_REFS + code.commit
     unpinned = sorted(name for name, version in identity.data.items() if version == UNPINNED)
     if unpinned:  # the data may change under the same key: say so where the run is looked at
         tags[Tag.NOT_REPRODUCIBLE] = "unpinned data: " + ", ".join(unpinned)

@@ -20,7 +20,7 @@ from ..reconcile.planner import JobStates, make_plan
 from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
-from ..state.git import STATE_DIR, CodeVersion, ProjectRepo
+from ..state.git import SCRATCH_REFS, STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
 from ..vocab import FailureKind, JobState, JobStatus, RunStatus
@@ -65,7 +65,9 @@ class Project:
         return target
 
 
-def open_project(directory: Path | str) -> Project:
+def open_project(directory: Path | str, scratch: bool = False) -> Project:
+    """``scratch``: the working tree as it stands, snapshotted as a commit that stands where HEAD stands
+    (:meth:`ProjectRepo.take_snapshot`); the spec read is the working tree's, which the snapshot holds."""
     loaded = load_spec(directory)
     repo = ProjectRepo(loaded.root)
     state_dir = loaded.root / STATE_DIR
@@ -73,6 +75,8 @@ def open_project(directory: Path | str) -> Project:
     ignore = state_dir / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# local state of mantik-spec: never commit it\n*\n")
+    if scratch:  # after the state directory ignores itself: it never enters a snapshot
+        repo.take_snapshot()
     os.environ.update(tracking_credentials(loaded.spec.tracking))
     store = TrackingStore(resolve_tracking_uri(loaded.spec.tracking, loaded.root), loaded.spec.project)
     return Project(loaded, repo, store, state_dir)
@@ -367,7 +371,19 @@ def build_plan(
     if observation.code.dirty:
         plan.warnings.append(
             f"uncommitted changes in code, data or spec files ({observation.code.dirty_summary()}): "
-            "the plan uses the last commit; apply will refuse"
+            "the plan uses the last commit; apply will refuse (`--scratch` runs the working tree as a snapshot)"
+        )
+    if observation.code.scratch:
+        plan.warnings.append(
+            f"scratch: the working tree as it stands, snapshot {observation.code.commit[:12]} on no branch "
+            f"(apply keeps it as {SCRATCH_REFS}{observation.code.commit}); commit the same tree and its runs count"
+        )
+    scratch_runs = {r.run_id for r in observation.runs if r.scratch}
+    counted = sorted({e.point_id for e in plan.entries if e.run_id in scratch_runs and e.action is Action.UP_TO_DATE})
+    if counted:
+        plan.warnings.append(
+            f"{len(counted)} point(s) are done by runs of a scratch snapshot ({', '.join(counted[:3])}"
+            f"{', ...' if len(counted) > 3 else ''}): their recorded commit is on no branch, kept by {SCRATCH_REFS}"
         )
     throwaway = throwaway_store(project)
     if throwaway:

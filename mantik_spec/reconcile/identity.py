@@ -117,6 +117,7 @@ class ObservedRun:
     failure_kind: FailureKind | None = None  # None: not failed, or failed for a reason nobody recorded
     cost_node_hours: float | None = None  # the node-hours recorded at submission: nodes x time limit, at most
     setup: str = ""  # DesiredRun.setup when it was submitted; "" on records older than that tag
+    scratch: bool = False  # submitted from a snapshot of the working tree (apply --scratch), on no branch
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)

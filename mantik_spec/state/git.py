@@ -29,6 +29,7 @@ GIT_TIMEOUT = 300.0  # seconds; a status of a large checkout on a slow shared fi
 FILE_MODES = {b"100644": 0o644, b"100755": 0o755}
 LINK_MODE, SUBMODULE_MODE = b"120000", b"160000"
 CHUNK = 1 << 20  # bytes copied at a time: the tree is streamed, never held in memory
+SCRATCH_REFS = "refs/mantik/scratch/"  # one ref per scratch snapshot a run recorded: git gc keeps its objects
 
 
 class GitError(MantikError):
@@ -55,8 +56,10 @@ def git_message(stderr: bytes, command: str) -> str:
     return f"git {command}: {text or 'failed without a message'}"
 
 
-def run_git(cwd: Path, *args: str, input: bytes | None = None, timeout: float = GIT_TIMEOUT) -> bytes:
-    """Run git in ``cwd`` and return its stdout (bytes: paths are not always UTF-8).
+def run_git(
+    cwd: Path, *args: str, input: bytes | None = None, timeout: float = GIT_TIMEOUT, env: dict[str, str] | None = None
+) -> bytes:
+    """Run git in ``cwd`` and return its stdout (bytes: paths are not always UTF-8); ``env`` adds variables.
 
     Raises :class:`GitFailed` on a non-zero exit, :class:`GitError` when git cannot be run.
     ``core.quotePath=false``: paths in its messages stay readable (no octal escapes)."""
@@ -69,6 +72,7 @@ def run_git(cwd: Path, *args: str, input: bytes | None = None, timeout: float = 
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
+            env={**os.environ, **env} if env else None,
         )
     except FileNotFoundError:
         raise GitError("git is not installed here (or not on PATH)") from None
@@ -94,6 +98,7 @@ class CodeVersion:
     repo_url: str | None
     dirty: tuple[str, ...]  # uncommitted files under code.paths, relative to the project
     lfs_pointers: tuple[str, ...] = ()  # committed files Git LFS manages: the job gets their pointers
+    scratch: bool = False  # ``commit`` is a snapshot of the working tree (``--scratch``), on no branch
 
     def dirty_summary(self, limit: int = 10) -> str:
         return ", ".join(self.dirty[:limit]) + (
@@ -139,8 +144,37 @@ class ProjectRepo:
         self.root = Path(toplevel).resolve()
         prefix = self.project_root.relative_to(self.root).as_posix()
         self.prefix = "" if prefix == "." else prefix + "/"
+        self.scratch: str | None = None  # a snapshot commit standing where HEAD stands (:meth:`take_snapshot`)
+
+    def take_snapshot(self) -> str | None:
+        """Snapshot the project's working tree as it stands (tracked or not, minus what git ignores) as a commit
+        whose parent is HEAD, and stand it where HEAD stands for this repository object: the code identity, the
+        exported tree and the recorded commit are the snapshot's. The branch, the index, the working tree and
+        the stash are untouched (a temporary index); the same tree on the same HEAD gives the same commit.
+        None, and nothing changes, when the working tree is as committed."""
+        head = self.head_commit()
+        with tempfile.TemporaryDirectory(prefix="mantik-scratch-") as scratch_dir:
+            index = {"GIT_INDEX_FILE": str(Path(scratch_dir) / "index")}
+            run_git(self.root, "read-tree", head, env=index)
+            run_git(self.root, "add", "-A", "--", self.prefix or ".", env=index)
+            tree = run_git(self.root, "write-tree", env=index).decode().strip()
+        if tree == run_git(self.root, "rev-parse", f"{head}^{{tree}}").decode().strip():
+            return None
+        date = run_git(self.root, "log", "-1", "--format=%ct", head).decode().strip() + " +0000"
+        who = {"GIT_AUTHOR_NAME": "mantik", "GIT_AUTHOR_EMAIL": "mantik@scratch", "GIT_AUTHOR_DATE": date}
+        who |= {"GIT_COMMITTER_NAME": "mantik", "GIT_COMMITTER_EMAIL": "mantik@scratch", "GIT_COMMITTER_DATE": date}
+        message = f"mantik scratch snapshot of the working tree on {head[:12]}\n".encode()
+        self.scratch = run_git(self.root, "commit-tree", tree, "-p", head, input=message, env=who).decode().strip()
+        return self.scratch
+
+    def keep_snapshot(self) -> None:
+        """Keep the snapshot under ``refs/mantik/scratch/<commit>`` so git gc keeps it while its runs matter."""
+        if self.scratch:
+            run_git(self.root, "update-ref", SCRATCH_REFS + self.scratch, self.scratch)
 
     def head_commit(self) -> str:
+        if self.scratch:
+            return self.scratch
         try:
             return run_git(self.root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").decode().strip()
         except GitFailed as exc:
@@ -189,6 +223,7 @@ class ProjectRepo:
                 sorted(set(self.uncommitted(code_paths)) | set(self._uncommitted_extra(code_paths, also_committed)))
             ),
             lfs_pointers=lfs_pointers,
+            scratch=self.scratch is not None,
         )
 
     def _lfs_files(self, entries: list[TreeEntry]) -> tuple[str, ...]:
@@ -232,6 +267,8 @@ class ProjectRepo:
             )
 
     def uncommitted(self, code_paths: list[str] | None) -> list[str]:
+        if self.scratch:  # the snapshot holds the working tree as it stood
+            return []
         status = run_git(
             self.root, "status", "--porcelain", "-z", "--untracked-files=all", "--", *self._git_paths(code_paths)
         )
@@ -298,9 +335,16 @@ class ProjectRepo:
 
     def in_history(self, commit: str) -> bool:
         """Whether ``commit`` is HEAD or one of its ancestors (``git merge-base --is-ancestor``): part of what
-        was checked out, not merely an object in the repository (a fetched pull request's commit is not)."""
+        was checked out, not merely an object in the repository (a fetched pull request's commit is not). A
+        scratch snapshot this repository keeps (``refs/mantik/scratch/<commit>``) counts when its parent does."""
         try:
-            run_git(self.root, "merge-base", "--is-ancestor", commit, "HEAD")
+            kept = run_git(self.root, "rev-parse", "--verify", "--quiet", SCRATCH_REFS + commit).decode().strip()
+        except GitFailed:
+            kept = ""
+        if kept == commit:
+            return self.in_history(f"{commit}^")
+        try:
+            run_git(self.root, "merge-base", "--is-ancestor", commit, self.head_commit())
         except GitFailed:
             return False
         return True

@@ -61,6 +61,7 @@ class Tag:
     SPEC = "mantik.spec"  # the spec that declared the run: its path in the repository, committed at COMMIT
     SETUP = "mantik.setup"  # digest of the environment and backend setup it was submitted with (not in its key)
     COST_NODE_HOURS = "mantik.cost.node_hours"  # nodes x time limit at submission: what the run may use, at most
+    SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
 
 
 class MlflowTag:
@@ -226,5 +227,6 @@ def decode_run(
         metrics=dict(metrics or {}),
         cost_node_hours=read_hours(tags.get(Tag.COST_NODE_HOURS)),
         setup=tags.get(Tag.SETUP, ""),
+        scratch=bool(tags.get(Tag.SCRATCH)),
         **{name: kept.read(tags.get(kept.tag)) for name, kept in IDENTITY_TAGS.items()},
     )
