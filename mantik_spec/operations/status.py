@@ -115,6 +115,12 @@ def follow(
         runs = [r for r in project.store.observe() if r.run_id in wanted]
         closing = [r for r in runs if not r.live and r.job_id and r.run_id not in settled]
         jobs = poll_jobs(project, runs, explain=closing)
+        ended_while_read = [
+            r for r in runs if r.live and r.job_id and (job := jobs.get((r.backend, r.job_id))) and job.state.ended
+        ]
+        if ended_while_read:  # the runner records the end before its job ends: read those records again
+            fresh = {r.run_id: r for r in project.store.observe() if r.run_id in wanted}
+            runs = [fresh.get(r.run_id, r) for r in runs]
         closing_ids = {r.run_id for r in closing}
         states = {}
         for run in runs:
