@@ -128,9 +128,12 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
         code = dataclasses.replace(code, dirty=tuple(sorted({*code.dirty, *spec_files})))
     experiments, _ = resolve_extends(spec)
     data, environments = input_versions(project)
+    points = expand(spec, experiments)
+    # one digest per (environment, backend) pair, not per point: a grid has thousands of points and a few pairs
+    setups = {pair: setup_digest(project, *pair) for pair in {(p.environment, p.backend) for p in points}}
     desired = [
-        identify(point, code.identity, data, environments, setup_digest(project, point.environment, point.backend))
-        for point in expand(spec, experiments)
+        identify(point, code.identity, data, environments, setups[(point.environment, point.backend)])
+        for point in points
     ]
     cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
     runs = project.store.observe(cache, incremental=cached)
