@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -109,6 +110,23 @@ class UnicoreNoAnswer(CommandTimeout):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+def login_command(lines: list[str]) -> str:
+    """The spec's login-node lines as the one ``User precommand``/``User postcommand`` string of a job: joined
+    with ``&&`` as Mantik joined ``PreRunCommandOnLoginNode``, so a failing line stops the rest. A line that
+    ends in a shell comment (``module load X  # for torch``) is closed by a line break inside ``{ }``, or the
+    comment would swallow every line joined after it. ``shlex`` also takes ``a#b`` for a comment: such a line
+    is wrapped too, which the shell runs exactly as the bare line."""
+    return " && ".join(f"{{ {line}\n}}" if _has_comment(line) else line for line in lines)
+
+
+def _has_comment(line: str) -> bool:
+    """Whether the shell reads part of ``line`` as a comment (a ``#`` that starts a word, outside quotes)."""
+    try:
+        return shlex.split(line, comments=True) != shlex.split(line)
+    except ValueError:  # unbalanced quotes: the shell reports them; the line break changes nothing
+        return "#" in line
 
 
 def shell_double_quoted(value: str) -> str:
@@ -442,8 +460,8 @@ class UnicoreBackend(BackendBase):
             "tags": ["mantik", RUN_TAG + request.run_id],
             "resources": resources,
             "project": self.config.project or os.environ.get(BUDGET_VARIABLE, ""),
-            "login_precommand": " && ".join(self.config.login_precommand),
-            "login_postcommand": " && ".join(self.config.login_postcommand),
+            "login_precommand": login_command(self.config.login_precommand),
+            "login_postcommand": login_command(self.config.login_postcommand),
         }
         from jinja2 import TemplateError
 
