@@ -197,6 +197,8 @@ class LocalConfig(Strict):
     # the fields that prepare a run without entering its key: when one changes, a point whose runs failed
     # (a module list, a setup line, too little time or memory) is tried again (mantik_spec.reconcile.planner)
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # jobs are processes of the machine mantik runs on: a CI runner ends them with its job
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = True
 
     type: Literal["local"]
     max_parallel: int = Field(1, ge=1, le=1024, description="Runs executing at once; the rest wait in a queue.")
@@ -300,6 +302,7 @@ class BatchConfig(Strict):
     they get (:mod:`mantik_spec.backends.batch`)."""
 
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("partition", "qos", "resources", "modules", "setup", "python", "template")
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = False  # a scheduler's jobs outlive the command that submits them
 
     # declared by each backend; named here first so that they lead in the schema and the reference
     type: str
@@ -428,6 +431,7 @@ class UnicoreConfig(Strict):
     """Batch jobs at a UNICORE site (e.g. JUWELS, JURECA), submitted over its REST API."""
 
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("resources", "login_precommand", "login_postcommand", "python", "template")
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = False
 
     type: Literal["unicore"]
     config: str | None = Field(
