@@ -27,7 +27,7 @@ from ..state.tags import Tag, failure_tags
 from ..vocab import FailureKind, RowState, RunStatus
 from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
-from .project import Observation, Project, build_plan, throwaway_store
+from .project import Observation, Project, build_plan, throwaway_store, unseen_venvs
 from .status import Unsuccessful, follow, unsuccessful
 
 
@@ -76,6 +76,9 @@ def apply(
             saved.check_current(plan)
         refuse_dirty(observation)
         refuse_over_budget(plan)
+        unseen = unseen_venvs(project, plan, observation)
+        if unseen:  # a job that cannot activate its venv fails on the cluster: refused before anything is recorded
+            raise UserError("; ".join(unseen))
         show(plan)
         if not plan.has_changes:
             return ApplyResult(plan, False, [])

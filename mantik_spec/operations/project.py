@@ -149,8 +149,10 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
 
 def setup_digest(project: Project, environment: str | None, backend: str) -> str:
     """What prepares a run without entering its key, as a digest: the environment's definition (modules,
-    pre- and post-run lines, variables, image options) and the backend's setup fields (``SETUP_FIELDS`` of its
-    config: modules, setup lines, resources...). A point whose runs failed is tried again when it changes."""
+    pre- and post-run lines, variables, image options; a relative venv as the absolute path the job gets and
+    whether a venv is there, so creating it retries the runs that could not activate it) and
+    the backend's setup fields (``SETUP_FIELDS`` of its config: modules, setup lines, resources...). A point
+    whose runs failed is tried again when it changes."""
     import hashlib
     import json
 
@@ -160,6 +162,9 @@ def setup_digest(project: Project, environment: str | None, backend: str) -> str
         "environment": declared.model_dump(mode="json") if declared is not None else None,
         "backend": config.model_dump(mode="json", include=set(config.SETUP_FIELDS)) if config is not None else None,
     }
+    if declared is not None and declared.venv_is_relative:  # the project's venv: where it is, and whether it is
+        location = declared.venv_location(project.root) or ""
+        prepared["venv"] = [location, os.path.isfile(os.path.join(location, "bin", "activate"))]
     return hashlib.sha256(json.dumps(prepared, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -270,6 +275,37 @@ def _not_offered(project: Project, plan: Plan) -> list[str]:
     return problems
 
 
+def unseen_venvs(project: Project, plan: Plan, observation: Observation) -> list[str]:
+    """A relative venv is the project's, on this machine: a backend whose jobs cannot see this machine's files
+    (``shares_files``) cannot activate it. One problem per environment, at its line in mantik.yaml."""
+    environment_of = {want.point.point_id: want.point.environment for want in observation.desired}
+    environments: dict[str, list[str]] = defaultdict(list)
+    for entry in plan.changes():
+        name = environment_of.get(entry.point_id) or ""
+        if entry.next_attempt is None or entry.backend not in project.spec.backends:
+            continue
+        declared = project.spec.environments.get(name)
+        if declared is None or not declared.venv_is_relative or entry.backend in environments[name]:
+            continue
+        try:
+            shares_files = project.backend(entry.backend).shares_files
+        except BackendError:
+            continue
+        if not shares_files:
+            environments[name].append(entry.backend)
+    return [
+        str(
+            project.loaded.document.problem(
+                ("environments", name, "venv"),
+                f"{project.spec.environments[name].venv} is relative to the project on this machine, which jobs "
+                f"on {', '.join(backends)} cannot see: give the venv's absolute path (or ~/...) on the cluster",
+            )
+        )
+        for name, backends in sorted(environments.items())
+        if backends
+    ]
+
+
 def replaced_points(project: Project, observation: Observation, replace: tuple[str, ...]) -> list[str]:
     """The declared point ids that ``--replace`` references name: a point id, or a unique subset of its values
     (``sweep[lr=0.1]``); an experiment's name is resolved by the caller. UserError naming the candidates when a
@@ -349,6 +385,7 @@ def build_plan(
     plan.errors.extend(unreachable(observation))
     plan.cost = plan_cost(project, plan, observation.runs)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
+    plan.errors.extend(unseen_venvs(project, plan, observation))
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))
     else:
