@@ -20,6 +20,7 @@ from ..reconcile.planner import JobStates, make_plan
 from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
+from ..spec.model import Spec
 from ..state.git import SCRATCH_REFS, STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
@@ -76,7 +77,9 @@ def open_project(directory: Path | str, scratch: bool = False) -> Project:
     if not ignore.exists():
         ignore.write_text("# local state of mantik-spec: never commit it\n*\n")
     if scratch:  # after the state directory ignores itself: it never enters a snapshot
-        repo.take_snapshot()
+        spec = loaded.spec
+        code_files = [*(spec.code.paths or []), SPEC_FILE, *included_files(spec), *pinning_files(spec, loaded.root)]
+        repo.take_snapshot(code_files if spec.code.paths else None)
     os.environ.update(tracking_credentials(loaded.spec.tracking))
     store = TrackingStore(resolve_tracking_uri(loaded.spec.tracking, loaded.root), loaded.spec.project)
     return Project(loaded, repo, store, state_dir)
@@ -107,20 +110,22 @@ class Observation:
     asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
 
 
+def pinning_files(spec: Spec, root: Path) -> list[str]:
+    """The files that pin each data version, relative to the project: a source's ``.dvc`` file (for a path
+    inside a tracked directory, that directory's) and ``dvc.lock``."""
+    from ..dvcfiles import dvc_tracking_file
+
+    files = [dvc_tracking_file(root, s.path) or f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path]
+    return files + (["dvc.lock"] if spec.data else [])
+
+
 def observe(project: Project, cached: bool = False, ask_backends: bool = True) -> Observation:
     """The desired runs, the recorded runs and their jobs. ``cached``: read the recorded runs through the run
     cache (:mod:`..state.runcache`), as plan and watch do; apply and the other verbs read MLflow in full, and
     that full read renews the cache. ``ask_backends=False``: contact no backend (no login, no credential sent
     anywhere); every live run's job is unknown, so nothing is decided about it."""
     spec = project.spec
-    from ..dvcfiles import dvc_tracking_file
-
-    # the files that pin each data version (a path inside a tracked directory: that directory's .dvc file)
-    dvc_files = [
-        dvc_tracking_file(project.root, s.path) or f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path
-    ]
-    dvc_files += ["dvc.lock"] if spec.data else []
-    code = project.repo.code_version(spec.code.paths, dvc_files)
+    code = project.repo.code_version(spec.code.paths, pinning_files(spec, project.root))
     # the spec anchors runs as the code does: an edited but uncommitted grid would run points whose
     # recorded commit does not declare them
     spec_files = project.repo.uncommitted([SPEC_FILE, *included_files(spec)])
@@ -412,6 +417,12 @@ def build_plan(
         plan.warnings.append(
             f"uncommitted changes in code, data or spec files ({observation.code.dirty_summary()}): "
             "the plan uses the last commit; apply will refuse (`--scratch` runs the working tree as a snapshot)"
+        )
+    if project.repo.unsnapshotted:
+        changed = project.repo.unsnapshotted
+        plan.warnings.append(
+            f"scratch: no snapshot, as only files outside the code changed ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}): the runs are of commit {observation.code.commit[:12]}"
         )
     if observation.code.scratch:
         plan.warnings.append(
