@@ -7,7 +7,7 @@ import dataclasses
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,24 +280,21 @@ def _not_offered(project: Project, plan: Plan) -> list[str]:
     return problems
 
 
-def unseen_venvs(project: Project, plan: Plan, observation: Observation) -> list[str]:
+def unseen_venvs(project: Project, starts: Iterable[tuple[str | None, str]]) -> list[str]:
     """A relative venv is the project's, on this machine: a backend whose jobs cannot see this machine's files
-    (``shares_files``) cannot activate it. One problem per environment, at its line in mantik.yaml."""
-    environment_of = {want.point.point_id: want.point.environment for want in observation.desired}
+    (``shares_files``) cannot activate it. ``starts``: the (environment, backend) pairs of the runs to start.
+    One problem per environment, at its line in mantik.yaml."""
     environments: dict[str, list[str]] = defaultdict(list)
-    for entry in plan.changes():
-        name = environment_of.get(entry.point_id) or ""
-        if entry.next_attempt is None or entry.backend not in project.spec.backends:
-            continue
-        declared = project.spec.environments.get(name)
-        if declared is None or not declared.venv_is_relative or entry.backend in environments[name]:
+    for name, backend in dict.fromkeys(starts):
+        declared = project.spec.environments.get(name or "")
+        if declared is None or not declared.venv_is_relative or backend not in project.spec.backends:
             continue
         try:
-            shares_files = project.backend(entry.backend).shares_files
+            shares_files = project.backend(backend).shares_files
         except BackendError:
             continue
         if not shares_files:
-            environments[name].append(entry.backend)
+            environments[name or ""].append(backend)
     return [
         str(
             project.loaded.document.problem(
@@ -307,8 +304,13 @@ def unseen_venvs(project: Project, plan: Plan, observation: Observation) -> list
             )
         )
         for name, backends in sorted(environments.items())
-        if backends
     ]
+
+
+def starting(plan: Plan, observation: Observation) -> list[tuple[str | None, str]]:
+    """The (environment, backend) pairs of the runs ``plan`` starts."""
+    environment_of = {want.point.point_id: want.point.environment for want in observation.desired}
+    return [(environment_of.get(e.point_id), e.backend) for e in plan.changes() if e.next_attempt is not None]
 
 
 def replaced_points(project: Project, observation: Observation, replace: tuple[str, ...]) -> list[str]:
@@ -390,7 +392,7 @@ def build_plan(
     plan.errors.extend(unreachable(observation))
     plan.cost = plan_cost(project, plan, observation.runs)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
-    plan.errors.extend(unseen_venvs(project, plan, observation))
+    plan.errors.extend(unseen_venvs(project, starting(plan, observation)))
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))
     else:
