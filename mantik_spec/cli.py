@@ -485,13 +485,17 @@ def reproduce(directory, run_id, backend, lock_timeout):
     help="How CI installs mantik-spec (a pip requirement such as git+https://HOST/ORG/mantik-spec@TAG); "
     "default: pinned to where this installation came from.",
 )
-@click.option("--default-branch", default="main", show_default=True, help="The branch whose merges apply.")
-@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+@click.option(
+    "--default-branch",
+    help="The branch whose merges apply (default: the repository's: origin/HEAD, else the branch checked out, "
+    "else init.defaultBranch).",
+)
+@click.option("--force", is_flag=True, help="Overwrite files that exist (with --ci, mantik.yaml is kept).")
 def init(directory, mlproject, backend_config, ci, install, default_branch, force):
     """Write a commented mantik.yaml (and CI files), and keep .mantik/ out of git."""
     from .operations.init import init as write_files
 
-    written = write_files(
+    done = write_files(
         directory,
         mlproject=mlproject,
         backend_config=backend_config,
@@ -500,8 +504,10 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
         force=force,
         default_branch=default_branch,
     )
-    for path in written:
+    for path in done.written:
         click.echo(f"wrote {path}")
+    for note in done.notes:
+        click.echo(note, err=note.startswith("Warning:"))
     click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")
 
 

@@ -131,6 +131,9 @@ def test_scratch_runs_the_working_tree_as_a_snapshot_and_committing_it_later_cou
     plan = project.mantik("plan", "--detailed-exitcode", check=0)
     assert "No changes" in plan.stdout and "scratch snapshot" in plan.stdout
     assert git(project.path, "stash", "list") == before[2]
+    project.write("NOTES.md", "outside code.paths\n")  # no code changed: no snapshot, and the plan says why
+    plan = project.mantik("plan", "--scratch", "--detailed-exitcode", check=0)
+    assert "no snapshot, as only files outside the code changed (NOTES.md)" in plan.stdout
 
 
 def test_the_committed_tree_runs_not_the_working_directory(project):

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -149,7 +150,11 @@ class Environment(Strict):
         description="The job's shell expands `$VAR` and `$(...)` in the image path, `apptainer_options` and "
         "`variables`, as Mantik's batch script did (set for environments read from a Mantik config).",
     )
-    venv: str | None = Field(None, description="Path of a Python virtual environment to activate.")
+    venv: str | None = Field(
+        None,
+        description="Path of a Python virtual environment to activate: absolute or `~/...` where the job runs, or "
+        "relative to the directory of mantik.yaml on the machine mantik runs on (for backends whose jobs see it).",
+    )
     requirements: str | None = Field(None, description="Lock or requirements file identifying the environment.")
     modules: list[str] = Field(default_factory=list)
     variables: dict[EnvName, str] = Field(
@@ -171,6 +176,23 @@ class Environment(Strict):
             except ValueError as exc:
                 raise ValueError(f"{option!r}: {exc}") from None
         return value
+
+    @property
+    def venv_is_relative(self) -> bool:
+        """Whether ``venv`` names a directory relative to the project (neither absolute, nor ``~``, nor, with
+        ``shell_expansion``, starting with a shell variable)."""
+        venv = self.venv
+        if not venv or venv.startswith(("/", "~")):
+            return False
+        return not (self.shell_expansion and venv.startswith("$"))
+
+    def venv_location(self, project_root: Path) -> str | None:
+        """Where the job finds the venv: a relative ``venv`` is taken from the directory of mantik.yaml
+        (``project_root``), as the workdir of a Slurm backend on this machine is, and made absolute; the job's
+        own directory holds only the committed tree, never a venv. Others as written."""
+        if not self.venv or not self.venv_is_relative:
+            return self.venv
+        return os.path.normpath(Path(project_root) / self.venv)
 
     @property
     def image_is_remote(self) -> bool:
@@ -197,6 +219,8 @@ class LocalConfig(Strict):
     # the fields that prepare a run without entering its key: when one changes, a point whose runs failed
     # (a module list, a setup line, too little time or memory) is tried again (mantik_spec.reconcile.planner)
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # jobs are processes of the machine mantik runs on: a CI runner ends them with its job
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = True
 
     type: Literal["local"]
     max_parallel: int = Field(1, ge=1, le=1024, description="Runs executing at once; the rest wait in a queue.")
@@ -300,6 +324,7 @@ class BatchConfig(Strict):
     they get (:mod:`mantik_spec.backends.batch`)."""
 
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("partition", "qos", "resources", "modules", "setup", "python", "template")
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = False  # a scheduler's jobs outlive the command that submits them
 
     # declared by each backend; named here first so that they lead in the schema and the reference
     type: str
@@ -428,6 +453,7 @@ class UnicoreConfig(Strict):
     """Batch jobs at a UNICORE site (e.g. JUWELS, JURECA), submitted over its REST API."""
 
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("resources", "login_precommand", "login_postcommand", "python", "template")
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = False
 
     type: Literal["unicore"]
     config: str | None = Field(

@@ -39,6 +39,8 @@ HTTP_RETRY_DEFAULTS = {
 # How long a command waits for a tracking server to answer at all before it stops (seconds)
 TIMEOUT_VARIABLE = "MANTIK_TRACKING_TIMEOUT"
 DEFAULT_TIMEOUT = 15.0
+# the database stores MLflow opens with SQLAlchemy (mlflow/store/db/db_types.py), besides sqlite
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 
 class TrackingError(MantikError):
@@ -213,10 +215,60 @@ def _check_store(database: Path) -> str:
             f"{where} was written by an older MLflow (schema {revision}, this MLflow needs {head}): back it up, "
             f"then run `mlflow db upgrade sqlite:///{database}`"
         )
-    raise TrackingError(
-        f"{where} was written by a newer MLflow (schema {revision} is unknown to the MLflow installed here): "
-        "upgrade MLflow here (`pip install -U mlflow`) or use the version that wrote it"
+    raise newer_schema(where, revision)
+
+
+def installed_mlflow() -> dict[str, str]:
+    """The installed MLflow distributions and their versions: ``mlflow-skinny`` (the client mantik needs) and
+    ``mlflow`` (the server and UI, with the ``[server]`` extra), each when installed."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("mlflow-skinny", "mlflow"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def newer_schema(where: str, revision: str) -> TrackingError:
+    """One line for a store whose alembic revision the installed MLflow does not know: a newer MLflow wrote it
+    (or upgraded it), and opening it with this one fails in every command and in ``mlflow ui``. The fix is
+    the version that wrote it: MLflow's own message would advise ``mlflow db upgrade``, which cannot go back."""
+    versions = installed_mlflow()
+    installed = versions.get("mlflow-skinny") or versions.get("mlflow") or "?"
+    upgrade = " ".join(f"'{name}>{version}'" for name, version in versions.items())
+    return TrackingError(
+        f"{where} was written by a newer MLflow than the {installed} installed here (schema {revision} is "
+        f"unknown to it): upgrade (`pip install -U {upgrade or 'mlflow-skinny'}`), or install the version that "
+        "wrote it (`pip install 'mlflow==VERSION'`, which brings its mlflow-skinny)"
     )
+
+
+def check_database_schema(uri: str) -> None:
+    """Refuse, in one line, a database store (``postgresql://``, ``mysql://``, ``sqlite://``...) that a newer
+    MLflow wrote, before MLflow opens it. What else is wrong with it (unreachable, an older schema) MLflow
+    reports itself when it opens it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = create_engine(uri)
+    except (SQLAlchemyError, ImportError, ValueError):  # a driver missing: MLflow says so when it opens it
+        return
+    try:
+        with engine.connect() as connection:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:  # no such table (a new store), or unreachable
+        return
+    finally:
+        engine.dispose()
+    if revision is None:
+        return
+    head, known = schema_revisions()
+    if revision != head and revision not in known:
+        raise newer_schema(f"the tracking store {_safe_uri(uri)}", revision)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -323,6 +375,8 @@ class TrackingStore:
                 prepare_local_store(Path(uri[len("sqlite:///") :]))
             except OSError as exc:
                 raise TrackingError(f"the tracking store {uri[len('sqlite:///') :]}: {exc}") from None
+        elif urlparse(uri).scheme.split("+")[0].lower() in DATABASE_SCHEMES:
+            check_database_schema(uri)
         self.client = MlflowClient(tracking_uri=uri)
         self.calls = 0  # requests made, printed with -v and by the bench
         self._counting = threading.Lock()
