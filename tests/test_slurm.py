@@ -322,7 +322,7 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
     anything is written, 20 submits, and the runs' recorded node-hours count against the next plan."""
     six = "[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]"
     use(project, slurm_spec(lrs=six, time="2:00:00") + "budget: {node_hours: 10}\n")
-    over = "budget of the project: 0 node-hours used (at most) + 12 planned > 10"
+    over = "budget of the project: 0 node-hours used + 12 planned > 10"
     planned = project.mantik("plan").stdout
     assert f"Warning: {over}: apply will refuse" in planned
     assert "Cost: 12 node-hours (cluster: 6 runs x 1 node x 2h; core-hours 12)" in planned
@@ -350,3 +350,10 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
         "Error: budget of backend cluster: 12 node-hours used (at most) + 2 planned > 13"
     ]
     assert len(project.runs()) == 6
+    assert "Allocation:" not in project.mantik("plan").stdout  # sshare has nothing to say here: left out
+
+    # this Slurm keeps no accounting (sacct fails): an apply records each ended run at its limit, so labelled
+    use(project, slurm_spec(lrs=six, time="2:00:00") + "budget: {node_hours: 20}\n")
+    project.mantik("apply", "--auto-approve")
+    used = {(r.data.tags["mantik.cost.used_node_hours"], r.data.tags["mantik.cost.used_source"]) for r in project.runs()}
+    assert used == {("2", "limit")}

@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..reconcile.identity import DesiredRun, ObservedRun, identify, recorded_identity
 from ..reconcile.plan import Action, BackendCost, Plan, PlanCost
 from ..reconcile.planner import JobStates, make_plan
+from ..spec.cost import Used
 from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
@@ -105,6 +106,7 @@ class Observation:
     changed_files: dict[str, list[str]]
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
     asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
+    usage: dict[str, Used] = field(default_factory=dict)  # run id -> what an ended run used, not yet recorded
 
 
 def observe(project: Project, cached: bool = False, ask_backends: bool = True) -> Observation:
@@ -144,7 +146,10 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
         jobs = {(run.backend, run.job_id): not_asked for run in runs if run.live and run.job_id}
     untrusted = _untrusted(runs)
     changed = _changed_files(project, code, desired, runs)
-    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends)
+    from .usage import ended_usage
+
+    usage = ended_usage(project, runs) if ask_backends else {}
+    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends, usage=usage)
 
 
 def setup_digest(project: Project, environment: str | None, backend: str) -> str:
@@ -292,13 +297,25 @@ def replaced_points(project: Project, observation: Observation, replace: tuple[s
     return named
 
 
-def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost:
+def plan_cost(
+    project: Project, plan: Plan, runs: list[ObservedRun], usage: dict[str, Used] | None = None, ask: bool = False
+) -> PlanCost:
     """The node-hours of the runs ``plan`` starts, per backend (each config says what one run costs), beside
-    what this spec's recorded runs may have used: the node-hours recorded at submission of every run that got a
-    job (a run refused before any job existed used nothing), an upper bound."""
+    what this spec's recorded runs used: for an ended run, what is recorded on it or found now (``usage``: run
+    id -> usage, :func:`.usage.ended_usage`), measured by the site's accounting or at its limit; for a live
+    run, the node-hours recorded at its submission (nodes x time limit, an upper bound); a run refused before
+    any job existed used nothing. ``ask``: also ask the sites of the backends it starts runs on what is left
+    of their allocations (cached, time-boxed, never an error)."""
     used: dict[str, float] = defaultdict(float)
+    measured: dict[str, float] = defaultdict(float)
     for run in runs:
-        if run.job_id and run.cost_node_hours:
+        if not run.job_id:
+            continue
+        spent = run.used or (usage or {}).get(run.run_id)
+        if spent is not None:
+            used[run.backend] += spent.node_hours
+            measured[run.backend] += spent.node_hours if spent.measured else 0.0
+        elif run.cost_node_hours:
             used[run.backend] += run.cost_node_hours
     starting: dict[str, int] = defaultdict(int)
     for entry in plan.changes():
@@ -309,10 +326,19 @@ def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost
         if starting[name] or used[name]:
             budget = getattr(config, "budget", None)
             by_backend[name] = BackendCost(
-                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None
+                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None, measured[name]
             )
     budget = project.spec.budget
-    return PlanCost(by_backend, sum(used.values()), budget.node_hours if budget else None)
+    charged = sorted(name for name, cost in by_backend.items() if cost.runs and not cost.run.free)
+    from .usage import allocations
+
+    return PlanCost(
+        by_backend,
+        sum(used.values()),
+        budget.node_hours if budget else None,
+        sum(measured.values()),
+        allocations(project, charged) if ask else {},
+    )
 
 
 def build_plan(
@@ -347,7 +373,7 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
-    plan.cost = plan_cost(project, plan, observation.runs)
+    plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))
