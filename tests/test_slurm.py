@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -326,6 +327,8 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
     planned = project.mantik("plan").stdout
     assert f"Warning: {over}: apply will refuse" in planned
     assert "Cost: 12 node-hours (cluster: 6 runs x 1 node x 2h; core-hours 12)" in planned
+    # sbatch --test-only, once for the backend's shape: an estimate, and nothing queued by it
+    assert re.search(r"^Start: cluster about \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d \(the scheduler's estimate\)$", planned, re.M), planned
     refused = project.mantik("apply", "--auto-approve", check=1)
     assert refused.stderr.strip().splitlines() == [f"Error: {over}"]
     assert project.runs() == [] and queued_batches(project) == []

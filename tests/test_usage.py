@@ -294,3 +294,43 @@ def test_allocation_age_reads_in_minutes_and_hours():
         == "Allocation: juwels: 12,000 core-h left (UNICORE, just now)"
     )
     assert allocation_line("juwels", allocation, now=1000.0 + 2 * 3600 + 5).endswith("(UNICORE, 2 h ago)")
+
+
+# -- an estimated start -------------------------------------------------------------------------------------
+
+WILL_RUN = (
+    "sbatch: Job 1234 to start at 2026-12-05T09:10:00 using 96 processors on nodes jwc00n[001-002] in partition batch\n"
+)
+
+
+def test_sbatch_test_only_gives_the_start_for_the_backends_shape_and_submits_nothing(tmp_path):
+    slurm = slurm_backend(
+        tmp_path,
+        {"sbatch": [("", WILL_RUN, 0)]},
+        partition="batch",
+        resources={"nodes": 2, "time": "2:00:00"},
+        sbatch_args=["--constraint gpu"],
+    )
+    assert slurm.estimated_start() == "2026-12-05T09:10:00"
+    [command] = slurm.commands
+    assert command[:2] == ["sbatch", "--test-only"] and command[-1] == "--wrap=true"
+    assert {"--partition=batch", "--nodes=2", "--time=2:00:00", "--constraint", "gpu"} <= set(command)
+    refused = ("", "sbatch: error: Batch job submission failed: Requested node configuration is not available\n", 1)
+    with pytest.raises(BackendError, match="Requested node configuration is not available"):
+        slurm_backend(tmp_path / "small", {"sbatch": [refused]}).estimated_start()
+
+
+def test_plan_shows_the_estimated_start_only_when_asked_and_never_fails_on_it(repo):
+    on_cluster(repo, "[0.1, 0.2]", budget=100)
+    fake = FakeBackend("cluster")
+    fake.start = "2026-12-05T09:10:00"
+    project = open_project(repo)
+    project.backends["cluster"] = fake
+    plan, _ = build_plan(project, estimate=True)
+    assert "Start: cluster about 2026-12-05T09:10:00 (the scheduler's estimate)" in render_text(plan)
+    assert fake.calls["estimated_start"] == 1  # once for the backend's shape, not once per run
+    assert "Start:" not in plan_text(repo, fake)  # apply and watch do not ask
+    fake.unreachable = "sbatch: error: Unable to contact slurm controller (connect failure)"
+    project.backends["cluster"] = fake
+    plan, _ = build_plan(project, estimate=True)
+    assert "Start:" not in render_text(plan) and plan.cost is not None and plan.cost.starts == {}

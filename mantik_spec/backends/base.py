@@ -212,6 +212,12 @@ class Backend(Protocol):
         time-boxed; None when the site does not say. Raises :class:`BackendError` when it could not be asked."""
         ...
 
+    def estimated_start(self) -> str | None:
+        """When the site estimates a job of this backend's shape (its resources) would start if submitted now,
+        in the site's own words for the time (its clock), asked once, time-boxed, submitting nothing; None when
+        the site makes no estimate. Raises :class:`BackendError` when it could not be asked or refused the shape."""
+        ...
+
 
 class BackendBase:
     """The protocol's members most backends answer the same way; a backend inherits this and overrides
@@ -233,6 +239,9 @@ class BackendBase:
 
     def allocation(self) -> Allocation | None:
         return None  # the site says nothing of what is left
+
+    def estimated_start(self) -> str | None:
+        return None  # the site makes no estimate
 
 
 # How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,

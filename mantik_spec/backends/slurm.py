@@ -12,6 +12,7 @@ import enum
 import errno
 import os
 import re
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -292,6 +293,17 @@ class SlurmBackend(BatchBackend):
         answer: dict[str, Used | None] = {job_id: self._used[job_id] for job_id in job_ids if job_id in self._used}
         answer.update({job_id: None for job_id in job_ids if job_id in self._holding and job_id not in answer})
         return answer
+
+    def estimated_start(self) -> str | None:
+        """``sbatch --test-only`` with this backend's options and a one-line job: "Job N to start at TIME" (Slurm's
+        slurm_job_will_run, printed on stderr; TIME as the controller's clock reads it), which submits nothing.
+        An estimate only: the queue moves, and backfill may start the job sooner or later."""
+        options = [word for option in self._directives() for word in shlex.split(option)]
+        result = self._run(["sbatch", "--test-only", *options, "--wrap=true"], timeout=ACCOUNTING_TIMEOUT)
+        found = re.search(r"to start at (\S+)", result.stderr)
+        if result.returncode != 0 or not found:
+            raise BackendError(f"sbatch --test-only failed: {_strip_prefix(result.error_line())}")
+        return found.group(1)
 
     def allocation(self) -> Allocation | None:
         """What the association limits leave (sshare, time-boxed): the tightest GrpTRESMins limit of the

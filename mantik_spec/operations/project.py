@@ -298,14 +298,20 @@ def replaced_points(project: Project, observation: Observation, replace: tuple[s
 
 
 def plan_cost(
-    project: Project, plan: Plan, runs: list[ObservedRun], usage: dict[str, Used] | None = None, ask: bool = False
+    project: Project,
+    plan: Plan,
+    runs: list[ObservedRun],
+    usage: dict[str, Used] | None = None,
+    ask: bool = False,
+    estimate: bool = False,
 ) -> PlanCost:
     """The node-hours of the runs ``plan`` starts, per backend (each config says what one run costs), beside
     what this spec's recorded runs used: for an ended run, what is recorded on it or found now (``usage``: run
     id -> usage, :func:`.usage.ended_usage`), measured by the site's accounting or at its limit; for a live
     run, the node-hours recorded at its submission (nodes x time limit, an upper bound); a run refused before
     any job existed used nothing. ``ask``: also ask the sites of the backends it starts runs on what is left
-    of their allocations (cached, time-boxed, never an error)."""
+    of their allocations (cached, time-boxed, never an error); ``estimate``: and when a job would start there
+    (:func:`.usage.estimated_starts`)."""
     used: dict[str, float] = defaultdict(float)
     measured: dict[str, float] = defaultdict(float)
     for run in runs:
@@ -330,7 +336,7 @@ def plan_cost(
             )
     budget = project.spec.budget
     charged = sorted(name for name, cost in by_backend.items() if cost.runs and not cost.run.free)
-    from .usage import allocations
+    from .usage import allocations, estimated_starts
 
     return PlanCost(
         by_backend,
@@ -338,6 +344,7 @@ def plan_cost(
         budget.node_hours if budget else None,
         sum(measured.values()),
         allocations(project, charged) if ask else {},
+        estimated_starts(project, charged) if ask and estimate else {},
     )
 
 
@@ -347,10 +354,12 @@ def build_plan(
     replace: tuple[str, ...] = (),
     cached: bool = False,
     ask_backends: bool = True,
+    estimate: bool = False,
 ) -> tuple[Plan, Observation]:
     """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others);
     ``cached``: read recorded runs through the run cache; ``ask_backends=False``: from MLflow alone, contacting
-    no backend (see :func:`observe`)."""
+    no backend (see :func:`observe`); ``estimate``: ask the backends that would start runs when a job would
+    start (``plan`` does; apply and watch do not: it is for people deciding)."""
     observation = observe(project, cached, ask_backends)
     untrusted = {r.run_id for r in observation.untrusted}
 
@@ -373,7 +382,7 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
-    plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends)
+    plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))

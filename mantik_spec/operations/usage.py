@@ -130,3 +130,18 @@ def allocations(project: Project, names: Iterable[str], now: float | None = None
         except OSError:
             pass  # a cache that cannot be written is asked again next time
     return found
+
+
+def estimated_starts(project: Project, names: Iterable[str]) -> dict[str, str]:
+    """When the sites of backends ``names`` estimate a job of each one's shape would start (one time-boxed
+    question per backend, nothing submitted): backend -> the site's time. A site that makes no estimate, or
+    cannot be asked, is left out."""
+    found = {}
+    for name in names:
+        try:
+            start = project.backend(name).estimated_start()
+        except BackendError:
+            continue
+        if start:
+            found[name] = start
+    return found

@@ -128,13 +128,15 @@ class PlanCost:
     """The node-hours of the runs a plan starts (submit, retry, repair), per backend; ``used``: what this spec's
     recorded runs used in all (``measured`` of it by the sites' accounting, the rest at time limits, an upper
     bound); ``budget``: the spec's own limit, if any; ``allocations``: what the sites of the backends it starts
-    runs on say is left (backend -> allocation), shown, never checked."""
+    runs on say is left (backend -> allocation), shown, never checked; ``starts``: when those sites estimate
+    a job of each backend's shape would start (backend -> the site's time), an estimate."""
 
     by_backend: dict[str, BackendCost]
     used: float = 0.0
     budget: float | None = None
     measured: float = 0.0
     allocations: dict[str, Allocation] = field(default_factory=dict)
+    starts: dict[str, str] = field(default_factory=dict)
 
     @property
     def node_hours(self) -> float:
@@ -202,6 +204,7 @@ class PlanCost:
             "used_node_hours_measured": self.measured,
             "budget_node_hours": self.budget,
             "allocations": {name: allocation.to_json() for name, allocation in self.allocations.items()},
+            "estimated_start": dict(self.starts),
         }
 
 

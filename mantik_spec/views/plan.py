@@ -97,7 +97,9 @@ def cost_lines(cost: PlanCost, name: Callable[[str], str] = printable) -> list[s
         for label, used, measured, planned, budget, _ in cost.budgets()
     ]
     lines = [line] + (["Budget: " + "; ".join(budgets)] if budgets else [])
-    return lines + [allocation_line(name(backend), each) for backend, each in sorted(cost.allocations.items())]
+    lines += [allocation_line(name(backend), each) for backend, each in sorted(cost.allocations.items())]
+    starts = [f"{name(backend)} about {printable(start)}" for backend, start in sorted(cost.starts.items())]
+    return lines + (["Start: " + ", ".join(starts) + " (the scheduler's estimate)"] if starts else [])
 
 
 def allocation_line(backend: str, allocation: Allocation, now: float | None = None) -> str:

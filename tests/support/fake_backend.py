@@ -56,6 +56,7 @@ class FakeBackend:
         self.config_notes: list[str] = []  # what notes reports
         self.accounted: dict[str, Used | None] = {}  # what usage reports, by job id (the site's accounting)
         self.left: Allocation | None = None  # what allocation reports
+        self.start: str | None = None  # what estimated_start reports
         self._calls: Counter[str] = Counter()
         self._stop: _Stop | None = None
 
@@ -170,6 +171,12 @@ class FakeBackend:
         if self.unreachable:
             raise BackendError(self.unreachable)
         return self.left
+
+    def estimated_start(self) -> str | None:
+        self._calls["estimated_start"] += 1
+        if self.unreachable:
+            raise BackendError(self.unreachable)
+        return self.start
 
 
 if TYPE_CHECKING:  # the type check proves the fake implements the protocol (never run)
