@@ -339,6 +339,9 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
     runs = project.runs()
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 6
     assert {r.data.tags["mantik.cost.node_hours"] for r in runs} == {"2.0"}
+    # this Slurm keeps no accounting (sacct fails): --wait records each ended run at its limit, so labelled
+    used = {(r.data.tags["mantik.cost.used_node_hours"], r.data.tags["mantik.cost.used_source"]) for r in runs}
+    assert used == {("2", "limit")}
 
     seven = six.replace("]", ", 0.7]")
     use(
@@ -354,9 +357,3 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
     ]
     assert len(project.runs()) == 6
     assert "Allocation:" not in project.mantik("plan").stdout  # sshare has nothing to say here: left out
-
-    # this Slurm keeps no accounting (sacct fails): an apply records each ended run at its limit, so labelled
-    use(project, slurm_spec(lrs=six, time="2:00:00") + "budget: {node_hours: 20}\n")
-    project.mantik("apply", "--auto-approve")
-    used = {(r.data.tags["mantik.cost.used_node_hours"], r.data.tags["mantik.cost.used_source"]) for r in project.runs()}
-    assert used == {("2", "limit")}

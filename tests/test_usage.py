@@ -284,7 +284,10 @@ def test_the_allocation_is_shown_with_its_age_cached_and_never_in_the_way(repo):
     cache.unlink()
     fake.unreachable = "ssh: connect to host login.example.org port 22: Connection timed out"
     assert "Allocation:" not in plan_text(repo, fake)  # a site that cannot say is left out: the plan stands
-    assert json.loads(cache.read_text())["cluster"]["allocation"] is None  # and not asked again for a while
+    [entry] = json.loads(cache.read_text()).values()
+    assert entry["allocation"] is None  # and not asked again for a while
+    plan_text(repo, fake)
+    assert fake.calls["allocation"] == 2
 
 
 def test_allocation_age_reads_in_minutes_and_hours():

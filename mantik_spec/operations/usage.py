@@ -7,13 +7,14 @@ submission), an upper bound labelled ``limit``. ``apply`` records the figure on 
 is a query in MLflow, and budgets count it. Each backend is asked once for all its ended runs.
 
 Allocation: what a site says is left (sshare's association limits, a UNICORE site's compute budget), kept in
-``.mantik/cache/allocation.json`` with the time it was asked, asked again when older than
+``.mantik/cache/allocation.json`` (by backend and config) with the time it was asked, asked again when older than
 :data:`ALLOCATION_MAX_AGE`. It is shown beside a plan, never in its way: a site that cannot say is left out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -107,7 +108,10 @@ def allocations(project: Project, names: Iterable[str], now: float | None = None
     found: dict[str, Allocation] = {}
     changed = False
     for name in names:
-        entry = cached.get(name)
+        # the backend's config is part of the key: another account or site is another answer
+        config = json.dumps(project.spec.backends[name].model_dump(mode="json"), sort_keys=True)
+        key = f"{name} {hashlib.sha256(config.encode()).hexdigest()[:12]}"
+        entry = cached.get(key)
         if isinstance(entry, dict) and 0 <= now - float(entry.get("asked", 0)) < ALLOCATION_MAX_AGE:
             try:
                 if entry.get("allocation"):
@@ -119,7 +123,7 @@ def allocations(project: Project, names: Iterable[str], now: float | None = None
             allocation = project.backend(name).allocation()
         except BackendError:
             allocation = None
-        cached[name] = {"asked": now, "allocation": allocation.to_json() if allocation else None}
+        cached[key] = {"asked": now, "allocation": allocation.to_json() if allocation else None}
         changed = True
         if allocation is not None:
             found[name] = allocation
