@@ -37,11 +37,12 @@ from .conftest import BASIC_SPEC, git
 from .fake_unicore import FakeUnicore
 from .support.fake_backend import FakeBackend
 
-SACCT = (  # sacct --parsable2 --noheader --allocations --jobs 41,42 --format=JobID,State,ExitCode,ElapsedRaw,AllocNodes
-    "41_0|COMPLETED|0:0|754|2\n"
-    "41_1|TIMEOUT|0:15|7230|2\n"
-    "41_[2-3]|CANCELLED by 1000|0:0|0|0\n"  # pending tasks cancelled before they started: one grouped record
-    "42|RUNNING|0:0|100|4\n"
+SACCT = (  # sacct --parsable2 --noheader --allocations --jobs 41,42 --format=JobID,State,ExitCode,ElapsedRaw,...
+    # AllocNodes,AllocTRES on a site with TRESBillingWeights (billing = its weighted TRES of the job)
+    "41_0|COMPLETED|0:0|754|2|billing=192,cpu=96,mem=180G,node=2\n"
+    "41_1|TIMEOUT|0:15|7230|2|billing=192,cpu=96,mem=180G,node=2\n"
+    "41_[2-3]|CANCELLED by 1000|0:0|0|0|\n"  # pending tasks cancelled before they started: one grouped record
+    "42|RUNNING|0:0|100|4|billing=384,cpu=192,mem=360G,node=4\n"
 )
 SSHARE = (  # sshare --parsable2 --format=Account,User,GrpTRESMins,GrpTRESRaw,TRESRunMins (on a login node)
     "Account|User|GrpTRESMins|GrpTRESRaw|TRESRunMins\n"
@@ -80,8 +81,8 @@ def test_sacct_usage_is_elapsed_times_allocated_nodes_of_ended_jobs_in_one_call(
     slurm = slurm_backend(tmp_path, {"sacct": [(SACCT, "", 0)]})
     used = slurm.usage(["41_0", "41_1", "41_2", "41_3", "42", "43"])
     assert used == {
-        "41_0": Used(754 * 2 / 3600, "sacct"),
-        "41_1": Used(7230 * 2 / 3600, "sacct"),  # a timed-out job used its whole limit, and sacct says so
+        "41_0": Used(754 * 2 / 3600, "sacct", 754 * 192 / 3600),
+        "41_1": Used(7230 * 2 / 3600, "sacct", 7230 * 192 / 3600),  # timed out: its whole limit, as sacct says
         "41_2": Used(0.0, "sacct"),  # never started: nothing used
         "41_3": Used(0.0, "sacct"),
         "42": None,  # still holding its nodes: ask again once it ended
@@ -95,10 +96,7 @@ def test_a_poll_that_asked_sacct_leaves_usage_nothing_to_ask(tmp_path):
     (tmp_path / "work" / "runs").mkdir(parents=True)
     states = slurm.poll({"41_0": "a", "41_1": "b"})
     assert states["41_1"].state is JobState.TIMEOUT
-    assert slurm.usage(["41_0", "41_1"]) == {
-        "41_0": Used(754 * 2 / 3600, "sacct"),
-        "41_1": Used(7230 * 2 / 3600, "sacct"),
-    }
+    assert [used.node_hours for used in slurm.usage(["41_0", "41_1"]).values()] == [754 * 2 / 3600, 7230 * 2 / 3600]
     assert slurm.calls["sacct"] == 1
 
 
@@ -229,15 +227,16 @@ def test_ended_runs_record_what_they_used_and_budgets_count_it(repo):
     first, second = sorted(fake.jobs)
     fake.end(first, JobState.COMPLETED, 0)
     fake.end(second, JobState.FAILED, 1)
-    fake.accounted = {first: Used(0.5, "sacct")}  # the second has no accounting record: its limit stands
+    fake.accounted = {first: Used(0.5, "sacct", 24.0)}  # the second has no accounting record: its limit stands
 
     apply_on(repo, fake)  # closes both runs from their jobs' states, and records what they used
 
     runs = {run.job_id: run for run in records(repo).values()}
-    assert (runs[first].status, runs[first].used) == (RunStatus.FINISHED, Used(0.5, "sacct"))
+    assert (runs[first].status, runs[first].used) == (RunStatus.FINISHED, Used(0.5, "sacct"))  # billing: a tag
     assert (runs[second].status, runs[second].used) == (RunStatus.FAILED, Used(4.0, "limit"))
     tags = open_project(repo).store.client.get_run(runs[first].run_id).data.tags
     assert (tags["mantik.cost.used_node_hours"], tags["mantik.cost.used_source"]) == ("0.5", "sacct")
+    assert tags["mantik.cost.used_billing_hours"] == "24"
 
     # a third point: at the limits 8 + 4 > 10 would be refused; as used, 0.5 + 4 + 4 fits
     on_cluster(repo, "[0.1, 0.2, 0.3]", budget=10)

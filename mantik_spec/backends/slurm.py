@@ -85,7 +85,8 @@ SPEC_VARIABLES = {
 # Accounting questions are asked beside the plan, never in its way: each is time-boxed, and what they cannot say
 # now is asked again later (usage) or left out (what is left of the allocation).
 ACCOUNTING_TIMEOUT = 20.0  # seconds
-SACCT_FORMAT = "--format=JobID,State,ExitCode,ElapsedRaw,AllocNodes"  # ElapsedRaw: seconds (sacct(1))
+# ElapsedRaw: seconds (sacct(1)); AllocTRES last: its value holds commas, never a "|"
+SACCT_FORMAT = "--format=JobID,State,ExitCode,ElapsedRaw,AllocNodes,AllocTRES"
 SACCT_CHUNK = 500  # job ids per sacct call: one call for any grid of arrays, a bounded command line
 # sshare(1): GrpTRESMins is an association's limit in TRES-minutes, GrpTRESRaw what its jobs used (in minutes:
 # src/sshare/process.c divides the raw TRES-seconds by 60) and TRESRunMins what its running jobs still hold;
@@ -273,7 +274,9 @@ class SlurmBackend(BatchBackend):
             status = JobStatus(status.state, int(code) if code.isdigit() else None, status.detail)
             used = None
             if len(parts) >= 5 and parts[3].isdigit() and parts[4].isdigit():
-                used = Used(int(parts[3]) * int(parts[4]) / 3600, "sacct")
+                billing = tres_values(parts[5]).get("billing") if len(parts) >= 6 else None
+                hours = int(parts[3]) / 3600
+                used = Used(hours * int(parts[4]), "sacct", None if billing is None else hours * billing)
             # before 23.02 (and without --array after) tasks that never started share one grouped record
             for job_id in array_task_ids(parts[0]):
                 states[job_id] = status
@@ -356,8 +359,9 @@ class SlurmBackend(BatchBackend):
         return None
 
 
-def tres_minutes(text: str) -> dict[str, float]:
-    """A TRES string (``cpu=1200,node=40,gres/gpu=8``) as TRES name -> number; what is not a number is left out."""
+def tres_values(text: str) -> dict[str, float]:
+    """A TRES string (``cpu=1200,node=40,gres/gpu=8``) as TRES name -> number; what is not a plain number (``mem=180G``)
+    is left out."""
     found = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
@@ -379,10 +383,10 @@ def sshare_allocation(stdout: str, fetched: float) -> Allocation | None:
     for tres, unit in TRES_UNITS:
         best: Allocation | None = None
         for row in rows:
-            limit = tres_minutes(row[2]).get(tres)
+            limit = tres_values(row[2]).get(tres)
             if limit is None:
                 continue
-            used = tres_minutes(row[3]).get(tres, 0.0) + tres_minutes(row[4]).get(tres, 0.0)
+            used = tres_values(row[3]).get(tres, 0.0) + tres_values(row[4]).get(tres, 0.0)
             account = row[0].strip() + (f" ({row[1].strip()})" if row[1].strip() else "")
             found = Allocation((limit - used) / 60, unit, "sshare", fetched, limit / 60, account)
             if best is None or found.left < best.left:

@@ -86,10 +86,12 @@ LIMIT = "limit"  # a usage's source when no accounting answered: nodes x time li
 class Used:
     """What an ended run used of the allocation, in node-hours, and where that figure comes from: the site's
     accounting (``sacct``: elapsed time x allocated nodes), or :data:`LIMIT` (nodes x time limit, as recorded
-    at submission: at most)."""
+    at submission: at most). ``billing_hours``: elapsed time x the job's billing units, where the accounting
+    says them (Slurm's ``billing`` TRES: what a site with ``TRESBillingWeights`` charges), else None."""
 
     node_hours: float
     source: str
+    billing_hours: float | None = None
 
     @property
     def measured(self) -> bool:

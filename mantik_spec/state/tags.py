@@ -64,6 +64,7 @@ class Tag:
     COST_NODE_HOURS = "mantik.cost.node_hours"  # nodes x time limit at submission: what the run may use, at most
     COST_USED_NODE_HOURS = "mantik.cost.used_node_hours"  # what the ended run used: written once it ended
     COST_USED_SOURCE = "mantik.cost.used_source"  # where that figure comes from: "sacct", or "limit" (at most)
+    COST_USED_BILLING_HOURS = "mantik.cost.used_billing_hours"  # elapsed x the job's billing units, where known
     SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
 
 
@@ -191,7 +192,10 @@ def read_hours(text: str | None) -> float | None:
 
 def usage_tags(used: Used) -> dict[str, str]:
     """The tags that say what an ended run used (:func:`decode_run` reads them back)."""
-    return {Tag.COST_USED_NODE_HOURS: f"{used.node_hours:.6g}", Tag.COST_USED_SOURCE: used.source}
+    tags = {Tag.COST_USED_NODE_HOURS: f"{used.node_hours:.6g}", Tag.COST_USED_SOURCE: used.source}
+    if used.billing_hours is not None:
+        tags[Tag.COST_USED_BILLING_HOURS] = f"{used.billing_hours:.6g}"
+    return tags
 
 
 def decode_run(
