@@ -265,7 +265,9 @@ def plan(
     from .reconcile.planfile import write_plan
 
     project = open_project(directory, scratch=scratch)
-    result, _ = build_plan(project, prune=prune, replace=replace, cached=not refresh, ask_backends=not no_backends)
+    result, _ = build_plan(
+        project, prune=prune, replace=replace, cached=not refresh, ask_backends=not no_backends, estimate=True
+    )
     if out:
         if no_backends:  # its runs' jobs are unknown: applied as is, it would decide nothing about them
             raise UserError("--out with --no-backends: a plan that asked no backend cannot be applied; plan without it")

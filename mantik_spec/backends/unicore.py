@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .. import runner
-from ..spec.cost import unicore_seconds
+from ..spec.cost import Allocation, unicore_seconds
 from ..spec.model import UnicoreConfig, duration_seconds
 from ..state.versions import FileDigests
 from ..templating import packaged, render
@@ -358,16 +358,26 @@ class UnicoreBackend(BackendBase):
             site = self._site()
             links = site.links
             partitions: dict[str, dict] | None = None
+            budget = None
             factories = _listing(self._get("site", links["factories"]), "factories") if "factories" in links else []
             if factories:
                 factory = self._get("site", factories[0])
                 resources = factory.get("resources") if isinstance(factory, dict) else None
                 if isinstance(resources, dict) and resources:
                     partitions = {str(k): v if isinstance(v, dict) else {} for k, v in resources.items()}
+                budget = factory.get("remainingComputeTime") if isinstance(factory, dict) else None
             urls = _listing(self._get("site", links["storages"]), "storages") if "storages" in links else []
             storages = [url.rstrip("/").rsplit("/", 1)[-1] for url in urls]
-            self._offer = SiteOffer(partitions, storages)
+            self._offer = SiteOffer(partitions, storages, budget if isinstance(budget, dict) else None)
         return self._offer
+
+    def allocation(self) -> Allocation | None:
+        """What the site says is left of the budget jobs are charged to (``project``, else the variable
+        MANTIK_COMPUTE_BUDGET_ACCOUNT): its target system factory's ``remainingComputeTime``, read with what
+        it offers (one exchange per process; the server itself caches the TSI's answer for an hour)."""
+        fetched = time.time()
+        project = self.config.project or os.environ.get(BUDGET_VARIABLE, "")
+        return site_allocation(self.offer().budget, project, fetched)
 
     def _resource_names(self, offer: SiteOffer) -> dict[str, str]:
         """Our resources as the job description's ``Resources``, named as the site's partition names them."""
@@ -664,11 +674,39 @@ class UnicoreBackend(BackendBase):
 
 class SiteOffer:
     """What a site offers: ``partitions`` (queue -> resource name -> range as the site renders it: "1-16",
-    a list of values, or "*"), None when the site does not advertise them; ``storages``, their ids."""
+    a list of values, or "*"), None when the site does not advertise them; ``storages``, their ids;
+    ``budget``, its ``remainingComputeTime`` (project -> {"remaining", "units", "rel"}), {} when it says none."""
 
-    def __init__(self, partitions: dict[str, dict] | None, storages: list[str]):
+    def __init__(self, partitions: dict[str, dict] | None, storages: list[str], budget: dict | None = None):
         self.partitions = partitions
         self.storages = storages
+        self.budget = budget or {}
+
+
+CURRENT_PROJECT = "__CURRENT_PROJECT__"  # the budget's name when the TSI does not say which (ux BudgetInfo)
+
+
+def site_allocation(budget: dict, project: str, fetched: float) -> Allocation | None:
+    """What a site's ``remainingComputeTime`` says is left of ``project``'s budget (or of the only one, or of
+    the TSI's unnamed current one): ux renders each TSI line ``PROJECT REMAINING PERCENT UNITS`` as
+    ``{"remaining": "N", "units": "core-h", "rel": "P%"}`` (IDBContentRendering.budgetToMap); None when it
+    names none of them or says no number."""
+    if not isinstance(budget, dict) or not budget:
+        return None
+    name = project if project in budget else CURRENT_PROJECT if CURRENT_PROJECT in budget else ""
+    if not name and len(budget) == 1:
+        name = next(iter(budget))
+    entry = budget.get(name)
+    if not isinstance(entry, dict):
+        return None
+    try:
+        left = float(entry.get("remaining", ""))
+    except (TypeError, ValueError):
+        return None
+    if left < 0:  # the TSI's "not known"
+        return None
+    account = "" if name == CURRENT_PROJECT else name
+    return Allocation(left, str(entry.get("units") or "core-h"), "UNICORE", fetched, None, account)
 
 
 def _listing(answer, key: str) -> list[str]:

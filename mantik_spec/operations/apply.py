@@ -29,6 +29,7 @@ from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
 from .project import Observation, Project, build_plan, starting, throwaway_store, unseen_venvs
 from .status import Unsuccessful, follow, unsuccessful
+from .usage import closed_now, ended_usage, record_usage
 
 
 @dataclass
@@ -81,12 +82,21 @@ def apply(
             raise UserError("; ".join(unseen))
         show(plan)
         if not plan.has_changes:
+            record_usage(project, observation.usage)
             return ApplyResult(plan, False, [])
         if saved is None and not confirm(plan):
             return ApplyResult(plan, False, [])
         project.repo.keep_snapshot()  # before any run records the snapshot's commit
         started = execute(project, plan, observation, lock)
+        record_usage(project, observation.usage | ended_usage(project, closed_now(observation.runs, closed(plan))))
     return ApplyResult(plan, True, started)
+
+
+def closed(plan: Plan) -> dict[str, RunStatus]:
+    """The runs this plan closes (repairs marking a status, cancels): run id -> the status they end in."""
+    statuses = {e.run_id: e.mark_status for e in plan.changes() if e.action is Action.REPAIR and e.mark_status}
+    statuses.update({e.run_id: RunStatus.KILLED for e in plan.changes() if e.action is Action.CANCEL})
+    return {run_id: status for run_id, status in statuses.items() if run_id and status}
 
 
 def execute(project: Project, plan: Plan, observation: Observation, lock: LockHandle | None = None) -> list[str]:

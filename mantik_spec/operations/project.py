@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..reconcile.identity import DesiredRun, ObservedRun, identify, recorded_identity
 from ..reconcile.plan import Action, BackendCost, Plan, PlanCost
 from ..reconcile.planner import JobStates, make_plan
+from ..spec.cost import Used
 from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
@@ -108,6 +109,7 @@ class Observation:
     changed_files: dict[str, list[str]]
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
     asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
+    usage: dict[str, Used] = field(default_factory=dict)  # run id -> what an ended run used, not yet recorded
 
 
 def pinning_files(spec: Spec, root: Path) -> list[str]:
@@ -149,7 +151,10 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
         jobs = {(run.backend, run.job_id): not_asked for run in runs if run.live and run.job_id}
     untrusted = _untrusted(runs)
     changed = _changed_files(project, code, desired, runs)
-    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends)
+    from .usage import ended_usage
+
+    usage = ended_usage(project, runs) if ask_backends else {}
+    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends, usage=usage)
 
 
 def setup_digest(project: Project, environment: str | None, backend: str) -> str:
@@ -335,13 +340,31 @@ def replaced_points(project: Project, observation: Observation, replace: tuple[s
     return named
 
 
-def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost:
+def plan_cost(
+    project: Project,
+    plan: Plan,
+    runs: list[ObservedRun],
+    usage: dict[str, Used] | None = None,
+    ask: bool = False,
+    estimate: bool = False,
+) -> PlanCost:
     """The node-hours of the runs ``plan`` starts, per backend (each config says what one run costs), beside
-    what this spec's recorded runs may have used: the node-hours recorded at submission of every run that got a
-    job (a run refused before any job existed used nothing), an upper bound."""
+    what this spec's recorded runs used: for an ended run, what is recorded on it or found now (``usage``: run
+    id -> usage, :func:`.usage.ended_usage`), measured by the site's accounting or at its limit; for a live
+    run, the node-hours recorded at its submission (nodes x time limit, an upper bound); a run refused before
+    any job existed used nothing. ``ask``: also ask the sites of the backends it starts runs on what is left
+    of their allocations (cached, time-boxed, never an error); ``estimate``: and when a job would start there
+    (:func:`.usage.estimated_starts`)."""
     used: dict[str, float] = defaultdict(float)
+    measured: dict[str, float] = defaultdict(float)
     for run in runs:
-        if run.job_id and run.cost_node_hours:
+        if not run.job_id:
+            continue
+        spent = run.used or (usage or {}).get(run.run_id)
+        if spent is not None:
+            used[run.backend] += spent.node_hours
+            measured[run.backend] += spent.node_hours if spent.measured else 0.0
+        elif run.cost_node_hours:
             used[run.backend] += run.cost_node_hours
     starting: dict[str, int] = defaultdict(int)
     for entry in plan.changes():
@@ -352,10 +375,20 @@ def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost
         if starting[name] or used[name]:
             budget = getattr(config, "budget", None)
             by_backend[name] = BackendCost(
-                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None
+                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None, measured[name]
             )
     budget = project.spec.budget
-    return PlanCost(by_backend, sum(used.values()), budget.node_hours if budget else None)
+    charged = sorted(name for name, cost in by_backend.items() if cost.runs and not cost.run.free)
+    from .usage import allocations, estimated_starts
+
+    return PlanCost(
+        by_backend,
+        sum(used.values()),
+        budget.node_hours if budget else None,
+        sum(measured.values()),
+        allocations(project, charged) if ask else {},
+        estimated_starts(project, charged) if ask and estimate else {},
+    )
 
 
 def build_plan(
@@ -364,10 +397,12 @@ def build_plan(
     replace: tuple[str, ...] = (),
     cached: bool = False,
     ask_backends: bool = True,
+    estimate: bool = False,
 ) -> tuple[Plan, Observation]:
     """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others);
     ``cached``: read recorded runs through the run cache; ``ask_backends=False``: from MLflow alone, contacting
-    no backend (see :func:`observe`)."""
+    no backend (see :func:`observe`); ``estimate``: ask the backends that would start runs when a job would
+    start (``plan`` does; apply and watch do not: it is for people deciding)."""
     observation = observe(project, cached, ask_backends)
     untrusted = {r.run_id for r in observation.untrusted}
 
@@ -390,7 +425,7 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
-    plan.cost = plan_cost(project, plan, observation.runs)
+    plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     plan.errors.extend(unseen_venvs(project, starting(plan, observation)))
     if ask_backends:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from ..spec.cost import RunCost
+from ..spec.cost import Allocation, RunCost
 from ..vocab import FailureKind, RunStatus
 
 PLAN_FORMAT_VERSION = 1
@@ -84,13 +84,15 @@ class PlannedRun:
 
 @dataclass(frozen=True)
 class BackendCost:
-    """What the runs a plan starts on one backend cost, and what this spec's recorded runs there may have used
-    (``used``: at their time limits, an upper bound); ``budget``: the backend's own limit, if any."""
+    """What the runs a plan starts on one backend cost, and what this spec's recorded runs there used
+    (``used``: the part ``measured`` by the site's accounting, the rest at time limits, an upper bound);
+    ``budget``: the backend's own limit, if any."""
 
     runs: int
     run: RunCost
     used: float = 0.0
     budget: float | None = None
+    measured: float = 0.0
 
     @property
     def node_hours(self) -> float | None:
@@ -116,6 +118,7 @@ class BackendCost:
             "free": self.run.free,
             "unknown": self.run.unknown or None,
             "used_node_hours_at_most": self.used,
+            "used_node_hours_measured": self.measured,
             "budget_node_hours": self.budget,
         }
 
@@ -123,11 +126,17 @@ class BackendCost:
 @dataclass(frozen=True)
 class PlanCost:
     """The node-hours of the runs a plan starts (submit, retry, repair), per backend; ``used``: what this spec's
-    recorded runs may have used in all (an upper bound); ``budget``: the spec's own limit, if any."""
+    recorded runs used in all (``measured`` of it by the sites' accounting, the rest at time limits, an upper
+    bound); ``budget``: the spec's own limit, if any; ``allocations``: what the sites of the backends it starts
+    runs on say is left (backend -> allocation), shown, never checked; ``starts``: when those sites estimate
+    a job of each backend's shape would start (backend -> the site's time), an estimate."""
 
     by_backend: dict[str, BackendCost]
     used: float = 0.0
     budget: float | None = None
+    measured: float = 0.0
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    starts: dict[str, str] = field(default_factory=dict)
 
     @property
     def node_hours(self) -> float:
@@ -142,29 +151,39 @@ class PlanCost:
     def starts_runs(self) -> bool:
         return any(cost.runs for cost in self.by_backend.values())
 
-    def budgets(self) -> list[tuple[str, float, float | None, float, list[str]]]:
-        """Each budget that runs of this plan count against: (which, node-hours used at most, node-hours
-        planned (None: unknown), the budget, the backends whose runs have no time limit with why)."""
+    def budgets(self) -> list[tuple[str, float, float, float | None, float, list[str]]]:
+        """Each budget that runs of this plan count against: (which, node-hours used, the part of them the sites
+        measured, node-hours planned (None: unknown), the budget, the backends whose runs have no time limit
+        with why)."""
         limits = [
-            (f"budget of backend {name}", {name: cost}, cost.used, cost.budget)
+            (f"budget of backend {name}", {name: cost}, cost.used, cost.measured, cost.budget)
             for name, cost in self.by_backend.items()
         ]
-        limits.append(("budget of the project", self.by_backend, self.used, self.budget))
+        limits.append(("budget of the project", self.by_backend, self.used, self.measured, self.budget))
         found = []
-        for label, scope, used, budget in limits:
+        for label, scope, used, measured, budget in limits:
             starting = {name: cost for name, cost in scope.items() if cost.runs and not cost.run.free}
             if budget is None or not starting:
                 continue
             unknown = [f"{name}: {cost.run.unknown}" for name, cost in starting.items() if cost.node_hours is None]
             planned = None if unknown else sum(cost.node_hours or 0.0 for cost in starting.values())
-            found.append((label, used, planned, budget, unknown))
+            found.append((label, used, measured, planned, budget, unknown))
         return found
+
+    def used_words(self, used: float, measured: float) -> str:
+        """``12 node-hours used (at most)``: what recorded runs used, saying how much of it the sites measured
+        (the rest counts at time limits, an upper bound)."""
+        if measured >= used:
+            return f"{hours(used)} node-hours used" + (" (measured)" if used else "")
+        if measured > 0:
+            return f"{hours(used)} node-hours used (at most; {hours(measured)} measured)"
+        return f"{hours(used)} node-hours used (at most)"
 
     def over_budget(self) -> list[str]:
         """One line per budget this plan would exceed (or cannot be checked against: a run without a time
         limit); none when every budget holds."""
         problems = []
-        for label, used, planned, budget, unknown in self.budgets():
+        for label, used, measured, planned, budget, unknown in self.budgets():
             if planned is None:
                 problems.append(
                     f"{label} ({hours(budget)} node-hours): the cost of its runs is unknown ({'; '.join(unknown)}); "
@@ -172,7 +191,7 @@ class PlanCost:
                 )
             elif used + planned > budget:
                 problems.append(
-                    f"{label}: {hours(used)} node-hours used (at most) + {hours(planned)} planned > {hours(budget)}"
+                    f"{label}: {self.used_words(used, measured)} + {hours(planned)} planned > {hours(budget)}"
                 )
         return problems
 
@@ -182,7 +201,10 @@ class PlanCost:
             "unknown": self.unknown,
             "by_backend": {name: cost.to_json() for name, cost in self.by_backend.items()},
             "used_node_hours_at_most": self.used,
+            "used_node_hours_measured": self.measured,
             "budget_node_hours": self.budget,
+            "allocations": {name: allocation.to_json() for name, allocation in self.allocations.items()},
+            "estimated_start": dict(self.starts),
         }
 
 

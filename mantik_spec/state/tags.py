@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..reconcile.identity import Identity, ObservedRun
+from ..spec.cost import Used
 from ..vocab import FailureKind, RunStatus
 
 LIVE = frozenset(s for s in RunStatus if s.live)
@@ -61,6 +62,9 @@ class Tag:
     SPEC = "mantik.spec"  # the spec that declared the run: its path in the repository, committed at COMMIT
     SETUP = "mantik.setup"  # digest of the environment and backend setup it was submitted with (not in its key)
     COST_NODE_HOURS = "mantik.cost.node_hours"  # nodes x time limit at submission: what the run may use, at most
+    COST_USED_NODE_HOURS = "mantik.cost.used_node_hours"  # what the ended run used: written once it ended
+    COST_USED_SOURCE = "mantik.cost.used_source"  # where that figure comes from: "sacct", or "limit" (at most)
+    COST_USED_BILLING_HOURS = "mantik.cost.used_billing_hours"  # elapsed x the job's billing units, where known
     SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
 
 
@@ -186,6 +190,14 @@ def read_hours(text: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
+def usage_tags(used: Used) -> dict[str, str]:
+    """The tags that say what an ended run used (:func:`decode_run` reads them back)."""
+    tags = {Tag.COST_USED_NODE_HOURS: f"{used.node_hours:.6g}", Tag.COST_USED_SOURCE: used.source}
+    if used.billing_hours is not None:
+        tags[Tag.COST_USED_BILLING_HOURS] = f"{used.billing_hours:.6g}"
+    return tags
+
+
 def decode_run(
     *,
     run_id: str,
@@ -226,6 +238,8 @@ def decode_run(
         entry_point=tags.get(MlflowTag.ENTRY_POINT, ""),
         metrics=dict(metrics or {}),
         cost_node_hours=read_hours(tags.get(Tag.COST_NODE_HOURS)),
+        used_node_hours=read_hours(tags.get(Tag.COST_USED_NODE_HOURS)) if tags.get(Tag.COST_USED_SOURCE) else None,
+        used_source=tags.get(Tag.COST_USED_SOURCE, "") if tags.get(Tag.COST_USED_NODE_HOURS) else "",
         setup=tags.get(Tag.SETUP, ""),
         scratch=bool(tags.get(Tag.SCRATCH)),
         **{name: kept.read(tags.get(kept.tag)) for name, kept in IDENTITY_TAGS.items()},

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..reconcile.plan import Action, Plan, PlanCost, hours
+from ..spec.cost import Allocation
 from .output import Output, json_text, printable
 
 # how a terminal colours each change (the one per-action table of the views)
@@ -91,11 +92,30 @@ def cost_lines(cost: PlanCost, name: Callable[[str], str] = printable) -> list[s
         total = f"at least {total}" if cost.node_hours else "unknown"
     line = f"Cost: {total}" + (f" ({', '.join(parts)})" if parts else "") + "".join(f", {f}" for f in free)
     budgets = [
-        f"{label.removeprefix('budget of ')}: {hours(used)} node-hours used (at most) + "
+        f"{label.removeprefix('budget of ')}: {cost.used_words(used, measured)} + "
         f"{'unknown' if planned is None else hours(planned)} planned of {hours(budget)}"
-        for label, used, planned, budget, _ in cost.budgets()
+        for label, used, measured, planned, budget, _ in cost.budgets()
     ]
-    return [line] + (["Budget: " + "; ".join(budgets)] if budgets else [])
+    lines = [line] + (["Budget: " + "; ".join(budgets)] if budgets else [])
+    lines += [allocation_line(name(backend), each) for backend, each in sorted(cost.allocations.items())]
+    starts = [f"{name(backend)} about {printable(start)}" for backend, start in sorted(cost.starts.items())]
+    return lines + (["Start: " + ", ".join(starts) + " (the scheduler's estimate)"] if starts else [])
+
+
+def allocation_line(backend: str, allocation: Allocation, now: float | None = None) -> str:
+    """``Allocation: cluster: 1,234 node-hours left of 10,000 (sshare, 2 min ago)``: what a site says is left,
+    with who said it and how long ago (a cached answer is up to ten minutes old; the site's own figure may be
+    older still: JSC's accounting is brought up to date once a day)."""
+    import time
+
+    age = max(0.0, (time.time() if now is None else now) - allocation.fetched)
+    ago = "just now" if age < 60 else f"{int(age // 60)} min ago" if age < 3600 else f"{int(age // 3600)} h ago"
+    granted = f" of {allocation.granted:,.0f}" if allocation.granted is not None else ""
+    account = f" {printable(allocation.account)}" if allocation.account else ""
+    return (
+        f"Allocation: {backend}:{account} {allocation.left:,.0f} {allocation.unit} left{granted} "
+        f"({allocation.source}, {ago})"
+    )
 
 
 def _duration(value: float) -> str:
