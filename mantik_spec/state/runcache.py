@@ -28,7 +28,7 @@ from pathlib import Path
 from ..files import write_atomically
 from ..reconcile.identity import ObservedRun
 
-CACHE_VERSION = 2  # 2: runs carry cost_node_hours
+CACHE_VERSION = 3  # 2: runs carry cost_node_hours; 3: and their provenance signatures
 MARGIN_MS = 10 * 60 * 1000  # re-read runs whose times fall within ten minutes before the newest seen
 FULL_SCAN_AFTER_S = 24 * 3600  # a cache older than a day is rebuilt from a full scan
 
@@ -124,7 +124,8 @@ class RunCache:
             pass
 
 
-FIELDS = [field.name for field in dataclasses.fields(ObservedRun)]
+# provenance is checked on every read, under the key of the process reading (never kept)
+FIELDS = [field.name for field in dataclasses.fields(ObservedRun) if field.name != "provenance"]
 
 
 def _as_json(run: ObservedRun) -> dict:

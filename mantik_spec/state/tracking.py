@@ -18,6 +18,7 @@ from ..errors import MantikError
 from ..reconcile.identity import ObservedRun
 from ..spec.model import Tracking
 from ..vocab import RunStatus
+from . import provenance
 from .runcache import RunCache
 from .tags import LIVE, TERMINAL, MlflowTag, Tag, decode_run
 
@@ -411,7 +412,12 @@ class TrackingStore:
 
         Without ``cache``: one paged scan. With it: the cached ended runs plus what can have changed since
         (see :mod:`.runcache`), or, when it cannot be used or ``incremental`` is false, a full scan that
-        rebuilds it."""
+        rebuilds it. Each run's ``provenance`` is checked under this process's signing key (:mod:`.provenance`)."""
+        runs = self._observe(cache, incremental)
+        provenance.checked(runs)
+        return runs
+
+    def _observe(self, cache: RunCache | None, incremental: bool) -> list[ObservedRun]:
         experiment_ids = list(self.experiment_ids())
         if not experiment_ids:
             self.deleted_live = set()
@@ -476,14 +482,20 @@ class TrackingStore:
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
         """The intent record: created SCHEDULED, with its key, before anything is submitted."""
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
 
         run = self._call(
             self.client.create_run, experiment_id, tags={**tags, MlflowTag.RUN_NAME: run_name}, run_name=run_name
         )
         run_id = run.info.run_id
-        if params:
-            self._call(self.client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
+        signed = provenance.intent_signature_tags(run_id, tags)
+        if params or signed:
+            self._call(
+                self.client.log_batch,
+                run_id,
+                params=[Param(k, v) for k, v in params.items()],
+                tags=[RunTag(k, v) for k, v in signed.items()],
+            )
         self._call(self.client.update_run, run_id, status=RunStatus.SCHEDULED.value)
         return run_id
 

@@ -60,7 +60,8 @@ def status_table(rows, job_label: Callable[[str | None], str], width: int | None
         shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
         lines.append(
             [printable(cell) for cell in ([row.experiment] if show_experiment else []) + shown]
-            + [printable(row.state), str(row.attempt or ""), printable(job_label(row.job_id)[:12])]
+            + [printable(row.state) + (" (unverified)" if row.unverified else "")]
+            + [str(row.attempt or ""), printable(job_label(row.job_id)[:12])]
             + [age((now_ms - row.started_ms) / 1000) if row.started_ms else ""]
         )
     widths = [max([len(printable(head)), *(len(line[i]) for line in lines)]) for i, head in enumerate(heads)]
