@@ -123,7 +123,7 @@ class ObservedRun:
     intent_digest: str = ""
     intent_signature: str = ""
     end_signature: str = ""
-    provenance: Provenance = Provenance.UNCHECKED
+    provenance: Provenance = field(default=Provenance.UNCHECKED, compare=False)  # a verdict, not the record
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)

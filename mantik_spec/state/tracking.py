@@ -423,14 +423,17 @@ class TrackingStore:
             self.deleted_live = set()
             return []
         if cache is not None and incremental and cache.usable_for(experiment_ids):
-            return self._observe_changes(experiment_ids, cache)
+            changes = self._observe_changes(experiment_ids, cache)
+            if changes is not None:
+                return changes
         runs = self._search(experiment_ids)
         deleted = self._deleted(experiment_ids)
         if cache is not None:
             cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
         return runs + self._still_live(deleted)
 
-    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun]:
+    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun] | None:
+        """The cached runs brought up to date; None when the store is not the one cached (a sentinel differs)."""
         fresh: dict[str, ObservedRun] = {}
         for status in sorted(LIVE):
             fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.status = '{status}'"))
@@ -441,10 +444,15 @@ class TrackingStore:
         deleted_ids = {r.run_id for r in deleted}
         # live at the last plan and not seen now: ended, whatever the clock that stamped the end says
         # (or deleted); restored: deleted at the last plan, not now
-        unseen = sorted((cache.live | (cache.deleted - deleted_ids)) - fresh.keys() - deleted_ids)
+        # and the sentinels, in the same search: the store is the one cached only if they read as cached
+        unseen = sorted(
+            (cache.live | (cache.deleted - deleted_ids) | set(cache.sentinels)) - fresh.keys() - deleted_ids
+        )
         for chunk in range(0, len(unseen), ID_CHUNK):
             ids = ", ".join(f"'{_quote(run_id)}'" for run_id in unseen[chunk : chunk + ID_CHUNK])
             fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.run_id IN ({ids})"))
+        if not cache.holds(fresh, deleted_ids):
+            return None
         runs = {run_id: run for run_id, run in cache.runs.items() if run_id not in deleted_ids}
         runs.update(fresh)
         cache.record(experiment_ids, list(fresh.values()), deleted_ids, full_scan=False)
