@@ -188,7 +188,7 @@ def _print_notes(loaded) -> None:
     from .spec.includes import mlproject_notes
 
     for note in mlproject_notes(loaded.spec, loaded.root):
-        click.echo(f"Note: {note}", err=True)
+        click.echo(views.printable(f"Note: {note}"), err=True)
 
 
 @main.command()
@@ -388,8 +388,6 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
 @click.pass_context
 def status(ctx, directory, experiments, as_json, watch, interval):
     """A table of the declared runs (of the EXPERIMENTS named, or all): state, attempt, job, age, last metrics."""
-    import json
-
     from .operations.project import open_project
     from .operations.runref import job_label
     from .operations.status import status_rows, watch_rows
@@ -400,7 +398,7 @@ def status(ctx, directory, experiments, as_json, watch, interval):
     if watch:
         views.watch_status(output, watch_rows(project, parse_duration(interval), experiments), job_label)
     elif as_json:
-        click.echo(json.dumps([row.to_json() for row in status_rows(project, errors, experiments)], indent=2))
+        click.echo(views.json_text([row.to_json() for row in status_rows(project, errors, experiments)]))
     else:
         views.show_status(output, status_rows(project, errors, experiments), job_label)
     _report_calls(ctx, project)
@@ -481,7 +479,7 @@ def reproduce(directory, run_id, backend, lock_timeout):
     from .operations.reproduce import reproduce as reproduce_run
 
     new_run, original = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
-    click.echo(f"Submitted run {new_run}, reproducing {original}.")
+    click.echo(views.printable(f"Submitted run {new_run}, reproducing {original}."))
 
 
 @main.command()
