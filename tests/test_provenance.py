@@ -147,3 +147,18 @@ def test_apply_signs_a_run_it_closes_only_when_it_made_the_intent(signing):
     closed = provenance.end_signature_tags(ours, RunStatus.FINISHED)
     assert record("run-1", RunStatus.FINISHED, INTENT | closed).provenance is Provenance.VERIFIED
     assert provenance.end_signature_tags(forged, RunStatus.FINISHED) == {}
+
+
+def test_the_run_cache_keeps_signatures_and_its_readers_get_verdicts_under_their_own_key(
+    signing, monkeypatch, tmp_path
+):
+    """A run read from the cache (as `status` and `plan` do) is checked under the reading process's key: a
+    verdict is never kept, so a cache written with one key proves nothing under another."""
+    from mantik_spec.state.runcache import RunCache
+
+    closed = INTENT | provenance.adoption_tags(record("run-1", RunStatus.FINISHED, INTENT))
+    cache = RunCache.for_store(tmp_path, "sqlite:///x.db", "demo")
+    cache.record(["1"], [record("run-1", RunStatus.FINISHED, closed)], set(), full_scan=True)
+    assert RunCache.for_store(tmp_path, "sqlite:///x.db", "demo").runs["run-1"].provenance is Provenance.VERIFIED
+    monkeypatch.setenv(provenance.SIGNING_KEY_VARIABLE, "another key")
+    assert RunCache.for_store(tmp_path, "sqlite:///x.db", "demo").runs["run-1"].provenance is Provenance.UNVERIFIED

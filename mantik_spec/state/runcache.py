@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..files import write_atomically
 from ..reconcile.identity import ObservedRun
+from . import provenance
 
 CACHE_VERSION = 3  # 2: runs carry cost_node_hours; 3: their provenance signatures, and sentinels
 MARGIN_MS = 10 * 60 * 1000  # re-read runs whose times fall within ten minutes before the newest seen
@@ -75,6 +76,7 @@ class RunCache:
                 return cache
             cache.experiments = list(data["experiments"])
             cache.runs = {run["run_id"]: ObservedRun(**run) for run in data["runs"]}
+            provenance.checked(cache.runs.values())  # a verdict under this process's key, never one kept
             cache.deleted = set(data["deleted"])
             cache.live = set(data["live"])
             cache.newest_ms = int(data["newest_ms"])
