@@ -9,6 +9,7 @@ job) or resubmits (no job exists), always under the lock.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -23,6 +24,7 @@ from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
 from ..state.lock import LockHandle, project_lock
+from ..state.provenance import end_signature_tags, sealed_run_secret
 from ..state.tags import Tag, failure_tags
 from ..vocab import FailureKind, RowState, RunStatus
 from .control import cancel_jobs
@@ -117,6 +119,7 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
             assert entry.run_id is not None  # a cancel is always about an existing run
             store.terminate(entry.run_id, RunStatus.KILLED, None if entry.job_id else why[entry.run_id])
 
+    observed = {run.run_id: run for run in observation.runs}
     for entry in plan.changes():
         if entry.action is not Action.REPAIR:
             continue
@@ -126,6 +129,8 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
             tags.update(failure_tags(entry.failure_kind or FailureKind.LOST, entry.reason))
         if entry.mark_status and entry.exit_code is not None:  # as the runner records it, when it could not
             tags[Tag.EXIT_CODE] = str(entry.exit_code)
+        if entry.mark_status is RunStatus.FINISHED and entry.run_id in observed:  # signed as the runner would
+            tags.update(end_signature_tags(observed[entry.run_id], RunStatus.FINISHED))
         if entry.mark_status and entry.job_id:
             keep_output(project, entry)
         if entry.mark_status:
@@ -187,9 +192,8 @@ def submit(
         store.recorded_runs += 1
         checkpoint("after-intent")
         started.append(run_id)
-        by_backend[want.point.backend].append(
-            job_request(project, context, want, run_id, experiment_id, code_dir, sources, remote)
-        )
+        request = job_request(project, context, want, run_id, experiment_id, code_dir, sources, remote)
+        by_backend[want.point.backend].append(dataclasses.replace(request, signing=sealed_run_secret(run_id, tags)))
     errors = []
     for backend_name, requests in by_backend.items():
         checkpoint("before-submit")

@@ -25,7 +25,7 @@ from ..spec.model import Spec
 from ..state.git import SCRATCH_REFS, STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
-from ..vocab import FailureKind, JobState, JobStatus, RunStatus
+from ..vocab import FailureKind, JobState, JobStatus, Provenance, RunStatus
 
 
 @dataclass
@@ -180,8 +180,13 @@ def setup_digest(project: Project, environment: str | None, backend: str) -> str
 
 def _untrusted(runs: list[ObservedRun]) -> list[ObservedRun]:
     """FINISHED runs whose recorded identity inputs do not hash to the key they carry (a key tag edited by
-    hand, or written by another tool): they prove nothing about the point that key names."""
-    return [r for r in runs if r.status == "FINISHED" and recorded_identity(r).key != r.run_key]
+    hand, or written by another tool), or whose end signature does not hold under the project's signing key
+    (:mod:`..state.provenance`): they prove nothing about the point that key names."""
+    return [
+        r
+        for r in runs
+        if r.status == "FINISHED" and (recorded_identity(r).key != r.run_key or r.provenance is Provenance.UNVERIFIED)
+    ]
 
 
 def _unexplained_kills(runs: list[ObservedRun]) -> list[ObservedRun]:
@@ -439,10 +444,16 @@ def build_plan(
         if name in project.spec.backends:
             plan.warnings += [f"backend {name}: {note}" for note in project.backend(name).notes()]
     for run in observation.untrusted:
-        plan.warnings.append(
-            f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash to "
-            f"{recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
-        )
+        if recorded_identity(run).key != run.run_key:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash "
+                f"to {recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
+            )
+        else:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) is FINISHED but unverified: its end carries no signature that "
+                "holds under MANTIK_SIGNING_KEY; not counted as a result (`mantik adopt` vouches for a run you trust)"
+            )
     for run in observation.runs:
         if run.run_id in project.store.deleted_live:
             plan.warnings.append(

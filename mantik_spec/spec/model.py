@@ -41,6 +41,26 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
 
 
+def credential_variable(*prefixes: str) -> AfterValidator:
+    """A ``*_env`` field naming where a credential comes from may name only the variables kept for that kind of
+    credential: a spec (a pull request's, say) decides which server the credential is sent to, so naming any
+    other variable (``SSH_PRIVATE_KEY``, a CI deploy token) would send that secret there. Source: the trust
+    model, docs/security.md."""
+
+    def check(name: str) -> str:
+        if not name.startswith(prefixes):
+            kept = " or ".join(f"{prefix}*" for prefix in prefixes)
+            raise ValueError(f"{name} is not a variable kept for this credential: name one called {kept}")
+        return name
+
+    return AfterValidator(check)
+
+
+TrackingVariable = Annotated[EnvName, credential_variable("MLFLOW_TRACKING_", "MANTIK_TRACKING_")]
+UnicoreVariable = Annotated[EnvName, credential_variable("MANTIK_UNICORE_")]
+FirecrestVariable = Annotated[EnvName, credential_variable("MANTIK_FIRECREST_")]
+
+
 def one_shell_line(value: str) -> str:
     """A line a shell runs as written: a line break would end it there and start another command."""
     if "\n" in value or "\r" in value:
@@ -64,9 +84,15 @@ class Tracking(Strict):
         "sqlite:///.mantik/mlflow.db",
         description="MLflow tracking URI; relative sqlite paths are taken from the project root.",
     )
-    token_env: EnvName | None = Field(None, description="Environment variable holding a bearer token.")
-    username_env: EnvName | None = Field(None, description="Environment variable holding the user name.")
-    password_env: EnvName | None = Field(None, description="Environment variable holding the password.")
+    token_env: TrackingVariable | None = Field(
+        None, description="Variable holding a bearer token, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
+    username_env: TrackingVariable | None = Field(
+        None, description="Variable holding the user name, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
+    password_env: TrackingVariable | None = Field(
+        None, description="Variable holding the password, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
 
 
 class Code(Strict):
@@ -423,11 +449,11 @@ UnicoreRuntime = Annotated[str | int, AfterValidator(unicore_runtime), Field(jso
 
 
 class UnicoreCredentials(Strict):
-    """Environment variables holding the credentials (never the credentials themselves)."""
+    """Environment variables holding the credentials (never the credentials themselves), named MANTIK_UNICORE_*."""
 
-    username_env: EnvName = "MANTIK_UNICORE_USERNAME"
-    password_env: EnvName = "MANTIK_UNICORE_PASSWORD"
-    token_env: EnvName | None = Field(
+    username_env: UnicoreVariable = "MANTIK_UNICORE_USERNAME"
+    password_env: UnicoreVariable = "MANTIK_UNICORE_PASSWORD"
+    token_env: UnicoreVariable | None = Field(
         None, description="Variable holding an OIDC or bearer token; used instead of username and password."
     )
 
@@ -528,10 +554,11 @@ class UnicoreConfig(Strict):
 
 
 class FirecrestCredentials(Strict):
-    """Environment variables holding the OIDC client's credentials (never the credentials themselves)."""
+    """Environment variables holding the OIDC client's credentials (never the credentials themselves), named
+    MANTIK_FIRECREST_*."""
 
-    client_id_env: EnvName = "MANTIK_FIRECREST_CLIENT_ID"
-    client_secret_env: EnvName = "MANTIK_FIRECREST_CLIENT_SECRET"
+    client_id_env: FirecrestVariable = "MANTIK_FIRECREST_CLIENT_ID"
+    client_secret_env: FirecrestVariable = "MANTIK_FIRECREST_CLIENT_SECRET"
 
 
 class FirecrestConfig(BatchConfig):

@@ -208,4 +208,6 @@ def watch_heading(output: Output, changed: set[str]) -> None:
     reason = f"changed: {names}" if changed else "watching"
     console = output.console()
     console.clear()
-    console.print(f"[dim]mantik watch: {reason}; Ctrl-C stops[/dim]")
+    from rich.markup import escape
+
+    console.print(f"[dim]mantik watch: {escape(printable(reason))}; Ctrl-C stops[/dim]")

@@ -60,7 +60,8 @@ def status_table(rows, job_label: Callable[[str | None], str], width: int | None
         shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
         lines.append(
             [printable(cell) for cell in ([row.experiment] if show_experiment else []) + shown]
-            + [printable(row.state), str(row.attempt or ""), printable(job_label(row.job_id)[:12])]
+            + [printable(row.state) + (" (unverified)" if row.unverified else "")]
+            + [str(row.attempt or ""), printable(job_label(row.job_id)[:12])]
             + [age((now_ms - row.started_ms) / 1000) if row.started_ms else ""]
         )
     widths = [max([len(printable(head)), *(len(line[i]) for line in lines)]) for i, head in enumerate(heads)]
@@ -143,12 +144,15 @@ def show_grid(output: Output, rows, ranking, experiment: str) -> None:
     metrics = sorted({name for row in rows for name in row.metrics})
     if ranking.over_seeds and metrics:
         output.echo("mean ± sd over the n finished seeds (NaN, inf left out); --per-seed: each run")
+    # metric names come from the tracking store: shown inert, as in the table
     if ranking.metric and ranking.over_seeds:
-        output.echo(f"* best mean of {ranking.metric} over seeds ({ranking.goal}; from {ranking.source})")
+        output.echo(printable(f"* best mean of {ranking.metric} over seeds ({ranking.goal}; from {ranking.source})"))
     elif ranking.metric:
-        output.echo(f"* best by {ranking.metric} ({ranking.goal}; from {ranking.source})")
+        output.echo(printable(f"* best by {ranking.metric} ({ranking.goal}; from {ranking.source})"))
     elif metrics:
         output.echo(
-            f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
-            f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
+            printable(
+                f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
+                f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
+            )
         )
