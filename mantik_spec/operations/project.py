@@ -24,6 +24,7 @@ from ..state.git import SCRATCH_REFS, STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
 from ..vocab import FailureKind, JobState, JobStatus, RunStatus
+from .models import plan_registry
 
 
 @dataclass
@@ -347,6 +348,7 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
+    plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
     plan.cost = plan_cost(project, plan, observation.runs)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:
