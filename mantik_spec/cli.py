@@ -372,11 +372,15 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
             on_lock_wait=waiting,
         )
         # the runs it waited for have ended: the models of their experiments are promoted now, not next apply
-        views.show_promoted(output, operation.promote(project, lock_timeout=timeout, on_lock_wait=waiting).promoted)
+        promotion = operation.promote(project, lock_timeout=timeout, on_lock_wait=waiting)
+        views.show_promoted(output, promotion.promoted)
         if failures:
             _report_calls(ctx, project)
             views.show_failures(output, failures)
             return 1
+        if promotion.plan.errors:  # a model refused (a metric or an artifact its winner lacks)
+            _report_calls(ctx, project)
+            return _errors(promotion.plan.errors)
     _report_calls(ctx, project)
     return _errors(result.plan.errors)
 
