@@ -4,13 +4,10 @@ registry lives. The decisions themselves are tested from plain data in tests/tes
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from .conftest import missing
-from .support.mlflow_server import MLFLOW, MlflowServer
+from .support.mlflow_server import running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -129,12 +126,8 @@ def runs_now(project) -> dict[str, str]:
 
 @pytest.fixture
 def mlflow_server(tmp_path, store_template):
-    if not Path(MLFLOW).exists() or subprocess.run([MLFLOW, "server", "--help"], capture_output=True).returncode:
-        missing("the mlflow server is not installed: pip install -e '.[test]'")
-    server = MlflowServer(tmp_path / "server", store_template)
-    server.start()
-    yield server
-    server.stop()
+    with running_server(tmp_path, store_template) as server:
+        yield server
 
 
 def test_promotion_on_an_mlflow_server(project, mlflow_server):
