@@ -4,9 +4,12 @@ registry lives. The decisions themselves are tested from plain data in tests/tes
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
+from .conftest import run_example
 from .support.mlflow_server import running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -157,3 +160,18 @@ def test_promotion_on_an_mlflow_server(project, mlflow_server):
         refused.stderr
     )
     assert str(champion(client).version) == "1" and len(client.search_model_versions("name = 'wine'")) == 1
+
+
+def test_the_promotion_example_serves_its_champion(tmp_path):
+    """examples/promotion as a newcomer runs it: one apply --wait, and models:/wine@champion loads and predicts."""
+    result = run_example("promotion", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Registry: wine@champion -> v1" in result.stdout
+    assert "No changes. Runs match the spec." in result.stdout
+    load = (
+        "import mlflow, sys; from sklearn.datasets import load_wine; mlflow.set_tracking_uri(sys.argv[1]); "
+        "model = mlflow.pyfunc.load_model('models:/wine@champion'); print(model.predict(load_wine().data[:3]).tolist())"
+    )
+    store = f"sqlite:///{tmp_path / 'promotion' / '.mantik' / 'mlflow.db'}"
+    loaded = subprocess.run([sys.executable, "-c", load, store], capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "[0, 0, 0]", loaded.stderr

@@ -8,6 +8,8 @@ call. Nothing here deletes: versions stay, aliases move.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
 
 from ..reconcile.promotion import ModelSource, ObservedModel, ObservedVersion
@@ -72,8 +74,17 @@ def model_source(store: TrackingStore, run_id: str, artifact: str) -> ModelSourc
     finds it (mlflow/tracking/_model_registry/fluent.py): a directory of the run's artifacts holding an
     ``MLmodel`` file, else the logged model of that name whose source run it is (MLflow 3's ``log_model``;
     the one logged at the largest step); None when there is neither."""
+    with _global_tracking_uri(store.uri):  # listing a path that names a logged model reads it through that
+        return _model_source(store, run_id, artifact)
+
+
+def _model_source(store: TrackingStore, run_id: str, artifact: str) -> ModelSource | None:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
     run = store._call(store.client.get_run, run_id)
-    listed = store._call(store.client.list_artifacts, run_id, artifact)
+    # the run's own artifacts (the client's listing of runs:/ falls back to a logged model of that name)
+    repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=store.uri)
+    listed = store._call(repository.list_artifacts, artifact)
     if any(posixpath.basename(f.path) == MLMODEL and not f.is_dir for f in listed):
         return ModelSource(posixpath.join(run.info.artifact_uri.rstrip("/"), artifact))
     logged, token = [], None
@@ -122,16 +133,36 @@ def register(store: TrackingStore, name: str, run_id: str, run_key: str, source:
                 raise
 
     store._call(create_model)
-    version = store._call(
-        store.client.create_model_version,
-        name,
-        source.source,
-        run_id=run_id,
-        tags=tags,
-        model_id=source.model_id,
-        await_creation_for=0,
-    )
+    with _global_tracking_uri(store.uri):
+        version = store._call(
+            store.client.create_model_version,
+            name,
+            source.source,
+            run_id=run_id,
+            tags=tags,
+            model_id=source.model_id,
+            await_creation_for=0,
+        )
     return str(version.version)
+
+
+@contextlib.contextmanager
+def _global_tracking_uri(uri: str):
+    """MLflow finds a logged model named by a ``models:/<model_id>`` source, or by a run's artifact path, through
+    the process's global tracking URI, not its client's (a TODO in mlflow/store/model_registry/sqlalchemy_store.py
+    ``create_model_version``; mlflow/store/artifact/runs_artifact_repo.py): it is ``uri`` for the call, and it
+    and ``MLFLOW_TRACKING_URI`` are as before after."""
+    from mlflow.tracking._tracking_service import utils
+
+    variable = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with utils._use_tracking_uri(uri):
+            yield
+    finally:
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def _versions_of_run(store: TrackingStore, name: str, run_id: str) -> list:
