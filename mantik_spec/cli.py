@@ -361,6 +361,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
         return _errors(result.plan.errors)
     if result.applied:
         click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
+        views.show_promoted(output, result.promoted)
     if wait and live:
         click.echo(f"Following {len(live)} run(s) started earlier and still running.")
     if wait and (result.started or live):
@@ -373,10 +374,16 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
             lock_timeout=timeout,
             on_lock_wait=waiting,
         )
+        # the runs it waited for have ended: the models of their experiments are promoted now, not next apply
+        promotion = operation.promote(project, lock_timeout=timeout, on_lock_wait=waiting)
+        views.show_promoted(output, promotion.promoted)
         if failures:
             _report_calls(ctx, project)
             views.show_failures(output, failures)
             return 1
+        if promotion.plan.errors:  # a model refused (a metric or an artifact its winner lacks)
+            _report_calls(ctx, project)
+            return _errors(promotion.plan.errors)
     _report_calls(ctx, project)
     return _errors(result.plan.errors)
 

@@ -556,15 +556,21 @@ def test_every_plan_action_is_drawn_and_documented():
     """A new plan action is its member of Action (reconcile/plan.py), its rule in the planner, its step in
     operations/apply.py when it is a change, and these: a colour for a change, and its word in the JSON
     format's documentation (the summary and the list of actions)."""
-    from mantik_spec.reconcile.plan import CHANGES, Action
-    from mantik_spec.views.plan import COLORS
+    from mantik_spec.reconcile.plan import CHANGES, MODEL_CHANGES, Action, ModelAction
+    from mantik_spec.views.plan import COLORS, MODEL_COLORS
 
     assert set(COLORS) == set(CHANGES)
+    assert set(MODEL_COLORS) == set(MODEL_CHANGES)
     documented = (ROOT / "docs" / "plan-json.md").read_text()
     listed = re.search(r'"action": "submit",\s*// (.*)', documented)
     assert listed and listed.group(1).split(" | ") == [action.label for action in Action]
     summary = re.search(r'"summary": (\{.*?\})', documented, re.S)
     assert summary and list(json.loads(summary.group(1))) == [action.label for action in Action]
+    # the registry's actions (docs/models.md), listed the same way
+    listed = re.search(r'"action": "register",\s*// (.*)', documented)
+    assert listed and listed.group(1).split(" | ") == [action.label for action in ModelAction]
+    summary = re.search(r'"models_summary": (\{.*?\})', documented, re.S)
+    assert summary and list(json.loads(summary.group(1))) == [action.label for action in ModelAction]
 
 
 # -- layering: each floor imports only the floors below it ------------------------------------------------

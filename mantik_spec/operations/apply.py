@@ -13,7 +13,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from ..backends.base import BackendError, JobRequest, SubmissionFailed
@@ -29,6 +29,7 @@ from ..state.tags import Tag, failure_tags
 from ..vocab import FailureKind, RowState, RunStatus
 from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
+from .models import execute_models
 from .project import Observation, Project, build_plan, starting, throwaway_store, unseen_venvs
 from .status import Unsuccessful, follow, unsuccessful
 from .usage import closed_now, ended_usage, record_usage
@@ -39,6 +40,7 @@ class ApplyResult:
     plan: Plan
     applied: bool
     started: list[str]  # run ids of the runs started by this apply
+    promoted: list[str] = field(default_factory=list)  # what it did to the model registry, one line each
 
 
 def refuse_dirty(observation: Observation) -> None:
@@ -91,7 +93,18 @@ def apply(
         project.repo.keep_snapshot()  # before any run records the snapshot's commit
         started = execute(project, plan, observation, lock)
         record_usage(project, observation.usage | ended_usage(project, closed_now(observation.runs, closed(plan))))
-    return ApplyResult(plan, True, started)
+        promoted = execute_models(project, plan, observation)
+    return ApplyResult(plan, True, started, promoted)
+
+
+def promote(project: Project, *, lock_timeout: float = 0.0, on_lock_wait=None) -> ApplyResult:
+    """``apply --wait``, once the runs it followed have ended: the registry actions of a fresh plan, and no
+    other change (a new commit's runs are the next apply's), under the project lock."""
+    with project_lock(project.store, "apply", lock_timeout, on_wait=on_lock_wait):
+        plan, observation = build_plan(project)
+        if not plan.model_changes():
+            return ApplyResult(plan, False, [])
+        return ApplyResult(plan, True, [], execute_models(project, plan, observation))
 
 
 def closed(plan: Plan) -> dict[str, RunStatus]:

@@ -26,6 +26,7 @@ from ..state.git import SCRATCH_REFS, STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
 from ..vocab import FailureKind, JobState, JobStatus, Provenance, RunStatus
+from .models import plan_registry
 
 
 @dataclass
@@ -430,6 +431,7 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
+    plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
     plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     plan.errors.extend(unseen_venvs(project, starting(plan, observation)))

@@ -643,6 +643,24 @@ class Experiment(Strict):
     )
 
 
+class Model(Strict):
+    """A registered model of MLflow's model registry whose alias points at the best run of an experiment
+    (docs/models.md). Its key under ``models:`` is the registered model's name."""
+
+    experiment: Name = Field(..., description="The experiment of this spec whose runs compete.")
+    metric: str = Field(..., min_length=1, max_length=250, description="A metric the runs log; its last value counts.")
+    goal: Literal["minimize", "maximize"] = Field(..., description="Whether lower or higher values win.")
+    artifact: str = Field(
+        ..., min_length=1, max_length=1024, description="The artifact path in the winning run that holds the model."
+    )
+    alias: str = Field(..., description="The registry alias that points at the best version, e.g. champion.")
+    min_improvement: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="Move the alias only when the new winner beats the version it points at by at least this "
+        "much (in the metric's units).",
+    )
+
+
 class Spec(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, title="mantik.yaml")
 
@@ -674,6 +692,11 @@ class Spec(Strict):
         le=10_000_000,
         description="The most run points all experiments together may declare; a larger grid is refused "
         "(counted before it is expanded) until this is raised.",
+    )
+    models: dict[str, Model] = Field(
+        default_factory=dict,
+        description="Registered models of MLflow's model registry, by name: plan and apply keep each one's alias "
+        "on the best finished run of an experiment (docs/models.md).",
     )
     budget: Budget | None = Field(
         None,

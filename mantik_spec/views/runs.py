@@ -105,12 +105,14 @@ def grid_table(rows, over_seeds: bool = False):
     parameters = sorted({name for row in rows for name in row.parameters})
     metrics = sorted({name for row in rows for name in row.metrics})
     table = Table(box=None, pad_edge=False)
-    for column in ("", *parameters, "state", *metrics):
+    registry = ["registry"] if any(row.champion for row in rows) else []  # the models' aliases on their runs
+    for column in ("", *parameters, "state", *metrics, *registry):
         table.add_column(escape(column))
     for row in rows:
         values = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metrics]
         cells = (escape(row.parameters.get(p, "")) for p in parameters)
-        table.add_row("*" if row.best else "", *cells, escape(row.state), *values)
+        marks = [escape(row.champion)] if registry else []
+        table.add_row("*" if row.best else "", *cells, escape(row.state), *values, *marks)
     return table
 
 
@@ -149,7 +151,9 @@ def show_grid(output: Output, rows, ranking, experiment: str) -> None:
         output.echo(printable(f"* best mean of {ranking.metric} over seeds ({ranking.goal}; from {ranking.source})"))
     elif ranking.metric:
         output.echo(printable(f"* best by {ranking.metric} ({ranking.goal}; from {ranking.source})"))
-    elif metrics:
+    for line in ranking.champions:  # the registry's word: which run each model of the experiment serves
+        output.echo(f"registry: {printable(line)}")
+    if not ranking.metric and metrics:
         output.echo(
             printable(
                 f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
