@@ -226,3 +226,83 @@ def test_an_intent_that_cannot_be_written_side_by_side_submits_nothing(repo, mon
     assert {r.failure_kind for r in records(repo).values() if r.status is RunStatus.FAILED} <= {
         FailureKind.INTERRUPTED
     }
+
+
+# -- ended runs read without MLflow -------------------------------------------------------------------------
+
+
+def _ended_runs(repo: Path) -> FakeBackend:
+    """Two runs applied, their jobs ended (one finished with output, one failed), closed by the next apply."""
+    fake = FakeBackend()
+    first, second = apply_now(repo, fake).started
+    fake.end(fake.job_of(first), JobState.COMPLETED, 0, output=b"loss 0.25\n")
+    fake.end(fake.job_of(second), JobState.FAILED, 2)
+    apply_now(repo, fake)
+    return fake
+
+
+def test_status_of_ended_runs_from_the_run_cache_equals_status_from_mlflow(repo):
+    """Once a full read found every run ended and nothing was written to the store since, `status` answers from
+    the run cache without MLflow (no client made, no call); anything written to the store makes it read again."""
+    from mantik_spec.operations.status import status_rows
+
+    _ended_runs(repo)
+    read = open_project(repo)
+    from_mlflow = status_rows(read)
+    assert read.store.calls > 0 and {row.state.ended for row in from_mlflow} == {True}
+
+    again = open_project(repo)
+    assert status_rows(again) == from_mlflow
+    assert again.store.calls == 0 and again.store._client is None  # from the run cache: mlflow not even opened
+    shutil.rmtree(repo / ".mantik" / "cache")  # no cache: MLflow itself says the same
+    assert status_rows(open_project(repo)) == from_mlflow
+
+    # a metric logged by hand on an ended run (a write the incremental read would not see): read again
+    run_id = from_mlflow[0].run_id
+    open_project(repo).store.client.log_metric(run_id, "loss", 0.125)
+    edited = open_project(repo)
+    rows = status_rows(edited)
+    assert edited.store.calls > 0 and rows[0].metrics["loss"] == 0.125
+
+
+def test_a_live_run_is_asked_of_mlflow_and_its_backend(repo):
+    from mantik_spec.operations.status import status_rows
+
+    fake = _ended_runs(repo)
+    status_rows(open_project(repo))
+    declare(repo, "[0.1, 0.2, 0.3]")
+    apply_now(repo, fake)  # a third run, queued
+    project = open_project(repo)
+    project.backends[fake.name] = fake
+    rows = {row.point_id: row for row in status_rows(project)}
+    assert project.store.calls > 0 and sum(not row.state.ended for row in rows.values()) == 1
+    project = open_project(repo)  # the store unchanged since, but a run was live at that read: asked again
+    project.backends[fake.name] = fake
+    assert {r.point_id: r for r in status_rows(project)} == rows and project.store.calls > 0
+
+
+def test_logs_and_status_of_ended_runs_import_no_mlflow(repo):
+    """`mantik logs` of an ended run whose output is on this machine and `status` read no MLflow module."""
+    import subprocess
+    import sys
+
+    from mantik_spec.operations.control import follow_log
+    from mantik_spec.operations.status import status_rows
+
+    fake = _ended_runs(repo)
+    status_rows(open_project(repo))
+    project = open_project(repo)
+    project.backends[fake.name] = fake
+    [finished] = [r for r in project.store.observe() if r.status is RunStatus.FINISHED]
+    project = open_project(repo)
+    project.backends[fake.name] = fake
+    assert b"".join(follow_log(project, finished.run_id[:8], follow=False)) == b"loss 0.25\n"
+    assert project.store._client is None
+    script = (
+        "import sys; from mantik_spec.operations.project import open_project; "
+        "from mantik_spec.operations.status import status_rows; "
+        f"rows = status_rows(open_project({str(repo)!r})); "
+        "print(len(rows), sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sqlalchemy', 'alembic')))"
+    )
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert answer.stdout.split(maxsplit=1) == ["2", "[]\n"]

@@ -7,6 +7,7 @@ own ``mlflow.source.*`` system tags, so the MLflow UI shows where it came from.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 from ..errors import MantikError
+from ..files import write_atomically
 from ..reconcile.identity import ObservedRun
 from ..spec.model import Tracking
 from ..vocab import RunStatus
@@ -332,20 +334,8 @@ class TrackingStore:
     def __init__(self, uri: str, project: str):
         if urlparse(uri).scheme.lower() in ("http", "https"):
             wait_for_server(uri, server_timeout())  # before importing mlflow: a server that is down costs no import
-        from mlflow.tracking import MlflowClient
-
-        _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
-        for name, value in HTTP_RETRY_DEFAULTS.items():
-            os.environ.setdefault(name, value)
-
         self.uri = uri
         self.project = project
-        if uri.startswith("sqlite:///"):
-            try:
-                prepare_local_store(Path(uri[len("sqlite:///") :]))
-            except OSError as exc:
-                raise TrackingError(f"the tracking store {uri[len('sqlite:///') :]}: {exc}") from None
-        self.client = MlflowClient(tracking_uri=uri)
         self.calls = 0  # requests made, printed with -v and by the bench
         self._counting = threading.Lock()
         # of those, the ones that recorded started runs (intent records and job ids), and how many runs
@@ -353,6 +343,33 @@ class TrackingStore:
         self.recorded_runs = 0
         self.deleted_live: set[str] = set()  # ids of runs deleted in MLflow whose jobs were live when observed
         self.threads = write_threads(uri)
+        self._client = None
+        self._opening = threading.Lock()
+
+    @property
+    def client(self):
+        """MLflow's client, made at the first call that needs it: importing mlflow takes about a second, and a
+        command answered from the run cache (see ``observe``) needs none. A local sqlite store is created or
+        checked first (``prepare_local_store``)."""
+        with self._opening:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+
+                _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
+                for name, value in HTTP_RETRY_DEFAULTS.items():
+                    os.environ.setdefault(name, value)
+                database = self._database()
+                if database is not None:
+                    try:
+                        prepare_local_store(database)
+                    except OSError as exc:
+                        raise TrackingError(f"the tracking store {database}: {exc}") from None
+                self._client = MlflowClient(tracking_uri=self.uri)
+            return self._client
+
+    def _database(self) -> Path | None:
+        """The file of a local sqlite store, else None."""
+        return Path(self.uri[len("sqlite:///") :]) if self.uri.startswith("sqlite:///") else None
 
     def side_by_side(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """``[function(item) for item in items]``, up to ``threads`` calls at a time, results in the order of
@@ -450,23 +467,57 @@ class TrackingStore:
 
     # runs --------------------------------------------------------------------------------------
 
-    def observe(self, cache: RunCache | None = None, incremental: bool = True) -> list[ObservedRun]:
+    def observe(
+        self, cache: RunCache | None = None, incremental: bool = True, settled: bool = False
+    ) -> list[ObservedRun]:
         """Every active run of the project, plus deleted runs still live (see ``deleted_live``).
 
         Without ``cache``: one paged scan. With it: the cached ended runs plus what can have changed since
         (see :mod:`.runcache`), or, when it cannot be used or ``incremental`` is false, a full scan that
-        rebuilds it."""
+        rebuilds it. A local sqlite store not written since the read that left the cache, when that read found
+        no live run, is not read again: its runs are the cache's (see ``_unchanged_runs``); with ``incremental``
+        any such read counts, with ``settled`` (a verb that reads in full, about ended runs) only a full scan."""
+        database = self._database()
+        if cache is not None and database is not None and (incremental or settled):
+            unchanged = self._unchanged_runs(cache, database, full_only=not incremental)
+            if unchanged is not None:
+                self.deleted_live = set()
+                return unchanged
+        before = _store_state(database) if cache is not None and database is not None else None
         experiment_ids = list(self.experiment_ids())
         if not experiment_ids:
             self.deleted_live = set()
             return []
-        if cache is not None and incremental and cache.usable_for(experiment_ids):
-            return self._observe_changes(experiment_ids, cache)
-        runs = self._search(experiment_ids)
-        deleted = self._deleted(experiment_ids)
-        if cache is not None:
-            cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
-        return runs + self._still_live(deleted)
+        full = not (cache is not None and incremental and cache.usable_for(experiment_ids))
+        if not full:
+            assert cache is not None
+            runs = self._observe_changes(experiment_ids, cache)
+        else:
+            runs = self._search(experiment_ids)
+            deleted = self._deleted(experiment_ids)
+            if cache is not None:
+                cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
+            runs += self._still_live(deleted)
+        if before is not None and cache is not None and not self.deleted_live:
+            state_dir = cache.path.parent.parent  # RunCache.for_store keeps it under STATE_DIR/cache/
+            _stamp(cache, before, full, lambda: RunCache.for_store(state_dir, self.uri, self.project))
+        return runs
+
+    def _unchanged_runs(self, cache: RunCache, database: Path, full_only: bool) -> list[ObservedRun] | None:
+        """The cache's runs when nothing was written to ``database`` since the read whose result the cache holds
+        (full, with ``full_only``) and that read found no live run, else None. Reads the stamp written after that
+        read and the store file's header; imports no mlflow."""
+        try:
+            stamp = json.loads(_stamp_path(cache).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stamp, dict) or stamp.get("store") != _store_state(database) or stamp["store"] is None:
+            return None
+        if (full_only and not stamp.get("full")) or not cache.loaded or cache.live:
+            return None
+        if stamp.get("cache") != _file_digest(cache.path):
+            return None  # the cache was written by another read since
+        return list(cache.runs.values())
 
     def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun]:
         fresh: dict[str, ObservedRun] = {}
@@ -631,6 +682,63 @@ class TrackingStore:
 
     def delete_lock_record(self, name: str) -> None:
         self._call(self.client.delete_registered_model, name)
+
+
+# the store's state at a read, kept beside the run cache --------------------------------------------------
+
+
+def _store_state(database: Path | None) -> list[int] | None:
+    """What changes whenever a sqlite database file is written: its inode, size and modification time and the
+    header's file change counter (bytes 24-27, which every write transaction increments in rollback-journal mode:
+    https://www.sqlite.org/fileformat2.html#file_change_counter). None when it cannot tell: the file cannot be
+    read, is no sqlite database, or a journal or write-ahead log beside it holds writes the file does not show."""
+    if database is None:
+        return None
+    try:
+        if any(database.with_name(database.name + suffix).exists() for suffix in ("-journal", "-wal")):
+            return None
+        with open(database, "rb") as handle:
+            header = handle.read(100)
+            status = os.fstat(handle.fileno())
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None
+    return [status.st_ino, status.st_size, status.st_mtime_ns, int.from_bytes(header[24:28], "big")]
+
+
+def _stamp_path(cache: RunCache) -> Path:
+    return cache.path.with_suffix(".stamp")
+
+
+def _file_digest(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _cache_contents(cache: RunCache) -> tuple:
+    """What a run cache holds (what a command using it would see)."""
+    return (list(cache.experiments), dict(cache.runs), set(cache.deleted), set(cache.live))
+
+
+def _stamp(cache: RunCache, before: list[int], full: bool, reload: Callable[[], RunCache]) -> None:
+    """Note beside the cache the store's state taken before the read it holds (``before``), so that a later
+    command finding the store in that state may use the cache without reading (``_unchanged_runs``). Written
+    only when the cache file holds that read (``reload()`` reads it back): not when it could not be written,
+    nor when another command's read replaced it meanwhile."""
+    path = _stamp_path(cache)
+    try:
+        digest = _file_digest(cache.path)
+        if digest is None or _cache_contents(reload()) != _cache_contents(cache) or _file_digest(cache.path) != digest:
+            path.unlink(missing_ok=True)
+            return
+        write_atomically(path, json.dumps({"store": before, "cache": digest, "full": full}))
+    except OSError:
+        pass
 
 
 def _quote(value: str) -> str:
