@@ -500,7 +500,7 @@ class TrackingStore:
             runs += self._still_live(deleted)
         if before is not None and cache is not None and not self.deleted_live:
             state_dir = cache.path.parent.parent  # RunCache.for_store keeps it under STATE_DIR/cache/
-            _stamp(cache, before, full, lambda: RunCache.for_store(state_dir, self.uri, self.project))
+            _stamp(cache, before, full, runs, lambda: RunCache.for_store(state_dir, self.uri, self.project))
         return runs
 
     def _unchanged_runs(self, cache: RunCache, database: Path, full_only: bool) -> list[ObservedRun] | None:
@@ -513,10 +513,14 @@ class TrackingStore:
             return None
         if not isinstance(stamp, dict) or stamp.get("store") != _store_state(database) or stamp["store"] is None:
             return None
-        if (full_only and not stamp.get("full")) or not cache.loaded or cache.live:
+        if (full_only and not stamp.get("full")) or cache.live:
+            return None
+        if not cache.usable_for(cache.experiments):  # not loaded, or due for its daily full scan
             return None
         if stamp.get("cache") != _file_digest(cache.path):
             return None  # the cache was written by another read since
+        if stamp.get("runs") != _ids_digest(cache.runs):
+            return None  # that read returned runs the cache does not keep
         return list(cache.runs.values())
 
     def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun]:
@@ -725,10 +729,19 @@ def _cache_contents(cache: RunCache) -> tuple:
     return (list(cache.experiments), dict(cache.runs), set(cache.deleted), set(cache.live))
 
 
-def _stamp(cache: RunCache, before: list[int], full: bool, reload: Callable[[], RunCache]) -> None:
+def _ids_digest(run_ids: Iterable[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(run_ids)).encode()).hexdigest()
+
+
+def _stamp(
+    cache: RunCache, before: list[int], full: bool, runs: list[ObservedRun], reload: Callable[[], RunCache]
+) -> None:
     """Note beside the cache the store's state taken before the read it holds (``before``), so that a later
-    command finding the store in that state may use the cache without reading (``_unchanged_runs``). Written
-    only when the cache file holds that read (``reload()`` reads it back): not when it could not be written,
+    command finding the store in that state may use the cache without reading (``_unchanged_runs``), with the
+    ids of the runs that read returned (the cache keeps ended runs only). Written only when the cache file holds
+    that read (``reload()`` reads it back): not when it could not be written,
     nor when another command's read replaced it meanwhile."""
     path = _stamp_path(cache)
     try:
@@ -736,7 +749,8 @@ def _stamp(cache: RunCache, before: list[int], full: bool, reload: Callable[[], 
         if digest is None or _cache_contents(reload()) != _cache_contents(cache) or _file_digest(cache.path) != digest:
             path.unlink(missing_ok=True)
             return
-        write_atomically(path, json.dumps({"store": before, "cache": digest, "full": full}))
+        stamp = {"store": before, "cache": digest, "full": full, "runs": _ids_digest(r.run_id for r in runs)}
+        write_atomically(path, json.dumps(stamp))
     except OSError:
         pass
 
