@@ -16,7 +16,7 @@ Without ``--latency-ms``: a fresh sqlite store and a local `mlflow server`, each
 With it: the server is reached through a proxy on 127.0.0.1 that holds every chunk of bytes for half of
 ``--latency-ms`` in each direction (a remote server's round trip; connections are opened without delay, MLflow's
 client keeps them alive), which counts the HTTP requests passing. Both patterns are measured straight to the server
-and through the proxy; it prints requests per run, round trips of latency per run (what the proxy added to the
+and through the proxy, taking turns every 100 runs (the machine's load weighs on both alike); it prints requests per run, round trips of latency per run (what the proxy added to the
 recording time, divided by runs x round trip) and the per-run ratio of the old pattern against apply's. The old pattern runs over ``--old-runs`` runs (5 round trips each: 1,000 of them
 take minutes at 40 ms). The last line is a JSON summary.
 """
@@ -87,21 +87,31 @@ def record_as_before(store: TrackingStore, experiment_id: str, made) -> None:
         client.log_batch(run_id, tags=[RunTag(Tag.JOB_ID, f"{1000 + index}_{index}")])
 
 
-def measure(uri: str, runs: int, old_runs: int, requests=None) -> dict[str, float]:
-    """Seconds per run of both patterns on the store at ``uri``, each in an experiment of its own; with
-    ``requests`` (a callable giving the requests counted so far), requests per run too."""
-    store = TrackingStore(uri, "bench")
-    figures: dict[str, float] = {}
-    for name, pattern, count in (("before", record_as_before, old_runs), ("apply", record_as_apply, runs)):
-        experiment_id = store.ensure_experiment(f"grid-{name}", store.experiment_ids())
-        store.create_run(experiment_id, "warm-up", {}, {})  # first calls of a process set things up
-        made = intents(count)
-        counted = requests() if requests else 0
-        started = time.perf_counter()
-        pattern(store, experiment_id, made)
-        figures[f"{name}_s_per_run"] = (time.perf_counter() - started) / count
-        if requests:
-            figures[f"{name}_requests_per_run"] = (requests() - counted) / count
+def measure(targets: dict[str, tuple[str, object]], runs: int, old_runs: int, chunk: int = 100) -> dict:
+    """Seconds per run of both patterns on each target (name -> (uri, requests counter or None)), each pattern in
+    an experiment of its own per target. The runs go in chunks of ``chunk``, the targets taking turns chunk by
+    chunk, so that a change in the machine's load weighs on every target alike."""
+    stores = {name: TrackingStore(uri, "bench") for name, (uri, _) in targets.items()}
+    figures: dict[str, dict[str, float]] = {name: {} for name in targets}
+    for pattern_name, pattern, count in (("before", record_as_before, old_runs), ("apply", record_as_apply, runs)):
+        experiments = {}
+        for name, store in stores.items():
+            experiments[name] = store.ensure_experiment(f"grid-{pattern_name}", store.experiment_ids())
+            store.create_run(experiments[name], "warm-up", {}, {})  # first calls of a process set things up
+        seconds = dict.fromkeys(targets, 0.0)
+        requests = dict.fromkeys(targets, 0)
+        for offset in range(0, count, chunk):
+            made = intents(min(chunk, count - offset), offset)
+            for name, (_, counter) in targets.items():
+                counted = counter() if counter else 0
+                started = time.perf_counter()
+                pattern(stores[name], experiments[name], made)
+                seconds[name] += time.perf_counter() - started
+                requests[name] += (counter() - counted) if counter else 0
+        for name, (_, counter) in targets.items():
+            figures[name][f"{pattern_name}_s_per_run"] = seconds[name] / count
+            if counter:
+                figures[name][f"{pattern_name}_requests_per_run"] = requests[name] / count
     return figures
 
 
@@ -241,13 +251,14 @@ def main() -> int:
             server_port = _free_port()
             proxy = LatencyProxy(server_port, rtt)  # forked first: no thread exists yet
         else:
-            results["sqlite"] = measure(f"sqlite:///{directory}/bench.db", args.runs, args.old_runs)
+            results.update(measure({"sqlite": (f"sqlite:///{directory}/bench.db", None)}, args.runs, args.old_runs))
         (Path(directory) / "server").mkdir()
         server = Server(Path(directory) / "server", args.server_workers, port=server_port if rtt else None)
         try:
-            results["server"] = measure(server.url, args.runs, args.old_runs)
+            targets = {"server": (server.url, None)}
             if proxy is not None:
-                results[f"server+{args.latency_ms:g}ms"] = measure(proxy.url, args.runs, args.old_runs, proxy.count)
+                targets[f"server+{args.latency_ms:g}ms"] = (proxy.url, proxy.count)
+            results.update(measure(targets, args.runs, args.old_runs))
         finally:
             server.stop()
             if proxy is not None:
