@@ -389,12 +389,14 @@ def test_parallel_applies_submit_each_run_key_once(project):
     assert started == 1
 
 
-@pytest.mark.parametrize("crash_at", ["after-intent", "after-submit", "after-job-recorded"])
+@pytest.mark.parametrize("crash_at", ["after-intent", "before-submit", "after-submit", "after-job-recorded"])
 def test_apply_killed_mid_submission_converges_without_duplicates(project, crash_at):
     spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2, 0.3]}")
     project.write("mantik.yaml", spec)
     project.commit("three points")
-    crashed = project.mantik("apply", "--auto-approve", check=None, env={"MANTIK_TEST_CRASH_AT": crash_at})
+    # records written side by side (as on a tracking server): the kill comes while others are under way
+    crashing = {"MANTIK_TEST_CRASH_AT": crash_at, "MANTIK_TRACKING_THREADS": "3"}
+    crashed = project.mantik("apply", "--auto-approve", check=None, env=crashing)
     assert crashed.returncode == -9
     # the lock of the dead apply is broken automatically: same host, process gone
     project.mantik("apply", "--auto-approve", "--wait")

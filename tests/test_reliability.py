@@ -91,7 +91,8 @@ def test_mlflow_server_stopped_mid_apply_is_one_error_and_repaired(project, mlfl
     counts = runs_by_key(mlflow_server.url)
     finished = runs_by_key(mlflow_server.url, "FINISHED")
     assert len(finished) == 2 and set(finished.values()) == {1}
-    assert sum(counts.values()) <= 3  # at most the one interrupted intent besides the two runs
+    # besides the two runs, at most the interrupted intents (a server's are written side by side: both here)
+    assert sum(counts.values()) <= 4
     assert "No changes" in project.mantik("plan", env=env).stdout
 
 

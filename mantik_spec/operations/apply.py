@@ -2,7 +2,10 @@
 
 For each run to start: the MLflow run is created first (SCHEDULED, carrying its
 key: the intent record), then the job is submitted (its directory or name
-carries the run id and key), then the job id is recorded. A crash between any
+carries the run id and key), then the job id is recorded. Every intent of an
+apply is recorded before its first submission, and on a tracking server the
+records of one step are written side by side (8 at a time: a server's round
+trips overlap), never across steps. A crash between any
 two steps leaves an intent the next apply either adopts (the backend finds the
 job) or resubmits (no job exists), always under the lock.
 """
@@ -176,7 +179,8 @@ def submit(
     sources=None,
     lock: LockHandle | None = None,
 ) -> list[str]:
-    """Intent records first, then one submission per backend, then the job ids. With ``lock``, nothing more
+    """Intent records first, then one submission per backend, then the job ids (each step's records side by
+    side on a tracking server, see ``TrackingStore.side_by_side``). With ``lock``, nothing more
     is submitted once another process broke it (this one was paused past its lease): the intent records
     left open are resubmitted by whichever apply holds the lock."""
     if not starts:
@@ -192,19 +196,32 @@ def submit(
     # the job's tree is written before any record names it: a tree that cannot be written leaves no run behind
     code_dir = project.code_dir(context.code.commit)
     experiment_ids = store.experiment_ids()
-    by_backend: dict[str, list[JobRequest]] = defaultdict(list)
-    started = []
+    intents = []
     for want, entry in starts:
         experiment_id = store.ensure_experiment(want.point.experiment, experiment_ids)
         tags = run_tags(project, context.code, want, entry) | context.extra_tags
-        before = store.calls
+        intents.append((want, entry, experiment_id, tags))
+
+    def record_intent(intent) -> str:
+        want, entry, experiment_id, tags = intent
         run_id = store.create_run(
             experiment_id, run_name(want.point.point_id, entry.next_attempt), tags, run_params(want)
         )
-        store.recording_calls += store.calls - before
-        store.recorded_runs += 1
         checkpoint("after-intent")
-        started.append(run_id)
+        return run_id
+
+    def record_job(ids: tuple[str, str]) -> None:
+        store.set_tags(ids[0], {Tag.JOB_ID: ids[1]})
+        checkpoint("after-job-recorded")
+
+    # every intent is recorded (a server's records side by side) before anything is submitted; the first
+    # failure stops the recording and submits nothing: the intents made so far are the next apply's to settle
+    before = store.calls
+    started = store.side_by_side(record_intent, intents)
+    store.recording_calls += store.calls - before
+    store.recorded_runs += len(started)
+    by_backend: dict[str, list[JobRequest]] = defaultdict(list)
+    for (want, _, experiment_id, tags), run_id in zip(intents, started, strict=True):
         request = job_request(project, context, want, run_id, experiment_id, code_dir, sources, remote)
         by_backend[want.point.backend].append(dataclasses.replace(request, signing=sealed_run_secret(run_id, tags)))
     errors = []
@@ -234,13 +251,12 @@ def submit(
             message = f"backend {backend_name}: {exc}"
             errors.append(message)
         checkpoint("after-submit")
-        for run_id, job_id in job_ids.items():
-            before = store.calls
-            store.set_tags(run_id, {Tag.JOB_ID: job_id})
-            store.recording_calls += store.calls - before
-            checkpoint("after-job-recorded")
-        for run_id in refused:  # never ran: closed now, resubmitted by the next apply without spending a retry
-            store.terminate(run_id, RunStatus.FAILED, failure_tags(FailureKind.REFUSED, f"{REFUSED}: {message}"))
+        before = store.calls
+        store.side_by_side(record_job, job_ids.items())  # job ids only after the scheduler's answer
+        store.recording_calls += store.calls - before
+        # never ran: closed now, resubmitted by the next apply without spending a retry
+        closing = failure_tags(FailureKind.REFUSED, f"{REFUSED}: {message}") if refused else {}
+        store.side_by_side(partial(store.terminate, status=RunStatus.FAILED, tags=closing), refused)
     if errors:
         raise UserError("; ".join(errors))
     return started

@@ -122,10 +122,18 @@ def pinning_files(spec: Spec, root: Path) -> list[str]:
     return files + (["dvc.lock"] if spec.data else [])
 
 
-def observe(project: Project, cached: bool = False, ask_backends: bool = True) -> Observation:
+def recorded_runs(project: Project, cached: bool = False, settled: bool = False) -> list[ObservedRun]:
+    """The project's runs in its store, through the run cache (see ``TrackingStore.observe``): ``cached``, read
+    incrementally; ``settled``, a full read that an unchanged local store need not repeat."""
+    cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
+    return project.store.observe(cache, incremental=cached, settled=settled)
+
+
+def observe(project: Project, cached: bool = False, ask_backends: bool = True, settled: bool = False) -> Observation:
     """The desired runs, the recorded runs and their jobs. ``cached``: read the recorded runs through the run
     cache (:mod:`..state.runcache`), as plan and watch do; apply and the other verbs read MLflow in full, and
-    that full read renews the cache. ``ask_backends=False``: contact no backend (no login, no credential sent
+    that full read renews the cache (``settled``: unless the local store was not written since the last full
+    read, see ``TrackingStore.observe``). ``ask_backends=False``: contact no backend (no login, no credential sent
     anywhere); every live run's job is unknown, so nothing is decided about it."""
     spec = project.spec
     code = project.repo.code_version(spec.code.paths, pinning_files(spec, project.root))
@@ -143,8 +151,7 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
         identify(point, code.identity, data, environments, setups[(point.environment, point.backend)])
         for point in points
     ]
-    cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
-    runs = project.store.observe(cache, incremental=cached)
+    runs = recorded_runs(project, cached, settled)
     if ask_backends:
         jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
     else:

@@ -53,7 +53,7 @@ def status_rows(
     if unknown:
         declared = ", ".join(sorted(project.spec.experiments)) or "none"
         raise UserError(f"no experiment {unknown[0]!r} in mantik.yaml (declared: {declared})")
-    observation = observe(project)
+    observation = observe(project, settled=True)  # ended runs from the run cache while the store is unchanged
     if errors is not None:
         errors.extend(unreachable(observation))
     latest: dict[str, ObservedRun] = {}

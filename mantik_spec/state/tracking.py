@@ -7,14 +7,18 @@ own ``mlflow.source.*`` system tags, so the MLflow UI shows where it came from.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from ..errors import MantikError
+from ..files import write_atomically
 from ..reconcile.identity import ObservedRun
 from ..spec.model import Tracking
 from ..vocab import RunStatus
@@ -42,6 +46,15 @@ TIMEOUT_VARIABLE = "MANTIK_TRACKING_TIMEOUT"
 DEFAULT_TIMEOUT = 15.0
 # the database stores MLflow opens with SQLAlchemy (mlflow/store/db/db_types.py), besides sqlite
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+# How many run records apply writes side by side: a server's round trips overlap (each request waits on the
+# network, not on this machine); MLflow's sqlite store gains nothing from threads (its Python holds the
+# interpreter; bench/bench_record.py). MLflow's HTTP connection pool keeps 10 connections (MLFLOW_HTTP_POOL_MAXSIZE).
+THREADS_VARIABLE = "MANTIK_TRACKING_THREADS"
+DEFAULT_HTTP_THREADS = 8
+
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TrackingError(MantikError):
@@ -315,6 +328,17 @@ def server_timeout() -> float:
     return value
 
 
+def write_threads(uri: str) -> int:
+    """How many run records are written at a time to the store at ``uri``: ``MANTIK_TRACKING_THREADS``, else 8
+    for an http(s) server and 1 for a database; TrackingError when the variable is no positive integer."""
+    text = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_HTTP_THREADS if urlparse(uri).scheme.lower() in ("http", "https") else 1
+    if not text.isdigit() or int(text) < 1:
+        raise TrackingError(f"{THREADS_VARIABLE}={text!r}: expected a positive whole number")
+    return int(text)
+
+
 def wait_for_server(uri: str, timeout: float) -> None:
     """Return once the MLflow server at ``uri`` answers HTTP; TrackingError naming the URI after ``timeout`` s.
 
@@ -363,28 +387,65 @@ class TrackingStore:
     def __init__(self, uri: str, project: str):
         if urlparse(uri).scheme.lower() in ("http", "https"):
             wait_for_server(uri, server_timeout())  # before importing mlflow: a server that is down costs no import
-        from mlflow.tracking import MlflowClient
-
-        _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
-        for name, value in HTTP_RETRY_DEFAULTS.items():
-            os.environ.setdefault(name, value)
-
         self.uri = uri
         self.project = project
-        if uri.startswith("sqlite:///"):
-            try:
-                prepare_local_store(Path(uri[len("sqlite:///") :]))
-            except OSError as exc:
-                raise TrackingError(f"the tracking store {uri[len('sqlite:///') :]}: {exc}") from None
-        elif urlparse(uri).scheme.split("+")[0].lower() in DATABASE_SCHEMES:
-            check_database_schema(uri)
-        self.client = MlflowClient(tracking_uri=uri)
         self.calls = 0  # requests made, printed with -v and by the bench
         self._counting = threading.Lock()
         # of those, the ones that recorded started runs (intent records and job ids), and how many runs
         self.recording_calls = 0
         self.recorded_runs = 0
         self.deleted_live: set[str] = set()  # ids of runs deleted in MLflow whose jobs were live when observed
+        self.threads = write_threads(uri)
+        self._client = None
+        self._opening = threading.Lock()
+
+    @property
+    def client(self):
+        """MLflow's client, made at the first call that needs it: importing mlflow takes about a second, and a
+        command answered from the run cache (see ``observe``) needs none. A local sqlite store is created or
+        checked first (``prepare_local_store``)."""
+        with self._opening:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+
+                _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
+                for name, value in HTTP_RETRY_DEFAULTS.items():
+                    os.environ.setdefault(name, value)
+                database = self._database()
+                if database is not None:
+                    try:
+                        prepare_local_store(database)
+                    except OSError as exc:
+                        raise TrackingError(f"the tracking store {database}: {exc}") from None
+                elif urlparse(self.uri).scheme.split("+")[0].lower() in DATABASE_SCHEMES:
+                    check_database_schema(self.uri)
+                self._client = MlflowClient(tracking_uri=self.uri)
+            return self._client
+
+    def _database(self) -> Path | None:
+        """The file of a local sqlite store, else None."""
+        return Path(self.uri[len("sqlite:///") :]) if self.uri.startswith("sqlite:///") else None
+
+    def side_by_side(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """``[function(item) for item in items]``, up to ``threads`` calls at a time, results in the order of
+        ``items``. Returns once every call has ended. When one raises, the calls not started yet are not made
+        and the first error (in the order of ``items``) is raised once the running ones have ended, so nothing
+        this store writes is still under way when the caller goes on."""
+        items = list(items)
+        if self.threads <= 1 or len(items) <= 1:
+            return [function(item) for item in items]
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        pool = ThreadPoolExecutor(min(self.threads, len(items)), thread_name_prefix="mantik-record")
+        try:
+            futures = [pool.submit(function, item) for item in items]
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # on an error (or Ctrl-C): the calls not started are dropped, the running ones end first
+            pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        return [future.result() for future in futures]
 
     def _call(self, function, *args, **kwargs):
         from mlflow.exceptions import MlflowException
@@ -461,30 +522,69 @@ class TrackingStore:
 
     # runs --------------------------------------------------------------------------------------
 
-    def observe(self, cache: RunCache | None = None, incremental: bool = True) -> list[ObservedRun]:
+    def observe(
+        self, cache: RunCache | None = None, incremental: bool = True, settled: bool = False
+    ) -> list[ObservedRun]:
         """Every active run of the project, plus deleted runs still live (see ``deleted_live``).
 
         Without ``cache``: one paged scan. With it: the cached ended runs plus what can have changed since
         (see :mod:`.runcache`), or, when it cannot be used or ``incremental`` is false, a full scan that
-        rebuilds it. Each run's ``provenance`` is checked under this process's signing key (:mod:`.provenance`)."""
-        runs = self._observe(cache, incremental)
+        rebuilds it. A local sqlite store not written since the read that left the cache, when that read found
+        no live run, is not read again: its runs are the cache's (see ``_unchanged_runs``); with ``incremental``
+        any such read counts, with ``settled`` (a verb that reads in full, about ended runs) only a full scan.
+        Each run's ``provenance`` is checked under this process's signing key (:mod:`.provenance`)."""
+        runs = self._observe(cache, incremental, settled)
         provenance.checked(runs)
         return runs
 
-    def _observe(self, cache: RunCache | None, incremental: bool) -> list[ObservedRun]:
+    def _observe(self, cache: RunCache | None, incremental: bool, settled: bool) -> list[ObservedRun]:
+        database = self._database()
+        if cache is not None and database is not None and (incremental or settled):
+            unchanged = self._unchanged_runs(cache, database, full_only=not incremental)
+            if unchanged is not None:
+                self.deleted_live = set()
+                return unchanged
+        before = _store_state(database) if cache is not None and database is not None else None
         experiment_ids = list(self.experiment_ids())
         if not experiment_ids:
             self.deleted_live = set()
             return []
+        changes = None
         if cache is not None and incremental and cache.usable_for(experiment_ids):
-            changes = self._observe_changes(experiment_ids, cache)
-            if changes is not None:
-                return changes
-        runs = self._search(experiment_ids)
-        deleted = self._deleted(experiment_ids)
-        if cache is not None:
-            cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
-        return runs + self._still_live(deleted)
+            changes = self._observe_changes(experiment_ids, cache)  # None: the store is not the one cached
+        full = changes is None
+        if changes is not None:
+            runs = changes
+        else:
+            runs = self._search(experiment_ids)
+            deleted = self._deleted(experiment_ids)
+            if cache is not None:
+                cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
+            runs += self._still_live(deleted)
+        if before is not None and cache is not None and not self.deleted_live:
+            state_dir = cache.path.parent.parent  # RunCache.for_store keeps it under STATE_DIR/cache/
+            _stamp(cache, before, full, runs, lambda: RunCache.for_store(state_dir, self.uri, self.project))
+        return runs
+
+    def _unchanged_runs(self, cache: RunCache, database: Path, full_only: bool) -> list[ObservedRun] | None:
+        """The cache's runs when nothing was written to ``database`` since the read whose result the cache holds
+        (full, with ``full_only``) and that read found no live run, else None. Reads the stamp written after that
+        read and the store file's header; imports no mlflow."""
+        try:
+            stamp = json.loads(_stamp_path(cache).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stamp, dict) or stamp.get("store") != _store_state(database) or stamp["store"] is None:
+            return None
+        if (full_only and not stamp.get("full")) or cache.live:
+            return None
+        if not cache.usable_for(cache.experiments):  # not loaded, or due for its daily full scan
+            return None
+        if stamp.get("cache") != _file_digest(cache.path):
+            return None  # the cache was written by another read since
+        if stamp.get("runs") != _ids_digest(cache.runs):
+            return None  # that read returned runs the cache does not keep
+        return list(cache.runs.values())
 
     def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun] | None:
         """The cached runs brought up to date; None when the store is not the one cached (a sentinel differs)."""
@@ -543,8 +643,14 @@ class TrackingStore:
         return live
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
-        """The intent record: created SCHEDULED, with its key, before anything is submitted."""
+        """The intent record: created SCHEDULED, with its key, before anything is submitted.
+
+        Three requests, MLflow's least: ``create_run`` carries every tag (it takes neither params nor a status),
+        one ``log_batch`` the params and the intent's signature (which names the run id, so it cannot ride on
+        ``create_run``), and the status is set by the store's ``update_run_info``, which ``MlflowClient.update_run``
+        calls only after reading the whole run back (a fourth round trip)."""
         from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunStatus as MlflowRunStatus
 
         run = self._call(
             self.client.create_run, experiment_id, tags={**tags, MlflowTag.RUN_NAME: run_name}, run_name=run_name
@@ -558,7 +664,13 @@ class TrackingStore:
                 params=[Param(k, v) for k, v in params.items()],
                 tags=[RunTag(k, v) for k, v in signed.items()],
             )
-        self._call(self.client.update_run, run_id, status=RunStatus.SCHEDULED.value)
+        self._call(
+            self.client._tracking_client.store.update_run_info,
+            run_id,
+            run_status=MlflowRunStatus.from_string(RunStatus.SCHEDULED.value),
+            end_time=None,  # just created: it has none
+            run_name=None,  # keeps the name it was created with
+        )
         return run_id
 
     def run_status(self, run_id: str) -> RunStatus:
@@ -650,6 +762,73 @@ class TrackingStore:
 
     def delete_lock_record(self, name: str) -> None:
         self._call(self.client.delete_registered_model, name)
+
+
+# the store's state at a read, kept beside the run cache --------------------------------------------------
+
+
+def _store_state(database: Path | None) -> list[int] | None:
+    """What changes whenever a sqlite database file is written: its inode, size and modification time and the
+    header's file change counter (bytes 24-27, which every write transaction increments in rollback-journal mode:
+    https://www.sqlite.org/fileformat2.html#file_change_counter). None when it cannot tell: the file cannot be
+    read, is no sqlite database, or a journal or write-ahead log beside it holds writes the file does not show."""
+    if database is None:
+        return None
+    try:
+        if any(database.with_name(database.name + suffix).exists() for suffix in ("-journal", "-wal")):
+            return None
+        with open(database, "rb") as handle:
+            header = handle.read(100)
+            status = os.fstat(handle.fileno())
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None
+    return [status.st_ino, status.st_size, status.st_mtime_ns, int.from_bytes(header[24:28], "big")]
+
+
+def _stamp_path(cache: RunCache) -> Path:
+    return cache.path.with_suffix(".stamp")
+
+
+def _file_digest(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _cache_contents(cache: RunCache) -> tuple:
+    """What a run cache holds (what a command using it would see)."""
+    return (list(cache.experiments), dict(cache.runs), set(cache.deleted), set(cache.live))
+
+
+def _ids_digest(run_ids: Iterable[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(run_ids)).encode()).hexdigest()
+
+
+def _stamp(
+    cache: RunCache, before: list[int], full: bool, runs: list[ObservedRun], reload: Callable[[], RunCache]
+) -> None:
+    """Note beside the cache the store's state taken before the read it holds (``before``), so that a later
+    command finding the store in that state may use the cache without reading (``_unchanged_runs``), with the
+    ids of the runs that read returned (the cache keeps ended runs only). Written only when the cache file holds
+    that read (``reload()`` reads it back): not when it could not be written,
+    nor when another command's read replaced it meanwhile."""
+    path = _stamp_path(cache)
+    try:
+        digest = _file_digest(cache.path)
+        if digest is None or _cache_contents(reload()) != _cache_contents(cache) or _file_digest(cache.path) != digest:
+            path.unlink(missing_ok=True)
+            return
+        stamp = {"store": before, "cache": digest, "full": full, "runs": _ids_digest(r.run_id for r in runs)}
+        write_atomically(path, json.dumps(stamp))
+    except OSError:
+        pass
 
 
 def _quote(value: str) -> str:
