@@ -231,6 +231,7 @@ def test_plan_text_json_markdown_and_exit_status_carry_registry_actions():
     held = plan_with(decide([old], registry=registry)[0], registry)
     assert not held.has_changes and held.model_changes() == []
     assert "  = wine@champion: v1: up to date" in render_text(held)
+    assert "- `wine@champion: v1`: up to date \\(sweep\\[lr\\=0\\.1\\] \\(loss 0\\.012\\)\\)" in render_markdown(held)
 
 
 def test_a_saved_plan_is_stale_once_the_registry_changed(tmp_path):
