@@ -140,6 +140,9 @@ def test_a_point_with_work_left_holds_the_choice():
     result, winner = decide(runs, entries=[pending])
     assert winner is None and actions(result) == [("hold", None)]
     assert "waiting for 1 run(s) of sweep" in result.entries[0].reason
+    # a run of a point the spec no longer declares, closed by the same apply, holds nothing
+    gone = PlannedRun(Action.REPAIR, "sweep", "sweep[lr=9.0]", "0" * 64, "local", {}, "job 8 ended FAILED")
+    assert decide(runs, entries=[gone])[1] == runs[0]
 
 
 def test_a_second_plan_after_registering_changes_nothing():

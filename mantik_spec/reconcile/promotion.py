@@ -133,7 +133,7 @@ def winners(
     artifacts the caller looks up before :func:`plan_models`."""
     found = {}
     for name, model in models.items():
-        if _pending(model, entries):
+        if _pending(model, desired, entries):
             continue
         best = ranked(model, candidates(model, desired, runs))
         if best:
@@ -168,7 +168,7 @@ def _plan_model(name, model: Model, desired, runs, entries, registry, sources, b
     def hold(reason: str, **fields) -> list[PlannedModel]:
         return [PlannedModel(ModelAction.HOLD, reason=reason, previous=current, version=current, **common, **fields)]
 
-    pending = _pending(model, entries)
+    pending = _pending(model, desired, entries)
     if pending:
         return hold(f"waiting for {pending} run(s) of {model.experiment} to finish before choosing")
     finished = candidates(model, desired, runs)
@@ -254,9 +254,11 @@ def _plan_model(name, model: Model, desired, runs, entries, registry, sources, b
     return planned
 
 
-def _pending(model: Model, entries: list[PlannedRun]) -> int:
-    """How many points of the model's experiment still have work (submit, retry, repair, running)."""
-    return sum(1 for e in entries if e.experiment == model.experiment and e.action in PENDING)
+def _pending(model: Model, desired: list[DesiredRun], entries: list[PlannedRun]) -> int:
+    """How many current points of the model's experiment still have work (submit, retry, repair, running); a run
+    of a point the spec no longer declares (repaired by the same apply) holds nothing."""
+    keys = {want.key for want in desired if want.point.experiment == model.experiment}
+    return len({e.point_id for e in entries if e.run_key in keys and e.action in PENDING})
 
 
 def _number(value: float) -> str:
