@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..reconcile.plan import ModelAction, Plan
-from ..reconcile.promotion import ModelSource, plan_models, registry_digest, winners
+from ..reconcile.promotion import ModelSource, held_runs, plan_models, registry_digest, winners
 from ..state import registry
 from ..state.tracking import TrackingError
 
@@ -31,8 +31,16 @@ def plan_registry(project: Project, observation: Observation, plan: Plan, untrus
         except TrackingError as exc:
             unreadable.append(name)
             plan.errors.append(f"model {name}: {exc}")
+    held: dict[str, ModelSource | None] = {}  # the model of the run behind each alias now, to check its version
+    for name, run in held_runs(models, runs, observed).items():
+        if name in unreadable:
+            continue
+        try:
+            held[name] = registry.model_source(project.store, run.run_id, models[name].artifact)
+        except TrackingError:
+            held[name] = None  # unknown: the version is not counted as that run's, the alias may move
     readable = {name: model for name, model in models.items() if name not in unreadable}
-    decided = plan_models(readable, observation.desired, runs, plan.entries, observed, sources)
+    decided = plan_models(readable, observation.desired, runs, plan.entries, observed, sources, held)
     plan.models = decided.entries
     plan.errors.extend(decided.errors)
     plan.warnings.extend(decided.warnings)
