@@ -19,6 +19,7 @@ from mantik_spec.reconcile.promotion import (
     ModelSource,
     ObservedModel,
     ObservedVersion,
+    held_runs,
     plan_models,
     registry_digest,
     winners,
@@ -65,12 +66,14 @@ def source_of(run: ObservedRun) -> ModelSource:
 
 
 def decide(runs, registry=None, model=WINE, entries=(), sources=None):
-    """The registry actions for one model ``wine``, its winner's model found where it should be."""
+    """The registry actions for one model ``wine``, its winner's model (and the model of the run behind its
+    alias now) found where they should be."""
     models = {"wine": model}
     found = winners(models, WANTED, runs, list(entries))
     if sources is None:
         sources = {name: source_of(run) for name, run in found.items()}
-    return plan_models(models, WANTED, runs, list(entries), registry or {}, sources), found.get("wine")
+    held = {name: source_of(run) for name, run in held_runs(models, runs, registry or {}).items()}
+    return plan_models(models, WANTED, runs, list(entries), registry or {}, sources, held), found.get("wine")
 
 
 def registered(*versions: tuple[str, ObservedRun | None], alias: str | None = None) -> dict[str, ObservedModel]:
@@ -140,6 +143,9 @@ def test_a_point_with_work_left_holds_the_choice():
     result, winner = decide(runs, entries=[pending])
     assert winner is None and actions(result) == [("hold", None)]
     assert "waiting for 1 run(s) of sweep" in result.entries[0].reason
+    # a run of a point the spec no longer declares, closed by the same apply, holds nothing
+    gone = PlannedRun(Action.REPAIR, "sweep", "sweep[lr=9.0]", "0" * 64, "local", {}, "job 8 ended FAILED")
+    assert decide(runs, entries=[gone])[1] == runs[0]
 
 
 def test_a_second_plan_after_registering_changes_nothing():
@@ -187,8 +193,23 @@ def test_a_version_written_by_someone_else_is_evidence_not_a_result():
     result, _ = decide([best], registry=registry, model=WINE.model_copy(update={"min_improvement": 5.0}))
     assert actions(result) == [("register", "sweep[lr=0.1]"), ("alias", "sweep[lr=0.1]")]
     assert "v2 name this run but point elsewhere: not used" in result.entries[0].reason
-    assert "v1 is no run of this project" in result.entries[1].reason
+    assert "v1 is no model of a run of this project" in result.entries[1].reason
     assert result.entries[1].version is None  # the version apply registers, not the forged v2
+
+
+def test_a_forged_version_of_an_earlier_run_does_not_hold_the_alias():
+    """Someone registers a version naming this project's old champion run but pointing at their own model and
+    moves the alias to it: min_improvement weighs nothing against it, the alias moves to the winner."""
+    old, slightly = finished(0.1, 0.012), finished(0.3, 0.0115)
+    forged = ObservedVersion("2", old.run_id, "s3://attacker/model")
+    honest = ObservedVersion("1", old.run_id, source_of(old).source)
+    registry = {"wine": ObservedModel("wine", True, (honest, forged), {"champion": "2"})}
+    model = WINE.model_copy(update={"min_improvement": 0.01})
+    result, _ = decide([old, slightly], registry=registry, model=model)
+    assert actions(result) == [("register", "sweep[lr=0.3]"), ("alias", "sweep[lr=0.3]")]
+    assert result.entries[1].reason.startswith("v2 is no model of a run of this project")
+    registry = {"wine": ObservedModel("wine", True, (honest, forged), {"champion": "1"})}  # the honest one: held
+    assert actions(decide([old, slightly], registry=registry, model=model)[0]) == [("hold", "sweep[lr=0.3]")]
 
 
 def test_a_metric_no_run_logs_is_an_error_naming_a_run():
@@ -231,6 +252,7 @@ def test_plan_text_json_markdown_and_exit_status_carry_registry_actions():
     held = plan_with(decide([old], registry=registry)[0], registry)
     assert not held.has_changes and held.model_changes() == []
     assert "  = wine@champion: v1: up to date" in render_text(held)
+    assert "- `wine@champion: v1`: up to date \\(sweep\\[lr\\=0\\.1\\] \\(loss 0\\.012\\)\\)" in render_markdown(held)
 
 
 def test_a_saved_plan_is_stale_once_the_registry_changed(tmp_path):

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..reconcile.plan import ModelAction, Plan
-from ..reconcile.promotion import ModelSource, plan_models, registry_digest, winners
+from ..reconcile.promotion import ModelSource, held_runs, plan_models, registry_digest, winners
 from ..state import registry
+from ..state.tracking import TrackingError
 
 if TYPE_CHECKING:
     from .project import Observation, Project
@@ -23,9 +24,23 @@ def plan_registry(project: Project, observation: Observation, plan: Plan, untrus
     runs = [run for run in observation.runs if run.run_id not in untrusted]
     observed = registry.observe_models(project.store, list(models))
     sources: dict[str, ModelSource | None] = {}
+    unreadable = []  # a model whose winner's artifacts cannot be listed here: an error, the runs are planned
     for name, run in winners(models, observation.desired, runs, plan.entries).items():
-        sources[name] = registry.model_source(project.store, run.run_id, models[name].artifact)
-    decided = plan_models(models, observation.desired, runs, plan.entries, observed, sources)
+        try:
+            sources[name] = registry.model_source(project.store, run.run_id, models[name].artifact)
+        except TrackingError as exc:
+            unreadable.append(name)
+            plan.errors.append(f"model {name}: {exc}")
+    held: dict[str, ModelSource | None] = {}  # the model of the run behind each alias now, to check its version
+    for name, run in held_runs(models, runs, observed).items():
+        if name in unreadable:
+            continue
+        try:
+            held[name] = registry.model_source(project.store, run.run_id, models[name].artifact)
+        except TrackingError:
+            held[name] = None  # unknown: the version is not counted as that run's, the alias may move
+    readable = {name: model for name, model in models.items() if name not in unreadable}
+    decided = plan_models(readable, observation.desired, runs, plan.entries, observed, sources, held)
     plan.models = decided.entries
     plan.errors.extend(decided.errors)
     plan.warnings.extend(decided.warnings)

@@ -133,7 +133,7 @@ def winners(
     artifacts the caller looks up before :func:`plan_models`."""
     found = {}
     for name, model in models.items():
-        if _pending(model, entries):
+        if _pending(model, desired, entries):
             continue
         best = ranked(model, candidates(model, desired, runs))
         if best:
@@ -148,19 +148,50 @@ def plan_models(
     entries: list[PlannedRun],
     registry: Mapping[str, ObservedModel],
     sources: Mapping[str, ModelSource | None],
+    held: Mapping[str, ModelSource | None] | None = None,
 ) -> Promotion:
     """The registry actions for ``models``. ``runs``: the runs the planner counts; ``entries``: its run entries
     (a point with work left holds its experiment's models); ``registry``: each model as observed; ``sources``:
     where each model's winner (:func:`winners`) keeps its model, by model name, None when it has none at the
-    artifact path."""
+    artifact path; ``held``: by model name, where the run behind the version its alias points at now keeps its
+    model (:func:`held_runs`), None when it has none there: the version counts as that run's only when its
+    source is that."""
     result = Promotion([], [], [])
     by_id = {run.run_id: run for run in runs}
     for name, model in models.items():
-        result.entries += _plan_model(name, model, desired, runs, entries, registry, sources, by_id, result)
+        champion = _held_run(name, model, registry, by_id, (held or {}).get(name))
+        result.entries += _plan_model(name, model, desired, runs, entries, registry, sources, champion, result)
     return result
 
 
-def _plan_model(name, model: Model, desired, runs, entries, registry, sources, by_id, result) -> list[PlannedModel]:
+def held_runs(
+    models: Mapping[str, Model], runs: list[ObservedRun], registry: Mapping[str, ObservedModel]
+) -> dict[str, ObservedRun]:
+    """The run of this project behind the version each model's alias points at now, by model name: whose model
+    the caller looks up, so that :func:`plan_models` can tell that version is really that run's."""
+    by_id = {run.run_id: run for run in runs}
+    found = {}
+    for name, model in models.items():
+        observed = registry.get(name) or ObservedModel(name)
+        version = observed.version(observed.alias(model.alias))
+        if version is not None and version.run_id in by_id:
+            found[name] = by_id[version.run_id]
+    return found
+
+
+def _held_run(name, model: Model, registry, by_id, source: ModelSource | None) -> ObservedRun | None:
+    """The run of this project the alias's version is a version of: its run id names the run, and its source is
+    where that run keeps its model (a version anyone can create naming our run proves nothing by itself)."""
+    observed = registry.get(name) or ObservedModel(name)
+    version = observed.version(observed.alias(model.alias))
+    if version is None or version.run_id not in by_id or source is None or source.source != version.source:
+        return None
+    return by_id[version.run_id]
+
+
+def _plan_model(
+    name, model: Model, desired, runs, entries, registry, sources, champion_run, result
+) -> list[PlannedModel]:
     observed = registry.get(name) or ObservedModel(name)
     current = observed.alias(model.alias)
     common = {"model": name, "alias": model.alias, "experiment": model.experiment, "metric": model.metric}
@@ -168,7 +199,7 @@ def _plan_model(name, model: Model, desired, runs, entries, registry, sources, b
     def hold(reason: str, **fields) -> list[PlannedModel]:
         return [PlannedModel(ModelAction.HOLD, reason=reason, previous=current, version=current, **common, **fields)]
 
-    pending = _pending(model, entries)
+    pending = _pending(model, desired, entries)
     if pending:
         return hold(f"waiting for {pending} run(s) of {model.experiment} to finish before choosing")
     finished = candidates(model, desired, runs)
@@ -206,13 +237,11 @@ def _plan_model(name, model: Model, desired, runs, entries, registry, sources, b
     if current is not None and any(v.version == current for v in mine):
         return hold(f"up to date ({shown})", **about)
 
-    champion = observed.version(current)
-    champion_run = by_id.get(champion.run_id) if champion and champion.run_id else None
     why = f"best of {len(best)} finished run(s) of {model.experiment} by {model.metric} ({model.goal})"
     if current is None:
         moved = f"{name}@{model.alias} is not set; {why}"
     elif champion_run is None or not is_result(champion_run.metrics.get(model.metric)):
-        moved = f"v{current} is no run of this project with a finite {model.metric} (evidence, not a result); {why}"
+        moved = f"v{current} is no model of a run of this project with a finite {model.metric} (evidence, not a result); {why}"
     else:
         before = champion_run.metrics[model.metric]
         gain = (before - value) if model.goal == "minimize" else (value - before)
@@ -254,9 +283,11 @@ def _plan_model(name, model: Model, desired, runs, entries, registry, sources, b
     return planned
 
 
-def _pending(model: Model, entries: list[PlannedRun]) -> int:
-    """How many points of the model's experiment still have work (submit, retry, repair, running)."""
-    return sum(1 for e in entries if e.experiment == model.experiment and e.action in PENDING)
+def _pending(model: Model, desired: list[DesiredRun], entries: list[PlannedRun]) -> int:
+    """How many current points of the model's experiment still have work (submit, retry, repair, running); a run
+    of a point the spec no longer declares (repaired by the same apply) holds nothing."""
+    keys = {want.key for want in desired if want.point.experiment == model.experiment}
+    return len({e.point_id for e in entries if e.run_key in keys and e.action in PENDING})
 
 
 def _number(value: float) -> str:

@@ -83,8 +83,14 @@ def _model_source(store: TrackingStore, run_id: str, artifact: str) -> ModelSour
 
     run = store._call(store.client.get_run, run_id)
     # the run's own artifacts (the client's listing of runs:/ falls back to a logged model of that name)
-    repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=store.uri)
-    listed = store._call(repository.list_artifacts, artifact)
+    try:
+        repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=store.uri)
+        listed = store._call(repository.list_artifacts, artifact)
+    except TrackingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an artifact store's own client (S3, Azure, GCS...) failing here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"cannot list the artifacts of run {run_id} ({run.info.artifact_uri}): {first}") from exc
     if any(posixpath.basename(f.path) == MLMODEL and not f.is_dir for f in listed):
         return ModelSource(posixpath.join(run.info.artifact_uri.rstrip("/"), artifact))
     logged, token = [], None

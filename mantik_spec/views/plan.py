@@ -191,6 +191,10 @@ def render_markdown(plan: Plan) -> str:
                 f"| `{m.action.value}` | {m.action.label} | {_code(model_line(m), in_table=True)} "
                 f"| model registry | {_prose(m.reason)} |"
             )
+    held = [m for m in plan.models if not m.action.is_change]
+    if held:
+        lines += ["", "Models held:", ""]
+        lines += [f"- {_code(model_line(m))}: {_prose(m.reason)}" for m in held]
     failed = [e for e in plan.entries if e.action is Action.FAILED]
     if failed:
         lines += ["", "<details><summary>Failed, no retries left</summary>", ""]
