@@ -357,3 +357,16 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
     ]
     assert len(project.runs()) == 6
     assert "Allocation:" not in project.mantik("plan").stdout  # sshare has nothing to say here: left out
+
+
+def test_runs_signed_on_slurm_count_as_results_and_no_job_file_holds_the_key(project):
+    """The runner signs its run's end with the secret sealed in job.json and the seal sbatch passed in the job's
+    environment (state.provenance): the runs count under the project's key, which no file of theirs holds."""
+    key = "a-team-key-from-the-ci-secret-store"
+    project.env["MANTIK_SIGNING_KEY"] = key
+    use(project, slurm_spec())
+    project.mantik("apply", "--auto-approve", "--wait")
+    assert all(r.data.tags.get("mantik.end_signature") for r in project.runs())
+    assert "No changes" in project.mantik("plan", "--detailed-exitcode", check=0).stdout
+    files = [p for p in (project.path / ".mantik" / "slurm").rglob("*") if p.is_file()]
+    assert files and not any(key.encode() in p.read_bytes() for p in files)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..errors import MantikError
 from ..spec.cost import Allocation, Used
+from ..state.provenance import SEAL_VARIABLE
 from ..vocab import JobStatus
 
 
@@ -33,6 +34,9 @@ class JobRequest:
     # local files the job needs that are not committed (a local Apptainer image), by their path
     # relative to the run's working directory; only backends that cannot see this machine's files send them
     inputs: dict[str, Path] = field(default_factory=dict)
+    # the run's provenance secret, sealed (mantik_spec.state.provenance): useless without the seal, which
+    # reaches the job only through its environment ("" when the project signs nothing)
+    signing: str = ""
 
     def runner_job(self, workdir: str, **extra) -> dict:
         """The ``job.json`` the in-job runner reads (see :mod:`mantik_spec.runner`)."""
@@ -45,13 +49,15 @@ class JobRequest:
             "experiment_id": self.experiment_id,
             "environment": self.environment,
             "workdir": workdir,
+            **({"signing": self.signing} if self.signing else {}),
             **extra,
         }
 
 
 # Credentials a job needs to reach the tracking server. Backends whose jobs do not inherit this
 # process's environment pass them at submission only: never in job.json, MLflow, plans or logs.
-TRACKING_SECRETS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# The provenance seal travels with them: it opens the sealed run secret in job.json (..state.provenance).
+TRACKING_SECRETS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", SEAL_VARIABLE)
 
 
 def tracking_secrets() -> dict[str, str]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -109,6 +110,23 @@ class UnicoreNoAnswer(CommandTimeout):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+def login_command(lines: list[str]) -> str:
+    """The spec's login-node lines as the one ``User precommand``/``User postcommand`` string of a job: joined
+    with ``&&`` as Mantik joined ``PreRunCommandOnLoginNode``, so a failing line stops the rest. A line that
+    ends in a shell comment (``module load X  # for torch``) is closed by a line break inside ``{ }``, or the
+    comment would swallow every line joined after it. ``shlex`` also takes ``a#b`` for a comment: such a line
+    is wrapped too, which the shell runs exactly as the bare line."""
+    return " && ".join(f"{{ {line}\n}}" if _has_comment(line) else line for line in lines)
+
+
+def _has_comment(line: str) -> bool:
+    """Whether the shell reads part of ``line`` as a comment (a ``#`` that starts a word, outside quotes)."""
+    try:
+        return shlex.split(line, comments=True) != shlex.split(line)
+    except ValueError:  # unbalanced quotes: the shell reports them; the line break changes nothing
+        return "#" in line
 
 
 def shell_double_quoted(value: str) -> str:
@@ -452,8 +470,8 @@ class UnicoreBackend(BackendBase):
             "tags": ["mantik", RUN_TAG + request.run_id],
             "resources": resources,
             "project": self.config.project or os.environ.get(BUDGET_VARIABLE, ""),
-            "login_precommand": " && ".join(self.config.login_precommand),
-            "login_postcommand": " && ".join(self.config.login_postcommand),
+            "login_precommand": login_command(self.config.login_precommand),
+            "login_postcommand": login_command(self.config.login_postcommand),
         }
         from jinja2 import TemplateError
 
@@ -578,25 +596,38 @@ class UnicoreBackend(BackendBase):
             return
         site = self._site()
         foreign = [url for url in job_ids if not self._of_site(url)]
+        asked = [url for url in job_ids if url not in foreign]
         listed: list[str] = []
-        for url in job_ids:
-            if url in foreign:
-                continue
-            try:
-                tags = self._get("job", url).get("tags") or []
-            except BackendError as exc:
-                if _status(exc) == 404:
-                    continue  # gone already: nothing to abort
-                raise
-            (listed if "mantik" in tags else foreign).append(url)
-        if foreign:
-            raise BackendError(
-                f"job {', '.join(foreign)} is not a mantik job of {self.config.url}: left alone "
-                "(its run record names it, and records are not proof)"
+        # one GET and one POST per job: side by side, as poll asks, so a cancel of a large grid takes seconds
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(asked)))) as pool:
+            for url, ours in zip(asked, pool.map(self._is_mantik_job, asked), strict=True):
+                if ours is not None:
+                    (listed if ours else foreign).append(url)
+            if foreign:
+                raise BackendError(
+                    f"job {', '.join(foreign)} is not a mantik job of {self.config.url}: left alone "
+                    "(its run record names it, and records are not proof)"
+                )
+            list(
+                pool.map(
+                    lambda url: self._request(
+                        "abort", lambda: site.transport.post(url=f"{url}/actions/abort", json={})
+                    ),
+                    listed,
+                )
             )
         for url in listed:
-            self._request("abort", lambda u=url: site.transport.post(url=f"{u}/actions/abort", json={}))
             self._polled.pop(url, None)
+
+    def _is_mantik_job(self, url: str) -> bool | None:
+        """Whether the site lists the job at ``url`` with mantik's tag; None when it is gone (nothing to abort)."""
+        try:
+            tags = self._get("job", url).get("tags") or []
+        except BackendError as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+        return "mantik" in tags
 
     def _of_site(self, url: str) -> bool:
         """Whether ``url`` names one job of this site's job list (``{jobs}/ID``): only such a URL is asked

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +21,12 @@ from ..spec.cost import Used
 from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
+from ..spec.model import Spec
 from ..state.git import SCRATCH_REFS, STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
-from ..vocab import FailureKind, JobState, JobStatus, RunStatus
+from ..vocab import FailureKind, JobState, JobStatus, Provenance, RunStatus
+from .models import plan_registry
 
 
 @dataclass
@@ -77,7 +79,9 @@ def open_project(directory: Path | str, scratch: bool = False) -> Project:
     if not ignore.exists():
         ignore.write_text("# local state of mantik-spec: never commit it\n*\n")
     if scratch:  # after the state directory ignores itself: it never enters a snapshot
-        repo.take_snapshot()
+        spec = loaded.spec
+        code_files = [*(spec.code.paths or []), SPEC_FILE, *included_files(spec), *pinning_files(spec, loaded.root)]
+        repo.take_snapshot(code_files if spec.code.paths else None)
     os.environ.update(tracking_credentials(loaded.spec.tracking))
     store = TrackingStore(resolve_tracking_uri(loaded.spec.tracking, loaded.root), loaded.spec.project)
     return Project(loaded, repo, store, state_dir)
@@ -109,20 +113,22 @@ class Observation:
     usage: dict[str, Used] = field(default_factory=dict)  # run id -> what an ended run used, not yet recorded
 
 
+def pinning_files(spec: Spec, root: Path) -> list[str]:
+    """The files that pin each data version, relative to the project: a source's ``.dvc`` file (for a path
+    inside a tracked directory, that directory's) and ``dvc.lock``."""
+    from ..dvcfiles import dvc_tracking_file
+
+    files = [dvc_tracking_file(root, s.path) or f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path]
+    return files + (["dvc.lock"] if spec.data else [])
+
+
 def observe(project: Project, cached: bool = False, ask_backends: bool = True) -> Observation:
     """The desired runs, the recorded runs and their jobs. ``cached``: read the recorded runs through the run
     cache (:mod:`..state.runcache`), as plan and watch do; apply and the other verbs read MLflow in full, and
     that full read renews the cache. ``ask_backends=False``: contact no backend (no login, no credential sent
     anywhere); every live run's job is unknown, so nothing is decided about it."""
     spec = project.spec
-    from ..dvcfiles import dvc_tracking_file
-
-    # the files that pin each data version (a path inside a tracked directory: that directory's .dvc file)
-    dvc_files = [
-        dvc_tracking_file(project.root, s.path) or f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path
-    ]
-    dvc_files += ["dvc.lock"] if spec.data else []
-    code = project.repo.code_version(spec.code.paths, dvc_files)
+    code = project.repo.code_version(spec.code.paths, pinning_files(spec, project.root))
     # the spec anchors runs as the code does: an edited but uncommitted grid would run points whose
     # recorded commit does not declare them
     spec_files = project.repo.uncommitted([SPEC_FILE, *included_files(spec)])
@@ -154,8 +160,10 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
 
 def setup_digest(project: Project, environment: str | None, backend: str) -> str:
     """What prepares a run without entering its key, as a digest: the environment's definition (modules,
-    pre- and post-run lines, variables, image options) and the backend's setup fields (``SETUP_FIELDS`` of its
-    config: modules, setup lines, resources...). A point whose runs failed is tried again when it changes."""
+    pre- and post-run lines, variables, image options; a relative venv as the absolute path the job gets and
+    whether a venv is there, so creating it retries the runs that could not activate it) and
+    the backend's setup fields (``SETUP_FIELDS`` of its config: modules, setup lines, resources...). A point
+    whose runs failed is tried again when it changes."""
     import hashlib
     import json
 
@@ -165,13 +173,21 @@ def setup_digest(project: Project, environment: str | None, backend: str) -> str
         "environment": declared.model_dump(mode="json") if declared is not None else None,
         "backend": config.model_dump(mode="json", include=set(config.SETUP_FIELDS)) if config is not None else None,
     }
+    if declared is not None and declared.venv_is_relative:  # the project's venv: where it is, and whether it is
+        location = declared.venv_location(project.root) or ""
+        prepared["venv"] = [location, os.path.isfile(os.path.join(location, "bin", "activate"))]
     return hashlib.sha256(json.dumps(prepared, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _untrusted(runs: list[ObservedRun]) -> list[ObservedRun]:
     """FINISHED runs whose recorded identity inputs do not hash to the key they carry (a key tag edited by
-    hand, or written by another tool): they prove nothing about the point that key names."""
-    return [r for r in runs if r.status == "FINISHED" and recorded_identity(r).key != r.run_key]
+    hand, or written by another tool), or whose end signature does not hold under the project's signing key
+    (:mod:`..state.provenance`): they prove nothing about the point that key names."""
+    return [
+        r
+        for r in runs
+        if r.status == "FINISHED" and (recorded_identity(r).key != r.run_key or r.provenance is Provenance.UNVERIFIED)
+    ]
 
 
 def _unexplained_kills(runs: list[ObservedRun]) -> list[ObservedRun]:
@@ -273,6 +289,39 @@ def _not_offered(project: Project, plan: Plan) -> list[str]:
         except BackendError:
             continue
     return problems
+
+
+def unseen_venvs(project: Project, starts: Iterable[tuple[str | None, str]]) -> list[str]:
+    """A relative venv is the project's, on this machine: a backend whose jobs cannot see this machine's files
+    (``shares_files``) cannot activate it. ``starts``: the (environment, backend) pairs of the runs to start.
+    One problem per environment, at its line in mantik.yaml."""
+    environments: dict[str, list[str]] = defaultdict(list)
+    for name, backend in dict.fromkeys(starts):
+        declared = project.spec.environments.get(name or "")
+        if declared is None or not declared.venv_is_relative or backend not in project.spec.backends:
+            continue
+        try:
+            shares_files = project.backend(backend).shares_files
+        except BackendError:
+            continue
+        if not shares_files:
+            environments[name or ""].append(backend)
+    return [
+        str(
+            project.loaded.document.problem(
+                ("environments", name, "venv"),
+                f"{project.spec.environments[name].venv} is relative to the project on this machine, which jobs "
+                f"on {', '.join(backends)} cannot see: give the venv's absolute path (or ~/...) on the cluster",
+            )
+        )
+        for name, backends in sorted(environments.items())
+    ]
+
+
+def starting(plan: Plan, observation: Observation) -> list[tuple[str | None, str]]:
+    """The (environment, backend) pairs of the runs ``plan`` starts."""
+    environment_of = {want.point.point_id: want.point.environment for want in observation.desired}
+    return [(environment_of.get(e.point_id), e.backend) for e in plan.changes() if e.next_attempt is not None]
 
 
 def replaced_points(project: Project, observation: Observation, replace: tuple[str, ...]) -> list[str]:
@@ -382,8 +431,10 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
+    plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
     plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
+    plan.errors.extend(unseen_venvs(project, starting(plan, observation)))
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))
     else:
@@ -395,10 +446,16 @@ def build_plan(
         if name in project.spec.backends:
             plan.warnings += [f"backend {name}: {note}" for note in project.backend(name).notes()]
     for run in observation.untrusted:
-        plan.warnings.append(
-            f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash to "
-            f"{recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
-        )
+        if recorded_identity(run).key != run.run_key:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash "
+                f"to {recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
+            )
+        else:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) is FINISHED but unverified: its end carries no signature that "
+                "holds under MANTIK_SIGNING_KEY; not counted as a result (`mantik adopt` vouches for a run you trust)"
+            )
     for run in observation.runs:
         if run.run_id in project.store.deleted_live:
             plan.warnings.append(
@@ -410,6 +467,12 @@ def build_plan(
         plan.warnings.append(
             f"uncommitted changes in code, data or spec files ({observation.code.dirty_summary()}): "
             "the plan uses the last commit; apply will refuse (`--scratch` runs the working tree as a snapshot)"
+        )
+    if project.repo.unsnapshotted:
+        changed = project.repo.unsnapshotted
+        plan.warnings.append(
+            f"scratch: no snapshot, as only files outside the code changed ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}): the runs are of commit {observation.code.commit[:12]}"
         )
     if observation.code.scratch:
         plan.warnings.append(

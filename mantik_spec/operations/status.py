@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..reconcile.identity import ObservedRun
-from ..vocab import FailureKind, JobState, JobStatus, RowState
+from ..vocab import FailureKind, JobState, JobStatus, Provenance, RowState
 from .project import Project, observe, poll_jobs, unreachable
 from .usage import ended_usage, record_usage
 
@@ -26,6 +26,7 @@ class StatusRow:
     started_ms: int | None = None
     metrics: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)  # the point's values (and seed), as declared
+    unverified: bool = False  # an ended run whose signature does not hold under MANTIK_SIGNING_KEY (..state.provenance)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -84,6 +85,7 @@ def status_rows(
                 last.start_time,
                 last.metrics,
                 parameters,
+                unverified=last.provenance is Provenance.UNVERIFIED,
             )
         )
     return rows

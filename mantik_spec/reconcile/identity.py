@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 
 from ..spec.cost import LIMIT, Used
 from ..spec.experiments import RunPoint
-from ..vocab import FailureKind, RunStatus
+from ..vocab import FailureKind, Provenance, RunStatus
 
 KEY_FORMAT = 1
 
@@ -121,11 +121,18 @@ class ObservedRun:
     used_source: str = ""  # "sacct" (the site's accounting) or "limit" (nodes x time limit, at most)
     setup: str = ""  # DesiredRun.setup when it was submitted; "" on records older than that tag
     scratch: bool = False  # submitted from a snapshot of the working tree (apply --scratch), on no branch
+    # provenance (mantik_spec.state.provenance): a digest of the tags written at intent time, the signatures the
+    # record carries, and what checking them under this process's signing key found
+    intent_digest: str = ""
+    intent_signature: str = ""
+    end_signature: str = ""
+    provenance: Provenance = field(default=Provenance.UNCHECKED, compare=False)  # a verdict, not the record
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)
         if self.failure_kind is not None:
             self.failure_kind = FailureKind(self.failure_kind)
+        self.provenance = Provenance(self.provenance)
 
     @property
     def live(self) -> bool:

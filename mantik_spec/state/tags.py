@@ -11,6 +11,7 @@ standard library and mlflow; a test holds the copies equal to these.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -66,6 +67,8 @@ class Tag:
     COST_USED_SOURCE = "mantik.cost.used_source"  # where that figure comes from: "sacct", or "limit" (at most)
     COST_USED_BILLING_HOURS = "mantik.cost.used_billing_hours"  # elapsed x the job's billing units, where known
     SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
+    INTENT_SIGNATURE = "mantik.intent_signature"  # by apply, over the intent tags (.provenance)
+    END_SIGNATURE = "mantik.end_signature"  # by the runner (or apply), over the ended status (.provenance)
 
 
 class MlflowTag:
@@ -83,7 +86,7 @@ class MlflowTag:
 
 
 # What the in-job runner writes; it holds literal copies of these (it cannot import this package).
-RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND)
+RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE)
 
 
 # -- the run key's inputs: one tag each ------------------------------------------------------------------
@@ -164,6 +167,29 @@ def identity_tags(
     return tags
 
 
+# the tags apply writes with the intent record that its provenance signatures cover (.provenance): decisions
+# read them; tags written later (job id, exit code, failure) are not covered
+SIGNED_TAGS = (
+    Tag.PROJECT,
+    Tag.EXPERIMENT,
+    Tag.POINT,
+    Tag.RUN_KEY,
+    Tag.ATTEMPT,
+    Tag.COMMIT,
+    Tag.BACKEND,
+    *(kept.tag for kept in IDENTITY_TAGS.values()),
+    Tag.SETUP,
+    Tag.SCRATCH,
+)
+
+
+def intent_digest(tags: Mapping[str, str]) -> str:
+    """A digest (hex) of the signed intent tags as they stand in ``tags``: a changed, added or removed one
+    changes it."""
+    signed = {name: tags.get(name) for name in SIGNED_TAGS}
+    return hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
+
+
 def failure_tags(kind: FailureKind, message: str) -> dict[str, str]:
     """The tags that say why a run was closed unsuccessfully: its kind (for decisions) and a message (for people)."""
     return {Tag.FAILURE_KIND: kind.value, Tag.FAILURE: message}
@@ -242,5 +268,8 @@ def decode_run(
         used_source=tags.get(Tag.COST_USED_SOURCE, "") if tags.get(Tag.COST_USED_NODE_HOURS) else "",
         setup=tags.get(Tag.SETUP, ""),
         scratch=bool(tags.get(Tag.SCRATCH)),
+        intent_digest=intent_digest(tags),
+        intent_signature=tags.get(Tag.INTENT_SIGNATURE, ""),
+        end_signature=tags.get(Tag.END_SIGNATURE, ""),
         **{name: kept.read(tags.get(kept.tag)) for name, kept in IDENTITY_TAGS.items()},
     )
