@@ -336,3 +336,48 @@ def test_plan_shows_the_estimated_start_only_when_asked_and_never_fails_on_it(re
     project.backends["cluster"] = fake
     plan, _ = build_plan(project, estimate=True)
     assert "Start:" not in render_text(plan) and plan.cost is not None and plan.cost.starts == {}
+
+
+# -- FirecREST: the job records it lists -------------------------------------------------------------------
+
+
+def firecrest_record(job_id: str, state: str, elapsed: int | None, nodes: int) -> dict:
+    """One job as FirecREST v2 lists it (JobModel: jobId, status, time.elapsed in seconds, allocationNodes);
+    for ended jobs, sacct's record."""
+    return {
+        "jobId": job_id,
+        "name": "mantik-sweep",
+        "status": {"state": state, "stateReason": "None", "exitCode": 0, "interruptSignal": None},
+        "time": {"elapsed": elapsed, "start": None, "end": None, "suspended": None, "limit": 120},
+        "allocationNodes": nodes,
+        "cluster": "daint",
+        "nodes": "nid[001-004]",
+        "partition": "normal",
+        "workingDirectory": "/scratch/mantik/batches/0123456789abcdef",
+    }
+
+
+def test_firecrest_usage_is_read_from_the_listed_job_records(tmp_path):
+    from mantik_spec.backends.firecrest import FirecrestBackend
+    from mantik_spec.spec.model import FirecrestConfig
+
+    state = tmp_path / "project" / ".mantik"
+    state.mkdir(parents=True)
+    config = FirecrestConfig(
+        type="firecrest", url="https://api.example.org/firecrest/v2", machine="daint", workdir="/scratch/mantik"
+    )
+    site = FirecrestBackend("cscs", config, state)
+    records = [
+        firecrest_record("51_0", "COMPLETED", 1800, 4),
+        firecrest_record("51_1", "RUNNING", 600, 4),
+        firecrest_record("52", "FAILED", None, 1),  # no elapsed time in the record: no figure
+    ]
+    asked: list[str] = []
+
+    def request(kind, call, retry=True):
+        asked.append(kind)
+        return records
+
+    site._request = request  # type: ignore[method-assign]
+    assert site.usage(["51_0", "51_1", "52", "49"]) == {"51_0": Used(2.0, "sacct"), "51_1": None}
+    assert asked == ["jobs"]  # one listing, the one a poll reads

@@ -23,7 +23,7 @@ from ..spec.model import SlurmConfig
 from ..vocab import JobState, JobStatus
 from .base import BackendError, CommandTimeout, JobRequest, SubmissionInDoubt, tracking_secrets
 from .batch import BatchBackend, Listing, SubmissionRefused, array_task_ids, batch_of, directives, slurm_status
-from .hosts import ConnectionDropped, LocalHost
+from .hosts import COMMAND_TIMEOUT, ConnectionDropped, LocalHost
 
 if TYPE_CHECKING:
     from .ssh import SSHHost
@@ -159,10 +159,7 @@ class SlurmBackend(BatchBackend):
     def _run(self, argv: list[str], secrets: dict | None = None, timeout: float | None = None):
         self.calls[argv[0]] += 1
         try:
-            if timeout is None:
-                result = self.host.run(["env", *self._unset, *argv], secrets=secrets)
-            else:
-                result = self.host.run(["env", *self._unset, *argv], timeout=timeout, secrets=secrets)
+            result = self.host.run(["env", *self._unset, *argv], timeout=timeout or COMMAND_TIMEOUT, secrets=secrets)
         except CommandTimeout as exc:  # name the scheduler command, not the env(1) that starts it
             raise CommandTimeout(str(exc).replace("`env`", f"`{argv[0]}`", 1)) from None
         if result.returncode == 127:  # env(1)'s exit status when it cannot find the command (POSIX)
