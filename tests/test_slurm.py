@@ -350,3 +350,17 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
         "Error: budget of backend cluster: 12 node-hours used (at most) + 2 planned > 13"
     ]
     assert len(project.runs()) == 6
+
+
+def test_a_relative_venv_is_the_projects_on_the_compute_node(project):
+    """`venv: .venv` names the project's venv: the job, which runs in its own directory of the staged tree,
+    activates it from there (the command runs in it), not a `.venv` of its own directory."""
+    spec = slurm_spec(lrs="0.1").replace("    type: slurm\n", "    type: slurm\n    environment: py\n")
+    use(project, spec + "environments:\n  py: {venv: .venv}\n")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(project.path / ".venv")], check=True)
+    project.mantik("apply", "--auto-approve", "--wait")
+    [run] = project.runs()
+    assert run.info.status == "FINISHED", project.mantik("logs", run.info.run_id).stdout
+    [batch] = list((project.path / ".mantik" / "slurm" / "batches").iterdir())
+    job = json.loads(next((project.path / ".mantik" / "slurm" / "runs").glob("*/job.json")).read_text())
+    assert f". {project.path / '.venv' / 'bin' / 'activate'}" in job["command"], (batch, job["command"])
