@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from mantik_spec.operations.jobs import in_environment
 from mantik_spec.operations.project import open_project, setup_digest
 from mantik_spec.spec.model import Environment
@@ -147,3 +149,30 @@ def test_a_relative_venv_is_activated_from_the_project_and_a_failed_point_retrie
     project.mantik("apply", "--auto-approve", "--wait")
     statuses = sorted(run.info.status for run in project.runs())
     assert statuses == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"type": "local"},
+        {"type": "slurm", "partition": "batch"},
+        {"type": "slurm", "partition": "batch", "ssh": {"host": "login.example.org"}},
+        {"type": "unicore", "url": "https://site.example.org:9112/SITE/rest/core"},
+        {
+            "type": "firecrest",
+            "url": "https://api.example.org/firecrest/v2",
+            "token_url": "https://auth.example.org/token",
+            "machine": "daint",
+            "workdir": "/scratch/me/mantik",
+        },
+    ],
+)
+def test_what_validate_assumes_a_backend_sees_is_what_the_backend_sees(tmp_path, config):
+    """validate decides from the config (sees_this_machine), the backend acts on shares_files: they agree."""
+    from pydantic import TypeAdapter
+
+    from mantik_spec.backends import make_backend
+    from mantik_spec.spec.model import BackendConfig
+
+    parsed = TypeAdapter(BackendConfig).validate_python(config)
+    assert make_backend("b", parsed, tmp_path / ".mantik").shares_files is parsed.sees_this_machine()
