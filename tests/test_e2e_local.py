@@ -455,11 +455,11 @@ def test_credentials_from_the_environment_are_written_nowhere(project, tmp_path)
     project.write(
         "mantik.yaml",
         BASIC_SPEC.replace(
-            "code: {paths: [train.py]}", "code: {paths: [train.py]}\ntracking: {token_env: MY_TRACKING_TOKEN}"
+            "code: {paths: [train.py]}", "code: {paths: [train.py]}\ntracking: {token_env: MANTIK_TRACKING_TOKEN}"
         ).replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2], fail: true}"),
     )
     project.commit("token from the environment")
-    env = {"MY_TRACKING_TOKEN": secret}
+    env = {"MANTIK_TRACKING_TOKEN": secret}
     plan_file = tmp_path / "plan.json"
     outputs = [project.mantik("plan", "--out", str(plan_file), env=env)]
     outputs.append(project.mantik("apply", "--auto-approve", "--wait", check=1, env=env))  # the runs fail

@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..reconcile.identity import DesiredRun, ObservedRun, identify, recorded_identity
 from ..reconcile.plan import Action, BackendCost, Plan, PlanCost
 from ..reconcile.planner import JobStates, make_plan
+from ..spec.cost import Used
 from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
@@ -24,7 +25,8 @@ from ..spec.model import Spec
 from ..state.git import SCRATCH_REFS, STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
-from ..vocab import FailureKind, JobState, JobStatus, RunStatus
+from ..vocab import FailureKind, JobState, JobStatus, Provenance, RunStatus
+from .models import plan_registry
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Observation:
     changed_files: dict[str, list[str]]
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
     asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
+    usage: dict[str, Used] = field(default_factory=dict)  # run id -> what an ended run used, not yet recorded
 
 
 def pinning_files(spec: Spec, root: Path) -> list[str]:
@@ -149,7 +152,10 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
         jobs = {(run.backend, run.job_id): not_asked for run in runs if run.live and run.job_id}
     untrusted = _untrusted(runs)
     changed = _changed_files(project, code, desired, runs)
-    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends)
+    from .usage import ended_usage
+
+    usage = ended_usage(project, runs) if ask_backends else {}
+    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends, usage=usage)
 
 
 def setup_digest(project: Project, environment: str | None, backend: str) -> str:
@@ -175,8 +181,13 @@ def setup_digest(project: Project, environment: str | None, backend: str) -> str
 
 def _untrusted(runs: list[ObservedRun]) -> list[ObservedRun]:
     """FINISHED runs whose recorded identity inputs do not hash to the key they carry (a key tag edited by
-    hand, or written by another tool): they prove nothing about the point that key names."""
-    return [r for r in runs if r.status == "FINISHED" and recorded_identity(r).key != r.run_key]
+    hand, or written by another tool), or whose end signature does not hold under the project's signing key
+    (:mod:`..state.provenance`): they prove nothing about the point that key names."""
+    return [
+        r
+        for r in runs
+        if r.status == "FINISHED" and (recorded_identity(r).key != r.run_key or r.provenance is Provenance.UNVERIFIED)
+    ]
 
 
 def _unexplained_kills(runs: list[ObservedRun]) -> list[ObservedRun]:
@@ -302,13 +313,31 @@ def replaced_points(project: Project, observation: Observation, replace: tuple[s
     return named
 
 
-def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost:
+def plan_cost(
+    project: Project,
+    plan: Plan,
+    runs: list[ObservedRun],
+    usage: dict[str, Used] | None = None,
+    ask: bool = False,
+    estimate: bool = False,
+) -> PlanCost:
     """The node-hours of the runs ``plan`` starts, per backend (each config says what one run costs), beside
-    what this spec's recorded runs may have used: the node-hours recorded at submission of every run that got a
-    job (a run refused before any job existed used nothing), an upper bound."""
+    what this spec's recorded runs used: for an ended run, what is recorded on it or found now (``usage``: run
+    id -> usage, :func:`.usage.ended_usage`), measured by the site's accounting or at its limit; for a live
+    run, the node-hours recorded at its submission (nodes x time limit, an upper bound); a run refused before
+    any job existed used nothing. ``ask``: also ask the sites of the backends it starts runs on what is left
+    of their allocations (cached, time-boxed, never an error); ``estimate``: and when a job would start there
+    (:func:`.usage.estimated_starts`)."""
     used: dict[str, float] = defaultdict(float)
+    measured: dict[str, float] = defaultdict(float)
     for run in runs:
-        if run.job_id and run.cost_node_hours:
+        if not run.job_id:
+            continue
+        spent = run.used or (usage or {}).get(run.run_id)
+        if spent is not None:
+            used[run.backend] += spent.node_hours
+            measured[run.backend] += spent.node_hours if spent.measured else 0.0
+        elif run.cost_node_hours:
             used[run.backend] += run.cost_node_hours
     starting: dict[str, int] = defaultdict(int)
     for entry in plan.changes():
@@ -319,10 +348,20 @@ def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost
         if starting[name] or used[name]:
             budget = getattr(config, "budget", None)
             by_backend[name] = BackendCost(
-                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None
+                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None, measured[name]
             )
     budget = project.spec.budget
-    return PlanCost(by_backend, sum(used.values()), budget.node_hours if budget else None)
+    charged = sorted(name for name, cost in by_backend.items() if cost.runs and not cost.run.free)
+    from .usage import allocations, estimated_starts
+
+    return PlanCost(
+        by_backend,
+        sum(used.values()),
+        budget.node_hours if budget else None,
+        sum(measured.values()),
+        allocations(project, charged) if ask else {},
+        estimated_starts(project, charged) if ask and estimate else {},
+    )
 
 
 def build_plan(
@@ -331,10 +370,12 @@ def build_plan(
     replace: tuple[str, ...] = (),
     cached: bool = False,
     ask_backends: bool = True,
+    estimate: bool = False,
 ) -> tuple[Plan, Observation]:
     """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others);
     ``cached``: read recorded runs through the run cache; ``ask_backends=False``: from MLflow alone, contacting
-    no backend (see :func:`observe`)."""
+    no backend (see :func:`observe`); ``estimate``: ask the backends that would start runs when a job would
+    start (``plan`` does; apply and watch do not: it is for people deciding)."""
     observation = observe(project, cached, ask_backends)
     untrusted = {r.run_id for r in observation.untrusted}
 
@@ -357,7 +398,8 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
-    plan.cost = plan_cost(project, plan, observation.runs)
+    plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
+    plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))
@@ -370,10 +412,16 @@ def build_plan(
         if name in project.spec.backends:
             plan.warnings += [f"backend {name}: {note}" for note in project.backend(name).notes()]
     for run in observation.untrusted:
-        plan.warnings.append(
-            f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash to "
-            f"{recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
-        )
+        if recorded_identity(run).key != run.run_key:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash "
+                f"to {recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
+            )
+        else:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) is FINISHED but unverified: its end carries no signature that "
+                "holds under MANTIK_SIGNING_KEY; not counted as a result (`mantik adopt` vouches for a run you trust)"
+            )
     for run in observation.runs:
         if run.run_id in project.store.deleted_live:
             plan.warnings.append(

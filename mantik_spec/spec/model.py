@@ -41,6 +41,26 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
 
 
+def credential_variable(*prefixes: str) -> AfterValidator:
+    """A ``*_env`` field naming where a credential comes from may name only the variables kept for that kind of
+    credential: a spec (a pull request's, say) decides which server the credential is sent to, so naming any
+    other variable (``SSH_PRIVATE_KEY``, a CI deploy token) would send that secret there. Source: the trust
+    model, docs/security.md."""
+
+    def check(name: str) -> str:
+        if not name.startswith(prefixes):
+            kept = " or ".join(f"{prefix}*" for prefix in prefixes)
+            raise ValueError(f"{name} is not a variable kept for this credential: name one called {kept}")
+        return name
+
+    return AfterValidator(check)
+
+
+TrackingVariable = Annotated[EnvName, credential_variable("MLFLOW_TRACKING_", "MANTIK_TRACKING_")]
+UnicoreVariable = Annotated[EnvName, credential_variable("MANTIK_UNICORE_")]
+FirecrestVariable = Annotated[EnvName, credential_variable("MANTIK_FIRECREST_")]
+
+
 def one_shell_line(value: str) -> str:
     """A line a shell runs as written: a line break would end it there and start another command."""
     if "\n" in value or "\r" in value:
@@ -64,9 +84,15 @@ class Tracking(Strict):
         "sqlite:///.mantik/mlflow.db",
         description="MLflow tracking URI; relative sqlite paths are taken from the project root.",
     )
-    token_env: EnvName | None = Field(None, description="Environment variable holding a bearer token.")
-    username_env: EnvName | None = Field(None, description="Environment variable holding the user name.")
-    password_env: EnvName | None = Field(None, description="Environment variable holding the password.")
+    token_env: TrackingVariable | None = Field(
+        None, description="Variable holding a bearer token, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
+    username_env: TrackingVariable | None = Field(
+        None, description="Variable holding the user name, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
+    password_env: TrackingVariable | None = Field(
+        None, description="Variable holding the password, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
 
 
 class Code(Strict):
@@ -436,11 +462,11 @@ UnicoreRuntime = Annotated[str | int, AfterValidator(unicore_runtime), Field(jso
 
 
 class UnicoreCredentials(Strict):
-    """Environment variables holding the credentials (never the credentials themselves)."""
+    """Environment variables holding the credentials (never the credentials themselves), named MANTIK_UNICORE_*."""
 
-    username_env: EnvName = "MANTIK_UNICORE_USERNAME"
-    password_env: EnvName = "MANTIK_UNICORE_PASSWORD"
-    token_env: EnvName | None = Field(
+    username_env: UnicoreVariable = "MANTIK_UNICORE_USERNAME"
+    password_env: UnicoreVariable = "MANTIK_UNICORE_PASSWORD"
+    token_env: UnicoreVariable | None = Field(
         None, description="Variable holding an OIDC or bearer token; used instead of username and password."
     )
 
@@ -545,10 +571,11 @@ class UnicoreConfig(Strict):
 
 
 class FirecrestCredentials(Strict):
-    """Environment variables holding the OIDC client's credentials (never the credentials themselves)."""
+    """Environment variables holding the OIDC client's credentials (never the credentials themselves), named
+    MANTIK_FIRECREST_*."""
 
-    client_id_env: EnvName = "MANTIK_FIRECREST_CLIENT_ID"
-    client_secret_env: EnvName = "MANTIK_FIRECREST_CLIENT_SECRET"
+    client_id_env: FirecrestVariable = "MANTIK_FIRECREST_CLIENT_ID"
+    client_secret_env: FirecrestVariable = "MANTIK_FIRECREST_CLIENT_SECRET"
 
 
 class FirecrestConfig(BatchConfig):
@@ -633,6 +660,24 @@ class Experiment(Strict):
     )
 
 
+class Model(Strict):
+    """A registered model of MLflow's model registry whose alias points at the best run of an experiment
+    (docs/models.md). Its key under ``models:`` is the registered model's name."""
+
+    experiment: Name = Field(..., description="The experiment of this spec whose runs compete.")
+    metric: str = Field(..., min_length=1, max_length=250, description="A metric the runs log; its last value counts.")
+    goal: Literal["minimize", "maximize"] = Field(..., description="Whether lower or higher values win.")
+    artifact: str = Field(
+        ..., min_length=1, max_length=1024, description="The artifact path in the winning run that holds the model."
+    )
+    alias: str = Field(..., description="The registry alias that points at the best version, e.g. champion.")
+    min_improvement: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="Move the alias only when the new winner beats the version it points at by at least this "
+        "much (in the metric's units).",
+    )
+
+
 class Spec(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, title="mantik.yaml")
 
@@ -664,6 +709,11 @@ class Spec(Strict):
         le=10_000_000,
         description="The most run points all experiments together may declare; a larger grid is refused "
         "(counted before it is expanded) until this is raised.",
+    )
+    models: dict[str, Model] = Field(
+        default_factory=dict,
+        description="Registered models of MLflow's model registry, by name: plan and apply keep each one's alias "
+        "on the best finished run of an experiment (docs/models.md).",
     )
     budget: Budget | None = Field(
         None,

@@ -18,6 +18,7 @@ from ..errors import MantikError
 from ..reconcile.identity import ObservedRun
 from ..spec.model import Tracking
 from ..vocab import RunStatus
+from . import provenance
 from .runcache import RunCache
 from .tags import LIVE, TERMINAL, MlflowTag, Tag, decode_run
 
@@ -465,20 +466,28 @@ class TrackingStore:
 
         Without ``cache``: one paged scan. With it: the cached ended runs plus what can have changed since
         (see :mod:`.runcache`), or, when it cannot be used or ``incremental`` is false, a full scan that
-        rebuilds it."""
+        rebuilds it. Each run's ``provenance`` is checked under this process's signing key (:mod:`.provenance`)."""
+        runs = self._observe(cache, incremental)
+        provenance.checked(runs)
+        return runs
+
+    def _observe(self, cache: RunCache | None, incremental: bool) -> list[ObservedRun]:
         experiment_ids = list(self.experiment_ids())
         if not experiment_ids:
             self.deleted_live = set()
             return []
         if cache is not None and incremental and cache.usable_for(experiment_ids):
-            return self._observe_changes(experiment_ids, cache)
+            changes = self._observe_changes(experiment_ids, cache)
+            if changes is not None:
+                return changes
         runs = self._search(experiment_ids)
         deleted = self._deleted(experiment_ids)
         if cache is not None:
             cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
         return runs + self._still_live(deleted)
 
-    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun]:
+    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun] | None:
+        """The cached runs brought up to date; None when the store is not the one cached (a sentinel differs)."""
         fresh: dict[str, ObservedRun] = {}
         for status in sorted(LIVE):
             fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.status = '{status}'"))
@@ -489,10 +498,15 @@ class TrackingStore:
         deleted_ids = {r.run_id for r in deleted}
         # live at the last plan and not seen now: ended, whatever the clock that stamped the end says
         # (or deleted); restored: deleted at the last plan, not now
-        unseen = sorted((cache.live | (cache.deleted - deleted_ids)) - fresh.keys() - deleted_ids)
+        # and the sentinels, in the same search: the store is the one cached only if they read as cached
+        unseen = sorted(
+            (cache.live | (cache.deleted - deleted_ids) | set(cache.sentinels)) - fresh.keys() - deleted_ids
+        )
         for chunk in range(0, len(unseen), ID_CHUNK):
             ids = ", ".join(f"'{_quote(run_id)}'" for run_id in unseen[chunk : chunk + ID_CHUNK])
             fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.run_id IN ({ids})"))
+        if not cache.holds(fresh, deleted_ids):
+            return None
         runs = {run_id: run for run_id, run in cache.runs.items() if run_id not in deleted_ids}
         runs.update(fresh)
         cache.record(experiment_ids, list(fresh.values()), deleted_ids, full_scan=False)
@@ -530,14 +544,20 @@ class TrackingStore:
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
         """The intent record: created SCHEDULED, with its key, before anything is submitted."""
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
 
         run = self._call(
             self.client.create_run, experiment_id, tags={**tags, MlflowTag.RUN_NAME: run_name}, run_name=run_name
         )
         run_id = run.info.run_id
-        if params:
-            self._call(self.client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
+        signed = provenance.intent_signature_tags(run_id, tags)
+        if params or signed:
+            self._call(
+                self.client.log_batch,
+                run_id,
+                params=[Param(k, v) for k, v in params.items()],
+                tags=[RunTag(k, v) for k, v in signed.items()],
+            )
         self._call(self.client.update_run, run_id, status=RunStatus.SCHEDULED.value)
         return run_id
 
