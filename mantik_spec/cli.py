@@ -536,7 +536,10 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
         click.echo(f"wrote {path}")
     for note in done.notes:
         click.echo(note, err=note.startswith("Warning:"))
-    click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")
+    if any(path.name == "mantik.yaml" for path in done.written):
+        click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")
+    else:
+        click.echo("Next: commit the CI file and give the CI the secrets docs/ci.md lists.")
 
 
 @main.command()

@@ -18,6 +18,14 @@ def render(template_text: str, values: dict) -> str:
     return environment.from_string(template_text).render(**values)
 
 
+def quote_path(path: str) -> str:
+    """``path`` as one shell word naming it: quoted, but a leading ``~/`` stays the home directory of the
+    shell that reads it (quotes would keep ``~`` literal)."""
+    if path.startswith("~/"):
+        return f'"$HOME"/{shlex.quote(path[2:])}'
+    return shlex.quote(path)
+
+
 def packaged(name: str) -> str:
     """A template shipped in ``templates/``: installed as ``mantik_spec/templates/``, or beside the package in
     the source checkout the running code comes from (never another checkout's, as an editable install's

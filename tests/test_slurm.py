@@ -370,3 +370,17 @@ def test_runs_signed_on_slurm_count_as_results_and_no_job_file_holds_the_key(pro
     assert "No changes" in project.mantik("plan", "--detailed-exitcode", check=0).stdout
     files = [p for p in (project.path / ".mantik" / "slurm").rglob("*") if p.is_file()]
     assert files and not any(key.encode() in p.read_bytes() for p in files)
+
+
+def test_a_relative_venv_is_the_projects_on_the_compute_node(project):
+    """`venv: .venv` names the project's venv: the job, which runs in its own directory of the staged tree,
+    activates it from there (the command runs in it), not a `.venv` of its own directory."""
+    spec = slurm_spec(lrs="0.1").replace("    type: slurm\n", "    type: slurm\n    environment: py\n")
+    use(project, spec + "environments:\n  py: {venv: .venv}\n")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(project.path / ".venv")], check=True)
+    project.mantik("apply", "--auto-approve", "--wait")
+    [run] = project.runs()
+    assert run.info.status == "FINISHED", project.mantik("logs", run.info.run_id).stdout
+    [batch] = list((project.path / ".mantik" / "slurm" / "batches").iterdir())
+    job = json.loads(next((project.path / ".mantik" / "slurm" / "runs").glob("*/job.json")).read_text())
+    assert f". {project.path / '.venv' / 'bin' / 'activate'}" in job["command"], (batch, job["command"])

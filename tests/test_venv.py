@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from mantik_spec.operations.jobs import in_environment
 from mantik_spec.operations.project import open_project, setup_digest
 from mantik_spec.spec.model import Environment
@@ -104,17 +106,27 @@ def test_a_relative_venv_enters_the_setup_digest_where_it_is_and_whether_it_is_t
 
 
 def test_a_backend_that_cannot_see_the_project_is_refused_at_the_venv_line(tmp_path):
-    """Slurm over SSH runs where this machine's venv is not: plan names the line, apply submits nothing."""
+    """Slurm over SSH runs where this machine's venv is not: validate names the line, apply submits nothing,
+    and a run reproduced on such a backend is refused alike."""
+    from mantik_spec.spec.checks import unseen_venvs
+    from mantik_spec.spec.load import load_spec
+
     from .conftest import Project
 
     path = project_at(tmp_path / "p", ".venv", backend="cluster", cluster=SSH_CLUSTER)
     project = Project(path)
-    result = project.mantik("plan", "--no-backends", check=1)
-    [line] = [line for line in result.stderr.splitlines() if "venv" in line]
-    assert line.startswith("Error: mantik.yaml:6:") and "environments.py.venv" in line and "cluster" in line
-    refused = project.mantik("apply", "--auto-approve", check=1)
-    assert "environments.py.venv" in refused.stderr and "Traceback" not in refused.stderr
-    assert project.runs() == []
+    for verb in (["validate"], ["plan", "--no-backends"], ["apply", "--auto-approve"]):
+        result = project.mantik(*verb, check=1)
+        [line] = result.stderr.splitlines()
+        assert line.startswith("mantik.yaml:6:") and "environments.py.venv: .venv is relative" in line, line
+        assert "cluster" in line and "Traceback" not in result.stderr
+    assert not (path / ".mantik" / "mlflow.db").exists()  # nothing was recorded: no store was even opened
+
+    (path / "mantik.yaml").write_text(SPEC.format(venv=".venv", backend="here", cluster=SSH_CLUSTER))
+    spec = load_spec(path).spec  # runs on the local backend: valid
+    assert list(unseen_venvs(spec, [("py", "here")])) == []
+    [(where, message)] = unseen_venvs(spec, [("py", "cluster"), ("py", "cluster")])  # reproduce --backend cluster
+    assert where == ("environments", "py", "venv") and "cluster" in message
 
 
 def test_a_relative_venv_is_activated_from_the_project_and_a_failed_point_retried_once_it_exists(tmp_path):
@@ -137,3 +149,30 @@ def test_a_relative_venv_is_activated_from_the_project_and_a_failed_point_retrie
     project.mantik("apply", "--auto-approve", "--wait")
     statuses = sorted(run.info.status for run in project.runs())
     assert statuses == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"type": "local"},
+        {"type": "slurm", "partition": "batch"},
+        {"type": "slurm", "partition": "batch", "ssh": {"host": "login.example.org"}},
+        {"type": "unicore", "url": "https://site.example.org:9112/SITE/rest/core"},
+        {
+            "type": "firecrest",
+            "url": "https://api.example.org/firecrest/v2",
+            "token_url": "https://auth.example.org/token",
+            "machine": "daint",
+            "workdir": "/scratch/me/mantik",
+        },
+    ],
+)
+def test_what_validate_assumes_a_backend_sees_is_what_the_backend_sees(tmp_path, config):
+    """validate decides from the config (sees_this_machine), the backend acts on shares_files: they agree."""
+    from pydantic import TypeAdapter
+
+    from mantik_spec.backends import make_backend
+    from mantik_spec.spec.model import BackendConfig
+
+    parsed = TypeAdapter(BackendConfig).validate_python(config)
+    assert make_backend("b", parsed, tmp_path / ".mantik").shares_files is parsed.sees_this_machine()

@@ -26,6 +26,8 @@ from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
+from ..spec.checks import unseen_venvs
+from ..spec.yamlload import SpecError
 from ..state.lock import LockHandle, project_lock
 from ..state.provenance import end_signature_tags, sealed_run_secret
 from ..state.tags import Tag, failure_tags
@@ -33,7 +35,7 @@ from ..vocab import FailureKind, RowState, RunStatus
 from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
 from .models import execute_models
-from .project import Observation, Project, build_plan, starting, throwaway_store, unseen_venvs
+from .project import Observation, Project, build_plan, throwaway_store
 from .status import Unsuccessful, follow, unsuccessful
 from .usage import closed_now, ended_usage, record_usage
 
@@ -84,9 +86,6 @@ def apply(
             saved.check_current(plan)
         refuse_dirty(observation)
         refuse_over_budget(plan)
-        unseen = unseen_venvs(project, starting(plan, observation))
-        if unseen:  # a job that cannot activate its venv fails on the cluster: refused before anything is recorded
-            raise UserError("; ".join(unseen))
         show(plan)
         if not plan.has_changes:
             record_usage(project, observation.usage)
@@ -189,9 +188,11 @@ def submit(
     sources = sources if sources is not None else project.spec.data
     # refusals come before any intent is recorded: they leave nothing behind
     refuse_unsendable_images(project, starts)
-    unseen = unseen_venvs(project, [(want.point.environment, want.point.backend) for want, _ in starts])
-    if unseen:  # a run reproduced on another backend
-        raise UserError("; ".join(unseen))
+    # the spec's experiments are checked when it loads; a run reproduced on another backend is checked here
+    unseen = unseen_venvs(project.spec, [(want.point.environment, want.point.backend) for want, _ in starts])
+    problems = [project.loaded.document.problem(path, message) for path, message in unseen]
+    if problems:
+        raise SpecError(problems)
     remote = remote_data(project, context, starts, sources)
     # the job's tree is written before any record names it: a tree that cannot be written leaves no run behind
     code_dir = project.code_dir(context.code.commit)

@@ -21,7 +21,7 @@ from ..spec.load import SPEC_FILE, validate_document
 from ..spec.model import Spec
 from ..spec.schema import SCHEMA_ID
 from ..spec.yamlload import SpecError, load_marked
-from ..templating import packaged, render
+from ..templating import packaged, quote_path, render
 
 CI_FILES = {"github": ".github/workflows/mantik.yml", "gitlab": ".gitlab-ci.yml"}
 # A value of each type that validates, for a parameter without a default: a path must exist in the project
@@ -317,8 +317,8 @@ def environment_setup(spec: Spec) -> tuple[list[str], list[str]]:
         pip = "pip"
         if declared.venv:
             venv = declared.venv.rstrip("/")
-            lines.append(f"python -m venv {shlex.quote(venv)}")
-            pip = shlex.quote(venv + "/bin/python") + " -m pip"  # not bin/pip: a shebang cannot hold a space
+            lines.append(f"python -m venv {quote_path(venv)}")
+            pip = quote_path(venv + "/bin/python") + " -m pip"  # not bin/pip: a shebang cannot hold a space
         if declared.requirements and PIP_REQUIREMENTS.search(declared.requirements):
             lines.append(f"{pip} install -r {shlex.quote(declared.requirements)}")
         elif declared.requirements:

@@ -24,6 +24,7 @@ from ..spec.model import Environment
 from ..state.git import SCRATCH_REFS, CodeVersion
 from ..state.tags import MlflowTag, Tag, identity_tags
 from ..state.versions import UNPINNED
+from ..templating import quote_path
 from .project import Project
 
 
@@ -146,11 +147,7 @@ def _activation(script: str, raw: bool) -> str:
     """The line that activates a venv: quoted, but for a leading ``~/`` (the home directory where the job runs,
     which quotes would keep from the shell); with ``shell_expansion`` as written, as Mantik's batch script
     sourced ``{Python}/bin/activate``."""
-    if raw:
-        return f". {script}"
-    if script.startswith("~/"):
-        return f'. "$HOME"/{shlex.quote(script[2:])}'
-    return f". {shlex.quote(script)}"
+    return f". {script}" if raw else f". {quote_path(script)}"
 
 
 def image_for(

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,39 +298,6 @@ def _not_offered(project: Project, plan: Plan) -> list[str]:
     return problems
 
 
-def unseen_venvs(project: Project, starts: Iterable[tuple[str | None, str]]) -> list[str]:
-    """A relative venv is the project's, on this machine: a backend whose jobs cannot see this machine's files
-    (``shares_files``) cannot activate it. ``starts``: the (environment, backend) pairs of the runs to start.
-    One problem per environment, at its line in mantik.yaml."""
-    environments: dict[str, list[str]] = defaultdict(list)
-    for name, backend in dict.fromkeys(starts):
-        declared = project.spec.environments.get(name or "")
-        if declared is None or not declared.venv_is_relative or backend not in project.spec.backends:
-            continue
-        try:
-            shares_files = project.backend(backend).shares_files
-        except BackendError:
-            continue
-        if not shares_files:
-            environments[name or ""].append(backend)
-    return [
-        str(
-            project.loaded.document.problem(
-                ("environments", name, "venv"),
-                f"{project.spec.environments[name].venv} is relative to the project on this machine, which jobs "
-                f"on {', '.join(backends)} cannot see: give the venv's absolute path (or ~/...) on the cluster",
-            )
-        )
-        for name, backends in sorted(environments.items())
-    ]
-
-
-def starting(plan: Plan, observation: Observation) -> list[tuple[str | None, str]]:
-    """The (environment, backend) pairs of the runs ``plan`` starts."""
-    environment_of = {want.point.point_id: want.point.environment for want in observation.desired}
-    return [(environment_of.get(e.point_id), e.backend) for e in plan.changes() if e.next_attempt is not None]
-
-
 def replaced_points(project: Project, observation: Observation, replace: tuple[str, ...]) -> list[str]:
     """The declared point ids that ``--replace`` references name: a point id, or a unique subset of its values
     (``sweep[lr=0.1]``); an experiment's name is resolved by the caller. UserError naming the candidates when a
@@ -441,7 +408,6 @@ def build_plan(
     plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
     plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
-    plan.errors.extend(unseen_venvs(project, starting(plan, observation)))
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))
     else:

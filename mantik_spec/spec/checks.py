@@ -9,7 +9,7 @@ import posixpath
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from .experiments import (
@@ -17,6 +17,7 @@ from .experiments import (
     SEED_PARAMETER,
     QuotingError,
     coerce,
+    default_backend,
     placeholder_contexts,
     placeholders,
     resolve_extends,
@@ -91,6 +92,29 @@ def semantic(spec: Spec) -> Iterator[Finding]:
     yield from _run_count(spec, experiments)
     for name, model in spec.models.items():
         yield from _model(spec, name, model)
+    pairs = []
+    for experiment in experiments.values():
+        runs_on = experiment.backend or default_backend(spec) or ""
+        config = spec.backends.get(runs_on)
+        pairs.append((experiment.environment or (config.environment if config else None), runs_on))
+    yield from unseen_venvs(spec, pairs)
+
+
+def unseen_venvs(spec: Spec, starts: Iterable[tuple[str | None, str]]) -> Iterator[Finding]:
+    """A relative venv is the project's, on this machine (:meth:`Environment.venv_location`): a backend whose
+    jobs do not see this machine's files cannot activate it. ``starts``: (environment, backend) pairs of runs.
+    One finding per environment, at its ``venv``."""
+    backends_of: dict[str, list[str]] = {}
+    for name, backend in dict.fromkeys(starts):
+        declared = spec.environments.get(name or "")
+        config = spec.backends.get(backend)
+        if name and declared and config and declared.venv_is_relative and not config.sees_this_machine():
+            backends_of.setdefault(name, []).append(backend)
+    for name, backends in sorted(backends_of.items()):
+        yield ("environments", name, "venv"), (
+            f"{spec.environments[name].venv} is relative to the project on this machine, which jobs on "
+            f"{', '.join(backends)} cannot see: give the venv's absolute path (or ~/...) on the cluster"
+        )
 
 
 def run_count(experiment) -> int:

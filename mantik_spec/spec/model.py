@@ -248,6 +248,10 @@ class LocalConfig(Strict):
     # jobs are processes of the machine mantik runs on: a CI runner ends them with its job
     PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = True
 
+    def sees_this_machine(self) -> bool:
+        """Whether jobs see the files of the machine mantik runs on (the backend's ``shares_files``)."""
+        return True
+
     type: Literal["local"]
     max_parallel: int = Field(1, ge=1, le=1024, description="Runs executing at once; the rest wait in a queue.")
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
@@ -352,6 +356,10 @@ class BatchConfig(Strict):
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("partition", "qos", "resources", "modules", "setup", "python", "template")
     PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = False  # a scheduler's jobs outlive the command that submits them
 
+    def sees_this_machine(self) -> bool:
+        """Whether jobs see the files of the machine mantik runs on (the backend's ``shares_files``)."""
+        return False
+
     # declared by each backend; named here first so that they lead in the schema and the reference
     type: str
     config: str | None = None
@@ -426,6 +434,11 @@ class SlurmConfig(BatchConfig):
         None, description="Reach the login node over SSH (from a laptop or a CI runner) instead of running there."
     )
 
+    def sees_this_machine(self) -> bool:
+        """Jobs see this machine's files when mantik runs on the login node (no ``ssh``), whose filesystem the
+        compute nodes share."""
+        return self.ssh is None
+
     def run_cost(self) -> RunCost:
         """As :meth:`BatchConfig.run_cost`; unknown when ``sbatch_args`` set the time limit or the nodes, which
         then override ``resources``."""
@@ -480,6 +493,10 @@ class UnicoreConfig(Strict):
 
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("resources", "login_precommand", "login_postcommand", "python", "template")
     PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = False
+
+    def sees_this_machine(self) -> bool:
+        """Whether jobs see the files of the machine mantik runs on (the backend's ``shares_files``)."""
+        return False
 
     type: Literal["unicore"]
     config: str | None = Field(
