@@ -19,7 +19,11 @@ def render(template_text: str, values: dict) -> str:
 
 
 def packaged(name: str) -> str:
-    """A template shipped in ``templates/`` (installed as ``mantik_spec.templates``)."""
-    from importlib.resources import files
+    """A template shipped in ``templates/``: installed as ``mantik_spec/templates/``, or beside the package in
+    the source checkout the running code comes from (never another checkout's, as an editable install's
+    import mapping would give when the code runs from a second worktree)."""
+    from pathlib import Path
 
-    return files("mantik_spec.templates").joinpath(name).read_text()
+    package = Path(__file__).resolve().parent
+    installed = package / "templates" / name
+    return (installed if installed.is_file() else package.parent / "templates" / name).read_text()

@@ -7,12 +7,11 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from .conftest import BASIC_SPEC, mantik_command, missing
-from .support.mlflow_server import MLFLOW, MlflowServer
+from .conftest import BASIC_SPEC, mantik_command
+from .support.mlflow_server import running_server
 from .support.specs import slurm_spec
 from .support.trials import check_trials, runs_by_key
 
@@ -21,12 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture
 def mlflow_server(tmp_path, store_template):
-    if not Path(MLFLOW).exists() or subprocess.run([MLFLOW, "server", "--help"], capture_output=True).returncode:
-        missing("the mlflow server is not installed: pip install -e '.[test]'")
-    server = MlflowServer(tmp_path / "server", store_template)
-    server.start()
-    yield server
-    server.stop()
+    with running_server(tmp_path, store_template) as server:
+        yield server
 
 
 def test_parallel_applies_sqlite_local(project):

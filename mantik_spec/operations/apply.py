@@ -12,10 +12,11 @@ job) or resubmits (no job exists), always under the lock.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from ..backends.base import BackendError, JobRequest, SubmissionFailed
@@ -26,12 +27,15 @@ from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
 from ..state.lock import LockHandle, project_lock
+from ..state.provenance import end_signature_tags, sealed_run_secret
 from ..state.tags import Tag, failure_tags
 from ..vocab import FailureKind, RowState, RunStatus
 from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
-from .project import Observation, Project, build_plan, throwaway_store
+from .models import execute_models
+from .project import Observation, Project, build_plan, starting, throwaway_store, unseen_venvs
 from .status import Unsuccessful, follow, unsuccessful
+from .usage import closed_now, ended_usage, record_usage
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ApplyResult:
     plan: Plan
     applied: bool
     started: list[str]  # run ids of the runs started by this apply
+    promoted: list[str] = field(default_factory=list)  # what it did to the model registry, one line each
 
 
 def refuse_dirty(observation: Observation) -> None:
@@ -79,14 +84,37 @@ def apply(
             saved.check_current(plan)
         refuse_dirty(observation)
         refuse_over_budget(plan)
+        unseen = unseen_venvs(project, starting(plan, observation))
+        if unseen:  # a job that cannot activate its venv fails on the cluster: refused before anything is recorded
+            raise UserError("; ".join(unseen))
         show(plan)
         if not plan.has_changes:
+            record_usage(project, observation.usage)
             return ApplyResult(plan, False, [])
         if saved is None and not confirm(plan):
             return ApplyResult(plan, False, [])
         project.repo.keep_snapshot()  # before any run records the snapshot's commit
         started = execute(project, plan, observation, lock)
-    return ApplyResult(plan, True, started)
+        record_usage(project, observation.usage | ended_usage(project, closed_now(observation.runs, closed(plan))))
+        promoted = execute_models(project, plan, observation)
+    return ApplyResult(plan, True, started, promoted)
+
+
+def promote(project: Project, *, lock_timeout: float = 0.0, on_lock_wait=None) -> ApplyResult:
+    """``apply --wait``, once the runs it followed have ended: the registry actions of a fresh plan, and no
+    other change (a new commit's runs are the next apply's), under the project lock."""
+    with project_lock(project.store, "apply", lock_timeout, on_wait=on_lock_wait):
+        plan, observation = build_plan(project)
+        if not plan.model_changes():
+            return ApplyResult(plan, False, [])
+        return ApplyResult(plan, True, [], execute_models(project, plan, observation))
+
+
+def closed(plan: Plan) -> dict[str, RunStatus]:
+    """The runs this plan closes (repairs marking a status, cancels): run id -> the status they end in."""
+    statuses = {e.run_id: e.mark_status for e in plan.changes() if e.action is Action.REPAIR and e.mark_status}
+    statuses.update({e.run_id: RunStatus.KILLED for e in plan.changes() if e.action is Action.CANCEL})
+    return {run_id: status for run_id, status in statuses.items() if run_id and status}
 
 
 def execute(project: Project, plan: Plan, observation: Observation, lock: LockHandle | None = None) -> list[str]:
@@ -107,6 +135,7 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
             assert entry.run_id is not None  # a cancel is always about an existing run
             store.terminate(entry.run_id, RunStatus.KILLED, None if entry.job_id else why[entry.run_id])
 
+    observed = {run.run_id: run for run in observation.runs}
     for entry in plan.changes():
         if entry.action is not Action.REPAIR:
             continue
@@ -116,6 +145,8 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
             tags.update(failure_tags(entry.failure_kind or FailureKind.LOST, entry.reason))
         if entry.mark_status and entry.exit_code is not None:  # as the runner records it, when it could not
             tags[Tag.EXIT_CODE] = str(entry.exit_code)
+        if entry.mark_status is RunStatus.FINISHED and entry.run_id in observed:  # signed as the runner would
+            tags.update(end_signature_tags(observed[entry.run_id], RunStatus.FINISHED))
         if entry.mark_status and entry.job_id:
             keep_output(project, entry)
         if entry.mark_status:
@@ -158,6 +189,9 @@ def submit(
     sources = sources if sources is not None else project.spec.data
     # refusals come before any intent is recorded: they leave nothing behind
     refuse_unsendable_images(project, starts)
+    unseen = unseen_venvs(project, [(want.point.environment, want.point.backend) for want, _ in starts])
+    if unseen:  # a run reproduced on another backend
+        raise UserError("; ".join(unseen))
     remote = remote_data(project, context, starts, sources)
     # the job's tree is written before any record names it: a tree that cannot be written leaves no run behind
     code_dir = project.code_dir(context.code.commit)
@@ -187,10 +221,9 @@ def submit(
     store.recording_calls += store.calls - before
     store.recorded_runs += len(started)
     by_backend: dict[str, list[JobRequest]] = defaultdict(list)
-    for (want, _, experiment_id, _), run_id in zip(intents, started, strict=True):
-        by_backend[want.point.backend].append(
-            job_request(project, context, want, run_id, experiment_id, code_dir, sources, remote)
-        )
+    for (want, _, experiment_id, tags), run_id in zip(intents, started, strict=True):
+        request = job_request(project, context, want, run_id, experiment_id, code_dir, sources, remote)
+        by_backend[want.point.backend].append(dataclasses.replace(request, signing=sealed_run_secret(run_id, tags)))
     errors = []
     for backend_name, requests in by_backend.items():
         checkpoint("before-submit")

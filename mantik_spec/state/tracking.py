@@ -22,6 +22,7 @@ from ..files import write_atomically
 from ..reconcile.identity import ObservedRun
 from ..spec.model import Tracking
 from ..vocab import RunStatus
+from . import provenance
 from .runcache import RunCache
 from .tags import LIVE, TERMINAL, MlflowTag, Tag, decode_run
 
@@ -49,6 +50,8 @@ DEFAULT_TIMEOUT = 15.0
 THREADS_VARIABLE = "MANTIK_TRACKING_THREADS"
 DEFAULT_HTTP_THREADS = 8
 
+# the database stores MLflow opens with SQLAlchemy (mlflow/store/db/db_types.py), besides sqlite
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -226,10 +229,60 @@ def _check_store(database: Path) -> str:
             f"{where} was written by an older MLflow (schema {revision}, this MLflow needs {head}): back it up, "
             f"then run `mlflow db upgrade sqlite:///{database}`"
         )
-    raise TrackingError(
-        f"{where} was written by a newer MLflow (schema {revision} is unknown to the MLflow installed here): "
-        "upgrade MLflow here (`pip install -U mlflow`) or use the version that wrote it"
+    raise newer_schema(where, revision)
+
+
+def installed_mlflow() -> dict[str, str]:
+    """The installed MLflow distributions and their versions: ``mlflow-skinny`` (the client mantik needs) and
+    ``mlflow`` (the server and UI, with the ``[server]`` extra), each when installed."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("mlflow-skinny", "mlflow"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def newer_schema(where: str, revision: str) -> TrackingError:
+    """One line for a store whose alembic revision the installed MLflow does not know: a newer MLflow wrote it
+    (or upgraded it), and opening it with this one fails in every command and in ``mlflow ui``. The fix is
+    the version that wrote it: MLflow's own message would advise ``mlflow db upgrade``, which cannot go back."""
+    versions = installed_mlflow()
+    installed = versions.get("mlflow-skinny") or versions.get("mlflow") or "?"
+    upgrade = " ".join(f"'{name}>{version}'" for name, version in versions.items())
+    return TrackingError(
+        f"{where} was written by a newer MLflow than the {installed} installed here (schema {revision} is "
+        f"unknown to it): upgrade (`pip install -U {upgrade or 'mlflow-skinny'}`), or install the version that "
+        "wrote it (`pip install 'mlflow==VERSION'`, which brings its mlflow-skinny)"
     )
+
+
+def check_database_schema(uri: str) -> None:
+    """Refuse, in one line, a database store (``postgresql://``, ``mysql://``, ``sqlite://``...) that a newer
+    MLflow wrote, before MLflow opens it. What else is wrong with it (unreachable, an older schema) MLflow
+    reports itself when it opens it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = create_engine(uri)
+    except (SQLAlchemyError, ImportError, ValueError):  # a driver missing: MLflow says so when it opens it
+        return
+    try:
+        with engine.connect() as connection:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:  # no such table (a new store), or unreachable
+        return
+    finally:
+        engine.dispose()
+    if revision is None:
+        return
+    head, known = schema_revisions()
+    if revision != head and revision not in known:
+        raise newer_schema(f"the tracking store {_safe_uri(uri)}", revision)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -364,6 +417,8 @@ class TrackingStore:
                         prepare_local_store(database)
                     except OSError as exc:
                         raise TrackingError(f"the tracking store {database}: {exc}") from None
+                elif urlparse(self.uri).scheme.split("+")[0].lower() in DATABASE_SCHEMES:
+                    check_database_schema(self.uri)
                 self._client = MlflowClient(tracking_uri=self.uri)
             return self._client
 
@@ -476,7 +531,13 @@ class TrackingStore:
         (see :mod:`.runcache`), or, when it cannot be used or ``incremental`` is false, a full scan that
         rebuilds it. A local sqlite store not written since the read that left the cache, when that read found
         no live run, is not read again: its runs are the cache's (see ``_unchanged_runs``); with ``incremental``
-        any such read counts, with ``settled`` (a verb that reads in full, about ended runs) only a full scan."""
+        any such read counts, with ``settled`` (a verb that reads in full, about ended runs) only a full scan.
+        Each run's ``provenance`` is checked under this process's signing key (:mod:`.provenance`)."""
+        runs = self._observe(cache, incremental, settled)
+        provenance.checked(runs)
+        return runs
+
+    def _observe(self, cache: RunCache | None, incremental: bool, settled: bool) -> list[ObservedRun]:
         database = self._database()
         if cache is not None and database is not None and (incremental or settled):
             unchanged = self._unchanged_runs(cache, database, full_only=not incremental)
@@ -488,10 +549,12 @@ class TrackingStore:
         if not experiment_ids:
             self.deleted_live = set()
             return []
-        full = not (cache is not None and incremental and cache.usable_for(experiment_ids))
-        if not full:
-            assert cache is not None
-            runs = self._observe_changes(experiment_ids, cache)
+        changes = None
+        if cache is not None and incremental and cache.usable_for(experiment_ids):
+            changes = self._observe_changes(experiment_ids, cache)  # None: not the store cached
+        full = changes is None
+        if changes is not None:
+            runs = changes
         else:
             runs = self._search(experiment_ids)
             deleted = self._deleted(experiment_ids)
@@ -523,7 +586,8 @@ class TrackingStore:
             return None  # that read returned runs the cache does not keep
         return list(cache.runs.values())
 
-    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun]:
+    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun] | None:
+        """The cached runs brought up to date; None when the store is not the one cached (a sentinel differs)."""
         fresh: dict[str, ObservedRun] = {}
         for status in sorted(LIVE):
             fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.status = '{status}'"))
@@ -534,10 +598,15 @@ class TrackingStore:
         deleted_ids = {r.run_id for r in deleted}
         # live at the last plan and not seen now: ended, whatever the clock that stamped the end says
         # (or deleted); restored: deleted at the last plan, not now
-        unseen = sorted((cache.live | (cache.deleted - deleted_ids)) - fresh.keys() - deleted_ids)
+        # and the sentinels, in the same search: the store is the one cached only if they read as cached
+        unseen = sorted(
+            (cache.live | (cache.deleted - deleted_ids) | set(cache.sentinels)) - fresh.keys() - deleted_ids
+        )
         for chunk in range(0, len(unseen), ID_CHUNK):
             ids = ", ".join(f"'{_quote(run_id)}'" for run_id in unseen[chunk : chunk + ID_CHUNK])
             fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.run_id IN ({ids})"))
+        if not cache.holds(fresh, deleted_ids):
+            return None
         runs = {run_id: run for run_id, run in cache.runs.items() if run_id not in deleted_ids}
         runs.update(fresh)
         cache.record(experiment_ids, list(fresh.values()), deleted_ids, full_scan=False)
@@ -577,17 +646,23 @@ class TrackingStore:
         """The intent record: created SCHEDULED, with its key, before anything is submitted.
 
         Three requests, MLflow's least: ``create_run`` carries every tag (it takes neither params nor a status),
-        one ``log_batch`` the params, and the status is set by the store's ``update_run_info``, which
+        one ``log_batch`` the params (and the intent's signature tags), and the status is set by the store's ``update_run_info``, which
         ``MlflowClient.update_run`` calls only after reading the whole run back (a fourth round trip)."""
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
         from mlflow.entities import RunStatus as MlflowRunStatus
 
         run = self._call(
             self.client.create_run, experiment_id, tags={**tags, MlflowTag.RUN_NAME: run_name}, run_name=run_name
         )
         run_id = run.info.run_id
-        if params:
-            self._call(self.client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
+        signed = provenance.intent_signature_tags(run_id, tags)
+        if params or signed:
+            self._call(
+                self.client.log_batch,
+                run_id,
+                params=[Param(k, v) for k, v in params.items()],
+                tags=[RunTag(k, v) for k, v in signed.items()],
+            )
         self._call(
             self.client._tracking_client.store.update_run_info,
             run_id,
