@@ -52,6 +52,8 @@ DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 THREADS_VARIABLE = "MANTIK_TRACKING_THREADS"
 DEFAULT_HTTP_THREADS = 8
 
+# the database stores MLflow opens with SQLAlchemy (mlflow/store/db/db_types.py), besides sqlite
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 T = TypeVar("T")
 R = TypeVar("R")
