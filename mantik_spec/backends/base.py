@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import MantikError
+from ..state.journal import JournalFiles
 from ..vocab import JobStatus
 
 
@@ -32,6 +33,8 @@ class JobRequest:
     # local files the job needs that are not committed (a local Apptainer image), by their path
     # relative to the run's working directory; only backends that cannot see this machine's files send them
     inputs: dict[str, Path] = field(default_factory=dict)
+    tracking: str = "online"  # TrackingMode: how the job records (online, offline to a journal, auto)
+    experiment_name: str = ""  # the MLflow experiment's name (project/experiment), kept in an offline journal
 
     def runner_job(self, workdir: str, **extra) -> dict:
         """The ``job.json`` the in-job runner reads (see :mod:`mantik_spec.runner`)."""
@@ -44,6 +47,8 @@ class JobRequest:
             "experiment_id": self.experiment_id,
             "environment": self.environment,
             "workdir": workdir,
+            "tracking": self.tracking,
+            "experiment_name": self.experiment_name,
             **extra,
         }
 
@@ -129,6 +134,10 @@ class Host(Protocol):
         """The names in the directory, sorted; ``[]`` when there is no such directory."""
         ...
 
+    def files_below(self, path: str) -> list[tuple[str, int]]:
+        """Every file below the directory, as (path relative to it, size in bytes); ``[]`` when there is none."""
+        ...
+
 
 class Backend(Protocol):
     """What every compute backend offers its callers; one module per ``type:`` implements it.
@@ -183,6 +192,12 @@ class Backend(Protocol):
         """The run's combined output from byte ``offset`` on; None when there is none (yet)."""
         ...
 
+    def journal(self, run_id: str, job_id: str | None) -> JournalFiles | None:
+        """The run's offline journal (``tracking: offline`` or ``auto``; :mod:`mantik_spec.state.journal`) where
+        its job writes it, as files to read; None when this backend cannot reach it. Reading a journal that does
+        not exist (an online run, a job not started) answers None from ``read_bytes``, not an error."""
+        ...
+
     def preflight(self) -> list[str]:
         """What this backend's config asks for that the backend does not offer (a queue, a resource, a
         storage), one line each, asked before anything is submitted; ``[]`` when all is offered or the
@@ -214,6 +229,9 @@ class BackendBase:
 
     def stats(self) -> dict[str, int]:
         return {}
+
+    def journal(self, run_id: str, job_id: str | None) -> JournalFiles | None:
+        return None  # the backend cannot reach its jobs' files
 
 
 # How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,

@@ -114,6 +114,28 @@ class SiteFiles:
             raise
         return sorted(entry["name"] for entry in entries)
 
+    def files_below(self, path: str) -> list[tuple[str, int]]:
+        """One ``ls`` per directory (entries as FirecREST's ops/ls answers them: name, type, size)."""
+        found: list[tuple[str, int]] = []
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            try:
+                entries = self._call(
+                    "ls", lambda c, r=relative: c.list_files(self.name, f"{path}/{r}".rstrip("/"), show_hidden=True)
+                )
+            except BackendError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            for entry in entries:
+                name = f"{relative}/{entry['name']}".lstrip("/")
+                if entry.get("type") == "d":
+                    pending.append(name)
+                elif entry.get("type") == "-":
+                    found.append((name, int(entry.get("size") or 0)))
+        return sorted(found)
+
     def makedirs(self, path: str) -> None:
         self._call("mkdir", lambda c: c.mkdir(self.name, path, create_parents=True))
 

@@ -105,6 +105,7 @@ class Observation:
     changed_files: dict[str, list[str]]
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
     asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
+    journal_problems: list[str] = field(default_factory=list)  # offline journals not synced whole, and why
 
 
 def observe(project: Project, cached: bool = False, ask_backends: bool = True) -> Observation:
@@ -137,14 +138,23 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
     ]
     cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
     runs = project.store.observe(cache, incremental=cached)
+    journal_problems: list[str] = []
     if ask_backends:
         jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
+        from .sync import sync_journals
+
+        synced = sync_journals(project, runs, jobs)  # runs recorded offline: their journals first
+        journal_problems = synced.problems()
+        if synced.changed:
+            runs = project.store.observe(cache, incremental=True)
     else:
         not_asked = JobStatus(JobState.UNKNOWN, detail="not asked: --no-backends")
         jobs = {(run.backend, run.job_id): not_asked for run in runs if run.live and run.job_id}
     untrusted = _untrusted(runs)
     changed = _changed_files(project, code, desired, runs)
-    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends)
+    return Observation(
+        code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends, journal_problems=journal_problems
+    )
 
 
 def setup_digest(project: Project, environment: str | None, backend: str) -> str:
@@ -347,6 +357,7 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
+    plan.warnings.extend(f"drift: {problem}" for problem in observation.journal_problems)
     plan.cost = plan_cost(project, plan, observation.runs)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:

@@ -62,6 +62,9 @@ class Tag:
     SETUP = "mantik.setup"  # digest of the environment and backend setup it was submitted with (not in its key)
     COST_NODE_HOURS = "mantik.cost.node_hours"  # nodes x time limit at submission: what the run may use, at most
     SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
+    TRACKING = "mantik.tracking"  # written by the runner: online, or offline (to its journal, docs/offline.md)
+    SYNC_METRICS = "mantik.sync.metrics"  # the journal's metrics rowid uploaded last (mantik_spec.state.journal)
+    SYNC_ARTIFACTS = "mantik.sync.artifacts"  # digest of the journal's artifacts once all were uploaded
 
 
 class MlflowTag:
@@ -79,7 +82,7 @@ class MlflowTag:
 
 
 # What the in-job runner writes; it holds literal copies of these (it cannot import this package).
-RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND)
+RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.TRACKING)
 
 
 # -- the run key's inputs: one tag each ------------------------------------------------------------------
