@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from mantik_spec import runner
 from mantik_spec.backends.hosts import HostJournal, LocalHost
@@ -23,6 +24,7 @@ from mantik_spec.state.tracking import TrackingStore
 
 from .conftest import missing
 from .support.mlflow_server import MLFLOW, MlflowServer
+from .support.specs import on_one_backend, slurm_spec
 
 UNSHARE = shutil.which("unshare")
 
@@ -229,3 +231,39 @@ def test_a_damaged_journal_is_synced_as_far_as_it_is_valid(tmp_path, server, sto
     repaired = sync_run(store, run_id, journal_of(directory))  # the whole journal later: the rest, once
     assert repaired is not None and not repaired.skipped
     assert history(store, run_id) == intact
+
+
+def test_apply_wait_on_the_local_backend_offline_returns_with_the_run_synced_and_closed(project, server):
+    spec = on_one_backend("  local: {type: local, max_parallel: 2, tracking: offline}\n", lrs="[0.5]")
+    project.write("mantik.yaml", spec)
+    project.commit("offline")
+    environment = {"MLFLOW_TRACKING_URI": server.url, "TEST_LOG_METRIC": "1"}
+    project.mantik("apply", "--auto-approve", "--wait", env=environment)
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name("demo/sweep")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"score": 5.0}  # logged by the script, offline, synced by apply --wait
+    assert run.data.tags[Tag.TRACKING] == "offline" and run.data.tags[Tag.EXIT_CODE] == "0"
+    journal = project.path / ".mantik" / "local" / "local" / "jobs" / run.info.run_id / runner.JOURNAL_DIR
+    assert (journal / runner.JOURNAL_DB).exists()
+    synced = project.mantik("sync", env=environment)
+    assert "Nothing to sync" in synced.stdout
+
+
+def test_a_slurm_job_without_network_falls_back_to_its_journal(project, server, slurm_cluster, tmp_path):
+    wrapper = tmp_path / "python-without-network"
+    wrapper.write_text(f'#!/bin/sh\nexec {UNSHARE} -n {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    spec = slurm_spec(lrs="[0.5]").replace(f"    python: {sys.executable}\n", f"    python: {wrapper}\n")
+    project.write("mantik.yaml", spec)
+    project.commit("slurm, no network on the nodes")
+    environment = {"MLFLOW_TRACKING_URI": server.url, "TEST_LOG_METRIC": "1"}
+    project.mantik("apply", "--auto-approve", "--wait", env=environment, timeout=300)
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name("slurmtest/sweep")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"score": 5.0}
+    assert run.data.tags[Tag.TRACKING] == "offline"  # auto: the probe found no route, the job chose its journal
+    assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
