@@ -40,6 +40,64 @@ JOURNAL_DIR = "journal"
 JOURNAL_DB = "mlflow.db"
 JOURNAL_ARTIFACTS = "artifacts"
 PROBE_TIMEOUT = 5.0  # seconds the auto mode waits for the store at job start
+PYTHON_HOOK_DIR = ".mantik-python"  # in the job directory: the sitecustomize below, first on the command's PYTHONPATH
+
+# Scripts written for MLflow call mlflow.set_experiment(NAME) before start_run(); MLflow then refuses the run
+# the job was given ("active experiment ID does not match environment run ID", mlflow/tracking/fluent.py),
+# because mantik names the run's experiment PROJECT/EXPERIMENT. This hook, loaded by every Python the command
+# starts, makes the run's experiment the active one whatever the script names while MLFLOW_RUN_ID is set,
+# then loads the sitecustomize it shadows (a site's or a venv's own).
+PYTHON_HOOK = '''"""mantik: mlflow.set_experiment(NAME) keeps the job's run in its experiment (written by mantik's runner)."""
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+
+def _keep_the_runs_experiment(fluent):
+    original = fluent.set_experiment
+
+    def set_experiment(experiment_name=None, experiment_id=None, *args, **kwargs):
+        run_experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+        if os.environ.get("MLFLOW_RUN_ID") and run_experiment and str(experiment_id) != run_experiment:
+            sys.stderr.write(
+                f"mantik: set_experiment({experiment_name or experiment_id!r}): this job's run is recorded in "
+                f"experiment {run_experiment}, which stays the active one\\n"
+            )
+            return original(experiment_id=run_experiment)
+        return original(experiment_name, experiment_id, *args, **kwargs)
+
+    set_experiment.__doc__ = original.__doc__
+    fluent.set_experiment = set_experiment
+
+
+class _Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name != "mlflow.tracking.fluent":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                _keep_the_runs_experiment(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Finder())
+_here = os.path.dirname(os.path.abspath(__file__))
+_shadowed = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here]
+)
+if _shadowed is not None and _shadowed.loader is not None:
+    _module = importlib.util.module_from_spec(_shadowed)
+    _shadowed.loader.exec_module(_module)
+'''
+
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
@@ -284,6 +342,13 @@ def main(job_dir):
     )
     if job.get("path_prepend"):
         environment["PATH"] = job["path_prepend"] + os.pathsep + environment.get("PATH", "")
+    try:
+        hook = os.path.join(os.path.abspath(job_dir), PYTHON_HOOK_DIR)
+        os.makedirs(hook, exist_ok=True)
+        _write_atomically(os.path.join(hook, "sitecustomize.py"), PYTHON_HOOK)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [hook, environment.get("PYTHONPATH")]))
+    except OSError as exc:  # a read-only job directory: scripts that name no experiment still run
+        _warn(f"cannot write the set_experiment hook: {exc}")
 
     log_path = os.path.join(job_dir, OUTPUT_FILE)
     with open(log_path, "ab", buffering=0) as log:

@@ -114,11 +114,10 @@ def journal_points(directory: Path) -> list[tuple]:
 @pytest.mark.parametrize("tracking", ["offline", "auto"])
 def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, server, store, tracking):
     run_id, experiment_id = new_run(store)
-    directory = job_dir(tmp_path, store, run_id, experiment_id, tracking)
-    started = time.monotonic()
+    # the script names its own experiment, as scripts written for MLflow do: the run stays in its experiment
+    directory = job_dir(tmp_path, store, run_id, experiment_id, tracking, EXPERIMENT_NAME="my-experiment")
     done = run_job(directory)
     assert done.returncode == 0, done.stdout + done.stderr + (directory / "output.log").read_text()
-    assert time.monotonic() - started < 60
     assert "trained" in (directory / "output.log").read_text()
     before = store.client.get_run(run_id)
     assert before.info.status == "SCHEDULED" and not before.data.metrics  # nothing reached the server
@@ -127,6 +126,7 @@ def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, 
     assert result is not None and not result.skipped
     after = store.client.get_run(run_id)
     assert after.info.status == "FINISHED"
+    assert after.info.experiment_id == experiment_id
     assert after.data.params == {"lr": "0.1"}
     assert after.data.tags["phase"] == "train"
     assert after.data.tags[Tag.TRACKING] == "offline"
@@ -141,6 +141,20 @@ def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, 
     again = sync_run(store, run_id, journal_of(directory))
     assert again is not None and again.written == 0  # idempotent: a second sync writes nothing
     assert history(store, run_id) == journal_points(directory)
+
+
+@pytest.mark.parametrize("tracking", ["online", "auto"])
+def test_a_job_with_network_records_online_whatever_experiment_the_script_names(tmp_path, server, store, tracking):
+    run_id, experiment_id = new_run(store)
+    directory = job_dir(tmp_path, store, run_id, experiment_id, tracking, EXPERIMENT_NAME="my-experiment")
+    done = run_job(directory, network=True)
+    assert done.returncode == 0, done.stdout + done.stderr + (directory / "output.log").read_text()
+    run = store.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.experiment_id == experiment_id
+    assert run.data.metrics == {"loss": 0.2} and run.data.params == {"lr": "0.1"}
+    assert store.client.get_experiment_by_name("my-experiment") is None  # nothing recorded elsewhere
+    assert run.data.tags.get(Tag.TRACKING) == ("online" if tracking == "auto" else None)
+    assert sync_run(store, run_id, journal_of(directory)) is None  # no journal
 
 
 SYNC_ONE = textwrap.dedent(

@@ -14,6 +14,7 @@ from ..backends.base import BackendError
 from ..reconcile.identity import ObservedRun
 from ..reconcile.planner import JobStates
 from ..state.journal import Damage, SyncResult, sync_run
+from ..vocab import JobState
 from .project import Project
 
 
@@ -67,6 +68,8 @@ def sync_journals(project: Project, runs: Iterable[ObservedRun], jobs: JobStates
     for run in candidates(project, runs):
         report.point_of[run.run_id] = run.point_id
         job = (jobs or {}).get((run.backend, run.job_id)) if run.job_id else None
+        if job is not None and job.state is JobState.PENDING:
+            continue  # not started: no journal yet, and no read of the cluster's files for it
         try:
             files = project.backend(run.backend).journal(run.run_id, run.job_id)
             if files is None:
