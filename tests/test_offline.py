@@ -281,3 +281,34 @@ def test_a_slurm_job_without_network_falls_back_to_its_journal(project, server, 
     assert run.data.metrics == {"score": 5.0}
     assert run.data.tags[Tag.TRACKING] == "offline"  # auto: the probe found no route, the job chose its journal
     assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
+
+
+def test_plan_shows_a_journal_it_could_not_sync_as_drift_and_sync_fails(project, server):
+    project.write(
+        "mantik.yaml",
+        """
+        version: 1
+        project: drift
+        entry_points:
+          main:
+            command: printf garbage > ../journal/mlflow.db && sleep 60
+        backends:
+          local: {type: local, tracking: offline}
+        experiments:
+          broken: {entry_point: main}
+        """,
+    )
+    project.commit("a job that damages its journal")
+    environment = {"MLFLOW_TRACKING_URI": server.url}
+    project.mantik("apply", "--auto-approve", env=environment)
+    journal = next((project.path / ".mantik" / "local" / "local" / "jobs").iterdir()) / runner.JOURNAL_DIR
+    damaged = journal / runner.JOURNAL_DB
+    project.wait_until(lambda: damaged.exists() and damaged.read_bytes() == b"garbage", message="damaged journal")
+    try:
+        plan = json.loads(project.mantik("plan", "--json", env=environment).stdout)
+        (drift,) = [w for w in plan["warnings"] if w.startswith("drift:")]
+        assert "not a readable database" in drift
+        synced = project.mantik("sync", env=environment, check=1)
+        assert "not a readable database" in synced.stderr
+    finally:
+        project.mantik("cancel", "broken", env=environment)
