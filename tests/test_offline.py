@@ -312,3 +312,34 @@ def test_plan_shows_a_journal_it_could_not_sync_as_drift_and_sync_fails(project,
         assert "not a readable database" in synced.stderr
     finally:
         project.mantik("cancel", "broken", env=environment)
+
+
+def test_a_unicore_job_without_network_is_synced_through_the_sites_storage(project, server, tmp_path):
+    from .fake_unicore import FakeUnicore
+    from .support.specs import unicore_spec
+
+    wrapper = tmp_path / "python-without-network"
+    wrapper.write_text(f'#!/bin/sh\nexec {UNSHARE} -n {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    with FakeUnicore(tmp_path / "site", users={"alice": "pw"}) as site:
+        site.queue_seconds = 0.1
+        # the site's jobs do not inherit this environment: the spec gives the script its variable
+        spec = unicore_spec(site.url, python=str(wrapper), extra="    environment: metrics")
+        path = f"{Path(sys.executable).parent}:/usr/bin:/bin"  # `python` with mlflow
+        spec += f"environments:\n  metrics: {{variables: {{TEST_LOG_METRIC: '1', PATH: '{path}'}}}}\n"
+        project.write("mantik.yaml", spec.replace("[0.1, 0.2]", "[0.5]"))
+        project.commit("unicore, no network on the nodes")
+        environment = {
+            "MLFLOW_TRACKING_URI": server.url,
+            "TEST_LOG_METRIC": "1",
+            "MANTIK_UNICORE_USERNAME": "alice",
+            "MANTIK_UNICORE_PASSWORD": "pw",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
+        project.mantik("apply", "--auto-approve", "--wait", env=environment, timeout=300)
+    client = MlflowClient(server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name("demo/sweep").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"score": 5.0}
+    assert run.data.tags[Tag.TRACKING] == "offline"
+    assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
