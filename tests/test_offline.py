@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -343,3 +344,26 @@ def test_a_unicore_job_without_network_is_synced_through_the_sites_storage(proje
     assert run.data.metrics == {"score": 5.0}
     assert run.data.tags[Tag.TRACKING] == "offline"
     assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
+
+
+def test_a_journals_artifacts_are_listed_over_ssh_as_on_this_machine(tmp_path):
+    """SSHHost lists a journal's files with one `find` on the login node: the command as the remote shell runs
+    it (sshd hands the joined command line to the login shell), here run by this machine's shell."""
+    from mantik_spec.backends.ssh import SSHHost
+
+    root = tmp_path / "journal" / "artifacts"
+    (root / "model" / "sub dir").mkdir(parents=True)
+    (root / "model" / "sub dir" / "weights with space.bin").write_bytes(b"\0" * 10)
+    (root / "mantik").mkdir()
+    (root / "mantik" / "output.log").write_text("trained\n")
+    host = SSHHost.__new__(SSHHost)
+
+    def exchange(argv, data=None, timeout=None):
+        done = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True)
+        return done.returncode, done.stdout, done.stderr.decode()
+
+    host._exchange = exchange  # type: ignore[method-assign]
+    expected = LocalHost().files_below(str(root))
+    assert expected == [("mantik/output.log", 8), ("model/sub dir/weights with space.bin", 10)]
+    assert host.files_below(str(root)) == expected
+    assert host.files_below(str(tmp_path / "none")) == []
