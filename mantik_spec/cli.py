@@ -94,7 +94,7 @@ class WorkflowGroup(click.Group):
     """``mantik --help`` lists the verbs in the order a project meets them, each with a whole line."""
 
     ORDER = (
-        "init", "validate", "plan", "apply", "status", "logs", "show", "explain",
+        "init", "validate", "plan", "apply", "status", "sync", "logs", "show", "explain",
         "cancel", "reproduce", "watch", "adopt", "force-unlock", "schema", "completion",
     )  # fmt: skip
 
@@ -105,6 +105,7 @@ class WorkflowGroup(click.Group):
         "plan": "What apply would submit, retry, repair or cancel, and why",
         "apply": "Submit what is missing and repair what drifted",
         "status": "Every declared run: state, attempt, job, age, metrics",
+        "sync": "Upload the offline journals of jobs without network",
         "logs": "A run's output (run id, job id or point id)",
         "show": "An experiment's grid against its metrics, best point marked",
         "explain": "The identity inputs of a point or run and their run key",
@@ -412,6 +413,34 @@ def status(ctx, directory, experiments, as_json, watch, interval):
         views.show_status(output, status_rows(project, errors, experiments), job_label)
     _report_calls(ctx, project)
     return _errors(errors)
+
+
+@main.command()
+@PROJECT_DIR
+@click.pass_context
+def sync(ctx, directory):
+    """Upload what jobs recorded offline (backends with tracking: offline or auto) into their runs: new points
+    only, each once; plan, status and apply do the same on the way. Exits 1 when a journal was not synced whole."""
+    from .operations.project import open_project
+    from .operations.sync import sync as sync_runs
+    from .views.output import printable
+
+    project = open_project(directory)
+    report = sync_runs(project)
+    for result in report.results:
+        if result.written:
+            point = report.point_of.get(result.run_id, "?")
+            ended = f", {result.status.lower()}" if result.status else ""
+            click.echo(
+                printable(
+                    f"{point} ({result.run_id}): {result.metrics} point(s), {result.params} param(s), "
+                    f"{result.tags} tag(s), {result.artifacts} artifact(s){ended}"
+                )
+            )
+    written = sum(1 for r in report.results if r.written)
+    click.echo(f"Synced {written} run(s)." if written else "Nothing to sync: every journal is in MLflow.")
+    _report_calls(ctx, project)
+    return _errors(report.problems())
 
 
 @main.command()

@@ -8,6 +8,11 @@ from the job directory, attaches the user's command to the declared MLflow run
 the exit code as a tag. The exit code is also written to ``exit_code`` so the
 backend can settle the run's status when the tracking store was unreachable.
 
+With ``tracking: offline`` in ``job.json`` (or ``auto`` when a probe at start finds the store unreachable) nothing
+in the job touches the network: the runner gives the run a journal, an MLflow sqlite store in ``journal/`` of the
+job directory with the same run id (artifacts in ``journal/artifacts/``), and points the command at it, so the
+command's own ``mlflow`` calls work unchanged; ``mantik sync`` uploads the journal later (docs/offline.md).
+
 Usage: python runner.py JOB_DIR
 """
 
@@ -30,7 +35,73 @@ END_SIGNATURE_TAG = "mantik.end_signature"
 SEAL_VARIABLE = "MANTIK_RUN_SEAL"  # mantik_spec.state.provenance: opens job.json's sealed run secret
 PRIVATE_VARIABLES = ("MANTIK_SIGNING_KEY", SEAL_VARIABLE)  # never in the user's command's environment
 SIGNALLED_KIND = "signalled"  # FailureKind.SIGNALLED: the scheduler knows why (time limit, preemption, cancel)
+TRACKING_TAG = "mantik.tracking"  # how the job recorded: online, or offline (to its journal)
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"  # RunStatus values
+
+# The offline journal: an MLflow sqlite store in the job directory (mantik_spec.state.journal reads it)
+JOURNAL_DIR = "journal"
+JOURNAL_DB = "mlflow.db"
+JOURNAL_ARTIFACTS = "artifacts"
+PROBE_TIMEOUT = 5.0  # seconds the auto mode waits for the store at job start
+PYTHON_HOOK_DIR = ".mantik-python"  # in the job directory: the sitecustomize below, first on the command's PYTHONPATH
+
+# Scripts written for MLflow call mlflow.set_experiment(NAME) before start_run(); MLflow then refuses the run
+# the job was given ("active experiment ID does not match environment run ID", mlflow/tracking/fluent.py),
+# because mantik names the run's experiment PROJECT/EXPERIMENT. This hook, loaded by every Python the command
+# starts, makes the run's experiment the active one whatever the script names while MLFLOW_RUN_ID is set,
+# then loads the sitecustomize it shadows (a site's or a venv's own).
+PYTHON_HOOK = '''"""mantik: mlflow.set_experiment(NAME) keeps the job's run in its experiment (written by mantik's runner)."""
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+
+def _keep_the_runs_experiment(fluent):
+    original = fluent.set_experiment
+
+    def set_experiment(experiment_name=None, experiment_id=None, *args, **kwargs):
+        run_experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+        if os.environ.get("MLFLOW_RUN_ID") and run_experiment and str(experiment_id) != run_experiment:
+            sys.stderr.write(
+                f"mantik: set_experiment({experiment_name or experiment_id!r}): this job's run is recorded in "
+                f"experiment {run_experiment}, which stays the active one\\n"
+            )
+            return original(experiment_id=run_experiment)
+        return original(experiment_name, experiment_id, *args, **kwargs)
+
+    set_experiment.__doc__ = original.__doc__
+    fluent.set_experiment = set_experiment
+
+
+class _Finder:
+    def find_spec(self, name, path=None, target=None):
+        if name != "mlflow.tracking.fluent":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                _keep_the_runs_experiment(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Finder())
+_here = os.path.dirname(os.path.abspath(__file__))
+_shadowed = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here]
+)
+if _shadowed is not None and _shadowed.loader is not None:
+    _module = importlib.util.module_from_spec(_shadowed)
+    _shadowed.loader.exec_module(_module)
+'''
+
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
 class _CancelledBeforeStart(Exception):
@@ -118,6 +189,84 @@ class Tracking:
             return None
 
 
+def reachable(uri, timeout=PROBE_TIMEOUT):
+    """Whether the tracking store at ``uri`` answers within ``timeout`` seconds: a server that answers HTTP at
+    all (an error status too), a database that accepts a connection, a sqlite file that is there."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower().split("+")[0]
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            return True  # it answered
+        except Exception:  # noqa: BLE001 - refused, unreachable, timed out, no name: no route
+            return False
+        return True
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        return bool(path) and os.path.exists(path)
+    if parsed.hostname and scheme in DATABASE_PORTS:
+        import socket
+
+        try:
+            socket.create_connection((parsed.hostname, parsed.port or DATABASE_PORTS[scheme]), timeout=timeout).close()
+        except OSError:
+            return False
+        return True
+    return True  # a store this runner cannot probe (databricks, a plugin's): as asked
+
+
+def open_journal(job_dir, job):
+    """The run's journal, made on first use: an MLflow sqlite store holding the run under its own id, in its
+    experiment (id and name as mantik recorded them, so ``MLFLOW_RUN_ID`` and ``MLFLOW_EXPERIMENT_ID`` hold).
+    Returns (tracking URI, experiment id) for the command."""
+    import getpass
+    import sqlite3
+    import time
+
+    journal = os.path.join(os.path.abspath(job_dir), JOURNAL_DIR)
+    artifacts = os.path.join(journal, JOURNAL_ARTIFACTS)
+    os.makedirs(artifacts, exist_ok=True)
+    database = os.path.join(journal, JOURNAL_DB)
+    uri = "sqlite:///" + database
+    experiment_id = str(job["experiment_id"])
+    experiment_id = experiment_id if experiment_id.isdigit() else "1"  # a sqlite store numbers its experiments
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the store's tables
+    now = int(time.time() * 1000)
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no name for this uid in the node's passwd
+        user = ""
+    connection = sqlite3.connect(database, timeout=30)
+    try:
+        with connection:
+            connection.execute(
+                "INSERT OR IGNORE INTO experiments (experiment_id, name, artifact_location, lifecycle_stage, "
+                "creation_time, last_update_time) VALUES (?, ?, ?, 'active', ?, ?)",
+                (int(experiment_id), job.get("experiment_name") or f"mantik-{experiment_id}", artifacts, now, now),
+            )
+            connection.execute(
+                "INSERT OR IGNORE INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+                "status, start_time, source_version, lifecycle_stage, artifact_uri, experiment_id) "
+                "VALUES (?, ?, 'PROJECT', '', '', ?, 'SCHEDULED', ?, '', 'active', ?, ?)",
+                (job["run_id"], job.get("point", ""), user, now, artifacts, int(experiment_id)),
+            )
+    finally:
+        connection.close()
+    return uri, experiment_id
+
+
 def _write_atomically(path, text):
     """A copy of mantik_spec.files.write_atomically (durable), which this file cannot import."""
     import tempfile
@@ -190,7 +339,20 @@ def main(job_dir):
     workdir = os.path.join(job_dir, job.get("workdir", "work"))
     if job.get("archive"):
         _unpack(os.path.join(job_dir, job["archive"]), workdir)
-    tracking = Tracking(job["tracking_uri"], job["run_id"])
+    mode = job.get("tracking") or "online"
+    if mode == "auto":
+        mode = "online" if reachable(job["tracking_uri"]) else "offline"
+        if mode == "offline":
+            _warn(f"the tracking store did not answer within {PROBE_TIMEOUT:g} s: recording to the journal")
+    uri, experiment_id = job["tracking_uri"], job["experiment_id"]
+    if mode == "offline":
+        try:
+            uri, experiment_id = open_journal(job_dir, job)
+        except Exception as exc:  # noqa: BLE001 - the command runs all the same; its exit code settles the run
+            _warn(f"cannot open the journal: {exc}")
+    tracking = Tracking(uri, job["run_id"])
+    if job.get("tracking") in ("offline", "auto"):
+        tracking.do("set_tag", TRACKING_TAG, mode)  # which way this job chose, for people and for sync
     if not cancelled:
         tracking.do("update_run", status=RUNNING)
 
@@ -198,11 +360,18 @@ def main(job_dir):
     environment.update(job.get("environment", {}))
     environment.update(
         MLFLOW_RUN_ID=job["run_id"],
-        MLFLOW_TRACKING_URI=job["tracking_uri"],
-        MLFLOW_EXPERIMENT_ID=job["experiment_id"],
+        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_EXPERIMENT_ID=experiment_id,
     )
     if job.get("path_prepend"):
         environment["PATH"] = job["path_prepend"] + os.pathsep + environment.get("PATH", "")
+    try:
+        hook = os.path.join(os.path.abspath(job_dir), PYTHON_HOOK_DIR)
+        os.makedirs(hook, exist_ok=True)
+        _write_atomically(os.path.join(hook, "sitecustomize.py"), PYTHON_HOOK)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [hook, environment.get("PYTHONPATH")]))
+    except OSError as exc:  # a read-only job directory: scripts that name no experiment still run
+        _warn(f"cannot write the set_experiment hook: {exc}")
 
     log_path = os.path.join(job_dir, OUTPUT_FILE)
     with open(log_path, "ab", buffering=0) as log:

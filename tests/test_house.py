@@ -185,9 +185,13 @@ def test_the_runner_writes_the_tag_schema():
     from mantik_spec.state.tags import RUNNER_TAGS, Tag
     from mantik_spec.vocab import FailureKind, RunStatus
 
-    assert (runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG, runner.END_SIGNATURE_TAG) == RUNNER_TAGS
-    assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE) == RUNNER_TAGS
+    runner_tags = (runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG, runner.END_SIGNATURE_TAG)
+    assert (*runner_tags, runner.TRACKING_TAG) == RUNNER_TAGS
+    assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING) == RUNNER_TAGS
     assert runner.PRIVATE_VARIABLES == (SIGNING_KEY_VARIABLE, SEAL_VARIABLE)
+    from mantik_spec.state import journal
+
+    assert (runner.JOURNAL_DB, runner.JOURNAL_ARTIFACTS) == (journal.JOURNAL_DB, journal.ARTIFACTS)
     assert FailureKind(runner.SIGNALLED_KIND) is FailureKind.SIGNALLED
     assert {runner.RUNNING, runner.FINISHED, runner.FAILED, runner.KILLED} <= {s.value for s in RunStatus}
     # and it names no other tag

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ..errors import MantikError
 from ..spec.cost import Allocation, Used
 from ..state.provenance import SEAL_VARIABLE
+from ..state.journal import JournalFiles
 from ..vocab import JobStatus
 
 
@@ -37,6 +38,8 @@ class JobRequest:
     # the run's provenance secret, sealed (mantik_spec.state.provenance): useless without the seal, which
     # reaches the job only through its environment ("" when the project signs nothing)
     signing: str = ""
+    tracking: str = "online"  # TrackingMode: how the job records (online, offline to a journal, auto)
+    experiment_name: str = ""  # the MLflow experiment's name (project/experiment), kept in an offline journal
 
     def runner_job(self, workdir: str, **extra) -> dict:
         """The ``job.json`` the in-job runner reads (see :mod:`mantik_spec.runner`)."""
@@ -50,6 +53,8 @@ class JobRequest:
             "environment": self.environment,
             "workdir": workdir,
             **({"signing": self.signing} if self.signing else {}),
+            "tracking": self.tracking,
+            "experiment_name": self.experiment_name,
             **extra,
         }
 
@@ -136,6 +141,10 @@ class Host(Protocol):
         """The names in the directory, sorted; ``[]`` when there is no such directory."""
         ...
 
+    def files_below(self, path: str) -> list[tuple[str, int]]:
+        """Every file below the directory, as (path relative to it, size in bytes); ``[]`` when there is none."""
+        ...
+
 
 class Backend(Protocol):
     """What every compute backend offers its callers; one module per ``type:`` implements it.
@@ -188,6 +197,12 @@ class Backend(Protocol):
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         """The run's combined output from byte ``offset`` on; None when there is none (yet)."""
+        ...
+
+    def journal(self, run_id: str, job_id: str | None) -> JournalFiles | None:
+        """The run's offline journal (``tracking: offline`` or ``auto``; :mod:`mantik_spec.state.journal`) where
+        its job writes it, as files to read; None when this backend cannot reach it. Reading a journal that does
+        not exist (an online run, a job not started) answers None from ``read_bytes``, not an error."""
         ...
 
     def preflight(self) -> list[str]:
@@ -248,6 +263,8 @@ class BackendBase:
 
     def estimated_start(self) -> str | None:
         return None  # the site makes no estimate
+    def journal(self, run_id: str, job_id: str | None) -> JournalFiles | None:
+        return None  # the backend cannot reach its jobs' files
 
 
 # How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,

@@ -40,6 +40,7 @@ from ..spec.model import BatchConfig, duration_seconds
 from ..templating import packaged, render
 from ..vocab import JobState, JobStatus
 from .base import BackendBase, BackendError, Host, JobRequest, SubmissionFailed, SubmissionInDoubt
+from .hosts import HostJournal
 from .staging import Archive, staged_files
 
 JOB_NAME_PREFIX = "mantik-"
@@ -49,6 +50,7 @@ JOB_NAME_LENGTH = 64  # characters of the experiment kept in the name: enough to
 # absolute by sbatch: src/sbatch/opt.c) or its working directory (FirecREST submits from the batch directory).
 # Jobs of versions that named them mantik-BATCH were submitted the same way: they are found alike.
 SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")  # matched whole (fullmatch)  # a job, or an array's task: what a recorded job id must be
+RUN_ID = re.compile(r"[A-Za-z0-9_-]+")  # matched whole: a run directory's name, never a path
 BATCH_PATH = re.compile(r"/batches/([0-9a-f]{16})(?:/script\.sh)?/?$")
 RUN_CWD = "work"  # the run's working directory inside its run directory
 NEVER_STARTED = (
@@ -487,6 +489,11 @@ class BatchBackend(BackendBase, abc.ABC):
             return JobStatus(JobState.LOST, detail=GONE_WHILE_RUNNING)
         code = int(text)
         return JobStatus(JobState.COMPLETED if code == 0 else JobState.FAILED, code)
+
+    def journal(self, run_id: str, job_id: str | None) -> HostJournal | None:
+        if not RUN_ID.fullmatch(run_id):
+            return None  # a record's id that is no run directory of ours: nothing outside the work directory is read
+        return HostJournal(self.files, self._path("runs", run_id, runner.JOURNAL_DIR))
 
     def find(self, run_ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}

@@ -115,6 +115,28 @@ class SiteFiles:
             raise
         return sorted(entry["name"] for entry in entries)
 
+    def files_below(self, path: str) -> list[tuple[str, int]]:
+        """One ``ls`` per directory (entries as FirecREST's ops/ls answers them: name, type, size)."""
+        found: list[tuple[str, int]] = []
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            try:
+                entries = self._call(
+                    "ls", lambda c, r=relative: c.list_files(self.name, f"{path}/{r}".rstrip("/"), show_hidden=True)
+                )
+            except BackendError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            for entry in entries:
+                name = f"{relative}/{entry['name']}".lstrip("/")
+                if entry.get("type") == "d":
+                    pending.append(name)
+                elif entry.get("type") == "-":
+                    found.append((name, int(entry.get("size") or 0)))
+        return sorted(found)
+
     def makedirs(self, path: str) -> None:
         self._call("mkdir", lambda c: c.mkdir(self.name, path, create_parents=True))
 
@@ -356,6 +378,11 @@ class FirecrestBackend(BatchBackend):
             raise BackendError(
                 f"FirecREST cancels whole jobs: job {', '.join(kept)} also runs other runs, so it was left running"
             )
+
+    def journal(self, run_id: str, job_id: str | None) -> None:
+        # SiteFiles reads files through ops/view, as text: a journal is a binary sqlite file, which needs the
+        # binary download (ops/download) this backend does not make yet; its runs settle from the job state
+        return None
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         return self.files.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import write_atomically
-from .base import BackendError, CommandTimeout
+from .base import BackendError, CommandTimeout, Host
 from .staging import staged_files, unpack
 
 COMMAND_TIMEOUT = 120.0
@@ -105,6 +105,17 @@ class LocalHost:
         except FileNotFoundError:
             return []
 
+    def files_below(self, path: str) -> list[tuple[str, int]]:
+        found = []
+        for directory, _, names in os.walk(path):
+            for name in names:
+                full = os.path.join(directory, name)
+                try:
+                    found.append((os.path.relpath(full, path), os.lstat(full).st_size))
+                except FileNotFoundError:  # removed while listed
+                    continue
+        return sorted(found)
+
     def symlink(self, target: str, link: str) -> None:
         try:
             os.symlink(target, link)
@@ -141,3 +152,17 @@ class LocalHost:
             os.rename(building, destination)
         except OSError:  # staged meanwhile by a parallel apply
             shutil.rmtree(building, ignore_errors=True)
+
+
+class HostJournal:
+    """A run's journal directory ``root`` on a host: :class:`mantik_spec.state.journal.JournalFiles`."""
+
+    def __init__(self, host: Host, root: str):
+        self.host = host
+        self.root = root.rstrip("/")
+
+    def read_bytes(self, name: str) -> bytes | None:
+        return self.host.read_bytes(f"{self.root}/{name}")
+
+    def files(self, directory: str) -> list[tuple[str, int]]:
+        return self.host.files_below(f"{self.root}/{directory}")

@@ -29,7 +29,7 @@ from ..spec.model import LocalConfig
 from ..state.provenance import SEAL_VARIABLE
 from ..vocab import JobState, JobStatus
 from .base import BackendBase, BackendError, JobRequest, SubmissionFailed
-from .hosts import read_from
+from .hosts import HostJournal, LocalHost, read_from
 
 JOB_FILE = "job.json"
 JOB_ID = re.compile(r"[A-Za-z0-9_-]+")  # a run id (MLflow's are 32 hex digits), matched whole: one name in the queue
@@ -222,3 +222,8 @@ class LocalBackend(BackendBase):
 
     def read_log(self, run_id: str, job_id: str | None = None, offset: int = 0) -> bytes | None:
         return read_from(str(self.queue.job_dir(run_id) / runner.OUTPUT_FILE), offset)
+
+    def journal(self, run_id: str, job_id: str | None) -> HostJournal | None:
+        if not JOB_ID.fullmatch(run_id):
+            return None  # a record's id that is no run of this queue: nothing outside it is read
+        return HostJournal(LocalHost(), str(self.queue.job_dir(run_id) / runner.JOURNAL_DIR))

@@ -268,6 +268,16 @@ class SSHHost:
         code, stdout, _ = self._shell('ls -A1 -- "$1" 2>/dev/null', path)
         return sorted(stdout.decode(errors="replace").split("\n")[:-1]) if code == 0 else []
 
+    def files_below(self, path: str) -> list[tuple[str, int]]:
+        code, stdout, _ = self._shell('find "$1" -type f -printf \'%s %P\\0\' 2>/dev/null', path)
+        if code != 0:
+            return []
+        found = []
+        for entry in stdout.decode(errors="replace").split("\0")[:-1]:
+            size, _, name = entry.partition(" ")
+            found.append((name, int(size)))
+        return sorted(found)
+
     def symlink(self, target: str, link: str) -> None:
         code, _, stderr = self._shell('ln -s -- "$1" "$2"', target, link)
         if code != 0:

@@ -637,6 +637,17 @@ class UnicoreBackend(BackendBase):
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         """The runner's output file in the job's working directory (the job's stdout before it started)."""
+        working_directory = self._working_directory(job_id)
+        if not working_directory:
+            return None
+        for name in (runner.OUTPUT_FILE, "stdout"):
+            data = self._read_file(f"{working_directory}/files/{name}", offset)
+            if data is not None:
+                return data
+        return None
+
+    def _working_directory(self, job_id: str | None) -> str | None:
+        """The storage URL of the job's working directory; None when the job or its directory is gone."""
         if not job_id:
             return None
         self._site()
@@ -648,14 +659,32 @@ class UnicoreBackend(BackendBase):
             if _status(exc) == 404:
                 return None
             raise
-        working_directory = properties.get("_links", {}).get("workingDirectory", {}).get("href")
-        if not working_directory:
-            return None
-        for name in (runner.OUTPUT_FILE, "stdout"):
-            data = self._read_file(f"{working_directory}/files/{name}", offset)
-            if data is not None:
-                return data
-        return None
+        return properties.get("_links", {}).get("workingDirectory", {}).get("href") or None
+
+    def journal(self, run_id: str, job_id: str | None) -> JobJournal | None:
+        working_directory = self._working_directory(job_id)
+        return JobJournal(self, working_directory) if working_directory else None
+
+    def list_files(self, url: str) -> list[tuple[str, int]]:
+        """Every file below the storage directory ``url`` (``{storage}/files/PATH``), as (path relative to it,
+        size): one request per directory (UNICORE lists a directory's children under ``content``)."""
+        found: list[tuple[str, int]] = []
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            try:
+                answer = self._get("list", f"{url}/{relative}".rstrip("/"), headers={"Accept": "application/json"})
+            except BackendError as exc:
+                if _status(exc) == 404:
+                    continue
+                raise
+            for path, info in sorted((answer.get("content") or {}).items()):
+                name = f"{relative}/{path.rstrip('/').rsplit('/', 1)[-1]}".lstrip("/")
+                if info.get("isDirectory"):
+                    pending.append(name)
+                else:
+                    found.append((name, int(info.get("size") or 0)))
+        return sorted(found)
 
     def _read_file(self, url: str, offset: int) -> bytes | None:
         headers = {"Accept": "application/octet-stream"}
@@ -773,3 +802,17 @@ def _site_error(text: str) -> tuple[int | None, str]:
     head, _, rest = text.partition(" Server Error: ")
     message = rest.rsplit(" for url: ", 1)[0] if rest else text
     return (int(head) if head.isdigit() else None), message or "no message"
+
+
+class JobJournal:
+    """A run's journal in its UNICORE job's working directory: :class:`mantik_spec.state.journal.JournalFiles`."""
+
+    def __init__(self, backend: UnicoreBackend, working_directory: str):
+        self.backend = backend
+        self.root = f"{working_directory}/files/{runner.JOURNAL_DIR}"
+
+    def read_bytes(self, name: str) -> bytes | None:
+        return self.backend._read_file(f"{self.root}/{name}", 0)
+
+    def files(self, directory: str) -> list[tuple[str, int]]:
+        return self.backend.list_files(f"{self.root}/{directory}")

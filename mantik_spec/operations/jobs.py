@@ -241,4 +241,6 @@ def job_request(
         group=want.point.experiment,
         environment=environment,
         inputs=inputs,
+        tracking=project.spec.backends[want.point.backend].tracking,
+        experiment_name=project.store.experiment_name(want.point.experiment),
     )

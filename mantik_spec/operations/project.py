@@ -111,6 +111,7 @@ class Observation:
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
     asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
     usage: dict[str, Used] = field(default_factory=dict)  # run id -> what an ended run used, not yet recorded
+    journal_problems: list[str] = field(default_factory=list)  # offline journals not synced whole, and why
 
 
 def pinning_files(spec: Spec, root: Path) -> list[str]:
@@ -152,8 +153,15 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True, s
         for point in points
     ]
     runs = recorded_runs(project, cached, settled)
+    journal_problems: list[str] = []
     if ask_backends:
         jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
+        from .sync import sync_journals
+
+        synced = sync_journals(project, runs, jobs)  # runs recorded offline: their journals first
+        journal_problems = synced.problems()
+        if synced.changed:
+            runs = recorded_runs(project, cached=True)
     else:
         not_asked = JobStatus(JobState.UNKNOWN, detail="not asked: --no-backends")
         jobs = {(run.backend, run.job_id): not_asked for run in runs if run.live and run.job_id}
@@ -162,7 +170,17 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True, s
     from .usage import ended_usage
 
     usage = ended_usage(project, runs) if ask_backends else {}
-    return Observation(code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends, usage=usage)
+    return Observation(
+        code,
+        desired,
+        runs,
+        jobs,
+        changed,
+        untrusted,
+        asked_backends=ask_backends,
+        usage=usage,
+        journal_problems=journal_problems,
+    )
 
 
 def setup_digest(project: Project, environment: str | None, backend: str) -> str:
@@ -406,6 +424,7 @@ def build_plan(
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
     plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
+    plan.warnings.extend(f"drift: {problem}" for problem in observation.journal_problems)
     plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:

@@ -118,6 +118,11 @@ def follow(
         runs = [r for r in project.store.observe() if r.run_id in wanted]
         closing = [r for r in runs if not r.live and r.job_id and r.run_id not in settled]
         jobs = poll_jobs(project, runs, explain=closing)
+        from .sync import sync_journals
+
+        if sync_journals(project, runs, jobs).changed:  # runs recorded offline end when their journal is synced
+            fresh = {r.run_id: r for r in project.store.observe() if r.run_id in wanted}
+            runs = [fresh.get(r.run_id, r) for r in runs]
         ended_while_read = [
             r for r in runs if r.live and r.job_id and (job := jobs.get((r.backend, r.job_id))) and job.state.ended
         ]

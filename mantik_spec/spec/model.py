@@ -34,6 +34,14 @@ EntryPointName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$"
 ScalarValue = bool | int | float | str
 ParameterType = Literal["float", "int", "string", "bool", "path", "uri"]
 Finding = tuple[tuple, str]  # (a path into the spec, a message): a problem the loader ties to its line
+# How a job reaches the tracking store (mantik_spec.runner, docs/offline.md): directly, through a journal in its
+# job directory that `mantik sync` uploads, or directly when a probe at job start reaches the store
+TrackingMode = Literal["online", "offline", "auto"]
+TRACKING_MODE_HELP = (
+    "How jobs record to MLflow: online (directly), offline (a journal in the job directory, uploaded by "
+    "`mantik sync`, plan and apply: for compute nodes without a route out), auto (online when the store "
+    "answers within 5 s at job start, else offline)."
+)
 
 
 # What POSIX shells and execve accept as a variable name (no '=', no NUL, not empty, no leading digit)
@@ -254,6 +262,7 @@ class LocalConfig(Strict):
 
     type: Literal["local"]
     max_parallel: int = Field(1, ge=1, le=1024, description="Runs executing at once; the rest wait in a queue.")
+    tracking: TrackingMode = Field("online", description=TRACKING_MODE_HELP)
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
 
     def problems(self) -> Iterator[Finding]:
@@ -383,6 +392,7 @@ class BatchConfig(Strict):
     )
     poll_interval: Duration  # each backend's default and words
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
+    tracking: TrackingMode = Field("auto", description=TRACKING_MODE_HELP)
     exclude: list[str] = Field(
         default_factory=list, description="Glob patterns of committed files not staged (*.ckpt, data/)."
     )
@@ -513,6 +523,7 @@ class UnicoreConfig(Strict):
     )
     resources: UnicoreResources = Field(default_factory=UnicoreResources)
     environment: str | None = Field(None, description="Default environment for runs on this backend.")
+    tracking: TrackingMode = Field("auto", description=TRACKING_MODE_HELP)
     login_precommand: list[ShellLine] = Field(
         default_factory=list, description="Shell lines run on the login node before the job (joined with &&)."
     )

@@ -69,6 +69,9 @@ class Tag:
     SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
     INTENT_SIGNATURE = "mantik.intent_signature"  # by apply, over the intent tags (.provenance)
     END_SIGNATURE = "mantik.end_signature"  # by the runner (or apply), over the ended status (.provenance)
+    TRACKING = "mantik.tracking"  # written by the runner: online, or offline (to its journal, docs/offline.md)
+    SYNC_METRICS = "mantik.sync.metrics"  # the journal's metrics rowid uploaded last (mantik_spec.state.journal)
+    SYNC_ARTIFACTS = "mantik.sync.artifacts"  # digest of the journal's artifacts once all were uploaded
 
 
 class MlflowTag:
@@ -86,7 +89,7 @@ class MlflowTag:
 
 
 # What the in-job runner writes; it holds literal copies of these (it cannot import this package).
-RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE)
+RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING)
 
 
 # -- the run key's inputs: one tag each ------------------------------------------------------------------

@@ -465,6 +465,8 @@ class TrackingStore:
                 raise
             raise self._error(exc) from exc
 
+    call = _call  # one request, counted, its failures as TrackingError: for state/'s other modules (journal sync)
+
     def _error(self, exc: BaseException) -> TrackingError:
         hint = _sqlite_hint(exc)
         if hint:

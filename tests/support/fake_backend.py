@@ -151,6 +151,9 @@ class FakeBackend:
         job = self.jobs.get(job_id) if job_id else None
         return job.output[offset:] if job is not None and job.output else None
 
+    def journal(self, run_id: str, job_id: str | None) -> None:
+        return None  # its jobs write no files
+
     def preflight(self) -> list[str]:
         return list(self.not_offered)
 

@@ -1,0 +1,142 @@
+"""Offline sync: RUNS journals of POINTS metric points each uploaded into their runs on an `mlflow server` by
+`mantik sync`'s upload (mantik_spec.state.journal.sync_run), against the same points logged one call per point
+(what a job with a route to the server makes, and what a replay without batching would make). The baseline
+takes ~40 ms a point on a busy 2-core machine, so it is measured on the first ``--baseline-runs`` runs and
+compared per run.
+
+Usage:
+
+    python bench/bench_sync.py [--runs 100] [--points 1000] [--baseline-runs 5]
+
+It prints wall time and calls per run for each, their ratios, and as its last line a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mantik_spec import runner  # noqa: E402
+from mantik_spec.backends.hosts import HostJournal, LocalHost  # noqa: E402
+from mantik_spec.state.journal import sync_run  # noqa: E402
+from mantik_spec.state.tracking import TrackingStore  # noqa: E402
+from tests.support.mlflow_server import MlflowServer  # noqa: E402
+
+
+def journal_template(directory: Path) -> Path:
+    """An empty journal database as the runner makes it (MLflow's tables), to copy for every run."""
+    from mlflow.tracking import MlflowClient
+
+    database = directory / "template.db"
+    MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments(max_results=1)
+    return database
+
+
+def write_journal(template: Path, directory: Path, run_id: str, experiment_id: str, points: int) -> None:
+    journal = directory / runner.JOURNAL_DIR
+    (journal / runner.JOURNAL_ARTIFACTS).mkdir(parents=True)
+    database = journal / runner.JOURNAL_DB
+    shutil.copy(template, database)
+    now = int(time.time() * 1000)
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "INSERT INTO experiments (experiment_id, name, lifecycle_stage, creation_time, last_update_time) "
+            "VALUES (?, 'bench', 'active', ?, ?)",
+            (int(experiment_id), now, now),
+        )
+        connection.execute(
+            "INSERT INTO runs (run_uuid, status, start_time, end_time, lifecycle_stage, artifact_uri, experiment_id) "
+            "VALUES (?, 'FINISHED', ?, ?, 'active', ?, ?)",
+            (run_id, now, now + points, str(journal / runner.JOURNAL_ARTIFACTS), int(experiment_id)),
+        )
+        connection.execute("INSERT INTO tags (key, value, run_uuid) VALUES ('mantik.exit_code', '0', ?)", (run_id,))
+        connection.executemany(
+            "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES ('loss', ?, ?, ?, ?, 0)",
+            [(1.0 / (step + 1), now + step, run_id, step) for step in range(points)],
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--points", type=int, default=1000)
+    parser.add_argument("--baseline-runs", type=int, default=5)
+    args = parser.parse_args()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from mlflow.entities import Metric
+
+    with tempfile.TemporaryDirectory(prefix="bench-sync-") as temporary:
+        root = Path(temporary)
+        server = MlflowServer(root / "server")
+        server.start()
+        try:
+            store = TrackingStore(server.url, "bench")
+            experiment_id = store.ensure_experiment("sync", store.experiment_ids())
+            template = journal_template(root)
+            synced, replayed = [], []
+            for index in range(args.runs):
+                synced.append(store.create_run(experiment_id, f"run-{index}", {}, {}))
+                if index < args.baseline_runs:
+                    replayed.append(store.create_run(experiment_id, f"replay-{index}", {}, {}))
+            for run_id in synced:
+                write_journal(template, root / run_id, run_id, experiment_id, args.points)
+            calls = store.calls
+            started = time.perf_counter()
+            for run_id in synced:
+                sync_run(store, run_id, HostJournal(LocalHost(), str(root / run_id / runner.JOURNAL_DIR)), True)
+            sync_seconds, sync_calls = time.perf_counter() - started, store.calls - calls
+            calls = store.calls
+            started = time.perf_counter()
+            for run_id in replayed:  # the baseline: one call per point, as logged online
+                for step in range(args.points):
+                    store.call(store.client.log_batch, run_id, metrics=[Metric("loss", 1.0 / (step + 1), step, step)])
+            per_point_seconds, per_point_calls = time.perf_counter() - started, store.calls - calls
+            again = store.calls
+            for run_id in synced:
+                sync_run(store, run_id, HostJournal(LocalHost(), str(root / run_id / runner.JOURNAL_DIR)), True)
+            second_sync_calls = store.calls - again
+            points = len(store.client.get_metric_history(synced[0], "loss"))
+            assert points == args.points, points
+        finally:
+            server.stop()
+    total = args.runs * args.points
+    sync_run_seconds, sync_run_calls = sync_seconds / args.runs, sync_calls / args.runs
+    replay_run_seconds, replay_run_calls = per_point_seconds / len(replayed), per_point_calls / len(replayed)
+    print(f"{args.runs} runs x {args.points} points = {total} points synced to an mlflow server")
+    print(f"sync (journal, batched): {sync_seconds:.2f} s, {sync_calls} calls ({total / sync_seconds:,.0f} points/s)")
+    print(f"  per run: {sync_run_seconds:.3f} s, {sync_run_calls:.1f} calls")
+    print(f"one call per point ({len(replayed)} runs): {per_point_seconds:.2f} s, {per_point_calls} calls")
+    print(f"  per run: {replay_run_seconds:.3f} s, {replay_run_calls:.1f} calls")
+    speedup = replay_run_seconds / sync_run_seconds
+    print(f"ratio: {speedup:.1f}x faster, {replay_run_calls / sync_run_calls:.0f}x fewer calls")
+    print(f"a second sync of all {args.runs} runs: {second_sync_calls} calls, nothing written")
+    print(
+        json.dumps(
+            {
+                "runs": args.runs,
+                "points": args.points,
+                "baseline_runs": len(replayed),
+                "sync_seconds": round(sync_seconds, 3),
+                "sync_calls": sync_calls,
+                "per_point_seconds": round(per_point_seconds, 3),
+                "per_point_calls": per_point_calls,
+                "speedup": round(speedup, 2),
+                "call_ratio": round(replay_run_calls / sync_run_calls, 1),
+                "second_sync_calls": second_sync_calls,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

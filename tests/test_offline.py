@@ -1,0 +1,369 @@
+"""Offline tracking: jobs whose processes cannot reach the tracking server (``unshare -n``: no network at all)
+record to a journal in their job directory, and sync uploads it into the run mantik recorded (docs/offline.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mantik_spec import runner
+from mantik_spec.backends.hosts import HostJournal, LocalHost
+from mantik_spec.state.journal import Damage, sync_run
+from mantik_spec.state.tags import Tag
+from mantik_spec.state.tracking import TrackingStore
+
+from .conftest import missing
+from .support.mlflow_server import MLFLOW, MlflowServer
+from .support.specs import on_one_backend, slurm_spec
+
+UNSHARE = shutil.which("unshare")
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    import mlflow
+    points = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    mlflow.set_experiment(os.environ["EXPERIMENT_NAME"]) if os.environ.get("EXPERIMENT_NAME") else None
+    with mlflow.start_run() as run:
+        assert run.info.run_id == os.environ["EXPECTED_RUN_ID"], run.info.run_id
+        mlflow.log_param("lr", "0.1")
+        mlflow.set_tag("phase", "train")
+        for step in range(points):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+            if os.environ.get("SLOW"):
+                time.sleep(float(os.environ["SLOW"]))
+        with open("model.txt", "w") as f:
+            f.write("weights")
+        mlflow.log_artifact("model.txt", "model")
+    print("trained")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, store_template):
+    if not Path(MLFLOW).exists():
+        missing("the mlflow server is not installed: pip install -e '.[test]'")
+    if UNSHARE is None or subprocess.run([UNSHARE, "-n", "true"], capture_output=True).returncode:
+        missing("unshare -n (util-linux, as root) is needed to run jobs without a network")
+    server = MlflowServer(tmp_path_factory.mktemp("server"), store_template)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def store(server):
+    return TrackingStore(server.url, "offline")
+
+
+def new_run(store: TrackingStore, experiment: str = "exp") -> tuple[str, str]:
+    experiment_id = store.ensure_experiment(experiment, store.experiment_ids())
+    run_id = store.create_run(experiment_id, "point", {Tag.POINT: "exp[0]"}, {})
+    return run_id, experiment_id
+
+
+def job_dir(tmp_path: Path, store: TrackingStore, run_id: str, experiment_id: str, tracking: str, **environment):
+    directory = tmp_path / "job"
+    (directory / "work").mkdir(parents=True)
+    (directory / "work" / "train.py").write_text(SCRIPT)
+    shutil.copy(runner.__file__, directory / "runner.py")
+    job = {
+        "run_id": run_id,
+        "point": "exp[0]",
+        "command": f"{sys.executable} train.py {environment.pop('points', 5)}",
+        "tracking_uri": store.uri,
+        "experiment_id": experiment_id,
+        "experiment_name": store.experiment_name("exp"),
+        "environment": {"EXPECTED_RUN_ID": run_id, **environment},
+        "workdir": "work",
+        "tracking": tracking,
+    }
+    (directory / "job.json").write_text(json.dumps(job))
+    return directory
+
+
+def run_job(directory: Path, network: bool = False) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(directory / "runner.py"), str(directory)]
+    return subprocess.run(argv if network else [UNSHARE, "-n", *argv], capture_output=True, text=True, timeout=120)
+
+
+def journal_of(directory: Path) -> HostJournal:
+    return HostJournal(LocalHost(), str(directory / runner.JOURNAL_DIR))
+
+
+def history(store: TrackingStore, run_id: str) -> list[tuple]:
+    return sorted((m.key, m.step, m.timestamp, m.value) for m in store.client.get_metric_history(run_id, "loss"))
+
+
+def journal_points(directory: Path) -> list[tuple]:
+    with sqlite3.connect(directory / runner.JOURNAL_DIR / runner.JOURNAL_DB) as connection:
+        return sorted(connection.execute("SELECT key, step, timestamp, value FROM metrics WHERE key = 'loss'"))
+
+
+@pytest.mark.parametrize("tracking", ["offline", "auto"])
+def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, server, store, tracking):
+    run_id, experiment_id = new_run(store)
+    # the script names its own experiment, as scripts written for MLflow do: the run stays in its experiment
+    directory = job_dir(tmp_path, store, run_id, experiment_id, tracking, EXPERIMENT_NAME="my-experiment")
+    done = run_job(directory)
+    assert done.returncode == 0, done.stdout + done.stderr + (directory / "output.log").read_text()
+    assert "trained" in (directory / "output.log").read_text()
+    before = store.client.get_run(run_id)
+    assert before.info.status == "SCHEDULED" and not before.data.metrics  # nothing reached the server
+
+    result = sync_run(store, run_id, journal_of(directory))
+    assert result is not None and not result.skipped
+    after = store.client.get_run(run_id)
+    assert after.info.status == "FINISHED"
+    assert after.info.experiment_id == experiment_id
+    assert after.data.params == {"lr": "0.1"}
+    assert after.data.tags["phase"] == "train"
+    assert after.data.tags[Tag.TRACKING] == "offline"
+    assert after.data.tags[Tag.EXIT_CODE] == "0"
+    assert history(store, run_id) == journal_points(directory) and len(journal_points(directory)) == 5
+    with sqlite3.connect(directory / runner.JOURNAL_DIR / runner.JOURNAL_DB) as connection:
+        assert after.info.end_time == connection.execute("SELECT end_time FROM runs").fetchone()[0]
+    artifacts = {a.path for a in store.client.list_artifacts(run_id, "model")}
+    assert artifacts == {"model/model.txt"}
+    assert "trained" in Path(store.client.download_artifacts(run_id, "mantik/output.log", str(tmp_path))).read_text()
+
+    again = sync_run(store, run_id, journal_of(directory))
+    assert again is not None and again.written == 0  # idempotent: a second sync writes nothing
+    assert history(store, run_id) == journal_points(directory)
+
+
+@pytest.mark.parametrize("tracking", ["online", "auto"])
+def test_a_job_with_network_records_online_whatever_experiment_the_script_names(tmp_path, server, store, tracking):
+    run_id, experiment_id = new_run(store)
+    directory = job_dir(tmp_path, store, run_id, experiment_id, tracking, EXPERIMENT_NAME="my-experiment")
+    done = run_job(directory, network=True)
+    assert done.returncode == 0, done.stdout + done.stderr + (directory / "output.log").read_text()
+    run = store.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.experiment_id == experiment_id
+    assert run.data.metrics == {"loss": 0.2} and run.data.params == {"lr": "0.1"}
+    assert store.client.get_experiment_by_name("my-experiment") is None  # nothing recorded elsewhere
+    assert run.data.tags.get(Tag.TRACKING) == ("online" if tracking == "auto" else None)
+    assert sync_run(store, run_id, journal_of(directory)) is None  # no journal
+
+
+SYNC_ONE = textwrap.dedent(
+    """
+    import sys
+    from mantik_spec.backends.hosts import HostJournal, LocalHost
+    from mantik_spec.state.journal import sync_run
+    from mantik_spec.state.tracking import TrackingStore
+    result = sync_run(TrackingStore(sys.argv[1], "offline"), sys.argv[2], HostJournal(LocalHost(), sys.argv[3]))
+    print(result.metrics)
+    """
+)
+
+
+def test_a_sync_killed_mid_way_completes_on_the_next_without_a_duplicate_point(tmp_path, server, store):
+    run_id, experiment_id = new_run(store)
+    directory = job_dir(tmp_path, store, run_id, experiment_id, "offline", points=1500)
+    assert run_job(directory).returncode == 0
+    journal = str(directory / runner.JOURNAL_DIR)
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "MANTIK_TEST_CRASH_AT": "journal-batch"}
+    crashed = subprocess.run(
+        [sys.executable, "-c", SYNC_ONE, store.uri, run_id, journal], env=environment, capture_output=True, timeout=120
+    )
+    assert crashed.returncode == -9  # killed after its first batch of points
+    partial = history(store, run_id)
+    assert 0 < len(partial) < 1500
+    assert store.client.get_run(run_id).info.status == "SCHEDULED"
+
+    result = sync_run(store, run_id, journal_of(directory))
+    assert result is not None and result.metrics == 1500 - len(partial)  # from the cursor on, not from the start
+    assert history(store, run_id) == journal_points(directory)  # complete, no duplicate
+    assert store.client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_job_killed_mid_write_is_synced_as_far_as_it_got_while_it_ran(tmp_path, server, store):
+    run_id, experiment_id = new_run(store)
+    directory = job_dir(tmp_path, store, run_id, experiment_id, "offline", points=100000, SLOW="0.002")
+    argv = [UNSHARE, "-n", sys.executable, str(directory / "runner.py"), str(directory)]
+    job = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while len(seen) < 3 and time.monotonic() < deadline:  # sync while it trains: each adds only new points
+            result = sync_run(store, run_id, journal_of(directory))
+            if result is not None and result.metrics:
+                seen.append(result.metrics)
+                assert store.client.get_run(run_id).info.status == "RUNNING"
+            time.sleep(0.5)
+        assert len(seen) == 3, "the job logged no points"
+    finally:
+        os.killpg(job.pid, 9)  # the whole job, mid-write
+        job.wait()
+    result = sync_run(store, run_id, journal_of(directory), job_ended=True)
+    assert result is not None and not result.skipped
+    assert history(store, run_id) == journal_points(directory)  # every point the journal kept, once
+    assert sum(seen) + result.metrics == len(journal_points(directory))
+    assert store.client.get_run(run_id).info.status == "RUNNING"  # the journal never said how it ended
+    assert sync_run(store, run_id, journal_of(directory), job_ended=True).written == 0
+
+
+def test_a_damaged_journal_is_synced_as_far_as_it_is_valid(tmp_path, server, store):
+    run_id, experiment_id = new_run(store)
+    directory = job_dir(tmp_path, store, run_id, experiment_id, "offline", points=1500)
+    assert run_job(directory).returncode == 0
+    database = directory / runner.JOURNAL_DIR / runner.JOURNAL_DB
+    intact = journal_points(directory)
+    with sqlite3.connect(database) as connection:
+        size = connection.execute("PRAGMA page_size").fetchone()[0]
+        leaves = [n for (n,) in connection.execute("SELECT pageno FROM dbstat WHERE name = 'metrics' AND pagetype = 'leaf'")]
+    data = bytearray(database.read_bytes())
+    middle = leaves[len(leaves) // 2]  # a page of metric rows in the middle of the table, overwritten
+    data[(middle - 1) * size : middle * size] = b"\xff" * size
+    damaged = tmp_path / "damaged"
+    shutil.copytree(directory / runner.JOURNAL_DIR, damaged)
+    (damaged / runner.JOURNAL_DB).write_bytes(bytes(data))
+    result = sync_run(store, run_id, HostJournal(LocalHost(), str(damaged)))
+    assert result is not None
+    assert [s.damage for s in result.skipped] and all(s.damage is Damage.TABLE_CUT for s in result.skipped)
+    synced = history(store, run_id)
+    assert synced and set(synced) <= set(intact)
+
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / runner.JOURNAL_DB).write_bytes(b"not a database" * 100)
+    result = sync_run(store, run_id, HostJournal(LocalHost(), str(garbage)))
+    assert result is not None and [s.damage for s in result.skipped] == [Damage.UNREADABLE] and result.written == 0
+
+    repaired = sync_run(store, run_id, journal_of(directory))  # the whole journal later: the rest, once
+    assert repaired is not None and not repaired.skipped
+    assert history(store, run_id) == intact
+
+
+def test_apply_wait_on_the_local_backend_offline_returns_with_the_run_synced_and_closed(project, server):
+    spec = on_one_backend("  local: {type: local, max_parallel: 2, tracking: offline}\n", lrs="[0.5]")
+    project.write("mantik.yaml", spec)
+    project.commit("offline")
+    environment = {"MLFLOW_TRACKING_URI": server.url, "TEST_LOG_METRIC": "1"}
+    project.mantik("apply", "--auto-approve", "--wait", env=environment)
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name("demo/sweep")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"score": 5.0}  # logged by the script, offline, synced by apply --wait
+    assert run.data.tags[Tag.TRACKING] == "offline" and run.data.tags[Tag.EXIT_CODE] == "0"
+    journal = project.path / ".mantik" / "local" / "local" / "jobs" / run.info.run_id / runner.JOURNAL_DIR
+    assert (journal / runner.JOURNAL_DB).exists()
+    synced = project.mantik("sync", env=environment)
+    assert "Nothing to sync" in synced.stdout
+
+
+def test_a_slurm_job_without_network_falls_back_to_its_journal(project, server, slurm_cluster, tmp_path):
+    wrapper = tmp_path / "python-without-network"
+    wrapper.write_text(f'#!/bin/sh\nexec {UNSHARE} -n {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    spec = slurm_spec(lrs="[0.5]").replace(f"    python: {sys.executable}\n", f"    python: {wrapper}\n")
+    project.write("mantik.yaml", spec)
+    project.commit("slurm, no network on the nodes")
+    environment = {"MLFLOW_TRACKING_URI": server.url, "TEST_LOG_METRIC": "1"}
+    project.mantik("apply", "--auto-approve", "--wait", env=environment, timeout=300)
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name("slurmtest/sweep")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"score": 5.0}
+    assert run.data.tags[Tag.TRACKING] == "offline"  # auto: the probe found no route, the job chose its journal
+    assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
+
+
+def test_plan_shows_a_journal_it_could_not_sync_as_drift_and_sync_fails(project, server):
+    project.write(
+        "mantik.yaml",
+        """
+        version: 1
+        project: drift
+        entry_points:
+          main:
+            command: printf garbage > ../journal/mlflow.db && sleep 60
+        backends:
+          local: {type: local, tracking: offline}
+        experiments:
+          broken: {entry_point: main}
+        """,
+    )
+    project.commit("a job that damages its journal")
+    environment = {"MLFLOW_TRACKING_URI": server.url}
+    project.mantik("apply", "--auto-approve", env=environment)
+    journal = next((project.path / ".mantik" / "local" / "local" / "jobs").iterdir()) / runner.JOURNAL_DIR
+    damaged = journal / runner.JOURNAL_DB
+    project.wait_until(lambda: damaged.exists() and damaged.read_bytes() == b"garbage", message="damaged journal")
+    try:
+        plan = json.loads(project.mantik("plan", "--json", env=environment).stdout)
+        (drift,) = [w for w in plan["warnings"] if w.startswith("drift:")]
+        assert "not a readable database" in drift
+        synced = project.mantik("sync", env=environment, check=1)
+        assert "not a readable database" in synced.stderr
+    finally:
+        project.mantik("cancel", "broken", env=environment)
+
+
+def test_a_unicore_job_without_network_is_synced_through_the_sites_storage(project, server, tmp_path):
+    from .fake_unicore import FakeUnicore
+    from .support.specs import unicore_spec
+
+    wrapper = tmp_path / "python-without-network"
+    wrapper.write_text(f'#!/bin/sh\nexec {UNSHARE} -n {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    with FakeUnicore(tmp_path / "site", users={"alice": "pw"}) as site:
+        site.queue_seconds = 0.1
+        # the site's jobs do not inherit this environment: the spec gives the script its variable
+        spec = unicore_spec(site.url, python=str(wrapper), extra="    environment: metrics")
+        path = f"{Path(sys.executable).parent}:/usr/bin:/bin"  # `python` with mlflow
+        spec += f"environments:\n  metrics: {{variables: {{TEST_LOG_METRIC: '1', PATH: '{path}'}}}}\n"
+        project.write("mantik.yaml", spec.replace("[0.1, 0.2]", "[0.5]"))
+        project.commit("unicore, no network on the nodes")
+        environment = {
+            "MLFLOW_TRACKING_URI": server.url,
+            "TEST_LOG_METRIC": "1",
+            "MANTIK_UNICORE_USERNAME": "alice",
+            "MANTIK_UNICORE_PASSWORD": "pw",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
+        project.mantik("apply", "--auto-approve", "--wait", env=environment, timeout=300)
+    client = MlflowClient(server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name("demo/sweep").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"score": 5.0}
+    assert run.data.tags[Tag.TRACKING] == "offline"
+    assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
+
+
+def test_a_journals_artifacts_are_listed_over_ssh_as_on_this_machine(tmp_path):
+    """SSHHost lists a journal's files with one `find` on the login node: the command as the remote shell runs
+    it (sshd hands the joined command line to the login shell), here run by this machine's shell."""
+    from mantik_spec.backends.ssh import SSHHost
+
+    root = tmp_path / "journal" / "artifacts"
+    (root / "model" / "sub dir").mkdir(parents=True)
+    (root / "model" / "sub dir" / "weights with space.bin").write_bytes(b"\0" * 10)
+    (root / "mantik").mkdir()
+    (root / "mantik" / "output.log").write_text("trained\n")
+    host = SSHHost.__new__(SSHHost)
+
+    def exchange(argv, data=None, timeout=None):
+        done = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True)
+        return done.returncode, done.stdout, done.stderr.decode()
+
+    host._exchange = exchange  # type: ignore[method-assign]
+    expected = LocalHost().files_below(str(root))
+    assert expected == [("mantik/output.log", 8), ("model/sub dir/weights with space.bin", 10)]
+    assert host.files_below(str(root)) == expected
+    assert host.files_below(str(tmp_path / "none")) == []
