@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from ..errors import MantikError
 from ..spec.cost import Allocation, Used
-from ..state.provenance import SEAL_VARIABLE
 from ..state.journal import JournalFiles
+from ..state.provenance import SEAL_VARIABLE
 from ..vocab import JobStatus
 
 
