@@ -25,7 +25,8 @@ def plan_registry(project: Project, observation: Observation, plan: Plan, untrus
     observed = registry.observe_models(project.store, list(models))
     sources: dict[str, ModelSource | None] = {}
     unreadable = []  # a model whose winner's artifacts cannot be listed here: an error, the runs are planned
-    for name, run in winners(models, observation.desired, runs, plan.entries).items():
+    best = winners(models, observation.desired, runs, plan.entries)
+    for name, run in best.items():
         try:
             sources[name] = registry.model_source(project.store, run.run_id, models[name].artifact)
         except TrackingError as exc:
@@ -34,6 +35,9 @@ def plan_registry(project: Project, observation: Observation, plan: Plan, untrus
     held: dict[str, ModelSource | None] = {}  # the model of the run behind each alias now, to check its version
     for name, run in held_runs(models, runs, observed).items():
         if name in unreadable:
+            continue
+        if name in best and best[name].run_id == run.run_id:  # the winner's own: looked up above
+            held[name] = sources[name]
             continue
         try:
             held[name] = registry.model_source(project.store, run.run_id, models[name].artifact)
