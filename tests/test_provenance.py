@@ -37,6 +37,7 @@ def forge(project, genuine, lr: float, *, signatures: bool):
         environment=tags.get("mantik.environment", ""),
     )
     tags |= {"mantik.parameters": json.dumps(parameters, sort_keys=True), "mantik.run_key": identity.key}
+    tags |= {"mantik.attempt": "9"}  # a later attempt than any mantik makes
     tags |= {"mantik.point": genuine.data.tags["mantik.point"].replace(str(genuine.data.params["lr"]), str(lr))}
     if not signatures:
         tags = {name: value for name, value in tags.items() if not name.endswith("_signature")}
@@ -74,6 +75,11 @@ def test_a_forged_finished_record_is_not_a_result_while_runs_mantik_started_are(
     without_key = project.mantik("plan", "--detailed-exitcode", check=0, env={provenance.SIGNING_KEY_VARIABLE: ""})
     assert "No changes" in without_key.stdout  # no key, nothing to check against: the records count as before
     assert unsigned
+
+    project.mantik("apply", "--auto-approve", "--wait")  # the forged points run for real, and then count
+    assert "No changes" in project.mantik("plan", "--detailed-exitcode", check=0).stdout
+    rows = {row["parameters"]["lr"]: row for row in project.status_json()}
+    assert [rows[lr]["unverified"] for lr in (0.1, 0.2, 0.3, 0.4)] == [False] * 4  # not hidden by attempt 9
 
 
 def test_runs_recorded_before_the_key_count_once_adopted(project):

@@ -57,11 +57,12 @@ def status_rows(
     if errors is not None:
         errors.extend(unreachable(observation))
     latest: dict[str, ObservedRun] = {}
+
+    def rank(run: ObservedRun) -> tuple:  # a record whose signature fails never hides one of mantik's own runs
+        return (run.provenance is not Provenance.UNVERIFIED, run.attempt, run.start_time or 0)
+
     for run in observation.runs:
-        if run.run_key not in latest or (run.attempt, run.start_time or 0) >= (
-            latest[run.run_key].attempt,
-            latest[run.run_key].start_time or 0,
-        ):
+        if run.run_key not in latest or rank(run) >= rank(latest[run.run_key]):
             latest[run.run_key] = run
     rows = []
     for want in observation.desired:
