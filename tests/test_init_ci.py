@@ -205,6 +205,7 @@ def test_the_review_job_carries_no_backend_secret_and_asks_no_backend(tmp_path, 
         assert review.get("environment") is None and "environment: mantik-apply" in text
         secrets = set(re.findall(r"secrets\.(\w+)", yaml.safe_dump(review)))
         assert secrets == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"}
+        assert "MANTIK_SIGNING_KEY" in pipeline["jobs"]["apply"]["env"]  # the merge's apply signs its runs
         commands = [step.get("run", "") for step in review["steps"]]
     else:
         review = pipeline["plan"]
