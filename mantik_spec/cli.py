@@ -95,7 +95,7 @@ class WorkflowGroup(click.Group):
 
     ORDER = (
         "init", "validate", "plan", "apply", "status", "sync", "logs", "show", "explain",
-        "cancel", "reproduce", "watch", "force-unlock", "schema", "completion",
+        "cancel", "reproduce", "watch", "adopt", "force-unlock", "schema", "completion",
     )  # fmt: skip
 
     # one line each at 80 columns; `mantik VERB --help` has the whole story
@@ -112,6 +112,7 @@ class WorkflowGroup(click.Group):
         "cancel": "Cancel the live runs of experiments, points or runs",
         "reproduce": "Re-create a run from its MLflow record, linked to it",
         "watch": "Re-validate and re-plan on every change (--apply too)",
+        "adopt": "Sign unsigned finished runs you trust (MANTIK_SIGNING_KEY)",
         "force-unlock": "Release the project lock of an apply that is gone",
         "schema": "The JSON Schema of mantik.yaml (or its Markdown reference)",
         "completion": "Shell completion for bash, zsh or fish",
@@ -188,7 +189,7 @@ def _print_notes(loaded) -> None:
     from .spec.includes import mlproject_notes
 
     for note in mlproject_notes(loaded.spec, loaded.root):
-        click.echo(f"Note: {note}", err=True)
+        click.echo(views.printable(f"Note: {note}"), err=True)
 
 
 @main.command()
@@ -266,7 +267,9 @@ def plan(
     from .reconcile.planfile import write_plan
 
     project = open_project(directory, scratch=scratch)
-    result, _ = build_plan(project, prune=prune, replace=replace, cached=not refresh, ask_backends=not no_backends)
+    result, _ = build_plan(
+        project, prune=prune, replace=replace, cached=not refresh, ask_backends=not no_backends, estimate=True
+    )
     if out:
         if no_backends:  # its runs' jobs are unknown: applied as is, it would decide nothing about them
             raise UserError("--out with --no-backends: a plan that asked no backend cannot be applied; plan without it")
@@ -359,6 +362,7 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
         return _errors(result.plan.errors)
     if result.applied:
         click.echo(f"\nApply complete: {len(result.started)} run(s) started.")
+        views.show_promoted(output, result.promoted)
     if wait and live:
         click.echo(f"Following {len(live)} run(s) started earlier and still running.")
     if wait and (result.started or live):
@@ -371,10 +375,16 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
             lock_timeout=timeout,
             on_lock_wait=waiting,
         )
+        # the runs it waited for have ended: the models of their experiments are promoted now, not next apply
+        promotion = operation.promote(project, lock_timeout=timeout, on_lock_wait=waiting)
+        views.show_promoted(output, promotion.promoted)
         if failures:
             _report_calls(ctx, project)
             views.show_failures(output, failures)
             return 1
+        if promotion.plan.errors:  # a model refused (a metric or an artifact its winner lacks)
+            _report_calls(ctx, project)
+            return _errors(promotion.plan.errors)
     _report_calls(ctx, project)
     return _errors(result.plan.errors)
 
@@ -388,8 +398,6 @@ def apply(ctx, directory, planfile, auto_approve, wait, prune, replace, lock_tim
 @click.pass_context
 def status(ctx, directory, experiments, as_json, watch, interval):
     """A table of the declared runs (of the EXPERIMENTS named, or all): state, attempt, job, age, last metrics."""
-    import json
-
     from .operations.project import open_project
     from .operations.runref import job_label
     from .operations.status import status_rows, watch_rows
@@ -400,7 +408,7 @@ def status(ctx, directory, experiments, as_json, watch, interval):
     if watch:
         views.watch_status(output, watch_rows(project, parse_duration(interval), experiments), job_label)
     elif as_json:
-        click.echo(json.dumps([row.to_json() for row in status_rows(project, errors, experiments)], indent=2))
+        click.echo(views.json_text([row.to_json() for row in status_rows(project, errors, experiments)]))
     else:
         views.show_status(output, status_rows(project, errors, experiments), job_label)
     _report_calls(ctx, project)
@@ -453,6 +461,26 @@ def cancel(ctx, directory, targets, lock_timeout):
 
 @main.command()
 @PROJECT_DIR
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--lock-timeout", default="0s", show_default=True, help="How long to wait for the project lock.")
+@click.pass_context
+def adopt(ctx, directory, targets, lock_timeout):
+    """Sign the unsigned FINISHED runs of EXPERIMENTs or RUNs with MANTIK_SIGNING_KEY, so they count as results."""
+    from .operations.adopt import adopt as adopt_runs
+    from .operations.project import open_project
+
+    project = open_project(directory)
+    results = adopt_runs(project, list(targets), parse_duration(lock_timeout))
+    for result in results:
+        run = f"{result.run.run_id} ({result.run.point_id or '?'})"
+        click.echo(views.printable(f"adopted {run}" if result.adopted else f"not adopted {run}: {result.why}"))
+    adopted = sum(1 for result in results if result.adopted)
+    click.echo(f"Adopted {adopted} run(s)." if results else "Nothing to adopt: no unsigned finished run matches.")
+    _report_calls(ctx, project)
+
+
+@main.command()
+@PROJECT_DIR
 @click.argument("run_id", metavar="RUN")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing output until the run ends.")
 def logs(directory, run_id, follow):
@@ -489,7 +517,7 @@ def reproduce(directory, run_id, backend, lock_timeout):
     from .operations.reproduce import reproduce as reproduce_run
 
     new_run, original = reproduce_run(open_project(directory), run_id, backend, parse_duration(lock_timeout))
-    click.echo(f"Submitted run {new_run}, reproducing {original}.")
+    click.echo(views.printable(f"Submitted run {new_run}, reproducing {original}."))
 
 
 @main.command()
@@ -514,13 +542,17 @@ def reproduce(directory, run_id, backend, lock_timeout):
     help="How CI installs mantik-spec (a pip requirement such as git+https://HOST/ORG/mantik-spec@TAG); "
     "default: pinned to where this installation came from.",
 )
-@click.option("--default-branch", default="main", show_default=True, help="The branch whose merges apply.")
-@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+@click.option(
+    "--default-branch",
+    help="The branch whose merges apply (default: the repository's: origin/HEAD, else the branch checked out, "
+    "else init.defaultBranch).",
+)
+@click.option("--force", is_flag=True, help="Overwrite files that exist (with --ci, mantik.yaml is kept).")
 def init(directory, mlproject, backend_config, ci, install, default_branch, force):
     """Write a commented mantik.yaml (and CI files), and keep .mantik/ out of git."""
     from .operations.init import init as write_files
 
-    written = write_files(
+    done = write_files(
         directory,
         mlproject=mlproject,
         backend_config=backend_config,
@@ -529,9 +561,14 @@ def init(directory, mlproject, backend_config, ci, install, default_branch, forc
         force=force,
         default_branch=default_branch,
     )
-    for path in written:
+    for path in done.written:
         click.echo(f"wrote {path}")
-    click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")
+    for note in done.notes:
+        click.echo(note, err=note.startswith("Warning:"))
+    if any(path.name == "mantik.yaml" for path in done.written):
+        click.echo("Next: fill in the grid values in mantik.yaml, then `mantik validate` and `mantik plan`.")
+    else:
+        click.echo("Next: commit the CI file and give the CI the secrets docs/ci.md lists.")
 
 
 @main.command()

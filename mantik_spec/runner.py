@@ -31,6 +31,9 @@ SIGNALLED = "stopped by a signal"  # the failure message of a run the runner saw
 EXIT_CODE_TAG = "mantik.exit_code"
 FAILURE_TAG = "mantik.failure"
 FAILURE_KIND_TAG = "mantik.failure_kind"
+END_SIGNATURE_TAG = "mantik.end_signature"
+SEAL_VARIABLE = "MANTIK_RUN_SEAL"  # mantik_spec.state.provenance: opens job.json's sealed run secret
+PRIVATE_VARIABLES = ("MANTIK_SIGNING_KEY", SEAL_VARIABLE)  # never in the user's command's environment
 SIGNALLED_KIND = "signalled"  # FailureKind.SIGNALLED: the scheduler knows why (time limit, preemption, cancel)
 TRACKING_TAG = "mantik.tracking"  # how the job recorded: online, or offline (to its journal)
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"  # RunStatus values
@@ -298,6 +301,26 @@ def _unpack(archive, workdir):
         tar.extractall(workdir)
 
 
+def _end_signature(job, status):
+    """The provenance signature of the run's end (mantik_spec.state.provenance); None when the job has none."""
+    seal = job.get("seal") or os.environ.get(SEAL_VARIABLE)  # in the job file on the local backend only
+    if not job.get("signing") or not seal:
+        return None
+    import hashlib
+    import hmac
+
+    pad = hmac.new(seal.encode(), job["run_id"].encode(), hashlib.sha256).digest()
+    try:
+        sealed = bytes.fromhex(job["signing"])
+    except (TypeError, ValueError):
+        sealed = b""
+    if len(sealed) != len(pad):
+        _warn("job.json's signing entry is not a sealed run secret: the run's end is not signed")
+        return None
+    secret = (int.from_bytes(sealed, "big") ^ int.from_bytes(pad, "big")).to_bytes(len(pad), "big")
+    return hmac.new(secret, f"end\0{status}".encode(), hashlib.sha256).hexdigest()
+
+
 def main(job_dir):
     cancelled = []
 
@@ -333,7 +356,7 @@ def main(job_dir):
     if not cancelled:
         tracking.do("update_run", status=RUNNING)
 
-    environment = dict(os.environ)
+    environment = {name: value for name, value in os.environ.items() if name not in PRIVATE_VARIABLES}
     environment.update(job.get("environment", {}))
     environment.update(
         MLFLOW_RUN_ID=job["run_id"],
@@ -395,7 +418,10 @@ def main(job_dir):
     tracking.do("log_artifact", log_path, "mantik")
     # An ended status always comes with its exit code: without the tag the run stays open, and the next
     # apply closes it from the backend's job state, exit code included.
-    if tracking.do("set_tag", EXIT_CODE_TAG, str(code)):
+    signature = _end_signature(job, status)
+    if tracking.do("set_tag", EXIT_CODE_TAG, str(code)) and (
+        signature is None or tracking.do("set_tag", END_SIGNATURE_TAG, signature)
+    ):
         tracking.do("set_terminated", status)
     tracking.keep_deleted()
     _write_atomically(os.path.join(job_dir, EXIT_CODE_FILE), f"{code}\n")

@@ -42,6 +42,16 @@ class JobStatus:
     detail: str = ""
 
 
+class Provenance(enum.StrEnum):
+    """Whether a run record's end is mantik's own (:mod:`mantik_spec.state.provenance`): ``verified``, its
+    signature holds under the project's signing key; ``unverified``, it does not (forged, edited, or written
+    before signing began); ``unchecked``, no key is set (or the run has not ended), so nothing can be told."""
+
+    VERIFIED = "verified"
+    UNVERIFIED = "unverified"
+    UNCHECKED = "unchecked"
+
+
 class RunStatus(enum.StrEnum):
     """MLflow's run statuses (``mlflow.entities.RunStatus``), as the store reports them."""
 

@@ -266,6 +266,7 @@ class FakeUnicore:
         job_lifetime: float = DEFAULT_LIFETIME,
         max_lifetime: float | None = None,
         login_commands: str = "login",
+        budget: Iterable[str] = (),
     ) -> None:
         if login_commands not in ("login", "batch", "forbidden"):
             raise ValueError(f"login_commands: {login_commands!r}")
@@ -278,6 +279,9 @@ class FakeUnicore:
             str(q): dict(r) for q, r in (DEFAULT_PARTITIONS if partitions is None else partitions).items()
         }
         self.storages = list(storages)
+        # the TSI's answer to "what budget is left", one line per project: PROJECT REMAINING PERCENT UNITS
+        # (tsi get_quota; TSI 7 answered "-1 REMAINING"), rendered as ux does (see _get_factory)
+        self.budget = list(budget)
         self.job_lifetime = job_lifetime
         self.max_lifetime = max_lifetime
         self.jobs: dict[str, FakeJob] = {}
@@ -1058,9 +1062,24 @@ class FakeUnicore:
                 "resourceStatus": "READY",
                 "applications": [],
                 "resources": self.partitions,
+                "remainingComputeTime": self._remaining_compute_time(),
                 "_links": {"self": {"href": url}},
             }
         )
+
+    def _remaining_compute_time(self) -> dict[str, dict[str, str]]:
+        """The budget lines as ux renders them: BudgetInfo parses each TSI line (two words: TSI 7, the current
+        project in core-h; else PROJECT REMAINING PERCENT UNITS) and IDBContentRendering.budgetToMap keys them
+        by project, with "remaining", "units" and "rel" (the percentage, "-1%" when not known) as text."""
+        rendered = {}
+        for line in self.budget:
+            words = line.split()
+            if len(words) == 2:
+                name, remaining, percent, units = "__CURRENT_PROJECT__", int(words[1]), -1, "core-h"
+            else:
+                name, remaining, percent, units = words[0], int(words[1]), int(float(words[2])), words[3]
+            rendered[name] = {"remaining": str(remaining), "units": units, "rel": f"{percent}%"}
+        return rendered
 
 
 # ------------------------------------------------------------------------------------------------- helpers

@@ -4,7 +4,10 @@ does; the fake backend outlives them, as a cluster does."""
 
 from __future__ import annotations
 
+import random
 import shutil
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -158,3 +161,148 @@ def test_a_failed_job_is_closed_with_its_exit_code_and_output_and_retried_as_dec
     assert apply_now(repo, fake).started == []  # no retries left
     assert records(repo)[second].failure_kind is FailureKind.TIMEOUT
     assert fake.calls["submit"] == 2
+
+
+def test_intents_written_side_by_side_are_all_recorded_before_the_first_submission(repo, monkeypatch):
+    """On a tracking server apply writes 8 records at a time: every intent is complete (scheduled, carrying its
+    key, params logged) when the backend is asked, and the job ids come only after its answer."""
+    from mantik_spec.state.tracking import TrackingStore
+
+    monkeypatch.setenv("MANTIK_TRACKING_THREADS", "8")  # as for an http(s) store, on this test's sqlite store
+    declare(repo, "[" + ", ".join(f"{n}.5" for n in range(1, 13)) + "]")
+    threads: set[str] = set()
+    real_call = TrackingStore._call
+
+    def jittered(self, function, *args, **kwargs):  # calls end in another order than they started
+        threads.add(threading.current_thread().name)
+        time.sleep(random.random() / 200)
+        return real_call(self, function, *args, **kwargs)
+
+    monkeypatch.setattr(TrackingStore, "_call", jittered)
+    fake = FakeBackend()
+    at_submission: dict[str, ObservedRun] = {}
+    fake.before_submit = lambda requests: at_submission.update(records(repo))
+
+    result = apply_now(repo, fake)
+
+    assert sum(name.startswith("mantik-record") for name in threads) > 1  # written side by side
+    [requests] = fake.submissions
+    assert len(requests) == 12 and {r.run_id for r in requests} == set(at_submission) == set(result.started)
+    assert {(r.status, r.job_id) for r in at_submission.values()} == {(RunStatus.SCHEDULED, None)}
+    assert {r.run_id: r.run_key for r in requests} == {r.run_id: r.run_key for r in at_submission.values()}
+    client = open_project(repo).store.client
+    assert sorted(client.get_run(run_id).data.params["lr"] for run_id in at_submission) == sorted(
+        f"{n}.5" for n in range(1, 13)
+    )
+    assert {run_id: run.job_id for run_id, run in records(repo).items()} == {
+        run_id: fake.job_of(run_id) for run_id in at_submission
+    }
+
+
+def test_an_intent_that_cannot_be_written_side_by_side_submits_nothing(repo, monkeypatch):
+    """One intent refused by the store among runs written side by side: nothing is submitted, one error, and the
+    next apply closes the intents that were written and runs every point once."""
+    from mantik_spec.state.tracking import TrackingError, TrackingStore
+
+    monkeypatch.setenv("MANTIK_TRACKING_THREADS", "4")
+    declare(repo, "[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]")
+    real_create = TrackingStore.create_run
+
+    def refusing(self, experiment_id, run_name, tags, params):
+        if params.get("lr") == "0.4":
+            raise TrackingError("MLflow at http://tracking: 503 Service Unavailable")
+        return real_create(self, experiment_id, run_name, tags, params)
+
+    monkeypatch.setattr(TrackingStore, "create_run", refusing)
+    fake = FakeBackend()
+    with pytest.raises(TrackingError, match="503"):
+        apply_now(repo, fake)
+    assert fake.submissions == []
+    assert {r.status for r in records(repo).values()} <= {RunStatus.SCHEDULED}  # open intents, no job
+
+    monkeypatch.setattr(TrackingStore, "create_run", real_create)
+    apply_now(repo, fake)
+    assert len(jobs_per_point(fake)) == 6 and set(jobs_per_point(fake).values()) == {1}
+    assert {r.failure_kind for r in records(repo).values() if r.status is RunStatus.FAILED} <= {
+        FailureKind.INTERRUPTED
+    }
+
+
+# -- ended runs read without MLflow -------------------------------------------------------------------------
+
+
+def _ended_runs(repo: Path) -> FakeBackend:
+    """Two runs applied, their jobs ended (one finished with output, one failed), closed by the next apply."""
+    fake = FakeBackend()
+    first, second = apply_now(repo, fake).started
+    fake.end(fake.job_of(first), JobState.COMPLETED, 0, output=b"loss 0.25\n")
+    fake.end(fake.job_of(second), JobState.FAILED, 2)
+    apply_now(repo, fake)
+    return fake
+
+
+def test_status_of_ended_runs_from_the_run_cache_equals_status_from_mlflow(repo):
+    """Once a full read found every run ended and nothing was written to the store since, `status` answers from
+    the run cache without MLflow (no client made, no call); anything written to the store makes it read again."""
+    from mantik_spec.operations.status import status_rows
+
+    _ended_runs(repo)
+    read = open_project(repo)
+    from_mlflow = status_rows(read)
+    assert read.store.calls > 0 and {row.state.ended for row in from_mlflow} == {True}
+
+    again = open_project(repo)
+    assert status_rows(again) == from_mlflow
+    assert again.store.calls == 0 and again.store._client is None  # from the run cache: mlflow not even opened
+    shutil.rmtree(repo / ".mantik" / "cache")  # no cache: MLflow itself says the same
+    assert status_rows(open_project(repo)) == from_mlflow
+
+    # a metric logged by hand on an ended run (a write the incremental read would not see): read again
+    run_id = from_mlflow[0].run_id
+    open_project(repo).store.client.log_metric(run_id, "loss", 0.125)
+    edited = open_project(repo)
+    rows = status_rows(edited)
+    assert edited.store.calls > 0 and rows[0].metrics["loss"] == 0.125
+
+
+def test_a_live_run_is_asked_of_mlflow_and_its_backend(repo):
+    from mantik_spec.operations.status import status_rows
+
+    fake = _ended_runs(repo)
+    status_rows(open_project(repo))
+    declare(repo, "[0.1, 0.2, 0.3]")
+    apply_now(repo, fake)  # a third run, queued
+    project = open_project(repo)
+    project.backends[fake.name] = fake
+    rows = {row.point_id: row for row in status_rows(project)}
+    assert project.store.calls > 0 and sum(not row.state.ended for row in rows.values()) == 1
+    project = open_project(repo)  # the store unchanged since, but a run was live at that read: asked again
+    project.backends[fake.name] = fake
+    assert {r.point_id: r for r in status_rows(project)} == rows and project.store.calls > 0
+
+
+def test_logs_and_status_of_ended_runs_import_no_mlflow(repo):
+    """`mantik logs` of an ended run whose output is on this machine and `status` read no MLflow module."""
+    import subprocess
+    import sys
+
+    from mantik_spec.operations.control import follow_log
+    from mantik_spec.operations.status import status_rows
+
+    fake = _ended_runs(repo)
+    status_rows(open_project(repo))
+    project = open_project(repo)
+    project.backends[fake.name] = fake
+    [finished] = [r for r in project.store.observe() if r.status is RunStatus.FINISHED]
+    project = open_project(repo)
+    project.backends[fake.name] = fake
+    assert b"".join(follow_log(project, finished.run_id[:8], follow=False)) == b"loss 0.25\n"
+    assert project.store._client is None
+    script = (
+        "import sys; from mantik_spec.operations.project import open_project; "
+        "from mantik_spec.operations.status import status_rows; "
+        f"rows = status_rows(open_project({str(repo)!r})); "
+        "print(len(rows), sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sqlalchemy', 'alembic')))"
+    )
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert answer.stdout.split(maxsplit=1) == ["2", "[]\n"]

@@ -105,7 +105,7 @@ def test_budgets_name_themselves_and_their_numbers():
     config = SlurmConfig(type="slurm", resources={"nodes": 2, "time": "1:00:00"}, budget={"node_hours": 10})
     plan = plan_starting({"cluster": (6, config)})
     assert plan.cost and plan.cost.over_budget() == [
-        "budget of backend cluster: 0 node-hours used (at most) + 12 planned > 10"
+        "budget of backend cluster: 0 node-hours used + 12 planned > 10"
     ]
     project = plan_starting({"cluster": (6, slurm(nodes=2, time="60"))}, used=9.5, budget=20)
     assert project.cost and project.cost.over_budget() == [
@@ -140,6 +140,7 @@ def test_local_plan_json_carries_the_cost_and_runs_record_theirs(project):
         "free": True,
         "unknown": None,
         "used_node_hours_at_most": 0.0,
+        "used_node_hours_measured": 0.0,
         "budget_node_hours": None,
     }
     assert "Cost: 0 node-hours, local runs free" in project.mantik("plan").stdout
@@ -160,6 +161,6 @@ def test_the_plan_shows_each_budget_its_runs_count_against():
     plan = plan_starting({"cluster": (6, config)}, used=3.25, budget=500)
     lines = render_text(plan).splitlines()
     assert lines[-1] == (
-        "Budget: backend cluster: 0 node-hours used (at most) + 12 planned of 100; "
+        "Budget: backend cluster: 0 node-hours used + 12 planned of 100; "
         "the project: 3.25 node-hours used (at most) + 12 planned of 500"
     )

@@ -131,6 +131,9 @@ def test_scratch_runs_the_working_tree_as_a_snapshot_and_committing_it_later_cou
     plan = project.mantik("plan", "--detailed-exitcode", check=0)
     assert "No changes" in plan.stdout and "scratch snapshot" in plan.stdout
     assert git(project.path, "stash", "list") == before[2]
+    project.write("NOTES.md", "outside code.paths\n")  # no code changed: no snapshot, and the plan says why
+    plan = project.mantik("plan", "--scratch", "--detailed-exitcode", check=0)
+    assert "no snapshot, as only files outside the code changed (NOTES.md)" in plan.stdout
 
 
 def test_the_committed_tree_runs_not_the_working_directory(project):
@@ -386,12 +389,14 @@ def test_parallel_applies_submit_each_run_key_once(project):
     assert started == 1
 
 
-@pytest.mark.parametrize("crash_at", ["after-intent", "after-submit", "after-job-recorded"])
+@pytest.mark.parametrize("crash_at", ["after-intent", "before-submit", "after-submit", "after-job-recorded"])
 def test_apply_killed_mid_submission_converges_without_duplicates(project, crash_at):
     spec = BASIC_SPEC.replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2, 0.3]}")
     project.write("mantik.yaml", spec)
     project.commit("three points")
-    crashed = project.mantik("apply", "--auto-approve", check=None, env={"MANTIK_TEST_CRASH_AT": crash_at})
+    # records written side by side (as on a tracking server): the kill comes while others are under way
+    crashing = {"MANTIK_TEST_CRASH_AT": crash_at, "MANTIK_TRACKING_THREADS": "3"}
+    crashed = project.mantik("apply", "--auto-approve", check=None, env=crashing)
     assert crashed.returncode == -9
     # the lock of the dead apply is broken automatically: same host, process gone
     project.mantik("apply", "--auto-approve", "--wait")
@@ -452,11 +457,11 @@ def test_credentials_from_the_environment_are_written_nowhere(project, tmp_path)
     project.write(
         "mantik.yaml",
         BASIC_SPEC.replace(
-            "code: {paths: [train.py]}", "code: {paths: [train.py]}\ntracking: {token_env: MY_TRACKING_TOKEN}"
+            "code: {paths: [train.py]}", "code: {paths: [train.py]}\ntracking: {token_env: MANTIK_TRACKING_TOKEN}"
         ).replace("{lr: [0.1, 0.2]}", "{lr: [0.1, 0.2], fail: true}"),
     )
     project.commit("token from the environment")
-    env = {"MY_TRACKING_TOKEN": secret}
+    env = {"MANTIK_TRACKING_TOKEN": secret}
     plan_file = tmp_path / "plan.json"
     outputs = [project.mantik("plan", "--out", str(plan_file), env=env)]
     outputs.append(project.mantik("apply", "--auto-approve", "--wait", check=1, env=env))  # the runs fail

@@ -181,11 +181,15 @@ def test_choosing_a_backend_imports_only_its_module():
 def test_the_runner_writes_the_tag_schema():
     """The runner cannot import the package, so it keeps copies of the names it writes: they must not drift."""
     from mantik_spec import runner
+    from mantik_spec.state.provenance import SEAL_VARIABLE, SIGNING_KEY_VARIABLE
     from mantik_spec.state.tags import RUNNER_TAGS, Tag
     from mantik_spec.vocab import FailureKind, RunStatus
 
-    assert (runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG, runner.TRACKING_TAG) == RUNNER_TAGS
-    assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.TRACKING) == RUNNER_TAGS
+    assert (
+        runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG, runner.END_SIGNATURE_TAG, runner.TRACKING_TAG
+    ) == RUNNER_TAGS
+    assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING) == RUNNER_TAGS
+    assert runner.PRIVATE_VARIABLES == (SIGNING_KEY_VARIABLE, SEAL_VARIABLE)
     from mantik_spec.state import journal
 
     assert (runner.JOURNAL_DB, runner.JOURNAL_ARTIFACTS) == (journal.JOURNAL_DB, journal.ARTIFACTS)
@@ -486,7 +490,7 @@ def test_apply_records_how_each_run_ended_as_a_kind(store, tmp_path):
     project = SimpleNamespace(
         store=tracking, backend=lambda name: backend, spec=SimpleNamespace(backends={}, data={}), root=tmp_path
     )
-    assert execute(project, plan, SimpleNamespace(desired=declared, code=None)) == []
+    assert execute(project, plan, SimpleNamespace(desired=declared, code=None, runs=[])) == []
 
     ended = {r.point_id: (r.status, r.failure_kind) for r in tracking.observe()}
     assert ended == {
@@ -557,15 +561,21 @@ def test_every_plan_action_is_drawn_and_documented():
     """A new plan action is its member of Action (reconcile/plan.py), its rule in the planner, its step in
     operations/apply.py when it is a change, and these: a colour for a change, and its word in the JSON
     format's documentation (the summary and the list of actions)."""
-    from mantik_spec.reconcile.plan import CHANGES, Action
-    from mantik_spec.views.plan import COLORS
+    from mantik_spec.reconcile.plan import CHANGES, MODEL_CHANGES, Action, ModelAction
+    from mantik_spec.views.plan import COLORS, MODEL_COLORS
 
     assert set(COLORS) == set(CHANGES)
+    assert set(MODEL_COLORS) == set(MODEL_CHANGES)
     documented = (ROOT / "docs" / "plan-json.md").read_text()
     listed = re.search(r'"action": "submit",\s*// (.*)', documented)
     assert listed and listed.group(1).split(" | ") == [action.label for action in Action]
     summary = re.search(r'"summary": (\{.*?\})', documented, re.S)
     assert summary and list(json.loads(summary.group(1))) == [action.label for action in Action]
+    # the registry's actions (docs/models.md), listed the same way
+    listed = re.search(r'"action": "register",\s*// (.*)', documented)
+    assert listed and listed.group(1).split(" | ") == [action.label for action in ModelAction]
+    summary = re.search(r'"models_summary": (\{.*?\})', documented, re.S)
+    assert summary and list(json.loads(summary.group(1))) == [action.label for action in ModelAction]
 
 
 # -- layering: each floor imports only the floors below it ------------------------------------------------

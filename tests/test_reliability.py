@@ -7,12 +7,11 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from .conftest import BASIC_SPEC, mantik_command, missing
-from .support.mlflow_server import MLFLOW, MlflowServer
+from .conftest import BASIC_SPEC, mantik_command
+from .support.mlflow_server import running_server
 from .support.specs import slurm_spec
 from .support.trials import check_trials, runs_by_key
 
@@ -21,12 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture
 def mlflow_server(tmp_path, store_template):
-    if not Path(MLFLOW).exists() or subprocess.run([MLFLOW, "server", "--help"], capture_output=True).returncode:
-        missing("the mlflow server is not installed: pip install -e '.[test]'")
-    server = MlflowServer(tmp_path / "server", store_template)
-    server.start()
-    yield server
-    server.stop()
+    with running_server(tmp_path, store_template) as server:
+        yield server
 
 
 def test_parallel_applies_sqlite_local(project):
@@ -96,7 +91,8 @@ def test_mlflow_server_stopped_mid_apply_is_one_error_and_repaired(project, mlfl
     counts = runs_by_key(mlflow_server.url)
     finished = runs_by_key(mlflow_server.url, "FINISHED")
     assert len(finished) == 2 and set(finished.values()) == {1}
-    assert sum(counts.values()) <= 3  # at most the one interrupted intent besides the two runs
+    # besides the two runs, at most the interrupted intents (a server's are written side by side: both here)
+    assert sum(counts.values()) <= 4
     assert "No changes" in project.mantik("plan", env=env).stdout
 
 

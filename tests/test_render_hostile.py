@@ -6,6 +6,7 @@ rendering shows them escaped, one line per entry, with the Markdown table intact
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 
@@ -89,3 +90,55 @@ def test_markdown_code_spans_and_prose_cannot_be_broken_out_of():
     assert _code("``` fence") == "```` ``` fence ````"
     assert _prose("*a* <b> [c](d) @e #1 | _f_") == "\\*a\\* \\<b\\> \\[c\\]\\(d\\) \\@e \\#1 \\| \\_f\\_"
     assert textwrap.dedent(_prose("line\nbreak")) == "line\\\\nbreak"
+
+
+# -- text from the tracking store or a backend, everywhere it is printed -----------------------------------------
+
+# what a terminal acts on: C0 controls but the newline, DEL, C1 controls (0x9b opens a sequence like ESC [), bidi
+ACTIVE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u202e]")
+FROM_THE_STORE = "loss\x1b]0;owned\x07\x9b2J\x7f\u202e"  # a metric name, run id or job id others can write
+
+
+def drawn(show) -> str:
+    import io
+
+    from mantik_spec.views import Output
+
+    stream = io.StringIO()
+    show(Output(stream, stream, color=False, in_automation=True))
+    return stream.getvalue()
+
+
+def test_show_names_logged_metrics_inert():
+    from mantik_spec.operations.show import GridRow, Ranking
+    from mantik_spec.views.runs import show_grid
+    from mantik_spec.vocab import RowState
+
+    rows = [GridRow("sweep[lr=0.1]", {"lr": 0.1}, RowState.FINISHED, {FROM_THE_STORE: 1.0})]
+    unranked = drawn(lambda output: show_grid(output, rows, Ranking(None, None, ""), "sweep"))
+    ranked = drawn(lambda output: show_grid(output, rows, Ranking(FROM_THE_STORE, "min", "--metric"), "sweep"))
+    for text in (unranked, ranked):
+        assert not ACTIVE.search(text), repr(text)
+        assert "loss\\x1b]0;owned\\x07\\x9b2J\\x7f\\u202e" in text
+
+
+def test_a_failed_runs_summary_names_its_run_inert():
+    from types import SimpleNamespace
+
+    from mantik_spec.views.progress import show_failures
+
+    failure = SimpleNamespace(point_id="sweep[lr=0.1]", state="failed", last_line=FROM_THE_STORE, run_id="\x9b2J" * 4)
+    text = drawn(lambda output: show_failures(output, [failure]))
+    assert not ACTIVE.search(text), repr(text)
+
+
+def test_status_json_carries_store_text_inert(project):
+    """`status --json` is read on terminals too: a job id or metric written by others acts on none."""
+    project.mantik("apply", "--auto-approve", "--wait", env={"TEST_LOG_METRIC": "1"})
+    client = project.client()
+    run = project.runs()[0]
+    client.set_tag(run.info.run_id, "mantik.job_id", "4711\x7f\x9b2J\u202e")
+    text = project.mantik("status", "--json").stdout
+    assert not ACTIVE.search(text), repr(text)
+    assert "4711\\u007f\\u009b2J\\u202e" in text
+    assert json.loads(text)[0]["job_id"].startswith("4711") or json.loads(text)[1]["job_id"].startswith("4711")

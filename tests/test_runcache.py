@@ -1,15 +1,18 @@
 """The run cache: a plan read through it equals a plan read from a full scan, over random histories.
 
 Histories are written to a real MLflow sqlite store through MLflow's own client, stamped by a simulated
-clock that moves minutes at a step, so that most cached runs fall outside the window a cached plan reads
-again and the cache itself must be right about them. Each history mixes: runs created by this machine and by
-another client, runs ended (by a compute node whose clock may lag by hours), ended runs made live again and
-ended again, deletions and restores, a second experiment appearing, the cache file deleted or damaged.
+clock that moves minutes at a step (the cache reads the same clock as its own), so that most cached runs fall
+outside the window a cached plan reads again and the cache itself must be right about them. Each history
+mixes: runs created by this machine and by another client, runs ended (by a compute node whose clock may lag
+or run ahead by hours), ended runs made live again and ended again, statuses of ended runs edited, deletions
+and restores, a second experiment appearing, the cache file deleted or damaged, the store's file restored
+from a backup taken earlier, and another (empty) store behind the same URI.
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,11 @@ HOUR_MS = 3600 * 1000
 operation = st.one_of(
     st.tuples(st.just("create"), st.integers(0, len(WANTS) - 1), st.booleans()),  # want, by another client
     st.tuples(st.just("end"), st.integers(0, 50), st.sampled_from(["FINISHED", "FAILED", "KILLED"]), st.booleans()),
+    st.tuples(st.just("end ahead"), st.integers(0, 50)),  # by a compute node whose clock runs two hours ahead
+    st.tuples(st.just("edit"), st.integers(0, 50), st.sampled_from(["FINISHED", "FAILED", "KILLED"])),
+    st.tuples(st.just("backup")),
+    st.tuples(st.just("restore the backup")),
+    st.tuples(st.just("another store")),  # the same URI, another (empty) store behind it
     st.tuples(st.just("revive"), st.integers(0, 50)),
     st.tuples(st.just("delete"), st.integers(0, 50)),
     st.tuples(st.just("restore"), st.integers(0, 50)),
@@ -45,6 +53,7 @@ class History:
     def __init__(self, directory: Path, store_template: Path):
         database = directory / "mlflow.db"
         database.write_bytes(store_template.read_bytes())
+        self.database, self.empty, self.backup = database, store_template, directory / "backup.db"
         self.store = TrackingStore(f"sqlite:///{database}", PROJECT)
         self.other = TrackingStore(self.store.uri, PROJECT).client  # another machine's apply or runner
         self.state_dir = directory / "state"
@@ -74,15 +83,30 @@ class History:
         if kind == "tick":
             self.now += op[1]
             return
+        if kind == "backup":
+            shutil.copyfile(self.database, self.backup)
+            return
+        if kind in ("restore the backup", "another store"):
+            source = self.backup if kind == "restore the backup" and self.backup.exists() else self.empty
+            self.database.write_bytes(source.read_bytes())  # in place, as a restore tool writes it
+            self.experiments = self.store.experiment_ids()
+            return
         run_id = self.pick(op[1])
         if run_id is None:
             return
-        info = self.store.client.get_run(run_id).info
+        try:
+            info = self.store.client.get_run(run_id).info
+        except Exception:  # noqa: BLE001 - gone with a restore
+            return
         if kind == "end" and info.status in ("SCHEDULED", "RUNNING") and info.lifecycle_stage == "active":
             # a compute node's clock may lag by hours, unless the run was made live again by hand (see the
             # module docs of runcache: a revived run ended between two plans is what a --refresh is for)
             lag = 5 * HOUR_MS if op[3] and run_id not in self.revived else 0
             self.store.client.set_terminated(run_id, op[2], end_time=self.now - lag)
+        elif kind == "end ahead" and info.status in ("SCHEDULED", "RUNNING") and info.lifecycle_stage == "active":
+            self.store.client.set_terminated(run_id, "FINISHED", end_time=self.now + 2 * HOUR_MS)
+        elif kind == "edit" and info.status not in ("SCHEDULED", "RUNNING") and info.lifecycle_stage == "active":
+            self.store.client.set_terminated(run_id, op[2], end_time=self.now)  # a status corrected by hand
         elif kind == "revive" and info.status not in ("SCHEDULED", "RUNNING") and info.lifecycle_stage == "active":
             self.store.client.update_run(run_id, "RUNNING")  # as mlflow.start_run(run_id=...) does
             self.revived.add(run_id)
@@ -90,6 +114,11 @@ class History:
             self.store.client.delete_run(run_id)
         elif kind == "restore" and info.lifecycle_stage == "deleted":
             self.store.client.restore_run(run_id)
+
+    def cache(self) -> RunCache:
+        cache = RunCache.for_store(self.state_dir, self.store.uri, PROJECT)
+        cache.clock = lambda: self.now / 1000
+        return cache
 
     def compare(self, how: str) -> None:
         cache_files = list((self.state_dir / "cache").glob("runs-*.json"))
@@ -99,7 +128,7 @@ class History:
         elif how == "damage it":
             for path in cache_files:
                 path.write_text('{"version": 1, "runs": [')
-        cache = RunCache.for_store(self.state_dir, self.store.uri, PROJECT)
+        cache = self.cache()
         cached = sorted(self.store.observe(cache), key=lambda r: r.run_id)
         cached_live = set(self.store.deleted_live)
         full = sorted(self.store.observe(), key=lambda r: r.run_id)
@@ -138,6 +167,20 @@ SCENARIOS = {
     "a new experiment": [("create", 0, False), ("end", 0, "FINISHED", False), *LATER, ("create", 4, False)],
     "a live run deleted": [("create", 0, False), *LATER, ("delete", 0)],
     "a live run that stays live": [("create", 0, False), *LATER],
+    "a run ended by a node whose clock runs ahead, then one by the store's clock": [
+        ("create", 0, False), ("create", 1, False), ("plan",), ("end ahead", 0), ("plan",), ("tick", MARGIN_MS),
+        ("create", 2, False), ("end", 2, "FINISHED", False), ("end", 1, "FAILED", False),
+    ],
+    "the store restored from a backup older than the cache": [
+        ("create", 0, False), ("end", 0, "FAILED", False), ("backup",), *LATER, ("end", 1, "FINISHED", False),
+        ("plan",), HOUR, ("restore the backup",),
+    ],
+    "a status edited, then the store restored from before the edit": [
+        ("create", 0, False), ("end", 0, "FINISHED", False), ("backup",), *LATER, ("edit", 0, "FAILED"),
+        ("plan",), ("restore the backup",),
+    ],
+    "another store behind the same URI": [("create", 0, False), ("end", 0, "FINISHED", False), *LATER,
+                                          ("another store",), ("create", 1, False)],
 }  # fmt: skip
 
 
@@ -171,9 +214,10 @@ def test_a_cached_plan_reads_only_what_can_have_changed(tmp_path, store_template
     history.compare("cached")  # builds the cache from a full scan
     history.apply(("tick", MARGIN_MS * 2))
     history.apply(("create", 0, False))
-    cache = RunCache.for_store(history.state_dir, history.store.uri, PROJECT)
+    cache = history.cache()
     history.store.calls = 0
     runs = history.store.observe(cache)
     assert len(runs) == 31
     # experiments, two live statuses, started and ended since, deleted: six small searches, whatever the history
+    # (the sentinels, the runs ended last, are among those started or ended since; older ones cost a seventh)
     assert history.store.calls == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -322,10 +323,12 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
     anything is written, 20 submits, and the runs' recorded node-hours count against the next plan."""
     six = "[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]"
     use(project, slurm_spec(lrs=six, time="2:00:00") + "budget: {node_hours: 10}\n")
-    over = "budget of the project: 0 node-hours used (at most) + 12 planned > 10"
+    over = "budget of the project: 0 node-hours used + 12 planned > 10"
     planned = project.mantik("plan").stdout
     assert f"Warning: {over}: apply will refuse" in planned
     assert "Cost: 12 node-hours (cluster: 6 runs x 1 node x 2h; core-hours 12)" in planned
+    # sbatch --test-only, once for the backend's shape: an estimate, and nothing queued by it
+    assert re.search(r"^Start: cluster about \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d \(the scheduler's estimate\)$", planned, re.M), planned
     refused = project.mantik("apply", "--auto-approve", check=1)
     assert refused.stderr.strip().splitlines() == [f"Error: {over}"]
     assert project.runs() == [] and queued_batches(project) == []
@@ -336,6 +339,9 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
     runs = project.runs()
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 6
     assert {r.data.tags["mantik.cost.node_hours"] for r in runs} == {"2.0"}
+    # this Slurm keeps no accounting (sacct fails): --wait records each ended run at its limit, so labelled
+    used = {(r.data.tags["mantik.cost.used_node_hours"], r.data.tags["mantik.cost.used_source"]) for r in runs}
+    assert used == {("2", "limit")}
 
     seven = six.replace("]", ", 0.7]")
     use(
@@ -350,3 +356,31 @@ def test_cost_budget_too_small_refuses_apply_with_nothing_submitted(project):
         "Error: budget of backend cluster: 12 node-hours used (at most) + 2 planned > 13"
     ]
     assert len(project.runs()) == 6
+    assert "Allocation:" not in project.mantik("plan").stdout  # sshare has nothing to say here: left out
+
+
+def test_runs_signed_on_slurm_count_as_results_and_no_job_file_holds_the_key(project):
+    """The runner signs its run's end with the secret sealed in job.json and the seal sbatch passed in the job's
+    environment (state.provenance): the runs count under the project's key, which no file of theirs holds."""
+    key = "a-team-key-from-the-ci-secret-store"
+    project.env["MANTIK_SIGNING_KEY"] = key
+    use(project, slurm_spec())
+    project.mantik("apply", "--auto-approve", "--wait")
+    assert all(r.data.tags.get("mantik.end_signature") for r in project.runs())
+    assert "No changes" in project.mantik("plan", "--detailed-exitcode", check=0).stdout
+    files = [p for p in (project.path / ".mantik" / "slurm").rglob("*") if p.is_file()]
+    assert files and not any(key.encode() in p.read_bytes() for p in files)
+
+
+def test_a_relative_venv_is_the_projects_on_the_compute_node(project):
+    """`venv: .venv` names the project's venv: the job, which runs in its own directory of the staged tree,
+    activates it from there (the command runs in it), not a `.venv` of its own directory."""
+    spec = slurm_spec(lrs="0.1").replace("    type: slurm\n", "    type: slurm\n    environment: py\n")
+    use(project, spec + "environments:\n  py: {venv: .venv}\n")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(project.path / ".venv")], check=True)
+    project.mantik("apply", "--auto-approve", "--wait")
+    [run] = project.runs()
+    assert run.info.status == "FINISHED", project.mantik("logs", run.info.run_id).stdout
+    [batch] = list((project.path / ".mantik" / "slurm" / "batches").iterdir())
+    job = json.loads(next((project.path / ".mantik" / "slurm" / "runs").glob("*/job.json")).read_text())
+    assert f". {project.path / '.venv' / 'bin' / 'activate'}" in job["command"], (batch, job["command"])

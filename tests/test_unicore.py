@@ -578,6 +578,17 @@ def test_login_precommands_reach_the_job_only_where_the_site_moves_them_into_it(
         assert wait_for_end(site, url).status == outcome
 
 
+def test_a_login_command_with_a_trailing_comment_does_not_swallow_the_lines_after_it(tmp_path, credentials):
+    """Mantik joins the lines with ``&&`` into one command: a ``# comment`` at the end of one line would end the
+    command there. The site here writes them into the job script, where their effect can be seen."""
+    lines = ["export FIRST=yes  # for torch", "export LOADED=yes", "echo a#b > /dev/null"]
+    with FakeUnicore(tmp_path / "s", users={USER: PASSWORD}, queue_seconds=0.05, login_commands="batch") as site:
+        backend = unicore_backend(site, tmp_path, login_precommand=lines)
+        request = job_request(tmp_path, "0123abcd", command='test "$FIRST$LOADED" = yesyes')
+        (url,) = backend.submit([request]).values()
+        assert wait_for_end(site, url).status == "SUCCESSFUL"
+
+
 def test_a_site_that_runs_no_user_executables_fails_the_run_with_its_words(tmp_path, credentials):
     from mantik_spec.vocab import JobState
 

@@ -21,6 +21,7 @@ class Row:  # the fields of operations.status.StatusRow the table reads
     job_id: str | None = "4711"
     started_ms: int | None = None
     metrics: dict = field(default_factory=dict)
+    unverified: bool = False
 
 
 METRICS = {"accuracy": 0.912345, "f1_macro": 0.8, "precision": 0.7, "recall_weighted": 0.6, "val_loss": 0.1}

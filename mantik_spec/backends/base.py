@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import MantikError
+from ..spec.cost import Allocation, Used
 from ..state.journal import JournalFiles
+from ..state.provenance import SEAL_VARIABLE
 from ..vocab import JobStatus
 
 
@@ -35,6 +37,9 @@ class JobRequest:
     inputs: dict[str, Path] = field(default_factory=dict)
     tracking: str = "online"  # TrackingMode: how the job records (online, offline to a journal, auto)
     experiment_name: str = ""  # the MLflow experiment's name (project/experiment), kept in an offline journal
+    # the run's provenance secret, sealed (mantik_spec.state.provenance): useless without the seal, which
+    # reaches the job only through its environment ("" when the project signs nothing)
+    signing: str = ""
 
     def runner_job(self, workdir: str, **extra) -> dict:
         """The ``job.json`` the in-job runner reads (see :mod:`mantik_spec.runner`)."""
@@ -49,13 +54,15 @@ class JobRequest:
             "workdir": workdir,
             "tracking": self.tracking,
             "experiment_name": self.experiment_name,
+            **({"signing": self.signing} if self.signing else {}),
             **extra,
         }
 
 
 # Credentials a job needs to reach the tracking server. Backends whose jobs do not inherit this
 # process's environment pass them at submission only: never in job.json, MLflow, plans or logs.
-TRACKING_SECRETS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# The provenance seal travels with them: it opens the sealed run secret in job.json (..state.provenance).
+TRACKING_SECRETS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", SEAL_VARIABLE)
 
 
 def tracking_secrets() -> dict[str, str]:
@@ -214,6 +221,24 @@ class Backend(Protocol):
         sent), as counts by a phrase naming them, printed with -v; ``{}`` when there is nothing to count."""
         ...
 
+    def usage(self, job_ids: list[str]) -> dict[str, Used | None]:
+        """What ended jobs really used, as the site's accounting says (elapsed time x allocated nodes), in one
+        time-boxed call: job id -> :class:`Used`; None for a job the accounting shows still holding its
+        allocation. Jobs left out have no record there (no accounting): their time limit stands, at most.
+        Raises :class:`BackendError` when the accounting could not be asked now (ask again later)."""
+        ...
+
+    def allocation(self) -> Allocation | None:
+        """What the site says is left of the allocation this backend's jobs are charged to, asked once,
+        time-boxed; None when the site does not say. Raises :class:`BackendError` when it could not be asked."""
+        ...
+
+    def estimated_start(self) -> str | None:
+        """When the site estimates a job of this backend's shape (its resources) would start if submitted now,
+        in the site's own words for the time (its clock), asked once, time-boxed, submitting nothing; None when
+        the site makes no estimate. Raises :class:`BackendError` when it could not be asked or refused the shape."""
+        ...
+
 
 class BackendBase:
     """The protocol's members most backends answer the same way; a backend inherits this and overrides
@@ -232,6 +257,15 @@ class BackendBase:
 
     def journal(self, run_id: str, job_id: str | None) -> JournalFiles | None:
         return None  # the backend cannot reach its jobs' files
+
+    def usage(self, job_ids: list[str]) -> dict[str, Used | None]:
+        return {}  # no accounting to ask: every ended job counts at its time limit
+
+    def allocation(self) -> Allocation | None:
+        return None  # the site says nothing of what is left
+
+    def estimated_start(self) -> str | None:
+        return None  # the site makes no estimate
 
 
 # How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import runner
+from ..spec.cost import Used
 from ..spec.model import FirecrestConfig, duration_seconds
 from ..vocab import JobState, JobStatus
 from .base import BackendError, CommandTimeout, SubmissionInDoubt, tracking_secrets
@@ -180,6 +181,7 @@ class FirecrestBackend(BatchBackend):
         self._client = None
         self._auth = None
         self._files = SiteFiles(self._request, self.machine, self._account(), self._path("batches"))
+        self._used: dict[str, Used] = {}  # job id -> what it used, from the job records of ended jobs
 
     @property
     def files(self) -> SiteFiles:
@@ -322,10 +324,22 @@ class FirecrestBackend(BatchBackend):
             code = status.get("exitCode")
             if found.state in (JobState.COMPLETED, JobState.FAILED) and isinstance(code, int):
                 found = JobStatus(found.state, code, found.detail)
+            used = _used(job) if found.state.ended else None
             # a pending array is one record, 123_[0-9] (squeue and sacct both group it)
             for job_id in array_task_ids(str(job.get("jobId", ""))):
                 listing[job_id] = (found, batch_of(str(job.get("workingDirectory") or "")))
+                if used is not None:
+                    self._used[job_id] = used
         return listing
+
+    def usage(self, job_ids: list[str]) -> dict[str, Used | None]:
+        """What ended jobs used, from the job list's records (sacct's, for ended jobs: ``time.elapsed`` seconds x
+        ``allocationNodes``), read with the poll's listing; a job listed live is asked again later, a job the
+        list no longer holds (older than its time window) or holds without an elapsed time has no record."""
+        listing = self._jobs()
+        answer: dict[str, Used | None] = {job_id: self._used[job_id] for job_id in job_ids if job_id in self._used}
+        answer.update({j: None for j in job_ids if j not in answer and j in listing and listing[j][0].state.live})
+        return answer
 
     def _unlisted(self, job_ids: list[str], listing: Listing) -> dict[str, JobStatus]:
         # A FirecREST on Slurm's REST client lists each array task under its own number, not as 123_4:
@@ -372,6 +386,15 @@ class FirecrestBackend(BatchBackend):
 
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
         return self.files.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)
+
+
+def _used(job: dict) -> Used | None:
+    """An ended job's record as node-hours: its elapsed seconds x its allocated nodes; None without both."""
+    elapsed = (job.get("time") or {}).get("elapsed") if isinstance(job.get("time"), dict) else None
+    nodes = job.get("allocationNodes")
+    if not isinstance(elapsed, int) or not isinstance(nodes, int) or elapsed < 0 or nodes < 0:
+        return None
+    return Used(elapsed * nodes / 3600, "sacct")
 
 
 def _status(exc) -> int | None:

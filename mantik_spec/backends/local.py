@@ -26,6 +26,7 @@ from pathlib import Path
 from .. import runner
 from ..files import write_atomically
 from ..spec.model import LocalConfig
+from ..state.provenance import SEAL_VARIABLE
 from ..vocab import JobState, JobStatus
 from .base import BackendBase, BackendError, JobRequest, SubmissionFailed
 from .hosts import HostJournal, LocalHost, read_from
@@ -157,7 +158,10 @@ class LocalBackend(BackendBase):
         shutil.copy2(runner.__file__, building / "runner.py")
         # `python` in a command means the interpreter mantik runs on (like `mlflow run --env-manager local`)
         job = request.runner_job("work", path_prepend=str(Path(sys.executable).parent), python=sys.executable)
+        if request.signing:  # the scheduler's environment is that of the apply that started it: the seal of this
+            job["seal"] = os.environ.get(SEAL_VARIABLE, "")  # one goes in the job file, readable by you alone
         (building / JOB_FILE).write_text(json.dumps(job, indent=2))
+        (building / JOB_FILE).chmod(0o600)
         os.rename(building, final)
 
     def _ensure_scheduler(self) -> None:

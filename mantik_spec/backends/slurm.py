@@ -12,15 +12,18 @@ import enum
 import errno
 import os
 import re
+import shlex
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import runner
+from ..spec.cost import Allocation, Used
 from ..spec.model import SlurmConfig
 from ..vocab import JobState, JobStatus
 from .base import BackendError, CommandTimeout, JobRequest, SubmissionInDoubt, tracking_secrets
 from .batch import BatchBackend, Listing, SubmissionRefused, array_task_ids, batch_of, directives, slurm_status
-from .hosts import ConnectionDropped, LocalHost
+from .hosts import COMMAND_TIMEOUT, ConnectionDropped, LocalHost
 
 if TYPE_CHECKING:
     from .ssh import SSHHost
@@ -79,6 +82,20 @@ SPEC_VARIABLES = {
 }
 
 
+# Accounting questions are asked beside the plan, never in its way: each is time-boxed, and what they cannot say
+# now is asked again later (usage) or left out (what is left of the allocation).
+ACCOUNTING_TIMEOUT = 20.0  # seconds
+# ElapsedRaw: seconds (sacct(1)); AllocTRES last: its value holds commas, never a "|"
+SACCT_FORMAT = "--format=JobID,State,ExitCode,ElapsedRaw,AllocNodes,AllocTRES"
+SACCT_CHUNK = 500  # job ids per sacct call: one call for any grid of arrays, a bounded command line
+# sshare(1): GrpTRESMins is an association's limit in TRES-minutes, GrpTRESRaw what its jobs used (in minutes:
+# src/sshare/process.c divides the raw TRES-seconds by 60) and TRESRunMins what its running jobs still hold;
+# a job starts only while used + held + its own request stay under the limit
+SSHARE_FORMAT = "--format=Account,User,GrpTRESMins,GrpTRESRaw,TRESRunMins"
+# the TRES a limit can be read in, by the unit a plan shows: node-hours are what a plan costs
+TRES_UNITS = (("node", "node-hours"), ("billing", "billing-hours"), ("cpu", "core-hours"))
+
+
 class Answer(enum.Enum):
     """What a non-zero (or unreadable) sbatch answer says about the job."""
 
@@ -126,6 +143,8 @@ class SlurmBackend(BatchBackend):
             # remote commands start in the home directory: relative paths (and ~/) are taken from there
             self.workdir = config.workdir.removeprefix("~/") if config.workdir.startswith("~/") else config.workdir
         self._accounting: bool | None = None
+        self._used: dict[str, Used] = {}  # job id -> what it used, as sacct said once it ended
+        self._holding: set[str] = set()  # job ids sacct last showed still holding their nodes
         chosen = {name for name, value in config.resources.model_dump().items() if value is not None}
         chosen |= {name for name in ("partition", "account", "qos") if getattr(config, name)}
         unset = set(OWNED_VARIABLES) | {v for name in chosen for v in SPEC_VARIABLES.get(name, ())}
@@ -137,10 +156,10 @@ class SlurmBackend(BatchBackend):
 
     # -- commands ------------------------------------------------------------------------------
 
-    def _run(self, argv: list[str], secrets: dict | None = None):
+    def _run(self, argv: list[str], secrets: dict | None = None, timeout: float | None = None):
         self.calls[argv[0]] += 1
         try:
-            result = self.host.run(["env", *self._unset, *argv], secrets=secrets)
+            result = self.host.run(["env", *self._unset, *argv], timeout=timeout or COMMAND_TIMEOUT, secrets=secrets)
         except CommandTimeout as exc:  # name the scheduler command, not the env(1) that starts it
             raise CommandTimeout(str(exc).replace("`env`", f"`{argv[0]}`", 1)) from None
         if result.returncode == 127:  # env(1)'s exit status when it cannot find the command (POSIX)
@@ -221,39 +240,81 @@ class SlurmBackend(BatchBackend):
         # even when `array:` changed since the submission
         return base not in listing
 
-    def _accounted(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        """sacct for jobs that left the queue, when the cluster keeps accounting."""
+    def _accounted(self, job_ids: list[str], timeout: float | None = None) -> dict[str, JobStatus]:
+        """sacct for jobs that left the queue, when the cluster keeps accounting; what each ended job used
+        (elapsed time x allocated nodes) is kept for :meth:`usage`, so a poll and a usage ask sacct once."""
         if not job_ids or self._accounting is False:
             return {}
         bases = sorted({job_id.split("_")[0] for job_id in job_ids})
-        result = self._run(
-            [
-                "sacct",
-                "--parsable2",
-                "--noheader",
-                "--allocations",
-                "--jobs",
-                ",".join(bases),
-                "--format=JobID,State,ExitCode",
-            ]
-        )
-        if result.returncode != 0:
-            if "accounting storage is disabled" in result.stderr.lower() or "slurmdbd" in result.stderr.lower():
-                self._accounting = False
-                return {}
-            raise BackendError(f"sacct failed: {_strip_prefix(result.error_line())}")
-        self._accounting = True
         states = {}
-        for line in result.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) >= 3:
-                code = parts[2].split(":")[0]
-                status = slurm_status(parts[1])
-                status = JobStatus(status.state, int(code) if code.isdigit() else None, status.detail)
-                # before 23.02 (and without --array after) tasks that never started share one grouped record
-                for job_id in array_task_ids(parts[0]):
-                    states[job_id] = status
+        for chunk in range(0, len(bases), SACCT_CHUNK):
+            argv = ["sacct", "--parsable2", "--noheader", "--allocations", "--jobs"]
+            result = self._run([*argv, ",".join(bases[chunk : chunk + SACCT_CHUNK]), SACCT_FORMAT], timeout=timeout)
+            if result.returncode != 0:
+                if "accounting storage is disabled" in result.stderr.lower() or "slurmdbd" in result.stderr.lower():
+                    self._accounting = False
+                    return {}
+                raise BackendError(f"sacct failed: {_strip_prefix(result.error_line())}")
+            self._accounting = True
+            states.update(self._read_sacct(result.stdout))
         return states
+
+    def _read_sacct(self, stdout: str) -> dict[str, JobStatus]:
+        """sacct's lines (``SACCT_FORMAT``) as job id -> status; what ended jobs used goes to ``_used``."""
+        states = {}
+        for line in stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) < 3:
+                continue
+            code = parts[2].split(":")[0]
+            status = slurm_status(parts[1])
+            status = JobStatus(status.state, int(code) if code.isdigit() else None, status.detail)
+            used = None
+            if len(parts) >= 5 and parts[3].isdigit() and parts[4].isdigit():
+                billing = tres_values(parts[5]).get("billing") if len(parts) >= 6 else None
+                hours = int(parts[3]) / 3600
+                used = Used(hours * int(parts[4]), "sacct", None if billing is None else hours * billing)
+            # before 23.02 (and without --array after) tasks that never started share one grouped record
+            for job_id in array_task_ids(parts[0]):
+                states[job_id] = status
+                if used is not None and status.state.ended:
+                    self._used[job_id] = used
+                    self._holding.discard(job_id)
+                elif used is not None and status.state.live:
+                    self._holding.add(job_id)
+        return states
+
+    def usage(self, job_ids: list[str]) -> dict[str, Used | None]:
+        """What ended jobs used, from sacct (ElapsedRaw x AllocNodes), asked once for every job id a poll has
+        not already asked about, time-boxed; ``{}`` on a cluster without accounting (the limits stand)."""
+        unknown = [job_id for job_id in job_ids if job_id not in self._used]
+        if unknown:
+            self._accounted(unknown, timeout=ACCOUNTING_TIMEOUT)
+        answer: dict[str, Used | None] = {job_id: self._used[job_id] for job_id in job_ids if job_id in self._used}
+        answer.update({job_id: None for job_id in job_ids if job_id in self._holding and job_id not in answer})
+        return answer
+
+    def estimated_start(self) -> str | None:
+        """``sbatch --test-only`` with this backend's options and a one-line job: "Job N to start at TIME" (Slurm's
+        slurm_job_will_run, printed on stderr; TIME as the controller's clock reads it), which submits nothing.
+        An estimate only: the queue moves, and backfill may start the job sooner or later."""
+        options = [word for option in self._directives() for word in shlex.split(option)]
+        result = self._run(["sbatch", "--test-only", *options, "--wrap=true"], timeout=ACCOUNTING_TIMEOUT)
+        found = re.search(r"to start at (\S+)", result.stderr)
+        if result.returncode != 0 or not found:
+            raise BackendError(f"sbatch --test-only failed: {_strip_prefix(result.error_line())}")
+        return found.group(1)
+
+    def allocation(self) -> Allocation | None:
+        """What the association limits leave (sshare, time-boxed): the tightest GrpTRESMins limit of the
+        user's associations (of ``account`` when set) less what their jobs used and their running jobs hold,
+        in node-hours where a node limit is set (else billing, else core-hours); None when no limit is set.
+        Raises :class:`BackendError` when sshare fails (no accounting: it answers nothing to read)."""
+        argv = ["sshare", "--parsable2", SSHARE_FORMAT, *([f"--accounts={self.config.account}"] if self.config.account else [])]
+        result = self._run(argv, timeout=ACCOUNTING_TIMEOUT)
+        if result.returncode != 0:
+            raise BackendError(f"sshare failed: {_strip_prefix(result.error_line())}")
+        return sshare_allocation(result.stdout, time.time())
 
     # -- act -----------------------------------------------------------------------------------
 
@@ -295,6 +356,43 @@ class SlurmBackend(BatchBackend):
         return None
 
 
+def tres_values(text: str) -> dict[str, float]:
+    """A TRES string (``cpu=1200,node=40,gres/gpu=8``) as TRES name -> number; what is not a plain number (``mem=180G``)
+    is left out."""
+    found = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            found[name.strip()] = float(value)
+        except ValueError:
+            continue
+    return found
+
+
+def sshare_allocation(stdout: str, fetched: float) -> Allocation | None:
+    """What ``sshare --parsable2 --format=Account,User,GrpTRESMins,GrpTRESRaw,TRESRunMins`` says is left: per
+    association line with a limit, limit - used - held by running jobs, in the first of :data:`TRES_UNITS` any
+    line limits; the tightest line wins (a user's own limit, or its account's). None when no line has a limit."""
+    lines = [line.split("|") for line in stdout.splitlines() if line.strip()]
+    if not lines or [cell.strip() for cell in lines[0][:3]] != ["Account", "User", "GrpTRESMins"]:
+        return None
+    rows = [row for row in lines[1:] if len(row) >= 5]
+    for tres, unit in TRES_UNITS:
+        best: Allocation | None = None
+        for row in rows:
+            limit = tres_values(row[2]).get(tres)
+            if limit is None:
+                continue
+            used = tres_values(row[3]).get(tres, 0.0) + tres_values(row[4]).get(tres, 0.0)
+            account = row[0].strip() + (f" ({row[1].strip()})" if row[1].strip() else "")
+            found = Allocation((limit - used) / 60, unit, "sshare", fetched, limit / 60, account)
+            if best is None or found.left < best.left:
+                best = found
+        if best is not None:
+            return best
+    return None
+
+
 def _strip_prefix(line: str) -> str:
     for prefix in (
         "sbatch: error: Batch job submission failed: ",
@@ -302,6 +400,7 @@ def _strip_prefix(line: str) -> str:
         "sbatch: fatal: ",
         "squeue: error: ",
         "sacct: error: ",
+        "sshare: error: ",
         "scancel: error: ",
     ):
         if line.startswith(prefix):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .. import runner
-from ..spec.cost import unicore_seconds
+from ..spec.cost import Allocation, unicore_seconds
 from ..spec.model import UnicoreConfig, duration_seconds
 from ..state.versions import FileDigests
 from ..templating import packaged, render
@@ -109,6 +110,23 @@ class UnicoreNoAnswer(CommandTimeout):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+def login_command(lines: list[str]) -> str:
+    """The spec's login-node lines as the one ``User precommand``/``User postcommand`` string of a job: joined
+    with ``&&`` as Mantik joined ``PreRunCommandOnLoginNode``, so a failing line stops the rest. A line that
+    ends in a shell comment (``module load X  # for torch``) is closed by a line break inside ``{ }``, or the
+    comment would swallow every line joined after it. ``shlex`` also takes ``a#b`` for a comment: such a line
+    is wrapped too, which the shell runs exactly as the bare line."""
+    return " && ".join(f"{{ {line}\n}}" if _has_comment(line) else line for line in lines)
+
+
+def _has_comment(line: str) -> bool:
+    """Whether the shell reads part of ``line`` as a comment (a ``#`` that starts a word, outside quotes)."""
+    try:
+        return shlex.split(line, comments=True) != shlex.split(line)
+    except ValueError:  # unbalanced quotes: the shell reports them; the line break changes nothing
+        return "#" in line
 
 
 def shell_double_quoted(value: str) -> str:
@@ -340,16 +358,26 @@ class UnicoreBackend(BackendBase):
             site = self._site()
             links = site.links
             partitions: dict[str, dict] | None = None
+            budget = None
             factories = _listing(self._get("site", links["factories"]), "factories") if "factories" in links else []
             if factories:
                 factory = self._get("site", factories[0])
                 resources = factory.get("resources") if isinstance(factory, dict) else None
                 if isinstance(resources, dict) and resources:
                     partitions = {str(k): v if isinstance(v, dict) else {} for k, v in resources.items()}
+                budget = factory.get("remainingComputeTime") if isinstance(factory, dict) else None
             urls = _listing(self._get("site", links["storages"]), "storages") if "storages" in links else []
             storages = [url.rstrip("/").rsplit("/", 1)[-1] for url in urls]
-            self._offer = SiteOffer(partitions, storages)
+            self._offer = SiteOffer(partitions, storages, budget if isinstance(budget, dict) else None)
         return self._offer
+
+    def allocation(self) -> Allocation | None:
+        """What the site says is left of the budget jobs are charged to (``project``, else the variable
+        MANTIK_COMPUTE_BUDGET_ACCOUNT): its target system factory's ``remainingComputeTime``, read with what
+        it offers (one exchange per process; the server itself caches the TSI's answer for an hour)."""
+        fetched = time.time()
+        project = self.config.project or os.environ.get(BUDGET_VARIABLE, "")
+        return site_allocation(self.offer().budget, project, fetched)
 
     def _resource_names(self, offer: SiteOffer) -> dict[str, str]:
         """Our resources as the job description's ``Resources``, named as the site's partition names them."""
@@ -442,8 +470,8 @@ class UnicoreBackend(BackendBase):
             "tags": ["mantik", RUN_TAG + request.run_id],
             "resources": resources,
             "project": self.config.project or os.environ.get(BUDGET_VARIABLE, ""),
-            "login_precommand": " && ".join(self.config.login_precommand),
-            "login_postcommand": " && ".join(self.config.login_postcommand),
+            "login_precommand": login_command(self.config.login_precommand),
+            "login_postcommand": login_command(self.config.login_postcommand),
         }
         from jinja2 import TemplateError
 
@@ -568,25 +596,38 @@ class UnicoreBackend(BackendBase):
             return
         site = self._site()
         foreign = [url for url in job_ids if not self._of_site(url)]
+        asked = [url for url in job_ids if url not in foreign]
         listed: list[str] = []
-        for url in job_ids:
-            if url in foreign:
-                continue
-            try:
-                tags = self._get("job", url).get("tags") or []
-            except BackendError as exc:
-                if _status(exc) == 404:
-                    continue  # gone already: nothing to abort
-                raise
-            (listed if "mantik" in tags else foreign).append(url)
-        if foreign:
-            raise BackendError(
-                f"job {', '.join(foreign)} is not a mantik job of {self.config.url}: left alone "
-                "(its run record names it, and records are not proof)"
+        # one GET and one POST per job: side by side, as poll asks, so a cancel of a large grid takes seconds
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(asked)))) as pool:
+            for url, ours in zip(asked, pool.map(self._is_mantik_job, asked), strict=True):
+                if ours is not None:
+                    (listed if ours else foreign).append(url)
+            if foreign:
+                raise BackendError(
+                    f"job {', '.join(foreign)} is not a mantik job of {self.config.url}: left alone "
+                    "(its run record names it, and records are not proof)"
+                )
+            list(
+                pool.map(
+                    lambda url: self._request(
+                        "abort", lambda: site.transport.post(url=f"{url}/actions/abort", json={})
+                    ),
+                    listed,
+                )
             )
         for url in listed:
-            self._request("abort", lambda u=url: site.transport.post(url=f"{u}/actions/abort", json={}))
             self._polled.pop(url, None)
+
+    def _is_mantik_job(self, url: str) -> bool | None:
+        """Whether the site lists the job at ``url`` with mantik's tag; None when it is gone (nothing to abort)."""
+        try:
+            tags = self._get("job", url).get("tags") or []
+        except BackendError as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+        return "mantik" in tags
 
     def _of_site(self, url: str) -> bool:
         """Whether ``url`` names one job of this site's job list (``{jobs}/ID``): only such a URL is asked
@@ -662,11 +703,39 @@ class UnicoreBackend(BackendBase):
 
 class SiteOffer:
     """What a site offers: ``partitions`` (queue -> resource name -> range as the site renders it: "1-16",
-    a list of values, or "*"), None when the site does not advertise them; ``storages``, their ids."""
+    a list of values, or "*"), None when the site does not advertise them; ``storages``, their ids;
+    ``budget``, its ``remainingComputeTime`` (project -> {"remaining", "units", "rel"}), {} when it says none."""
 
-    def __init__(self, partitions: dict[str, dict] | None, storages: list[str]):
+    def __init__(self, partitions: dict[str, dict] | None, storages: list[str], budget: dict | None = None):
         self.partitions = partitions
         self.storages = storages
+        self.budget = budget or {}
+
+
+CURRENT_PROJECT = "__CURRENT_PROJECT__"  # the budget's name when the TSI does not say which (ux BudgetInfo)
+
+
+def site_allocation(budget: dict, project: str, fetched: float) -> Allocation | None:
+    """What a site's ``remainingComputeTime`` says is left of ``project``'s budget (or of the only one, or of
+    the TSI's unnamed current one): ux renders each TSI line ``PROJECT REMAINING PERCENT UNITS`` as
+    ``{"remaining": "N", "units": "core-h", "rel": "P%"}`` (IDBContentRendering.budgetToMap); None when it
+    names none of them or says no number."""
+    if not isinstance(budget, dict) or not budget:
+        return None
+    name = project if project in budget else CURRENT_PROJECT if CURRENT_PROJECT in budget else ""
+    if not name and len(budget) == 1:
+        name = next(iter(budget))
+    entry = budget.get(name)
+    if not isinstance(entry, dict):
+        return None
+    try:
+        left = float(entry.get("remaining", ""))
+    except (TypeError, ValueError):
+        return None
+    if left < 0:  # the TSI's "not known"
+        return None
+    account = "" if name == CURRENT_PROJECT else name
+    return Allocation(left, str(entry.get("units") or "core-h"), "UNICORE", fetched, None, account)
 
 
 def _listing(answer, key: str) -> list[str]:

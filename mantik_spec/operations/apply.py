@@ -2,17 +2,21 @@
 
 For each run to start: the MLflow run is created first (SCHEDULED, carrying its
 key: the intent record), then the job is submitted (its directory or name
-carries the run id and key), then the job id is recorded. A crash between any
+carries the run id and key), then the job id is recorded. Every intent of an
+apply is recorded before its first submission, and on a tracking server the
+records of one step are written side by side (8 at a time: a server's round
+trips overlap), never across steps. A crash between any
 two steps leaves an intent the next apply either adopts (the backend finds the
 job) or resubmits (no job exists), always under the lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from ..backends.base import BackendError, JobRequest, SubmissionFailed
@@ -22,13 +26,18 @@ from ..reconcile.identity import DesiredRun
 from ..reconcile.plan import Action, Plan, PlannedRun
 from ..reconcile.planfile import SavedPlan
 from ..reconcile.planner import REFUSED
+from ..spec.checks import unseen_venvs
+from ..spec.yamlload import SpecError
 from ..state.lock import LockHandle, project_lock
+from ..state.provenance import end_signature_tags, sealed_run_secret
 from ..state.tags import Tag, failure_tags
 from ..vocab import FailureKind, RowState, RunStatus
 from .control import cancel_jobs
 from .jobs import Submission, job_request, refuse_unsendable_images, remote_data, run_tags
+from .models import execute_models
 from .project import Observation, Project, build_plan, throwaway_store
 from .status import Unsuccessful, follow, unsuccessful
+from .usage import closed_now, ended_usage, record_usage
 
 
 @dataclass
@@ -36,6 +45,7 @@ class ApplyResult:
     plan: Plan
     applied: bool
     started: list[str]  # run ids of the runs started by this apply
+    promoted: list[str] = field(default_factory=list)  # what it did to the model registry, one line each
 
 
 def refuse_dirty(observation: Observation) -> None:
@@ -78,12 +88,32 @@ def apply(
         refuse_over_budget(plan)
         show(plan)
         if not plan.has_changes:
+            record_usage(project, observation.usage)
             return ApplyResult(plan, False, [])
         if saved is None and not confirm(plan):
             return ApplyResult(plan, False, [])
         project.repo.keep_snapshot()  # before any run records the snapshot's commit
         started = execute(project, plan, observation, lock)
-    return ApplyResult(plan, True, started)
+        record_usage(project, observation.usage | ended_usage(project, closed_now(observation.runs, closed(plan))))
+        promoted = execute_models(project, plan, observation)
+    return ApplyResult(plan, True, started, promoted)
+
+
+def promote(project: Project, *, lock_timeout: float = 0.0, on_lock_wait=None) -> ApplyResult:
+    """``apply --wait``, once the runs it followed have ended: the registry actions of a fresh plan, and no
+    other change (a new commit's runs are the next apply's), under the project lock."""
+    with project_lock(project.store, "apply", lock_timeout, on_wait=on_lock_wait):
+        plan, observation = build_plan(project)
+        if not plan.model_changes():
+            return ApplyResult(plan, False, [])
+        return ApplyResult(plan, True, [], execute_models(project, plan, observation))
+
+
+def closed(plan: Plan) -> dict[str, RunStatus]:
+    """The runs this plan closes (repairs marking a status, cancels): run id -> the status they end in."""
+    statuses = {e.run_id: e.mark_status for e in plan.changes() if e.action is Action.REPAIR and e.mark_status}
+    statuses.update({e.run_id: RunStatus.KILLED for e in plan.changes() if e.action is Action.CANCEL})
+    return {run_id: status for run_id, status in statuses.items() if run_id and status}
 
 
 def execute(project: Project, plan: Plan, observation: Observation, lock: LockHandle | None = None) -> list[str]:
@@ -104,6 +134,7 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
             assert entry.run_id is not None  # a cancel is always about an existing run
             store.terminate(entry.run_id, RunStatus.KILLED, None if entry.job_id else why[entry.run_id])
 
+    observed = {run.run_id: run for run in observation.runs}
     for entry in plan.changes():
         if entry.action is not Action.REPAIR:
             continue
@@ -113,6 +144,8 @@ def execute(project: Project, plan: Plan, observation: Observation, lock: LockHa
             tags.update(failure_tags(entry.failure_kind or FailureKind.LOST, entry.reason))
         if entry.mark_status and entry.exit_code is not None:  # as the runner records it, when it could not
             tags[Tag.EXIT_CODE] = str(entry.exit_code)
+        if entry.mark_status is RunStatus.FINISHED and entry.run_id in observed:  # signed as the runner would
+            tags.update(end_signature_tags(observed[entry.run_id], RunStatus.FINISHED))
         if entry.mark_status and entry.job_id:
             keep_output(project, entry)
         if entry.mark_status:
@@ -145,7 +178,8 @@ def submit(
     sources=None,
     lock: LockHandle | None = None,
 ) -> list[str]:
-    """Intent records first, then one submission per backend, then the job ids. With ``lock``, nothing more
+    """Intent records first, then one submission per backend, then the job ids (each step's records side by
+    side on a tracking server, see ``TrackingStore.side_by_side``). With ``lock``, nothing more
     is submitted once another process broke it (this one was paused past its lease): the intent records
     left open are resubmitted by whichever apply holds the lock."""
     if not starts:
@@ -154,26 +188,43 @@ def submit(
     sources = sources if sources is not None else project.spec.data
     # refusals come before any intent is recorded: they leave nothing behind
     refuse_unsendable_images(project, starts)
+    # the spec's experiments are checked when it loads; a run reproduced on another backend is checked here
+    unseen = unseen_venvs(project.spec, [(want.point.environment, want.point.backend) for want, _ in starts])
+    problems = [project.loaded.document.problem(path, message) for path, message in unseen]
+    if problems:
+        raise SpecError(problems)
     remote = remote_data(project, context, starts, sources)
     # the job's tree is written before any record names it: a tree that cannot be written leaves no run behind
     code_dir = project.code_dir(context.code.commit)
     experiment_ids = store.experiment_ids()
-    by_backend: dict[str, list[JobRequest]] = defaultdict(list)
-    started = []
+    intents = []
     for want, entry in starts:
         experiment_id = store.ensure_experiment(want.point.experiment, experiment_ids)
         tags = run_tags(project, context.code, want, entry) | context.extra_tags
-        before = store.calls
+        intents.append((want, entry, experiment_id, tags))
+
+    def record_intent(intent) -> str:
+        want, entry, experiment_id, tags = intent
         run_id = store.create_run(
             experiment_id, run_name(want.point.point_id, entry.next_attempt), tags, run_params(want)
         )
-        store.recording_calls += store.calls - before
-        store.recorded_runs += 1
         checkpoint("after-intent")
-        started.append(run_id)
-        by_backend[want.point.backend].append(
-            job_request(project, context, want, run_id, experiment_id, code_dir, sources, remote)
-        )
+        return run_id
+
+    def record_job(ids: tuple[str, str]) -> None:
+        store.set_tags(ids[0], {Tag.JOB_ID: ids[1]})
+        checkpoint("after-job-recorded")
+
+    # every intent is recorded (a server's records side by side) before anything is submitted; the first
+    # failure stops the recording and submits nothing: the intents made so far are the next apply's to settle
+    before = store.calls
+    started = store.side_by_side(record_intent, intents)
+    store.recording_calls += store.calls - before
+    store.recorded_runs += len(started)
+    by_backend: dict[str, list[JobRequest]] = defaultdict(list)
+    for (want, _, experiment_id, tags), run_id in zip(intents, started, strict=True):
+        request = job_request(project, context, want, run_id, experiment_id, code_dir, sources, remote)
+        by_backend[want.point.backend].append(dataclasses.replace(request, signing=sealed_run_secret(run_id, tags)))
     errors = []
     for backend_name, requests in by_backend.items():
         checkpoint("before-submit")
@@ -201,13 +252,12 @@ def submit(
             message = f"backend {backend_name}: {exc}"
             errors.append(message)
         checkpoint("after-submit")
-        for run_id, job_id in job_ids.items():
-            before = store.calls
-            store.set_tags(run_id, {Tag.JOB_ID: job_id})
-            store.recording_calls += store.calls - before
-            checkpoint("after-job-recorded")
-        for run_id in refused:  # never ran: closed now, resubmitted by the next apply without spending a retry
-            store.terminate(run_id, RunStatus.FAILED, failure_tags(FailureKind.REFUSED, f"{REFUSED}: {message}"))
+        before = store.calls
+        store.side_by_side(record_job, job_ids.items())  # job ids only after the scheduler's answer
+        store.recording_calls += store.calls - before
+        # never ran: closed now, resubmitted by the next apply without spending a retry
+        closing = failure_tags(FailureKind.REFUSED, f"{REFUSED}: {message}") if refused else {}
+        store.side_by_side(partial(store.terminate, status=RunStatus.FAILED, tags=closing), refused)
     if errors:
         raise UserError("; ".join(errors))
     return started

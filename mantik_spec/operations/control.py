@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..state.lock import project_lock
 from ..state.tags import failure_tags
 from ..vocab import FailureKind, RunStatus
-from .project import Project, poll_jobs
+from .project import Project, poll_jobs, recorded_runs
 from .runref import find_run, matching_runs, refuse_ambiguous
 
 
@@ -70,7 +70,7 @@ def follow_log(
     project: Project, run_id: str, follow: bool, interval: float = 1.0, sleep: Callable[[float], None] = time.sleep
 ) -> Iterator[bytes]:
     """The run's output; with ``follow``, more as it arrives until the run has ended."""
-    run = find_run(project.store.observe(), run_id, project.spec.project)
+    run = find_run(recorded_runs(project, settled=True), run_id, project.spec.project)
     run_id = run.run_id
     if run.backend not in project.spec.backends:
         raise UserError(f"run {run_id} ran on backend '{run.backend}', which mantik.yaml no longer declares")

@@ -3,7 +3,8 @@ when there are some) and CI files.
 
 Everything is rendered from ``templates/`` and checked before it is written:
 the spec must validate and CI files must parse. Existing files are kept
-unless ``force``.
+unless ``force``; in a project that has a mantik.yaml, ``--ci`` adds the CI files and reads the spec as it
+is (its environments, its backends) without writing it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import yaml
 from ..errors import UserError
 from ..spec.experiments import join_lines
 from ..spec.load import SPEC_FILE, validate_document
+from ..spec.model import Spec
 from ..spec.schema import SCHEMA_ID
 from ..spec.yamlload import SpecError, load_marked
-from ..templating import packaged, render
+from ..templating import packaged, quote_path, render
 
 CI_FILES = {"github": ".github/workflows/mantik.yml", "gitlab": ".gitlab-ci.yml"}
 # A value of each type that validates, for a parameter without a default: a path must exist in the project
@@ -43,6 +45,14 @@ MLFLOW_TYPES = {
     "bool": "bool",
     "boolean": "bool",
 }
+
+
+@dataclass
+class Initialized:
+    """What ``init`` did: the files it wrote, and what the user should know (one line each)."""
+
+    written: list[Path]
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -120,38 +130,44 @@ def init(
     ci: str | None = None,
     install: str | None = None,
     force: bool = False,
-    default_branch: str = "main",
-) -> list[Path]:
+    default_branch: str | None = None,
+) -> Initialized:
+    """Write mantik.yaml (unless ``ci`` is given and the project has one) and the CI files of ``ci``
+    (``github`` or ``gitlab``). ``default_branch``: the branch whose merges apply; None reads it from the
+    repository (:func:`repository_default_branch`). Raises :class:`UserError` before writing anything when
+    a file to write exists (naming it) and ``force`` is not given, or when a value cannot be written."""
     directory = Path(directory)
     _require_git(directory)
-    mlproject_file = _inside(directory, mlproject, "--from-mlproject")
-    config_file = _inside(directory, backend_config, "--backend-config")
-    if mlproject is not None:
-        entry_points = entry_points_from_mlproject(mlproject)
+    notes: list[str] = []
+    files: dict[str, str] = {}
+    keep_spec = ci is not None and (directory / SPEC_FILE).exists() and mlproject is None and backend_config is None
+    if keep_spec:
+        from ..spec.load import load_spec
+
+        spec = load_spec(directory).spec
+        notes.append(f"kept {directory / SPEC_FILE} as it is: the CI files are written for it")
     else:
-        entry_points = {
-            "train": InitEntryPoint("python train.py --lr {lr}", {"lr": {"type": "float", "default": None}})
-        }
-    files = {
-        SPEC_FILE: render(
-            packaged("init-mantik.yaml.j2"),
-            {
-                "schema_url": SCHEMA_ID,
-                "project": _name(directory.resolve().name),
-                "entry_points": entry_points,
-                "mlproject": mlproject_file or "",
-                "backend_config": config_file or "",
-                "backend_type": backend_type_of(backend_config) if backend_config is not None else "",
-            },
-        ),
-    }
+        files[SPEC_FILE] = _initial_spec(directory, mlproject, backend_config)
+        spec = _check_spec(files[SPEC_FILE], directory)
     if ci is not None:
         from .install_source import ci_install_command
 
+        if default_branch is None:
+            default_branch, source = repository_default_branch(directory)
+            notes.append(f"apply runs on merges to {default_branch!r} (from {source}; --default-branch names another)")
+        steps, setup_notes = environment_setup(spec)
+        notes += setup_notes + local_backend_notes(spec)
+        literal = github_literal if ci == "github" else str
         files[CI_FILES[ci]] = render(
-            packaged(f"ci-{ci}.yml.j2"), {"install": ci_install_command(install), **branch_filters(default_branch)}
+            packaged(f"ci-{ci}.yml.j2"),
+            {
+                "install": literal(ci_install_command(install)),
+                "environment_setup": [literal(line) for line in steps],
+                **branch_filters(default_branch),
+            },
         )
-    _check(files, directory)
+    for text in files.values():
+        yaml.safe_load(text)  # a template bug, not a user error: let it raise
     existing = [name for name in files if (directory / name).exists()]
     if existing and not force:
         verb = "exists" if len(existing) == 1 else "exist"
@@ -164,7 +180,29 @@ def init(
         written.append(target)
     if _ignore_state_dir(directory):
         written.append(directory / ".gitignore")
-    return written
+    return Initialized(written, notes)
+
+
+def _initial_spec(directory: Path, mlproject: Path | None, backend_config: Path | None) -> str:
+    mlproject_file = _inside(directory, mlproject, "--from-mlproject")
+    config_file = _inside(directory, backend_config, "--backend-config")
+    if mlproject is not None:
+        entry_points = entry_points_from_mlproject(mlproject)
+    else:
+        entry_points = {
+            "train": InitEntryPoint("python train.py --lr {lr}", {"lr": {"type": "float", "default": None}})
+        }
+    return render(
+        packaged("init-mantik.yaml.j2"),
+        {
+            "schema_url": SCHEMA_ID,
+            "project": _name(directory.resolve().name),
+            "entry_points": entry_points,
+            "mlproject": mlproject_file or "",
+            "backend_config": config_file or "",
+            "backend_type": backend_type_of(backend_config) if backend_config is not None else "",
+        },
+    )
 
 
 def _require_git(directory: Path) -> None:
@@ -191,6 +229,13 @@ def _require_git(directory: Path) -> None:
 GITHUB_PATTERN_CHARACTERS = re.compile(r"([\\*?+\[\]!])")
 
 
+def github_literal(text: str) -> str:
+    """``text`` as GitHub Actions reads it literally in a workflow value: ``${{`` opens an expression there
+    and has no escape, so it is written as an expression whose value is ``${{`` ("Expressions", GitHub
+    Actions documentation)."""
+    return text.replace("${{", "${{ '${{' }}")
+
+
 def branch_filters(branch: str) -> dict[str, str]:
     """How each CI service's file names ``branch`` exactly: a GitHub branch filter matching it alone, and a
     GitLab rule expression comparing ``$CI_COMMIT_BRANCH`` with it. UserError for a name git refuses
@@ -210,14 +255,92 @@ def branch_filters(branch: str) -> dict[str, str]:
     }
 
 
-def _check(files: dict[str, str], directory: Path) -> None:
-    """Nothing is written that would not validate (with the files it reads) or parse."""
+def _check_spec(text: str, directory: Path) -> Spec:
+    """Nothing is written that would not validate (with the files it reads)."""
     try:
-        validate_document(load_marked(files[SPEC_FILE], SPEC_FILE), directory)
+        return validate_document(load_marked(text, SPEC_FILE), directory)
     except SpecError as exc:  # an MLproject mantik cannot express as is
         raise UserError(f"the generated {SPEC_FILE} would not validate: {exc.problems[0]}") from None
-    for text in files.values():
-        yaml.safe_load(text)  # a template bug, not a user error: let it raise
+
+
+def repository_default_branch(directory: Path) -> tuple[str, str]:
+    """(branch, where it was read) for the branch whose merges apply: the remote's default branch
+    (``origin/HEAD``, as ``git clone`` or ``git remote set-head origin --auto`` set it), else the branch
+    checked out, else ``init.defaultBranch``, else git's own default (``master``)."""
+    import subprocess
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(["git", "-C", str(directory), *arguments], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    remote = git("symbolic-ref", "--quiet", "refs/remotes/origin/HEAD")
+    if remote.startswith("refs/remotes/origin/"):
+        return remote.removeprefix("refs/remotes/origin/"), "origin/HEAD"
+    current = git("symbolic-ref", "--quiet", "HEAD")
+    if current.startswith("refs/heads/"):
+        return current.removeprefix("refs/heads/"), "the branch checked out"
+    configured = git("config", "init.defaultBranch")
+    if configured:
+        return configured, "git config init.defaultBranch"
+    return "master", "git's default branch name"
+
+
+# Requirement files pip installs with -r; other lock files (conda's environment.yml, poetry.lock, uv.lock...)
+# need their own tool, which the CI job is not given
+PIP_REQUIREMENTS = re.compile(r"\.(txt|in)$")
+
+
+def environment_setup(spec: Spec) -> tuple[list[str], list[str]]:
+    """The shell lines that prepare, on the CI runner, the environments of the runs that run there (on a
+    backend whose jobs are processes of that machine, ``PROCESSES_OF_THIS_MACHINE``): the ``venv`` created
+    and the ``requirements`` file installed with pip, into the venv when there is one. Returns (lines,
+    notes); a note names an environment whose requirements pip cannot read or whose image the runner lacks.
+    Runs on a cluster find their environment there, so theirs are not installed."""
+    import shlex
+
+    from ..spec.experiments import default_backend, resolve_extends
+
+    experiments, _ = resolve_extends(spec)
+    used: list[str] = []
+    for experiment in experiments.values():
+        backend = experiment.backend or default_backend(spec)
+        config = spec.backends.get(backend or "")
+        if config is None or not config.PROCESSES_OF_THIS_MACHINE:
+            continue
+        environment = experiment.environment or config.environment
+        if environment and environment in spec.environments and environment not in used:
+            used.append(environment)
+    lines: list[str] = []
+    notes: list[str] = []
+    for name in used:
+        declared = spec.environments[name]
+        pip = "pip"
+        if declared.venv:
+            venv = declared.venv.rstrip("/")
+            lines.append(f"python -m venv {quote_path(venv)}")
+            pip = quote_path(venv + "/bin/python") + " -m pip"  # not bin/pip: a shebang cannot hold a space
+        if declared.requirements and PIP_REQUIREMENTS.search(declared.requirements):
+            lines.append(f"{pip} install -r {shlex.quote(declared.requirements)}")
+        elif declared.requirements:
+            notes.append(
+                f"environments.{name}: the CI job does not install {declared.requirements} (pip reads requirement "
+                "files only): add the step that installs it before the apply step"
+            )
+        if declared.apptainer:
+            notes.append(f"environments.{name}: the CI runner needs apptainer to run its image")
+    return lines, notes
+
+
+def local_backend_notes(spec: Spec) -> list[str]:
+    """A warning when every backend's jobs are processes of the machine mantik runs on: in CI, the runner."""
+    if spec.backends and all(config.PROCESSES_OF_THIS_MACHINE for config in spec.backends.values()):
+        names = ", ".join(spec.backends)
+        return [
+            f"Warning: backend {names} runs jobs as processes of the CI runner, which ends them when the apply "
+            "job ends (and forgets a sqlite store): add a cluster backend for CI, or run mantik on a machine "
+            "that stays"
+        ]
+    return []
 
 
 def _ignore_state_dir(directory: Path) -> bool:

@@ -24,6 +24,7 @@ from ..spec.model import Environment
 from ..state.git import SCRATCH_REFS, CodeVersion
 from ..state.tags import MlflowTag, Tag, identity_tags
 from ..state.versions import UNPINNED
+from ..templating import quote_path
 from .project import Project
 
 
@@ -134,12 +135,19 @@ def in_environment(command: str, environment: Environment | None, image: str | N
     if environment.modules:
         steps.append(f"module load {' '.join(shlex.quote(m) for m in environment.modules)}")
     if environment.venv:
-        steps.append(f". {shlex.quote(environment.venv.rstrip('/') + '/bin/activate')}")
+        steps.append(_activation(environment.venv.rstrip("/") + "/bin/activate", raw))
     if not environment.pre_run and not environment.post_run:
         return " && ".join([*steps, command])
     # lines written by the user run as given, each in a group of its own: a comment or a `;` in one
     # cannot swallow or regroup the command
     return " && ".join([*steps, *(f"{{ {line}\n}}" for line in [*environment.pre_run, command, *environment.post_run])])
+
+
+def _activation(script: str, raw: bool) -> str:
+    """The line that activates a venv: quoted, but for a leading ``~/`` (the home directory where the job runs,
+    which quotes would keep from the shell); with ``shell_expansion`` as written, as Mantik's batch script
+    sourced ``{Python}/bin/activate``."""
+    return f". {script}" if raw else f". {quote_path(script)}"
 
 
 def image_for(
@@ -213,6 +221,8 @@ def job_request(
     backend = project.backend(want.point.backend)
     locations = context.data_locations(want, sources, None if backend.shares_files else remote)
     declared = project.spec.environments.get(want.point.environment) if want.point.environment else None
+    if declared is not None and declared.venv_is_relative:  # the project's venv, wherever the job runs from
+        declared = declared.model_copy(update={"venv": declared.venv_location(project.root)})
     environment = {"MANTIK_RUN_KEY": want.key, **{data_variable(n): loc for n, loc in locations.items()}}
     if declared is not None:
         environment.update(declared.variables)

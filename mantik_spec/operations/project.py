@@ -17,13 +17,16 @@ from ..errors import UserError
 from ..reconcile.identity import DesiredRun, ObservedRun, identify, recorded_identity
 from ..reconcile.plan import Action, BackendCost, Plan, PlanCost
 from ..reconcile.planner import JobStates, make_plan
+from ..spec.cost import Used
 from ..spec.experiments import expand, points_named, resolve_extends
 from ..spec.includes import mlproject_notes
 from ..spec.load import SPEC_FILE, LoadedSpec, included_files, load_spec
+from ..spec.model import Spec
 from ..state.git import SCRATCH_REFS, STATE_DIR, CodeVersion, ProjectRepo
 from ..state.runcache import RunCache
 from ..state.tracking import TrackingStore, resolve_tracking_uri, tracking_credentials
-from ..vocab import FailureKind, JobState, JobStatus, RunStatus
+from ..vocab import FailureKind, JobState, JobStatus, Provenance, RunStatus
+from .models import plan_registry
 
 
 @dataclass
@@ -76,7 +79,9 @@ def open_project(directory: Path | str, scratch: bool = False) -> Project:
     if not ignore.exists():
         ignore.write_text("# local state of mantik-spec: never commit it\n*\n")
     if scratch:  # after the state directory ignores itself: it never enters a snapshot
-        repo.take_snapshot()
+        spec = loaded.spec
+        code_files = [*(spec.code.paths or []), SPEC_FILE, *included_files(spec), *pinning_files(spec, loaded.root)]
+        repo.take_snapshot(code_files if spec.code.paths else None)
     os.environ.update(tracking_credentials(loaded.spec.tracking))
     store = TrackingStore(resolve_tracking_uri(loaded.spec.tracking, loaded.root), loaded.spec.project)
     return Project(loaded, repo, store, state_dir)
@@ -106,22 +111,33 @@ class Observation:
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
     asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
     journal_problems: list[str] = field(default_factory=list)  # offline journals not synced whole, and why
+    usage: dict[str, Used] = field(default_factory=dict)  # run id -> what an ended run used, not yet recorded
 
 
-def observe(project: Project, cached: bool = False, ask_backends: bool = True) -> Observation:
-    """The desired runs, the recorded runs and their jobs. ``cached``: read the recorded runs through the run
-    cache (:mod:`..state.runcache`), as plan and watch do; apply and the other verbs read MLflow in full, and
-    that full read renews the cache. ``ask_backends=False``: contact no backend (no login, no credential sent
-    anywhere); every live run's job is unknown, so nothing is decided about it."""
-    spec = project.spec
+def pinning_files(spec: Spec, root: Path) -> list[str]:
+    """The files that pin each data version, relative to the project: a source's ``.dvc`` file (for a path
+    inside a tracked directory, that directory's) and ``dvc.lock``."""
     from ..dvcfiles import dvc_tracking_file
 
-    # the files that pin each data version (a path inside a tracked directory: that directory's .dvc file)
-    dvc_files = [
-        dvc_tracking_file(project.root, s.path) or f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path
-    ]
-    dvc_files += ["dvc.lock"] if spec.data else []
-    code = project.repo.code_version(spec.code.paths, dvc_files)
+    files = [dvc_tracking_file(root, s.path) or f"{s.path.rstrip('/')}.dvc" for s in spec.data.values() if s.path]
+    return files + (["dvc.lock"] if spec.data else [])
+
+
+def recorded_runs(project: Project, cached: bool = False, settled: bool = False) -> list[ObservedRun]:
+    """The project's runs in its store, through the run cache (see ``TrackingStore.observe``): ``cached``, read
+    incrementally; ``settled``, a full read that an unchanged local store need not repeat."""
+    cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
+    return project.store.observe(cache, incremental=cached, settled=settled)
+
+
+def observe(project: Project, cached: bool = False, ask_backends: bool = True, settled: bool = False) -> Observation:
+    """The desired runs, the recorded runs and their jobs. ``cached``: read the recorded runs through the run
+    cache (:mod:`..state.runcache`), as plan and watch do; apply and the other verbs read MLflow in full, and
+    that full read renews the cache (``settled``: unless the local store was not written since the last full
+    read, see ``TrackingStore.observe``). ``ask_backends=False``: contact no backend (no login, no credential sent
+    anywhere); every live run's job is unknown, so nothing is decided about it."""
+    spec = project.spec
+    code = project.repo.code_version(spec.code.paths, pinning_files(spec, project.root))
     # the spec anchors runs as the code does: an edited but uncommitted grid would run points whose
     # recorded commit does not declare them
     spec_files = project.repo.uncommitted([SPEC_FILE, *included_files(spec)])
@@ -136,8 +152,7 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
         identify(point, code.identity, data, environments, setups[(point.environment, point.backend)])
         for point in points
     ]
-    cache = RunCache.for_store(project.state_dir, project.store.uri, project.spec.project)
-    runs = project.store.observe(cache, incremental=cached)
+    runs = recorded_runs(project, cached, settled)
     journal_problems: list[str] = []
     if ask_backends:
         jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
@@ -146,21 +161,27 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True) -
         synced = sync_journals(project, runs, jobs)  # runs recorded offline: their journals first
         journal_problems = synced.problems()
         if synced.changed:
-            runs = project.store.observe(cache, incremental=True)
+            runs = recorded_runs(project, cached=True)
     else:
         not_asked = JobStatus(JobState.UNKNOWN, detail="not asked: --no-backends")
         jobs = {(run.backend, run.job_id): not_asked for run in runs if run.live and run.job_id}
     untrusted = _untrusted(runs)
     changed = _changed_files(project, code, desired, runs)
+    from .usage import ended_usage
+
+    usage = ended_usage(project, runs) if ask_backends else {}
     return Observation(
-        code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends, journal_problems=journal_problems
+        code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends, usage=usage,
+        journal_problems=journal_problems,
     )
 
 
 def setup_digest(project: Project, environment: str | None, backend: str) -> str:
     """What prepares a run without entering its key, as a digest: the environment's definition (modules,
-    pre- and post-run lines, variables, image options) and the backend's setup fields (``SETUP_FIELDS`` of its
-    config: modules, setup lines, resources...). A point whose runs failed is tried again when it changes."""
+    pre- and post-run lines, variables, image options; a relative venv as the absolute path the job gets and
+    whether a venv is there, so creating it retries the runs that could not activate it) and
+    the backend's setup fields (``SETUP_FIELDS`` of its config: modules, setup lines, resources...). A point
+    whose runs failed is tried again when it changes."""
     import hashlib
     import json
 
@@ -170,13 +191,21 @@ def setup_digest(project: Project, environment: str | None, backend: str) -> str
         "environment": declared.model_dump(mode="json") if declared is not None else None,
         "backend": config.model_dump(mode="json", include=set(config.SETUP_FIELDS)) if config is not None else None,
     }
+    if declared is not None and declared.venv_is_relative:  # the project's venv: where it is, and whether it is
+        location = declared.venv_location(project.root) or ""
+        prepared["venv"] = [location, os.path.isfile(os.path.join(location, "bin", "activate"))]
     return hashlib.sha256(json.dumps(prepared, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _untrusted(runs: list[ObservedRun]) -> list[ObservedRun]:
     """FINISHED runs whose recorded identity inputs do not hash to the key they carry (a key tag edited by
-    hand, or written by another tool): they prove nothing about the point that key names."""
-    return [r for r in runs if r.status == "FINISHED" and recorded_identity(r).key != r.run_key]
+    hand, or written by another tool), or whose end signature does not hold under the project's signing key
+    (:mod:`..state.provenance`): they prove nothing about the point that key names."""
+    return [
+        r
+        for r in runs
+        if r.status == "FINISHED" and (recorded_identity(r).key != r.run_key or r.provenance is Provenance.UNVERIFIED)
+    ]
 
 
 def _unexplained_kills(runs: list[ObservedRun]) -> list[ObservedRun]:
@@ -302,13 +331,31 @@ def replaced_points(project: Project, observation: Observation, replace: tuple[s
     return named
 
 
-def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost:
+def plan_cost(
+    project: Project,
+    plan: Plan,
+    runs: list[ObservedRun],
+    usage: dict[str, Used] | None = None,
+    ask: bool = False,
+    estimate: bool = False,
+) -> PlanCost:
     """The node-hours of the runs ``plan`` starts, per backend (each config says what one run costs), beside
-    what this spec's recorded runs may have used: the node-hours recorded at submission of every run that got a
-    job (a run refused before any job existed used nothing), an upper bound."""
+    what this spec's recorded runs used: for an ended run, what is recorded on it or found now (``usage``: run
+    id -> usage, :func:`.usage.ended_usage`), measured by the site's accounting or at its limit; for a live
+    run, the node-hours recorded at its submission (nodes x time limit, an upper bound); a run refused before
+    any job existed used nothing. ``ask``: also ask the sites of the backends it starts runs on what is left
+    of their allocations (cached, time-boxed, never an error); ``estimate``: and when a job would start there
+    (:func:`.usage.estimated_starts`)."""
     used: dict[str, float] = defaultdict(float)
+    measured: dict[str, float] = defaultdict(float)
     for run in runs:
-        if run.job_id and run.cost_node_hours:
+        if not run.job_id:
+            continue
+        spent = run.used or (usage or {}).get(run.run_id)
+        if spent is not None:
+            used[run.backend] += spent.node_hours
+            measured[run.backend] += spent.node_hours if spent.measured else 0.0
+        elif run.cost_node_hours:
             used[run.backend] += run.cost_node_hours
     starting: dict[str, int] = defaultdict(int)
     for entry in plan.changes():
@@ -319,10 +366,20 @@ def plan_cost(project: Project, plan: Plan, runs: list[ObservedRun]) -> PlanCost
         if starting[name] or used[name]:
             budget = getattr(config, "budget", None)
             by_backend[name] = BackendCost(
-                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None
+                starting[name], config.run_cost(), used[name], budget.node_hours if budget else None, measured[name]
             )
     budget = project.spec.budget
-    return PlanCost(by_backend, sum(used.values()), budget.node_hours if budget else None)
+    charged = sorted(name for name, cost in by_backend.items() if cost.runs and not cost.run.free)
+    from .usage import allocations, estimated_starts
+
+    return PlanCost(
+        by_backend,
+        sum(used.values()),
+        budget.node_hours if budget else None,
+        sum(measured.values()),
+        allocations(project, charged) if ask else {},
+        estimated_starts(project, charged) if ask and estimate else {},
+    )
 
 
 def build_plan(
@@ -331,10 +388,12 @@ def build_plan(
     replace: tuple[str, ...] = (),
     cached: bool = False,
     ask_backends: bool = True,
+    estimate: bool = False,
 ) -> tuple[Plan, Observation]:
     """Observe and plan. ``replace``: declared point ids to run again (raises :class:`UserError` for others);
     ``cached``: read recorded runs through the run cache; ``ask_backends=False``: from MLflow alone, contacting
-    no backend (see :func:`observe`)."""
+    no backend (see :func:`observe`); ``estimate``: ask the backends that would start runs when a job would
+    start (``plan`` does; apply and watch do not: it is for people deciding)."""
     observation = observe(project, cached, ask_backends)
     untrusted = {r.run_id for r in observation.untrusted}
 
@@ -358,7 +417,8 @@ def build_plan(
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
     plan.warnings.extend(f"drift: {problem}" for problem in observation.journal_problems)
-    plan.cost = plan_cost(project, plan, observation.runs)
+    plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
+    plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:
         plan.errors.extend(_not_offered(project, plan))
@@ -371,10 +431,16 @@ def build_plan(
         if name in project.spec.backends:
             plan.warnings += [f"backend {name}: {note}" for note in project.backend(name).notes()]
     for run in observation.untrusted:
-        plan.warnings.append(
-            f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash to "
-            f"{recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
-        )
+        if recorded_identity(run).key != run.run_key:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) carries key {run.run_key[:12]} but its recorded inputs hash "
+                f"to {recorded_identity(run).key[:12]}: not counted as a result (see `mantik explain {run.run_id}`)"
+            )
+        else:
+            plan.warnings.append(
+                f"run {run.run_id} ({run.point_id or '?'}) is FINISHED but unverified: its end carries no signature that "
+                "holds under MANTIK_SIGNING_KEY; not counted as a result (`mantik adopt` vouches for a run you trust)"
+            )
     for run in observation.runs:
         if run.run_id in project.store.deleted_live:
             plan.warnings.append(
@@ -386,6 +452,12 @@ def build_plan(
         plan.warnings.append(
             f"uncommitted changes in code, data or spec files ({observation.code.dirty_summary()}): "
             "the plan uses the last commit; apply will refuse (`--scratch` runs the working tree as a snapshot)"
+        )
+    if project.repo.unsnapshotted:
+        changed = project.repo.unsnapshotted
+        plan.warnings.append(
+            f"scratch: no snapshot, as only files outside the code changed ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}): the runs are of commit {observation.code.commit[:12]}"
         )
     if observation.code.scratch:
         plan.warnings.append(

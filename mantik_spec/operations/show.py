@@ -23,6 +23,7 @@ class GridRow:
     state: RowState
     metrics: dict
     best: bool = False
+    champion: str = ""  # the aliases of the spec's models that point at this row's run: ``wine@champion``
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Ranking:
     goal: str | None
     source: str  # how it was chosen, for the line under the table
     over_seeds: bool = False  # the rows are parameter sets ranked by the mean over their seeds
+    champions: tuple[str, ...] = ()  # where each model of this experiment stands: ``wine@champion: v2 (POINT)``
 
 
 def grid(
@@ -63,12 +65,20 @@ def grid(
     if experiment not in project.spec.experiments:
         raise UserError(f"no experiment '{experiment}' in mantik.yaml")
     rows = []
-    for row in status_rows(project):
+    held = champions(project, experiment)
+    recorded = status_rows(project)
+    for row in recorded:
         if row.experiment != experiment:
             continue
         parameters = {name: format_value(value) for name, value in row.parameters.items()}
-        rows.append(GridRow(row.point_id, parameters, row.state, row.metrics))
-    ranking = _ranking(project, experiment, metric, goal)
+        marks = ", ".join(alias for alias, (_, run_id) in held.items() if run_id and run_id == row.run_id)
+        rows.append(GridRow(row.point_id, parameters, row.state, row.metrics, champion=marks))
+    points = {row.run_id: row.point_id for row in recorded}
+    lines = tuple(
+        f"{alias}: v{version} ({points.get(run_id or '', 'no run of this experiment')})"
+        for alias, (version, run_id) in held.items()
+    )
+    ranking = replace(_ranking(project, experiment, metric, goal), champions=lines)
     names = sorted({name for row in rows for name in row.metrics})
     if ranking.metric is not None and names and ranking.metric not in names:
         raise UserError(f"no run of {experiment} logged a metric '{ranking.metric}'; logged: {', '.join(names)}")
@@ -79,6 +89,20 @@ def grid(
         pick = min if ranking.goal == "min" else max
         pick(scored, key=lambda row: row.metrics[ranking.metric]).best = True
     return rows, ranking
+
+
+def champions(project: Project, experiment: str) -> dict[str, tuple[str, str | None]]:
+    """``MODEL@ALIAS`` -> (version, its run id) for each model of the spec promoted from ``experiment`` whose alias
+    is set in the registry (docs/models.md)."""
+    from ..state.registry import alias_target
+
+    found = {}
+    for name, model in project.spec.models.items():
+        if model.experiment == experiment:
+            target = alias_target(project.store, name, model.alias)
+            if target is not None:
+                found[f"{name}@{model.alias}"] = target
+    return found
 
 
 def over_seeds(rows: list[GridRow], ranking: Ranking) -> list[SeedRow]:
@@ -149,6 +173,9 @@ def _ranking(project: Project, experiment: str, metric: str | None, goal: str | 
         return Ranking(metric, goal, "--metric")
     if declared is not None:
         return Ranking(declared.name, declared.goal, f"experiments.{experiment}.metric")
+    for name, model in project.spec.models.items():  # the metric a model of the experiment is promoted by
+        if model.experiment == experiment:
+            return Ranking(model.metric, "min" if model.goal == "minimize" else "max", f"models.{name}.metric")
     return Ranking(None, None, "")
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..reconcile.identity import ObservedRun
-from ..vocab import FailureKind, JobState, JobStatus, RowState
+from ..vocab import FailureKind, JobState, JobStatus, Provenance, RowState
 from .project import Project, observe, poll_jobs, unreachable
+from .usage import ended_usage, record_usage
 
 POLL_SECONDS = 2.0
 
@@ -25,6 +26,7 @@ class StatusRow:
     started_ms: int | None = None
     metrics: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)  # the point's values (and seed), as declared
+    unverified: bool = False  # an ended run whose signature does not hold under MANTIK_SIGNING_KEY (..state.provenance)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -51,7 +53,7 @@ def status_rows(
     if unknown:
         declared = ", ".join(sorted(project.spec.experiments)) or "none"
         raise UserError(f"no experiment {unknown[0]!r} in mantik.yaml (declared: {declared})")
-    observation = observe(project)
+    observation = observe(project, settled=True)  # ended runs from the run cache while the store is unchanged
     if errors is not None:
         errors.extend(unreachable(observation))
     latest: dict[str, ObservedRun] = {}
@@ -83,6 +85,7 @@ def status_rows(
                 last.start_time,
                 last.metrics,
                 parameters,
+                unverified=last.provenance is Provenance.UNVERIFIED,
             )
         )
     return rows
@@ -108,7 +111,7 @@ def follow(
     """Poll until every run in ``run_ids`` has ended, and with it the job's runner; returns run id -> final
     state. A command using MLflow's fluent API ends the run FINISHED itself when it exits (mlflow's atexit
     ``end_run``), before the runner records the exit code, the output and the status it decides: such a run
-    counts as ended once its job has."""
+    counts as ended once its job has. Then what each used is recorded on it (:mod:`.usage`)."""
     wanted = set(run_ids)
     settled: set[str] = set()  # ended in MLflow, and their jobs too: the record is final
     while True:
@@ -138,6 +141,8 @@ def follow(
             states[run.run_id] = run_state(run, job)
         on_update(states)
         if all(state.ended for state in states.values()) and len(states) == len(wanted):
+            # what they used, now that their jobs ended (the poll just asked the accounting about them)
+            record_usage(project, ended_usage(project, [r for r in runs if r.run_id in settled]))
             return states
         time.sleep(project.poll_pause(interval))
 

@@ -21,8 +21,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields
 
+from ..spec.cost import LIMIT, Used
 from ..spec.experiments import RunPoint
-from ..vocab import FailureKind, RunStatus
+from ..vocab import FailureKind, Provenance, RunStatus
 
 KEY_FORMAT = 1
 
@@ -116,17 +117,31 @@ class ObservedRun:
     adopted_job: bool = False  # job id found on the backend, not yet recorded in MLflow
     failure_kind: FailureKind | None = None  # None: not failed, or failed for a reason nobody recorded
     cost_node_hours: float | None = None  # the node-hours recorded at submission: nodes x time limit, at most
+    used_node_hours: float | None = None  # what the ended run used, recorded after it ended (used_source says how)
+    used_source: str = ""  # "sacct" (the site's accounting) or "limit" (nodes x time limit, at most)
     setup: str = ""  # DesiredRun.setup when it was submitted; "" on records older than that tag
     scratch: bool = False  # submitted from a snapshot of the working tree (apply --scratch), on no branch
+    # provenance (mantik_spec.state.provenance): a digest of the tags written at intent time, the signatures the
+    # record carries, and what checking them under this process's signing key found
+    intent_digest: str = ""
+    intent_signature: str = ""
+    end_signature: str = ""
+    provenance: Provenance = field(default=Provenance.UNCHECKED, compare=False)  # a verdict, not the record
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)
         if self.failure_kind is not None:
             self.failure_kind = FailureKind(self.failure_kind)
+        self.provenance = Provenance(self.provenance)
 
     @property
     def live(self) -> bool:
         return RunStatus(self.status).live
+
+    @property
+    def used(self) -> Used | None:
+        """What the ended run used, as recorded after it ended; None while nothing is recorded."""
+        return None if self.used_node_hours is None else Used(self.used_node_hours, self.used_source or LIMIT)
 
 
 def recorded_identity(run: ObservedRun) -> Identity:

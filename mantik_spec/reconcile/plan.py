@@ -2,7 +2,9 @@
 
 An :class:`Action` *is* its symbol, so a renderer cannot disagree with meaning.
 ``UP_TO_DATE``, ``RUNNING``, ``FAILED`` and ``SUSPENDED`` describe points that
-need nothing; the first four (submit, retry, repair, cancel) are changes.
+need nothing; the first four (submit, retry, repair, cancel) are changes. A
+:class:`ModelAction` is what a plan does to MLflow's model registry (register a
+version, move an alias), beside the runs, each its own symbol among its kind.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from ..spec.cost import RunCost
+from ..spec.cost import Allocation, RunCost
 from ..vocab import FailureKind, RunStatus
 
 PLAN_FORMAT_VERSION = 1
@@ -46,6 +48,74 @@ class Action(enum.Enum):
 CHANGES = (Action.SUBMIT, Action.RETRY, Action.REPAIR, Action.CANCEL)
 # the points a person must act on: counted under the summary line (Plan.notes) when there are any, in this order
 NOTED = (Action.SUSPENDED, Action.FAILED, Action.CANCELLED)
+
+
+class ModelAction(enum.Enum):
+    """What a plan does to a registered model declared under ``models:`` (docs/models.md)."""
+
+    REGISTER = "+"  # a new model version from the winning run
+    ALIAS = "~"  # the alias moves to the winning run's version
+    HOLD = "="  # the alias stays where it is (up to date, held by min_improvement, or no winner yet)
+
+    @property
+    def is_change(self) -> bool:
+        return self in MODEL_CHANGES
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def counted(self) -> str:
+        return f"to {self.label}" if self.is_change else "held"
+
+
+MODEL_CHANGES = (ModelAction.REGISTER, ModelAction.ALIAS)
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """One registry action of a plan. ``version``: the existing version an alias moves to (None: the one this
+    plan registers); ``previous``: the version the alias points at now (None: unset); ``next_version``: the
+    number a new version should get, for display only (MLflow numbers it)."""
+
+    action: ModelAction
+    model: str  # the registered model's name
+    alias: str
+    experiment: str
+    reason: str
+    run_id: str | None = None  # the winning run
+    point_id: str | None = None
+    run_key: str | None = None
+    metric: str | None = None
+    value: float | None = None  # the winning run's last value of the metric
+    version: str | None = None
+    previous: str | None = None
+    next_version: str | None = None
+    source: str | None = None  # the model's location a new version points at
+    model_id: str | None = None  # the MLflow logged model the source names, when it is one
+
+    @property
+    def target(self) -> str:
+        """The version the alias ends on, as people read it: ``v2``."""
+        return f"v{self.version or self.next_version or '?'}"
+
+    def to_json(self) -> dict:
+        return {
+            "action": self.action.label,
+            "symbol": self.action.value,
+            "model": self.model,
+            "alias": self.alias,
+            "experiment": self.experiment,
+            "point": self.point_id,
+            "run_id": self.run_id,
+            "run_key": self.run_key,
+            "metric": self.metric,
+            "value": self.value,
+            "version": self.version,
+            "previous": self.previous,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -84,13 +154,15 @@ class PlannedRun:
 
 @dataclass(frozen=True)
 class BackendCost:
-    """What the runs a plan starts on one backend cost, and what this spec's recorded runs there may have used
-    (``used``: at their time limits, an upper bound); ``budget``: the backend's own limit, if any."""
+    """What the runs a plan starts on one backend cost, and what this spec's recorded runs there used
+    (``used``: the part ``measured`` by the site's accounting, the rest at time limits, an upper bound);
+    ``budget``: the backend's own limit, if any."""
 
     runs: int
     run: RunCost
     used: float = 0.0
     budget: float | None = None
+    measured: float = 0.0
 
     @property
     def node_hours(self) -> float | None:
@@ -116,6 +188,7 @@ class BackendCost:
             "free": self.run.free,
             "unknown": self.run.unknown or None,
             "used_node_hours_at_most": self.used,
+            "used_node_hours_measured": self.measured,
             "budget_node_hours": self.budget,
         }
 
@@ -123,11 +196,17 @@ class BackendCost:
 @dataclass(frozen=True)
 class PlanCost:
     """The node-hours of the runs a plan starts (submit, retry, repair), per backend; ``used``: what this spec's
-    recorded runs may have used in all (an upper bound); ``budget``: the spec's own limit, if any."""
+    recorded runs used in all (``measured`` of it by the sites' accounting, the rest at time limits, an upper
+    bound); ``budget``: the spec's own limit, if any; ``allocations``: what the sites of the backends it starts
+    runs on say is left (backend -> allocation), shown, never checked; ``starts``: when those sites estimate
+    a job of each backend's shape would start (backend -> the site's time), an estimate."""
 
     by_backend: dict[str, BackendCost]
     used: float = 0.0
     budget: float | None = None
+    measured: float = 0.0
+    allocations: dict[str, Allocation] = field(default_factory=dict)
+    starts: dict[str, str] = field(default_factory=dict)
 
     @property
     def node_hours(self) -> float:
@@ -142,29 +221,39 @@ class PlanCost:
     def starts_runs(self) -> bool:
         return any(cost.runs for cost in self.by_backend.values())
 
-    def budgets(self) -> list[tuple[str, float, float | None, float, list[str]]]:
-        """Each budget that runs of this plan count against: (which, node-hours used at most, node-hours
-        planned (None: unknown), the budget, the backends whose runs have no time limit with why)."""
+    def budgets(self) -> list[tuple[str, float, float, float | None, float, list[str]]]:
+        """Each budget that runs of this plan count against: (which, node-hours used, the part of them the sites
+        measured, node-hours planned (None: unknown), the budget, the backends whose runs have no time limit
+        with why)."""
         limits = [
-            (f"budget of backend {name}", {name: cost}, cost.used, cost.budget)
+            (f"budget of backend {name}", {name: cost}, cost.used, cost.measured, cost.budget)
             for name, cost in self.by_backend.items()
         ]
-        limits.append(("budget of the project", self.by_backend, self.used, self.budget))
+        limits.append(("budget of the project", self.by_backend, self.used, self.measured, self.budget))
         found = []
-        for label, scope, used, budget in limits:
+        for label, scope, used, measured, budget in limits:
             starting = {name: cost for name, cost in scope.items() if cost.runs and not cost.run.free}
             if budget is None or not starting:
                 continue
             unknown = [f"{name}: {cost.run.unknown}" for name, cost in starting.items() if cost.node_hours is None]
             planned = None if unknown else sum(cost.node_hours or 0.0 for cost in starting.values())
-            found.append((label, used, planned, budget, unknown))
+            found.append((label, used, measured, planned, budget, unknown))
         return found
+
+    def used_words(self, used: float, measured: float) -> str:
+        """``12 node-hours used (at most)``: what recorded runs used, saying how much of it the sites measured
+        (the rest counts at time limits, an upper bound)."""
+        if measured >= used:
+            return f"{hours(used)} node-hours used" + (" (measured)" if used else "")
+        if measured > 0:
+            return f"{hours(used)} node-hours used (at most; {hours(measured)} measured)"
+        return f"{hours(used)} node-hours used (at most)"
 
     def over_budget(self) -> list[str]:
         """One line per budget this plan would exceed (or cannot be checked against: a run without a time
         limit); none when every budget holds."""
         problems = []
-        for label, used, planned, budget, unknown in self.budgets():
+        for label, used, measured, planned, budget, unknown in self.budgets():
             if planned is None:
                 problems.append(
                     f"{label} ({hours(budget)} node-hours): the cost of its runs is unknown ({'; '.join(unknown)}); "
@@ -172,7 +261,7 @@ class PlanCost:
                 )
             elif used + planned > budget:
                 problems.append(
-                    f"{label}: {hours(used)} node-hours used (at most) + {hours(planned)} planned > {hours(budget)}"
+                    f"{label}: {self.used_words(used, measured)} + {hours(planned)} planned > {hours(budget)}"
                 )
         return problems
 
@@ -182,7 +271,10 @@ class PlanCost:
             "unknown": self.unknown,
             "by_backend": {name: cost.to_json() for name, cost in self.by_backend.items()},
             "used_node_hours_at_most": self.used,
+            "used_node_hours_measured": self.measured,
             "budget_node_hours": self.budget,
+            "allocations": {name: allocation.to_json() for name, allocation in self.allocations.items()},
+            "estimated_start": dict(self.starts),
         }
 
 
@@ -201,13 +293,21 @@ class Plan:
     # backends that could not say what their jobs are doing: their runs are left as they were
     errors: list[str] = field(default_factory=list)
     cost: PlanCost | None = None  # what the runs it starts cost (build_plan computes it from the spec)
+    models: list[PlannedModel] = field(default_factory=list)  # registry actions, one or two per declared model
+    registry: str = ""  # digest of the declared models as observed in the registry: a saved plan must match it
 
     def count(self, action: Action) -> int:
         return sum(1 for e in self.entries if e.action is action)
 
+    def count_models(self, action: ModelAction) -> int:
+        return sum(1 for m in self.models if m.action is action)
+
     @property
     def has_changes(self) -> bool:
-        return any(e.action.is_change for e in self.entries)
+        return any(e.action.is_change for e in self.entries) or bool(self.model_changes())
+
+    def model_changes(self) -> list[PlannedModel]:
+        return [m for m in self.models if m.action.is_change]
 
     def changes(self) -> list[PlannedRun]:
         return [e for e in self.entries if e.action.is_change]
@@ -222,7 +322,10 @@ class Plan:
                     "to code, data, parameters or retries."
                 )
             return "No changes. Runs match the spec."
-        return "Plan: " + ", ".join(f"{self.count(a)} {a.counted}" for a in Action if a not in NOTED) + "."
+        parts = [f"{self.count(a)} {a.counted}" for a in Action if a not in NOTED]
+        if self.registry:  # the spec declares models
+            parts += [f"{self.count_models(a)} {a.counted}" for a in MODEL_CHANGES]
+        return "Plan: " + ", ".join(parts) + "."
 
     def notes(self) -> str:
         """The points a person must act on, counted where there are any: ``1 suspended, 2 failed``."""
@@ -233,7 +336,11 @@ class Plan:
         changes = [
             (e.action.value, e.run_key, e.run_id, e.job_id, e.next_attempt, e.mark_status) for e in self.changes()
         ]
-        payload = json.dumps([self.commit, self.spec_digest, changes], sort_keys=True)
+        registry = [(m.action.value, m.model, m.alias, m.run_id, m.version, m.previous) for m in self.model_changes()]
+        payload = json.dumps(
+            [self.commit, self.spec_digest, changes, *([registry, self.registry] if self.registry else [])],
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def to_json(self) -> dict:
@@ -248,4 +355,13 @@ class Plan:
             "errors": self.errors,
             "runs": [e.to_json() for e in self.entries],
             **({"cost": self.cost.to_json()} if self.cost else {}),
+            **(
+                {
+                    "models": [m.to_json() for m in self.models],
+                    "models_summary": {a.label: self.count_models(a) for a in ModelAction},
+                    "registry_digest": self.registry,
+                }
+                if self.registry
+                else {}
+            ),
         }

@@ -40,6 +40,11 @@ class SavedPlan:
             )
         if self.data["spec_digest"] != plan.spec_digest:
             raise StalePlanError(f"saved plan {self.path} is stale: mantik.yaml changed since it was written")
+        if self.data.get("registry_digest", "") != plan.registry:
+            raise StalePlanError(
+                f"saved plan {self.path} is stale: the model registry changed since it was written (a version or "
+                "an alias of a declared model)"
+            )
         if self.data["fingerprint"] != plan.fingerprint():
             raise StalePlanError(
                 f"saved plan {self.path} is stale: the recorded runs or jobs changed since it was written"

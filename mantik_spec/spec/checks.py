@@ -9,7 +9,7 @@ import posixpath
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from .experiments import (
@@ -17,6 +17,7 @@ from .experiments import (
     SEED_PARAMETER,
     QuotingError,
     coerce,
+    default_backend,
     placeholder_contexts,
     placeholders,
     resolve_extends,
@@ -89,6 +90,31 @@ def semantic(spec: Spec) -> Iterator[Finding]:
     for name, experiment in experiments.items():
         yield from _experiment(spec, name, experiment)
     yield from _run_count(spec, experiments)
+    for name, model in spec.models.items():
+        yield from _model(spec, name, model)
+    pairs = []
+    for experiment in experiments.values():
+        runs_on = experiment.backend or default_backend(spec) or ""
+        config = spec.backends.get(runs_on)
+        pairs.append((experiment.environment or (config.environment if config else None), runs_on))
+    yield from unseen_venvs(spec, pairs)
+
+
+def unseen_venvs(spec: Spec, starts: Iterable[tuple[str | None, str]]) -> Iterator[Finding]:
+    """A relative venv is the project's, on this machine (:meth:`Environment.venv_location`): a backend whose
+    jobs do not see this machine's files cannot activate it. ``starts``: (environment, backend) pairs of runs.
+    One finding per environment, at its ``venv``."""
+    backends_of: dict[str, list[str]] = {}
+    for name, backend in dict.fromkeys(starts):
+        declared = spec.environments.get(name or "")
+        config = spec.backends.get(backend)
+        if name and declared and config and declared.venv_is_relative and not config.sees_this_machine():
+            backends_of.setdefault(name, []).append(backend)
+    for name, backends in sorted(backends_of.items()):
+        yield ("environments", name, "venv"), (
+            f"{spec.environments[name].venv} is relative to the project on this machine, which jobs on "
+            f"{', '.join(backends)} cannot see: give the venv's absolute path (or ~/...) on the cluster"
+        )
 
 
 def run_count(experiment) -> int:
@@ -420,3 +446,57 @@ def _ignored_by_git(root: Path, paths: list[str]) -> set[str]:
     if done.returncode != 0:  # 1: none is ignored; 128: no repository here (only the disk is asked)
         return set()
     return {path.decode() for path in done.stdout.split(b"\0") if path}
+
+
+# MLflow's rules for registered model names and aliases (mlflow/utils/validation.py: _validate_model_name,
+# _validate_model_alias_name, _validate_model_alias_name_reserved; the name column holds 256 characters)
+MODEL_NAME_LENGTH = 256
+ALIAS_PATTERN = re.compile(r"^[\w\-]*$")
+VERSION_ALIAS = re.compile(r"^[vV]\d+$")
+ALIAS_LENGTH = 255
+LOCK_MODEL_PREFIX = "mantik-lock."  # the registered models that hold project locks (state/lock.py)
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why MLflow would refuse ``name`` as a registered model's name, or None."""
+    if not name.strip():
+        return "a registered model's name cannot be empty"
+    if "/" in name or ":" in name:
+        return f"registered model name '{name}' cannot contain '/' or ':' (MLflow's rule)"
+    normal = posixpath.normpath(name)
+    if normal != name or normal == "." or normal.startswith(".."):
+        return f"registered model name '{name}' would resolve to '{normal}' as a path (MLflow's rule)"
+    if len(name) > MODEL_NAME_LENGTH:
+        return f"registered model name is {len(name)} characters long; MLflow keeps at most {MODEL_NAME_LENGTH}"
+    if name.startswith(LOCK_MODEL_PREFIX):
+        return f"names starting with '{LOCK_MODEL_PREFIX}' hold mantik's project locks"
+    return None
+
+
+def alias_problem(alias: str) -> str | None:
+    """Why MLflow would refuse ``alias`` as a registered model alias, or None."""
+    if not alias:
+        return "an alias cannot be empty"
+    if not ALIAS_PATTERN.match(alias):
+        return f"alias '{alias}': only letters, digits, underscores (_) and dashes (-) (MLflow's rule)"
+    if len(alias) > ALIAS_LENGTH:
+        return f"alias is {len(alias)} characters long; MLflow allows at most {ALIAS_LENGTH}"
+    if alias.lower() == "latest":
+        return "alias 'latest' is reserved by MLflow (it names the newest version)"
+    if VERSION_ALIAS.match(alias):
+        return f"alias '{alias}' looks like a version (v1, V2...), which MLflow reserves"
+    return None
+
+
+def _model(spec: Spec, name: str, model) -> Iterator[Finding]:
+    where = ("models", name)
+    problem = model_name_problem(name)
+    if problem:
+        yield where, problem
+    if model.experiment not in spec.experiments:
+        yield (*where, "experiment"), unknown_name("experiment", model.experiment, spec.experiments)
+    problem = alias_problem(model.alias)
+    if problem:
+        yield (*where, "alias"), problem
+    if model.artifact.startswith("/") or ".." in PurePosixPath(model.artifact).parts:
+        yield (*where, "artifact"), "an artifact path inside the run: relative, without '..'"

@@ -77,3 +77,61 @@ def gres_gpus(gres: str | None) -> int | None:
         if parts[0] == "gpu":
             return int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
     return None
+
+
+LIMIT = "limit"  # a usage's source when no accounting answered: nodes x time limit, an upper bound
+
+
+@dataclass(frozen=True)
+class Used:
+    """What an ended run used of the allocation, in node-hours, and where that figure comes from: the site's
+    accounting (``sacct``: elapsed time x allocated nodes), or :data:`LIMIT` (nodes x time limit, as recorded
+    at submission: at most). ``billing_hours``: elapsed time x the job's billing units, where the accounting
+    says them (Slurm's ``billing`` TRES: what a site with ``TRESBillingWeights`` charges), else None."""
+
+    node_hours: float
+    source: str
+    billing_hours: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.source != LIMIT
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What a site says is left of the allocation a backend's jobs are charged to.
+
+    ``left`` and ``granted`` (None: not said) are in ``unit`` (``node-hours``, ``core-hours``, or the site's own
+    word such as ``core-h``); ``source`` names the command or service that said it (``sshare``, ``UNICORE``);
+    ``fetched`` is when this process (or the cached answer's) asked it, in seconds since the epoch."""
+
+    left: float
+    unit: str
+    source: str
+    fetched: float
+    granted: float | None = None
+    account: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "left": self.left,
+            "granted": self.granted,
+            "unit": self.unit,
+            "source": self.source,
+            "account": self.account or None,
+            "fetched": self.fetched,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Allocation:
+        """The inverse of :meth:`to_json`; KeyError, TypeError or ValueError for anything else."""
+        granted = data.get("granted")
+        return cls(
+            left=float(data["left"]),
+            unit=str(data["unit"]),
+            source=str(data["source"]),
+            fetched=float(data["fetched"]),
+            granted=None if granted is None else float(granted),
+            account=str(data.get("account") or ""),
+        )

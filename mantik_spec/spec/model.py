@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -48,6 +49,26 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=256)]
 
 
+def credential_variable(*prefixes: str) -> AfterValidator:
+    """A ``*_env`` field naming where a credential comes from may name only the variables kept for that kind of
+    credential: a spec (a pull request's, say) decides which server the credential is sent to, so naming any
+    other variable (``SSH_PRIVATE_KEY``, a CI deploy token) would send that secret there. Source: the trust
+    model, docs/security.md."""
+
+    def check(name: str) -> str:
+        if not name.startswith(prefixes):
+            kept = " or ".join(f"{prefix}*" for prefix in prefixes)
+            raise ValueError(f"{name} is not a variable kept for this credential: name one called {kept}")
+        return name
+
+    return AfterValidator(check)
+
+
+TrackingVariable = Annotated[EnvName, credential_variable("MLFLOW_TRACKING_", "MANTIK_TRACKING_")]
+UnicoreVariable = Annotated[EnvName, credential_variable("MANTIK_UNICORE_")]
+FirecrestVariable = Annotated[EnvName, credential_variable("MANTIK_FIRECREST_")]
+
+
 def one_shell_line(value: str) -> str:
     """A line a shell runs as written: a line break would end it there and start another command."""
     if "\n" in value or "\r" in value:
@@ -71,9 +92,15 @@ class Tracking(Strict):
         "sqlite:///.mantik/mlflow.db",
         description="MLflow tracking URI; relative sqlite paths are taken from the project root.",
     )
-    token_env: EnvName | None = Field(None, description="Environment variable holding a bearer token.")
-    username_env: EnvName | None = Field(None, description="Environment variable holding the user name.")
-    password_env: EnvName | None = Field(None, description="Environment variable holding the password.")
+    token_env: TrackingVariable | None = Field(
+        None, description="Variable holding a bearer token, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
+    username_env: TrackingVariable | None = Field(
+        None, description="Variable holding the user name, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
+    password_env: TrackingVariable | None = Field(
+        None, description="Variable holding the password, named MLFLOW_TRACKING_* or MANTIK_TRACKING_*."
+    )
 
 
 class Code(Strict):
@@ -157,7 +184,11 @@ class Environment(Strict):
         description="The job's shell expands `$VAR` and `$(...)` in the image path, `apptainer_options` and "
         "`variables`, as Mantik's batch script did (set for environments read from a Mantik config).",
     )
-    venv: str | None = Field(None, description="Path of a Python virtual environment to activate.")
+    venv: str | None = Field(
+        None,
+        description="Path of a Python virtual environment to activate: absolute or `~/...` where the job runs, or "
+        "relative to the directory of mantik.yaml on the machine mantik runs on (for backends whose jobs see it).",
+    )
     requirements: str | None = Field(None, description="Lock or requirements file identifying the environment.")
     modules: list[str] = Field(default_factory=list)
     variables: dict[EnvName, str] = Field(
@@ -179,6 +210,23 @@ class Environment(Strict):
             except ValueError as exc:
                 raise ValueError(f"{option!r}: {exc}") from None
         return value
+
+    @property
+    def venv_is_relative(self) -> bool:
+        """Whether ``venv`` names a directory relative to the project (neither absolute, nor ``~``, nor, with
+        ``shell_expansion``, starting with a shell variable)."""
+        venv = self.venv
+        if not venv or venv.startswith(("/", "~")):
+            return False
+        return not (self.shell_expansion and venv.startswith("$"))
+
+    def venv_location(self, project_root: Path) -> str | None:
+        """Where the job finds the venv: a relative ``venv`` is taken from the directory of mantik.yaml
+        (``project_root``), as the workdir of a Slurm backend on this machine is, and made absolute; the job's
+        own directory holds only the committed tree, never a venv. Others as written."""
+        if not self.venv or not self.venv_is_relative:
+            return self.venv
+        return os.path.normpath(Path(project_root) / self.venv)
 
     @property
     def image_is_remote(self) -> bool:
@@ -205,6 +253,12 @@ class LocalConfig(Strict):
     # the fields that prepare a run without entering its key: when one changes, a point whose runs failed
     # (a module list, a setup line, too little time or memory) is tried again (mantik_spec.reconcile.planner)
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # jobs are processes of the machine mantik runs on: a CI runner ends them with its job
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = True
+
+    def sees_this_machine(self) -> bool:
+        """Whether jobs see the files of the machine mantik runs on (the backend's ``shares_files``)."""
+        return True
 
     type: Literal["local"]
     max_parallel: int = Field(1, ge=1, le=1024, description="Runs executing at once; the rest wait in a queue.")
@@ -309,6 +363,11 @@ class BatchConfig(Strict):
     they get (:mod:`mantik_spec.backends.batch`)."""
 
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("partition", "qos", "resources", "modules", "setup", "python", "template")
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = False  # a scheduler's jobs outlive the command that submits them
+
+    def sees_this_machine(self) -> bool:
+        """Whether jobs see the files of the machine mantik runs on (the backend's ``shares_files``)."""
+        return False
 
     # declared by each backend; named here first so that they lead in the schema and the reference
     type: str
@@ -385,6 +444,11 @@ class SlurmConfig(BatchConfig):
         None, description="Reach the login node over SSH (from a laptop or a CI runner) instead of running there."
     )
 
+    def sees_this_machine(self) -> bool:
+        """Jobs see this machine's files when mantik runs on the login node (no ``ssh``), whose filesystem the
+        compute nodes share."""
+        return self.ssh is None
+
     def run_cost(self) -> RunCost:
         """As :meth:`BatchConfig.run_cost`; unknown when ``sbatch_args`` set the time limit or the nodes, which
         then override ``resources``."""
@@ -408,11 +472,11 @@ UnicoreRuntime = Annotated[str | int, AfterValidator(unicore_runtime), Field(jso
 
 
 class UnicoreCredentials(Strict):
-    """Environment variables holding the credentials (never the credentials themselves)."""
+    """Environment variables holding the credentials (never the credentials themselves), named MANTIK_UNICORE_*."""
 
-    username_env: EnvName = "MANTIK_UNICORE_USERNAME"
-    password_env: EnvName = "MANTIK_UNICORE_PASSWORD"
-    token_env: EnvName | None = Field(
+    username_env: UnicoreVariable = "MANTIK_UNICORE_USERNAME"
+    password_env: UnicoreVariable = "MANTIK_UNICORE_PASSWORD"
+    token_env: UnicoreVariable | None = Field(
         None, description="Variable holding an OIDC or bearer token; used instead of username and password."
     )
 
@@ -438,6 +502,11 @@ class UnicoreConfig(Strict):
     """Batch jobs at a UNICORE site (e.g. JUWELS, JURECA), submitted over its REST API."""
 
     SETUP_FIELDS: ClassVar[tuple[str, ...]] = ("resources", "login_precommand", "login_postcommand", "python", "template")
+    PROCESSES_OF_THIS_MACHINE: ClassVar[bool] = False
+
+    def sees_this_machine(self) -> bool:
+        """Whether jobs see the files of the machine mantik runs on (the backend's ``shares_files``)."""
+        return False
 
     type: Literal["unicore"]
     config: str | None = Field(
@@ -513,10 +582,11 @@ class UnicoreConfig(Strict):
 
 
 class FirecrestCredentials(Strict):
-    """Environment variables holding the OIDC client's credentials (never the credentials themselves)."""
+    """Environment variables holding the OIDC client's credentials (never the credentials themselves), named
+    MANTIK_FIRECREST_*."""
 
-    client_id_env: EnvName = "MANTIK_FIRECREST_CLIENT_ID"
-    client_secret_env: EnvName = "MANTIK_FIRECREST_CLIENT_SECRET"
+    client_id_env: FirecrestVariable = "MANTIK_FIRECREST_CLIENT_ID"
+    client_secret_env: FirecrestVariable = "MANTIK_FIRECREST_CLIENT_SECRET"
 
 
 class FirecrestConfig(BatchConfig):
@@ -601,6 +671,24 @@ class Experiment(Strict):
     )
 
 
+class Model(Strict):
+    """A registered model of MLflow's model registry whose alias points at the best run of an experiment
+    (docs/models.md). Its key under ``models:`` is the registered model's name."""
+
+    experiment: Name = Field(..., description="The experiment of this spec whose runs compete.")
+    metric: str = Field(..., min_length=1, max_length=250, description="A metric the runs log; its last value counts.")
+    goal: Literal["minimize", "maximize"] = Field(..., description="Whether lower or higher values win.")
+    artifact: str = Field(
+        ..., min_length=1, max_length=1024, description="The artifact path in the winning run that holds the model."
+    )
+    alias: str = Field(..., description="The registry alias that points at the best version, e.g. champion.")
+    min_improvement: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="Move the alias only when the new winner beats the version it points at by at least this "
+        "much (in the metric's units).",
+    )
+
+
 class Spec(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, title="mantik.yaml")
 
@@ -632,6 +720,11 @@ class Spec(Strict):
         le=10_000_000,
         description="The most run points all experiments together may declare; a larger grid is refused "
         "(counted before it is expanded) until this is raised.",
+    )
+    models: dict[str, Model] = Field(
+        default_factory=dict,
+        description="Registered models of MLflow's model registry, by name: plan and apply keep each one's alias "
+        "on the best finished run of an experiment (docs/models.md).",
     )
     budget: Budget | None = Field(
         None,

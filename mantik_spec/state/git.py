@@ -145,13 +145,17 @@ class ProjectRepo:
         prefix = self.project_root.relative_to(self.root).as_posix()
         self.prefix = "" if prefix == "." else prefix + "/"
         self.scratch: str | None = None  # a snapshot commit standing where HEAD stands (:meth:`take_snapshot`)
+        self.unsnapshotted: tuple[str, ...] = ()  # changed files a snapshot left out: none of them is code
 
-    def take_snapshot(self) -> str | None:
+    def take_snapshot(self, code_files: list[str] | None = None) -> str | None:
         """Snapshot the project's working tree as it stands (tracked or not, minus what git ignores) as a commit
         whose parent is HEAD, and stand it where HEAD stands for this repository object: the code identity, the
         exported tree and the recorded commit are the snapshot's. The branch, the index, the working tree and
         the stash are untouched (a temporary index); the same tree on the same HEAD gives the same commit.
-        None, and nothing changes, when the working tree is as committed."""
+
+        ``code_files``: the project-relative paths whose content enters a run (code paths, the spec and the
+        files it reads, the files pinning data); None: the whole project. None is returned, and nothing changes,
+        when none of them differs from HEAD; the files that differ elsewhere are kept in ``unsnapshotted``."""
         head = self.head_commit()
         with tempfile.TemporaryDirectory(prefix="mantik-scratch-") as scratch_dir:
             index = {"GIT_INDEX_FILE": str(Path(scratch_dir) / "index")}
@@ -160,6 +164,12 @@ class ProjectRepo:
             tree = run_git(self.root, "write-tree", env=index).decode().strip()
         if tree == run_git(self.root, "rev-parse", f"{head}^{{tree}}").decode().strip():
             return None
+        if code_files is not None:
+            paths = [self.prefix + p.rstrip("/") for p in code_files]
+            if not run_git(self.root, "diff-tree", "-r", "-z", "--name-only", head, tree, "--", *paths):
+                changed = run_git(self.root, "diff-tree", "-r", "-z", "--name-only", head, tree)
+                self.unsnapshotted = tuple(_text(self._relative(p)) for p in changed.split(b"\0") if p)
+                return None
         date = run_git(self.root, "log", "-1", "--format=%ct", head).decode().strip() + " +0000"
         who = {"GIT_AUTHOR_NAME": "mantik", "GIT_AUTHOR_EMAIL": "mantik@scratch", "GIT_AUTHOR_DATE": date}
         who |= {"GIT_COMMITTER_NAME": "mantik", "GIT_COMMITTER_EMAIL": "mantik@scratch", "GIT_COMMITTER_DATE": date}

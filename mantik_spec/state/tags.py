@@ -11,6 +11,7 @@ standard library and mlflow; a test holds the copies equal to these.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..reconcile.identity import Identity, ObservedRun
+from ..spec.cost import Used
 from ..vocab import FailureKind, RunStatus
 
 LIVE = frozenset(s for s in RunStatus if s.live)
@@ -61,10 +63,15 @@ class Tag:
     SPEC = "mantik.spec"  # the spec that declared the run: its path in the repository, committed at COMMIT
     SETUP = "mantik.setup"  # digest of the environment and backend setup it was submitted with (not in its key)
     COST_NODE_HOURS = "mantik.cost.node_hours"  # nodes x time limit at submission: what the run may use, at most
+    COST_USED_NODE_HOURS = "mantik.cost.used_node_hours"  # what the ended run used: written once it ended
+    COST_USED_SOURCE = "mantik.cost.used_source"  # where that figure comes from: "sacct", or "limit" (at most)
+    COST_USED_BILLING_HOURS = "mantik.cost.used_billing_hours"  # elapsed x the job's billing units, where known
     SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
     TRACKING = "mantik.tracking"  # written by the runner: online, or offline (to its journal, docs/offline.md)
     SYNC_METRICS = "mantik.sync.metrics"  # the journal's metrics rowid uploaded last (mantik_spec.state.journal)
     SYNC_ARTIFACTS = "mantik.sync.artifacts"  # digest of the journal's artifacts once all were uploaded
+    INTENT_SIGNATURE = "mantik.intent_signature"  # by apply, over the intent tags (.provenance)
+    END_SIGNATURE = "mantik.end_signature"  # by the runner (or apply), over the ended status (.provenance)
 
 
 class MlflowTag:
@@ -82,7 +89,7 @@ class MlflowTag:
 
 
 # What the in-job runner writes; it holds literal copies of these (it cannot import this package).
-RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.TRACKING)
+RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING)
 
 
 # -- the run key's inputs: one tag each ------------------------------------------------------------------
@@ -163,6 +170,29 @@ def identity_tags(
     return tags
 
 
+# the tags apply writes with the intent record that its provenance signatures cover (.provenance): decisions
+# read them; tags written later (job id, exit code, failure) are not covered
+SIGNED_TAGS = (
+    Tag.PROJECT,
+    Tag.EXPERIMENT,
+    Tag.POINT,
+    Tag.RUN_KEY,
+    Tag.ATTEMPT,
+    Tag.COMMIT,
+    Tag.BACKEND,
+    *(kept.tag for kept in IDENTITY_TAGS.values()),
+    Tag.SETUP,
+    Tag.SCRATCH,
+)
+
+
+def intent_digest(tags: Mapping[str, str]) -> str:
+    """A digest (hex) of the signed intent tags as they stand in ``tags``: a changed, added or removed one
+    changes it."""
+    signed = {name: tags.get(name) for name in SIGNED_TAGS}
+    return hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
+
+
 def failure_tags(kind: FailureKind, message: str) -> dict[str, str]:
     """The tags that say why a run was closed unsuccessfully: its kind (for decisions) and a message (for people)."""
     return {Tag.FAILURE_KIND: kind.value, Tag.FAILURE: message}
@@ -187,6 +217,14 @@ def read_hours(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def usage_tags(used: Used) -> dict[str, str]:
+    """The tags that say what an ended run used (:func:`decode_run` reads them back)."""
+    tags = {Tag.COST_USED_NODE_HOURS: f"{used.node_hours:.6g}", Tag.COST_USED_SOURCE: used.source}
+    if used.billing_hours is not None:
+        tags[Tag.COST_USED_BILLING_HOURS] = f"{used.billing_hours:.6g}"
+    return tags
 
 
 def decode_run(
@@ -229,7 +267,12 @@ def decode_run(
         entry_point=tags.get(MlflowTag.ENTRY_POINT, ""),
         metrics=dict(metrics or {}),
         cost_node_hours=read_hours(tags.get(Tag.COST_NODE_HOURS)),
+        used_node_hours=read_hours(tags.get(Tag.COST_USED_NODE_HOURS)) if tags.get(Tag.COST_USED_SOURCE) else None,
+        used_source=tags.get(Tag.COST_USED_SOURCE, "") if tags.get(Tag.COST_USED_NODE_HOURS) else "",
         setup=tags.get(Tag.SETUP, ""),
         scratch=bool(tags.get(Tag.SCRATCH)),
+        intent_digest=intent_digest(tags),
+        intent_signature=tags.get(Tag.INTENT_SIGNATURE, ""),
+        end_signature=tags.get(Tag.END_SIGNATURE, ""),
         **{name: kept.read(tags.get(kept.tag)) for name, kept in IDENTITY_TAGS.items()},
     )

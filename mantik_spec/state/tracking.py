@@ -7,17 +7,22 @@ own ``mlflow.source.*`` system tags, so the MLflow UI shows where it came from.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from ..errors import MantikError
+from ..files import write_atomically
 from ..reconcile.identity import ObservedRun
 from ..spec.model import Tracking
 from ..vocab import RunStatus
+from . import provenance
 from .runcache import RunCache
 from .tags import LIVE, TERMINAL, MlflowTag, Tag, decode_run
 
@@ -39,6 +44,19 @@ HTTP_RETRY_DEFAULTS = {
 # How long a command waits for a tracking server to answer at all before it stops (seconds)
 TIMEOUT_VARIABLE = "MANTIK_TRACKING_TIMEOUT"
 DEFAULT_TIMEOUT = 15.0
+# the database stores MLflow opens with SQLAlchemy (mlflow/store/db/db_types.py), besides sqlite
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+# How many run records apply writes side by side: a server's round trips overlap (each request waits on the
+# network, not on this machine); MLflow's sqlite store gains nothing from threads (its Python holds the
+# interpreter; bench/bench_record.py). MLflow's HTTP connection pool keeps 10 connections (MLFLOW_HTTP_POOL_MAXSIZE).
+THREADS_VARIABLE = "MANTIK_TRACKING_THREADS"
+DEFAULT_HTTP_THREADS = 8
+
+# the database stores MLflow opens with SQLAlchemy (mlflow/store/db/db_types.py), besides sqlite
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TrackingError(MantikError):
@@ -213,10 +231,60 @@ def _check_store(database: Path) -> str:
             f"{where} was written by an older MLflow (schema {revision}, this MLflow needs {head}): back it up, "
             f"then run `mlflow db upgrade sqlite:///{database}`"
         )
-    raise TrackingError(
-        f"{where} was written by a newer MLflow (schema {revision} is unknown to the MLflow installed here): "
-        "upgrade MLflow here (`pip install -U mlflow`) or use the version that wrote it"
+    raise newer_schema(where, revision)
+
+
+def installed_mlflow() -> dict[str, str]:
+    """The installed MLflow distributions and their versions: ``mlflow-skinny`` (the client mantik needs) and
+    ``mlflow`` (the server and UI, with the ``[server]`` extra), each when installed."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("mlflow-skinny", "mlflow"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def newer_schema(where: str, revision: str) -> TrackingError:
+    """One line for a store whose alembic revision the installed MLflow does not know: a newer MLflow wrote it
+    (or upgraded it), and opening it with this one fails in every command and in ``mlflow ui``. The fix is
+    the version that wrote it: MLflow's own message would advise ``mlflow db upgrade``, which cannot go back."""
+    versions = installed_mlflow()
+    installed = versions.get("mlflow-skinny") or versions.get("mlflow") or "?"
+    upgrade = " ".join(f"'{name}>{version}'" for name, version in versions.items())
+    return TrackingError(
+        f"{where} was written by a newer MLflow than the {installed} installed here (schema {revision} is "
+        f"unknown to it): upgrade (`pip install -U {upgrade or 'mlflow-skinny'}`), or install the version that "
+        "wrote it (`pip install 'mlflow==VERSION'`, which brings its mlflow-skinny)"
     )
+
+
+def check_database_schema(uri: str) -> None:
+    """Refuse, in one line, a database store (``postgresql://``, ``mysql://``, ``sqlite://``...) that a newer
+    MLflow wrote, before MLflow opens it. What else is wrong with it (unreachable, an older schema) MLflow
+    reports itself when it opens it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = create_engine(uri)
+    except (SQLAlchemyError, ImportError, ValueError):  # a driver missing: MLflow says so when it opens it
+        return
+    try:
+        with engine.connect() as connection:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:  # no such table (a new store), or unreachable
+        return
+    finally:
+        engine.dispose()
+    if revision is None:
+        return
+    head, known = schema_revisions()
+    if revision != head and revision not in known:
+        raise newer_schema(f"the tracking store {_safe_uri(uri)}", revision)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -260,6 +328,17 @@ def server_timeout() -> float:
     if not 0 < value < float("inf"):
         raise TrackingError(f"{TIMEOUT_VARIABLE}={text!r}: expected a positive number of seconds")
     return value
+
+
+def write_threads(uri: str) -> int:
+    """How many run records are written at a time to the store at ``uri``: ``MANTIK_TRACKING_THREADS``, else 8
+    for an http(s) server and 1 for a database; TrackingError when the variable is no positive integer."""
+    text = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_HTTP_THREADS if urlparse(uri).scheme.lower() in ("http", "https") else 1
+    if not text.isdigit() or int(text) < 1:
+        raise TrackingError(f"{THREADS_VARIABLE}={text!r}: expected a positive whole number")
+    return int(text)
 
 
 def wait_for_server(uri: str, timeout: float) -> None:
@@ -310,26 +389,65 @@ class TrackingStore:
     def __init__(self, uri: str, project: str):
         if urlparse(uri).scheme.lower() in ("http", "https"):
             wait_for_server(uri, server_timeout())  # before importing mlflow: a server that is down costs no import
-        from mlflow.tracking import MlflowClient
-
-        _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
-        for name, value in HTTP_RETRY_DEFAULTS.items():
-            os.environ.setdefault(name, value)
-
         self.uri = uri
         self.project = project
-        if uri.startswith("sqlite:///"):
-            try:
-                prepare_local_store(Path(uri[len("sqlite:///") :]))
-            except OSError as exc:
-                raise TrackingError(f"the tracking store {uri[len('sqlite:///') :]}: {exc}") from None
-        self.client = MlflowClient(tracking_uri=uri)
         self.calls = 0  # requests made, printed with -v and by the bench
         self._counting = threading.Lock()
         # of those, the ones that recorded started runs (intent records and job ids), and how many runs
         self.recording_calls = 0
         self.recorded_runs = 0
         self.deleted_live: set[str] = set()  # ids of runs deleted in MLflow whose jobs were live when observed
+        self.threads = write_threads(uri)
+        self._client = None
+        self._opening = threading.Lock()
+
+    @property
+    def client(self):
+        """MLflow's client, made at the first call that needs it: importing mlflow takes about a second, and a
+        command answered from the run cache (see ``observe``) needs none. A local sqlite store is created or
+        checked first (``prepare_local_store``)."""
+        with self._opening:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+
+                _silence_mlflow_logging()  # after the import: mlflow configures its loggers when imported
+                for name, value in HTTP_RETRY_DEFAULTS.items():
+                    os.environ.setdefault(name, value)
+                database = self._database()
+                if database is not None:
+                    try:
+                        prepare_local_store(database)
+                    except OSError as exc:
+                        raise TrackingError(f"the tracking store {database}: {exc}") from None
+                elif urlparse(self.uri).scheme.split("+")[0].lower() in DATABASE_SCHEMES:
+                    check_database_schema(self.uri)
+                self._client = MlflowClient(tracking_uri=self.uri)
+            return self._client
+
+    def _database(self) -> Path | None:
+        """The file of a local sqlite store, else None."""
+        return Path(self.uri[len("sqlite:///") :]) if self.uri.startswith("sqlite:///") else None
+
+    def side_by_side(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """``[function(item) for item in items]``, up to ``threads`` calls at a time, results in the order of
+        ``items``. Returns once every call has ended. When one raises, the calls not started yet are not made
+        and the first error (in the order of ``items``) is raised once the running ones have ended, so nothing
+        this store writes is still under way when the caller goes on."""
+        items = list(items)
+        if self.threads <= 1 or len(items) <= 1:
+            return [function(item) for item in items]
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        pool = ThreadPoolExecutor(min(self.threads, len(items)), thread_name_prefix="mantik-record")
+        try:
+            futures = [pool.submit(function, item) for item in items]
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # on an error (or Ctrl-C): the calls not started are dropped, the running ones end first
+            pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        return [future.result() for future in futures]
 
     def _call(self, function, *args, **kwargs):
         from mlflow.exceptions import MlflowException
@@ -408,25 +526,72 @@ class TrackingStore:
 
     # runs --------------------------------------------------------------------------------------
 
-    def observe(self, cache: RunCache | None = None, incremental: bool = True) -> list[ObservedRun]:
+    def observe(
+        self, cache: RunCache | None = None, incremental: bool = True, settled: bool = False
+    ) -> list[ObservedRun]:
         """Every active run of the project, plus deleted runs still live (see ``deleted_live``).
 
         Without ``cache``: one paged scan. With it: the cached ended runs plus what can have changed since
         (see :mod:`.runcache`), or, when it cannot be used or ``incremental`` is false, a full scan that
-        rebuilds it."""
+        rebuilds it. A local sqlite store not written since the read that left the cache, when that read found
+        no live run, is not read again: its runs are the cache's (see ``_unchanged_runs``); with ``incremental``
+        any such read counts, with ``settled`` (a verb that reads in full, about ended runs) only a full scan.
+        Each run's ``provenance`` is checked under this process's signing key (:mod:`.provenance`)."""
+        runs = self._observe(cache, incremental, settled)
+        provenance.checked(runs)
+        return runs
+
+    def _observe(self, cache: RunCache | None, incremental: bool, settled: bool) -> list[ObservedRun]:
+        database = self._database()
+        if cache is not None and database is not None and (incremental or settled):
+            unchanged = self._unchanged_runs(cache, database, full_only=not incremental)
+            if unchanged is not None:
+                self.deleted_live = set()
+                return unchanged
+        before = _store_state(database) if cache is not None and database is not None else None
         experiment_ids = list(self.experiment_ids())
         if not experiment_ids:
             self.deleted_live = set()
             return []
+        changes = None
         if cache is not None and incremental and cache.usable_for(experiment_ids):
-            return self._observe_changes(experiment_ids, cache)
-        runs = self._search(experiment_ids)
-        deleted = self._deleted(experiment_ids)
-        if cache is not None:
-            cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
-        return runs + self._still_live(deleted)
+            changes = self._observe_changes(experiment_ids, cache)  # None: the store is not the one cached
+        full = changes is None
+        if changes is not None:
+            runs = changes
+        else:
+            runs = self._search(experiment_ids)
+            deleted = self._deleted(experiment_ids)
+            if cache is not None:
+                cache.record(experiment_ids, runs, {r.run_id for r in deleted}, full_scan=True)
+            runs += self._still_live(deleted)
+        if before is not None and cache is not None and not self.deleted_live:
+            state_dir = cache.path.parent.parent  # RunCache.for_store keeps it under STATE_DIR/cache/
+            _stamp(cache, before, full, runs, lambda: RunCache.for_store(state_dir, self.uri, self.project))
+        return runs
 
-    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun]:
+    def _unchanged_runs(self, cache: RunCache, database: Path, full_only: bool) -> list[ObservedRun] | None:
+        """The cache's runs when nothing was written to ``database`` since the read whose result the cache holds
+        (full, with ``full_only``) and that read found no live run, else None. Reads the stamp written after that
+        read and the store file's header; imports no mlflow."""
+        try:
+            stamp = json.loads(_stamp_path(cache).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stamp, dict) or stamp.get("store") != _store_state(database) or stamp["store"] is None:
+            return None
+        if (full_only and not stamp.get("full")) or cache.live:
+            return None
+        if not cache.usable_for(cache.experiments):  # not loaded, or due for its daily full scan
+            return None
+        if stamp.get("cache") != _file_digest(cache.path):
+            return None  # the cache was written by another read since
+        if stamp.get("runs") != _ids_digest(cache.runs):
+            return None  # that read returned runs the cache does not keep
+        return list(cache.runs.values())
+
+    def _observe_changes(self, experiment_ids: list[str], cache: RunCache) -> list[ObservedRun] | None:
+        """The cached runs brought up to date; None when the store is not the one cached (a sentinel differs)."""
         fresh: dict[str, ObservedRun] = {}
         for status in sorted(LIVE):
             fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.status = '{status}'"))
@@ -437,10 +602,15 @@ class TrackingStore:
         deleted_ids = {r.run_id for r in deleted}
         # live at the last plan and not seen now: ended, whatever the clock that stamped the end says
         # (or deleted); restored: deleted at the last plan, not now
-        unseen = sorted((cache.live | (cache.deleted - deleted_ids)) - fresh.keys() - deleted_ids)
+        # and the sentinels, in the same search: the store is the one cached only if they read as cached
+        unseen = sorted(
+            (cache.live | (cache.deleted - deleted_ids) | set(cache.sentinels)) - fresh.keys() - deleted_ids
+        )
         for chunk in range(0, len(unseen), ID_CHUNK):
             ids = ", ".join(f"'{_quote(run_id)}'" for run_id in unseen[chunk : chunk + ID_CHUNK])
             fresh.update((r.run_id, r) for r in self._search(experiment_ids, f"attributes.run_id IN ({ids})"))
+        if not cache.holds(fresh, deleted_ids):
+            return None
         runs = {run_id: run for run_id, run in cache.runs.items() if run_id not in deleted_ids}
         runs.update(fresh)
         cache.record(experiment_ids, list(fresh.values()), deleted_ids, full_scan=False)
@@ -477,16 +647,34 @@ class TrackingStore:
         return live
 
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]) -> str:
-        """The intent record: created SCHEDULED, with its key, before anything is submitted."""
-        from mlflow.entities import Param
+        """The intent record: created SCHEDULED, with its key, before anything is submitted.
+
+        Three requests, MLflow's least: ``create_run`` carries every tag (it takes neither params nor a status),
+        one ``log_batch`` the params and the intent's signature (which names the run id, so it cannot ride on
+        ``create_run``), and the status is set by the store's ``update_run_info``, which ``MlflowClient.update_run``
+        calls only after reading the whole run back (a fourth round trip)."""
+        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunStatus as MlflowRunStatus
 
         run = self._call(
             self.client.create_run, experiment_id, tags={**tags, MlflowTag.RUN_NAME: run_name}, run_name=run_name
         )
         run_id = run.info.run_id
-        if params:
-            self._call(self.client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()])
-        self._call(self.client.update_run, run_id, status=RunStatus.SCHEDULED.value)
+        signed = provenance.intent_signature_tags(run_id, tags)
+        if params or signed:
+            self._call(
+                self.client.log_batch,
+                run_id,
+                params=[Param(k, v) for k, v in params.items()],
+                tags=[RunTag(k, v) for k, v in signed.items()],
+            )
+        self._call(
+            self.client._tracking_client.store.update_run_info,
+            run_id,
+            run_status=MlflowRunStatus.from_string(RunStatus.SCHEDULED.value),
+            end_time=None,  # just created: it has none
+            run_name=None,  # keeps the name it was created with
+        )
         return run_id
 
     def run_status(self, run_id: str) -> RunStatus:
@@ -578,6 +766,73 @@ class TrackingStore:
 
     def delete_lock_record(self, name: str) -> None:
         self._call(self.client.delete_registered_model, name)
+
+
+# the store's state at a read, kept beside the run cache --------------------------------------------------
+
+
+def _store_state(database: Path | None) -> list[int] | None:
+    """What changes whenever a sqlite database file is written: its inode, size and modification time and the
+    header's file change counter (bytes 24-27, which every write transaction increments in rollback-journal mode:
+    https://www.sqlite.org/fileformat2.html#file_change_counter). None when it cannot tell: the file cannot be
+    read, is no sqlite database, or a journal or write-ahead log beside it holds writes the file does not show."""
+    if database is None:
+        return None
+    try:
+        if any(database.with_name(database.name + suffix).exists() for suffix in ("-journal", "-wal")):
+            return None
+        with open(database, "rb") as handle:
+            header = handle.read(100)
+            status = os.fstat(handle.fileno())
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None
+    return [status.st_ino, status.st_size, status.st_mtime_ns, int.from_bytes(header[24:28], "big")]
+
+
+def _stamp_path(cache: RunCache) -> Path:
+    return cache.path.with_suffix(".stamp")
+
+
+def _file_digest(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _cache_contents(cache: RunCache) -> tuple:
+    """What a run cache holds (what a command using it would see)."""
+    return (list(cache.experiments), dict(cache.runs), set(cache.deleted), set(cache.live))
+
+
+def _ids_digest(run_ids: Iterable[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(run_ids)).encode()).hexdigest()
+
+
+def _stamp(
+    cache: RunCache, before: list[int], full: bool, runs: list[ObservedRun], reload: Callable[[], RunCache]
+) -> None:
+    """Note beside the cache the store's state taken before the read it holds (``before``), so that a later
+    command finding the store in that state may use the cache without reading (``_unchanged_runs``), with the
+    ids of the runs that read returned (the cache keeps ended runs only). Written only when the cache file holds
+    that read (``reload()`` reads it back): not when it could not be written,
+    nor when another command's read replaced it meanwhile."""
+    path = _stamp_path(cache)
+    try:
+        digest = _file_digest(cache.path)
+        if digest is None or _cache_contents(reload()) != _cache_contents(cache) or _file_digest(cache.path) != digest:
+            path.unlink(missing_ok=True)
+            return
+        stamp = {"store": before, "cache": digest, "full": full, "runs": _ids_digest(r.run_id for r in runs)}
+        write_atomically(path, json.dumps(stamp))
+    except OSError:
+        pass
 
 
 def _quote(value: str) -> str:

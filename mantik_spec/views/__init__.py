@@ -7,7 +7,7 @@ nothing of the operations: what they need (a job id's label, the states that are
 
 from .calls import show_calls
 from .output import Output, json_text, printable
-from .plan import GROUP_ABOVE, show_plan, watch_heading
+from .plan import GROUP_ABOVE, show_plan, show_promoted, watch_heading
 from .progress import run_progress, show_failures, show_retry
 from .runs import show_grid, show_status, watch_status
 
@@ -21,6 +21,7 @@ __all__ = [
     "show_failures",
     "show_grid",
     "show_plan",
+    "show_promoted",
     "show_retry",
     "show_status",
     "watch_heading",

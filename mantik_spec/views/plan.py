@@ -8,11 +8,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ..reconcile.plan import Action, Plan, PlanCost, hours
+from ..reconcile.plan import Action, ModelAction, Plan, PlanCost, PlannedModel, hours
+from ..spec.cost import Allocation
 from .output import Output, json_text, printable
 
 # how a terminal colours each change (the one per-action table of the views)
 COLORS = {Action.SUBMIT: "green", Action.RETRY: "yellow", Action.REPAIR: "magenta", Action.CANCEL: "red"}
+MODEL_COLORS = {ModelAction.REGISTER: "green", ModelAction.ALIAS: "yellow"}  # and for the registry's changes
 
 
 MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark may be backslash-escaped
@@ -30,9 +32,12 @@ def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str
 
     lines = [f"Warning: {printable(w)}" for w in plan.warnings]
     changes = plan.changes()
-    if changes:
+    if changes or plan.model_changes():
         if lines:
             lines.append("")
+    if not changes and plan.model_changes():
+        lines += ["mantik will perform the following actions:", ""]
+    if changes:
         if every_run or len(changes) <= GROUP_ABOVE:
             lines += ["mantik will perform the following actions:", ""]
             for entry in changes:
@@ -47,6 +52,15 @@ def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str
                 "",
             ]
             lines += _grouped(changes, symbol)
+    for model in plan.model_changes():
+        shown = (
+            click.style(model.action.value, fg=MODEL_COLORS[model.action], bold=True) if color else model.action.value
+        )
+        lines += [f"  {shown} {printable(model_line(model))}", f"      {printable(model.reason)}"]
+    held = [m for m in plan.models if not m.action.is_change]
+    if held:
+        lines += ["", "Models:"]
+        lines += [f"  = {printable(model_line(m))}: {printable(m.reason)}" for m in held]
     failed = [e for e in plan.entries if e.action is Action.FAILED]
     if failed:
         lines += ["", "Failed, no retries left (change the code, data or parameters, or raise retries):"]
@@ -61,6 +75,17 @@ def render_text(plan: Plan, color: bool = False, every_run: bool = False) -> str
         lines.append(f"({notes})")
     lines += cost_lines(plan.cost) if plan.cost else []
     return "\n".join(lines).lstrip("\n")
+
+
+def model_line(model: PlannedModel) -> str:
+    """A registry action as a plan line: ``register wine <- sweep[lr=0.1] (loss 0.012)``, ``alias
+    wine@champion: v1 -> v2``, ``wine@champion: v1`` (held)."""
+    if model.action is ModelAction.REGISTER:
+        return f"register {model.model} <- {model.point_id} ({model.metric} {model.value:.6g})"
+    now = f"v{model.previous}" if model.previous else "unset"
+    if model.action is ModelAction.ALIAS:
+        return f"alias {model.model}@{model.alias}: {now} -> {model.target}"
+    return f"{model.model}@{model.alias}: {now}"
 
 
 def cost_lines(cost: PlanCost, name: Callable[[str], str] = printable) -> list[str]:
@@ -91,11 +116,30 @@ def cost_lines(cost: PlanCost, name: Callable[[str], str] = printable) -> list[s
         total = f"at least {total}" if cost.node_hours else "unknown"
     line = f"Cost: {total}" + (f" ({', '.join(parts)})" if parts else "") + "".join(f", {f}" for f in free)
     budgets = [
-        f"{label.removeprefix('budget of ')}: {hours(used)} node-hours used (at most) + "
+        f"{label.removeprefix('budget of ')}: {cost.used_words(used, measured)} + "
         f"{'unknown' if planned is None else hours(planned)} planned of {hours(budget)}"
-        for label, used, planned, budget, _ in cost.budgets()
+        for label, used, measured, planned, budget, _ in cost.budgets()
     ]
-    return [line] + (["Budget: " + "; ".join(budgets)] if budgets else [])
+    lines = [line] + (["Budget: " + "; ".join(budgets)] if budgets else [])
+    lines += [allocation_line(name(backend), each) for backend, each in sorted(cost.allocations.items())]
+    starts = [f"{name(backend)} about {printable(start)}" for backend, start in sorted(cost.starts.items())]
+    return lines + (["Start: " + ", ".join(starts) + " (the scheduler's estimate)"] if starts else [])
+
+
+def allocation_line(backend: str, allocation: Allocation, now: float | None = None) -> str:
+    """``Allocation: cluster: 1,234 node-hours left of 10,000 (sshare, 2 min ago)``: what a site says is left,
+    with who said it and how long ago (a cached answer is up to ten minutes old; the site's own figure may be
+    older still: JSC's accounting is brought up to date once a day)."""
+    import time
+
+    age = max(0.0, (time.time() if now is None else now) - allocation.fetched)
+    ago = "just now" if age < 60 else f"{int(age // 60)} min ago" if age < 3600 else f"{int(age // 3600)} h ago"
+    granted = f" of {allocation.granted:,.0f}" if allocation.granted is not None else ""
+    account = f" {printable(allocation.account)}" if allocation.account else ""
+    return (
+        f"Allocation: {backend}:{account} {allocation.left:,.0f} {allocation.unit} left{granted} "
+        f"({allocation.source}, {ago})"
+    )
 
 
 def _duration(value: float) -> str:
@@ -135,13 +179,22 @@ def render_markdown(plan: Plan) -> str:
     lines += [*(f"{line}  " for line in cost), ""] if cost else []
     lines += [f"> :warning: {_prose(w)}" for w in plan.warnings]
     changes = plan.changes()
-    if changes:
+    if changes or plan.model_changes():
         lines += ["| | action | run point | backend | reason |", "|---|---|---|---|---|"]
         for e in changes:
             lines.append(
                 f"| `{e.action.value}` | {e.action.label} | {_code(e.point_id, in_table=True)} "
                 f"| {_prose(e.backend)} | {_prose(e.reason)} |"
             )
+        for m in plan.model_changes():  # the registry's rows: the model line where a run's point is
+            lines.append(
+                f"| `{m.action.value}` | {m.action.label} | {_code(model_line(m), in_table=True)} "
+                f"| model registry | {_prose(m.reason)} |"
+            )
+    held = [m for m in plan.models if not m.action.is_change]
+    if held:
+        lines += ["", "Models held:", ""]
+        lines += [f"- {_code(model_line(m))}: {_prose(m.reason)}" for m in held]
     failed = [e for e in plan.entries if e.action is Action.FAILED]
     if failed:
         lines += ["", "<details><summary>Failed, no retries left</summary>", ""]
@@ -188,4 +241,12 @@ def watch_heading(output: Output, changed: set[str]) -> None:
     reason = f"changed: {names}" if changed else "watching"
     console = output.console()
     console.clear()
-    console.print(f"[dim]mantik watch: {reason}; Ctrl-C stops[/dim]")
+    from rich.markup import escape
+
+    console.print(f"[dim]mantik watch: {escape(printable(reason))}; Ctrl-C stops[/dim]")
+
+
+def show_promoted(output: Output, done: list[str]) -> None:
+    """What apply did to the model registry, one line each (nothing when it did nothing)."""
+    for line in done:
+        output.echo(f"Registry: {printable(line)}")

@@ -81,4 +81,4 @@ def show_failures(output: Output, failures) -> None:
     output.error(f"{len(failures)} run(s) did not finish successfully:")
     for failure in failures:
         output.error(f"  x {printable(failure.point_id)}  {failure.state}: {printable(failure.last_line)}")
-    output.error(f"Read a run's output with: mantik logs {failures[0].run_id[:12]}")
+    output.error(f"Read a run's output with: mantik logs {printable(failures[0].run_id[:12])}")

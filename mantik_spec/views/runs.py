@@ -60,7 +60,8 @@ def status_table(rows, job_label: Callable[[str | None], str], width: int | None
         shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
         lines.append(
             [printable(cell) for cell in ([row.experiment] if show_experiment else []) + shown]
-            + [printable(row.state), str(row.attempt or ""), printable(job_label(row.job_id)[:12])]
+            + [printable(row.state) + (" (unverified)" if row.unverified else "")]
+            + [str(row.attempt or ""), printable(job_label(row.job_id)[:12])]
             + [age((now_ms - row.started_ms) / 1000) if row.started_ms else ""]
         )
     widths = [max([len(printable(head)), *(len(line[i]) for line in lines)]) for i, head in enumerate(heads)]
@@ -104,12 +105,14 @@ def grid_table(rows, over_seeds: bool = False):
     parameters = sorted({name for row in rows for name in row.parameters})
     metrics = sorted({name for row in rows for name in row.metrics})
     table = Table(box=None, pad_edge=False)
-    for column in ("", *parameters, "state", *metrics):
+    registry = ["registry"] if any(row.champion for row in rows) else []  # the models' aliases on their runs
+    for column in ("", *parameters, "state", *metrics, *registry):
         table.add_column(escape(column))
     for row in rows:
         values = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metrics]
         cells = (escape(row.parameters.get(p, "")) for p in parameters)
-        table.add_row("*" if row.best else "", *cells, escape(row.state), *values)
+        marks = [escape(row.champion)] if registry else []
+        table.add_row("*" if row.best else "", *cells, escape(row.state), *values, *marks)
     return table
 
 
@@ -143,12 +146,17 @@ def show_grid(output: Output, rows, ranking, experiment: str) -> None:
     metrics = sorted({name for row in rows for name in row.metrics})
     if ranking.over_seeds and metrics:
         output.echo("mean ± sd over the n finished seeds (NaN, inf left out); --per-seed: each run")
+    # metric names come from the tracking store: shown inert, as in the table
     if ranking.metric and ranking.over_seeds:
-        output.echo(f"* best mean of {ranking.metric} over seeds ({ranking.goal}; from {ranking.source})")
+        output.echo(printable(f"* best mean of {ranking.metric} over seeds ({ranking.goal}; from {ranking.source})"))
     elif ranking.metric:
-        output.echo(f"* best by {ranking.metric} ({ranking.goal}; from {ranking.source})")
-    elif metrics:
+        output.echo(printable(f"* best by {ranking.metric} ({ranking.goal}; from {ranking.source})"))
+    for line in ranking.champions:  # the registry's word: which run each model of the experiment serves
+        output.echo(f"registry: {printable(line)}")
+    if not ranking.metric and metrics:
         output.echo(
-            f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
-            f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
+            printable(
+                f"No point marked best: name the metric with --metric NAME --goal min|max, or declare "
+                f"metric: {{name: ..., goal: min|max}} on experiments.{experiment} (logged: {', '.join(metrics)})"
+            )
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mantik_spec.backends.base import BackendError, Host, JobRequest, SubmissionFailed
+from mantik_spec.spec.cost import Allocation, Used
 from mantik_spec.vocab import JobState, JobStatus
 
 
@@ -53,6 +54,9 @@ class FakeBackend:
         self.cancel_refusal = ""  # when set: cancel raises BackendError with this message and stops nothing
         self.not_offered: list[str] = []  # what preflight reports
         self.config_notes: list[str] = []  # what notes reports
+        self.accounted: dict[str, Used | None] = {}  # what usage reports, by job id (the site's accounting)
+        self.left: Allocation | None = None  # what allocation reports
+        self.start: str | None = None  # what estimated_start reports
         self._calls: Counter[str] = Counter()
         self._stop: _Stop | None = None
 
@@ -158,6 +162,24 @@ class FakeBackend:
 
     def stats(self) -> dict[str, int]:
         return {"submit call(s)": len(self.submissions)}
+
+    def usage(self, job_ids: list[str]) -> dict[str, Used | None]:
+        self._calls["usage"] += 1
+        if self.unreachable:
+            raise BackendError(self.unreachable)
+        return {job_id: self.accounted[job_id] for job_id in job_ids if job_id in self.accounted}
+
+    def allocation(self) -> Allocation | None:
+        self._calls["allocation"] += 1
+        if self.unreachable:
+            raise BackendError(self.unreachable)
+        return self.left
+
+    def estimated_start(self) -> str | None:
+        self._calls["estimated_start"] += 1
+        if self.unreachable:
+            raise BackendError(self.unreachable)
+        return self.start
 
 
 if TYPE_CHECKING:  # the type check proves the fake implements the protocol (never run)

@@ -62,3 +62,19 @@ class MlflowServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
             self.process = None
+
+
+@contextlib.contextmanager
+def running_server(tmp_path: Path, store_template: Path):
+    """A started server on a copy of the migrated store template, stopped at the end (a test's fixture body);
+    fails, never skips, when `mlflow server` is not installed."""
+    from ..conftest import missing
+
+    if not Path(MLFLOW).exists() or subprocess.run([MLFLOW, "server", "--help"], capture_output=True).returncode:
+        missing("the mlflow server is not installed: pip install -e '.[test]'")
+    server = MlflowServer(tmp_path / "server", store_template)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
