@@ -185,8 +185,9 @@ def test_the_runner_writes_the_tag_schema():
     from mantik_spec.state.tags import RUNNER_TAGS, Tag
     from mantik_spec.vocab import FailureKind, RunStatus
 
-    runner_tags = (runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG, runner.END_SIGNATURE_TAG)
-    assert (*runner_tags, runner.TRACKING_TAG) == RUNNER_TAGS
+    assert (
+        runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG, runner.END_SIGNATURE_TAG, runner.TRACKING_TAG
+    ) == RUNNER_TAGS
     assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING) == RUNNER_TAGS
     assert runner.PRIVATE_VARIABLES == (SIGNING_KEY_VARIABLE, SEAL_VARIABLE)
     from mantik_spec.state import journal

@@ -123,7 +123,7 @@ def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, 
     before = store.client.get_run(run_id)
     assert before.info.status == "SCHEDULED" and not before.data.metrics  # nothing reached the server
 
-    result = sync_run(store, run_id, journal_of(directory))
+    result = sync_run(store, run_id, journal_of(directory), job_ended=True)
     assert result is not None and not result.skipped
     after = store.client.get_run(run_id)
     assert after.info.status == "FINISHED"
@@ -139,7 +139,7 @@ def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, 
     assert artifacts == {"model/model.txt"}
     assert "trained" in Path(store.client.download_artifacts(run_id, "mantik/output.log", str(tmp_path))).read_text()
 
-    again = sync_run(store, run_id, journal_of(directory))
+    again = sync_run(store, run_id, journal_of(directory), job_ended=True)
     assert again is not None and again.written == 0  # idempotent: a second sync writes nothing
     assert history(store, run_id) == journal_points(directory)
 
@@ -184,7 +184,7 @@ def test_a_sync_killed_mid_way_completes_on_the_next_without_a_duplicate_point(t
     assert 0 < len(partial) < 1500
     assert store.client.get_run(run_id).info.status == "SCHEDULED"
 
-    result = sync_run(store, run_id, journal_of(directory))
+    result = sync_run(store, run_id, journal_of(directory), job_ended=True)
     assert result is not None and result.metrics == 1500 - len(partial)  # from the cursor on, not from the start
     assert history(store, run_id) == journal_points(directory)  # complete, no duplicate
     assert store.client.get_run(run_id).info.status == "FINISHED"
@@ -256,7 +256,7 @@ def test_apply_wait_on_the_local_backend_offline_returns_with_the_run_synced_and
     project.mantik("apply", "--auto-approve", "--wait", env=environment)
     client = MlflowClient(server.url)
     experiment = client.get_experiment_by_name("demo/sweep")
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.`{Tag.BACKEND}` = 'local'")
     assert run.info.status == "FINISHED"
     assert run.data.metrics == {"score": 5.0}  # logged by the script, offline, synced by apply --wait
     assert run.data.tags[Tag.TRACKING] == "offline" and run.data.tags[Tag.EXIT_CODE] == "0"
@@ -339,7 +339,8 @@ def test_a_unicore_job_without_network_is_synced_through_the_sites_storage(proje
         }
         project.mantik("apply", "--auto-approve", "--wait", env=environment, timeout=300)
     client = MlflowClient(server.url)
-    (run,) = client.search_runs([client.get_experiment_by_name("demo/sweep").experiment_id])
+    experiment_id = client.get_experiment_by_name("demo/sweep").experiment_id  # shared with the local test's
+    (run,) = client.search_runs([experiment_id], f"tags.`{Tag.BACKEND}` = 'site'")
     assert run.info.status == "FINISHED"
     assert run.data.metrics == {"score": 5.0}
     assert run.data.tags[Tag.TRACKING] == "offline"

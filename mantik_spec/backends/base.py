@@ -35,11 +35,11 @@ class JobRequest:
     # local files the job needs that are not committed (a local Apptainer image), by their path
     # relative to the run's working directory; only backends that cannot see this machine's files send them
     inputs: dict[str, Path] = field(default_factory=dict)
+    tracking: str = "online"  # TrackingMode: how the job records (online, offline to a journal, auto)
+    experiment_name: str = ""  # the MLflow experiment's name (project/experiment), kept in an offline journal
     # the run's provenance secret, sealed (mantik_spec.state.provenance): useless without the seal, which
     # reaches the job only through its environment ("" when the project signs nothing)
     signing: str = ""
-    tracking: str = "online"  # TrackingMode: how the job records (online, offline to a journal, auto)
-    experiment_name: str = ""  # the MLflow experiment's name (project/experiment), kept in an offline journal
 
     def runner_job(self, workdir: str, **extra) -> dict:
         """The ``job.json`` the in-job runner reads (see :mod:`mantik_spec.runner`)."""
@@ -52,9 +52,9 @@ class JobRequest:
             "experiment_id": self.experiment_id,
             "environment": self.environment,
             "workdir": workdir,
-            **({"signing": self.signing} if self.signing else {}),
             "tracking": self.tracking,
             "experiment_name": self.experiment_name,
+            **({"signing": self.signing} if self.signing else {}),
             **extra,
         }
 
@@ -255,6 +255,9 @@ class BackendBase:
     def stats(self) -> dict[str, int]:
         return {}
 
+    def journal(self, run_id: str, job_id: str | None) -> JournalFiles | None:
+        return None  # the backend cannot reach its jobs' files
+
     def usage(self, job_ids: list[str]) -> dict[str, Used | None]:
         return {}  # no accounting to ask: every ended job counts at its time limit
 
@@ -263,8 +266,6 @@ class BackendBase:
 
     def estimated_start(self) -> str | None:
         return None  # the site makes no estimate
-    def journal(self, run_id: str, job_id: str | None) -> JournalFiles | None:
-        return None  # the backend cannot reach its jobs' files
 
 
 # How a backend is built from its name in mantik.yaml, its config (a model of mantik_spec.spec.model,

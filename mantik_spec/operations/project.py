@@ -110,8 +110,8 @@ class Observation:
     changed_files: dict[str, list[str]]
     untrusted: list[ObservedRun] = field(default_factory=list)  # FINISHED runs whose inputs contradict their key
     asked_backends: bool = True  # False: no backend was asked (plan --no-backends); live jobs are unknown
-    usage: dict[str, Used] = field(default_factory=dict)  # run id -> what an ended run used, not yet recorded
     journal_problems: list[str] = field(default_factory=list)  # offline journals not synced whole, and why
+    usage: dict[str, Used] = field(default_factory=dict)  # run id -> what an ended run used, not yet recorded
 
 
 def pinning_files(spec: Spec, root: Path) -> list[str]:
@@ -171,14 +171,7 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True, s
 
     usage = ended_usage(project, runs) if ask_backends else {}
     return Observation(
-        code,
-        desired,
-        runs,
-        jobs,
-        changed,
-        untrusted,
-        asked_backends=ask_backends,
-        usage=usage,
+        code, desired, runs, jobs, changed, untrusted, asked_backends=ask_backends, usage=usage,
         journal_problems=journal_problems,
     )
 
@@ -423,8 +416,8 @@ def build_plan(
         named += [e.point_id for e in plan_with(()).entries if e.experiment in experiments and e.action in ended]
     plan = plan_with(tuple(dict.fromkeys(named)))
     plan.errors.extend(unreachable(observation))
-    plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
     plan.warnings.extend(f"drift: {problem}" for problem in observation.journal_problems)
+    plan_registry(project, observation, plan, untrusted)  # the spec's models: beside the runs, after them
     plan.cost = plan_cost(project, plan, observation.runs, observation.usage, ask=ask_backends, estimate=estimate)
     plan.warnings += [f"{problem}: apply will refuse" for problem in plan.cost.over_budget()]
     if ask_backends:

@@ -19,7 +19,7 @@ another MLflow version.
 - artifacts (once the job has ended) whose path and size the run lacks, then a digest of the listing as tag
   ``mantik.sync.artifacts``, so a second sync lists nothing;
 - the journal's status last: RUNNING while the job runs; its end (status, end time) once the runner wrote the
-  exit code beside it, or the job is gone.
+  exit code beside it and either its end signature (its last word) is there too or the job is gone.
 
 A journal copied while the job writes it (a rollback journal beside it) is read as sqlite would after a crash:
 the transaction in progress is rolled back. A damaged journal is read as far as it is valid; what could not be
@@ -268,8 +268,11 @@ def sync_run(store: TrackingStore, run_id: str, files: JournalFiles, job_ended: 
         checkpoint("journal-batch")
 
     # the command's own mlflow ends the run as it exits (its atexit end_run), before the runner writes the exit
-    # code, the output and the status it decides: the journal's end is final with the exit code, or the job gone
-    ended = journal.status in ENDED and (Tag.EXIT_CODE in journal.tags or job_ended)
+    # code, its end signature, the output and the status it decides: the journal's end is final once the exit
+    # code is there and the runner's last word too (its end signature) or its job is gone
+    ended = (
+        journal.status in ENDED and Tag.EXIT_CODE in journal.tags and (job_ended or Tag.END_SIGNATURE in journal.tags)
+    )
     if ended or job_ended:
         result.artifacts = _sync_artifacts(store, run_id, files, recorded_tags.get(Tag.SYNC_ARTIFACTS), result)
 

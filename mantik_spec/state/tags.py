@@ -67,11 +67,11 @@ class Tag:
     COST_USED_SOURCE = "mantik.cost.used_source"  # where that figure comes from: "sacct", or "limit" (at most)
     COST_USED_BILLING_HOURS = "mantik.cost.used_billing_hours"  # elapsed x the job's billing units, where known
     SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
-    INTENT_SIGNATURE = "mantik.intent_signature"  # by apply, over the intent tags (.provenance)
-    END_SIGNATURE = "mantik.end_signature"  # by the runner (or apply), over the ended status (.provenance)
     TRACKING = "mantik.tracking"  # written by the runner: online, or offline (to its journal, docs/offline.md)
     SYNC_METRICS = "mantik.sync.metrics"  # the journal's metrics rowid uploaded last (mantik_spec.state.journal)
     SYNC_ARTIFACTS = "mantik.sync.artifacts"  # digest of the journal's artifacts once all were uploaded
+    INTENT_SIGNATURE = "mantik.intent_signature"  # by apply, over the intent tags (.provenance)
+    END_SIGNATURE = "mantik.end_signature"  # by the runner (or apply), over the ended status (.provenance)
 
 
 class MlflowTag:
