@@ -223,9 +223,7 @@ def test_an_intent_that_cannot_be_written_side_by_side_submits_nothing(repo, mon
     monkeypatch.setattr(TrackingStore, "create_run", real_create)
     apply_now(repo, fake)
     assert len(jobs_per_point(fake)) == 6 and set(jobs_per_point(fake).values()) == {1}
-    assert {r.failure_kind for r in records(repo).values() if r.status is RunStatus.FAILED} <= {
-        FailureKind.INTERRUPTED
-    }
+    assert {r.failure_kind for r in records(repo).values() if r.status is RunStatus.FAILED} <= {FailureKind.INTERRUPTED}
 
 
 # -- ended runs read without MLflow -------------------------------------------------------------------------

@@ -53,8 +53,8 @@ def test_a_sqlite_store_of_a_newer_mlflow_is_refused_with_the_fix(tmp_path, stor
     database = place_store(store_template, tmp_path / ".mantik" / "mlflow.db")
     newer(database)
     before = database.read_bytes()
-    with pytest.raises(TrackingError) as refused:
-        TrackingStore(f"sqlite:///{database}", "p")
+    with pytest.raises(TrackingError) as refused:  # at the first call: MLflow is opened when a call needs it
+        TrackingStore(f"sqlite:///{database}", "p").experiment_ids()
     assert_says_newer(str(refused.value))
     assert database.read_bytes() == before
 

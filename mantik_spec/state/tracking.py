@@ -650,9 +650,9 @@ class TrackingStore:
         """The intent record: created SCHEDULED, with its key, before anything is submitted.
 
         Three requests, MLflow's least: ``create_run`` carries every tag (it takes neither params nor a status),
-        one ``log_batch`` the params and the intent's signature (which names the run id, so it cannot ride on
-        ``create_run``), and the status is set by the store's ``update_run_info``, which ``MlflowClient.update_run``
-        calls only after reading the whole run back (a fourth round trip)."""
+        one ``log_batch`` the params (and the intent's signature tags), and the status is set through the store's
+        ``update_run_info``, which ``MlflowClient.update_run`` calls only after reading the whole run back (a
+        fourth round trip)."""
         from mlflow.entities import Param, RunTag
         from mlflow.entities import RunStatus as MlflowRunStatus
 
