@@ -293,26 +293,85 @@ def test_plan_shows_a_journal_it_could_not_sync_as_drift_and_sync_fails(project,
         entry_points:
           main:
             command: printf garbage > ../journal/mlflow.db && sleep 60
+          creating:
+            command: ": > ../journal/mlflow.db && sleep 60"
         backends:
-          local: {type: local, tracking: offline}
+          local: {type: local, tracking: offline, max_parallel: 2}
         experiments:
           broken: {entry_point: main}
+          being_created: {entry_point: creating}
         """,
     )
-    project.commit("a job that damages its journal")
+    project.commit("a job that damages its journal, and one whose journal looks as it does while created")
     environment = {"MLFLOW_TRACKING_URI": server.url}
     project.mantik("apply", "--auto-approve", env=environment)
-    journal = next((project.path / ".mantik" / "local" / "local" / "jobs").iterdir()) / runner.JOURNAL_DIR
-    damaged = journal / runner.JOURNAL_DB
-    project.wait_until(lambda: damaged.exists() and damaged.read_bytes() == b"garbage", message="damaged journal")
+    jobs = project.path / ".mantik" / "local" / "local" / "jobs"
+
+    def databases() -> list[bytes]:
+        found = [job / runner.JOURNAL_DIR / runner.JOURNAL_DB for job in jobs.iterdir()]
+        return sorted(database.read_bytes() for database in found if database.exists())
+
+    project.wait_until(lambda: databases() == [b"", b"garbage"], message="damaged and emptied journals")
     try:
         plan = json.loads(project.mantik("plan", "--json", env=environment).stdout)
-        (drift,) = [w for w in plan["warnings"] if w.startswith("drift:")]
+        (drift,) = [w for w in plan["warnings"] if w.startswith("drift:")]  # the empty one is not there yet
         assert "not a readable database" in drift
         synced = project.mantik("sync", env=environment, check=1)
         assert "not a readable database" in synced.stderr
+        assert synced.stderr.count("offline journal") == 1
     finally:
-        project.mantik("cancel", "broken", env=environment)
+        project.mantik("cancel", "broken", "being_created", env=environment)
+
+
+def test_a_journal_being_created_is_nothing_yet_while_its_job_runs_and_damage_once_it_ended(tmp_path, server, store):
+    run_id, _ = new_run(store)
+    journal = tmp_path / "journal"
+    assert sync_run(store, run_id, HostJournal(LocalHost(), str(journal))) is None  # not there yet
+    journal.mkdir()
+    database = journal / runner.JOURNAL_DB
+    database.write_bytes(b"")  # created, empty
+    assert sync_run(store, run_id, HostJournal(LocalHost(), str(journal))) is None
+    with sqlite3.connect(database) as connection:  # MLflow's first tables, as its migrations create them
+        connection.execute("CREATE TABLE runs (run_uuid TEXT, status TEXT, start_time INT, end_time INT)")
+    assert sync_run(store, run_id, HostJournal(LocalHost(), str(journal))) is None
+    ended = sync_run(store, run_id, HostJournal(LocalHost(), str(journal)), job_ended=True)
+    assert ended is not None and [s.damage for s in ended.skipped] == [Damage.INCOMPLETE] and ended.written == 0
+    database.write_bytes(b"not a database" * 100)  # damage is damage while the job runs too
+    live = sync_run(store, run_id, HostJournal(LocalHost(), str(journal)))
+    assert live is not None and [s.damage for s in live.skipped] == [Damage.UNREADABLE]
+
+
+def test_a_run_closed_before_its_journal_was_synced_gets_it_once_and_then_is_not_read_again(project, server):
+    spec = on_one_backend("  local: {type: local, max_parallel: 2, tracking: offline}\n", "ended", lrs="[0.5, 0.7]")
+    project.write("mantik.yaml", spec)
+    project.commit("offline, closed before a sync")
+    environment = {"MLFLOW_TRACKING_URI": server.url, "TEST_LOG_METRIC": "1"}
+    project.mantik("apply", "--auto-approve", env=environment)
+    client = MlflowClient(server.url)
+    experiment_id = client.get_experiment_by_name("ended/sweep").experiment_id
+    jobs = project.path / ".mantik" / "local" / "local" / "jobs"
+    runs = {run.data.params["lr"]: run.info.run_id for run in client.search_runs([experiment_id])}
+    project.wait_until(lambda: all((jobs / r / "exit_code").exists() for r in runs.values()), message="jobs ended")
+    synced, lost = runs["0.5"], runs["0.7"]
+    shutil.rmtree(jobs / lost / runner.JOURNAL_DIR)  # as if its runner never started
+    for run_id in runs.values():  # closed from the scheduler's state before any sync read the journal
+        client.set_terminated(run_id, "FAILED")
+        assert not client.get_run(run_id).data.metrics
+
+    plan = json.loads(project.mantik("plan", "--json", env=environment).stdout)
+    assert not [w for w in plan["warnings"] if w.startswith("drift:")]
+    run = client.get_run(synced)
+    assert run.data.metrics == {"score": 5.0}  # its whole history, though the run was closed
+    assert run.data.tags[Tag.TRACKING] == "offline" and run.data.tags[Tag.SYNC_COMPLETE] == "journal"
+    assert {a.path for a in client.list_artifacts(synced, "mantik")} == {"mantik/output.log"}
+    assert client.get_run(lost).data.tags[Tag.SYNC_COMPLETE] == "none"  # final: not looked for again
+
+    for run_id in runs.values():  # a journal read again now would be reported as damage
+        (jobs / run_id / runner.JOURNAL_DIR).mkdir(exist_ok=True)
+        (jobs / run_id / runner.JOURNAL_DIR / runner.JOURNAL_DB).write_bytes(b"not a database" * 100)
+    plan = json.loads(project.mantik("plan", "--json", env=environment).stdout)
+    assert not [w for w in plan["warnings"] if w.startswith("drift:")]
+    assert "Nothing to sync" in project.mantik("sync", env=environment).stdout
 
 
 def test_a_unicore_job_without_network_is_synced_through_the_sites_storage(project, server, tmp_path):

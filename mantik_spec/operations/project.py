@@ -160,7 +160,9 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True, s
 
         synced = sync_journals(project, runs, jobs)  # runs recorded offline: their journals first
         journal_problems = synced.problems()
-        if synced.changed:
+        if synced.completed:  # tags on ended runs: an incremental read would keep their cached copies
+            runs = recorded_runs(project)
+        elif synced.changed:
             runs = recorded_runs(project, cached=True)
     else:
         not_asked = JobStatus(JobState.UNKNOWN, detail="not asked: --no-backends")

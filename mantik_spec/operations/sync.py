@@ -1,4 +1,5 @@
-"""``mantik sync``: upload the offline journals of live runs into their runs (docs/offline.md).
+"""``mantik sync``: upload the offline journals of live runs into their runs (docs/offline.md), and of ended runs
+until their journal is known uploaded whole.
 
 ``plan``, ``status`` and ``apply`` do the same on the way (:func:`mantik_spec.operations.project.observe`), so a
 run recorded offline shows its metrics, and ends, as soon as any of them has looked. The upload of one run is
@@ -14,6 +15,7 @@ from ..backends.base import BackendError
 from ..reconcile.identity import ObservedRun
 from ..reconcile.planner import JobStates
 from ..state.journal import Damage, SyncResult, sync_run
+from ..state.tags import Tag
 from ..vocab import JobState
 from .project import Project
 
@@ -25,6 +27,7 @@ class SyncReport:
     results: list[SyncResult] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)  # run id -> why its journal could not be read
     point_of: dict[str, str] = field(default_factory=dict)  # run id -> point id, for people
+    completed: list[str] = field(default_factory=list)  # runs this pass marked synced whole (Tag.SYNC_COMPLETE)
 
     @property
     def closed(self) -> list[str]:
@@ -44,6 +47,7 @@ class SyncReport:
             for skipped in result.skipped:
                 what = {
                     Damage.UNREADABLE: "the journal is not a readable database",
+                    Damage.INCOMPLETE: "the job ended while its journal was being created",
                     Damage.NO_RUN: "the journal holds no record of the run",
                     Damage.TABLE_CUT: f"{skipped.part} damaged, synced up to the damage",
                     Damage.CONFLICT: f"param {skipped.part} differs from the recorded one, not synced",
@@ -56,38 +60,55 @@ class SyncReport:
 
 
 def candidates(project: Project, runs: Iterable[ObservedRun]) -> list[ObservedRun]:
-    """The runs whose jobs may have recorded offline: live, on a declared backend not set to ``online``."""
+    """The runs whose jobs may have recorded offline, on a declared backend not set to ``online``: live runs, and
+    ended runs with a job whose journal is not known synced whole (no ``Tag.SYNC_COMPLETE``) and that did not
+    record online. A job offline tags its run ``offline`` in its journal only, so a run the scheduler's state
+    closed before a sync has no tracking tag yet: it is read once, then marked."""
     backends = project.spec.backends
-    return [r for r in runs if r.live and r.backend in backends and backends[r.backend].tracking != "online"]
+    return [
+        r
+        for r in runs
+        if r.backend in backends
+        and backends[r.backend].tracking != "online"
+        and (r.live or (r.job_id and not r.journal_synced and r.tracking != "online"))
+    ]
 
 
 def sync_journals(project: Project, runs: Iterable[ObservedRun], jobs: JobStates | None = None) -> SyncReport:
     """Upload the journals of ``runs`` (see :func:`candidates`); ``jobs``: their job states, when known (an
-    ended job's artifacts are final). Raises TrackingError when the store cannot be reached."""
+    ended job's journal and artifacts are final). A run whose job ended gets ``Tag.SYNC_COMPLETE`` once its
+    journal was uploaded without a part skipped, or when it has none: a job that never ran its runner is not
+    looked for again; a damaged journal is read, and reported, until it is repaired or removed. Raises
+    TrackingError when the store cannot be reached."""
     report = SyncReport()
     for run in candidates(project, runs):
         report.point_of[run.run_id] = run.point_id
         job = (jobs or {}).get((run.backend, run.job_id)) if run.job_id else None
-        if job is not None and job.state is JobState.PENDING:
+        if run.live and job is not None and job.state is JobState.PENDING:
             continue  # not started: no journal yet, and no read of the cluster's files for it
+        job_ended = not run.live or bool(job and job.state.ended)  # a run is closed once its job ended
         try:
-            files = project.backend(run.backend).journal(run.run_id, run.job_id)
-            if files is None:
-                continue
-            result = sync_run(project.store, run.run_id, files, job_ended=bool(job and job.state.ended))
+            files = project.backend(run.backend).journal(run.run_id, run.job_id)  # None: no job directory to read
+            result = sync_run(project.store, run.run_id, files, job_ended=job_ended) if files is not None else None
         except BackendError as exc:
             report.unreadable[run.run_id] = str(exc)
             continue
         if result is not None:
             report.results.append(result)
+        if job_ended and run.job_id and (result is None or not result.skipped):
+            # final: the job can no longer write its journal, and what it holds is in the run (or it left none)
+            project.store.set_tags(run.run_id, {Tag.SYNC_COMPLETE: "none" if result is None else "journal"})
+            run.journal_synced = True
+            report.completed.append(run.run_id)
     return report
 
 
 def sync(project: Project) -> SyncReport:
-    """``mantik sync``: every live run of the project, with its job's state asked once per backend."""
+    """``mantik sync``: every run of the project whose journal may hold what its run lacks (:func:`candidates`),
+    with the live runs' job states asked once per backend."""
     from .project import poll_jobs
 
-    runs = project.store.observe()
-    live = candidates(project, runs)
+    runs = candidates(project, project.store.observe())
+    live = [r for r in runs if r.live]
     jobs = poll_jobs(project, live) if live else {}
-    return sync_journals(project, live, jobs)
+    return sync_journals(project, runs, jobs)

@@ -121,6 +121,8 @@ class ObservedRun:
     used_source: str = ""  # "sacct" (the site's accounting) or "limit" (nodes x time limit, at most)
     setup: str = ""  # DesiredRun.setup when it was submitted; "" on records older than that tag
     scratch: bool = False  # submitted from a snapshot of the working tree (apply --scratch), on no branch
+    tracking: str = ""  # how its job recorded: "online", "offline" (to its journal), "" when not (yet) known
+    journal_synced: bool = False  # its job ended and its journal, if any, was uploaded whole: never read again
     # provenance (mantik_spec.state.provenance): a digest of the tags written at intent time, the signatures the
     # record carries, and what checking them under this process's signing key found
     intent_digest: str = ""

@@ -54,6 +54,7 @@ MAX_PARAMS_TAGS = 100
 MAX_REQUEST_BYTES = 500_000  # half of MLflow's 1 MB, for the JSON around the values
 READ_ATTEMPTS = 3  # copies of a journal taken while it changed, before one is read as it stands
 ENDED = {RunStatus.FINISHED.value, RunStatus.FAILED.value, RunStatus.KILLED.value}
+TABLES = ("runs", "params", "tags", "metrics")  # MLflow's SQL store's, read here
 # Tags whose server value wins: mantik's cancel says why before it signals, which a job offline cannot see
 SERVER_KEEPS = (Tag.FAILURE, Tag.FAILURE_KIND)
 
@@ -74,10 +75,16 @@ class Damage(enum.Enum):
     """What kept part of a journal from being synced."""
 
     UNREADABLE = "unreadable"  # not a database (cut short before its header, overwritten): nothing synced
+    INCOMPLETE = "incomplete"  # empty, or without MLflow's tables: being created, or its job died creating it
     NO_RUN = "no_run"  # the database holds no such run (the job died before it began recording)
     TABLE_CUT = "table_cut"  # a table is damaged: its rows up to the damage were synced, the rest skipped
     CONFLICT = "conflict"  # a param the run holds with another value (params are write-once)
     REFUSED = "refused"  # the tracking store refused the upload (the detail says why)
+
+
+# What a journal is while its runner creates it (an empty file, then MLflow's tables, then the run's row):
+# nothing to sync yet while its job runs, damage once the job has ended
+NOT_YET = frozenset({Damage.INCOMPLETE, Damage.NO_RUN})
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,14 @@ def _rows(connection: sqlite3.Connection, sql: str, args: Sequence) -> tuple[lis
 
 
 def _read(connection: sqlite3.Connection, run_id: str, after_row: int, journal: Journal) -> None:
+    tables, problem = _rows(connection, "SELECT name FROM sqlite_master WHERE type = 'table'", ())
+    if problem is not None:  # its header or schema is not sqlite's: not a database
+        journal.skipped.append(Skipped("database", Damage.UNREADABLE, problem))
+        return
+    lacking = sorted(set(TABLES) - {name for (name,) in tables})
+    if lacking:  # sqlite reads an empty file as a database without tables
+        journal.skipped.append(Skipped("database", Damage.INCOMPLETE, f"no table {', '.join(lacking)}"))
+        return
     runs, problem = _rows(
         connection, "SELECT status, start_time, end_time FROM runs NOT INDEXED WHERE run_uuid = ?", (run_id,)
     )
@@ -226,7 +241,8 @@ def _chunks(items: list, count: int, size=None) -> list[list]:
 
 def sync_run(store: TrackingStore, run_id: str, files: JournalFiles, job_ended: bool = False) -> SyncResult | None:
     """Upload the journal in ``files`` into run ``run_id`` of ``store`` (the rules are in the module's
-    docstring); ``job_ended``: the job is gone, so its artifacts are final. None when there is no journal.
+    docstring); ``job_ended``: the job is gone, so its journal and artifacts are final. None when there is no
+    journal, or while the job runs none yet (:data:`NOT_YET`: an empty file, no tables, no run).
     Raises :class:`mantik_spec.errors.TrackingError` when the store cannot be reached."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -239,6 +255,8 @@ def sync_run(store: TrackingStore, run_id: str, files: JournalFiles, job_ended: 
     recorded_tags = dict(run.data.tags)
     cursor = int(recorded_tags.get(Tag.SYNC_METRICS, "0") or 0)
     journal = read_journal(*snapshot, run_id, after_row=cursor)
+    if journal.status is None and not job_ended and {s.damage for s in journal.skipped} <= NOT_YET:
+        return None  # its runner is still creating it: nothing to sync yet
     result.skipped.extend(journal.skipped)
     if journal.status is None:
         result.calls = store.calls - calls_before

@@ -70,6 +70,9 @@ class Tag:
     TRACKING = "mantik.tracking"  # written by the runner: online, or offline (to its journal, docs/offline.md)
     SYNC_METRICS = "mantik.sync.metrics"  # the journal's metrics rowid uploaded last (mantik_spec.state.journal)
     SYNC_ARTIFACTS = "mantik.sync.artifacts"  # digest of the journal's artifacts once all were uploaded
+    # once the run's job ended: "journal" (its journal was uploaded whole) or "none" (it left no journal); either
+    # way final, so the journal is never read again (mantik_spec.operations.sync)
+    SYNC_COMPLETE = "mantik.sync.complete"
     INTENT_SIGNATURE = "mantik.intent_signature"  # by apply, over the intent tags (.provenance)
     END_SIGNATURE = "mantik.end_signature"  # by the runner (or apply), over the ended status (.provenance)
 
@@ -271,6 +274,8 @@ def decode_run(
         used_source=tags.get(Tag.COST_USED_SOURCE, "") if tags.get(Tag.COST_USED_NODE_HOURS) else "",
         setup=tags.get(Tag.SETUP, ""),
         scratch=bool(tags.get(Tag.SCRATCH)),
+        tracking=tags.get(Tag.TRACKING, ""),
+        journal_synced=bool(tags.get(Tag.SYNC_COMPLETE)),
         intent_digest=intent_digest(tags),
         intent_signature=tags.get(Tag.INTENT_SIGNATURE, ""),
         end_signature=tags.get(Tag.END_SIGNATURE, ""),
