@@ -50,21 +50,13 @@ def _observe(store: TrackingStore, name: str) -> ObservedModel:
                 return None
             raise
 
-    registered = store._call(read)
+    registered = store.call(read)
     if registered is None:
         return ObservedModel(name)
-    versions, token = [], None
-    while True:
-        page = store._call(
-            store.client.search_model_versions,
-            filter_string=f"name = '{_quote(name)}'",
-            max_results=PAGE_SIZE,
-            page_token=token,
-        )
-        versions += [ObservedVersion(str(v.version), v.run_id or None, v.source or "") for v in page]
-        token = page.token
-        if not token:
-            break
+    found = store.paged(
+        store.client.search_model_versions, filter_string=f"name = '{_quote(name)}'", max_results=PAGE_SIZE
+    )
+    versions = [ObservedVersion(str(v.version), v.run_id or None, v.source or "") for v in found]
     aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}  # sqlite: int
     return ObservedModel(name, True, tuple(versions), aliases)
 
@@ -81,11 +73,11 @@ def model_source(store: TrackingStore, run_id: str, artifact: str) -> ModelSourc
 def _model_source(store: TrackingStore, run_id: str, artifact: str) -> ModelSource | None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    run = store._call(store.client.get_run, run_id)
+    run = store.call(store.client.get_run, run_id)
     # the run's own artifacts (the client's listing of runs:/ falls back to a logged model of that name)
     try:
         repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=store.uri)
-        listed = store._call(repository.list_artifacts, artifact)
+        listed = store.call(repository.list_artifacts, artifact)
     except TrackingError:
         raise
     except Exception as exc:  # noqa: BLE001 - an artifact store's own client (S3, Azure, GCS...) failing here
@@ -93,18 +85,12 @@ def _model_source(store: TrackingStore, run_id: str, artifact: str) -> ModelSour
         raise TrackingError(f"cannot list the artifacts of run {run_id} ({run.info.artifact_uri}): {first}") from exc
     if any(posixpath.basename(f.path) == MLMODEL and not f.is_dir for f in listed):
         return ModelSource(posixpath.join(run.info.artifact_uri.rstrip("/"), artifact))
-    logged, token = [], None
-    while True:
-        page = store._call(
-            store.client.search_logged_models,
-            experiment_ids=[run.info.experiment_id],
-            filter_string=f"name = '{_quote(artifact)}'",
-            page_token=token,
-        )
-        logged += [m for m in page if m.source_run_id == run_id]
-        token = page.token
-        if not token:
-            break
+    found = store.paged(
+        store.client.search_logged_models,
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"name = '{_quote(artifact)}'",
+    )
+    logged = [m for m in found if m.source_run_id == run_id]
     if not logged:
         return None
     steps = {output.model_id: output.step for output in (run.outputs.model_outputs if run.outputs else [])}
@@ -118,7 +104,7 @@ def register(store: TrackingStore, name: str, run_id: str, run_key: str, source:
     is not a FINISHED run carrying ``run_key`` of this project: only this project's results are registered."""
     from mlflow.exceptions import MlflowException
 
-    run = store._call(store.client.get_run, run_id)
+    run = store.call(store.client.get_run, run_id)
     recorded = run.data.tags
     if (
         run.info.status != RunStatus.FINISHED
@@ -138,9 +124,9 @@ def register(store: TrackingStore, name: str, run_id: str, run_key: str, source:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
 
-    store._call(create_model)
+    store.call(create_model)
     with _global_tracking_uri(store.uri):
-        version = store._call(
+        version = store.call(
             store.client.create_model_version,
             name,
             source.source,
@@ -182,11 +168,11 @@ def _versions_of_run(store: TrackingStore, name: str, run_id: str) -> list:
                 return []
             raise
 
-    return [v for v in store._call(search) if v.name == name]
+    return [v for v in store.call(search) if v.name == name]
 
 
 def set_alias(store: TrackingStore, name: str, alias: str, version: str) -> None:
-    store._call(store.client.set_registered_model_alias, name, alias, version)
+    store.call(store.client.set_registered_model_alias, name, alias, version)
 
 
 def alias_target(store: TrackingStore, name: str, alias: str) -> tuple[str, str | None] | None:
@@ -201,5 +187,5 @@ def alias_target(store: TrackingStore, name: str, alias: str) -> tuple[str, str 
                 return None
             raise
 
-    version = store._call(read)
+    version = store.call(read)
     return None if version is None else (str(version.version), version.run_id or None)

@@ -11,10 +11,10 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from ..errors import MantikError
@@ -467,6 +467,17 @@ class TrackingStore:
 
     call = _call  # one request, counted, its failures as TrackingError: for state/'s other modules (journal sync)
 
+    def paged(self, function: Callable[..., Any], *args, **kwargs) -> Iterator[Any]:
+        """Every item of a paged MLflow search: ``function(*args, page_token=..., **kwargs)`` called until a
+        page has no next token, each page one counted request (as :meth:`call`, raising TrackingError)."""
+        token = None
+        while True:
+            page = self._call(function, *args, page_token=token, **kwargs)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
     def _error(self, exc: BaseException) -> TrackingError:
         hint = _sqlite_hint(exc)
         if hint:
@@ -480,18 +491,12 @@ class TrackingStore:
 
     def experiment_ids(self) -> dict[str, str]:
         """MLflow experiment id -> mantik experiment name, for this project."""
-        ids, token = {}, None
-        while True:
-            page = self._call(
-                self.client.search_experiments,
-                filter_string=f"tags.`{Tag.PROJECT}` = '{_quote(self.project)}'",
-                max_results=PAGE_SIZE,
-                page_token=token,
-            )
-            ids.update({e.experiment_id: e.tags.get(Tag.EXPERIMENT, e.name) for e in page})
-            token = page.token
-            if not token:
-                return ids
+        experiments = self.paged(
+            self.client.search_experiments,
+            filter_string=f"tags.`{Tag.PROJECT}` = '{_quote(self.project)}'",
+            max_results=PAGE_SIZE,
+        )
+        return {e.experiment_id: e.tags.get(Tag.EXPERIMENT, e.name) for e in experiments}
 
     def ensure_experiment(self, experiment: str, known: dict[str, str]) -> str:
         for experiment_id, name in known.items():
@@ -620,21 +625,14 @@ class TrackingStore:
         """The runs a paged search finds (active, or deleted), decoded; runs without a key are left out."""
         from mlflow.entities import ViewType
 
-        runs: list[ObservedRun] = []
-        token = None
-        while True:
-            page = self._call(
-                self.client.search_runs,
-                experiment_ids,
-                filter_string=filter_string,
-                run_view_type=ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY,
-                max_results=PAGE_SIZE,
-                page_token=token,
-            )
-            runs.extend(observed for run in page if (observed := _observed(run)) is not None)
-            token = page.token
-            if not token:
-                return runs
+        found = self.paged(
+            self.client.search_runs,
+            experiment_ids,
+            filter_string=filter_string,
+            run_view_type=ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY,
+            max_results=PAGE_SIZE,
+        )
+        return [observed for run in found if (observed := _observed(run)) is not None]
 
     def _deleted(self, experiment_ids: list[str]) -> list[ObservedRun]:
         return self._search(experiment_ids, deleted=True)
