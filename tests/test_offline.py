@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from mantik_spec import runner
 from mantik_spec.backends.hosts import HostJournal, LocalHost
+from mantik_spec.operations import sync
 from mantik_spec.state.journal import Damage, sync_run
 from mantik_spec.state.tags import Tag
 from mantik_spec.state.tracking import TrackingStore
@@ -342,7 +343,9 @@ def test_a_journal_being_created_is_nothing_yet_while_its_job_runs_and_damage_on
 
 
 def test_a_run_closed_before_its_journal_was_synced_gets_it_once_and_then_is_not_read_again(project, server):
-    spec = on_one_backend("  local: {type: local, max_parallel: 2, tracking: offline}\n", "ended", lrs="[0.5, 0.7]")
+    spec = on_one_backend(
+        "  local: {type: local, max_parallel: 3, tracking: offline}\n", "ended", lrs="[0.5, 0.6, 0.7]"
+    )
     project.write("mantik.yaml", spec)
     project.commit("offline, closed before a sync")
     environment = {"MLFLOW_TRACKING_URI": server.url, "TEST_LOG_METRIC": "1"}
@@ -352,10 +355,20 @@ def test_a_run_closed_before_its_journal_was_synced_gets_it_once_and_then_is_not
     jobs = project.path / ".mantik" / "local" / "local" / "jobs"
     runs = {run.data.params["lr"]: run.info.run_id for run in client.search_runs([experiment_id])}
     project.wait_until(lambda: all((jobs / r / "exit_code").exists() for r in runs.values()), message="jobs ended")
-    synced, lost = runs["0.5"], runs["0.7"]
+    synced, ending, lost = runs["0.5"], runs["0.6"], runs["0.7"]
     shutil.rmtree(jobs / lost / runner.JOURNAL_DIR)  # as if its runner never started
-    for run_id in runs.values():  # closed from the scheduler's state before any sync read the journal
-        client.set_terminated(run_id, "FAILED")
+    # `ending`'s journal as it is while a cancelled runner still writes its end: no exit code, no output yet
+    whole = jobs / ending / "journal-whole"
+    shutil.copytree(jobs / ending / runner.JOURNAL_DIR, whole)
+    with sqlite3.connect(jobs / ending / runner.JOURNAL_DIR / runner.JOURNAL_DB) as connection:
+        connection.execute("DELETE FROM tags WHERE key IN (?, ?)", (Tag.EXIT_CODE, Tag.END_SIGNATURE))
+        connection.execute("UPDATE runs SET status = 'RUNNING', end_time = NULL")
+    shutil.rmtree(jobs / ending / runner.JOURNAL_DIR / "artifacts" / "mantik")
+    long_ago = int(time.time() * 1000) - sync.JOURNAL_GRACE_MS - 60_000
+    for run_id in runs.values():  # closed from the scheduler's state (or a cancel) before any sync read the journal
+        client.set_terminated(
+            run_id, "FAILED" if run_id != ending else "KILLED", end_time=None if run_id == ending else long_ago
+        )
         assert not client.get_run(run_id).data.metrics
 
     plan = json.loads(project.mantik("plan", "--json", env=environment).stdout)
@@ -365,6 +378,15 @@ def test_a_run_closed_before_its_journal_was_synced_gets_it_once_and_then_is_not
     assert run.data.tags[Tag.TRACKING] == "offline" and run.data.tags[Tag.SYNC_COMPLETE] == "journal"
     assert {a.path for a in client.list_artifacts(synced, "mantik")} == {"mantik/output.log"}
     assert client.get_run(lost).data.tags[Tag.SYNC_COMPLETE] == "none"  # final: not looked for again
+    # closed just now, its runner not yet ended: what it holds is synced, and it is read again, not marked final
+    assert set(client.get_run(ending).data.metrics) == {"score"}
+    assert Tag.SYNC_COMPLETE not in client.get_run(ending).data.tags
+    shutil.rmtree(jobs / ending / runner.JOURNAL_DIR)
+    whole.rename(jobs / ending / runner.JOURNAL_DIR)  # the runner wrote its end
+    project.mantik("plan", "--json", env=environment)
+    run = client.get_run(ending)
+    assert run.data.tags[Tag.SYNC_COMPLETE] == "journal" and run.info.status == "KILLED"  # the cancel's word stands
+    assert {a.path for a in client.list_artifacts(ending, "mantik")} == {"mantik/output.log"}  # nothing lost
 
     for run_id in runs.values():  # a journal read again now would be reported as damage
         (jobs / run_id / runner.JOURNAL_DIR).mkdir(exist_ok=True)

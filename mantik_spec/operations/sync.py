@@ -8,6 +8,7 @@ run recorded offline shows its metrics, and ends, as soon as any of them has loo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,12 @@ from ..state.journal import Damage, SyncResult, sync_run
 from ..state.tags import Tag
 from ..vocab import JobState
 from .project import Project
+
+# How long after its run was closed a journal without the runner's end is still read. A cancel, a time limit or a
+# preemption closes the record (or ends the job) while the signalled runner still writes its last points, its
+# output and its end; a scheduler kills what is left only after its grace (Slurm's KillWait, 30 s by default,
+# slurm.conf(5)). A journal still without its end after this is one whose runner was killed first: final as it is.
+JOURNAL_GRACE_MS = 5 * 60 * 1000
 
 
 @dataclass
@@ -77,9 +84,10 @@ def candidates(project: Project, runs: Iterable[ObservedRun]) -> list[ObservedRu
 def sync_journals(project: Project, runs: Iterable[ObservedRun], jobs: JobStates | None = None) -> SyncReport:
     """Upload the journals of ``runs`` (see :func:`candidates`); ``jobs``: their job states, when known (an
     ended job's journal and artifacts are final). A run whose job ended gets ``Tag.SYNC_COMPLETE`` once its
-    journal was uploaded without a part skipped, or when it has none: a job that never ran its runner is not
-    looked for again; a damaged journal is read, and reported, until it is repaired or removed. Raises
-    TrackingError when the store cannot be reached."""
+    journal was uploaded without a part skipped, or when it has none, and either it holds the runner's end or the
+    run was closed :data:`JOURNAL_GRACE_MS` ago: a job that never ran its runner is not looked for again, and a
+    runner still ending after a cancel loses nothing; a damaged journal is read, and reported, until it is
+    repaired or removed. Raises TrackingError when the store cannot be reached."""
     report = SyncReport()
     for run in candidates(project, runs):
         report.point_of[run.run_id] = run.point_id
@@ -95,12 +103,21 @@ def sync_journals(project: Project, runs: Iterable[ObservedRun], jobs: JobStates
             continue
         if result is not None:
             report.results.append(result)
-        if job_ended and run.job_id and (result is None or not result.skipped):
+        if job_ended and run.job_id and (result is None or not result.skipped) and _final(run, result):
             # final: the job can no longer write its journal, and what it holds is in the run (or it left none)
             project.store.set_tags(run.run_id, {Tag.SYNC_COMPLETE: "none" if result is None else "journal"})
             run.journal_synced = True
             report.completed.append(run.run_id)
     return report
+
+
+def _final(run: ObservedRun, result: SyncResult | None, now_ms: int | None = None) -> bool:
+    """Whether an ended job's journal can hold no more than was synced: it holds the runner's end, or the run
+    was closed over :data:`JOURNAL_GRACE_MS` ago (a runner still ending writes within that)."""
+    if result is not None and result.final:
+        return True
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return run.end_time is not None and now_ms - run.end_time > JOURNAL_GRACE_MS
 
 
 def sync(project: Project) -> SyncReport:

@@ -130,6 +130,7 @@ class SyncResult:
     status: str | None = None  # the status it set, if any
     skipped: list[Skipped] = field(default_factory=list)
     calls: int = 0  # requests to the tracking store
+    final: bool = False  # the journal holds the runner's end (its exit code, the run ended): nothing more will come
 
     @property
     def written(self) -> int:
@@ -291,6 +292,7 @@ def sync_run(store: TrackingStore, run_id: str, files: JournalFiles, job_ended: 
     ended = (
         journal.status in ENDED and Tag.EXIT_CODE in journal.tags and (job_ended or Tag.END_SIGNATURE in journal.tags)
     )
+    result.final = ended
     if ended or job_ended:
         result.artifacts = _sync_artifacts(store, run_id, files, recorded_tags.get(Tag.SYNC_ARTIFACTS), result)
 
