@@ -26,7 +26,7 @@ from bench.bench_slurm import requests  # noqa: E402
 from mantik_spec.backends.slurm import SlurmBackend  # noqa: E402
 from mantik_spec.backends.ssh import SSHHost  # noqa: E402
 from mantik_spec.spec.model import SlurmConfig  # noqa: E402
-from tests.test_slurm_ssh import Sshd  # noqa: E402
+from tests.support.sshd import Sshd  # noqa: E402
 
 
 class UnsharedSSHHost(SSHHost):

@@ -18,15 +18,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mantik_spec import runner
+from mantik_spec.backends.base import BackendError
 from mantik_spec.backends.hosts import HostJournal, LocalHost
 from mantik_spec.operations import sync
-from mantik_spec.state.journal import Damage, sync_run
+from mantik_spec.state.journal import Damage, read_snapshot, sync_run
 from mantik_spec.state.tags import Tag
 from mantik_spec.state.tracking import TrackingStore
 
 from .conftest import missing
 from .support.mlflow_server import MLFLOW, MlflowServer
 from .support.specs import on_one_backend, slurm_spec
+from .support.sshd import ssh_spec, sshd_of_the_module  # noqa: F401  (the module's sshd fixture)
 
 UNSHARE = shutil.which("unshare")
 
@@ -67,6 +69,14 @@ def server(tmp_path_factory, store_template):
 @pytest.fixture(scope="module")
 def store(server):
     return TrackingStore(server.url, "offline")
+
+
+def python_without_network(directory: Path) -> Path:
+    """A `python` for the jobs whose processes have no network at all (their own empty network namespace)."""
+    wrapper = directory / "python-without-network"
+    wrapper.write_text(f'#!/bin/sh\nexec {UNSHARE} -n {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 def new_run(store: TrackingStore, experiment: str = "exp") -> tuple[str, str]:
@@ -268,9 +278,7 @@ def test_apply_wait_on_the_local_backend_offline_returns_with_the_run_synced_and
 
 
 def test_a_slurm_job_without_network_falls_back_to_its_journal(project, server, slurm_cluster, tmp_path):
-    wrapper = tmp_path / "python-without-network"
-    wrapper.write_text(f'#!/bin/sh\nexec {UNSHARE} -n {sys.executable} "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = python_without_network(tmp_path)
     spec = slurm_spec(lrs="[0.5]").replace(f"    python: {sys.executable}\n", f"    python: {wrapper}\n")
     project.write("mantik.yaml", spec)
     project.commit("slurm, no network on the nodes")
@@ -400,9 +408,7 @@ def test_a_unicore_job_without_network_is_synced_through_the_sites_storage(proje
     from .fake_unicore import FakeUnicore
     from .support.specs import unicore_spec
 
-    wrapper = tmp_path / "python-without-network"
-    wrapper.write_text(f'#!/bin/sh\nexec {UNSHARE} -n {sys.executable} "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = python_without_network(tmp_path)
     with FakeUnicore(tmp_path / "site", users={"alice": "pw"}) as site:
         site.queue_seconds = 0.1
         # the site's jobs do not inherit this environment: the spec gives the script its variable
@@ -428,24 +434,168 @@ def test_a_unicore_job_without_network_is_synced_through_the_sites_storage(proje
     assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
 
 
-def test_a_journals_artifacts_are_listed_over_ssh_as_on_this_machine(tmp_path):
-    """SSHHost lists a journal's files with one `find` on the login node: the command as the remote shell runs
-    it (sshd hands the joined command line to the login shell), here run by this machine's shell."""
+def ssh_host_on_this_shell():
+    """An SSHHost whose commands run as the remote shell runs them (sshd hands the joined command line to the
+    login shell), here by this machine's shell; ``exchanges`` counts them."""
     from mantik_spec.backends.ssh import SSHHost
 
+    host = SSHHost.__new__(SSHHost)
+    host.name = "login"
+    host.exchanges = []  # type: ignore[attr-defined]
+
+    def exchange(argv, data=None, timeout=None):
+        host.exchanges.append(argv)  # type: ignore[attr-defined]
+        done = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True)
+        return done.returncode, done.stdout, done.stderr.decode()
+
+    host._exchange = exchange  # type: ignore[method-assign]
+    return host
+
+
+def test_a_journals_artifacts_are_listed_over_ssh_as_on_this_machine(tmp_path):
+    """SSHHost lists a journal's files with one `find` on the login node."""
     root = tmp_path / "journal" / "artifacts"
     (root / "model" / "sub dir").mkdir(parents=True)
     (root / "model" / "sub dir" / "weights with space.bin").write_bytes(b"\0" * 10)
     (root / "mantik").mkdir()
     (root / "mantik" / "output.log").write_text("trained\n")
-    host = SSHHost.__new__(SSHHost)
-
-    def exchange(argv, data=None, timeout=None):
-        done = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True)
-        return done.returncode, done.stdout, done.stderr.decode()
-
-    host._exchange = exchange  # type: ignore[method-assign]
+    host = ssh_host_on_this_shell()
     expected = LocalHost().files_below(str(root))
     assert expected == [("mantik/output.log", 8), ("model/sub dir/weights with space.bin", 10)]
     assert host.files_below(str(root)) == expected
     assert host.files_below(str(tmp_path / "none")) == []
+
+
+def test_a_journal_is_read_over_ssh_in_one_command_byte_for_byte(tmp_path):
+    """The database, its rollback journal and the database again in one exchange: binary content (NUL bytes,
+    newlines, invalid UTF-8), a file that is not there, a name with a space, as LocalHost reads them."""
+    journal = tmp_path / "a journal"
+    journal.mkdir()
+    database = bytes(range(256)) * 3 + b"\n\n"
+    (journal / runner.JOURNAL_DB).write_bytes(database)
+    (journal / "empty").write_bytes(b"")
+    host = ssh_host_on_this_shell()
+    names = [runner.JOURNAL_DB, f"{runner.JOURNAL_DB}-journal", "empty", runner.JOURNAL_DB]
+    read = HostJournal(host, str(journal)).read_together(names)
+    assert read == [database, None, b"", database] == HostJournal(LocalHost(), str(journal)).read_together(names)
+    assert len(host.exchanges) == 1
+    assert read_snapshot(HostJournal(host, str(journal))) == (database, None) and len(host.exchanges) == 2
+
+
+def test_a_login_shell_that_prints_is_an_error_not_journal_content(tmp_path):
+    """A startup file printing on the login node (bash reads ~/.bashrc for sshd's commands) would prefix every
+    file read: refused, so a journal is never taken for damaged because of it."""
+    (tmp_path / runner.JOURNAL_DB).write_bytes(b"SQLite format 3\0")
+    host = ssh_host_on_this_shell()
+    run = host._exchange
+
+    def chatty(argv, data=None, timeout=None):
+        code, stdout, stderr = run(argv, data, timeout)
+        return code, b"Welcome to the cluster\n" + stdout, stderr
+
+    host._exchange = chatty  # type: ignore[method-assign]
+    with pytest.raises(BackendError, match="startup files print nothing"):
+        HostJournal(host, str(tmp_path)).read_together([runner.JOURNAL_DB, runner.JOURNAL_DB])
+
+
+# A script that logs offline what a user notices: a metric, and a binary file in a folder whose name has a space
+# (listed by `find` and read by `tail` on the login node, as the remote shell parses their quoted arguments)
+SSH_TRAIN = textwrap.dedent(
+    """
+    import sys
+    import mlflow
+    args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+    mlflow.log_metric("score", float(args["--lr"]) * 10)
+    with open("weights 1.bin", "wb") as f:
+        f.write(bytes(range(256)) * 4)  # not text: every byte value, NUL and invalid UTF-8 among them
+    mlflow.log_artifact("weights 1.bin", "model files")
+    print("trained")
+    """
+)
+WEIGHTS = bytes(range(256)) * 4
+
+
+@pytest.fixture
+def offline_over_ssh(project, sshd, server, tmp_path):
+    """A project on Slurm reached through the module's sshd, its jobs' python without any network."""
+    sshd.record_host_key("hostkey")
+    wrapper = python_without_network(tmp_path)
+    project.workdir = tmp_path / "cluster workdir"
+    spec = ssh_spec(sshd, project.workdir, lrs="[0.5]").replace("project: slurmtest\n", "project: sshtest\n")
+    project.write("mantik.yaml", spec.replace(f"    python: {sys.executable}\n", f"    python: {wrapper}\n"))
+    project.write("train.py", SSH_TRAIN)
+    project.commit("slurm over ssh, no network on the nodes")
+    project.env["MLFLOW_TRACKING_URI"] = server.url
+    sshd.close_connection()  # counted from the first login on
+    yield project
+    sshd.close_connection()
+
+
+def test_a_slurm_job_over_ssh_without_network_is_synced_over_one_login(offline_over_ssh, sshd, server, tmp_path):
+    project = offline_over_ssh
+    logins = sshd.logins()
+    project.mantik("apply", "--auto-approve", "--wait", timeout=300)
+    # submitting, polling and every sync pass of the wait went through one connection: a login per command or
+    # per journal file read (the database, its rollback journal, the artifacts' listing, each artifact) breaks it
+    assert sshd.logins() - logins == 1
+    client = MlflowClient(server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name("sshtest/sweep").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"score": 5.0}
+    assert run.data.tags[Tag.TRACKING] == "offline"  # auto: the probe found no route, the job chose its journal
+    assert run.data.tags[Tag.SYNC_COMPLETE] == "journal"
+    run_id = run.info.run_id
+    assert "trained" in Path(client.download_artifacts(run_id, "mantik/output.log", str(tmp_path))).read_text()
+    assert [a.path for a in client.list_artifacts(run_id, "model files")] == ["model files/weights 1.bin"]
+    assert Path(client.download_artifacts(run_id, "model files/weights 1.bin", str(tmp_path))).read_bytes() == WEIGHTS
+    logins, commands = sshd.logins(), sshd.commands()
+    assert "Nothing to sync" in project.mantik("sync").stdout
+    assert (sshd.logins(), sshd.commands()) == (logins, commands)  # a run synced whole is not read again
+
+
+def test_a_damaged_journal_over_ssh_is_drift_with_its_reason(offline_over_ssh):
+    project = offline_over_ssh
+    project.write(
+        "train.py", "import time\nopen('../journal/mlflow.db', 'wb').write(b'garbage' * 100)\ntime.sleep(60)\n"
+    )
+    project.commit("a job that damages its journal")
+    project.mantik("apply", "--auto-approve")
+    journals = project.workdir / "runs"
+    project.wait_until(
+        lambda: [p.read_bytes() for p in journals.glob("*/journal/mlflow.db")] == [b"garbage" * 100],
+        timeout=120,
+        message="a damaged journal",
+    )
+    try:
+        planned = project.mantik("plan", "--json")
+        assert "Traceback" not in planned.stderr
+        (drift,) = [w for w in json.loads(planned.stdout)["warnings"] if w.startswith("drift:")]
+        assert "not a readable database" in drift and "\n" not in drift
+    finally:
+        project.mantik("cancel", "sweep")
+
+
+class ChangingJournal:
+    """A journal whose job writes between any two reads: each read sees the files one transaction later."""
+
+    def __init__(self):
+        self.moment = 0
+
+    def read_bytes(self, name: str) -> bytes | None:
+        self.moment += 1
+        return f"{name} at {self.moment}".encode()
+
+    def read_together(self, names: list[str]) -> list[bytes | None]:
+        return [self.read_bytes(name) for name in names]
+
+    def files(self, directory: str) -> list[tuple[str, int]]:
+        return []
+
+
+def test_a_journal_changing_through_every_read_is_taken_with_the_rollback_journal_read_after_it():
+    """sqlite writes a transaction's rollback journal before it touches the database, so a database with the
+    rollback journal read after it is what a crash would leave; one read before it belongs to an older
+    transaction, and rolling that back over a newer database mixes pages of two moments."""
+    database, rollback = read_snapshot(ChangingJournal())
+    moment = int(database.decode().rsplit(" ", 1)[1])
+    assert database.startswith(b"mlflow.db at") and rollback == f"mlflow.db-journal at {moment + 1}".encode()

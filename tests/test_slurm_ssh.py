@@ -4,119 +4,16 @@ single-node Slurm, driven by the installed `mantik`, as from a laptop or a CI ru
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import socket
 import subprocess
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from mantik_spec.backends.ssh import control_directory
-
-from .conftest import IN_CI
-from .support.slurm import slurm_is_up, squeue_state
-from .support.specs import slurm_spec
+from .support.slurm import squeue_state
+from .support.sshd import ssh_spec, sshd_of_the_module  # noqa: F401  (the module's sshd fixture)
 
 pytestmark = pytest.mark.e2e
-
-SSHD = "/usr/sbin/sshd"
-
-
-class Sshd:
-    """An sshd of our own on a free port of 127.0.0.1, accepting one generated user key."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in ("hostkey", "userkey", "otherkey", "otherhostkey"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)], check=True)
-        shutil.copy(directory / "userkey.pub", directory / "authorized_keys")
-        os.chmod(directory / "authorized_keys", 0o600)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.log = directory / "sshd.log"
-        (directory / "sshd_config").write_text(
-            textwrap.dedent(
-                f"""
-                Port {self.port}
-                ListenAddress 127.0.0.1
-                HostKey {directory / "hostkey"}
-                AuthorizedKeysFile {directory / "authorized_keys"}
-                PermitRootLogin prohibit-password
-                PasswordAuthentication no
-                StrictModes no
-                PidFile {directory / "sshd.pid"}
-                UsePAM no
-                LogLevel VERBOSE
-                # sessions (and the jobs they submit) reach the test run's own Slurm, never the machine's
-                SetEnv SLURM_CONF={os.environ["SLURM_CONF"]}
-                """
-            )
-        )
-        Path("/run/sshd").mkdir(exist_ok=True)
-        subprocess.run([SSHD, "-f", str(directory / "sshd_config"), "-E", str(self.log)], check=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as client:
-                if client.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            time.sleep(0.1)
-        self.known_hosts = directory / "known_hosts"
-        self.record_host_key("hostkey")
-
-    def record_host_key(self, key: str) -> None:
-        """known_hosts naming ``key`` as the server's: the real one, or another (a changed key)."""
-        public = (self.directory / f"{key}.pub").read_text().split()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n")
-
-    def logins(self) -> int:
-        return len(re.findall(r"Accepted publickey", self.log.read_text()))
-
-    def stop(self) -> None:
-        pid = (self.directory / "sshd.pid").read_text().strip()
-        subprocess.run(["kill", pid], check=False)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory, slurm_cluster):
-    if not Path(SSHD).exists():
-        message = "sshd is not installed (apt-get install openssh-server)"
-        if IN_CI:
-            pytest.fail(message)  # CI installs it: a missing one is a failure, never a skip
-        pytest.skip(message)
-    assert slurm_is_up(), slurm_cluster.logs()
-    server = Sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
-
-
-def ssh_spec(sshd: Sshd, workdir: Path, lrs: str = "[0.1, 0.2, 0.3]", key: str = "userkey") -> str:
-    """The Slurm tests' spec, reaching the login node through ``sshd``."""
-    anchor = "    poll_interval: 0.5s\n"
-    spec = slurm_spec(lrs=lrs)
-    assert anchor in spec
-    return spec.replace(
-        anchor,
-        anchor
-        + textwrap.indent(
-            textwrap.dedent(
-                f"""
-                workdir: {workdir}
-                ssh:
-                  host: 127.0.0.1
-                  port: {sshd.port}
-                  user: root
-                  identity_file: {sshd.directory / key}
-                  known_hosts_file: {sshd.known_hosts}
-                """
-            ).lstrip("\n"),
-            "    ",
-        ),
-    )
 
 
 @pytest.fixture
@@ -126,11 +23,7 @@ def over_ssh(project, sshd, tmp_path):
     project.write("mantik.yaml", ssh_spec(sshd, project.workdir))
     project.commit("slurm over ssh")
     yield project
-    # each test connects afresh: close the shared connection to this sshd only (ssh names its socket by
-    # host, port and user, %C); another xdist worker's sshd, on its own port, keeps its connection
-    control = os.path.join(control_directory(), "cm-%C")
-    destination = ["-p", str(sshd.port), "-l", "root", "127.0.0.1"]
-    subprocess.run(["ssh", "-o", f"ControlPath={control}", "-O", "exit", *destination], capture_output=True)
+    sshd.close_connection()  # each test connects afresh
 
 
 def ssh_line(stderr: str) -> str:

@@ -120,6 +120,11 @@ class Host(Protocol):
         """The file's bytes from ``offset`` on; None when there is no such file (yet)."""
         ...
 
+    def read_files(self, paths: list[str]) -> list[bytes | None]:
+        """The files' bytes (a path may repeat), read in that order back to back: over a connection in one
+        exchange; None for a file there is none."""
+        ...
+
     def write_text(self, path: str, text: str) -> None:
         """Write the file whole (by a rename where the host can, so no reader sees half of it)."""
         ...

@@ -106,6 +106,10 @@ class SiteFiles:
         text = self.read_text(path)
         return None if text is None else text.encode()[offset:]
 
+    def read_files(self, paths: list[str]) -> list[bytes | None]:
+        """One request a file: FirecREST's file view reads one at a time."""
+        return [self.read_bytes(path) for path in paths]
+
     def list_dir(self, path: str) -> list[str]:
         try:
             entries = self._call("ls", lambda c: c.list_files(self.name, path, show_hidden=True))

@@ -95,6 +95,9 @@ class LocalHost:
     def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
         return read_from(path, offset)
 
+    def read_files(self, paths: list[str]) -> list[bytes | None]:
+        return [read_from(path) for path in paths]
+
     def read_text(self, path: str) -> str | None:
         data = self.read_bytes(path)
         return None if data is None else data.decode(errors="replace")
@@ -163,6 +166,9 @@ class HostJournal:
 
     def read_bytes(self, name: str) -> bytes | None:
         return self.host.read_bytes(f"{self.root}/{name}")
+
+    def read_together(self, names: list[str]) -> list[bytes | None]:
+        return self.host.read_files([f"{self.root}/{name}" for name in names])
 
     def files(self, directory: str) -> list[tuple[str, int]]:
         return self.host.files_below(f"{self.root}/{directory}")

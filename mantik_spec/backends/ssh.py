@@ -260,6 +260,34 @@ class SSHHost:
         code, stdout, _ = self._shell('[ -e "$1" ] || exit 3; tail -c +"$2" -- "$1"', path, str(offset + 1))
         return stdout if code == 0 else None
 
+    def read_files(self, paths: list[str]) -> list[bytes | None]:
+        """One command: each file copied on the host right after the one before, then the sizes (``-`` for a
+        file there is none), one a line, then the copies, end to end."""
+        if not paths:
+            return []
+        script = (
+            "d=$(mktemp -d) || exit 1; trap 'rm -rf \"$d\"' EXIT; i=0; "
+            'for f; do i=$((i+1)); cat -- "$f" > "$d/$i" 2>/dev/null || rm -f "$d/$i"; done; '
+            'i=0; for f; do i=$((i+1)); if [ -e "$d/$i" ]; then wc -c < "$d/$i"; else echo -; fi; done; '
+            'i=0; for f; do i=$((i+1)); [ ! -e "$d/$i" ] || cat "$d/$i"; done'
+        )
+        code, stdout, stderr = self._shell(script, *paths)
+        if code != 0:
+            raise BackendError(f"cannot read {paths[0]} on {self.name}: {_last_line(stderr)}")
+        *sizes, contents = stdout.split(b"\n", len(paths))
+        lengths = [None if size.strip() == b"-" else int(size) if size.strip().isdigit() else -1 for size in sizes]
+        if len(lengths) != len(paths) or -1 in lengths or sum(n or 0 for n in lengths) != len(contents):
+            # e.g. a login shell's startup file that prints something: that would be taken for file content
+            raise BackendError(
+                f"reading files on {self.name} gave more or less than the files: check that the "
+                "login shell's startup files print nothing for commands"
+            )
+        found: list[bytes | None] = []
+        for length in lengths:
+            found.append(None if length is None else contents[:length])
+            contents = contents[length or 0 :]
+        return found
+
     def read_text(self, path: str) -> str | None:
         data = self.read_bytes(path)
         return None if data is None else data.decode(errors="replace")
@@ -269,7 +297,7 @@ class SSHHost:
         return sorted(stdout.decode(errors="replace").split("\n")[:-1]) if code == 0 else []
 
     def files_below(self, path: str) -> list[tuple[str, int]]:
-        code, stdout, _ = self._shell('find "$1" -type f -printf \'%s %P\\0\' 2>/dev/null', path)
+        code, stdout, _ = self._shell("find \"$1\" -type f -printf '%s %P\\0' 2>/dev/null", path)
         if code != 0:
             return []
         found = []

@@ -814,5 +814,9 @@ class JobJournal:
     def read_bytes(self, name: str) -> bytes | None:
         return self.backend._read_file(f"{self.root}/{name}", 0)
 
+    def read_together(self, names: list[str]) -> list[bytes | None]:
+        """One request a file: the site's storage API reads one at a time."""
+        return [self.read_bytes(name) for name in names]
+
     def files(self, directory: str) -> list[tuple[str, int]]:
         return self.backend.list_files(f"{self.root}/{directory}")

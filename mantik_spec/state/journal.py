@@ -66,6 +66,11 @@ class JournalFiles(Protocol):
         """A file of the journal directory by its path in it (``mlflow.db``); None when there is none."""
         ...
 
+    def read_together(self, names: list[str]) -> list[bytes | None]:
+        """The files ``names`` (a name may repeat), read in that order back to back: over a connection in one
+        exchange, so that they are as close to one moment as the host allows; None for a file there is none."""
+        ...
+
     def files(self, directory: str) -> list[tuple[str, int]]:
         """Every file below ``directory`` of the journal directory, as (path relative to it, size in bytes)."""
         ...
@@ -138,18 +143,23 @@ class SyncResult:
 
 
 def read_snapshot(files: JournalFiles) -> tuple[bytes, bytes | None] | None:
-    """The journal database and its rollback journal as one consistent copy: read again while the database
-    changes under the reader (a job writing it), at most :data:`READ_ATTEMPTS` times. None: no journal."""
-    database = files.read_bytes(JOURNAL_DB)
-    rollback = None
+    """The journal database and its rollback journal as one consistent copy, or None when there is no journal.
+
+    Each attempt reads the database, its rollback journal and the database again, back to back (one exchange
+    over a connection); the copy is taken when both reads of the database agree. One that changes through
+    :data:`READ_ATTEMPTS` attempts (a job writing it) is taken as its last attempt read it, with the rollback
+    journal read after it: sqlite writes a transaction's rollback journal before it touches the database and
+    deletes it at the commit (https://www.sqlite.org/atomiccommit.html), so that rollback journal is the one of
+    the transaction the database was caught in, if any still ran; one read before the database may belong to
+    an older transaction, whose rollback over a newer database mixes the pages of two moments."""
+    database: bytes | None = None
+    rollback: bytes | None = None
     for _ in range(READ_ATTEMPTS):
+        database, rollback, again = files.read_together([JOURNAL_DB, ROLLBACK_JOURNAL, JOURNAL_DB])
         if database is None:
             return None
-        rollback = files.read_bytes(ROLLBACK_JOURNAL)
-        again = files.read_bytes(JOURNAL_DB)
         if again == database:
             break
-        database = again
     return (database, rollback) if database is not None else None
 
 
