@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from export_import_leg import count_requests  # noqa: E402  (beside this file)
+
 from mantik_spec import runner  # noqa: E402
 from mantik_spec.backends.hosts import HostJournal, LocalHost  # noqa: E402
 from mantik_spec.state.journal import sync_run  # noqa: E402
@@ -91,22 +93,6 @@ def export_import(python: str, server: str, journals: list[tuple[str, str]], dir
     if done.returncode:
         raise SystemExit(f"the mlflow-export-import leg failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def count_requests() -> list[int]:
-    """A counter of the HTTP requests this process sends from now on (MLflow's REST client sends every call
-    through ``requests.Session.request``), counted as bench/export_import_leg.py counts them."""
-    import requests
-
-    sent = [0]
-    send = requests.Session.request
-
-    def counted(self, *args, **kwargs):
-        sent[0] += 1
-        return send(self, *args, **kwargs)
-
-    requests.Session.request = counted  # type: ignore[method-assign]
-    return sent
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ server with ``RunImporter.import_run``, the package's way of copying a run to an
 imported a second time, as a retried copy would be. It reads a JSON object on stdin (``server``: the tracking
 URI, ``experiment``: the experiment to import into, ``journals``: [[database path, run id], ...], ``directory``:
 where the exports go) and prints, as its last line, a JSON object of its figures. HTTP requests are counted at
-``requests.Session.request``, through which MLflow's REST client sends every call.
+``requests.Session.request`` (:func:`count_requests`), through which MLflow's REST client sends every call.
 """
 
 from __future__ import annotations
@@ -21,6 +21,22 @@ import sys
 import time
 
 
+def count_requests() -> list[int]:
+    """A counter of the HTTP requests this process sends from now on: MLflow's REST client sends every call
+    through ``requests.Session.request`` (bench/bench_sync.py counts its sync the same way)."""
+    import requests
+
+    sent = [0]
+    send = requests.Session.request
+
+    def counted(self, *args, **kwargs):
+        sent[0] += 1
+        return send(self, *args, **kwargs)
+
+    requests.Session.request = counted  # type: ignore[method-assign]
+    return sent
+
+
 def main() -> None:
     job = json.load(sys.stdin)
     os.environ["MLFLOW_TRACKING_URI"] = job["server"]  # the package makes clients of its own at import time
@@ -28,20 +44,12 @@ def main() -> None:
     with contextlib.redirect_stdout(quiet):
         import logging
 
-        import requests
         from mlflow.tracking import MlflowClient
         from mlflow_export_import.run.export_run import RunExporter
         from mlflow_export_import.run.import_run import RunImporter
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        requests_made = [0]
-        send = requests.Session.request
-
-        def counted(self, *args, **kwargs):
-            requests_made[0] += 1
-            return send(self, *args, **kwargs)
-
-        requests.Session.request = counted  # type: ignore[method-assign]
+        requests_made = count_requests()
         exports = []
         started = time.perf_counter()
         for database, run_id in job["journals"]:
