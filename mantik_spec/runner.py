@@ -364,13 +364,13 @@ def main(job_dir):
             _warn(f"cannot open the journal: {exc}")
     tracking = Tracking(uri, job["run_id"])
     # when the job started (MLflow's start_time is the submission and cannot be moved) and, in a mode that could
-    # go either way, which way this job chose: for people, and offline for sync, which uploads them from the journal
+    # go either way, which way this job chose: for people, and offline for sync, which uploads them from the journal.
+    # Not after a RUNNING update that failed: each call to a store that does not answer waits out MLflow's retries.
     tags = {STARTED_TAG: str(started)}
     if job.get("tracking") in ("offline", "auto"):
         tags[TRACKING_TAG] = mode
-    tracking.set_tags(tags)
-    if not cancelled:
-        tracking.do("update_run", status=RUNNING)
+    if cancelled or tracking.do("update_run", status=RUNNING):
+        tracking.set_tags(tags)
 
     environment = {name: value for name, value in os.environ.items() if name not in PRIVATE_VARIABLES}
     environment.update(job.get("environment", {}))
