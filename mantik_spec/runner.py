@@ -36,6 +36,7 @@ SEAL_VARIABLE = "MANTIK_RUN_SEAL"  # mantik_spec.state.provenance: opens job.jso
 PRIVATE_VARIABLES = ("MANTIK_SIGNING_KEY", SEAL_VARIABLE)  # never in the user's command's environment
 SIGNALLED_KIND = "signalled"  # FailureKind.SIGNALLED: the scheduler knows why (time limit, preemption, cancel)
 TRACKING_TAG = "mantik.tracking"  # how the job recorded: online, or offline (to its journal)
+STARTED_TAG = "mantik.started"  # when the job started running, in ms since the epoch (the run's start_time is apply's)
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"  # RunStatus values
 
 # The offline journal: an MLflow sqlite store in the job directory (mantik_spec.state.journal reads it)
@@ -161,6 +162,14 @@ class Tracking:
             f"tracking call {what} failed: {str(problem).splitlines()[0] if str(problem) else type(problem).__name__}"
         )
         return False
+
+    def set_tags(self, tags):
+        """Set ``tags`` (name -> value) on the run in one call; True when it succeeded."""
+        if self.client is None:
+            return False
+        from mlflow.entities import RunTag
+
+        return self.do("log_batch", tags=[RunTag(name, value) for name, value in tags.items()])
 
     def keep_deleted(self):
         """A run this runner restored for an update ends deleted, as its user left it: apply or cancel may have
@@ -322,6 +331,9 @@ def _end_signature(job, status):
 
 
 def main(job_dir):
+    import time
+
+    started = int(time.time() * 1000)  # the job left the queue: before seconds go to importing mlflow
     cancelled = []
 
     def on_signal(signum, _frame):
@@ -351,10 +363,14 @@ def main(job_dir):
         except Exception as exc:  # noqa: BLE001 - the command runs all the same; its exit code settles the run
             _warn(f"cannot open the journal: {exc}")
     tracking = Tracking(uri, job["run_id"])
+    # when the job started (MLflow's start_time is the submission and cannot be moved) and, in a mode that could
+    # go either way, which way this job chose: for people, and offline for sync, which uploads them from the journal.
+    # Not after a RUNNING update that failed: each call to a store that does not answer waits out MLflow's retries.
+    tags = {STARTED_TAG: str(started)}
     if job.get("tracking") in ("offline", "auto"):
-        tracking.do("set_tag", TRACKING_TAG, mode)  # which way this job chose, for people and for sync
-    if not cancelled:
-        tracking.do("update_run", status=RUNNING)
+        tags[TRACKING_TAG] = mode
+    if cancelled or tracking.do("update_run", status=RUNNING):
+        tracking.set_tags(tags)
 
     environment = {name: value for name, value in os.environ.items() if name not in PRIVATE_VARIABLES}
     environment.update(job.get("environment", {}))

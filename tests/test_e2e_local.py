@@ -365,6 +365,14 @@ def test_status_shows_every_declared_run(project):
     table = project.mantik("status").stdout.splitlines()
     assert table[0].split()[:2] == ["lr", "state"]  # the parameter that tells the points apart, not the ids
     assert [line.split()[:2] for line in table[1:]] == [["0.1", "finished"], ["0.2", "finished"]]
+    # the runner recorded when each job started: the time since submission splits into queued and ran
+    heads = table[0].split()
+    assert heads[heads.index("age") + 1 : heads.index("age") + 3] == ["queued", "ran"]
+    for row in rows:
+        assert row["started_ms"] <= row["job_started_ms"] <= row["ended_ms"]
+    shown = project.mantik("show", "sweep").stdout.splitlines()
+    heads = shown[0].split()
+    assert heads[heads.index("state") + 1 : heads.index("state") + 3] == ["queued", "ran"]
 
 
 def test_markdown_plan_for_pull_requests(project):

@@ -186,9 +186,14 @@ def test_the_runner_writes_the_tag_schema():
     from mantik_spec.vocab import FailureKind, RunStatus
 
     assert (
-        runner.EXIT_CODE_TAG, runner.FAILURE_TAG, runner.FAILURE_KIND_TAG, runner.END_SIGNATURE_TAG, runner.TRACKING_TAG
+        runner.EXIT_CODE_TAG,
+        runner.FAILURE_TAG,
+        runner.FAILURE_KIND_TAG,
+        runner.END_SIGNATURE_TAG,
+        runner.TRACKING_TAG,
+        runner.STARTED_TAG,
     ) == RUNNER_TAGS
-    assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING) == RUNNER_TAGS
+    assert (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING, Tag.STARTED) == RUNNER_TAGS
     assert runner.PRIVATE_VARIABLES == (SIGNING_KEY_VARIABLE, SEAL_VARIABLE)
     from mantik_spec.state import journal
 

@@ -128,6 +128,7 @@ def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, 
     run_id, experiment_id = new_run(store)
     # the script names its own experiment, as scripts written for MLflow do: the run stays in its experiment
     directory = job_dir(tmp_path, store, run_id, experiment_id, tracking, EXPERIMENT_NAME="my-experiment")
+    queued_until = int(time.time() * 1000)
     done = run_job(directory)
     assert done.returncode == 0, done.stdout + done.stderr + (directory / "output.log").read_text()
     assert "trained" in (directory / "output.log").read_text()
@@ -143,6 +144,8 @@ def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, 
     assert after.data.tags["phase"] == "train"
     assert after.data.tags[Tag.TRACKING] == "offline"
     assert after.data.tags[Tag.EXIT_CODE] == "0"
+    # when the job started, which the run's start_time (its submission) cannot say: recorded offline, synced
+    assert after.info.start_time <= queued_until <= int(after.data.tags[Tag.STARTED]) <= after.info.end_time
     assert history(store, run_id) == journal_points(directory) and len(journal_points(directory)) == 5
     with sqlite3.connect(directory / runner.JOURNAL_DIR / runner.JOURNAL_DB) as connection:
         assert after.info.end_time == connection.execute("SELECT end_time FROM runs").fetchone()[0]
@@ -159,9 +162,11 @@ def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, 
 def test_a_job_with_network_records_online_whatever_experiment_the_script_names(tmp_path, server, store, tracking):
     run_id, experiment_id = new_run(store)
     directory = job_dir(tmp_path, store, run_id, experiment_id, tracking, EXPERIMENT_NAME="my-experiment")
+    queued_until = int(time.time() * 1000)
     done = run_job(directory, network=True)
     assert done.returncode == 0, done.stdout + done.stderr + (directory / "output.log").read_text()
     run = store.client.get_run(run_id)
+    assert run.info.start_time <= queued_until <= int(run.data.tags[Tag.STARTED]) <= run.info.end_time
     assert run.info.status == "FINISHED" and run.info.experiment_id == experiment_id
     assert run.data.metrics == {"loss": 0.2} and run.data.params == {"lr": "0.1"}
     assert store.client.get_experiment_by_name("my-experiment") is None  # nothing recorded elsewhere

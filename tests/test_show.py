@@ -65,3 +65,22 @@ def test_the_seed_table_draws_mean_sd_and_n():
     assert lines[0].split() == ["lr", "state", "score", "n"]
     assert lines[1].split() == ["0.1", "2", "finished", "2", "±", "1.414", "2"]
     assert lines[2].split() == ["*", "0.2", "2", "finished", "4", "1"]
+
+
+def test_the_grid_shows_queue_wait_and_run_time_only_for_runs_whose_runner_recorded_its_start():
+    from rich.console import Console
+
+    from mantik_spec.operations.status import run_times
+
+    def drawn(rows) -> list[str]:
+        console = Console(width=120, record=True, color_system=None)
+        console.print(grid_table(rows))
+        return console.export_text().splitlines()
+
+    old = GridRow("sweep[lr=0.1]", {"lr": "0.1"}, RowState.FINISHED, {"score": 0.5})
+    assert drawn([old])[0].split() == ["lr", "state", "score"]  # as before
+    timed = GridRow("sweep[lr=0.2]", {"lr": "0.2"}, RowState.FINISHED, {"score": 0.7})
+    timed.times = run_times(0, 90_000, 90_000 + 7_200_000, 0)
+    lines = drawn([old, timed])
+    assert lines[0].split() == ["lr", "state", "queued", "ran", "score"]
+    assert lines[2].split() == ["0.2", "finished", "1m30s", "2h00m", "0.7"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pytest
 from rich.console import Console
 
-from mantik_spec.views.runs import status_table
+from mantik_spec.operations.status import StatusRow, run_times
+from mantik_spec.views.runs import span, status_table
 from mantik_spec.vocab import RowState
 
 
@@ -22,6 +24,9 @@ class Row:  # the fields of operations.status.StatusRow the table reads
     started_ms: int | None = None
     metrics: dict = field(default_factory=dict)
     unverified: bool = False
+    job_started_ms: int | None = None
+    ended_ms: int | None = None
+    times = StatusRow.times
 
 
 METRICS = {"accuracy": 0.912345, "f1_macro": 0.8, "precision": 0.7, "recall_weighted": 0.6, "val_loss": 0.1}
@@ -52,6 +57,29 @@ def test_parameter_values_stay_whole_and_distinguishable_at_any_width(width):
         assert "not shown at this width: " + ", ".join(missing) in words
     if width >= 120:
         assert not missing
+
+
+def test_the_queue_wait_and_run_time_show_where_the_runner_recorded_its_start():
+    """The run's MLflow start_time is the submission; the runner's start tag splits the time into waiting and
+    running. Records without it (older runners, jobs not started) read as before: no such columns."""
+    submitted = 1_700_000_000_000
+    old = Row("grid", "grid[C=1]", {"C": 1}, started_ms=submitted, ended_ms=submitted + 60_000)
+    assert drawn([old, Row("grid", "grid[C=2]", {"C": 2})], 120)[0].split() == ["C", "state", "attempt", "job", "age"]
+
+    waited = Row("grid", "grid[C=2]", {"C": 2}, started_ms=submitted, job_started_ms=submitted + 754_000)
+    waited.ended_ms = waited.job_started_ms + 3 * 3600_000 + 5 * 60_000
+    lines = drawn([old, waited], 120)
+    assert lines[0].split() == ["C", "state", "attempt", "job", "age", "queued", "ran"]
+    assert len(lines[1].split()) == 5  # the old record: empty cells
+    assert lines[2].split()[-2:] == ["12m34s", "3h05m"]
+
+    now = time.time() * 1000
+    running = Row("grid", "grid[C=3]", {"C": 3}, RowState.RUNNING, started_ms=int(now) - 100_000)
+    running.job_started_ms = int(now) - 40_000
+    assert drawn([old, running], 120)[2].split()[-2:] == ["1m00s", "40s+"]  # still running: so far
+
+    assert run_times(submitted, submitted - 5_000, None, submitted + 1_000).queued_s == 0  # a node's clock behind
+    assert [span(s) for s in (0, 59, 61, 3600, 90061)] == ["0s", "59s", "1m01s", "1h00m", "1d01h"]
 
 
 def test_json_for_a_terminal_reads_back_the_same_and_draws_nothing():

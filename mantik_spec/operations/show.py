@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ..errors import UserError
 from ..spec.experiments import SEED_PARAMETER, format_value
 from ..vocab import RowState
 from .project import Project
-from .status import status_rows
+from .status import RunTimes, status_rows
 
 
 @dataclass
@@ -24,6 +25,7 @@ class GridRow:
     metrics: dict
     best: bool = False
     champion: str = ""  # the aliases of the spec's models that point at this row's run: ``wine@champion``
+    times: RunTimes | None = None  # its queue wait and run time, when its runner recorded its job's start
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,13 @@ def grid(
     rows = []
     held = champions(project, experiment)
     recorded = status_rows(project)
+    now_ms = time.time() * 1000
     for row in recorded:
         if row.experiment != experiment:
             continue
         parameters = {name: format_value(value) for name, value in row.parameters.items()}
         marks = ", ".join(alias for alias, (_, run_id) in held.items() if run_id and run_id == row.run_id)
-        rows.append(GridRow(row.point_id, parameters, row.state, row.metrics, champion=marks))
+        rows.append(GridRow(row.point_id, parameters, row.state, row.metrics, champion=marks, times=row.times(now_ms)))
     points = {row.run_id: row.point_id for row in recorded}
     lines = tuple(
         f"{alias}: v{version} ({points.get(run_id or '', 'no run of this experiment')})"

@@ -15,6 +15,26 @@ from .usage import ended_usage, record_usage
 POLL_SECONDS = 2.0
 
 
+@dataclass(frozen=True)
+class RunTimes:
+    """How long a run's job waited and ran, from the time its runner recorded as it started (tag
+    ``mantik.started``): MLflow's start_time is the submission, which its API cannot move."""
+
+    queued_s: float  # seconds from the submission (the run's MLflow start_time) to the job's start
+    ran_s: float  # seconds from the job's start to the run's end, or to now while it has none
+    running: bool  # no end yet: ``ran_s`` is so far
+
+
+def run_times(submitted_ms: int | None, started_ms: int | None, ended_ms: int | None, now_ms: float) -> RunTimes | None:
+    """The queue wait and run time of a run submitted, started and ended at these moments (ms since the epoch;
+    ``ended_ms`` None while it runs); None for a run without a recorded start, which reads as before. Spans a
+    clock between the submitting machine and the node makes negative read as 0."""
+    if started_ms is None or submitted_ms is None:
+        return None
+    end = ended_ms if ended_ms is not None else now_ms
+    return RunTimes(max(started_ms - submitted_ms, 0) / 1000, max(end - started_ms, 0) / 1000, ended_ms is None)
+
+
 @dataclass
 class StatusRow:
     experiment: str
@@ -27,6 +47,12 @@ class StatusRow:
     metrics: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)  # the point's values (and seed), as declared
     unverified: bool = False  # an ended run whose signature does not hold under MANTIK_SIGNING_KEY (..state.provenance)
+    job_started_ms: int | None = None  # when its job started running, as its runner recorded (tag mantik.started)
+    ended_ms: int | None = None  # the run's MLflow end_time; None while it runs
+
+    def times(self, now_ms: float) -> RunTimes | None:
+        """Its queue wait and run time (:func:`run_times`); None when its runner recorded no start."""
+        return run_times(self.started_ms, self.job_started_ms, self.ended_ms if self.state.ended else None, now_ms)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -87,6 +113,8 @@ def status_rows(
                 last.metrics,
                 parameters,
                 unverified=last.provenance is Provenance.UNVERIFIED,
+                job_started_ms=last.job_started,
+                ended_ms=last.end_time,
             )
         )
     return rows

@@ -121,6 +121,7 @@ class ObservedRun:
     used_source: str = ""  # "sacct" (the site's accounting) or "limit" (nodes x time limit, at most)
     setup: str = ""  # DesiredRun.setup when it was submitted; "" on records older than that tag
     scratch: bool = False  # submitted from a snapshot of the working tree (apply --scratch), on no branch
+    job_started: int | None = None  # ms since the epoch its job started running (tag mantik.started): None unknown
     tracking: str = ""  # how its job recorded: "online", "offline" (to its journal), "" when not (yet) known
     journal_synced: bool = False  # its job ended and its journal, if any, was uploaded whole: never read again
     # provenance (mantik_spec.state.provenance): a digest of the tags written at intent time, the signatures the

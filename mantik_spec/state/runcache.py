@@ -38,7 +38,7 @@ from ..files import write_atomically
 from ..reconcile.identity import ObservedRun
 from . import provenance
 
-CACHE_VERSION = 3  # 2: runs carry cost_node_hours; 3: their provenance signatures, and sentinels
+CACHE_VERSION = 4  # 2: runs carry cost_node_hours; 3: their provenance signatures, and sentinels; 4: job_started
 MARGIN_MS = 10 * 60 * 1000  # re-read runs whose times fall within ten minutes before the newest seen
 FULL_SCAN_AFTER_S = 24 * 3600  # a cache older than a day is rebuilt from a full scan
 SENTINELS = 4  # ended runs read again by id on every incremental read, to tell the store is the one cached

@@ -68,6 +68,9 @@ class Tag:
     COST_USED_BILLING_HOURS = "mantik.cost.used_billing_hours"  # elapsed x the job's billing units, where known
     SCRATCH = "mantik.scratch"  # the ref keeping the working-tree snapshot COMMIT names (apply --scratch)
     TRACKING = "mantik.tracking"  # written by the runner: online, or offline (to its journal, docs/offline.md)
+    # written by the runner as its job starts, in ms since the epoch: MLflow's start_time is the submission (apply
+    # creates the run) and its API cannot move it, so the queue wait and the run time are read from this tag
+    STARTED = "mantik.started"
     SYNC_METRICS = "mantik.sync.metrics"  # the journal's metrics rowid uploaded last (mantik_spec.state.journal)
     SYNC_ARTIFACTS = "mantik.sync.artifacts"  # digest of the journal's artifacts once all were uploaded
     # once the run's job ended: "journal" (its journal was uploaded whole) or "none" (it left no journal); either
@@ -92,7 +95,7 @@ class MlflowTag:
 
 
 # What the in-job runner writes; it holds literal copies of these (it cannot import this package).
-RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING)
+RUNNER_TAGS = (Tag.EXIT_CODE, Tag.FAILURE, Tag.FAILURE_KIND, Tag.END_SIGNATURE, Tag.TRACKING, Tag.STARTED)
 
 
 # -- the run key's inputs: one tag each ------------------------------------------------------------------
@@ -275,6 +278,7 @@ def decode_run(
         setup=tags.get(Tag.SETUP, ""),
         scratch=bool(tags.get(Tag.SCRATCH)),
         tracking=tags.get(Tag.TRACKING, ""),
+        job_started=_int_or_none(tags.get(Tag.STARTED)),
         journal_synced=bool(tags.get(Tag.SYNC_COMPLETE)),
         intent_digest=intent_digest(tags),
         intent_signature=tags.get(Tag.INTENT_SIGNATURE, ""),

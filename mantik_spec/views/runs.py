@@ -15,6 +15,28 @@ def age(seconds: float) -> str:
     return f"{int(max(seconds, 0))}s"
 
 
+def span(seconds: float) -> str:
+    """A duration in its two largest units: ``40s``, ``12m05s``, ``5h03m``, ``2d03h``."""
+    whole = int(max(seconds, 0))
+    days, hours, minutes = whole // 86400, whole % 86400 // 3600, whole % 3600 // 60
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{whole % 60:02d}s" if minutes else f"{whole}s"
+
+
+def time_cells(times) -> list[str]:
+    """The ``queued`` and ``ran`` cells of a run's :class:`~mantik_spec.operations.status.RunTimes` (None: empty);
+    a run time still growing ends in ``+``."""
+    if times is None:
+        return ["", ""]
+    return [span(times.queued_s), span(times.ran_s) + ("+" if times.running else "")]
+
+
+TIME_HEADS = ["queued", "ran"]  # shown when a row's runner recorded when its job started (tag mantik.started)
+
+
 def show_status(output: Output, rows, job_label: Callable[[str | None], str]) -> None:
     console = output.console(wide=True)
     console.print(status_table(rows, job_label, width=console.width))
@@ -53,16 +75,20 @@ def status_table(rows, job_label: Callable[[str | None], str], width: int | None
     varying = [n for n in names if len({format_value(row.parameters.get(n, "")) for row in rows}) > 1]
     show_experiment = len({row.experiment for row in rows}) > 1 or not varying
     now_ms = time.time() * 1000
+    times = [row.times(now_ms) for row in rows]
+    timed = any(each is not None for each in times)  # records without a job start read as before
     # every cell as shown, so the columns' widths are known before any is dropped
     heads = (["experiment"] if show_experiment else []) + [*(varying or ["point"]), "state", "attempt", "job", "age"]
+    heads += TIME_HEADS if timed else []
     lines = []
-    for row in rows:
+    for row, spans in zip(rows, times, strict=True):
         shown = [format_value(row.parameters[n]) if n in row.parameters else "" for n in varying] or [row.point_id]
         lines.append(
             [printable(cell) for cell in ([row.experiment] if show_experiment else []) + shown]
             + [printable(row.state) + (" (unverified)" if row.unverified else "")]
             + [str(row.attempt or ""), printable(job_label(row.job_id)[:12])]
             + [age((now_ms - row.started_ms) / 1000) if row.started_ms else ""]
+            + (time_cells(spans) if timed else [])
         )
     widths = [max([len(printable(head)), *(len(line[i]) for line in lines)]) for i, head in enumerate(heads)]
     metric_names = sorted({name for row in rows for name in row.metrics})
@@ -106,13 +132,15 @@ def grid_table(rows, over_seeds: bool = False):
     metrics = sorted({name for row in rows for name in row.metrics})
     table = Table(box=None, pad_edge=False)
     registry = ["registry"] if any(row.champion for row in rows) else []  # the models' aliases on their runs
-    for column in ("", *parameters, "state", *metrics, *registry):
+    timed = TIME_HEADS if any(row.times is not None for row in rows) else []  # records without it read as before
+    for column in ("", *parameters, "state", *timed, *metrics, *registry):
         table.add_column(escape(column))
     for row in rows:
         values = [f"{row.metrics[m]:.4g}" if m in row.metrics else "" for m in metrics]
         cells = (escape(row.parameters.get(p, "")) for p in parameters)
         marks = [escape(row.champion)] if registry else []
-        table.add_row("*" if row.best else "", *cells, escape(row.state), *values, *marks)
+        spans = time_cells(row.times) if timed else []
+        table.add_row("*" if row.best else "", *cells, escape(row.state), *spans, *values, *marks)
     return table
 
 
