@@ -431,6 +431,9 @@ def main(job_dir):
     if os.path.exists(os.path.join(job_dir, CANCEL_FILE)):
         cancelled.append("cancel requested")
     status = KILLED if cancelled else (FINISHED if code == 0 else FAILED)
+    # the command has exited: from here on only the runner talks to MLflow, whose set_terminated would read the run
+    # back from a server only to print its URL into the job's output (mlflow/tracking/_tracking_service/client.py)
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     tracking.do("log_artifact", log_path, "mantik")
     # An ended status always comes with its exit code: without the tag the run stays open, and the next
     # apply closes it from the backend's job state, exit code included.

@@ -172,6 +172,7 @@ def test_a_job_with_network_records_online_whatever_experiment_the_script_names(
     assert store.client.get_experiment_by_name("my-experiment") is None  # nothing recorded elsewhere
     assert run.data.tags.get(Tag.TRACKING) == ("online" if tracking == "auto" else None)
     assert sync_run(store, run_id, journal_of(directory)) is None  # no journal
+    assert "View run" not in done.stdout  # the runner's close prints no URL into the job's output
 
 
 SYNC_ONE = textwrap.dedent(
@@ -280,6 +281,24 @@ def test_apply_wait_on_the_local_backend_offline_returns_with_the_run_synced_and
     assert (journal / runner.JOURNAL_DB).exists()
     synced = project.mantik("sync", env=environment)
     assert "Nothing to sync" in synced.stdout
+
+
+def test_a_plan_that_closes_runs_from_their_journals_prints_only_its_plan(project, server):
+    """Closing a run through MLflow's ``set_terminated`` prints the run's URL to stdout (and reads the run once
+    more) against a server: a plan or sync that ends synced runs must keep its output its own."""
+    spec = on_one_backend("  local: {type: local, max_parallel: 2, tracking: offline}\n", "closing", lrs="[0.5, 0.6]")
+    project.write("mantik.yaml", spec)
+    project.commit("offline, closed by the plan's sync")
+    environment = {"MLFLOW_TRACKING_URI": server.url, "TEST_LOG_METRIC": "1"}
+    project.mantik("apply", "--auto-approve", env=environment)
+    jobs = project.path / ".mantik" / "local" / "local" / "jobs"
+    project.wait_until(lambda: len(list(jobs.glob("*/exit_code"))) == 2, message="jobs ended")
+    planned = project.mantik("plan", "--json", env=environment)
+    json.loads(planned.stdout)  # the plan, and nothing but the plan
+    assert "View run" not in planned.stdout + planned.stderr
+    client = MlflowClient(server.url)
+    experiment_id = client.get_experiment_by_name("closing/sweep").experiment_id
+    assert {run.info.status for run in client.search_runs([experiment_id])} == {"FINISHED"}
 
 
 def test_a_slurm_job_without_network_falls_back_to_its_journal(project, server, slurm_cluster, tmp_path):

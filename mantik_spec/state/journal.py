@@ -308,7 +308,7 @@ def sync_run(store: TrackingStore, run_id: str, files: JournalFiles, job_ended: 
 
     recorded = run.info.status
     if ended and recorded not in ENDED:
-        store.call(store.client.set_terminated, run_id, journal.status, end_time=journal.end_time)
+        store.end_run(run_id, journal.status, end_time=journal.end_time)
         result.status = journal.status
     elif journal.status == RunStatus.RUNNING.value and recorded == RunStatus.SCHEDULED.value and not job_ended:
         store.call(store.client.update_run, run_id, status=RunStatus.RUNNING.value)

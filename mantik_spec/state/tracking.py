@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -726,7 +727,23 @@ class TrackingStore:
     def terminate(self, run_id: str, status: RunStatus, tags: dict[str, str] | None = None) -> None:
         if tags:
             self.set_tags(run_id, tags)
-        self._update(run_id, self.client.set_terminated, run_id, RunStatus(status).value)
+        self.end_run(run_id, status)
+
+    def end_run(self, run_id: str, status: RunStatus | str, end_time: int | None = None) -> None:
+        """End the run: ``status`` an ended RunStatus, ``end_time`` in ms since the epoch (None: now). Through
+        the store's ``update_run_info``, as ``MlflowClient.set_terminated`` ends it, without what that adds
+        against a server (mlflow/tracking/_tracking_service/client.py ``_log_url``): a second request reading
+        the run back, and the run's URL printed to stdout, where it would break ``plan --json``."""
+        from mlflow.entities import RunStatus as MlflowRunStatus
+
+        self._update(
+            run_id,
+            self.client._tracking_client.store.update_run_info,
+            run_id,
+            run_status=MlflowRunStatus.from_string(RunStatus(status).value),
+            end_time=end_time if end_time is not None else int(time.time() * 1000),
+            run_name=None,  # keeps its name
+        )
 
     # the project lock uses registered-model names: the one create-if-absent primitive every store has
 
