@@ -149,6 +149,8 @@ def test_a_job_without_network_records_offline_and_sync_fills_its_run(tmp_path, 
     assert history(store, run_id) == journal_points(directory) and len(journal_points(directory)) == 5
     with sqlite3.connect(directory / runner.JOURNAL_DIR / runner.JOURNAL_DB) as connection:
         assert after.info.end_time == connection.execute("SELECT end_time FROM runs").fetchone()[0]
+        assert connection.execute("PRAGMA page_size").fetchone() == (1024,)  # read whole on every pass: small
+    assert (directory / runner.JOURNAL_DIR / runner.JOURNAL_DB).stat().st_size < 512 * 1024
     artifacts = {a.path for a in store.client.list_artifacts(run_id, "model")}
     assert artifacts == {"model/model.txt"}
     assert "trained" in Path(store.client.download_artifacts(run_id, "mantik/output.log", str(tmp_path))).read_text()
