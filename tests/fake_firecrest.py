@@ -10,7 +10,9 @@ cluster's), so a broken batch script fails the test. What it copies from the rea
   200 ``{"output"}``, GET ``ops/ls`` 200 ``{"output": [File]}`` with ``LsBaseCommand``'s own ``ls`` command
   and parsing (camelCase keys, the size a string, ``showHidden`` as ``-A``, ``recursive`` as ``-R`` with names
   below their folder), GET ``ops/download`` 200 ``application/octet-stream`` (the file read as
-  ``base64 --wrap=0``) and 413 over the size limit, POST ``ops/mkdir`` 201, POST ``ops/upload?path=DIR``
+  ``base64 --wrap=0``) and 413 over the size limit, GET ``ops/checksum`` 200 ``{"output": {"algorithm":
+  "SHA256", "checksum"}}`` (``ChecksumCommand``'s ``sha256sum``, a 500 when a blank in the path splits its
+  output into more than two parts), POST ``ops/mkdir`` 201, POST ``ops/upload?path=DIR``
   multipart ``file`` 204 and 413 over the size limit, POST ``ops/extract`` 204);
 * the error body ``{"errorType", "message", "user"}`` (``lib/models/apis/api_response_model.py``) and the
   status of a failed command (``filesystem/ops/commands/base_command_error_handling.py``: "No such file or
@@ -36,7 +38,7 @@ completed", or exits 34 with ``file_not_found`` on stderr when the file is gone 
 ``downloadUrl`` is GET-able (no token, as a presigned URL) once the job has put the object, 404 before.
 
 Faults: ``fail[(method, kind)] = [status, ...]`` answers the next calls of that kind with those statuses
-(kinds: submit, jobs, job, cancel, stat, view, ls, download, mkdir, upload, extract, transfer-upload,
+(kinds: submit, jobs, job, cancel, stat, view, ls, download, checksum, mkdir, upload, extract, transfer-upload,
 transfer-download, token) without acting;
 ``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``hang[(method, kind)] = n``
 acts on the next n calls, then answers only after ``hang_seconds`` (a timeout after sending);
@@ -260,6 +262,16 @@ class FakeFirecrest:
             if len(content) > MAX_OPS_FILE_SIZE:
                 raise _Answer(413, "File to download is too large.")
             return 200, content
+        if kind == "checksum" and method == "GET":
+            # ChecksumCommand: `sha256sum -- PATH`, its output split on blanks into exactly two parts
+            _absolute(path)
+            result = subprocess.run(["sha256sum", "--", path], capture_output=True, text=True)
+            if result.returncode:
+                _command_failed(result.stderr, result.returncode)
+            parts = result.stdout.split()
+            if len(parts) != 2:
+                raise _Answer(500, f"Invalid output: {result.stdout} {result.stderr}")
+            return 200, {"output": {"algorithm": "SHA256", "checksum": parts[0]}}
         if kind == "view" and method == "GET":
             target = _existing(path)
             if target.stat().st_size > MAX_OPS_FILE_SIZE:

@@ -340,7 +340,17 @@ def test_a_journal_is_read_exact_through_the_api_and_a_failed_transfer_is_one_li
     assert journal.files("none") == []
     assert backend.journal("../abc123", None) is None  # never a path outside the work directory
 
+    # a file from 1 MiB comes by transfer job, once while it is unchanged (the site's SHA-256 says so)
+    large = journal_dir / "artifacts" / "large.bin"
+    assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
+    assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
+    assert (site.count("POST", "transfer-download"), site.count("GET", "checksum")) == (1, 1)
+    large.write_bytes(b"\x81" * (1024 * 1024 + 1))  # same size, other content
+    assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
+    assert site.count("POST", "transfer-download") == 2
+
     site.remove_before_transfer = True  # the transfer job finds no file: pyfirecrest says it failed
+    large.write_bytes(b"\x82" * (1024 * 1024 + 1))
     with pytest.raises(BackendError) as failed:
         journal.read_bytes("artifacts/large.bin")
     message = str(failed.value)

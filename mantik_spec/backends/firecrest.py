@@ -57,6 +57,8 @@ STAGED_MARK = ".complete"
 # how far back the job listing looks for ended jobs (FirecREST's JobsTimeWindow, the longest it offers);
 # jobs ended before that are read from the run directory, where the in-job runner wrote the exit code
 TIME_WINDOW = "7d"
+DIRECT_DOWNLOAD = 1024 * 1024  # pyfirecrest's MAX_DIRECT_UPLOAD_SIZE: a file this large comes by transfer job
+KEPT_BYTES = 256 * 1024 * 1024  # at most this much of such files is kept, to be read again while unchanged
 
 
 def _auth_class():
@@ -75,7 +77,7 @@ def _auth_class():
 
 class SiteFiles:
     """The cluster's files through FirecREST's filesystem API: a :class:`~.base.Host` beside the local and SSH
-    hosts (:mod:`.hosts`, :mod:`.ssh`), one request a call (``read_bytes``: two, or a transfer job above 1 MiB).
+    hosts (:mod:`.hosts`, :mod:`.ssh`), one request a call (``read_bytes``: two, or a transfer job from 1 MiB).
     An archive is uploaded into ``uploads``, named after its content, and extracted at the site."""
 
     def __init__(self, request: Callable, machine: str, account: str, uploads: str):
@@ -84,10 +86,11 @@ class SiteFiles:
         self._request = request  # FirecrestBackend._request: retries, errors as BackendError
         self._account = account or None
         self._uploads = uploads
+        self._kept: dict[str, tuple[str, bytes]] = {}  # path -> (SHA-256, content) of files read by transfer job
 
-    def _call(self, kind: str, call: Callable):
+    def _call(self, kind: str, call: Callable, retry: bool = True):
         self.commands_run += 1
-        return self._request(kind, call)
+        return self._request(kind, call, retry)
 
     def exists(self, path: str) -> bool:
         try:
@@ -108,9 +111,23 @@ class SiteFiles:
 
     def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
         """The file's bytes, exact, from ``offset`` on; None when there is no such file. pyfirecrest's
-        ``download`` stats it, then takes it from ``ops/download`` below its ``MAX_DIRECT_UPLOAD_SIZE`` (1 MiB);
-        above, the site's transfer job stages it in the object store, the client waits for the job, checks its
-        log and GETs the object. A failed transfer job is a :class:`BackendError`."""
+        ``download`` stats it, then takes it from ``ops/download`` below 1 MiB (:data:`DIRECT_DOWNLOAD`); above,
+        the site's transfer job stages it in the object store, the client waits for the job, checks its log and
+        GETs the object. Such a file is kept, and read again only when the site's SHA-256 of it (``ops/checksum``,
+        one request) is another: a live journal's database, read on every pass, costs a transfer job only when
+        it changed. A failed transfer job is a :class:`BackendError`."""
+        kept = self._kept.get(path)
+        if kept is not None and self._checksum(path) == kept[0]:
+            return kept[1][offset:]
+        content = self._download(path)
+        self._kept.pop(path, None)
+        if content is not None and DIRECT_DOWNLOAD <= len(content) <= KEPT_BYTES:
+            while self._kept and sum(len(c) for _, c in self._kept.values()) + len(content) > KEPT_BYTES:
+                del self._kept[next(iter(self._kept))]  # the one kept longest first
+            self._kept[path] = (hashlib.sha256(content).hexdigest(), content)
+        return None if content is None else content[offset:]
+
+    def _download(self, path: str) -> bytes | None:
         with tempfile.TemporaryDirectory(prefix="mantik-firecrest-") as directory:
             target = os.path.join(directory, "download")
 
@@ -130,11 +147,21 @@ class SiteFiles:
             if not found:
                 return None
             with open(target, "rb") as handle:
-                handle.seek(offset)
                 return handle.read()
 
+    def _checksum(self, path: str) -> str | None:
+        """The file's SHA-256 as the site computes it; None when it does not say (no such file, or a path its
+        ``sha256sum`` output cannot be parsed for: the server splits that line on blanks)."""
+        try:
+            answer = self._call("checksum", lambda c: c.checksum(self.name, path), retry=False)
+        except BackendError:
+            return None
+        if not isinstance(answer, dict) or str(answer.get("algorithm", "")).replace("-", "") != "SHA256":
+            return None
+        return str(answer.get("checksum") or "") or None
+
     def read_files(self, paths: list[str]) -> list[bytes | None]:
-        """One request a file: FirecREST's file view reads one at a time."""
+        """One :meth:`read_bytes` a file: FirecREST's API reads one file at a time."""
         return [self.read_bytes(path) for path in paths]
 
     def list_dir(self, path: str) -> list[str]:
