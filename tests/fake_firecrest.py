@@ -39,7 +39,7 @@ completed", or exits 34 with ``file_not_found`` on stderr when the file is gone 
 
 Faults: ``fail[(method, kind)] = [status, ...]`` answers the next calls of that kind with those statuses
 (kinds: submit, jobs, job, cancel, stat, view, ls, download, checksum, mkdir, upload, extract, transfer-upload,
-transfer-download, token) without acting;
+transfer-download, token; and of the object store: s3-part, s3-complete, s3-object) without acting;
 ``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``hang[(method, kind)] = n``
 acts on the next n calls, then answers only after ``hang_seconds`` (a timeout after sending);
 ``remove_before_transfer`` removes a file to download after the server's stat, before its transfer job runs
@@ -402,8 +402,13 @@ class FakeFirecrest:
     def _object_store(self, handler, method: str, path: str, body: bytes) -> None:
         _, _, key, *rest = path.split("/")
         folder = self.objects / key
+        kind = "s3-object" if method == "GET" else "s3-" + (rest[0] if rest else "")
         with self.lock:
-            self.requests.append((method, "s3-object" if method == "GET" else "s3-" + (rest[0] if rest else "")))
+            self.requests.append((method, kind))
+            failing = self.fail.get((method, kind))
+            status = failing.pop(0) if failing else None
+        if status is not None:
+            return self._send(handler, status, {"Code": f"Injected{status}"})
         if not folder.is_dir():
             return self._send(handler, 404, {"Code": "NoSuchUpload"})
         if method == "GET":  # a staged download: there once its transfer job has put it

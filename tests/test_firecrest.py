@@ -339,6 +339,10 @@ def test_a_journal_is_read_exact_through_the_api_and_a_failed_transfer_is_one_li
     assert journal.files("artifacts") == [("large.bin", 1024 * 1024 + 1), ("model/w.bin", 2)]
     assert journal.files("none") == []
     assert backend.journal("../abc123", None) is None  # never a path outside the work directory
+    (journal_dir.parent / runner.OUTPUT_FILE).write_text("epoch 1\nepoch 2\n")
+    downloads = site.count("GET", "download")
+    assert backend.read_log("abc123", None, offset=8) == b"epoch 2\n"  # polled: one ops/view, never a download
+    assert site.count("GET", "download") == downloads
 
     # a file from 1 MiB comes by transfer job, once while it is unchanged (the site's SHA-256 says so)
     large = journal_dir / "artifacts" / "large.bin"
@@ -349,8 +353,12 @@ def test_a_journal_is_read_exact_through_the_api_and_a_failed_transfer_is_one_li
     assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
     assert site.count("POST", "transfer-download") == 2
 
-    site.remove_before_transfer = True  # the transfer job finds no file: pyfirecrest says it failed
+    site.fail[("GET", "s3-object")] = [403]  # the staged object refused (an expired presigned URL)
     large.write_bytes(b"\x82" * (1024 * 1024 + 1))
+    with pytest.raises(BackendError, match="^the site's object store answered 403 for a staged file$"):
+        journal.read_bytes("artifacts/large.bin")
+
+    site.remove_before_transfer = True  # the transfer job finds no file: pyfirecrest says it failed
     with pytest.raises(BackendError) as failed:
         journal.read_bytes("artifacts/large.bin")
     message = str(failed.value)
