@@ -334,8 +334,12 @@ def test_a_journal_is_read_exact_through_the_api_and_a_failed_transfer_is_one_li
 
     journal = backend.journal("abc123", None)
     assert journal is not None
+    before = len(site.requests)
     assert journal.read_bytes(runner.JOURNAL_DB) == database
     assert journal.read_bytes(runner.JOURNAL_DB + "-journal") is None
+    # under 1 MiB a file is a stat and a download; a missing one, the stat
+    made = [r for r in site.requests[before:] if r != ("POST", "token")]
+    assert made == [("GET", "stat"), ("GET", "download"), ("GET", "stat")]
     assert journal.files("artifacts") == [("large.bin", 1024 * 1024 + 1), ("model/w.bin", 2)]
     assert journal.files("none") == []
     assert backend.journal("../abc123", None) is None  # never a path outside the work directory
