@@ -7,8 +7,13 @@ cluster's), so a broken batch script fails the test. What it copies from the rea
 * paths, methods and success codes: ``firecrest/compute/router.py`` (POST ``/compute/{system}/jobs`` 201
   ``{"jobId"}``, GET list/one 200 ``{"jobs": [...]}``, DELETE 204, a job id path matching ``^[a-zA-Z0-9]+$``
   else 422, 404 ``Job not found``), ``firecrest/filesystem/ops/router.py`` (GET ``ops/stat`` and ``ops/view``
-  200 ``{"output"}``, POST ``ops/mkdir`` 201, POST ``ops/upload?path=DIR`` multipart ``file`` 204 and 413 over
-  the size limit, POST ``ops/extract`` 204);
+  200 ``{"output"}``, GET ``ops/ls`` 200 ``{"output": [File]}`` with ``LsBaseCommand``'s own ``ls`` command
+  and parsing (camelCase keys, the size a string, ``showHidden`` as ``-A``, ``recursive`` as ``-R`` with names
+  below their folder), GET ``ops/download`` 200 ``application/octet-stream`` (the file read as
+  ``base64 --wrap=0``) and 413 over the size limit, GET ``ops/checksum`` 200 ``{"output": {"algorithm":
+  "SHA256", "checksum"}}`` (``ChecksumCommand``'s ``sha256sum``, a 500 when a blank in the path splits its
+  output into more than two parts), POST ``ops/mkdir`` 201, POST ``ops/upload?path=DIR``
+  multipart ``file`` 204 and 413 over the size limit, POST ``ops/extract`` 204);
 * the error body ``{"errorType", "message", "user"}`` (``lib/models/apis/api_response_model.py``) and the
   status of a failed command (``filesystem/ops/commands/base_command_error_handling.py``: "No such file or
   directory" is 404, "Permission denied" 403, others 500);
@@ -25,13 +30,20 @@ instead of the time window. Large uploads (``transfer/upload``, transfer method 
 ``lib/datatransfers/s3/s3_datatransfer.py``: presigned part URLs (PUT, answered with an ETag), a completion
 URL (POST), and a real Slurm job that waits for the object and writes it to the target, logging "File was
 successfully downloaded" as ``scripts/job_s3_downloader.sh`` does; the object store is a directory of the
-double's instead of S3, and the other transfer methods are a 400 as on a site that offers only s3.
+double's instead of S3, and the other transfer methods are a 400 as on a site that offers only s3. Large
+downloads (``transfer/download``, s3) follow the same module's ``download()``: the file is stat'ed (404 when
+missing), a real Slurm job copies it into the object store (where the real one uploads it in parts with
+``scripts/job_s3_uploader_multipart.sh``) and prints that script's "[INFO] Multipart file upload successfully
+completed", or exits 34 with ``file_not_found`` on stderr when the file is gone by then; the answer's
+``downloadUrl`` is GET-able (no token, as a presigned URL) once the job has put the object, 404 before.
 
 Faults: ``fail[(method, kind)] = [status, ...]`` answers the next calls of that kind with those statuses
-(kinds: submit, jobs, job, cancel, stat, view, mkdir, upload, extract, token) without acting;
+(kinds: submit, jobs, job, cancel, stat, view, ls, download, checksum, mkdir, upload, extract, transfer-upload,
+transfer-download, token; and of the object store: s3-part, s3-complete, s3-object) without acting;
 ``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``hang[(method, kind)] = n``
 acts on the next n calls, then answers only after ``hang_seconds`` (a timeout after sending);
-:meth:`expire_tokens` makes every issued token expire now (the server's clock); :meth:`forget` makes a job
+``remove_before_transfer`` removes a file to download after the server's stat, before its transfer job runs
+(which then fails as the real one does); :meth:`expire_tokens` makes every issued token expire now (the server's clock); :meth:`forget` makes a job
 vanish from the listings (gone, as after the time window).
 """
 
@@ -43,6 +55,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -74,6 +87,7 @@ class FakeFirecrest:
         self.max_part_size = 1024 * 1024
         self.objects = Path(tempfile.mkdtemp(prefix="fake-firecrest-s3-"))
         self.transfer_jobs: list[str] = []
+        self.remove_before_transfer = False  # transfer/download: the file is removed after its stat, before its job
         self.lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
 
@@ -216,10 +230,13 @@ class FakeFirecrest:
 
     @staticmethod
     def _send(handler, status: int, answer) -> None:
-        data = b"" if status == 204 or answer is None else json.dumps(answer).encode()
+        raw = isinstance(answer, bytes)  # a file's content (ops/download, an object's GET), as it is
+        data = answer if raw else b"" if status == 204 or answer is None else json.dumps(answer).encode()
         handler.send_response(status)
         handler.send_header("f7t-appversion", APP_VERSION)
-        if data:
+        if raw:
+            handler.send_header("Content-Type", "application/octet-stream")
+        elif data:
             handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
@@ -233,6 +250,28 @@ class FakeFirecrest:
         path = query.get("path", "")
         if kind == "stat" and method == "GET":
             return 200, {"output": _stat(_existing(path))}
+        if kind == "ls" and method == "GET":
+            return 200, {"output": _ls(path, query)}
+        if kind == "download" and method == "GET":
+            # the real server reads the file as `base64 --wrap=0 -- PATH` over ssh, then checks its size
+            _absolute(path)
+            result = subprocess.run(["base64", "--wrap=0", "--", path], capture_output=True, text=True)
+            if result.returncode:
+                _command_failed(result.stderr, result.returncode)
+            content = base64.b64decode(result.stdout)
+            if len(content) > MAX_OPS_FILE_SIZE:
+                raise _Answer(413, "File to download is too large.")
+            return 200, content
+        if kind == "checksum" and method == "GET":
+            # ChecksumCommand: `sha256sum -- PATH`, its output split on blanks into exactly two parts
+            _absolute(path)
+            result = subprocess.run(["sha256sum", "--", path], capture_output=True, text=True)
+            if result.returncode:
+                _command_failed(result.stderr, result.returncode)
+            parts = result.stdout.split()
+            if len(parts) != 2:
+                raise _Answer(500, f"Invalid output: {result.stdout} {result.stderr}")
+            return 200, {"output": {"algorithm": "SHA256", "checksum": parts[0]}}
         if kind == "view" and method == "GET":
             target = _existing(path)
             if target.stat().st_size > MAX_OPS_FILE_SIZE:
@@ -274,6 +313,8 @@ class FakeFirecrest:
             return 204, None
         if kind == "transfer-upload" and method == "POST":
             return self._transfer_upload(json.loads(body))
+        if kind == "transfer-download" and method == "POST":
+            return self._transfer_download(json.loads(body))
         raise _Answer(404, "Not Found")
 
     def _transfer_upload(self, request: dict) -> tuple[int, dict]:
@@ -296,30 +337,8 @@ class FakeFirecrest:
             f"cp {shlex.quote(str(log_dir / 'object'))} {shlex.quote(target)} || exit 1\n"
             'echo $(date -u) "File was successfully downloaded"\n'
         )
-        output, error = str(log_dir / "job.out"), str(log_dir / "job.err")
-        result = subprocess.run(
-            [
-                "sbatch",
-                "--job-name=IngressFileTransfer",
-                f"--chdir={log_dir}",
-                f"--output={output}",
-                f"--error={error}",
-            ],
-            input=script,
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode:
-            raise _Answer(500, f"Unexpected Slurm command response. exit_status:{result.returncode}")
-        job_id = result.stdout.strip().split()[-1]
-        self.transfer_jobs.append(job_id)
         return 201, {
-            "transferJob": {
-                "jobId": job_id,
-                "system": self.system,
-                "workingDirectory": str(log_dir),
-                "logs": {"outputLog": output, "errorLog": error},
-            },
+            "transferJob": self._transfer_job("IngressFileTransfer", log_dir, script),
             "transferDirectives": {
                 "transferMethod": "s3",
                 "partsUploadUrls": parts,
@@ -328,13 +347,74 @@ class FakeFirecrest:
             },
         }
 
+    def _transfer_download(self, request: dict) -> tuple[int, dict]:
+        """``S3Datatransfer.download``: the file is stat'ed (404 when missing), then a Slurm job puts it into the
+        object store (here: copies it into the double's directory, printing what ``job_s3_uploader_multipart.sh``
+        prints on success, or exiting 34 with ``file_not_found`` when the file is gone by then); the answer
+        holds the job and the presigned URL the client GETs once the job succeeded."""
+        directives = request.get("transferDirectives") or request.get("transfer_directives") or {}
+        if (directives.get("transferMethod") or directives.get("transfer_method")) != "s3":
+            raise _Answer(400, "Requested transfer method is not available.")
+        source = request.get("sourcePath") or request.get("source_path") or request.get("path") or ""
+        _existing(source)
+        if self.remove_before_transfer:
+            Path(source).unlink()
+        key = secrets.token_hex(8)
+        folder = self.objects / key
+        folder.mkdir()
+        quoted, partial = shlex.quote(source), shlex.quote(str(folder / "object.partial"))
+        script = (
+            "#!/bin/bash\n#SBATCH --partition=debug\n#SBATCH --time=00:10:00\n"
+            'echo $(date -u) "Upload File Job (id:${SLURM_JOB_ID})"\n'
+            f'if [ ! -f {quoted} ]; then >&2 echo "file_not_found"; exit 34; fi\n'
+            f"cp {quoted} {partial} && mv {partial} {shlex.quote(str(folder / 'object'))} || exit 70\n"
+            'echo "[INFO] Multipart file upload successfully completed"\n'
+        )
+        base = self.url.removesuffix("/api/v2")
+        return 201, {
+            "transferJob": self._transfer_job("OutgressFileTransfer", folder, script),
+            "transferDirectives": {
+                "transferMethod": "s3",
+                "downloadUrl": f"{base}/s3/{key}/{urllib.parse.quote(os.path.basename(source))}",
+            },
+        }
+
+    def _transfer_job(self, name: str, log_dir: Path, script: str) -> dict:
+        """Submit a transfer job (``JobHelper``'s: its own name, logs in its working directory); its record."""
+        output, error = str(log_dir / "job.out"), str(log_dir / "job.err")
+        result = subprocess.run(
+            ["sbatch", f"--job-name={name}", f"--chdir={log_dir}", f"--output={output}", f"--error={error}"],
+            input=script,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode:
+            raise _Answer(500, f"Unexpected Slurm command response. exit_status:{result.returncode}")
+        job_id = result.stdout.strip().split()[-1]
+        self.transfer_jobs.append(job_id)
+        return {
+            "jobId": job_id,
+            "system": self.system,
+            "workingDirectory": str(log_dir),
+            "logs": {"outputLog": output, "errorLog": error},
+        }
+
     def _object_store(self, handler, method: str, path: str, body: bytes) -> None:
         _, _, key, *rest = path.split("/")
         folder = self.objects / key
+        kind = "s3-object" if method == "GET" else "s3-" + (rest[0] if rest else "")
         with self.lock:
-            self.requests.append((method, "s3-" + (rest[0] if rest else "")))
+            self.requests.append((method, kind))
+            failing = self.fail.get((method, kind))
+            status = failing.pop(0) if failing else None
+        if status is not None:
+            return self._send(handler, status, {"Code": f"Injected{status}"})
         if not folder.is_dir():
             return self._send(handler, 404, {"Code": "NoSuchUpload"})
+        if method == "GET":  # a staged download: there once its transfer job has put it
+            if not (folder / "object").is_file():
+                return self._send(handler, 404, {"Code": "NoSuchKey"})
+            return self._send(handler, 200, (folder / "object").read_bytes())
         if method == "PUT" and rest[:1] == ["part"]:
             (folder / f"part-{int(rest[1]):05d}").write_bytes(body)
             handler.send_response(200)
@@ -463,6 +543,65 @@ def _existing(path: str) -> Path:
             404, f"Remote process failed with exit status:1 and error message:{path}: No such file or directory"
         )
     return target
+
+
+def _command_failed(stderr: str, code: int):
+    """A failed command's answer, as ``BaseCommandErrorHandling.error_handling`` gives it."""
+    message = f"Remote process failed with exit status:{code}"
+    message += f" and error message:{stderr.strip()}" if stderr else ""
+    for words, status in (("No such file or directory", 404), ("Permission denied", 403)):
+        if words in stderr:
+            raise _Answer(status, message)
+    raise _Answer(500, message)
+
+
+def _ls(path: str, query: dict) -> list[dict]:
+    """GET ops/ls: ``LsBaseCommand``'s command run here and its output parsed as it parses it (``File`` objects,
+    camelCase, the size a string; with ``recursive`` the names carry their folder below ``path``)."""
+    _absolute(path)
+    options = ["-l", "--quoting-style=c", "--time-style=+%Y-%m-%dT%H:%M:%S"]
+    options += ["-A"] if query.get("showHidden") == "true" else []
+    options += ["--numeric-uid-gid"] if query.get("numericUid") == "true" else []
+    options += ["-R"] if query.get("recursive") == "true" else []
+    options += ["-L"] if query.get("dereference") == "true" else []
+    result = subprocess.run(["ls", *options, "--", path], capture_output=True, text=True)
+    if result.returncode:
+        _command_failed(result.stderr, result.returncode)
+    if not re.match(r"\"(.+)\":\n", result.stdout):
+        return _ls_folder(result.stdout, "")
+    files, folders, root = [], re.split(r"\"(.+)\":\n", result.stdout), ""
+    for i in range(1, len(folders), 2):
+        folder = folders[i].rstrip("/")
+        if i == 1:
+            root = folder + "/"
+        files += _ls_folder(folders[i + 1], (folder + "/").removeprefix(root))
+    return files
+
+
+def _ls_folder(content: str, prefix: str) -> list[dict]:
+    pattern = (
+        r"^(?P<type>\S)(?P<permissions>\S+)\s+\d+\s+(?P<user>\S+)\s+"
+        r"(?P<group>\S+)\s+(?P<size>\d+)\s+(?P<last_modified>(\d|-|T|:)+)\s+(?P<filename>.+)$"
+    )
+    files = []
+    for line in content.splitlines():
+        for m in re.finditer(pattern, line):
+            tokens = shlex.split(m.group("filename"))
+            if len(tokens) not in (1, 3):
+                continue
+            files.append(
+                {
+                    "name": prefix + tokens[0],
+                    "type": m.group("type"),
+                    "linkTarget": tokens[2] if len(tokens) == 3 else None,
+                    "user": m.group("user"),
+                    "group": m.group("group"),
+                    "permissions": m.group("permissions"),
+                    "lastModified": m.group("last_modified"),
+                    "size": m.group("size"),
+                }
+            )
+    return files
 
 
 def _stat(path: Path) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -225,3 +226,144 @@ def test_large_code_goes_through_the_transfer_mechanism(on_firecrest, site):
     assert len(staged) == 1 and staged[0].read_bytes() == blob
     settle(on_firecrest)
     assert {r.info.status for r in on_firecrest.runs()} == {"FINISHED"}
+
+
+def client_of(site):
+    from firecrest import ClientCredentialsAuth
+    from firecrest.v2 import Firecrest
+
+    return Firecrest(site.url, authorization=ClientCredentialsAuth("mantik", "s3cret", site.token_url))
+
+
+def test_the_doubles_listing_and_downloads_answer_pyfirecrest_as_the_real_server_does(site, tmp_path):
+    from firecrest import FirecrestException
+
+    root = tmp_path / "cluster"
+    (root / "sub dir").mkdir(parents=True)
+    every_byte = bytes(range(256)) * 4  # no text: ops/view would mangle it
+    (root / "sub dir" / "db.bin").write_bytes(every_byte)
+    (root / ".hidden").write_text("h")
+    (root / "link").symlink_to("sub dir/db.bin")
+    client = client_of(site)
+
+    listing = {e["name"]: e for e in client.list_files(site.system, str(root))}
+    assert set(listing) == {"sub dir", "link"}  # hidden files only when asked
+    fields = {"name", "type", "linkTarget", "user", "group", "permissions", "lastModified", "size"}  # File, camelCase
+    assert set(listing["link"]) == fields
+    link = listing["link"]
+    assert (listing["sub dir"]["type"], link["type"], link["linkTarget"]) == ("d", "l", "sub dir/db.bin")
+    assert ".hidden" in {e["name"] for e in client.list_files(site.system, str(root), show_hidden=True)}
+    below = {e["name"]: e for e in client.list_files(site.system, str(root), recursive=True)}
+    assert below["sub dir/db.bin"]["type"] == "-" and below["sub dir/db.bin"]["size"] == "1024"  # a string
+    with pytest.raises(FirecrestException) as missing:
+        client.list_files(site.system, str(root / "none"))
+    assert missing.value.responses[-1].status_code == 404
+
+    client.download(site.system, str(root / "sub dir" / "db.bin"), tmp_path / "small")
+    assert (tmp_path / "small").read_bytes() == every_byte
+    assert (site.count("GET", "download"), site.count("POST", "transfer-download")) == (1, 0)
+
+    large = os.urandom(1536 * 1024)  # over pyfirecrest's 1 MiB: a transfer job stages it in the object store
+    (root / "large.bin").write_bytes(large)
+    client.download(site.system, str(root / "large.bin"), tmp_path / "large")
+    assert (tmp_path / "large").read_bytes() == large
+    assert (site.count("POST", "transfer-download"), site.count("GET", "s3-object")) == (1, 1)
+
+    with pytest.raises(FileNotFoundError):
+        client.download(site.system, str(root / "none"), tmp_path / "none")
+    assert site.count("POST", "transfer-download") == 1  # the stat said so: no job
+
+
+def test_ops_download_refuses_a_file_over_the_size_limit_and_an_unstaged_object_is_404(site, tmp_path):
+    import httpx
+
+    from .fake_firecrest import MAX_OPS_FILE_SIZE
+
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as handle:
+        handle.truncate(MAX_OPS_FILE_SIZE + 1)
+    token = httpx.post(
+        site.token_url, data={"grant_type": "client_credentials", "client_id": "mantik", "client_secret": "s3cret"}
+    ).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    answer = httpx.get(f"{site.url}/filesystem/{site.system}/ops/download", params={"path": str(huge)}, headers=headers)
+    assert (answer.status_code, answer.json()["message"]) == (413, "File to download is too large.")
+    site.remove_before_transfer = True  # its job finds no file and exits 34: the object never comes
+    staged = httpx.post(
+        f"{site.url}/filesystem/{site.system}/transfer/download",
+        json={"sourcePath": str(huge), "transferDirectives": {"transferMethod": "s3"}},
+        headers=headers,
+    )
+    assert staged.status_code == 201
+    url = staged.json()["transferDirectives"]["downloadUrl"]
+    log = staged.json()["transferJob"]["logs"]["errorLog"]
+    wait_until(lambda: os.path.exists(log) and "file_not_found" in open(log).read(), "the transfer job failed")
+    assert httpx.get(url).status_code == 404
+
+
+def wait_until(condition, message: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
+def backend_on(site, workdir):
+    from mantik_spec.backends.firecrest import FirecrestBackend
+    from mantik_spec.spec.model import FirecrestConfig
+
+    config = FirecrestConfig(
+        type="firecrest", url=site.url, token_url=site.token_url, machine=site.system, workdir=str(workdir)
+    )
+    return FirecrestBackend("alps", config, workdir / "state")
+
+
+def test_a_journal_is_read_exact_through_the_api_and_a_failed_transfer_is_one_line(site, tmp_path, monkeypatch):
+    from mantik_spec import runner
+    from mantik_spec.backends.base import BackendError
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    backend = backend_on(site, tmp_path)
+    journal_dir = tmp_path / "runs" / "abc123" / runner.JOURNAL_DIR
+    (journal_dir / "artifacts" / "model").mkdir(parents=True)
+    database = b"SQLite format 3\0" + bytes(range(256)) * 8
+    (journal_dir / runner.JOURNAL_DB).write_bytes(database)
+    (journal_dir / "artifacts" / "model" / "w.bin").write_bytes(b"\xff\xfe")
+    (journal_dir / "artifacts" / "large.bin").write_bytes(b"\x80" * (1024 * 1024 + 1))
+
+    journal = backend.journal("abc123", None)
+    assert journal is not None
+    before = len(site.requests)
+    assert journal.read_bytes(runner.JOURNAL_DB) == database
+    assert journal.read_bytes(runner.JOURNAL_DB + "-journal") is None
+    # under 1 MiB a file is a stat and a download; a missing one, the stat
+    made = [r for r in site.requests[before:] if r != ("POST", "token")]
+    assert made == [("GET", "stat"), ("GET", "download"), ("GET", "stat")]
+    assert journal.files("artifacts") == [("large.bin", 1024 * 1024 + 1), ("model/w.bin", 2)]
+    assert journal.files("none") == []
+    assert backend.journal("../abc123", None) is None  # never a path outside the work directory
+    (journal_dir.parent / runner.OUTPUT_FILE).write_text("epoch 1\nepoch 2\n")
+    downloads = site.count("GET", "download")
+    assert backend.read_log("abc123", None, offset=8) == b"epoch 2\n"  # polled: one ops/view, never a download
+    assert site.count("GET", "download") == downloads
+
+    # a file from 1 MiB comes by transfer job, once while it is unchanged (the site's SHA-256 says so)
+    large = journal_dir / "artifacts" / "large.bin"
+    assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
+    assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
+    assert (site.count("POST", "transfer-download"), site.count("GET", "checksum")) == (1, 1)
+    large.write_bytes(b"\x81" * (1024 * 1024 + 1))  # same size, other content
+    assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
+    assert site.count("POST", "transfer-download") == 2
+
+    site.fail[("GET", "s3-object")] = [403]  # the staged object refused (an expired presigned URL)
+    large.write_bytes(b"\x82" * (1024 * 1024 + 1))
+    with pytest.raises(BackendError, match="^the site's object store answered 403 for a staged file$"):
+        journal.read_bytes("artifacts/large.bin")
+
+    site.remove_before_transfer = True  # the transfer job finds no file: pyfirecrest says it failed
+    with pytest.raises(BackendError) as failed:
+        journal.read_bytes("artifacts/large.bin")
+    message = str(failed.value)
+    assert message.startswith("the FirecREST transfer job ") and "\n" not in message and "job.err" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shlex
 import shutil
 import sqlite3
@@ -458,6 +459,52 @@ def test_a_unicore_job_without_network_is_synced_through_the_sites_storage(proje
     assert run.data.metrics == {"score": 5.0}
     assert run.data.tags[Tag.TRACKING] == "offline"
     assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
+
+
+LARGE_ARTIFACT = textwrap.dedent(
+    """
+    import random, sys
+    import mlflow
+    lr = float(sys.argv[sys.argv.index("--lr") + 1])
+    mlflow.log_metric("score", lr * 10)
+    with open("weights.bin", "wb") as f:
+        f.write(random.Random(7).randbytes(1536 * 1024))
+    mlflow.log_artifact("weights.bin", "model")
+    print("trained")
+    """
+)
+
+
+def test_a_firecrest_job_without_network_is_synced_through_the_api_a_large_file_by_transfer_job(
+    project, server, slurm_cluster, tmp_path
+):
+    from .fake_firecrest import FakeFirecrest
+    from .support.specs import firecrest_spec
+
+    wrapper = python_without_network(tmp_path)
+    workdir = tmp_path / "cluster"
+    workdir.mkdir()
+    environment = {
+        "MLFLOW_TRACKING_URI": server.url,
+        "MANTIK_FIRECREST_CLIENT_ID": "mantik",
+        "MANTIK_FIRECREST_CLIENT_SECRET": "s3cret",
+    }
+    with FakeFirecrest() as site:
+        spec = firecrest_spec(site, workdir, lrs="[0.5]")
+        project.write("mantik.yaml", spec.replace(f"    python: {sys.executable}\n", f"    python: {wrapper}\n"))
+        project.write("train.py", LARGE_ARTIFACT)  # a 1.5 MB artifact: over pyfirecrest's 1 MiB direct download
+        project.commit("firecrest, no network on the nodes")
+        project.mantik("apply", "--auto-approve", "--wait", env=environment, timeout=300)
+        assert site.count("POST", "transfer-download") == 1  # the artifact, once; the journal's database directly
+        assert "Nothing to sync" in project.mantik("sync", env=environment).stdout
+    client = MlflowClient(server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name("fctest/sweep").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"score": 5.0}
+    assert run.data.tags[Tag.TRACKING] == "offline" and run.data.tags[Tag.SYNC_COMPLETE] == "journal"
+    assert "trained" in Path(client.download_artifacts(run.info.run_id, "mantik/output.log", str(tmp_path))).read_text()
+    weights = Path(client.download_artifacts(run.info.run_id, "model/weights.bin", str(tmp_path)))
+    assert weights.read_bytes() == random.Random(7).randbytes(1536 * 1024)
 
 
 def ssh_host_on_this_shell():

@@ -15,6 +15,9 @@ differs (the files through :class:`SiteFiles`):
   submission whose answer was lost is found by its batch before anything is recorded, and a crashed
   apply adopts its jobs instead of submitting them twice;
 * ``GET /compute/{machine}/jobs`` lists every job of the user: one call per poll for all live jobs;
+* a run's offline journal (``runs/RUN_ID/journal/``, :meth:`.batch.BatchBackend.journal`) is listed with one
+  ``ops/ls`` per directory and each file downloaded exact (pyfirecrest's ``download``: a stat, then
+  ``ops/download``, or the site's transfer job above 1 MiB); logs, polled, are read with one ``ops/view``;
 * the token comes from the OIDC client-credentials flow (pyfirecrest's ``ClientCredentialsAuth``),
   the client id and secret from the environment variables the spec names: never written anywhere.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -53,6 +57,8 @@ STAGED_MARK = ".complete"
 # how far back the job listing looks for ended jobs (FirecREST's JobsTimeWindow, the longest it offers);
 # jobs ended before that are read from the run directory, where the in-job runner wrote the exit code
 TIME_WINDOW = "7d"
+DIRECT_DOWNLOAD = 1024 * 1024  # pyfirecrest's MAX_DIRECT_UPLOAD_SIZE: a file this large comes by transfer job
+KEPT_BYTES = 256 * 1024 * 1024  # at most this much of such files is kept, to be read again while unchanged
 
 
 def _auth_class():
@@ -71,8 +77,8 @@ def _auth_class():
 
 class SiteFiles:
     """The cluster's files through FirecREST's filesystem API: a :class:`~.base.Host` beside the local and SSH
-    hosts (:mod:`.hosts`, :mod:`.ssh`), one request a call. An archive is uploaded into ``uploads``, named
-    after its content, and extracted at the site."""
+    hosts (:mod:`.hosts`, :mod:`.ssh`), one request a call (``read_bytes``: two, or a transfer job from 1 MiB).
+    An archive is uploaded into ``uploads``, named after its content, and extracted at the site."""
 
     def __init__(self, request: Callable, machine: str, account: str, uploads: str):
         self.name = machine
@@ -80,10 +86,11 @@ class SiteFiles:
         self._request = request  # FirecrestBackend._request: retries, errors as BackendError
         self._account = account or None
         self._uploads = uploads
+        self._kept: dict[str, tuple[str, bytes]] = {}  # path -> (SHA-256, content) of files read by transfer job
 
-    def _call(self, kind: str, call: Callable):
+    def _call(self, kind: str, call: Callable, retry: bool = True):
         self.commands_run += 1
-        return self._request(kind, call)
+        return self._request(kind, call, retry)
 
     def exists(self, path: str) -> bool:
         try:
@@ -103,11 +110,58 @@ class SiteFiles:
             raise
 
     def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
-        text = self.read_text(path)
-        return None if text is None else text.encode()[offset:]
+        """The file's bytes, exact, from ``offset`` on; None when there is no such file. pyfirecrest's
+        ``download`` stats it, then takes it from ``ops/download`` below 1 MiB (:data:`DIRECT_DOWNLOAD`); above,
+        the site's transfer job stages it in the object store, the client waits for the job, checks its log and
+        GETs the object. Such a file is kept, and read again only when the site's SHA-256 of it (``ops/checksum``,
+        one request) is another: a live journal's database, read on every pass, costs a transfer job only when
+        it changed. A failed transfer job is a :class:`BackendError`."""
+        kept = self._kept.get(path)
+        if kept is not None and self._checksum(path) == kept[0]:
+            return kept[1][offset:]
+        content = self._download(path)
+        self._kept.pop(path, None)
+        if content is not None and DIRECT_DOWNLOAD <= len(content) <= KEPT_BYTES:
+            while self._kept and sum(len(c) for _, c in self._kept.values()) + len(content) > KEPT_BYTES:
+                del self._kept[next(iter(self._kept))]  # the one kept longest first
+            self._kept[path] = (hashlib.sha256(content).hexdigest(), content)
+        return None if content is None else content[offset:]
+
+    def _download(self, path: str) -> bytes | None:
+        with tempfile.TemporaryDirectory(prefix="mantik-firecrest-") as directory:
+            target = os.path.join(directory, "download")
+
+            def download(client) -> bool:
+                try:
+                    client.download(self.name, path, target, account=self._account, blocking=True)
+                except FileNotFoundError:  # pyfirecrest's answer to a 404 from its stat
+                    return False
+                return True
+
+            try:
+                found = self._call("download", download)
+            except BackendError as exc:
+                if exc.status == 404:  # removed between the stat and the download
+                    return None
+                raise
+            if not found:
+                return None
+            with open(target, "rb") as handle:
+                return handle.read()
+
+    def _checksum(self, path: str) -> str | None:
+        """The file's SHA-256 as the site computes it; None when it does not say (no such file, or a path its
+        ``sha256sum`` output cannot be parsed for: the server splits that line on blanks)."""
+        try:
+            answer = self._call("checksum", lambda c: c.checksum(self.name, path), retry=False)
+        except BackendError:
+            return None
+        if not isinstance(answer, dict) or str(answer.get("algorithm", "")).replace("-", "") != "SHA256":
+            return None
+        return str(answer.get("checksum") or "") or None
 
     def read_files(self, paths: list[str]) -> list[bytes | None]:
-        """One request a file: FirecREST's file view reads one at a time."""
+        """One :meth:`read_bytes` a file: FirecREST's API reads one file at a time."""
         return [self.read_bytes(path) for path in paths]
 
     def list_dir(self, path: str) -> list[str]:
@@ -228,6 +282,7 @@ class FirecrestBackend(BatchBackend):
         import httpx
         import requests
         from firecrest import ClientsCredentialsException, FirecrestException
+        from firecrest.FirecrestException import MultipartUploadException, TransferJobFailedException
 
         client = self._site()
         attempts = ATTEMPTS if retry else 1
@@ -260,6 +315,14 @@ class FirecrestBackend(BatchBackend):
                     raise BackendError(message, status=status) from None
                 # a gateway's 502/503/504 says nothing of what the API behind it did
                 failure = (CommandTimeout if status in GATEWAY_STATUS else BackendError)(message, status=status)
+            except (TransferJobFailedException, MultipartUploadException) as exc:
+                # the transfer job's verdict (its log lacks the success line, or the staging broke): not retried
+                raise BackendError(_transfer_failure(exc)) from None
+            except httpx.HTTPStatusError as exc:  # a presigned object-store URL's answer, outside FirecREST's API
+                code = exc.response.status_code
+                failure = BackendError(f"the site's object store answered {code} for a staged file")
+                if code < 500:
+                    raise failure from None
             except (httpx.TimeoutException, requests.Timeout):
                 failure = CommandTimeout(f"{self.config.url} did not answer within {self.timeout:g} s")
             except (httpx.RemoteProtocolError, httpx.ReadError):  # the request went out: the API may have acted
@@ -383,13 +446,10 @@ class FirecrestBackend(BatchBackend):
                 f"FirecREST cancels whole jobs: job {', '.join(kept)} also runs other runs, so it was left running"
             )
 
-    def journal(self, run_id: str, job_id: str | None) -> None:
-        # SiteFiles reads files through ops/view, as text: a journal is a binary sqlite file, which needs the
-        # binary download (ops/download) this backend does not make yet; its runs settle from the job state
-        return None
-
     def read_log(self, run_id: str, job_id: str | None, offset: int = 0) -> bytes | None:
-        return self.files.read_bytes(self._path("runs", run_id, runner.OUTPUT_FILE), offset)
+        # polled while the job runs: one ops/view, not a stat and a download (nor a transfer job above 1 MiB)
+        text = self.files.read_text(self._path("runs", run_id, runner.OUTPUT_FILE))
+        return None if text is None else text.encode()[offset:]
 
 
 def _used(job: dict) -> Used | None:
@@ -399,6 +459,21 @@ def _used(job: dict) -> Used | None:
     if not isinstance(elapsed, int) or not isinstance(nodes, int) or elapsed < 0 or nodes < 0:
         return None
     return Used(elapsed * nodes / 3600, "sacct")
+
+
+def _transfer_failure(exc) -> str:
+    """One line naming the failed transfer job and its logs (pyfirecrest keeps the site's answer on the
+    exception, and its own text is that answer printed whole)."""
+    info = getattr(exc, "_transfer_job_info", None)
+    job = info.get("transferJob") if isinstance(info, dict) else None
+    if not isinstance(job, dict):
+        return f"the FirecREST transfer failed: {' '.join(str(exc).split())}"
+    logs = job.get("logs")
+    logs = logs if isinstance(logs, dict) else {}
+    return (
+        f"the FirecREST transfer job {job.get('jobId')} on {job.get('system')} failed: "
+        f"see its logs {logs.get('outputLog')} and {logs.get('errorLog')}"
+    )
 
 
 def _status(exc) -> int | None:
