@@ -672,3 +672,31 @@ def test_a_journal_changing_through_every_read_is_taken_with_the_rollback_journa
     database, rollback = read_snapshot(ChangingJournal())
     moment = int(database.decode().rsplit(" ", 1)[1])
     assert database.startswith(b"mlflow.db at") and rollback == f"mlflow.db-journal at {moment + 1}".encode()
+
+
+def test_a_running_jobs_journal_is_read_no_more_often_than_its_backend_allows_but_at_once_when_it_ended():
+    """FirecREST reads a journal from 1 MiB on by a transfer job at the site: a loop polling every few seconds
+    (status --watch, apply --wait) reads a running job's journal once a minute, and the ended job's at once."""
+    from types import SimpleNamespace
+
+    from mantik_spec.backends.firecrest import FirecrestBackend
+    from mantik_spec.state.tags import decode_run
+    from mantik_spec.vocab import JobState, JobStatus
+
+    reads = []
+    backend = SimpleNamespace(
+        live_journal_interval=FirecrestBackend.live_journal_interval, journal=lambda run_id, job_id: reads.append(run_id)
+    )
+    project = SimpleNamespace(
+        spec=SimpleNamespace(backends={"site": SimpleNamespace(tracking="auto")}),
+        backend=lambda name: backend,
+        journal_read_at={},
+    )
+    tags = {Tag.RUN_KEY: "k", Tag.BACKEND: "site", Tag.JOB_ID: "7", Tag.POINT: "e[0]"}
+    run = decode_run(run_id="r1", experiment_id="1", status="RUNNING", tags=tags)
+    running = {("site", "7"): JobStatus(JobState.RUNNING)}
+    for _ in range(3):
+        sync.sync_journals(project, [run], running)  # type: ignore[arg-type]
+    assert reads == ["r1"]
+    sync.sync_journals(project, [run], {("site", "7"): JobStatus(JobState.COMPLETED, 0)})  # type: ignore[arg-type]
+    assert reads == ["r1", "r1"]

@@ -166,6 +166,9 @@ class Backend(Protocol):
     launches_in_allocation: bool
     sends_inputs: bool  # whether local files a job needs (a local image: JobRequest.inputs) are sent with it
     min_poll_interval: float  # seconds: never ask the backend for job states more often than this
+    # seconds: within one command, read a running job's offline journal no more often than this (a read may
+    # start a transfer job at the site); a job that ended is read at once, whatever this says
+    live_journal_interval: float
 
     @property
     def calls(self) -> Mapping[str, int]:
@@ -250,6 +253,7 @@ class BackendBase:
     what it knows better (as pre-commit's languages take ``lang_base``'s ``basic_*`` defaults)."""
 
     launches_in_allocation = False
+    live_journal_interval = 0.0  # a journal read is a file read, or one command over the login node's connection
 
     def notes(self) -> list[str]:
         return []

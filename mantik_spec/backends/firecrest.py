@@ -229,6 +229,9 @@ class FirecrestBackend(BatchBackend):
     shares_files = False  # the cluster sees none of this machine's files: code is sent
     sends_inputs = False  # a local image is not uploaded for every run: put it on the cluster
     host = None  # every exchange is an HTTP request to FirecREST
+    # a journal from 1 MiB on is read by a transfer job (a Slurm job at the site): a running job's at most once a
+    # minute, so `status --watch` or `apply --wait` do not queue one a poll; its last read, once it ended, at once
+    live_journal_interval = 60.0
     config: FirecrestConfig
 
     def __init__(self, name: str, config: FirecrestConfig, state_root: Path):

@@ -36,6 +36,7 @@ class Project:
     store: TrackingStore
     state_dir: Path
     backends: dict[str, Backend] = field(default_factory=dict)  # built on first use
+    journal_read_at: dict[str, float] = field(default_factory=dict)  # run id -> time.monotonic() of its last sync
 
     @property
     def spec(self):

@@ -8,6 +8,7 @@ run recorded offline shows its metrics, and ends, as soon as any of them has loo
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -95,8 +96,13 @@ def sync_journals(project: Project, runs: Iterable[ObservedRun], jobs: JobStates
         if run.live and job is not None and job.state is JobState.PENDING:
             continue  # not started: no journal yet, and no read of the cluster's files for it
         job_ended = not run.live or bool(job and job.state.ended)  # a run is closed once its job ended
+        backend = project.backend(run.backend)
+        now = time.monotonic()
+        if not job_ended and now - project.journal_read_at.get(run.run_id, -math.inf) < backend.live_journal_interval:
+            continue  # read moments ago in this command, and reading it again costs the site a job
+        project.journal_read_at[run.run_id] = now
         try:
-            files = project.backend(run.backend).journal(run.run_id, run.job_id)  # None: no job directory to read
+            files = backend.journal(run.run_id, run.job_id)  # None: no job directory to read
             result = sync_run(project.store, run.run_id, files, job_ended=job_ended) if files is not None else None
         except BackendError as exc:
             report.unreadable[run.run_id] = str(exc)

@@ -44,6 +44,7 @@ class FakeBackend:
         self.shares_files = shares_files
         self.sends_inputs = sends_inputs
         self.min_poll_interval = 0.0
+        self.live_journal_interval = 0.0
         self.launches_in_allocation = False  # its jobs are entries of a dict: no allocation to start tasks in
         self.jobs: dict[str, FakeJob] = {}
         self.submissions: list[list[JobRequest]] = []  # the requests of each submit call
