@@ -359,6 +359,37 @@ def test_plan_shows_a_journal_it_could_not_sync_as_drift_and_sync_fails(project,
         project.mantik("cancel", "broken", "being_created", env=environment)
 
 
+def test_an_artifact_the_backend_cannot_read_ends_the_run_all_the_same_and_is_read_on_the_next_pass(
+    tmp_path, server, store
+):
+    """A transfer that fails, a file the site's shell cannot name: the run still gets its end and points, the
+    artifact is reported and read again on the next pass, never skipped for good."""
+    run_id, experiment_id = new_run(store)
+    directory = job_dir(tmp_path, store, run_id, experiment_id, "offline")
+    assert run_job(directory).returncode == 0
+    readable = journal_of(directory)
+
+    class Failing:
+        def read_bytes(self, name):
+            if name == "artifacts/model/model.txt":
+                raise BackendError("transfer job 12 failed")
+            return readable.read_bytes(name)
+
+        def read_together(self, names):
+            return readable.read_together(names)
+
+        def files(self, directory):
+            return readable.files(directory)
+
+    first = sync_run(store, run_id, Failing(), job_ended=True)
+    assert first is not None and first.status == "FINISHED" and first.metrics == 5
+    assert [(s.part, s.damage) for s in first.skipped] == [("model/model.txt", Damage.NOT_READ)]
+    assert Tag.SYNC_ARTIFACTS not in store.client.get_run(run_id).data.tags
+    second = sync_run(store, run_id, readable, job_ended=True)
+    assert second is not None and second.artifacts == 1 and not second.skipped
+    assert {a.path for a in store.client.list_artifacts(run_id, "model")} == {"model/model.txt"}
+
+
 def test_a_journal_being_created_is_nothing_yet_while_its_job_runs_and_damage_once_it_ended(tmp_path, server, store):
     run_id, _ = new_run(store)
     journal = tmp_path / "journal"
@@ -571,6 +602,22 @@ def test_a_login_shell_that_prints_is_an_error_not_journal_content(tmp_path):
         HostJournal(host, str(tmp_path)).read_together([runner.JOURNAL_DB, runner.JOURNAL_DB])
 
 
+def test_a_journal_file_that_cannot_be_copied_on_the_login_node_is_an_error_not_no_journal(tmp_path):
+    """A file that is there but cannot be copied (the login node's temporary space full, here a file size limit)
+    is an error: taken for no file, a sync would mark an ended run's journal as never written, and never read it."""
+    (tmp_path / runner.JOURNAL_DB).write_bytes(b"\0" * 300 * 1024)
+    host = ssh_host_on_this_shell()
+    run = host._exchange
+
+    def limited(argv, data=None, timeout=None):
+        return run(["sh", "-c", 'ulimit -f 64; exec "$@"', "sh", *argv], data, timeout)
+
+    host._exchange = limited  # type: ignore[method-assign]
+    with pytest.raises(BackendError, match=f"cannot copy {tmp_path}/{runner.JOURNAL_DB}"):
+        HostJournal(host, str(tmp_path)).read_together([runner.JOURNAL_DB, f"{runner.JOURNAL_DB}-journal"])
+    assert HostJournal(host, str(tmp_path)).read_together(["none"]) == [None]  # a file not there is none
+
+
 # A script that logs offline what a user notices: a metric, and a binary file in a folder whose name has a space
 # (listed by `find` and read by `tail` on the login node, as the remote shell parses their quoted arguments)
 SSH_TRAIN = textwrap.dedent(
@@ -700,3 +747,45 @@ def test_a_running_jobs_journal_is_read_no_more_often_than_its_backend_allows_bu
     assert reads == ["r1"]
     sync.sync_journals(project, [run], {("site", "7"): JobStatus(JobState.COMPLETED, 0)})  # type: ignore[arg-type]
     assert reads == ["r1", "r1"]
+
+
+def test_a_journal_without_the_runners_end_is_final_only_once_its_run_was_closed_past_the_grace():
+    from mantik_spec.state.journal import SyncResult
+    from mantik_spec.state.tags import decode_run
+
+    tags = {Tag.RUN_KEY: "k", Tag.BACKEND: "site", Tag.JOB_ID: "7", Tag.POINT: "e[0]"}
+    closed_at = 1_700_000_000_000
+    run = decode_run(run_id="r1", experiment_id="1", status="KILLED", tags=tags, end_time=closed_at)
+    assert run is not None
+    unended = SyncResult("r1")
+    assert not sync._final(run, unended, now_ms=closed_at + sync.JOURNAL_GRACE_MS)  # a runner may still write
+    assert sync._final(run, unended, now_ms=closed_at + sync.JOURNAL_GRACE_MS + 1)
+    assert not sync._final(run, None, now_ms=closed_at + 1_000)  # no journal yet: the runner may be starting
+    assert sync._final(run, SyncResult("r1", final=True), now_ms=closed_at)  # the runner's end is there
+    still_open = decode_run(run_id="r1", experiment_id="1", status="RUNNING", tags=tags)
+    assert still_open is not None and not sync._final(still_open, unended, now_ms=closed_at * 2)
+
+
+def test_a_run_closed_while_its_job_still_runs_keeps_its_journal_read_until_the_scheduler_says_it_ended():
+    """Anyone who can write to the tracking store can close a run; the journal of a job the scheduler still runs
+    is not final, however long ago the record was closed."""
+    from types import SimpleNamespace
+
+    from mantik_spec.state.tags import decode_run
+    from mantik_spec.vocab import JobState, JobStatus
+
+    reads, marked = [], []
+    backend = SimpleNamespace(live_journal_interval=0.0, journal=lambda run_id, job_id: reads.append(run_id))
+    project = SimpleNamespace(
+        spec=SimpleNamespace(backends={"site": SimpleNamespace(tracking="auto")}),
+        backend=lambda name: backend,
+        journal_read_at={},
+        store=SimpleNamespace(set_tags=lambda run_id, tags: marked.append((run_id, tags))),
+    )
+    tags = {Tag.RUN_KEY: "k", Tag.BACKEND: "site", Tag.JOB_ID: "7", Tag.POINT: "e[0]", Tag.TRACKING: "offline"}
+    closed_long_ago = decode_run(run_id="r1", experiment_id="1", status="KILLED", tags=tags, end_time=1_000)
+    assert sync.closed(sync.candidates(project, [closed_long_ago])) == [closed_long_ago]  # asked of the scheduler
+    sync.sync_journals(project, [closed_long_ago], {("site", "7"): JobStatus(JobState.RUNNING)})  # type: ignore[arg-type]
+    assert reads == ["r1"] and marked == []
+    sync.sync_journals(project, [closed_long_ago], {("site", "7"): JobStatus(JobState.CANCELLED)})  # type: ignore[arg-type]
+    assert marked == [("r1", {Tag.SYNC_COMPLETE: "none"})]

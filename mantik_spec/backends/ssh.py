@@ -262,12 +262,17 @@ class SSHHost:
 
     def read_files(self, paths: list[str]) -> list[bytes | None]:
         """One command: each file copied on the host right after the one before, then the sizes (``-`` for a
-        file there is none), one a line, then the copies, end to end."""
+        file there is none), one a line, then the copies, end to end. A file that is there but cannot be copied
+        (unreadable, the host's temporary space full) is a :class:`BackendError`, never taken for no file: a
+        sync would take a journal it could not read for one its job never wrote. A file gone while it was
+        copied (sqlite deletes its rollback journal at each commit) is no file."""
         if not paths:
             return []
         script = (
-            "d=$(mktemp -d) || exit 1; trap 'rm -rf \"$d\"' EXIT; i=0; "
-            'for f; do i=$((i+1)); cat -- "$f" > "$d/$i" 2>/dev/null || rm -f "$d/$i"; done; '
+            "d=$(mktemp -d) || exit 1; trap 'rm -rf \"$d\"' EXIT; trap 'exit 129' HUP INT TERM; i=0; "
+            'for f; do i=$((i+1)); '
+            'if ! cat -- "$f" > "$d/$i" 2> "$d/error"; then '
+            '[ ! -e "$f" ] || { echo "cannot copy $f: $(cat "$d/error")" >&2; exit 4; }; rm -f "$d/$i"; fi; done; '
             'i=0; for f; do i=$((i+1)); if [ -e "$d/$i" ]; then wc -c < "$d/$i"; else echo -; fi; done; '
             'i=0; for f; do i=$((i+1)); [ ! -e "$d/$i" ] || cat "$d/$i"; done'
         )

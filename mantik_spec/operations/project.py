@@ -156,8 +156,9 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True, s
     runs = recorded_runs(project, cached, settled)
     journal_problems: list[str] = []
     if ask_backends:
-        jobs = poll_jobs(project, runs, explain=_unexplained_kills(runs))
-        from .sync import sync_journals
+        from .sync import candidates, closed, sync_journals
+
+        jobs = poll_jobs(project, runs, explain=[*_unexplained_kills(runs), *closed(candidates(project, runs))])
 
         synced = sync_journals(project, runs, jobs)  # runs recorded offline: their journals first
         journal_problems = synced.problems()

@@ -60,6 +60,7 @@ class SyncReport:
                     Damage.TABLE_CUT: f"{skipped.part} damaged, synced up to the damage",
                     Damage.CONFLICT: f"param {skipped.part} differs from the recorded one, not synced",
                     Damage.REFUSED: f"{skipped.part} refused by the tracking store",
+                    Damage.NOT_READ: f"{skipped.part} could not be read, read again on the next pass",
                 }[skipped.damage]
                 lines.append(f"run {result.run_id} ({point}): offline journal not synced whole: {what} ({skipped.detail})")
         for run_id, why in sorted(self.unreadable.items()):
@@ -95,7 +96,9 @@ def sync_journals(project: Project, runs: Iterable[ObservedRun], jobs: JobStates
         job = (jobs or {}).get((run.backend, run.job_id)) if run.job_id else None
         if run.live and job is not None and job.state is JobState.PENDING:
             continue  # not started: no journal yet, and no read of the cluster's files for it
-        job_ended = not run.live or bool(job and job.state.ended)  # a run is closed once its job ended
+        # the scheduler's word where it was asked: a record is closed by a cancel while its job still ends, and can
+        # be by anyone who can write to the store while it still runs; its runner may still write then
+        job_ended = job.state.ended if job is not None else not run.live
         backend = project.backend(run.backend)
         now = time.monotonic()
         if not job_ended and now - project.journal_read_at.get(run.run_id, -math.inf) < backend.live_journal_interval:
@@ -132,6 +135,11 @@ def sync(project: Project) -> SyncReport:
     from .project import poll_jobs
 
     runs = candidates(project, project.store.observe())
-    live = [r for r in runs if r.live]
-    jobs = poll_jobs(project, live) if live else {}
+    jobs = poll_jobs(project, [r for r in runs if r.live], explain=closed(runs)) if runs else {}
     return sync_journals(project, runs, jobs)
+
+
+def closed(runs: Iterable[ObservedRun]) -> list[ObservedRun]:
+    """The closed runs among :func:`candidates`: their jobs are asked too (``poll_jobs``'s ``explain``), so a
+    journal is final only once the scheduler says its job ended, whoever closed the record."""
+    return [r for r in runs if not r.live and r.job_id]

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..errors import MantikError
 from ..faults import checkpoint
 from ..vocab import RunStatus
 from .tags import Tag
@@ -63,7 +64,8 @@ class JournalFiles(Protocol):
     """A run's journal directory where its job wrote it (:meth:`mantik_spec.backends.base.Backend.journal`)."""
 
     def read_bytes(self, name: str) -> bytes | None:
-        """A file of the journal directory by its path in it (``mlflow.db``); None when there is none."""
+        """A file of the journal directory by its path in it (``mlflow.db``); None when there is none. Raises the
+        backend's :class:`~mantik_spec.errors.MantikError` when the file is there but could not be read."""
         ...
 
     def read_together(self, names: list[str]) -> list[bytes | None]:
@@ -85,6 +87,7 @@ class Damage(enum.Enum):
     TABLE_CUT = "table_cut"  # a table is damaged: its rows up to the damage were synced, the rest skipped
     CONFLICT = "conflict"  # a param the run holds with another value (params are write-once)
     REFUSED = "refused"  # the tracking store refused the upload (the detail says why)
+    NOT_READ = "not_read"  # the backend could not read a file of the journal this time (the detail says why)
 
 
 # What a journal is while its runner creates it (an empty file, then MLflow's tables, then the run's row):
@@ -319,7 +322,12 @@ def sync_run(store: TrackingStore, run_id: str, files: JournalFiles, job_ended: 
 
 def _sync_artifacts(store: TrackingStore, run_id: str, files: JournalFiles, digest: str | None, result) -> int:
     """Upload the journal's artifacts the run lacks (by path and size); the number uploaded."""
-    listing = sorted(files.files(ARTIFACTS))
+    # the backend's errors reading them skip the artifacts for this pass only: the run's end is set all the same
+    try:
+        listing = sorted(files.files(ARTIFACTS))
+    except MantikError as exc:
+        result.skipped.append(Skipped(ARTIFACTS, Damage.NOT_READ, str(exc)))
+        return 0
     if not listing:
         return 0
     current = hashlib.sha256(repr(listing).encode()).hexdigest()[:32]
@@ -327,11 +335,16 @@ def _sync_artifacts(store: TrackingStore, run_id: str, files: JournalFiles, dige
         return 0
     recorded = _recorded_artifacts(store, run_id)
     uploaded = 0
+    skipped_before = len(result.skipped)
     with tempfile.TemporaryDirectory(prefix="mantik-artifacts-") as directory:
         for path, size in listing:
             if recorded.get(path) == size:
                 continue
-            content = files.read_bytes(f"{ARTIFACTS}/{path}")
+            try:
+                content = files.read_bytes(f"{ARTIFACTS}/{path}")
+            except MantikError as exc:
+                result.skipped.append(Skipped(path, Damage.NOT_READ, str(exc)))
+                continue
             if content is None:
                 result.skipped.append(Skipped(path, Damage.TABLE_CUT, "listed but gone when read"))
                 continue
@@ -342,6 +355,8 @@ def _sync_artifacts(store: TrackingStore, run_id: str, files: JournalFiles, dige
                 handle.write(content)
             store.call(store.client.log_artifact, run_id, local, folder or None)
             uploaded += 1
+    if len(result.skipped) > skipped_before:
+        return uploaded  # no digest: the next pass lists them again and reads what this one could not
     from mlflow.entities import RunTag
 
     store.call(store.client.log_batch, run_id, tags=[RunTag(Tag.SYNC_ARTIFACTS, current)])

@@ -139,6 +139,17 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
+# ms since the epoch a runner can have written: before the year 5138; anyone who can tag a run can write a longer
+# number, which the durations shown from it (a float division) could not take
+LATEST_EPOCH_MS = 10**14
+
+
+def _epoch_ms_or_none(text: str | None) -> int | None:
+    """A moment a runner recorded (ms since the epoch); None for anything else written there."""
+    value = _int_or_none(text) if text and len(text) <= len(str(LATEST_EPOCH_MS)) else None
+    return value if value is not None and 0 <= value < LATEST_EPOCH_MS else None
+
+
 IDENTITY_TAGS = {  # Identity field -> its tag: the one writer (identity_tags) and reader (decode_run) of each
     "command": IdentityTag(Tag.COMMAND, str, _text),
     "parameters": IdentityTag(Tag.PARAMETERS, _json, _json_object),
@@ -278,7 +289,7 @@ def decode_run(
         setup=tags.get(Tag.SETUP, ""),
         scratch=bool(tags.get(Tag.SCRATCH)),
         tracking=tags.get(Tag.TRACKING, ""),
-        job_started=_int_or_none(tags.get(Tag.STARTED)),
+        job_started=_epoch_ms_or_none(tags.get(Tag.STARTED)),
         journal_synced=bool(tags.get(Tag.SYNC_COMPLETE)),
         intent_digest=intent_digest(tags),
         intent_signature=tags.get(Tag.INTENT_SIGNATURE, ""),
