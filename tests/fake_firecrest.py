@@ -43,7 +43,9 @@ transfer-download, token; and of the object store: s3-part, s3-complete, s3-obje
 ``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``hang[(method, kind)] = n``
 acts on the next n calls, then answers only after ``hang_seconds`` (a timeout after sending);
 ``remove_before_transfer`` removes a file to download after the server's stat, before its transfer job runs
-(which then fails as the real one does); :meth:`expire_tokens` makes every issued token expire now (the server's clock); :meth:`forget` makes a job
+(which then fails as the real one does); ``hold_transfers`` submits transfer jobs held (queued for good, as
+behind a busy transfer partition); the object store's URLs carry a presigned query and its injected
+failures answer S3's XML error document; :meth:`expire_tokens` makes every issued token expire now (the server's clock); :meth:`forget` makes a job
 vanish from the listings (gone, as after the time window).
 """
 
@@ -67,6 +69,11 @@ import urllib.parse
 from pathlib import Path
 
 APP_VERSION = "2.6.0"
+# the query of a presigned URL (S3's signature version 4), ignored by the double's object store
+_SIGNED = (
+    "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=" + "0f" * 32
+)
 MAX_OPS_FILE_SIZE = 5 * 1024 * 1024
 
 
@@ -88,6 +95,7 @@ class FakeFirecrest:
         self.objects = Path(tempfile.mkdtemp(prefix="fake-firecrest-s3-"))
         self.transfer_jobs: list[str] = []
         self.remove_before_transfer = False  # transfer/download: the file is removed after its stat, before its job
+        self.hold_transfers = False  # transfer jobs submitted held: queued forever, as behind a busy partition
         self.lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
 
@@ -328,7 +336,7 @@ class FakeFirecrest:
         key = secrets.token_hex(8)
         (self.objects / key).mkdir()
         base = self.url.removesuffix("/api/v2") + f"/s3/{key}"
-        parts = [f"{base}/part/{n}" for n in range(1, max(1, -(-size // self.max_part_size)) + 1)]
+        parts = [f"{base}/part/{n}{_SIGNED}" for n in range(1, max(1, -(-size // self.max_part_size)) + 1)]
         log_dir = self.objects / key
         script = (
             "#!/bin/bash\n#SBATCH --partition=debug\n#SBATCH --time=00:10:00\n"
@@ -342,7 +350,7 @@ class FakeFirecrest:
             "transferDirectives": {
                 "transferMethod": "s3",
                 "partsUploadUrls": parts,
-                "completeUploadUrl": f"{base}/complete",
+                "completeUploadUrl": f"{base}/complete{_SIGNED}",
                 "maxPartSize": self.max_part_size,
             },
         }
@@ -375,15 +383,16 @@ class FakeFirecrest:
             "transferJob": self._transfer_job("OutgressFileTransfer", folder, script),
             "transferDirectives": {
                 "transferMethod": "s3",
-                "downloadUrl": f"{base}/s3/{key}/{urllib.parse.quote(os.path.basename(source))}",
+                "downloadUrl": f"{base}/s3/{key}/{urllib.parse.quote(os.path.basename(source))}{_SIGNED}",
             },
         }
 
     def _transfer_job(self, name: str, log_dir: Path, script: str) -> dict:
         """Submit a transfer job (``JobHelper``'s: its own name, logs in its working directory); its record."""
         output, error = str(log_dir / "job.out"), str(log_dir / "job.err")
+        held = ["--hold"] if self.hold_transfers else []
         result = subprocess.run(
-            ["sbatch", f"--job-name={name}", f"--chdir={log_dir}", f"--output={output}", f"--error={error}"],
+            ["sbatch", *held, f"--job-name={name}", f"--chdir={log_dir}", f"--output={output}", f"--error={error}"],
             input=script,
             capture_output=True,
             text=True,
@@ -407,8 +416,17 @@ class FakeFirecrest:
             self.requests.append((method, kind))
             failing = self.fail.get((method, kind))
             status = failing.pop(0) if failing else None
-        if status is not None:
-            return self._send(handler, status, {"Code": f"Injected{status}"})
+        if status is not None:  # S3's error document, as an expired presigned URL gets it
+            handler.send_response(status)
+            document = (
+                b"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>AccessDenied</Code><Message>Request has expired"
+                b"</Message><X-Amz-Expires>86400</X-Amz-Expires><RequestId>4442587FB7D0A2F9</RequestId></Error>"
+            )
+            handler.send_header("Content-Type", "application/xml")
+            handler.send_header("Content-Length", str(len(document)))
+            handler.end_headers()
+            handler.wfile.write(document)
+            return None
         if not folder.is_dir():
             return self._send(handler, 404, {"Code": "NoSuchUpload"})
         if method == "GET":  # a staged download: there once its transfer job has put it

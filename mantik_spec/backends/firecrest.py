@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -59,6 +60,9 @@ STAGED_MARK = ".complete"
 TIME_WINDOW = "7d"
 DIRECT_DOWNLOAD = 1024 * 1024  # pyfirecrest's MAX_DIRECT_UPLOAD_SIZE: a file this large comes by transfer job
 KEPT_BYTES = 256 * 1024 * 1024  # at most this much of such files is kept, to be read again while unchanged
+# the longest a read waits for its transfer job (queued behind a busy transfer partition, or copying): ten times
+# the default answer timeout; past it pyfirecrest cancels the job and the read fails, to be made again later
+TRANSFER_WAIT = 600.0
 
 
 def _auth_class():
@@ -87,8 +91,9 @@ class SiteFiles:
         self._account = account or None
         self._uploads = uploads
         self._kept: dict[str, tuple[str, bytes]] = {}  # path -> (SHA-256, content) of files read by transfer job
+        self.transfer_wait = TRANSFER_WAIT  # seconds a read waits for its transfer job
 
-    def _call(self, kind: str, call: Callable, retry: bool = True):
+    def _call(self, kind: str, call: Callable, retry: bool | Callable[[BaseException], bool] = True):
         self.commands_run += 1
         return self._request(kind, call, retry)
 
@@ -128,24 +133,31 @@ class SiteFiles:
         return None if content is None else content[offset:]
 
     def _download(self, path: str) -> bytes | None:
+        """The file through pyfirecrest's ``download(blocking=False)``: a stat, then ``ops/download`` (done at once:
+        retried as a GET) or ``POST transfer/download``, which queues a transfer job and is never repeated (a
+        retry would queue another); the job is waited for at most :attr:`transfer_wait` seconds, then the staged
+        object is GET from the object store (retried). pyfirecrest writes the file to disk; it is read back into
+        memory whole, as the journal's reader takes it (a database, artifacts one at a time)."""
         with tempfile.TemporaryDirectory(prefix="mantik-firecrest-") as directory:
             target = os.path.join(directory, "download")
 
-            def download(client) -> bool:
+            def start(client):
                 try:
-                    client.download(self.name, path, target, account=self._account, blocking=True)
+                    return True, client.download(self.name, path, target, account=self._account, blocking=False)
                 except FileNotFoundError:  # pyfirecrest's answer to a 404 from its stat
-                    return False
-                return True
+                    return False, None
 
             try:
-                found = self._call("download", download)
+                found, transfer = self._call("download", start, retry=_not_a_transfer_job)
             except BackendError as exc:
                 if exc.status == 404:  # removed between the stat and the download
                     return None
                 raise
             if not found:
                 return None
+            if transfer is not None:  # from 1 MiB: a transfer job stages it in the object store
+                self._call("transfer", lambda c: _wait(transfer, self.transfer_wait), retry=False)
+                self._call("staged", lambda c: transfer.download_file_from_stage())
             with open(target, "rb") as handle:
                 return handle.read()
 
@@ -211,7 +223,7 @@ class SiteFiles:
             with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as source:
                 return client.upload(self.name, source, directory, filename, account=self._account, file_size=size)
 
-        self._call("upload", upload)
+        self._call("upload", upload, retry=_not_a_transfer_job)  # from 1 MiB a POST that queues a transfer job
 
     def unpack(self, archive: str, destination: str) -> None:
         """Extract the archive ``archive`` at the site into ``destination``."""
@@ -279,14 +291,18 @@ class FirecrestBackend(BatchBackend):
             self._client = client
         return self._client
 
-    def _request(self, kind: str, call, retry: bool = True):
+    def _request(self, kind: str, call, retry: bool | Callable[[BaseException], bool] = True):
         """One API call with bounded retries of what may pass (5xx, timeouts, a refused token once);
-        every failure as a :class:`BackendError` (``status``: the HTTP status) or :class:`CommandTimeout`."""
+        every failure as a :class:`BackendError` (``status``: the HTTP status) or :class:`CommandTimeout`.
+        ``retry``: whether to retry at all, or a test of the failure whether it may be (False: what failed is not
+        to be repeated, e.g. the POST that queues a transfer job)."""
         import httpx
         import requests
         from firecrest import ClientsCredentialsException, FirecrestException
         from firecrest.FirecrestException import MultipartUploadException, TransferJobFailedException
 
+        # the failure a retry would repeat
+        cause: BaseException
         client = self._site()
         attempts = ATTEMPTS if retry else 1
         renewed = False
@@ -305,6 +321,7 @@ class FirecrestBackend(BatchBackend):
                         status=status,
                     ) from None
                 failure: BackendError = BackendError(f"the token endpoint answered {status}", status=status)
+                cause = exc
             except FirecrestException as exc:
                 status = _status(exc)
                 if status == 401 and not renewed and self._auth is not None:
@@ -318,22 +335,27 @@ class FirecrestBackend(BatchBackend):
                     raise BackendError(message, status=status) from None
                 # a gateway's 502/503/504 says nothing of what the API behind it did
                 failure = (CommandTimeout if status in GATEWAY_STATUS else BackendError)(message, status=status)
+                cause = exc
             except (TransferJobFailedException, MultipartUploadException) as exc:
-                # the transfer job's verdict (its log lacks the success line, or the staging broke): not retried
-                raise BackendError(_transfer_failure(exc)) from None
+                # the transfer job's verdict (its log lacks the success line, it outlasted its wait, or the staging
+                # broke): not retried
+                raise BackendError(_transfer_failure(kind, exc)) from None
             except httpx.HTTPStatusError as exc:  # a presigned object-store URL's answer, outside FirecREST's API
                 code = exc.response.status_code
                 failure = BackendError(f"the site's object store answered {code} for a staged file")
+                cause = exc
                 if code < 500:
                     raise failure from None
-            except (httpx.TimeoutException, requests.Timeout):
-                failure = CommandTimeout(f"{self.config.url} did not answer within {self.timeout:g} s")
-            except (httpx.RemoteProtocolError, httpx.ReadError):  # the request went out: the API may have acted
-                failure = CommandTimeout(f"{self.config.url} broke the connection before answering")
+            except (httpx.TimeoutException, requests.Timeout) as exc:
+                failure, cause = CommandTimeout(f"{self.config.url} did not answer within {self.timeout:g} s"), exc
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:  # the request went out: the API may have acted
+                failure, cause = CommandTimeout(f"{self.config.url} broke the connection before answering"), exc
             except (httpx.ConnectError, httpx.WriteError, requests.ConnectionError) as exc:
-                failure = BackendError(f"cannot reach {self.config.url}: {exc}")
+                failure, cause = BackendError(f"cannot reach {self.config.url}: {_without_urls(str(exc))}"), exc
             except (ValueError, KeyError, TypeError) as exc:  # HTML, or JSON of another shape
                 raise BackendError(f"{self.config.url} did not answer like a FirecREST v2 API: {exc}") from None
+            if callable(retry) and not retry(cause):
+                raise failure
             if attempt >= attempts:
                 if attempts > 1:
                     raise type(failure)(f"{failure} (tried {attempts} times)", status=failure.status)
@@ -464,19 +486,73 @@ def _used(job: dict) -> Used | None:
     return Used(elapsed * nodes / 3600, "sacct")
 
 
-def _transfer_failure(exc) -> str:
-    """One line naming the failed transfer job and its logs (pyfirecrest keeps the site's answer on the
-    exception, and its own text is that answer printed whole)."""
-    info = getattr(exc, "_transfer_job_info", None)
+def _wait(transfer, seconds: float) -> None:
+    """Wait for a download's transfer job at most ``seconds`` (pyfirecrest cancels it past that), then check its
+    log; a failed first poll of the job is a :class:`BackendError` (pyfirecrest's ``wait_for_job`` goes on to an
+    unbound name after a poll's error other than 404)."""
+    from firecrest.FirecrestException import TransferJobTimeoutException
+
+    job = _transfer_job(transfer.transfer_data)
+    name = f"the FirecREST transfer job {job.get('jobId')} on {job.get('system')}"
+    try:
+        transfer.wait_for_transfer_job(timeout=seconds)
+    except TransferJobTimeoutException:
+        raise BackendError(
+            f"{name} was still queued or running after {seconds:g} s and was cancelled: read again on the next pass"
+        ) from None
+    except UnboundLocalError:
+        raise BackendError(f"FirecREST did not answer the first poll of {name}: read again on the next pass") from None
+
+
+def _transfer_job(info) -> dict:
     job = info.get("transferJob") if isinstance(info, dict) else None
-    if not isinstance(job, dict):
-        return f"the FirecREST transfer failed: {' '.join(str(exc).split())}"
+    return job if isinstance(job, dict) else {}
+
+
+def _transfer_failure(kind: str, exc) -> str:
+    """One line naming what failed: the transfer job (its logs), its wait, or a step with the object store
+    (pyfirecrest's own message, never the transfer info: that holds the presigned URLs)."""
+    from firecrest.FirecrestException import MultipartUploadException
+
+    job = _transfer_job(getattr(exc, "_transfer_job_info", None))
+    name = f"the FirecREST transfer job {job.get('jobId')} on {job.get('system')}" if job else "the FirecREST transfer"
+    if isinstance(exc, MultipartUploadException):
+        step = {"upload": "the upload through the object store", "staged": "the staged download"}.get(kind, kind)
+        return f"{step} of {name} failed: {_without_urls(str(getattr(exc, '_msg', None) or 'no message'))}"
+    if getattr(exc, "_file_not_found", False):
+        return f"{name} left no log (cancelled before it ran?)"
     logs = job.get("logs")
     logs = logs if isinstance(logs, dict) else {}
-    return (
-        f"the FirecREST transfer job {job.get('jobId')} on {job.get('system')} failed: "
-        f"see its logs {logs.get('outputLog')} and {logs.get('errorLog')}"
-    )
+    return f"{name} failed: see its logs {logs.get('outputLog')} and {logs.get('errorLog')}"
+
+
+def _not_a_transfer_job(exc: BaseException) -> bool:
+    """Whether a failed request may be made again: not when it may have queued a transfer job (a POST to
+    ``transfer/...`` that went out: another one would queue another job), nor when that is not known."""
+    import httpx
+
+    if isinstance(exc, httpx.ConnectError):  # never sent
+        return True
+    try:
+        responses = getattr(exc, "responses", None)
+        request = responses[-1].request if responses else getattr(exc, "request", None)
+    except (RuntimeError, AttributeError):  # httpx's answer when the request is unknown
+        return False
+    if request is None:
+        return False
+    return not (str(request.method).upper() == "POST" and "/transfer/" in str(request.url))
+
+
+def _without_urls(text: str) -> str:
+    """``text`` as one line, short, with every URL replaced (a presigned URL's query is a credential, and
+    the object store's address is the site's) and an S3 error document reduced to its code and message."""
+    code, message = re.search(r"<Code>([^<]*)</Code>", text), re.search(r"<Message>([^<]*)</Message>", text)
+    if code:
+        text = text[: text.find("<")] + code.group(1) + (f": {message.group(1)}" if message else "")
+    text = re.sub(r"[a-z][a-z0-9+.-]*://\S+", "(a URL)", text, flags=re.IGNORECASE)
+    text = re.sub(r"X-Amz-\S*", "", text, flags=re.IGNORECASE)
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def _status(exc) -> int | None:
