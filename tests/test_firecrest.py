@@ -351,14 +351,20 @@ def test_a_journal_is_read_exact_through_the_api_and_a_failed_transfer_is_one_li
     assert backend.read_log("abc123", None, offset=8) == b"epoch 2\n"  # polled: one ops/view, never a download
     assert site.count("GET", "download") == downloads
 
-    # a file from 1 MiB comes by transfer job, once while it is unchanged (the site's SHA-256 says so)
+    # a database from 1 MiB comes by transfer job, once while it is unchanged (the site's SHA-256 says so)
+    grown = journal_dir / runner.JOURNAL_DB
+    grown.write_bytes(database + bytes(1024 * 1024))
+    assert journal.read_together([runner.JOURNAL_DB]) == [grown.read_bytes()]
+    assert journal.read_together([runner.JOURNAL_DB]) == [grown.read_bytes()]
+    assert (site.count("POST", "transfer-download"), site.count("GET", "checksum")) == (1, 1)
+    grown.write_bytes(database + b"\x01" * (1024 * 1024))  # same size, other content
+    assert journal.read_together([runner.JOURNAL_DB]) == [grown.read_bytes()]
+    assert site.count("POST", "transfer-download") == 2
+    # an artifact is read once a sync: never kept in memory (each read of it a transfer job)
     large = journal_dir / "artifacts" / "large.bin"
     assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
     assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
-    assert (site.count("POST", "transfer-download"), site.count("GET", "checksum")) == (1, 1)
-    large.write_bytes(b"\x81" * (1024 * 1024 + 1))  # same size, other content
-    assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
-    assert site.count("POST", "transfer-download") == 2
+    assert (site.count("POST", "transfer-download"), site.count("GET", "checksum")) == (4, 2)
 
     site.fail[("GET", "s3-object")] = [403]  # the staged object refused (an expired presigned URL)
     large.write_bytes(b"\x82" * (1024 * 1024 + 1))

@@ -114,19 +114,20 @@ class SiteFiles:
                 return None
             raise
 
-    def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
+    def read_bytes(self, path: str, offset: int = 0, keep: bool = False) -> bytes | None:
         """The file's bytes, exact, from ``offset`` on; None when there is no such file. pyfirecrest's
         ``download`` stats it, then takes it from ``ops/download`` below 1 MiB (:data:`DIRECT_DOWNLOAD`); above,
-        the site's transfer job stages it in the object store, the client waits for the job, checks its log and
-        GETs the object. Such a file is kept, and read again only when the site's SHA-256 of it (``ops/checksum``,
-        one request) is another: a live journal's database, read on every pass, costs a transfer job only when
-        it changed. A failed transfer job is a :class:`BackendError`."""
+        the site's transfer job stages it in the object store, the client waits for the job (at most
+        :attr:`transfer_wait` seconds), checks its log and GETs the object. With ``keep`` (the journal's database,
+        read on every pass: :meth:`read_files`) such a file is kept in memory for the command, and read again only
+        when the site's SHA-256 of it (``ops/checksum``, one request) is another: a live journal's database costs
+        a transfer job only when it changed. A failed or overdue transfer job is a :class:`BackendError`."""
         kept = self._kept.get(path)
         if kept is not None and self._checksum(path) == kept[0]:
             return kept[1][offset:]
         content = self._download(path)
         self._kept.pop(path, None)
-        if content is not None and DIRECT_DOWNLOAD <= len(content) <= KEPT_BYTES:
+        if keep and content is not None and DIRECT_DOWNLOAD <= len(content) <= KEPT_BYTES:
             while self._kept and sum(len(c) for _, c in self._kept.values()) + len(content) > KEPT_BYTES:
                 del self._kept[next(iter(self._kept))]  # the one kept longest first
             self._kept[path] = (hashlib.sha256(content).hexdigest(), content)
@@ -173,8 +174,10 @@ class SiteFiles:
         return str(answer.get("checksum") or "") or None
 
     def read_files(self, paths: list[str]) -> list[bytes | None]:
-        """One :meth:`read_bytes` a file: FirecREST's API reads one file at a time."""
-        return [self.read_bytes(path) for path in paths]
+        """One :meth:`read_bytes` a file (FirecREST's API reads one file at a time), each kept: what is read
+        together is the journal's database and its rollback journal, read again on every pass (artifacts are
+        read once each, by :meth:`read_bytes`, and not kept)."""
+        return [self.read_bytes(path, keep=True) for path in paths]
 
     def list_dir(self, path: str) -> list[str]:
         try:
