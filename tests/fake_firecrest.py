@@ -44,7 +44,10 @@ transfer-download, token; and of the object store: s3-part, s3-complete, s3-obje
 acts on the next n calls, then answers only after ``hang_seconds`` (a timeout after sending);
 ``remove_before_transfer`` removes a file to download after the server's stat, before its transfer job runs
 (which then fails as the real one does); ``hold_transfers`` submits transfer jobs held (queued for good, as
-behind a busy transfer partition); the object store's URLs carry a presigned query and its injected
+behind a busy transfer partition); ``command_timeout`` is the seconds of the ``timeout`` before each filesystem
+command (stat, ls, base64, sha256sum), which the double builds as the server does (one string, each path in
+'...' unescaped) and runs with ``bash -c`` as the server runs it through the login shell over ssh: a ``'`` in a
+path breaks it (500), a command stopped by ``timeout`` (exit status 124) is a 408; the object store's URLs carry a presigned query and its injected
 failures answer S3's XML error document; :meth:`expire_tokens` makes every issued token expire now (the server's clock); :meth:`forget` makes a job
 vanish from the listings (gone, as after the time window).
 """
@@ -95,6 +98,7 @@ class FakeFirecrest:
         self.objects = Path(tempfile.mkdtemp(prefix="fake-firecrest-s3-"))
         self.transfer_jobs: list[str] = []
         self.remove_before_transfer = False  # transfer/download: the file is removed after its stat, before its job
+        self.command_timeout = 5  # seconds: the `timeout` before each filesystem command (the site's ssh setting)
         self.hold_transfers = False  # transfer jobs submitted held: queued forever, as behind a busy partition
         self.lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -257,28 +261,28 @@ class FakeFirecrest:
             return self._compute(method, kind, parts, query, body)
         path = query.get("path", "")
         if kind == "stat" and method == "GET":
-            return 200, {"output": _stat(_existing(path))}
-        if kind == "ls" and method == "GET":
-            return 200, {"output": _ls(path, query)}
-        if kind == "download" and method == "GET":
-            # the real server reads the file as `base64 --wrap=0 -- PATH` over ssh, then checks its size
+            # StatCommand: its output is the fields of os.stat_result, the mode in hex
             _absolute(path)
-            result = subprocess.run(["base64", "--wrap=0", "--", path], capture_output=True, text=True)
-            if result.returncode:
-                _command_failed(result.stderr, result.returncode)
-            content = base64.b64decode(result.stdout)
+            fields = self._command(f"stat  -c '%f %i %d %h %u %g %s %X %Y %Z' -- '{path}'").split()
+            names = ("mode", "ino", "dev", "nlink", "uid", "gid", "size", "atime", "mtime", "ctime")
+            answer = {name: int(value, 16 if name == "mode" else 10) for name, value in zip(names, fields, strict=True)}
+            return 200, {"output": answer}
+        if kind == "ls" and method == "GET":
+            return 200, {"output": _ls(path, query, self._command)}
+        if kind == "download" and method == "GET":
+            # Base64Command: the file read as base64 (its size then checked)
+            _absolute(path)
+            content = base64.b64decode(self._command(f"base64 --wrap=0 -- '{path}'"))
             if len(content) > MAX_OPS_FILE_SIZE:
                 raise _Answer(413, "File to download is too large.")
             return 200, content
         if kind == "checksum" and method == "GET":
-            # ChecksumCommand: `sha256sum -- PATH`, its output split on blanks into exactly two parts
+            # ChecksumCommand: `sha256sum -- 'PATH'`, its output split on blanks into exactly two parts
             _absolute(path)
-            result = subprocess.run(["sha256sum", "--", path], capture_output=True, text=True)
-            if result.returncode:
-                _command_failed(result.stderr, result.returncode)
-            parts = result.stdout.split()
+            output = self._command(f"sha256sum -- '{path}'")
+            parts = output.split()
             if len(parts) != 2:
-                raise _Answer(500, f"Invalid output: {result.stdout} {result.stderr}")
+                raise _Answer(500, f"Invalid output: {output} ")
             return 200, {"output": {"algorithm": "SHA256", "checksum": parts[0]}}
         if kind == "view" and method == "GET":
             target = _existing(path)
@@ -324,6 +328,17 @@ class FakeFirecrest:
         if kind == "transfer-download" and method == "POST":
             return self._transfer_download(json.loads(body))
         raise _Answer(404, "Not Found")
+
+    def _command(self, command: str) -> str:
+        """A filesystem command as the real server runs it (``BaseCommandWithTimeout``): one string,
+        ``timeout SECONDS`` before it and each path in '...' without escaping, through the user's shell over ssh
+        (here ``bash -c``); its stdout, or the server's error answer for its exit status."""
+        result = subprocess.run(
+            ["bash", "-c", f"timeout {self.command_timeout} {command}"], capture_output=True, text=True
+        )
+        if result.returncode:
+            _command_failed(result.stderr, result.returncode)
+        return result.stdout
 
     def _transfer_upload(self, request: dict) -> tuple[int, dict]:
         directives = request.get("transferDirectives") or request.get("transfer_directives") or {}
@@ -564,30 +579,37 @@ def _existing(path: str) -> Path:
 
 
 def _command_failed(stderr: str, code: int):
-    """A failed command's answer, as ``BaseCommandErrorHandling.error_handling`` gives it."""
+    """A failed command's answer, as ``BaseCommandWithTimeoutErrorHandling.error_handling`` gives it: 408 when
+    ``timeout`` stopped it (exit status 124), else by the words of its stderr, else 500."""
     message = f"Remote process failed with exit status:{code}"
     message += f" and error message:{stderr.strip()}" if stderr else ""
-    for words, status in (("No such file or directory", 404), ("Permission denied", 403)):
+    if code == 124:
+        raise _Answer(408, message)
+    for words, status in (
+        ("No such file or directory", 404),
+        ("Permission denied", 403),
+        ("Operation not permitted", 403),
+        ("File exists", 400),
+        ("invalid user", 400),
+    ):
         if words in stderr:
             raise _Answer(status, message)
     raise _Answer(500, message)
 
 
-def _ls(path: str, query: dict) -> list[dict]:
+def _ls(path: str, query: dict, command) -> list[dict]:
     """GET ops/ls: ``LsBaseCommand``'s command run here and its output parsed as it parses it (``File`` objects,
     camelCase, the size a string; with ``recursive`` the names carry their folder below ``path``)."""
     _absolute(path)
-    options = ["-l", "--quoting-style=c", "--time-style=+%Y-%m-%dT%H:%M:%S"]
-    options += ["-A"] if query.get("showHidden") == "true" else []
-    options += ["--numeric-uid-gid"] if query.get("numericUid") == "true" else []
-    options += ["-R"] if query.get("recursive") == "true" else []
-    options += ["-L"] if query.get("dereference") == "true" else []
-    result = subprocess.run(["ls", *options, "--", path], capture_output=True, text=True)
-    if result.returncode:
-        _command_failed(result.stderr, result.returncode)
-    if not re.match(r"\"(.+)\":\n", result.stdout):
-        return _ls_folder(result.stdout, "")
-    files, folders, root = [], re.split(r"\"(.+)\":\n", result.stdout), ""
+    options = "-l --quoting-style=c --time-style='+%Y-%m-%dT%H:%M:%S' "
+    options += "-A " if query.get("showHidden") == "true" else ""
+    options += "--numeric-uid-gid " if query.get("numericUid") == "true" else ""
+    options += "-R " if query.get("recursive") == "true" else ""
+    options += "-L " if query.get("dereference") == "true" else ""
+    output = command(f"ls {options}-- '{path}'")
+    if not re.match(r"\"(.+)\":\n", output):
+        return _ls_folder(output, "")
+    files, folders, root = [], re.split(r"\"(.+)\":\n", output), ""
     for i in range(1, len(folders), 2):
         folder = folders[i].rstrip("/")
         if i == 1:

@@ -469,3 +469,29 @@ def test_a_failed_upload_part_is_one_line_naming_it_without_the_presigned_urls(s
     assert site.count("POST", "transfer-upload") == 1  # not repeated: each one queues a transfer job
     for secret in ("X-Amz", "?", "://", "/s3/"):
         assert secret not in message
+
+
+def test_a_journal_file_whose_name_holds_a_quote_is_one_line_naming_it(site, tmp_path, monkeypatch):
+    from firecrest import FirecrestException
+
+    from mantik_spec.backends.base import BackendError
+
+    backend, journal = journal_with_large_file(site, tmp_path, monkeypatch)
+    artifacts = tmp_path / "runs" / "abc123" / "journal" / "artifacts"
+    (artifacts / "it's.txt").write_bytes(b"q")
+    (artifacts / "a b.txt").write_bytes(b"b")
+    # the server puts the path in '...' in a shell command: the quote breaks it, a blank does not
+    with pytest.raises(FirecrestException) as broken:
+        client_of(site).download(site.system, str(artifacts / "it's.txt"), tmp_path / "out")
+    assert broken.value.responses[-1].status_code == 500
+    assert journal.read_bytes("artifacts/a b.txt") == b"b"
+
+    assert ("it's.txt", 1) in journal.files("artifacts")  # listed: ls quotes its names in "..."
+    before = len(site.requests)
+    with pytest.raises(BackendError) as failed:
+        journal.read_bytes("artifacts/it's.txt")  # the journal's sync records the artifact as skipped, for this
+    assert str(failed.value) == (
+        f"cannot read {artifacts}/it's.txt through FirecREST: its server quotes paths in '...', "
+        "which a ' in the name breaks; rename the file"
+    )
+    assert site.requests[before:] == []  # no request doomed to fail, three times

@@ -121,7 +121,13 @@ class SiteFiles:
         :attr:`transfer_wait` seconds), checks its log and GETs the object. With ``keep`` (the journal's database,
         read on every pass: :meth:`read_files`) such a file is kept in memory for the command, and read again only
         when the site's SHA-256 of it (``ops/checksum``, one request) is another: a live journal's database costs
-        a transfer job only when it changed. A failed or overdue transfer job is a :class:`BackendError`."""
+        a transfer job only when it changed. A failed or overdue transfer job is a :class:`BackendError`, as is
+        a path holding a ``'`` (the server's commands put paths in ``'...'`` unescaped: its ``ops/commands/``)."""
+        if "'" in path:  # FirecREST's commands put each path in '...' unescaped: the site's shell would fail (500)
+            raise BackendError(
+                f"cannot read {path} through FirecREST: its server quotes paths in '...', which a ' in the name "
+                "breaks; rename the file"
+            )
         kept = self._kept.get(path)
         if kept is not None and self._checksum(path) == kept[0]:
             return kept[1][offset:]
