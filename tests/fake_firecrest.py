@@ -40,7 +40,8 @@ completed", or exits 34 with ``file_not_found`` on stderr when the file is gone 
 Faults: ``fail[(method, kind)] = [status, ...]`` answers the next calls of that kind with those statuses
 (kinds: submit, jobs, job, cancel, stat, view, ls, download, checksum, mkdir, upload, extract, transfer-upload,
 transfer-download, token; and of the object store: s3-part, s3-complete, s3-object) without acting;
-``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``hang[(method, kind)] = n``
+``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``drop[(method, kind)] = n`` makes the object store close the next n connections of that kind unanswered;
+``hang[(method, kind)] = n``
 acts on the next n calls, then answers only after ``hang_seconds`` (a timeout after sending);
 ``remove_before_transfer`` removes a file to download after the server's stat, before its transfer job runs
 (which then fails as the real one does); ``hold_transfers`` submits transfer jobs held (queued for good, as
@@ -91,6 +92,7 @@ class FakeFirecrest:
         self.hang: dict[tuple[str, str], int] = {}
         self.fail_after: dict[tuple[str, str], list[int]] = {}  # act, then answer with this status (a gateway)
         self.hang_seconds = 4.0
+        self.drop: dict[tuple[str, str], int] = {}  # the object store closes the next n connections unanswered
         self.forgotten: set[str] = set()
         self.hold = False  # submit jobs held (pending until released or cancelled)
         self.submitted: list[str] = []  # job ids, in order (the transfer jobs not included)
@@ -431,6 +433,12 @@ class FakeFirecrest:
             self.requests.append((method, kind))
             failing = self.fail.get((method, kind))
             status = failing.pop(0) if failing else None
+            dropping = self.drop.get((method, kind), 0)
+            if dropping:
+                self.drop[(method, kind)] = dropping - 1
+        if dropping:  # the connection closed without an answer
+            handler.close_connection = True
+            return None
         if status is not None:  # S3's error document, as an expired presigned URL gets it
             handler.send_response(status)
             document = (

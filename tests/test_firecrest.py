@@ -470,6 +470,11 @@ def test_a_failed_upload_part_is_one_line_naming_it_without_the_presigned_urls(s
     for secret in ("X-Amz", "?", "://", "/s3/"):
         assert secret not in message
 
+    site.drop[("PUT", "s3-part")] = 1  # the object store drops the connection: the transfer job is queued already
+    with pytest.raises(BackendError):
+        backend.files.upload(os.urandom(1536 * 1024), str(tmp_path), "code.tar.gz")
+    assert site.count("POST", "transfer-upload") == 2  # one more, not one per retry
+
 
 def test_a_journal_file_whose_name_holds_a_quote_is_one_line_naming_it(site, tmp_path, monkeypatch):
     from firecrest import FirecrestException

@@ -84,14 +84,32 @@ class SiteFiles:
     hosts (:mod:`.hosts`, :mod:`.ssh`), one request a call (``read_bytes``: two, or a transfer job from 1 MiB).
     An archive is uploaded into ``uploads``, named after its content, and extracted at the site."""
 
-    def __init__(self, request: Callable, machine: str, account: str, uploads: str):
+    def __init__(self, request: Callable, machine: str, account: str, uploads: str, api: tuple[str, ...] = ()):
         self.name = machine
+        self._api = api  # the API's and the token endpoint's URLs: a failed request elsewhere is the object store's
         self.commands_run = 0
         self._request = request  # FirecrestBackend._request: retries, errors as BackendError
         self._account = account or None
         self._uploads = uploads
         self._kept: dict[str, tuple[str, bytes]] = {}  # path -> (SHA-256, content) of files read by transfer job
         self.transfer_wait = TRANSFER_WAIT  # seconds a read waits for its transfer job
+
+    def _repeatable(self, exc: BaseException) -> bool:
+        """Whether a call that may queue a transfer job (pyfirecrest's ``download`` and ``upload``) may be made
+        again after ``exc``: only when the request that failed went to the API (or its token endpoint) and was not
+        the POST to ``transfer/...`` that queues the job. A failed request to the object store comes after that
+        POST, and an unknown one may: neither is repeated (another attempt would queue another job)."""
+        try:
+            responses = getattr(exc, "responses", None)
+            request = responses[-1].request if responses else getattr(exc, "request", None)
+        except (RuntimeError, AttributeError):  # httpx's answer when the request is unknown
+            return False
+        if request is None:
+            return False
+        url = str(request.url)
+        if not any(url.startswith(api) for api in self._api):
+            return False
+        return not (str(request.method).upper() == "POST" and "/transfer/" in url)
 
     def _call(self, kind: str, call: Callable, retry: bool | Callable[[BaseException], bool] = True):
         self.commands_run += 1
@@ -155,7 +173,7 @@ class SiteFiles:
                     return False, None
 
             try:
-                found, transfer = self._call("download", start, retry=_not_a_transfer_job)
+                found, transfer = self._call("download", start, retry=self._repeatable)
             except BackendError as exc:
                 if exc.status == 404:  # removed between the stat and the download
                     return None
@@ -232,7 +250,7 @@ class SiteFiles:
             with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as source:
                 return client.upload(self.name, source, directory, filename, account=self._account, file_size=size)
 
-        self._call("upload", upload, retry=_not_a_transfer_job)  # from 1 MiB a POST that queues a transfer job
+        self._call("upload", upload, retry=self._repeatable)  # from 1 MiB a POST that queues a transfer job
 
     def unpack(self, archive: str, destination: str) -> None:
         """Extract the archive ``archive`` at the site into ``destination``."""
@@ -262,7 +280,8 @@ class FirecrestBackend(BatchBackend):
         self.machine = config.machine or ""
         self._client = None
         self._auth = None
-        self._files = SiteFiles(self._request, self.machine, self._account(), self._path("batches"))
+        api = tuple(str(url) for url in (config.url, config.token_url) if url)
+        self._files = SiteFiles(self._request, self.machine, self._account(), self._path("batches"), api)
         self._used: dict[str, Used] = {}  # job id -> what it used, from the job records of ended jobs
 
     @property
@@ -533,23 +552,6 @@ def _transfer_failure(kind: str, exc) -> str:
     logs = job.get("logs")
     logs = logs if isinstance(logs, dict) else {}
     return f"{name} failed: see its logs {logs.get('outputLog')} and {logs.get('errorLog')}"
-
-
-def _not_a_transfer_job(exc: BaseException) -> bool:
-    """Whether a failed request may be made again: not when it may have queued a transfer job (a POST to
-    ``transfer/...`` that went out: another one would queue another job), nor when that is not known."""
-    import httpx
-
-    if isinstance(exc, httpx.ConnectError):  # never sent
-        return True
-    try:
-        responses = getattr(exc, "responses", None)
-        request = responses[-1].request if responses else getattr(exc, "request", None)
-    except (RuntimeError, AttributeError):  # httpx's answer when the request is unknown
-        return False
-    if request is None:
-        return False
-    return not (str(request.method).upper() == "POST" and "/transfer/" in str(request.url))
 
 
 def _without_urls(text: str) -> str:
