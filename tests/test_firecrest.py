@@ -490,6 +490,11 @@ def test_a_journal_file_whose_name_holds_a_quote_is_one_line_naming_it(site, tmp
         client_of(site).download(site.system, str(artifacts / "it's.txt"), tmp_path / "out")
     assert broken.value.responses[-1].status_code == 500
     assert journal.read_bytes("artifacts/a b.txt") == b"b"
+    site.command_timeout = 1  # a command `timeout` stops answers 408: here sha256sum reading a FIFO never ends
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(FirecrestException) as slow:
+        client_of(site).checksum(site.system, str(tmp_path / "fifo"))
+    assert slow.value.responses[-1].status_code == 408
 
     assert ("it's.txt", 1) in journal.files("artifacts")  # listed: ls quotes its names in "..."
     before = len(site.requests)

@@ -577,6 +577,5 @@ def _message(exc) -> str:
         body = responses[-1].json()
     except (ValueError, AttributeError, IndexError):  # not JSON
         return "no message"
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("detail") or body)
-    return str(body)
+    text = str(body.get("message") or body.get("detail") or body) if isinstance(body, dict) else str(body)
+    return " ".join(text.split())  # one line: a command's stderr may hold several
