@@ -40,10 +40,16 @@ completed", or exits 34 with ``file_not_found`` on stderr when the file is gone 
 Faults: ``fail[(method, kind)] = [status, ...]`` answers the next calls of that kind with those statuses
 (kinds: submit, jobs, job, cancel, stat, view, ls, download, checksum, mkdir, upload, extract, transfer-upload,
 transfer-download, token; and of the object store: s3-part, s3-complete, s3-object) without acting;
-``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``hang[(method, kind)] = n``
+``fail_after[(method, kind)]`` acts first, then answers with the status (a gateway's 502 after the API acted); ``drop[(method, kind)] = n`` makes the object store close the next n connections of that kind unanswered;
+``hang[(method, kind)] = n``
 acts on the next n calls, then answers only after ``hang_seconds`` (a timeout after sending);
 ``remove_before_transfer`` removes a file to download after the server's stat, before its transfer job runs
-(which then fails as the real one does); :meth:`expire_tokens` makes every issued token expire now (the server's clock); :meth:`forget` makes a job
+(which then fails as the real one does); ``hold_transfers`` submits transfer jobs held (queued for good, as
+behind a busy transfer partition); ``command_timeout`` is the seconds of the ``timeout`` before each filesystem
+command (stat, ls, base64, sha256sum), which the double builds as the server does (one string, each path in
+'...' unescaped) and runs with ``bash -c`` as the server runs it through the login shell over ssh: a ``'`` in a
+path breaks it (500), a command stopped by ``timeout`` (exit status 124) is a 408; the object store's URLs carry a presigned query and its injected
+failures answer S3's XML error document; :meth:`expire_tokens` makes every issued token expire now (the server's clock); :meth:`forget` makes a job
 vanish from the listings (gone, as after the time window).
 """
 
@@ -67,6 +73,11 @@ import urllib.parse
 from pathlib import Path
 
 APP_VERSION = "2.6.0"
+# the query of a presigned URL (S3's signature version 4), ignored by the double's object store
+_SIGNED = (
+    "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=" + "0f" * 32
+)
 MAX_OPS_FILE_SIZE = 5 * 1024 * 1024
 
 
@@ -81,6 +92,7 @@ class FakeFirecrest:
         self.hang: dict[tuple[str, str], int] = {}
         self.fail_after: dict[tuple[str, str], list[int]] = {}  # act, then answer with this status (a gateway)
         self.hang_seconds = 4.0
+        self.drop: dict[tuple[str, str], int] = {}  # the object store closes the next n connections unanswered
         self.forgotten: set[str] = set()
         self.hold = False  # submit jobs held (pending until released or cancelled)
         self.submitted: list[str] = []  # job ids, in order (the transfer jobs not included)
@@ -88,6 +100,8 @@ class FakeFirecrest:
         self.objects = Path(tempfile.mkdtemp(prefix="fake-firecrest-s3-"))
         self.transfer_jobs: list[str] = []
         self.remove_before_transfer = False  # transfer/download: the file is removed after its stat, before its job
+        self.command_timeout = 5  # seconds: the `timeout` before each filesystem command (the site's ssh setting)
+        self.hold_transfers = False  # transfer jobs submitted held: queued forever, as behind a busy partition
         self.lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
 
@@ -249,28 +263,28 @@ class FakeFirecrest:
             return self._compute(method, kind, parts, query, body)
         path = query.get("path", "")
         if kind == "stat" and method == "GET":
-            return 200, {"output": _stat(_existing(path))}
-        if kind == "ls" and method == "GET":
-            return 200, {"output": _ls(path, query)}
-        if kind == "download" and method == "GET":
-            # the real server reads the file as `base64 --wrap=0 -- PATH` over ssh, then checks its size
+            # StatCommand: its output is the fields of os.stat_result, the mode in hex
             _absolute(path)
-            result = subprocess.run(["base64", "--wrap=0", "--", path], capture_output=True, text=True)
-            if result.returncode:
-                _command_failed(result.stderr, result.returncode)
-            content = base64.b64decode(result.stdout)
+            fields = self._command(f"stat  -c '%f %i %d %h %u %g %s %X %Y %Z' -- '{path}'").split()
+            names = ("mode", "ino", "dev", "nlink", "uid", "gid", "size", "atime", "mtime", "ctime")
+            answer = {name: int(value, 16 if name == "mode" else 10) for name, value in zip(names, fields, strict=True)}
+            return 200, {"output": answer}
+        if kind == "ls" and method == "GET":
+            return 200, {"output": _ls(path, query, self._command)}
+        if kind == "download" and method == "GET":
+            # Base64Command: the file read as base64 (its size then checked)
+            _absolute(path)
+            content = base64.b64decode(self._command(f"base64 --wrap=0 -- '{path}'"))
             if len(content) > MAX_OPS_FILE_SIZE:
                 raise _Answer(413, "File to download is too large.")
             return 200, content
         if kind == "checksum" and method == "GET":
-            # ChecksumCommand: `sha256sum -- PATH`, its output split on blanks into exactly two parts
+            # ChecksumCommand: `sha256sum -- 'PATH'`, its output split on blanks into exactly two parts
             _absolute(path)
-            result = subprocess.run(["sha256sum", "--", path], capture_output=True, text=True)
-            if result.returncode:
-                _command_failed(result.stderr, result.returncode)
-            parts = result.stdout.split()
+            output = self._command(f"sha256sum -- '{path}'")
+            parts = output.split()
             if len(parts) != 2:
-                raise _Answer(500, f"Invalid output: {result.stdout} {result.stderr}")
+                raise _Answer(500, f"Invalid output: {output} ")
             return 200, {"output": {"algorithm": "SHA256", "checksum": parts[0]}}
         if kind == "view" and method == "GET":
             target = _existing(path)
@@ -317,6 +331,17 @@ class FakeFirecrest:
             return self._transfer_download(json.loads(body))
         raise _Answer(404, "Not Found")
 
+    def _command(self, command: str) -> str:
+        """A filesystem command as the real server runs it (``BaseCommandWithTimeout``): one string,
+        ``timeout SECONDS`` before it and each path in '...' without escaping, through the user's shell over ssh
+        (here ``bash -c``); its stdout, or the server's error answer for its exit status."""
+        result = subprocess.run(
+            ["bash", "-c", f"timeout {self.command_timeout} {command}"], capture_output=True, text=True
+        )
+        if result.returncode:
+            _command_failed(result.stderr, result.returncode)
+        return result.stdout
+
     def _transfer_upload(self, request: dict) -> tuple[int, dict]:
         directives = request.get("transferDirectives") or request.get("transfer_directives") or {}
         method = directives.get("transferMethod") or directives.get("transfer_method")
@@ -328,7 +353,7 @@ class FakeFirecrest:
         key = secrets.token_hex(8)
         (self.objects / key).mkdir()
         base = self.url.removesuffix("/api/v2") + f"/s3/{key}"
-        parts = [f"{base}/part/{n}" for n in range(1, max(1, -(-size // self.max_part_size)) + 1)]
+        parts = [f"{base}/part/{n}{_SIGNED}" for n in range(1, max(1, -(-size // self.max_part_size)) + 1)]
         log_dir = self.objects / key
         script = (
             "#!/bin/bash\n#SBATCH --partition=debug\n#SBATCH --time=00:10:00\n"
@@ -342,7 +367,7 @@ class FakeFirecrest:
             "transferDirectives": {
                 "transferMethod": "s3",
                 "partsUploadUrls": parts,
-                "completeUploadUrl": f"{base}/complete",
+                "completeUploadUrl": f"{base}/complete{_SIGNED}",
                 "maxPartSize": self.max_part_size,
             },
         }
@@ -375,15 +400,16 @@ class FakeFirecrest:
             "transferJob": self._transfer_job("OutgressFileTransfer", folder, script),
             "transferDirectives": {
                 "transferMethod": "s3",
-                "downloadUrl": f"{base}/s3/{key}/{urllib.parse.quote(os.path.basename(source))}",
+                "downloadUrl": f"{base}/s3/{key}/{urllib.parse.quote(os.path.basename(source))}{_SIGNED}",
             },
         }
 
     def _transfer_job(self, name: str, log_dir: Path, script: str) -> dict:
         """Submit a transfer job (``JobHelper``'s: its own name, logs in its working directory); its record."""
         output, error = str(log_dir / "job.out"), str(log_dir / "job.err")
+        held = ["--hold"] if self.hold_transfers else []
         result = subprocess.run(
-            ["sbatch", f"--job-name={name}", f"--chdir={log_dir}", f"--output={output}", f"--error={error}"],
+            ["sbatch", *held, f"--job-name={name}", f"--chdir={log_dir}", f"--output={output}", f"--error={error}"],
             input=script,
             capture_output=True,
             text=True,
@@ -407,8 +433,23 @@ class FakeFirecrest:
             self.requests.append((method, kind))
             failing = self.fail.get((method, kind))
             status = failing.pop(0) if failing else None
-        if status is not None:
-            return self._send(handler, status, {"Code": f"Injected{status}"})
+            dropping = self.drop.get((method, kind), 0)
+            if dropping:
+                self.drop[(method, kind)] = dropping - 1
+        if dropping:  # the connection closed without an answer
+            handler.close_connection = True
+            return None
+        if status is not None:  # S3's error document, as an expired presigned URL gets it
+            handler.send_response(status)
+            document = (
+                b"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>AccessDenied</Code><Message>Request has expired"
+                b"</Message><X-Amz-Expires>86400</X-Amz-Expires><RequestId>4442587FB7D0A2F9</RequestId></Error>"
+            )
+            handler.send_header("Content-Type", "application/xml")
+            handler.send_header("Content-Length", str(len(document)))
+            handler.end_headers()
+            handler.wfile.write(document)
+            return None
         if not folder.is_dir():
             return self._send(handler, 404, {"Code": "NoSuchUpload"})
         if method == "GET":  # a staged download: there once its transfer job has put it
@@ -546,30 +587,37 @@ def _existing(path: str) -> Path:
 
 
 def _command_failed(stderr: str, code: int):
-    """A failed command's answer, as ``BaseCommandErrorHandling.error_handling`` gives it."""
+    """A failed command's answer, as ``BaseCommandWithTimeoutErrorHandling.error_handling`` gives it: 408 when
+    ``timeout`` stopped it (exit status 124), else by the words of its stderr, else 500."""
     message = f"Remote process failed with exit status:{code}"
     message += f" and error message:{stderr.strip()}" if stderr else ""
-    for words, status in (("No such file or directory", 404), ("Permission denied", 403)):
+    if code == 124:
+        raise _Answer(408, message)
+    for words, status in (
+        ("No such file or directory", 404),
+        ("Permission denied", 403),
+        ("Operation not permitted", 403),
+        ("File exists", 400),
+        ("invalid user", 400),
+    ):
         if words in stderr:
             raise _Answer(status, message)
     raise _Answer(500, message)
 
 
-def _ls(path: str, query: dict) -> list[dict]:
+def _ls(path: str, query: dict, command) -> list[dict]:
     """GET ops/ls: ``LsBaseCommand``'s command run here and its output parsed as it parses it (``File`` objects,
     camelCase, the size a string; with ``recursive`` the names carry their folder below ``path``)."""
     _absolute(path)
-    options = ["-l", "--quoting-style=c", "--time-style=+%Y-%m-%dT%H:%M:%S"]
-    options += ["-A"] if query.get("showHidden") == "true" else []
-    options += ["--numeric-uid-gid"] if query.get("numericUid") == "true" else []
-    options += ["-R"] if query.get("recursive") == "true" else []
-    options += ["-L"] if query.get("dereference") == "true" else []
-    result = subprocess.run(["ls", *options, "--", path], capture_output=True, text=True)
-    if result.returncode:
-        _command_failed(result.stderr, result.returncode)
-    if not re.match(r"\"(.+)\":\n", result.stdout):
-        return _ls_folder(result.stdout, "")
-    files, folders, root = [], re.split(r"\"(.+)\":\n", result.stdout), ""
+    options = "-l --quoting-style=c --time-style='+%Y-%m-%dT%H:%M:%S' "
+    options += "-A " if query.get("showHidden") == "true" else ""
+    options += "--numeric-uid-gid " if query.get("numericUid") == "true" else ""
+    options += "-R " if query.get("recursive") == "true" else ""
+    options += "-L " if query.get("dereference") == "true" else ""
+    output = command(f"ls {options}-- '{path}'")
+    if not re.match(r"\"(.+)\":\n", output):
+        return _ls_folder(output, "")
+    files, folders, root = [], re.split(r"\"(.+)\":\n", output), ""
     for i in range(1, len(folders), 2):
         folder = folders[i].rstrip("/")
         if i == 1:

@@ -13,7 +13,10 @@ import pytest
 from .conftest import ROOT, Project, git
 from .fake_firecrest import FakeFirecrest
 from .support.project import settle
-from .support.slurm import slurm  # noqa: F401  (the autouse fixture: CI fails without Slurm, elsewhere skips)
+from .support.slurm import (
+    slurm,  # noqa: F401  (the autouse fixture: CI fails without Slurm, elsewhere skips)
+    squeue_state,
+)
 from .support.specs import VENV_BIN, firecrest_spec
 
 CREDENTIALS = {"MANTIK_FIRECREST_CLIENT_ID": "mantik", "MANTIK_FIRECREST_CLIENT_SECRET": "s3cret"}
@@ -348,14 +351,20 @@ def test_a_journal_is_read_exact_through_the_api_and_a_failed_transfer_is_one_li
     assert backend.read_log("abc123", None, offset=8) == b"epoch 2\n"  # polled: one ops/view, never a download
     assert site.count("GET", "download") == downloads
 
-    # a file from 1 MiB comes by transfer job, once while it is unchanged (the site's SHA-256 says so)
+    # a database from 1 MiB comes by transfer job, once while it is unchanged (the site's SHA-256 says so)
+    grown = journal_dir / runner.JOURNAL_DB
+    grown.write_bytes(database + bytes(1024 * 1024))
+    assert journal.read_together([runner.JOURNAL_DB]) == [grown.read_bytes()]
+    assert journal.read_together([runner.JOURNAL_DB]) == [grown.read_bytes()]
+    assert (site.count("POST", "transfer-download"), site.count("GET", "checksum")) == (1, 1)
+    grown.write_bytes(database + b"\x01" * (1024 * 1024))  # same size, other content
+    assert journal.read_together([runner.JOURNAL_DB]) == [grown.read_bytes()]
+    assert site.count("POST", "transfer-download") == 2
+    # an artifact is read once a sync: never kept in memory (each read of it a transfer job)
     large = journal_dir / "artifacts" / "large.bin"
     assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
     assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
-    assert (site.count("POST", "transfer-download"), site.count("GET", "checksum")) == (1, 1)
-    large.write_bytes(b"\x81" * (1024 * 1024 + 1))  # same size, other content
-    assert journal.read_bytes("artifacts/large.bin") == large.read_bytes()
-    assert site.count("POST", "transfer-download") == 2
+    assert (site.count("POST", "transfer-download"), site.count("GET", "checksum")) == (4, 2)
 
     site.fail[("GET", "s3-object")] = [403]  # the staged object refused (an expired presigned URL)
     large.write_bytes(b"\x82" * (1024 * 1024 + 1))
@@ -367,3 +376,132 @@ def test_a_journal_is_read_exact_through_the_api_and_a_failed_transfer_is_one_li
         journal.read_bytes("artifacts/large.bin")
     message = str(failed.value)
     assert message.startswith("the FirecREST transfer job ") and "\n" not in message and "job.err" in message
+
+
+def journal_with_large_file(site, tmp_path, monkeypatch):
+    """A backend on the double and a run's journal holding a file over 1 MiB (read by transfer job)."""
+    from mantik_spec import runner
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    backend = backend_on(site, tmp_path)
+    journal_dir = tmp_path / "runs" / "abc123" / runner.JOURNAL_DIR
+    (journal_dir / "artifacts").mkdir(parents=True)
+    (journal_dir / "artifacts" / "large.bin").write_bytes(b"\x80" * (1024 * 1024 + 1))
+    return backend, backend.journal("abc123", None)
+
+
+def read_within(journal, name: str, seconds: float):
+    """``journal.read_bytes(name)`` in a thread: its answer or exception, failing the test if it takes longer."""
+    import threading
+
+    outcome: list = []
+
+    def read():
+        try:
+            outcome.append(journal.read_bytes(name))
+        except BaseException as exc:  # noqa: BLE001  (the test inspects what the read raised)
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"the read still waited after {seconds} s"
+    return outcome[0]
+
+
+def test_a_transfer_job_that_never_starts_is_one_line_within_the_wait_and_is_cancelled(site, tmp_path, monkeypatch):
+    from mantik_spec.backends.base import BackendError
+
+    backend, journal = journal_with_large_file(site, tmp_path, monkeypatch)
+    backend.files.transfer_wait = 3.0
+    site.hold_transfers = True  # queued for good, as behind a busy transfer partition
+    started = time.monotonic()
+    failure = read_within(journal, "artifacts/large.bin", 60)
+    assert isinstance(failure, BackendError), failure
+    assert time.monotonic() - started < 30
+    message = str(failure)
+    job = site.transfer_jobs[0]
+    assert message == (
+        f"the FirecREST transfer job {job} on {site.system} was still queued or running after 3 s and was cancelled: "
+        "read again on the next pass"
+    )
+    assert site.count("POST", "transfer-download") == 1 and site.count("DELETE", "cancel") == 1
+    wait_until(lambda: squeue_state(job) in ("", "CANCELLED"), "the held transfer job cancelled")
+    site.hold_transfers = False  # the next pass reads it
+    assert read_within(journal, "artifacts/large.bin", 120) == b"\x80" * (1024 * 1024 + 1)
+
+
+def test_a_failed_poll_or_answer_of_a_transfer_job_is_one_line_and_never_a_second_job(site, tmp_path, monkeypatch):
+    from mantik_spec.backends.base import BackendError
+
+    backend, journal = journal_with_large_file(site, tmp_path, monkeypatch)
+    site.fail[("GET", "job")] = [503]  # the first poll of the transfer job
+    failure = read_within(journal, "artifacts/large.bin", 60)
+    assert isinstance(failure, BackendError), repr(failure)
+    job = site.transfer_jobs[0]
+    assert str(failure) == (
+        f"FirecREST did not answer the first poll of the FirecREST transfer job {job} on {site.system}: "
+        "read again on the next pass"
+    )
+    assert len(site.transfer_jobs) == 1
+
+    site.fail_after[("POST", "transfer-download")] = [502]  # the job was queued; a proxy answered 502
+    failure = read_within(journal, "artifacts/large.bin", 60)
+    assert isinstance(failure, BackendError) and "502" in str(failure) and "\n" not in str(failure), repr(failure)
+    assert len(site.transfer_jobs) == 2  # one more job, not one per retry
+    assert read_within(journal, "artifacts/large.bin", 120) == b"\x80" * (1024 * 1024 + 1)  # the next pass
+
+
+def test_a_failed_upload_part_is_one_line_naming_it_without_the_presigned_urls(site, tmp_path, monkeypatch):
+    from mantik_spec.backends.base import BackendError
+
+    backend, _ = journal_with_large_file(site, tmp_path, monkeypatch)
+    site.fail[("PUT", "s3-part")] = [403]  # S3's answer to an expired presigned URL
+    with pytest.raises(BackendError) as failed:
+        backend.files.upload(os.urandom(1536 * 1024), str(tmp_path), "code.tar.gz")  # staging code over 1 MiB
+    message = str(failed.value)
+    job = site.transfer_jobs[0]
+    assert message == (
+        f"the upload through the object store of the FirecREST transfer job {job} on {site.system} failed: "
+        "Failed to upload part 1: 403: AccessDenied: Request has expired"
+    )
+    assert site.count("POST", "transfer-upload") == 1  # not repeated: each one queues a transfer job
+    for secret in ("X-Amz", "?", "://", "/s3/"):
+        assert secret not in message
+
+    site.drop[("PUT", "s3-part")] = 1  # the object store drops the connection: the transfer job is queued already
+    with pytest.raises(BackendError):
+        backend.files.upload(os.urandom(1536 * 1024), str(tmp_path), "code.tar.gz")
+    assert site.count("POST", "transfer-upload") == 2  # one more, not one per retry
+
+
+def test_a_journal_file_whose_name_holds_a_quote_is_one_line_naming_it(site, tmp_path, monkeypatch):
+    from firecrest import FirecrestException
+
+    from mantik_spec.backends.base import BackendError
+
+    backend, journal = journal_with_large_file(site, tmp_path, monkeypatch)
+    artifacts = tmp_path / "runs" / "abc123" / "journal" / "artifacts"
+    (artifacts / "it's.txt").write_bytes(b"q")
+    (artifacts / "a b.txt").write_bytes(b"b")
+    # the server puts the path in '...' in a shell command: the quote breaks it, a blank does not
+    with pytest.raises(FirecrestException) as broken:
+        client_of(site).download(site.system, str(artifacts / "it's.txt"), tmp_path / "out")
+    assert broken.value.responses[-1].status_code == 500
+    assert journal.read_bytes("artifacts/a b.txt") == b"b"
+    site.command_timeout = 1  # a command `timeout` stops answers 408: here sha256sum reading a FIFO never ends
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(FirecrestException) as slow:
+        client_of(site).checksum(site.system, str(tmp_path / "fifo"))
+    assert slow.value.responses[-1].status_code == 408
+
+    assert ("it's.txt", 1) in journal.files("artifacts")  # listed: ls quotes its names in "..."
+    before = len(site.requests)
+    with pytest.raises(BackendError) as failed:
+        journal.read_bytes("artifacts/it's.txt")  # the journal's sync records the artifact as skipped, for this
+    assert str(failed.value) == (
+        f"cannot read {artifacts}/it's.txt through FirecREST: its server quotes paths in '...', "
+        "which a ' in the name breaks; rename the file"
+    )
+    assert site.requests[before:] == []  # no request doomed to fail, three times

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -59,6 +60,9 @@ STAGED_MARK = ".complete"
 TIME_WINDOW = "7d"
 DIRECT_DOWNLOAD = 1024 * 1024  # pyfirecrest's MAX_DIRECT_UPLOAD_SIZE: a file this large comes by transfer job
 KEPT_BYTES = 256 * 1024 * 1024  # at most this much of such files is kept, to be read again while unchanged
+# the longest a read waits for its transfer job (queued behind a busy transfer partition, or copying): ten times
+# the default answer timeout; past it pyfirecrest cancels the job and the read fails, to be made again later
+TRANSFER_WAIT = 600.0
 
 
 def _auth_class():
@@ -80,15 +84,34 @@ class SiteFiles:
     hosts (:mod:`.hosts`, :mod:`.ssh`), one request a call (``read_bytes``: two, or a transfer job from 1 MiB).
     An archive is uploaded into ``uploads``, named after its content, and extracted at the site."""
 
-    def __init__(self, request: Callable, machine: str, account: str, uploads: str):
+    def __init__(self, request: Callable, machine: str, account: str, uploads: str, api: tuple[str, ...] = ()):
         self.name = machine
+        self._api = api  # the API's and the token endpoint's URLs: a failed request elsewhere is the object store's
         self.commands_run = 0
         self._request = request  # FirecrestBackend._request: retries, errors as BackendError
         self._account = account or None
         self._uploads = uploads
         self._kept: dict[str, tuple[str, bytes]] = {}  # path -> (SHA-256, content) of files read by transfer job
+        self.transfer_wait = TRANSFER_WAIT  # seconds a read waits for its transfer job
 
-    def _call(self, kind: str, call: Callable, retry: bool = True):
+    def _repeatable(self, exc: BaseException) -> bool:
+        """Whether a call that may queue a transfer job (pyfirecrest's ``download`` and ``upload``) may be made
+        again after ``exc``: only when the request that failed went to the API (or its token endpoint) and was not
+        the POST to ``transfer/...`` that queues the job. A failed request to the object store comes after that
+        POST, and an unknown one may: neither is repeated (another attempt would queue another job)."""
+        try:
+            responses = getattr(exc, "responses", None)
+            request = responses[-1].request if responses else getattr(exc, "request", None)
+        except (RuntimeError, AttributeError):  # httpx's answer when the request is unknown
+            return False
+        if request is None:
+            return False
+        url = str(request.url)
+        if not any(url.startswith(api) for api in self._api):
+            return False
+        return not (str(request.method).upper() == "POST" and "/transfer/" in url)
+
+    def _call(self, kind: str, call: Callable, retry: bool | Callable[[BaseException], bool] = True):
         self.commands_run += 1
         return self._request(kind, call, retry)
 
@@ -109,43 +132,57 @@ class SiteFiles:
                 return None
             raise
 
-    def read_bytes(self, path: str, offset: int = 0) -> bytes | None:
+    def read_bytes(self, path: str, offset: int = 0, keep: bool = False) -> bytes | None:
         """The file's bytes, exact, from ``offset`` on; None when there is no such file. pyfirecrest's
         ``download`` stats it, then takes it from ``ops/download`` below 1 MiB (:data:`DIRECT_DOWNLOAD`); above,
-        the site's transfer job stages it in the object store, the client waits for the job, checks its log and
-        GETs the object. Such a file is kept, and read again only when the site's SHA-256 of it (``ops/checksum``,
-        one request) is another: a live journal's database, read on every pass, costs a transfer job only when
-        it changed. A failed transfer job is a :class:`BackendError`."""
+        the site's transfer job stages it in the object store, the client waits for the job (at most
+        :attr:`transfer_wait` seconds), checks its log and GETs the object. With ``keep`` (the journal's database,
+        read on every pass: :meth:`read_files`) such a file is kept in memory for the command, and read again only
+        when the site's SHA-256 of it (``ops/checksum``, one request) is another: a live journal's database costs
+        a transfer job only when it changed. A failed or overdue transfer job is a :class:`BackendError`, as is
+        a path holding a ``'`` (the server's commands put paths in ``'...'`` unescaped: its ``ops/commands/``)."""
+        if "'" in path:  # FirecREST's commands put each path in '...' unescaped: the site's shell would fail (500)
+            raise BackendError(
+                f"cannot read {path} through FirecREST: its server quotes paths in '...', which a ' in the name "
+                "breaks; rename the file"
+            )
         kept = self._kept.get(path)
         if kept is not None and self._checksum(path) == kept[0]:
             return kept[1][offset:]
         content = self._download(path)
         self._kept.pop(path, None)
-        if content is not None and DIRECT_DOWNLOAD <= len(content) <= KEPT_BYTES:
+        if keep and content is not None and DIRECT_DOWNLOAD <= len(content) <= KEPT_BYTES:
             while self._kept and sum(len(c) for _, c in self._kept.values()) + len(content) > KEPT_BYTES:
                 del self._kept[next(iter(self._kept))]  # the one kept longest first
             self._kept[path] = (hashlib.sha256(content).hexdigest(), content)
         return None if content is None else content[offset:]
 
     def _download(self, path: str) -> bytes | None:
+        """The file through pyfirecrest's ``download(blocking=False)``: a stat, then ``ops/download`` (done at once:
+        retried as a GET) or ``POST transfer/download``, which queues a transfer job and is never repeated (a
+        retry would queue another); the job is waited for at most :attr:`transfer_wait` seconds, then the staged
+        object is GET from the object store (retried). pyfirecrest writes the file to disk; it is read back into
+        memory whole, as the journal's reader takes it (a database, artifacts one at a time)."""
         with tempfile.TemporaryDirectory(prefix="mantik-firecrest-") as directory:
             target = os.path.join(directory, "download")
 
-            def download(client) -> bool:
+            def start(client):
                 try:
-                    client.download(self.name, path, target, account=self._account, blocking=True)
+                    return True, client.download(self.name, path, target, account=self._account, blocking=False)
                 except FileNotFoundError:  # pyfirecrest's answer to a 404 from its stat
-                    return False
-                return True
+                    return False, None
 
             try:
-                found = self._call("download", download)
+                found, transfer = self._call("download", start, retry=self._repeatable)
             except BackendError as exc:
                 if exc.status == 404:  # removed between the stat and the download
                     return None
                 raise
             if not found:
                 return None
+            if transfer is not None:  # from 1 MiB: a transfer job stages it in the object store
+                self._call("transfer", lambda c: _wait(transfer, self.transfer_wait), retry=False)
+                self._call("staged", lambda c: transfer.download_file_from_stage())
             with open(target, "rb") as handle:
                 return handle.read()
 
@@ -161,8 +198,10 @@ class SiteFiles:
         return str(answer.get("checksum") or "") or None
 
     def read_files(self, paths: list[str]) -> list[bytes | None]:
-        """One :meth:`read_bytes` a file: FirecREST's API reads one file at a time."""
-        return [self.read_bytes(path) for path in paths]
+        """One :meth:`read_bytes` a file (FirecREST's API reads one file at a time), each kept: what is read
+        together is the journal's database and its rollback journal, read again on every pass (artifacts are
+        read once each, by :meth:`read_bytes`, and not kept)."""
+        return [self.read_bytes(path, keep=True) for path in paths]
 
     def list_dir(self, path: str) -> list[str]:
         try:
@@ -211,7 +250,7 @@ class SiteFiles:
             with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as source:
                 return client.upload(self.name, source, directory, filename, account=self._account, file_size=size)
 
-        self._call("upload", upload)
+        self._call("upload", upload, retry=self._repeatable)  # from 1 MiB a POST that queues a transfer job
 
     def unpack(self, archive: str, destination: str) -> None:
         """Extract the archive ``archive`` at the site into ``destination``."""
@@ -241,7 +280,8 @@ class FirecrestBackend(BatchBackend):
         self.machine = config.machine or ""
         self._client = None
         self._auth = None
-        self._files = SiteFiles(self._request, self.machine, self._account(), self._path("batches"))
+        api = tuple(str(url) for url in (config.url, config.token_url) if url)
+        self._files = SiteFiles(self._request, self.machine, self._account(), self._path("batches"), api)
         self._used: dict[str, Used] = {}  # job id -> what it used, from the job records of ended jobs
 
     @property
@@ -279,14 +319,18 @@ class FirecrestBackend(BatchBackend):
             self._client = client
         return self._client
 
-    def _request(self, kind: str, call, retry: bool = True):
+    def _request(self, kind: str, call, retry: bool | Callable[[BaseException], bool] = True):
         """One API call with bounded retries of what may pass (5xx, timeouts, a refused token once);
-        every failure as a :class:`BackendError` (``status``: the HTTP status) or :class:`CommandTimeout`."""
+        every failure as a :class:`BackendError` (``status``: the HTTP status) or :class:`CommandTimeout`.
+        ``retry``: whether to retry at all, or a test of the failure whether it may be (False: what failed is not
+        to be repeated, e.g. the POST that queues a transfer job)."""
         import httpx
         import requests
         from firecrest import ClientsCredentialsException, FirecrestException
         from firecrest.FirecrestException import MultipartUploadException, TransferJobFailedException
 
+        # the failure a retry would repeat
+        cause: BaseException
         client = self._site()
         attempts = ATTEMPTS if retry else 1
         renewed = False
@@ -305,6 +349,7 @@ class FirecrestBackend(BatchBackend):
                         status=status,
                     ) from None
                 failure: BackendError = BackendError(f"the token endpoint answered {status}", status=status)
+                cause = exc
             except FirecrestException as exc:
                 status = _status(exc)
                 if status == 401 and not renewed and self._auth is not None:
@@ -318,22 +363,27 @@ class FirecrestBackend(BatchBackend):
                     raise BackendError(message, status=status) from None
                 # a gateway's 502/503/504 says nothing of what the API behind it did
                 failure = (CommandTimeout if status in GATEWAY_STATUS else BackendError)(message, status=status)
+                cause = exc
             except (TransferJobFailedException, MultipartUploadException) as exc:
-                # the transfer job's verdict (its log lacks the success line, or the staging broke): not retried
-                raise BackendError(_transfer_failure(exc)) from None
+                # the transfer job's verdict (its log lacks the success line, it outlasted its wait, or the staging
+                # broke): not retried
+                raise BackendError(_transfer_failure(kind, exc)) from None
             except httpx.HTTPStatusError as exc:  # a presigned object-store URL's answer, outside FirecREST's API
                 code = exc.response.status_code
                 failure = BackendError(f"the site's object store answered {code} for a staged file")
+                cause = exc
                 if code < 500:
                     raise failure from None
-            except (httpx.TimeoutException, requests.Timeout):
-                failure = CommandTimeout(f"{self.config.url} did not answer within {self.timeout:g} s")
-            except (httpx.RemoteProtocolError, httpx.ReadError):  # the request went out: the API may have acted
-                failure = CommandTimeout(f"{self.config.url} broke the connection before answering")
+            except (httpx.TimeoutException, requests.Timeout) as exc:
+                failure, cause = CommandTimeout(f"{self.config.url} did not answer within {self.timeout:g} s"), exc
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:  # the request went out: the API may have acted
+                failure, cause = CommandTimeout(f"{self.config.url} broke the connection before answering"), exc
             except (httpx.ConnectError, httpx.WriteError, requests.ConnectionError) as exc:
-                failure = BackendError(f"cannot reach {self.config.url}: {exc}")
+                failure, cause = BackendError(f"cannot reach {self.config.url}: {_without_urls(str(exc))}"), exc
             except (ValueError, KeyError, TypeError) as exc:  # HTML, or JSON of another shape
                 raise BackendError(f"{self.config.url} did not answer like a FirecREST v2 API: {exc}") from None
+            if callable(retry) and not retry(cause):
+                raise failure
             if attempt >= attempts:
                 if attempts > 1:
                     raise type(failure)(f"{failure} (tried {attempts} times)", status=failure.status)
@@ -464,19 +514,56 @@ def _used(job: dict) -> Used | None:
     return Used(elapsed * nodes / 3600, "sacct")
 
 
-def _transfer_failure(exc) -> str:
-    """One line naming the failed transfer job and its logs (pyfirecrest keeps the site's answer on the
-    exception, and its own text is that answer printed whole)."""
-    info = getattr(exc, "_transfer_job_info", None)
+def _wait(transfer, seconds: float) -> None:
+    """Wait for a download's transfer job at most ``seconds`` (pyfirecrest cancels it past that), then check its
+    log; a failed first poll of the job is a :class:`BackendError` (pyfirecrest's ``wait_for_job`` goes on to an
+    unbound name after a poll's error other than 404)."""
+    from firecrest.FirecrestException import TransferJobTimeoutException
+
+    job = _transfer_job(transfer.transfer_data)
+    name = f"the FirecREST transfer job {job.get('jobId')} on {job.get('system')}"
+    try:
+        transfer.wait_for_transfer_job(timeout=seconds)
+    except TransferJobTimeoutException:
+        raise BackendError(
+            f"{name} was still queued or running after {seconds:g} s and was cancelled: read again on the next pass"
+        ) from None
+    except UnboundLocalError:
+        raise BackendError(f"FirecREST did not answer the first poll of {name}: read again on the next pass") from None
+
+
+def _transfer_job(info) -> dict:
     job = info.get("transferJob") if isinstance(info, dict) else None
-    if not isinstance(job, dict):
-        return f"the FirecREST transfer failed: {' '.join(str(exc).split())}"
+    return job if isinstance(job, dict) else {}
+
+
+def _transfer_failure(kind: str, exc) -> str:
+    """One line naming what failed: the transfer job (its logs), its wait, or a step with the object store
+    (pyfirecrest's own message, never the transfer info: that holds the presigned URLs)."""
+    from firecrest.FirecrestException import MultipartUploadException
+
+    job = _transfer_job(getattr(exc, "_transfer_job_info", None))
+    name = f"the FirecREST transfer job {job.get('jobId')} on {job.get('system')}" if job else "the FirecREST transfer"
+    if isinstance(exc, MultipartUploadException):
+        step = {"upload": "the upload through the object store", "staged": "the staged download"}.get(kind, kind)
+        return f"{step} of {name} failed: {_without_urls(str(getattr(exc, '_msg', None) or 'no message'))}"
+    if getattr(exc, "_file_not_found", False):
+        return f"{name} left no log (cancelled before it ran?)"
     logs = job.get("logs")
     logs = logs if isinstance(logs, dict) else {}
-    return (
-        f"the FirecREST transfer job {job.get('jobId')} on {job.get('system')} failed: "
-        f"see its logs {logs.get('outputLog')} and {logs.get('errorLog')}"
-    )
+    return f"{name} failed: see its logs {logs.get('outputLog')} and {logs.get('errorLog')}"
+
+
+def _without_urls(text: str) -> str:
+    """``text`` as one line, short, with every URL replaced (a presigned URL's query is a credential, and
+    the object store's address is the site's) and an S3 error document reduced to its code and message."""
+    code, message = re.search(r"<Code>([^<]*)</Code>", text), re.search(r"<Message>([^<]*)</Message>", text)
+    if code:
+        text = text[: text.find("<")] + code.group(1) + (f": {message.group(1)}" if message else "")
+    text = re.sub(r"[a-z][a-z0-9+.-]*://\S+", "(a URL)", text, flags=re.IGNORECASE)
+    text = re.sub(r"X-Amz-\S*", "", text, flags=re.IGNORECASE)
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def _status(exc) -> int | None:
@@ -490,6 +577,5 @@ def _message(exc) -> str:
         body = responses[-1].json()
     except (ValueError, AttributeError, IndexError):  # not JSON
         return "no message"
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("detail") or body)
-    return str(body)
+    text = str(body.get("message") or body.get("detail") or body) if isinstance(body, dict) else str(body)
+    return " ".join(text.split())  # one line: a command's stderr may hold several
