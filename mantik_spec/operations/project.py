@@ -159,7 +159,6 @@ def observe(project: Project, cached: bool = False, ask_backends: bool = True, s
         from .sync import candidates, closed, sync_journals
 
         jobs = poll_jobs(project, runs, explain=[*_unexplained_kills(runs), *closed(candidates(project, runs))])
-
         synced = sync_journals(project, runs, jobs)  # runs recorded offline: their journals first
         journal_problems = synced.problems()
         if synced.completed:  # tags on ended runs: an incremental read would keep their cached copies

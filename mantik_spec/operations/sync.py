@@ -38,11 +38,6 @@ class SyncReport:
     completed: list[str] = field(default_factory=list)  # runs this pass marked synced whole (Tag.SYNC_COMPLETE)
 
     @property
-    def closed(self) -> list[str]:
-        """Runs this pass ended (their journal said how)."""
-        return [r.run_id for r in self.results if r.status and r.status != "RUNNING"]
-
-    @property
     def changed(self) -> bool:
         """Whether any run's status changed: what was observed before is stale."""
         return any(r.status for r in self.results)

@@ -146,7 +146,7 @@ LATEST_EPOCH_MS = 10**14
 
 def _epoch_ms_or_none(text: str | None) -> int | None:
     """A moment a runner recorded (ms since the epoch); None for anything else written there."""
-    value = _int_or_none(text) if text and len(text) <= len(str(LATEST_EPOCH_MS)) else None
+    value = _int_or_none(text)
     return value if value is not None and 0 <= value < LATEST_EPOCH_MS else None
 
 
