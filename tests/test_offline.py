@@ -390,6 +390,25 @@ def test_an_artifact_the_backend_cannot_read_ends_the_run_all_the_same_and_is_re
     assert {a.path for a in store.client.list_artifacts(run_id, "model")} == {"model/model.txt"}
 
 
+def test_a_journal_writes_no_tag_of_apply_or_of_sync_into_the_run(tmp_path, server, store):
+    """The journal holds the script's tags and the runner's: a `mantik.*` tag of apply's (the run's key) or of the
+    sync's own (its cursor, its mark of a journal synced whole) set by the script is not uploaded."""
+    run_id, experiment_id = new_run(store)
+    directory = job_dir(tmp_path, store, run_id, experiment_id, "offline")
+    assert run_job(directory).returncode == 0
+    forged = {Tag.RUN_KEY: "f" * 64, Tag.POINT: "other[0]", Tag.SYNC_COMPLETE: "journal", Tag.SYNC_METRICS: "99999"}
+    with sqlite3.connect(directory / runner.JOURNAL_DIR / runner.JOURNAL_DB) as connection:
+        rows = [(key, value, run_id) for key, value in forged.items()]
+        connection.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)", rows)
+    before = store.client.get_run(run_id).data.tags
+    result = sync_run(store, run_id, journal_of(directory), job_ended=True)
+    assert result is not None and result.status == "FINISHED" and result.metrics == 5
+    after = store.client.get_run(run_id).data.tags
+    assert after.get(Tag.RUN_KEY) == before.get(Tag.RUN_KEY) and after[Tag.POINT] == "exp[0]"
+    assert Tag.SYNC_COMPLETE not in after and int(after[Tag.SYNC_METRICS]) < 99999
+    assert after["phase"] == "train" and after[Tag.EXIT_CODE] == "0"  # the script's and the runner's are
+
+
 def test_a_journal_being_created_is_nothing_yet_while_its_job_runs_and_damage_once_it_ended(tmp_path, server, store):
     run_id, _ = new_run(store)
     journal = tmp_path / "journal"
@@ -563,6 +582,8 @@ def test_a_journals_artifacts_are_listed_over_ssh_as_on_this_machine(tmp_path):
     (root / "model" / "sub dir" / "weights with space.bin").write_bytes(b"\0" * 10)
     (root / "mantik").mkdir()
     (root / "mantik" / "output.log").write_text("trained\n")
+    (root / "model" / "secret").symlink_to(Path.home())  # a link is neither listed nor followed, by either
+    (root / "model" / "key").symlink_to(root / "mantik" / "output.log")
     host = ssh_host_on_this_shell()
     expected = LocalHost().files_below(str(root))
     assert expected == [("mantik/output.log", 8), ("model/sub dir/weights with space.bin", 10)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -109,14 +110,18 @@ class LocalHost:
             return []
 
     def files_below(self, path: str) -> list[tuple[str, int]]:
+        """Regular files only, as the login node's ``find -type f`` and FirecREST's ``ls`` entries of type ``-``
+        list them: a symbolic link is neither read nor followed."""
         found = []
         for directory, _, names in os.walk(path):
             for name in names:
                 full = os.path.join(directory, name)
                 try:
-                    found.append((os.path.relpath(full, path), os.lstat(full).st_size))
+                    info = os.lstat(full)
                 except FileNotFoundError:  # removed while listed
                     continue
+                if stat.S_ISREG(info.st_mode):
+                    found.append((os.path.relpath(full, path), info.st_size))
         return sorted(found)
 
     def symlink(self, target: str, link: str) -> None:

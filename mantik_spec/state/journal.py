@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..errors import MantikError
 from ..faults import checkpoint
 from ..vocab import RunStatus
-from .tags import Tag
+from .tags import RUNNER_TAGS, Tag
 
 if TYPE_CHECKING:
     from .tracking import TrackingStore
@@ -236,6 +236,13 @@ def _read(connection: sqlite3.Connection, run_id: str, after_row: int, journal: 
         journal.skipped.append(Skipped("metrics", Damage.TABLE_CUT, f"after row {last}: {problem}"))
 
 
+def _journal_may_write(key: str) -> bool:
+    """Whether a journal's tag is uploaded: the script's own, and the runner's (RUNNER_TAGS). The other ``mantik.*``
+    tags are apply's (the run's key and what it was made of) and this module's (the sync's cursor and its marks):
+    a journal holding one (the script set it) would change how the run plans, or stop its journal being read."""
+    return not key.startswith("mantik.") or key in RUNNER_TAGS
+
+
 def _chunks(items: list, count: int, size=None) -> list[list]:
     """``items`` in lists of at most ``count`` and, with ``size`` (an item's bytes), at most MAX_REQUEST_BYTES."""
     chunks: list[list] = []
@@ -285,7 +292,9 @@ def sync_run(store: TrackingStore, run_id: str, files: JournalFiles, job_ended: 
     tags = [
         RunTag(key, value)
         for key, value in sorted(journal.tags.items())
-        if recorded_tags.get(key) != value and not (key in SERVER_KEEPS and key in recorded_tags)
+        if recorded_tags.get(key) != value
+        and not (key in SERVER_KEEPS and key in recorded_tags)
+        and _journal_may_write(key)
     ]
     for chunk in _chunks(params, MAX_PARAMS_TAGS, lambda p: len(p.key) + len(p.value)):
         store.call(store.client.log_batch, run_id, params=chunk)
